@@ -1,0 +1,39 @@
+# Two commands: `make run` starts a broker, `make test` runs lint, type checks and every test.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-dev
+
+.PHONY: run test lint typecheck pytest soak bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/distributary serve
+
+lint: $(STAMP)
+	$(BIN)/ruff check client broker tests bench examples
+	$(BIN)/ruff format --check client broker tests bench examples
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test: lint typecheck pytest
+
+soak: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.storage
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

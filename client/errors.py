@@ -1,0 +1,304 @@
+"""One hierarchy for every operating error, shared by the SDK and the broker.
+
+Each error class carries a wire code (an :class:`ErrorCode`) and a ``retriable``
+flag.  The broker turns a raised :class:`DistributaryError` into its code on the
+wire; the client turns a code back into the same class with :func:`error_for_code`.
+Programmer errors are not here: they are assertions and crash loudly.
+
+Codes are stable: they are part of the wire protocol (docs/protocol.md).  New
+codes are only ever appended.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import ClassVar
+
+
+class ErrorCode(enum.IntEnum):
+    """Error codes carried on the wire.  0 means success."""
+
+    NONE = 0
+    UNKNOWN = 1
+    # Record batches.
+    CORRUPT_BATCH = 2
+    BATCH_TOO_LARGE = 3
+    INVALID_BATCH = 4
+    UNSUPPORTED_COMPRESSION = 5
+    # Frames and requests.
+    PROTOCOL_ERROR = 10
+    FRAME_TOO_LARGE = 11
+    UNSUPPORTED_API = 12
+    UNSUPPORTED_VERSION = 13
+    INVALID_REQUEST = 14
+    TOO_MANY_REQUESTS = 15
+    REQUEST_TIMED_OUT = 16
+    # Topics, partitions and offsets.
+    UNKNOWN_TOPIC_OR_PARTITION = 20
+    TOPIC_ALREADY_EXISTS = 21
+    INVALID_TOPIC = 22
+    INVALID_PARTITIONS = 23
+    INVALID_CONFIG = 24
+    OFFSET_OUT_OF_RANGE = 25
+    NOT_LEADER = 26
+    # Storage.
+    LOG_CORRUPT = 30
+    STORAGE_ERROR = 31
+    # Connections.
+    BROKER_UNAVAILABLE = 40
+    CONNECTION_CLOSED = 41
+    TOO_MANY_CONNECTIONS = 42
+    # Consumer groups (used from the groups issue on).
+    UNKNOWN_MEMBER = 50
+    FENCED_MEMBER_EPOCH = 51
+    GROUP_NOT_EMPTY = 52
+    UNKNOWN_GROUP = 53
+    REBALANCE_IN_PROGRESS = 54
+    COORDINATOR_NOT_AVAILABLE = 55
+
+
+class DistributaryError(Exception):
+    """Base of every operating error.  ``code`` goes on the wire."""
+
+    code: ClassVar[ErrorCode] = ErrorCode.UNKNOWN
+    retriable: ClassVar[bool] = False
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message or self.__class__.__doc__ or self.__class__.__name__)
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+# -- record batches ---------------------------------------------------------------------
+
+
+class RecordBatchError(DistributaryError):
+    """The record batch is malformed."""
+
+    code = ErrorCode.INVALID_BATCH
+
+
+class CorruptBatchError(RecordBatchError):
+    """The record batch failed its CRC-32C check or is truncated."""
+
+    code = ErrorCode.CORRUPT_BATCH
+
+
+class BatchTooLargeError(RecordBatchError):
+    """The record batch (or its decompressed records) exceeds a size limit."""
+
+    code = ErrorCode.BATCH_TOO_LARGE
+
+
+class InvalidBatchError(RecordBatchError):
+    """The record batch header is inconsistent (magic, counts, offsets)."""
+
+    code = ErrorCode.INVALID_BATCH
+
+
+class UnsupportedCompressionError(RecordBatchError):
+    """The record batch names a compression codec this build does not know."""
+
+    code = ErrorCode.UNSUPPORTED_COMPRESSION
+
+
+# -- frames and requests ----------------------------------------------------------------
+
+
+class ProtocolError(DistributaryError):
+    """The peer sent bytes that are not a valid frame or message."""
+
+    code = ErrorCode.PROTOCOL_ERROR
+
+
+class FrameTooLargeError(ProtocolError):
+    """A frame's declared length exceeds ``frame_bytes_max``."""
+
+    code = ErrorCode.FRAME_TOO_LARGE
+
+
+class UnsupportedApiError(ProtocolError):
+    """The request names an API key the peer does not implement."""
+
+    code = ErrorCode.UNSUPPORTED_API
+
+
+class UnsupportedVersionError(ProtocolError):
+    """The request names an API version the peer does not implement."""
+
+    code = ErrorCode.UNSUPPORTED_VERSION
+
+
+class InvalidRequestError(DistributaryError):
+    """The request is well-formed but its contents are not acceptable."""
+
+    code = ErrorCode.INVALID_REQUEST
+
+
+class TooManyRequestsError(DistributaryError):
+    """Too many requests are in flight on this connection."""
+
+    code = ErrorCode.TOO_MANY_REQUESTS
+    retriable = True
+
+
+class RequestTimedOutError(DistributaryError):
+    """The request did not complete within its timeout."""
+
+    code = ErrorCode.REQUEST_TIMED_OUT
+    retriable = True
+
+
+# -- topics, partitions, offsets --------------------------------------------------------
+
+
+class UnknownTopicOrPartitionError(DistributaryError):
+    """The topic or partition does not exist (it may be being created)."""
+
+    code = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+    retriable = True
+
+
+class TopicAlreadyExistsError(DistributaryError):
+    """A topic with this name already exists."""
+
+    code = ErrorCode.TOPIC_ALREADY_EXISTS
+
+
+class InvalidTopicError(DistributaryError):
+    """The topic name is not valid."""
+
+    code = ErrorCode.INVALID_TOPIC
+
+
+class InvalidPartitionsError(DistributaryError):
+    """The partition count is not valid."""
+
+    code = ErrorCode.INVALID_PARTITIONS
+
+
+class InvalidConfigError(DistributaryError):
+    """A configuration key or value is not valid."""
+
+    code = ErrorCode.INVALID_CONFIG
+
+
+class OffsetOutOfRangeError(DistributaryError):
+    """The requested offset is outside the log's [start, end] range."""
+
+    code = ErrorCode.OFFSET_OUT_OF_RANGE
+
+
+class NotLeaderError(DistributaryError):
+    """This broker is not the leader of the partition."""
+
+    code = ErrorCode.NOT_LEADER
+    retriable = True
+
+
+# -- storage ----------------------------------------------------------------------------
+
+
+class LogCorruptError(DistributaryError):
+    """A sealed segment holds a bad batch; the partition refuses to open."""
+
+    code = ErrorCode.LOG_CORRUPT
+
+
+class StorageError(DistributaryError):
+    """The disk refused an operation (full, read-only, I/O error)."""
+
+    code = ErrorCode.STORAGE_ERROR
+
+
+# -- connections ------------------------------------------------------------------------
+
+
+class BrokerUnavailableError(DistributaryError):
+    """The broker could not be reached."""
+
+    code = ErrorCode.BROKER_UNAVAILABLE
+    retriable = True
+
+
+class ConnectionClosedError(DistributaryError):
+    """The connection closed while a request was outstanding."""
+
+    code = ErrorCode.CONNECTION_CLOSED
+    retriable = True
+
+
+class TooManyConnectionsError(DistributaryError):
+    """The broker refused the connection: it is at ``connections_max``."""
+
+    code = ErrorCode.TOO_MANY_CONNECTIONS
+    retriable = True
+
+
+# -- consumer groups --------------------------------------------------------------------
+
+
+class UnknownMemberError(DistributaryError):
+    """The group does not know this member (it was expelled or never joined)."""
+
+    code = ErrorCode.UNKNOWN_MEMBER
+
+
+class FencedMemberEpochError(DistributaryError):
+    """The member's epoch is stale: it was fenced and must rejoin."""
+
+    code = ErrorCode.FENCED_MEMBER_EPOCH
+
+
+class GroupNotEmptyError(DistributaryError):
+    """The operation needs a group with no active members."""
+
+    code = ErrorCode.GROUP_NOT_EMPTY
+
+
+class UnknownGroupError(DistributaryError):
+    """The group does not exist."""
+
+    code = ErrorCode.UNKNOWN_GROUP
+
+
+class RebalanceInProgressError(DistributaryError):
+    """The group is rebalancing; retry after the next heartbeat."""
+
+    code = ErrorCode.REBALANCE_IN_PROGRESS
+    retriable = True
+
+
+class CoordinatorNotAvailableError(DistributaryError):
+    """The group coordinator is not available yet."""
+
+    code = ErrorCode.COORDINATOR_NOT_AVAILABLE
+    retriable = True
+
+
+def _leaf_classes() -> dict[ErrorCode, type[DistributaryError]]:
+    table: dict[ErrorCode, type[DistributaryError]] = {}
+    pending: list[type[DistributaryError]] = [DistributaryError]
+    for _ in range(1000):  # bounded walk over a small, finite class tree
+        if not pending:
+            break
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        # The most specific class registered for a code wins; a base class only fills gaps.
+        if cls.code not in table or issubclass(cls, table[cls.code]):
+            table[cls.code] = cls
+    return table
+
+
+_BY_CODE = _leaf_classes()
+
+
+def error_for_code(code: int, message: str = "") -> DistributaryError:
+    """The exception for a wire error code (UNKNOWN's class for codes we do not know)."""
+    try:
+        cls = _BY_CODE[ErrorCode(code)]
+    except ValueError:
+        return DistributaryError(f"unknown error code {code}: {message}")
+    return cls(message)

@@ -1,0 +1,1 @@
+"""The record-batch format shared by the SDK and the broker (docs/record-format.md)."""
