@@ -1,20 +1,31 @@
 """Building a record batch: one cheap Python call per record, the rest in C.
 
-``BatchBuilder.append`` stores a compact tuple per record and nothing else.
-``build`` encodes every record with msgspec in one call (a msgpack array of
-``[offset_delta, timestamp_delta, key, value, headers]``), compresses the whole
-array once, and packs the 61-byte header around it with its CRC-32C.
+``BatchBuilder.append`` stores one compact tuple per record
+``(offset_delta, timestamp_delta, key, value, headers)`` and updates two
+counters; nothing is encoded yet.  ``build`` then encodes the whole list with
+msgspec in one call (a msgpack array of 5-element arrays), compresses it once,
+packs the 61-byte header in front and stamps the CRC-32C of
+``[attributes, end)`` (docs/record-format.md).
+
+Timestamp deltas are relative to the first record's timestamp (the header's
+``first_timestamp``); a later record may carry an earlier timestamp, so deltas
+may be negative.  Keys and values must be ``bytes`` (or another bytes-like
+object msgspec encodes as msgpack ``bin``) or None; header names are ``str``.
+These are not checked per record (that would double the cost of ``append``):
+the static types say so, and a consumer rejects anything else.
 """
 
 from __future__ import annotations
 
-import time
+import struct
 from collections.abc import Sequence
+from time import time_ns
 from typing import Final
 
 import msgspec
 
 from client.errors import BatchTooLargeError
+from client.records.compression import compress
 from client.records.header import (
     CRC_AT,
     CRC_FROM,
@@ -25,35 +36,45 @@ from client.records.header import (
     Compression,
     crc32c,
 )
-from client.records.compression import compress
 
 # Per-record framing bytes in the msgpack encoding, used to estimate a batch's
-# size before it is encoded (array header, two ints, nil/bin headers).
+# size before it is encoded: array header (1), offset delta (<= 5), timestamp
+# delta (<= 9 but usually <= 3), two nil/bin headers (<= 5 each at 64 KiB+),
+# empty headers array (1).  16 is a good upper bound for typical records.
 RECORD_OVERHEAD_BYTES: Final = 16
+# Per-header framing bytes: array header, str header, bin header.
+HEADER_OVERHEAD_BYTES: Final = 8
 
 Header = tuple[str, bytes]
-_encoder = msgspec.msgpack.Encoder()
-_pack_crc = HEADER  # documented for readers: the CRC is written with struct below
-import struct as _struct  # noqa: E402
+_INT16_MAX: Final = (1 << 15) - 1
+_INT32_MAX: Final = (1 << 31) - 1
+_INT64_MIN: Final = -(1 << 63)
+_INT64_MAX: Final = (1 << 63) - 1
 
-_CRC_PACK = _struct.Struct(">I")
+_encoder = msgspec.msgpack.Encoder()
+_CRC_PACK = struct.Struct(">I")
 
 
 def now_ms() -> int:
-    return time.time_ns() // 1_000_000
+    """Wall-clock milliseconds since the Unix epoch (the default record timestamp)."""
+    return time_ns() // 1_000_000
 
 
 class BatchBuilder:
     """Accumulates records for one batch.  Not thread-safe; one owner.
 
-    ``append`` costs one tuple and one list append.  ``estimated_bytes`` is an
-    upper-bound-ish guess of the uncompressed batch size, for ``batch_bytes_max``.
+    ``append`` costs one tuple, one list append and a few attribute updates.
+    ``estimated_bytes`` is an upper-bound-ish guess of the uncompressed batch
+    size, to decide when a batch is full before encoding it.
+
+    Invariants: ``len(self) == len(self._records)``; record ``i`` has offset
+    delta ``i``; ``_max_timestamp_ms >= _first_timestamp_ms`` once non-empty.
     """
 
     __slots__ = (
-        "_estimated_bytes",
         "_first_timestamp_ms",
         "_max_timestamp_ms",
+        "_payload_bytes",
         "_records",
         "base_sequence",
         "compression",
@@ -69,21 +90,26 @@ class BatchBuilder:
         producer_epoch: int = -1,
         base_sequence: int = -1,
     ) -> None:
-        self.compression = compression
+        assert -1 <= producer_id <= _INT64_MAX, producer_id
+        assert -1 <= producer_epoch <= _INT16_MAX, producer_epoch
+        assert -1 <= base_sequence <= _INT32_MAX, base_sequence
+        self.compression = Compression(compression)
         self.producer_id = producer_id
         self.producer_epoch = producer_epoch
         self.base_sequence = base_sequence
         self._records: list[tuple[int, int, bytes | None, bytes | None, Sequence[Header]]] = []
-        self._first_timestamp_ms = -1
+        self._first_timestamp_ms: int | None = None
         self._max_timestamp_ms = -1
-        self._estimated_bytes = HEADER_BYTES
+        # Key, value and header bytes appended so far (framing is added on read).
+        self._payload_bytes = 0
 
     def __len__(self) -> int:
         return len(self._records)
 
     @property
     def estimated_bytes(self) -> int:
-        return self._estimated_bytes
+        """Header + records, uncompressed, as an upper-bound-ish estimate."""
+        return HEADER_BYTES + len(self._records) * RECORD_OVERHEAD_BYTES + self._payload_bytes
 
     def append(
         self,
@@ -92,56 +118,100 @@ class BatchBuilder:
         headers: Sequence[Header] = (),
         timestamp_ms: int | None = None,
     ) -> int:
-        """Add one record; returns its offset delta within the batch."""
-        records = self._records
-        delta = len(records)
+        """Add one record; returns its offset delta within the batch.
+
+        ``timestamp_ms`` defaults to the wall clock.  Raises nothing.
+        """
         if timestamp_ms is None:
-            timestamp_ms = time.time_ns() // 1_000_000
-        if delta == 0:
-            self._first_timestamp_ms = self._max_timestamp_ms = timestamp_ms
+            timestamp_ms = time_ns() // 1_000_000
+        first_timestamp_ms = self._first_timestamp_ms
+        if first_timestamp_ms is None:
+            self._first_timestamp_ms = self._max_timestamp_ms = first_timestamp_ms = timestamp_ms
         elif timestamp_ms > self._max_timestamp_ms:
             self._max_timestamp_ms = timestamp_ms
-        records.append((delta, timestamp_ms - self._first_timestamp_ms, key, value, headers))
-        self._estimated_bytes += (
-            RECORD_OVERHEAD_BYTES + (len(value) if value else 0) + (len(key) if key else 0)
-        )
+        records = self._records
+        delta = len(records)
+        records.append((delta, timestamp_ms - first_timestamp_ms, key, value, headers))
+        if value is not None:
+            self._payload_bytes += len(value)
+        if key is not None:
+            self._payload_bytes += len(key)
+        if headers:
+            self._payload_bytes += _headers_bytes(headers)
         return delta
 
     def build(self, batch_bytes_max: int | None = None) -> bytearray:
-        """Encode, compress and frame the batch.  Raises BatchTooLargeError when
-        the result exceeds ``batch_bytes_max``.  The builder must not be empty."""
-        count = len(self._records)
+        """Encode, compress and frame the batch; the builder must not be empty.
+
+        The result has base_offset 0 and leader_epoch -1 (the broker stamps
+        both).  Raises BatchTooLargeError when the result exceeds
+        ``batch_bytes_max``; UnsupportedCompressionError for an unknown codec.
+        """
+        records = self._records
+        count = len(records)
         assert count > 0, "cannot build an empty batch"
-        payload = compress(self.compression, _encoder.encode(self._records))
-        total = HEADER_BYTES + len(payload)
-        if batch_bytes_max is not None and total > batch_bytes_max:
+        assert count <= _INT32_MAX, count
+        first_timestamp_ms = self._first_timestamp_ms
+        assert first_timestamp_ms is not None
+        assert _INT64_MIN <= first_timestamp_ms <= self._max_timestamp_ms <= _INT64_MAX
+        payload = compress(self.compression, _encoder.encode(records))
+        if batch_bytes_max is not None and HEADER_BYTES + len(payload) > batch_bytes_max:
             raise BatchTooLargeError(
-                f"batch of {total} bytes exceeds batch_bytes_max {batch_bytes_max}"
+                f"batch of {HEADER_BYTES + len(payload)} bytes exceeds "
+                f"batch_bytes_max {batch_bytes_max}"
             )
-        min_ts = self._first_timestamp_ms
-        # Timestamps may go backwards inside a batch; the header keeps the first one
-        # (deltas are relative to it) and the max.  Deltas may then be negative.
-        buffer = bytearray(total)
-        HEADER.pack_into(
-            buffer,
-            0,
-            0,  # base_offset: stamped by the broker
-            total - LENGTH_PREFIX_BYTES,
-            -1,  # leader_epoch: stamped by the broker
-            MAGIC,
-            0,  # crc: below
-            int(self.compression),
-            count - 1,
-            min_ts,
-            self._max_timestamp_ms,
-            self.producer_id,
-            self.producer_epoch,
-            self.base_sequence,
-            count,
+        return frame_batch(
+            payload,
+            attributes=int(self.compression),
+            record_count=count,
+            first_timestamp_ms=first_timestamp_ms,
+            max_timestamp_ms=self._max_timestamp_ms,
+            producer_id=self.producer_id,
+            producer_epoch=self.producer_epoch,
+            base_sequence=self.base_sequence,
         )
-        buffer[HEADER_BYTES:] = payload
-        _CRC_PACK.pack_into(buffer, CRC_AT, crc32c(memoryview(buffer)[CRC_FROM:]))
-        return buffer
+
+
+def frame_batch(
+    payload: bytes,
+    *,
+    attributes: int,
+    record_count: int,
+    first_timestamp_ms: int,
+    max_timestamp_ms: int,
+    producer_id: int = -1,
+    producer_epoch: int = -1,
+    base_sequence: int = -1,
+) -> bytearray:
+    """Pack the header in front of already encoded (and compressed) records and
+    stamp the CRC-32C.  Validates nothing about ``payload``: tools and tests use
+    it to frame hand-made records.  base_offset is 0 and leader_epoch -1 (the
+    broker stamps both)."""
+    header = HEADER.pack(
+        0,  # base_offset: stamped by the broker
+        HEADER_BYTES + len(payload) - LENGTH_PREFIX_BYTES,
+        -1,  # leader_epoch: stamped by the broker
+        MAGIC,
+        0,  # crc: stamped below, once the checksummed range is known
+        attributes,
+        record_count - 1,
+        first_timestamp_ms,
+        max_timestamp_ms,
+        producer_id,
+        producer_epoch,
+        base_sequence,
+        record_count,
+    )
+    crc = crc32c(payload, crc32c(header[CRC_FROM:]))
+    buffer = bytearray(header)
+    buffer += payload
+    _CRC_PACK.pack_into(buffer, CRC_AT, crc)
+    return buffer
+
+
+def _headers_bytes(headers: Sequence[Header]) -> int:
+    """Estimated encoded size of a record's headers (cold path: most have none)."""
+    return sum(len(name) + len(value) + HEADER_OVERHEAD_BYTES for name, value in headers)
 
 
 def build_batch(
@@ -151,9 +221,16 @@ def build_batch(
     compression: Compression = Compression.NONE,
     timestamp_ms: int | None = None,
 ) -> bytearray:
-    """Convenience for tests and tools: one batch from a list of values."""
+    """Convenience for tests and tools: one batch from a list of values, all
+    with the same timestamp (now by default).  Raises like :meth:`BatchBuilder.build`."""
+    assert keys is None or len(keys) == len(values), "one key per value"
     builder = BatchBuilder(compression)
     stamp = now_ms() if timestamp_ms is None else timestamp_ms
-    for index, value in enumerate(values):
-        builder.append(value, keys[index] if keys is not None else None, (), stamp)
+    append = builder.append
+    if keys is None:
+        for value in values:
+            append(value, None, (), stamp)
+    else:
+        for key, value in zip(keys, values, strict=True):
+            append(value, key, (), stamp)
     return builder.build()

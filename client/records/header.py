@@ -85,25 +85,37 @@ COMPRESSION_MASK: Final = 0x07
 TIMESTAMP_TYPE_LOG_APPEND: Final = 0x08
 TRANSACTIONAL_FLAG: Final = 0x10
 CONTROL_FLAG: Final = 0x20
-KNOWN_ATTRIBUTE_BITS: Final = COMPRESSION_MASK | TIMESTAMP_TYPE_LOG_APPEND | TRANSACTIONAL_FLAG | CONTROL_FLAG
+KNOWN_ATTRIBUTE_BITS: Final = (
+    COMPRESSION_MASK | TIMESTAMP_TYPE_LOG_APPEND | TRANSACTIONAL_FLAG | CONTROL_FLAG
+)
 
 
-def crc32c(data: bytes | bytearray | memoryview) -> int:
-    """CRC-32C (Castagnoli) of ``data``, computed in C.
+def crc32c(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
+    """CRC-32C (Castagnoli) of ``data``, computed in C; pass the ``crc`` of the
+    preceding bytes to checksum a range in pieces.
 
     google-crc32c only accepts ``bytes``, so a view is copied first (a memcpy,
     about a third of the cost of the checksum itself on this machine).
     """
-    return int(google_crc32c.value(data if type(data) is bytes else bytes(data)))
+    return int(google_crc32c.extend(crc, data if type(data) is bytes else bytes(data)))
 
 
 def batch_size_at(buffer: bytes | bytearray | memoryview, position: int = 0) -> int | None:
     """The total size of the batch starting at ``position``, or None if the length
-    prefix itself is not complete yet.  The size is not validated here."""
+    prefix itself is not complete yet.  The size is not validated here (it may
+    even be negative): :meth:`BatchHeader.parse` does that."""
+    assert position >= 0, position
     if len(buffer) - position < LENGTH_PREFIX_BYTES:
         return None
     (length,) = _LENGTH_PACK.unpack_from(buffer, position + BATCH_LENGTH_AT)
     return int(length) + LENGTH_PREFIX_BYTES
+
+
+def byte_view(buffer: bytes | bytearray | memoryview) -> memoryview:
+    """A flat, zero-copy view of ``buffer`` whose ``len`` counts bytes (even when
+    ``buffer`` is a memoryview of wider items)."""
+    view = buffer if isinstance(buffer, memoryview) else memoryview(buffer)
+    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
 
 
 class BatchHeader:
@@ -119,6 +131,7 @@ class BatchHeader:
     __slots__ = (
         "attributes",
         "base_offset",
+        "base_sequence",
         "batch_bytes",
         "buffer",
         "crc",
@@ -129,7 +142,6 @@ class BatchHeader:
         "position",
         "producer_epoch",
         "producer_id",
-        "base_sequence",
         "record_count",
     )
 
@@ -167,7 +179,8 @@ class BatchHeader:
         ``batch_bytes_max``), InvalidBatchError (bad magic, length, counts or
         attribute bits), UnsupportedCompressionError (unknown codec).
         """
-        view = buffer if isinstance(buffer, memoryview) else memoryview(buffer)
+        assert position >= 0, position  # struct would count a negative one from the end
+        view = byte_view(buffer)
         available = len(view) - position
         if available < HEADER_BYTES:
             raise CorruptBatchError(
@@ -266,7 +279,7 @@ def iter_batches(
     payload).  Per-batch work only.  Raises like :meth:`BatchHeader.parse`,
     CorruptBatchError on a bad CRC or trailing partial batch, and
     InvalidBatchError past ``batches_max`` batches."""
-    view = buffer if isinstance(buffer, memoryview) else memoryview(buffer)
+    view = byte_view(buffer)
     headers: list[BatchHeader] = []
     position = 0
     total = len(view)

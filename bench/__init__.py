@@ -1,0 +1,1 @@
+"""Distributary's own benchmarks (not timed tests): `python -m bench.<name>`."""
