@@ -1,0 +1,20 @@
+"""Partition storage: segment files, sparse indexes, recovery, retention (docs/storage.md).
+
+``AsyncLog`` is what the server uses; ``Log`` is its synchronous core.
+"""
+
+from broker.storage.async_log import AsyncLog
+from broker.storage.config import FlushPolicy, LogConfig
+from broker.storage.file_handle import FileRegion
+from broker.storage.log import AppendResult, Log, RetentionResult, wall_clock_ms
+
+__all__ = [
+    "AppendResult",
+    "AsyncLog",
+    "FileRegion",
+    "FlushPolicy",
+    "Log",
+    "LogConfig",
+    "RetentionResult",
+    "wall_clock_ms",
+]

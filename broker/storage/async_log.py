@@ -1,0 +1,183 @@
+"""The trio shell around :class:`Log`: what the server calls.
+
+Appends and reads run on the event loop (a write to the page cache or a few header
+preads); everything that can block for long runs in ``trio.to_thread.run_sync``:
+opening (recovery), fsync plus checkpoint, and unlinking deleted segments.  One
+``trio.Lock`` serialises flush, retention, truncation and close with each other;
+appends and reads do not take it, and the core is written so they may interleave
+with a flush or retention in progress (see log.py).
+
+The server runs :meth:`AsyncLog.run_maintenance` in the partition's nursery to get
+interval flushes and periodic retention.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+
+from broker.storage.config import FlushPolicy, LogConfig
+from broker.storage.file_handle import FileRegion
+from broker.storage.log import (
+    AppendResult,
+    Clock,
+    Log,
+    RetentionResult,
+    delete_files,
+    sync_to_disk,
+    wall_clock_ms,
+)
+
+# Without an interval flush policy the maintenance task still wakes this often at
+# most, to notice a retention check falling due.
+_MAINTENANCE_SLEEP_MS_MAX = 60_000
+
+
+class AsyncLog:
+    """An open partition log for trio code.  Create with ``await AsyncLog.open(...)``."""
+
+    def __init__(self, log: Log, clock_ms: Clock) -> None:
+        self.log = log
+        self._clock_ms = clock_ms
+        self._lock = trio.Lock()
+        self._last_retention_ms = clock_ms()
+
+    @classmethod
+    async def open(
+        cls,
+        directory: Path | str,
+        config: LogConfig | None = None,
+        *,
+        clock_ms: Clock = wall_clock_ms,
+        topic: str | None = None,
+        partition: int | None = None,
+        initial_offset: int = 0,
+    ) -> AsyncLog:
+        """Open and recover the log in a worker thread.  Raises like :meth:`Log.open`."""
+        log = await trio.to_thread.run_sync(
+            lambda: Log.open(
+                directory,
+                config,
+                clock_ms=clock_ms,
+                topic=topic,
+                partition=partition,
+                initial_offset=initial_offset,
+            )
+        )
+        return cls(log, clock_ms)
+
+    @property
+    def start_offset(self) -> int:
+        return self.log.start_offset
+
+    @property
+    def end_offset(self) -> int:
+        return self.log.end_offset
+
+    async def append(
+        self, batches: bytes | bytearray | memoryview, *, leader_epoch: int | None = None
+    ) -> AppendResult:
+        """Append (see :meth:`Log.append`); with the every-append policy, returns only
+        once the batches are fsynced.  Raises like Log.append and :meth:`flush`."""
+        result = self.log.append(batches, leader_epoch=leader_epoch)
+        if self.log.needs_flush():
+            await self.flush()
+        return result
+
+    def read(self, offset: int, max_bytes: int, *, end_offset_max: int | None = None) -> FileRegion:
+        """A region to sendfile (see :meth:`Log.read`); not async: it does not block
+        on more than a few cached header reads."""
+        return self.log.read(offset, max_bytes, end_offset_max=end_offset_max)
+
+    async def read_bytes(
+        self, offset: int, max_bytes: int, *, end_offset_max: int | None = None
+    ) -> bytes:
+        """The bytes of :meth:`read`'s region, read in a worker thread."""
+        with self.log.read(offset, max_bytes, end_offset_max=end_offset_max) as region:
+            return await trio.to_thread.run_sync(region.read_bytes)
+
+    def offset_for_timestamp(self, timestamp_ms: int) -> int | None:
+        """See :meth:`Log.offset_for_timestamp`."""
+        return self.log.offset_for_timestamp(timestamp_ms)
+
+    async def flush(self) -> int:
+        """fsync (in a worker thread) and advance the recovery point; returns it.
+        Concurrent callers wait for each other.  Raises StorageError."""
+        async with self._lock:
+            return await self._flush_locked()
+
+    async def _flush_locked(self) -> int:
+        if not self.log.has_unflushed_changes:
+            return self.log.recovery_offset
+        ticket = self.log.begin_flush()
+        try:
+            await trio.to_thread.run_sync(sync_to_disk, ticket)
+        finally:
+            self.log.finish_flush(ticket)
+        return self.log.recovery_offset
+
+    async def enforce_retention(self) -> RetentionResult:
+        """Drop expired segments now; unlink their files in a worker thread.
+        Raises StorageError."""
+        async with self._lock:
+            result = self.log.detach_expired_segments()
+            self._last_retention_ms = self._clock_ms()
+            if result.paths:
+                await trio.to_thread.run_sync(delete_files, result.paths)
+            return result
+
+    async def truncate_to(self, offset: int) -> int:
+        """See :meth:`Log.truncate_to` (blocks the loop for its fsyncs: it is rare)."""
+        async with self._lock:
+            return self.log.truncate_to(offset)
+
+    async def roll(self) -> None:
+        """Seal the active segment and start a new one."""
+        self.log.roll()
+
+    async def close(self) -> None:
+        """Flush (in a worker thread), then close and mark the shutdown clean.
+        Raises StorageError."""
+        async with self._lock:
+            if self.log.closed:
+                return
+            await self._flush_locked()
+            await trio.to_thread.run_sync(self.log.close)
+
+    def next_maintenance_in_ms(self) -> int:
+        """Time until a flush or retention check is due."""
+        retention_due_ms = self.log.config.retention_check_interval_ms - (
+            self._clock_ms() - self._last_retention_ms
+        )
+        candidates = [retention_due_ms, _MAINTENANCE_SLEEP_MS_MAX]
+        flush_due_ms = self.log.flush_due_in_ms()
+        if flush_due_ms is not None:
+            candidates.append(flush_due_ms)
+        return max(0, min(candidates))
+
+    async def maintain(self) -> None:
+        """One maintenance round: flush if the interval policy wants it, enforce
+        retention if its check interval passed.  Raises StorageError."""
+        if self.log.config.flush_policy is FlushPolicy.INTERVAL and self.log.needs_flush():
+            await self.flush()
+        elapsed_ms = self._clock_ms() - self._last_retention_ms
+        if elapsed_ms >= self.log.config.retention_check_interval_ms:
+            await self.enforce_retention()
+
+    async def run_maintenance(
+        self,
+        *,
+        rounds_max: int | None = None,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run :meth:`maintain` whenever it is due, until cancelled (or ``rounds_max``
+        rounds, for tests).  Start it with ``nursery.start``.  Raises StorageError."""
+        task_status.started()
+        rounds = 0
+        while rounds_max is None or rounds < rounds_max:  # runs until cancelled
+            await trio.sleep(self.next_maintenance_in_ms() / 1000)
+            if self.log.closed:
+                return
+            await self.maintain()
+            rounds += 1
