@@ -1,0 +1,77 @@
+"""Distributary's Python SDK: async Producer, Consumer and Admin (trio or asyncio).
+
+    from client import Producer, Consumer, Admin, TopicPartition
+
+The same classes run under trio and under asyncio (they are written against
+anyio).  Every operating error is a typed :class:`DistributaryError` subclass
+with a ``retriable`` flag (client/errors.py).  docs/sdk.md has the guide.
+"""
+
+from __future__ import annotations
+
+from client.admin import Admin
+from client.consumer import Consumer, ConsumerRecord
+from client.errors import (
+    BrokerUnavailableError,
+    ConnectionClosedError,
+    DistributaryError,
+    InvalidConfigError,
+    InvalidPartitionsError,
+    InvalidTopicError,
+    NotLeaderError,
+    OffsetOutOfRangeError,
+    RequestTimedOutError,
+    TooManyRequestsError,
+    TopicAlreadyExistsError,
+    UnknownTopicOrPartitionError,
+)
+from client.partitioner import key_hash, partition_for_key
+from client.producer import Producer, RecordHandle
+from client.records.decoder import Record
+from client.types import (
+    Acks,
+    BrokerNode,
+    ClusterMetadata,
+    NewTopic,
+    OffsetReset,
+    PartitionInfo,
+    PartitionOffsets,
+    RecordMetadata,
+    TopicDescription,
+    TopicInfo,
+    TopicPartition,
+)
+
+__all__ = [
+    "Acks",
+    "Admin",
+    "BrokerNode",
+    "BrokerUnavailableError",
+    "ClusterMetadata",
+    "ConnectionClosedError",
+    "Consumer",
+    "ConsumerRecord",
+    "DistributaryError",
+    "InvalidConfigError",
+    "InvalidPartitionsError",
+    "InvalidTopicError",
+    "NewTopic",
+    "NotLeaderError",
+    "OffsetOutOfRangeError",
+    "OffsetReset",
+    "PartitionInfo",
+    "PartitionOffsets",
+    "Producer",
+    "Record",
+    "RecordHandle",
+    "RecordMetadata",
+    "RequestTimedOutError",
+    "TooManyRequestsError",
+    "TopicAlreadyExistsError",
+    "TopicDescription",
+    "TopicInfo",
+    "TopicPartition",
+    "UnknownTopicOrPartitionError",
+    "key_hash",
+    "partition_for_key",
+]

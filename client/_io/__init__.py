@@ -1,0 +1,1 @@
+"""The SDK's I/O shell (anyio): one connection per broker, and the cluster view."""

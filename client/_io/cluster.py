@@ -1,0 +1,332 @@
+"""The client's view of the cluster: bootstrap, connections per broker, metadata cache.
+
+A :class:`Cluster` belongs to one Producer, Consumer or Admin and lives inside
+its task group (connection reader tasks run there).  It keeps one connection
+per broker address, reconnecting with exponential backoff for a bounded number
+of attempts, and a cache of topic metadata (partition count, leaders) that is
+refreshed on demand -- callers ask for a refresh after NOT_LEADER or
+UNKNOWN_TOPIC_OR_PARTITION.
+
+Raises only typed errors: BrokerUnavailableError when no broker answers,
+UnknownTopicOrPartitionError for topics the cluster does not have.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Final, TypeVar
+
+import anyio
+import anyio.abc
+import structlog
+
+from client._io.connection import (
+    INFLIGHT_REQUESTS_MAX_DEFAULT,
+    BrokerConnection,
+    open_connection,
+)
+from client.errors import (
+    BrokerUnavailableError,
+    DistributaryError,
+    UnknownTopicOrPartitionError,
+    error_for_code,
+)
+from client.protocol.messages import (
+    HelloRequest,
+    HelloResponse,
+    MetadataRequest,
+    MetadataResponse,
+    PartitionMetadata,
+    Request,
+    TopicMetadata,
+)
+
+log = structlog.get_logger("client.cluster")
+
+DEFAULT_PORT: Final = 9392
+CLIENT_SOFTWARE: Final = "distributary-python"
+CLIENT_VERSION: Final = "0.1.0"
+
+T = TypeVar("T")
+
+
+def parse_bootstrap(bootstrap: str | Sequence[str]) -> list[tuple[str, int]]:
+    """``"host:port,host2:port"`` or a list of ``host[:port]`` -> addresses.
+
+    Raises ValueError (a programmer error) on an unparsable address."""
+    items = bootstrap.split(",") if isinstance(bootstrap, str) else list(bootstrap)
+    addresses: list[tuple[str, int]] = []
+    for item in items:
+        text = item.strip()
+        if not text:
+            continue
+        if text.startswith("["):  # [ipv6]:port
+            host, _, rest = text[1:].partition("]")
+            port = int(rest[1:]) if rest.startswith(":") else DEFAULT_PORT
+        elif text.count(":") == 1:
+            host, port_text = text.split(":")
+            port = int(port_text)
+        else:
+            host, port = text, DEFAULT_PORT
+        addresses.append((host, port))
+    if not addresses:
+        raise ValueError(f"no broker address in bootstrap {bootstrap!r}")
+    return addresses
+
+
+def backoff_ms(attempt: int, base_ms: int, max_ms: int, rng: random.Random) -> float:
+    """Exponential backoff with +-20 % jitter: base, 2*base, 4*base ... capped at max."""
+    delay = min(max_ms, base_ms * (1 << min(attempt, 20)))
+    return float(delay * (0.8 + 0.4 * rng.random()))
+
+
+class Cluster:
+    """Connections and metadata for one client.  See the module docstring."""
+
+    def __init__(
+        self,
+        bootstrap: str | Sequence[str],
+        task_group: anyio.abc.TaskGroup,
+        *,
+        client_id: str = "",
+        connect_timeout_ms: int = 5_000,
+        request_timeout_ms: int = 30_000,
+        reconnect_attempts_max: int = 5,
+        reconnect_backoff_ms: int = 50,
+        reconnect_backoff_max_ms: int = 1_000,
+        inflight_requests_max: int = INFLIGHT_REQUESTS_MAX_DEFAULT,
+        rng: random.Random | None = None,
+    ) -> None:
+        assert reconnect_attempts_max >= 1
+        self.bootstrap = parse_bootstrap(bootstrap)
+        self.client_id = client_id
+        self.connect_timeout_ms = connect_timeout_ms
+        self.request_timeout_ms = request_timeout_ms
+        self.reconnect_attempts_max = reconnect_attempts_max
+        self.reconnect_backoff_ms = reconnect_backoff_ms
+        self.reconnect_backoff_max_ms = reconnect_backoff_max_ms
+        self.inflight_requests_max = inflight_requests_max
+        self.random = rng if rng is not None else random.Random()
+        self._task_group = task_group
+        self._connections: dict[tuple[str, int], BrokerConnection] = {}
+        self._connect_locks: dict[tuple[str, int], anyio.Lock] = {}
+        self.brokers: dict[int, tuple[str, int]] = {}
+        self.controller_id = -1
+        self.cluster_id = ""
+        self.topics: dict[str, TopicMetadata] = {}
+        # Partition counts, read on the producer's hot path.
+        self.partition_counts: dict[str, int] = {}
+        self._leaders: dict[tuple[str, int], int] = {}
+        self._closed = False
+
+    # -- connections ----------------------------------------------------------------
+
+    async def connection_to(self, address: tuple[str, int]) -> BrokerConnection:
+        """A live connection to ``address``, connecting (with retries) if needed.
+
+        Raises BrokerUnavailableError after ``reconnect_attempts_max`` failures."""
+        connection = self._connections.get(address)
+        if connection is not None and not connection.closed:
+            return connection
+        lock = self._connect_locks.setdefault(address, anyio.Lock())
+        async with lock:
+            connection = self._connections.get(address)
+            if connection is not None and not connection.closed:
+                return connection
+            connection = await self._connect(address)
+            self._connections[address] = connection
+            return connection
+
+    async def _connect(self, address: tuple[str, int]) -> BrokerConnection:
+        if self._closed:
+            raise BrokerUnavailableError("the client is closed")
+        host, port = address
+        last_error: DistributaryError | None = None
+        for attempt in range(self.reconnect_attempts_max):
+            if attempt:
+                delay = backoff_ms(
+                    attempt - 1,
+                    self.reconnect_backoff_ms,
+                    self.reconnect_backoff_max_ms,
+                    self.random,
+                )
+                await anyio.sleep(delay / 1000)
+            try:
+                connection = await open_connection(
+                    host,
+                    port,
+                    self._task_group,
+                    connect_timeout_ms=self.connect_timeout_ms,
+                    request_timeout_ms=self.request_timeout_ms,
+                    inflight_requests_max=self.inflight_requests_max,
+                )
+                await self._hello(connection)
+                return connection
+            except DistributaryError as error:
+                if not error.retriable:
+                    raise
+                last_error = error
+                log.debug(
+                    "connect failed", broker=f"{host}:{port}", attempt=attempt, error=str(error)
+                )
+        assert last_error is not None
+        raise BrokerUnavailableError(
+            f"broker {host}:{port} unavailable after {self.reconnect_attempts_max} attempts: "
+            f"{last_error.message}"
+        )
+
+    async def _hello(self, connection: BrokerConnection) -> None:
+        response = await connection.request(
+            HelloRequest(self.client_id, CLIENT_SOFTWARE, CLIENT_VERSION),
+            timeout_ms=self.connect_timeout_ms,
+        )
+        body = response.body
+        assert isinstance(body, HelloResponse)
+        if body.error_code:
+            await connection.aclose()
+            raise error_for_code(body.error_code, body.error_message)
+
+    async def connection_for_node(self, node_id: int) -> BrokerConnection:
+        address = self.brokers.get(node_id)
+        if address is None:
+            return await self.any_connection()
+        return await self.connection_to(address)
+
+    async def any_connection(self) -> BrokerConnection:
+        """A connection to any broker: a live one if there is one, else the first
+        known or bootstrap address that answers.  Raises BrokerUnavailableError."""
+        for connection in self._connections.values():
+            if not connection.closed:
+                return connection
+        candidates = list(dict.fromkeys([*self.brokers.values(), *self.bootstrap]))
+        last_error: DistributaryError | None = None
+        for address in candidates:
+            try:
+                return await self.connection_to(address)
+            except BrokerUnavailableError as error:
+                last_error = error
+        assert last_error is not None
+        raise last_error
+
+    async def request_any(self, body: Request, *, timeout_ms: int | None = None) -> object:
+        """Send ``body`` to any broker, retrying once on a fresh connection if the
+        connection dies under it.  Returns the response body."""
+        return await self.call_with_retries(
+            lambda: self._request_any_once(body, timeout_ms), attempts_max=2
+        )
+
+    async def _request_any_once(self, body: Request, timeout_ms: int | None) -> object:
+        connection = await self.any_connection()
+        response = await connection.request(body, timeout_ms=timeout_ms)
+        return response.body
+
+    async def call_with_retries(
+        self,
+        operation: Callable[[], Awaitable[T]],
+        *,
+        attempts_max: int = 5,
+        refresh_topics: Iterable[str] | None = None,
+    ) -> T:
+        """Run ``operation``; on a retriable typed error back off and retry, up to
+        ``attempts_max`` times in all, refreshing metadata in between when
+        ``refresh_topics`` is given.  Re-raises the last error."""
+        for attempt in range(attempts_max):
+            try:
+                return await operation()
+            except DistributaryError as error:
+                if not error.retriable or attempt + 1 >= attempts_max:
+                    raise
+                log.debug("retrying", attempt=attempt, error=str(error))
+                delay = backoff_ms(
+                    attempt, self.reconnect_backoff_ms, self.reconnect_backoff_max_ms, self.random
+                )
+                await anyio.sleep(delay / 1000)
+                if refresh_topics is not None:
+                    try:
+                        await self.refresh_metadata(list(refresh_topics))
+                    except DistributaryError as refresh_error:
+                        if not refresh_error.retriable:
+                            raise
+        raise AssertionError("unreachable: the loop returns or raises")
+
+    # -- metadata -------------------------------------------------------------------
+
+    async def refresh_metadata(
+        self, topics: list[str] | None = None, *, allow_auto_create: bool = False
+    ) -> MetadataResponse:
+        """Fetch metadata for ``topics`` (None: all) and update the cache."""
+        body = await self.request_any(MetadataRequest(topics, allow_auto_create))
+        assert isinstance(body, MetadataResponse)
+        self._apply_metadata(body, topics)
+        return body
+
+    def _apply_metadata(self, body: MetadataResponse, requested: list[str] | None) -> None:
+        if body.brokers:
+            self.brokers = {broker.node_id: (broker.host, broker.port) for broker in body.brokers}
+        self.controller_id = body.controller_id
+        self.cluster_id = body.cluster_id
+        seen: set[str] = set()
+        for topic in body.topics:
+            seen.add(topic.name)
+            if topic.error_code or not topic.partitions:
+                self._forget(topic.name)
+                continue
+            partitions = sorted(topic.partitions, key=_partition_number)
+            self.topics[topic.name] = topic
+            self.partition_counts[topic.name] = len(partitions)
+            for partition in partitions:
+                self._leaders[(topic.name, partition.partition)] = partition.leader
+        if requested is None:
+            for name in list(self.topics):
+                if name not in seen:
+                    self._forget(name)
+
+    def _forget(self, topic: str) -> None:
+        self.topics.pop(topic, None)
+        count = self.partition_counts.pop(topic, 0)
+        for partition in range(count):
+            self._leaders.pop((topic, partition), None)
+
+    async def topic_metadata(
+        self, topic: str, *, allow_auto_create: bool = False, attempts_max: int = 5
+    ) -> TopicMetadata:
+        """The topic's metadata, from the cache or fetched.  Retries while the topic
+        reports a retriable error (e.g. just created).  Raises
+        UnknownTopicOrPartitionError (or the topic's own error) when it stays absent."""
+        cached = self.topics.get(topic)
+        if cached is not None:
+            return cached
+
+        async def fetch() -> TopicMetadata:
+            body = await self.refresh_metadata([topic], allow_auto_create=allow_auto_create)
+            for entry in body.topics:
+                if entry.name == topic:
+                    if entry.error_code:
+                        raise error_for_code(entry.error_code, entry.error_message or topic)
+                    if not entry.partitions:
+                        raise UnknownTopicOrPartitionError(f"topic {topic!r} has no partitions")
+                    return self.topics[topic]
+            raise UnknownTopicOrPartitionError(f"unknown topic {topic!r}")
+
+        return await self.call_with_retries(fetch, attempts_max=attempts_max)
+
+    def leader_for(self, topic: str, partition: int) -> int | None:
+        """The cached leader's node id, or None when unknown (refresh needed)."""
+        leader = self._leaders.get((topic, partition))
+        return leader if leader is not None and leader >= 0 else None
+
+    def invalidate(self, topic: str) -> None:
+        """Drop a topic from the cache (after NOT_LEADER / unknown partition)."""
+        self._forget(topic)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        connections = list(self._connections.values())
+        self._connections.clear()
+        for connection in connections:
+            await connection.aclose()
+
+
+def _partition_number(partition: PartitionMetadata) -> int:
+    return partition.partition

@@ -1,0 +1,341 @@
+"""The producer's record accumulator: per-partition batches, linger, order, buffer bound.
+
+Sans-I/O: it never sleeps, never touches a socket and takes ``now_ms`` from the
+caller.  The producer's I/O shell (client/producer.py) appends records and runs
+a sender task that asks :meth:`RecordAccumulator.drain` for ready batches.
+
+Per partition there is at most one *open* batch (a ``BatchBuilder`` still taking
+records) and a queue of *closed* batches waiting to be sent.  A batch is ready
+when it is closed (full: the next record would pass ``batch_bytes_max``), when
+its first record is ``linger_ms`` old, or when a flush is in progress.
+
+Ordering: at most ``inflight_batches_per_partition_max`` batches of a partition
+are in flight.  The producer uses 1 whenever retries are enabled, and a batch
+that must be retried goes back to the *front* of its partition's queue, so a
+partition's batches reach the log in the order they were appended even across
+retries (without idempotence, a retried batch may be written twice: at least once).
+
+Buffer bound: ``buffer_bytes_used`` counts the estimated bytes of every record
+not yet acknowledged (or failed); the shell makes ``enqueue`` wait while it is at
+``buffer_bytes_max``.
+
+Invariants (:meth:`check_invariants`): a partition has no more in-flight batches
+than allowed; ``buffer_bytes_used`` equals the sum over unfinished batches.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Final, Protocol
+
+from client.errors import DistributaryError
+from client.records.builder import RECORD_OVERHEAD_BYTES, BatchBuilder, Header
+from client.records.header import HEADER_BYTES, Compression
+
+PartitionKey = tuple[str, int]
+
+# A record's share of the buffer: its key and value plus the framing estimate.
+RECORD_BYTES_OVERHEAD: Final = RECORD_OVERHEAD_BYTES
+
+
+def record_size(value: bytes | None, key: bytes | None, headers: Sequence[Header]) -> int:
+    """A record's estimated encoded bytes: its share of a batch and of the buffer."""
+    size = RECORD_BYTES_OVERHEAD + (len(value) if value else 0) + (len(key) if key else 0)
+    if headers:
+        size += sum(len(name) + len(data) + 8 for name, data in headers)
+    return size
+
+
+class Waiter(Protocol):
+    """What the I/O shell parks on a batch to be woken when it is done (an anyio.Event)."""
+
+    def set(self) -> None: ...
+
+
+class ProducerBatch:
+    """One batch through its life: open -> closed -> in flight -> done.
+
+    The batch doubles as the *future* of all its records: a record's handle is
+    ``(batch, offset_delta)``, so no per-record future exists.  ``waiter`` is set
+    by the I/O shell when someone waits; it is set once when the batch is done.
+    """
+
+    __slots__ = (
+        "attempts",
+        "base_offset",
+        "buffer_bytes",
+        "builder",
+        "created_ms",
+        "done",
+        "error",
+        "partition",
+        "payload",
+        "record_count",
+        "retry_at_ms",
+        "topic",
+        "waiter",
+    )
+
+    def __init__(self, topic: str, partition: int, builder: BatchBuilder, now_ms: int) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.builder = builder
+        self.created_ms = now_ms
+        self.buffer_bytes = 0
+        self.record_count = 0
+        self.attempts = 0
+        self.retry_at_ms = 0
+        self.payload: bytearray | None = None  # built once, resent as is on retry
+        self.done = False
+        self.base_offset = -1
+        self.error: DistributaryError | None = None
+        self.waiter: Waiter | None = None
+
+    def build(self, batch_bytes_max: int | None = None) -> bytearray:
+        """The wire bytes of this batch (built on first use, then cached).
+        Raises BatchTooLargeError."""
+        if self.payload is None:
+            self.payload = self.builder.build(batch_bytes_max)
+            self.record_count = len(self.builder)
+        return self.payload
+
+    def __repr__(self) -> str:
+        return (
+            f"ProducerBatch({self.topic}-{self.partition}, records={len(self.builder)}, "
+            f"attempts={self.attempts}, done={self.done})"
+        )
+
+
+class _PartitionState:
+    __slots__ = ("inflight", "open", "queue")
+
+    def __init__(self) -> None:
+        self.open: ProducerBatch | None = None
+        self.queue: deque[ProducerBatch] = deque()
+        self.inflight = 0
+
+
+class RecordAccumulator:
+    """See the module docstring.  One owner (the producer); not thread-safe."""
+
+    def __init__(
+        self,
+        *,
+        batch_bytes_max: int,
+        linger_ms: int,
+        buffer_bytes_max: int,
+        compression: Compression = Compression.NONE,
+        inflight_batches_per_partition_max: int = 1,
+        on_batch_closed: Callable[[str, int], None] | None = None,
+    ) -> None:
+        assert batch_bytes_max > 0 and buffer_bytes_max > 0 and linger_ms >= 0
+        assert inflight_batches_per_partition_max >= 1
+        self.batch_bytes_max = batch_bytes_max
+        self.linger_ms = linger_ms
+        self.buffer_bytes_max = buffer_bytes_max
+        self.compression = compression
+        self.inflight_batches_per_partition_max = inflight_batches_per_partition_max
+        self.on_batch_closed = on_batch_closed
+        self.buffer_bytes_used = 0
+        self.closed = False
+        self.flushing = 0  # > 0 while a flush wants open batches sent now
+        self._partitions: dict[PartitionKey, _PartitionState] = {}
+        # The open batch of each partition that has one (read on the hot path).
+        self.open_batches: dict[PartitionKey, ProducerBatch] = {}
+        # A batch takes records while its records' estimated bytes stay within this.
+        self.fit_bytes = batch_bytes_max - HEADER_BYTES
+        self._unfinished: set[ProducerBatch] = set()
+
+    # -- appending (hot path) ---------------------------------------------------------
+
+    def append(
+        self,
+        topic: str,
+        partition: int,
+        value: bytes | None,
+        key: bytes | None,
+        headers: Sequence[Header],
+        timestamp_ms: int,
+        now_ms: int,
+    ) -> tuple[ProducerBatch, int, bool]:
+        """Add a record to its partition's open batch.
+
+        Returns ``(batch, offset_delta, wake)``: ``wake`` is true when a batch was
+        opened or a full one closed, i.e. when the sender should look again.
+
+        The producer's hot path may skip this call when the record fits the open
+        batch: ``open_batches[(topic, partition)]`` exists and
+        ``batch.buffer_bytes + size <= fit_bytes`` (``size`` from
+        :func:`record_size`); it then appends to ``batch.builder`` itself and adds
+        ``size`` to ``batch.buffer_bytes`` and ``buffer_bytes_used``.
+        """
+        assert not self.closed, "append after the producer closed"
+        size = record_size(value, key, headers)
+        key_tp = (topic, partition)
+        batch = self.open_batches.get(key_tp)
+        wake = False
+        if batch is None:
+            batch = self._open(key_tp, now_ms)
+            wake = True
+        elif batch.buffer_bytes + size > self.fit_bytes:
+            self._close(key_tp)
+            batch = self._open(key_tp, now_ms)
+            wake = True
+        delta = batch.builder.append(value, key, headers, timestamp_ms)
+        batch.buffer_bytes += size
+        self.buffer_bytes_used += size
+        return batch, delta, wake
+
+    def _open(self, key_tp: PartitionKey, now_ms: int) -> ProducerBatch:
+        state = self._partitions.get(key_tp)
+        if state is None:
+            state = self._partitions[key_tp] = _PartitionState()
+        assert state.open is None
+        batch = ProducerBatch(key_tp[0], key_tp[1], BatchBuilder(self.compression), now_ms)
+        state.open = batch
+        self.open_batches[key_tp] = batch
+        self._unfinished.add(batch)
+        return batch
+
+    def _close(self, key_tp: PartitionKey) -> None:
+        batch = self.open_batches.pop(key_tp)
+        state = self._partitions[key_tp]
+        assert state.open is batch
+        state.open = None
+        state.queue.append(batch)
+        if self.on_batch_closed is not None:
+            self.on_batch_closed(key_tp[0], key_tp[1])
+
+    @property
+    def has_buffer_space(self) -> bool:
+        return self.buffer_bytes_used < self.buffer_bytes_max
+
+    # -- draining (sender) --------------------------------------------------------------
+
+    def drain(self, now_ms: int) -> list[ProducerBatch]:
+        """Take the batches that are ready to send now, at most one per partition
+        per call and never more in flight than allowed.  Marks them in flight."""
+        ready: list[ProducerBatch] = []
+        linger_ms = self.linger_ms
+        flushing = self.flushing > 0
+        for key_tp, state in self._partitions.items():
+            if state.inflight >= self.inflight_batches_per_partition_max:
+                continue
+            if state.queue:
+                batch = state.queue[0]
+                if batch.retry_at_ms > now_ms:
+                    continue
+                state.queue.popleft()
+            elif state.open is not None and (
+                flushing or now_ms - state.open.created_ms >= linger_ms
+            ):
+                batch = state.open
+                self._close(key_tp)
+                state.queue.pop()
+            else:
+                continue
+            state.inflight += 1
+            ready.append(batch)
+        return ready
+
+    def next_ready_ms(self, now_ms: int) -> int | None:
+        """Milliseconds until some batch may become ready without new records
+        (0: something is ready now), or None when nothing is waiting."""
+        earliest: int | None = None
+        flushing = self.flushing > 0
+        for state in self._partitions.values():
+            if state.inflight >= self.inflight_batches_per_partition_max:
+                continue
+            if state.queue:
+                at = state.queue[0].retry_at_ms
+            elif state.open is not None:
+                at = now_ms if flushing else state.open.created_ms + self.linger_ms
+            else:
+                continue
+            if earliest is None or at < earliest:
+                earliest = at
+        return None if earliest is None else max(0, earliest - now_ms)
+
+    # -- completion ---------------------------------------------------------------------
+
+    def complete(self, batch: ProducerBatch, base_offset: int) -> None:
+        """The batch was acknowledged at ``base_offset`` (-1 with acks=none)."""
+        if self.closed:
+            return
+        self._finish(batch)
+        batch.base_offset = base_offset
+        _notify(batch)
+
+    def fail(self, batch: ProducerBatch, error: DistributaryError) -> None:
+        """The batch failed for good: every record's handle raises ``error``."""
+        if self.closed:
+            return
+        self._finish(batch)
+        batch.error = error
+        _notify(batch)
+
+    def retry(self, batch: ProducerBatch, retry_at_ms: int) -> None:
+        """Put an in-flight batch back at the front of its partition's queue."""
+        if self.closed:
+            return
+        state = self._partitions[(batch.topic, batch.partition)]
+        assert state.inflight > 0 and not batch.done
+        state.inflight -= 1
+        batch.attempts += 1
+        batch.retry_at_ms = retry_at_ms
+        state.queue.appendleft(batch)
+
+    def _finish(self, batch: ProducerBatch) -> None:
+        assert not batch.done, batch
+        state = self._partitions[(batch.topic, batch.partition)]
+        assert state.inflight > 0
+        state.inflight -= 1
+        batch.done = True
+        self._unfinished.discard(batch)
+        self.buffer_bytes_used -= batch.buffer_bytes
+
+    # -- inspection ---------------------------------------------------------------------
+
+    def unfinished_batches(self) -> list[ProducerBatch]:
+        """Every batch not yet acknowledged or failed (for flush)."""
+        return list(self._unfinished)
+
+    @property
+    def pending_count(self) -> int:
+        return len(self._unfinished)
+
+    def fail_all(self, error_factory: Callable[[], DistributaryError]) -> None:
+        """Fail every unfinished batch, in flight or not (the producer is closing
+        without waiting).  The accumulator is then closed: later completions are
+        ignored and appends are refused."""
+        self.closed = True
+        for key_tp, state in self._partitions.items():
+            if state.open is not None:
+                self._close(key_tp)
+            state.queue.clear()
+            state.inflight = 0
+        for batch in list(self._unfinished):
+            batch.done = True
+            batch.error = error_factory()
+            self.buffer_bytes_used -= batch.buffer_bytes
+            _notify(batch)
+        self._unfinished.clear()
+
+    def check_invariants(self) -> None:
+        total = 0
+        for key_tp, state in self._partitions.items():
+            assert 0 <= state.inflight <= self.inflight_batches_per_partition_max, key_tp
+            assert (state.open is None) == (key_tp not in self.open_batches), key_tp
+            for batch in state.queue:
+                assert not batch.done and batch in self._unfinished
+        for batch in self._unfinished:
+            assert not batch.done
+            total += batch.buffer_bytes
+        assert total == self.buffer_bytes_used, (total, self.buffer_bytes_used)
+
+
+def _notify(batch: ProducerBatch) -> None:
+    waiter = batch.waiter
+    if waiter is not None:
+        waiter.set()

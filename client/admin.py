@@ -1,0 +1,244 @@
+"""The async admin client: create, delete, list and describe topics; cluster metadata.
+
+Runs on trio or asyncio (anyio).  Requests go to the controller when the
+metadata names one, else to any broker; connection trouble is retried with
+backoff.  Per-topic errors come back as typed exceptions: TopicAlreadyExistsError,
+UnknownTopicOrPartitionError, InvalidTopicError, InvalidPartitionsError,
+InvalidConfigError.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Sequence
+from types import TracebackType
+
+import anyio
+import anyio.abc
+
+from client._io.cluster import Cluster
+from client.errors import ConnectionClosedError, DistributaryError, error_for_code
+from client.protocol.messages import (
+    CreatableTopic,
+    CreateTopicsRequest,
+    CreateTopicsResponse,
+    DeleteTopicsRequest,
+    DeleteTopicsResponse,
+    DescribeTopicsRequest,
+    DescribeTopicsResponse,
+    MetadataResponse,
+    Request,
+    TopicResult,
+)
+from client.types import (
+    BrokerNode,
+    ClusterMetadata,
+    NewTopic,
+    PartitionInfo,
+    PartitionOffsets,
+    TopicDescription,
+    TopicInfo,
+)
+
+
+class Admin:
+    """Administers topics.  Use as ``async with Admin(...) as admin:``."""
+
+    def __init__(
+        self,
+        bootstrap: str | Sequence[str] = "127.0.0.1:9392",
+        *,
+        client_id: str = "",
+        request_timeout_ms: int = 30_000,
+        connect_timeout_ms: int = 5_000,
+        reconnect_attempts_max: int = 5,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.client_id = client_id
+        self.request_timeout_ms = request_timeout_ms
+        self.connect_timeout_ms = connect_timeout_ms
+        self.reconnect_attempts_max = reconnect_attempts_max
+        self._random = rng if rng is not None else random.Random()
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._cluster: Cluster | None = None
+        self._closed = False
+
+    async def __aenter__(self) -> Admin:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Open the client; ``close()`` must be called from the same task."""
+        assert self._task_group is None, "the admin client is already started"
+        task_group = anyio.create_task_group()
+        await task_group.__aenter__()
+        self._task_group = task_group
+        self._cluster = Cluster(
+            self.bootstrap,
+            task_group,
+            client_id=self.client_id,
+            connect_timeout_ms=self.connect_timeout_ms,
+            request_timeout_ms=self.request_timeout_ms,
+            reconnect_attempts_max=self.reconnect_attempts_max,
+            rng=self._random,
+        )
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        task_group = self._task_group
+        assert task_group is not None and self._cluster is not None, "never started"
+        task_group.cancel_scope.cancel()
+        await self._cluster.aclose()
+        await task_group.__aexit__(None, None, None)
+
+    def _require_cluster(self) -> Cluster:
+        if self._closed:
+            raise ConnectionClosedError("the admin client is closed")
+        assert self._cluster is not None, "the admin client is not started (use `async with`)"
+        return self._cluster
+
+    async def _to_controller(self, body: Request, *, timeout_ms: int | None = None) -> object:
+        cluster = self._require_cluster()
+
+        async def attempt() -> object:
+            if cluster.controller_id < 0:
+                await cluster.refresh_metadata([])
+            connection = await cluster.connection_for_node(cluster.controller_id)
+            response = await connection.request(body, timeout_ms=timeout_ms)
+            return response.body
+
+        return await cluster.call_with_retries(attempt, attempts_max=self.reconnect_attempts_max)
+
+    # -- topics -------------------------------------------------------------------------
+
+    async def create_topics(
+        self, topics: Iterable[NewTopic], *, timeout_ms: int = 30_000, validate_only: bool = False
+    ) -> None:
+        """Create topics.  Raises the first topic's typed error (TopicAlreadyExistsError,
+        InvalidTopicError, InvalidPartitionsError, InvalidConfigError...)."""
+        request = CreateTopicsRequest(
+            [
+                CreatableTopic(t.name, t.partitions, t.replication_factor, dict(t.configs or {}))
+                for t in topics
+            ],
+            timeout_ms,
+            validate_only,
+        )
+        body = await self._to_controller(request, timeout_ms=timeout_ms + 5_000)
+        assert isinstance(body, CreateTopicsResponse)
+        _raise_first(body.topics)
+        cluster = self._require_cluster()
+        for topic in request.topics:
+            cluster.invalidate(topic.name)
+
+    async def create_topic(
+        self,
+        name: str,
+        partitions: int = 1,
+        *,
+        replication_factor: int = 1,
+        configs: dict[str, str] | None = None,
+    ) -> None:
+        """Create one topic; see :meth:`create_topics`."""
+        await self.create_topics([NewTopic(name, partitions, replication_factor, configs)])
+
+    async def delete_topics(self, names: Iterable[str], *, timeout_ms: int = 30_000) -> None:
+        """Delete topics.  Raises UnknownTopicOrPartitionError for a missing one."""
+        request = DeleteTopicsRequest(list(names), timeout_ms)
+        body = await self._to_controller(request, timeout_ms=timeout_ms + 5_000)
+        assert isinstance(body, DeleteTopicsResponse)
+        cluster = self._require_cluster()
+        for name in request.names:
+            cluster.invalidate(name)
+        _raise_first(body.topics)
+
+    async def list_topics(self, *, internal: bool = False) -> list[str]:
+        """Names of every topic, sorted (internal topics only if asked)."""
+        metadata = await self.cluster_metadata()
+        return sorted(t.name for t in metadata.topics if internal or not t.internal)
+
+    async def describe_topics(self, names: Iterable[str] | None = None) -> list[TopicDescription]:
+        """Configs and per-partition offsets and sizes.  Raises the first missing
+        topic's UnknownTopicOrPartitionError."""
+        request = DescribeTopicsRequest(None if names is None else list(names))
+        cluster = self._require_cluster()
+        body = await cluster.call_with_retries(
+            lambda: cluster.request_any(request), attempts_max=self.reconnect_attempts_max
+        )
+        assert isinstance(body, DescribeTopicsResponse)
+        descriptions: list[TopicDescription] = []
+        for topic in body.topics:
+            if topic.error_code:
+                raise error_for_code(topic.error_code, topic.error_message or topic.name)
+            descriptions.append(
+                TopicDescription(
+                    topic.name,
+                    dict(topic.configs),
+                    tuple(
+                        PartitionOffsets(
+                            p.partition,
+                            p.leader,
+                            p.log_start_offset,
+                            p.log_end_offset,
+                            p.high_watermark,
+                            p.size_bytes,
+                            p.segment_count,
+                        )
+                        for p in sorted(topic.partitions, key=lambda p: p.partition)
+                    ),
+                    topic.internal,
+                )
+            )
+        return descriptions
+
+    async def cluster_metadata(self, topics: Sequence[str] | None = None) -> ClusterMetadata:
+        """Brokers, controller and topics (all topics, or those named)."""
+        cluster = self._require_cluster()
+        body: MetadataResponse = await cluster.call_with_retries(
+            lambda: cluster.refresh_metadata(None if topics is None else list(topics)),
+            attempts_max=self.reconnect_attempts_max,
+        )
+        return ClusterMetadata(
+            body.cluster_id,
+            body.controller_id,
+            tuple(BrokerNode(b.node_id, b.host, b.port) for b in body.brokers),
+            tuple(
+                TopicInfo(
+                    t.name,
+                    tuple(
+                        PartitionInfo(
+                            t.name,
+                            p.partition,
+                            p.leader,
+                            p.leader_epoch,
+                            tuple(p.replicas),
+                            tuple(p.isr),
+                        )
+                        for p in sorted(t.partitions, key=lambda p: p.partition)
+                    ),
+                    t.internal,
+                )
+                for t in body.topics
+                if not t.error_code
+            ),
+        )
+
+
+def _raise_first(results: list[TopicResult]) -> None:
+    for result in results:
+        if result.error_code:
+            error: DistributaryError = error_for_code(
+                result.error_code, result.error_message or result.name
+            )
+            raise error

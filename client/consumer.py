@@ -1,0 +1,693 @@
+"""The async consumer (no groups yet): assigned partitions, positions, prefetching fetches.
+
+Runs on trio or asyncio (anyio).  One fetcher task per leader broker keeps a
+long-polling Fetch request in flight for every assigned partition whose buffer
+has room; each response is cut per partition (``split_payload``) and decoded
+per batch in C (client/records/decoder.py) into lists of records, which wait in
+a small per-partition buffer.  :meth:`Consumer.getmany` and ``async for`` hand
+out those lists, so the next fetch is already on the wire while the caller
+works on the current one, and the per-record cost of iterating is one list index.
+
+Positions: ``position(tp)`` is the offset of the next record the caller will get.
+A position is set by ``seek`` or resolved from the broker (ListOffsets) by
+``seek_to_beginning`` / ``seek_to_end`` / ``seek_to_timestamp`` or, when none was
+chosen, by ``auto_offset_reset``.  OFFSET_OUT_OF_RANGE from a fetch re-resolves by
+the same policy ("earliest", "latest"), or raises OffsetOutOfRangeError from
+``getmany`` ("error") and stops that partition until the next seek.
+
+Connection trouble is retried in the background with backoff; after a broker
+stays unreachable ``getmany`` raises BrokerUnavailableError once (and keeps trying).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import deque
+from collections.abc import Iterable, Sequence
+from types import TracebackType
+from typing import Any, Final, Literal
+
+import anyio
+import anyio.abc
+import structlog
+
+from client._io.cluster import Cluster, backoff_ms
+from client.errors import (
+    ConnectionClosedError,
+    DistributaryError,
+    ErrorCode,
+    NotLeaderError,
+    OffsetOutOfRangeError,
+    UnknownTopicOrPartitionError,
+    error_for_code,
+)
+from client.protocol.messages import (
+    EARLIEST_TIMESTAMP,
+    LATEST_TIMESTAMP,
+    FetchPartition,
+    FetchRequest,
+    FetchResponse,
+    FetchTopic,
+    ListOffsetsPartition,
+    ListOffsetsRequest,
+    ListOffsetsResponse,
+    ListOffsetsTopic,
+)
+from client.protocol.payload import split_payload
+from client.records.decoder import Record, RecordDecoder, ValueFormat
+from client.records.header import BATCH_BYTES_MAX_DEFAULT
+from client.types import MiB, OffsetReset, TopicPartition
+
+log = structlog.get_logger("client.consumer")
+
+ConsumerRecord = Record
+# Fetched chunks (one decoded fetch response share) buffered per partition
+# before the fetcher stops asking for more: one being handed out, one ready.
+BUFFERED_CHUNKS_MAX: Final = 2
+RETRY_BACKOFF_MS: Final = 100
+RETRY_BACKOFF_MAX_MS: Final = 1_000
+
+
+class _PartitionState:
+    """Where one assigned partition stands.  ``fetch_offset`` None: unresolved."""
+
+    __slots__ = (
+        "chunks",
+        "epoch",
+        "error",
+        "fetch_bytes_max",
+        "fetch_offset",
+        "head",
+        "high_watermark",
+        "reset",
+    )
+
+    def __init__(self, reset: OffsetReset | int | None) -> None:
+        self.fetch_offset: int | None = None
+        # How to resolve the offset: a policy, a timestamp (ms), or None (wait for seek).
+        self.reset = reset
+        self.chunks: deque[list[Record[Any]]] = deque()
+        self.head = 0  # index of the next record in chunks[0]
+        self.epoch = 0  # bumped by every seek: in-flight results for older epochs are dropped
+        self.error: DistributaryError | None = None
+        self.high_watermark = -1
+        self.fetch_bytes_max = 0
+
+    def clear(self) -> None:
+        self.chunks.clear()
+        self.head = 0
+        self.epoch += 1
+        self.error = None
+
+    def position(self) -> int | None:
+        if self.chunks:
+            return int(self.chunks[0][self.head].offset)
+        return self.fetch_offset
+
+
+class Consumer:
+    """Reads assigned partitions.  Use as ``async with Consumer(...) as consumer:``.
+
+    ``value_type``: decode every value into this msgspec-compatible type (with
+    ``value_format`` "json" or "msgpack"); None keeps bytes.  ``fetch_*`` bound a
+    fetch request: the broker waits up to ``fetch_max_wait_ms`` for
+    ``fetch_min_bytes``, returns at most ``fetch_max_bytes`` in all and
+    ``partition_fetch_bytes_max`` per partition.  ``auto_offset_reset`` picks the
+    start when no position was chosen and after OFFSET_OUT_OF_RANGE.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str | Sequence[str] = "127.0.0.1:9392",
+        *,
+        client_id: str = "",
+        value_type: Any = None,
+        value_format: ValueFormat = "json",
+        fetch_max_wait_ms: int = 500,
+        fetch_min_bytes: int = 1,
+        fetch_max_bytes: int = 50 * MiB,
+        partition_fetch_bytes_max: int = 1 * MiB,
+        auto_offset_reset: Literal["earliest", "latest", "error"] = "latest",
+        verify_crc: bool = True,
+        request_timeout_ms: int = 30_000,
+        connect_timeout_ms: int = 5_000,
+        reconnect_attempts_max: int = 5,
+        rng: random.Random | None = None,
+    ) -> None:
+        assert fetch_max_wait_ms >= 0 and fetch_min_bytes >= 0
+        assert fetch_max_bytes > 0 and partition_fetch_bytes_max > 0
+        self.bootstrap = bootstrap
+        self.client_id = client_id
+        self.fetch_max_wait_ms = fetch_max_wait_ms
+        self.fetch_min_bytes = fetch_min_bytes
+        self.fetch_max_bytes = fetch_max_bytes
+        self.partition_fetch_bytes_max = partition_fetch_bytes_max
+        self.auto_offset_reset = OffsetReset(auto_offset_reset)
+        self.request_timeout_ms = request_timeout_ms
+        self.connect_timeout_ms = connect_timeout_ms
+        self.reconnect_attempts_max = reconnect_attempts_max
+        self._random = rng if rng is not None else random.Random()
+        self._decoder: RecordDecoder[Any] = RecordDecoder(
+            value_type, value_format=value_format, verify_crc=verify_crc
+        )
+        self._states: dict[TopicPartition, _PartitionState] = {}
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._cluster: Cluster | None = None
+        self._fetchers: set[int] = set()
+        self._data_ready: anyio.Event | None = None
+        self._room: anyio.Event | None = None
+        self._pending_errors: list[DistributaryError] = []
+        # The chunk ``async for`` is walking: its partition, list and next index.
+        self._iter_tp: TopicPartition | None = None
+        self._iter_records: list[Record[Any]] = []
+        self._iter_index = 0
+        self._rotation = 0
+        self._closed = False
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def __aenter__(self) -> Consumer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Open the consumer; ``close()`` must be called from the same task."""
+        assert self._task_group is None, "the consumer is already started"
+        task_group = anyio.create_task_group()
+        await task_group.__aenter__()
+        self._task_group = task_group
+        self._cluster = Cluster(
+            self.bootstrap,
+            task_group,
+            client_id=self.client_id,
+            connect_timeout_ms=self.connect_timeout_ms,
+            request_timeout_ms=self.request_timeout_ms,
+            reconnect_attempts_max=self.reconnect_attempts_max,
+            rng=self._random,
+        )
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def close(self) -> None:
+        """Stop fetching and close connections.  Buffered records are dropped."""
+        if self._closed:
+            return
+        self._closed = True
+        task_group = self._task_group
+        assert task_group is not None, "the consumer was never started"
+        self._signal(data=True, room=True)
+        task_group.cancel_scope.cancel()
+        assert self._cluster is not None
+        await self._cluster.aclose()
+        await task_group.__aexit__(None, None, None)
+
+    # -- assignment and positions ---------------------------------------------------------
+
+    async def assign(self, partitions: Iterable[TopicPartition | str]) -> None:
+        """Read exactly these partitions (a topic name means all its partitions),
+        replacing any previous assignment.  Positions of partitions kept are kept.
+        Raises UnknownTopicOrPartitionError for a topic or partition that does not exist."""
+        cluster = self._require_cluster()
+        wanted: list[TopicPartition] = []
+        for item in partitions:
+            if isinstance(item, str):
+                metadata = await cluster.topic_metadata(item)
+                wanted.extend(TopicPartition(item, p.partition) for p in metadata.partitions)
+            else:
+                metadata = await cluster.topic_metadata(item.topic)
+                if not 0 <= item.partition < len(metadata.partitions):
+                    raise UnknownTopicOrPartitionError(f"no partition {item}")
+                wanted.append(TopicPartition(item.topic, item.partition))
+        states = {
+            tp: self._states.get(tp) or _PartitionState(self.auto_offset_reset) for tp in wanted
+        }
+        for tp in set(self._states) - set(states):
+            self._states[tp].clear()
+        self._states = states
+        if self._iter_tp is not None and self._iter_tp not in states:
+            self._drop_iterator_chunk()
+        self._start_fetchers()
+        self._signal(room=True)
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self._states)
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        """Continue ``tp`` from ``offset`` (the next fetch starts there)."""
+        assert offset >= 0, offset
+        state = self._state(tp)
+        self._reset_state(tp, state)
+        state.fetch_offset = offset
+        state.reset = None
+        self._signal(room=True)
+
+    async def seek_to_beginning(self, *partitions: TopicPartition) -> None:
+        """Move to the log start of each partition (default: all assigned)."""
+        await self._seek_to(partitions, OffsetReset.EARLIEST)
+
+    async def seek_to_end(self, *partitions: TopicPartition) -> None:
+        """Move to the log end: only records produced from now on are read."""
+        await self._seek_to(partitions, OffsetReset.LATEST)
+
+    async def seek_to_timestamp(self, timestamp_ms: int, *partitions: TopicPartition) -> None:
+        """Move to the first record with a timestamp >= ``timestamp_ms`` (the log end
+        if there is none)."""
+        assert timestamp_ms >= 0, timestamp_ms
+        await self._seek_to(partitions, timestamp_ms)
+
+    async def _seek_to(
+        self, partitions: Sequence[TopicPartition], target: OffsetReset | int
+    ) -> None:
+        tps = list(partitions) or list(self._states)
+        for tp in tps:
+            state = self._state(tp)
+            self._reset_state(tp, state)
+            state.fetch_offset = None
+            state.reset = target
+        await self._resolve_offsets(tps)
+        self._signal(room=True)
+
+    async def position(self, tp: TopicPartition) -> int:
+        """The offset of the next record this consumer returns for ``tp``
+        (resolving it from the broker if no position is set yet)."""
+        state = self._state(tp)
+        if self._iter_tp == tp and self._iter_index < len(self._iter_records):
+            return int(self._iter_records[self._iter_index].offset)
+        position = state.position()
+        if position is None:
+            await self._resolve_offsets([tp])
+            position = state.position()
+            if position is None:
+                raise OffsetOutOfRangeError(f"{tp} has no position: seek first")
+        return position
+
+    def high_watermark(self, tp: TopicPartition) -> int:
+        """The partition's high watermark as of the last fetch (-1 before one)."""
+        return self._state(tp).high_watermark
+
+    def _state(self, tp: TopicPartition) -> _PartitionState:
+        state = self._states.get(tp)
+        assert state is not None, f"{tp} is not assigned to this consumer"
+        return state
+
+    def _reset_state(self, tp: TopicPartition, state: _PartitionState) -> None:
+        state.clear()
+        if self._iter_tp == tp:
+            self._drop_iterator_chunk()
+
+    def _drop_iterator_chunk(self) -> None:
+        self._iter_tp = None
+        self._iter_records = []
+        self._iter_index = 0
+
+    def _require_cluster(self) -> Cluster:
+        if self._closed:
+            raise ConnectionClosedError("the consumer is closed")
+        assert self._cluster is not None, "the consumer is not started (use `async with`)"
+        return self._cluster
+
+    # -- handing records out --------------------------------------------------------------
+
+    async def getmany(
+        self, timeout_ms: int = 0, max_records: int | None = None
+    ) -> dict[TopicPartition, list[Record[Any]]]:
+        """Records fetched so far, per partition, in offset order; waits up to
+        ``timeout_ms`` for the first to arrive (an empty dict after that).
+
+        Raises OffsetOutOfRangeError (``auto_offset_reset="error"``), the typed
+        error of a partition that failed for good, or BrokerUnavailableError when
+        the broker could not be reached for a while (fetching goes on).
+        """
+        assert max_records is None or max_records > 0
+        self._require_cluster()
+        if self._iter_tp is not None:
+            # Hand back what ``async for`` had not reached yet, in order.
+            self._return_iterator_chunk()
+        with anyio.move_on_after(timeout_ms / 1000):
+            while True:
+                self._raise_pending()
+                result = self._take(max_records if max_records is not None else math.inf)
+                if result:
+                    return result
+                if self._closed:
+                    raise ConnectionClosedError("the consumer is closed")
+                if self._data_ready is None:
+                    self._data_ready = anyio.Event()
+                await self._data_ready.wait()
+        self._raise_pending()
+        return {}
+
+    def _return_iterator_chunk(self) -> None:
+        tp = self._iter_tp
+        assert tp is not None
+        state = self._states.get(tp)
+        rest = self._iter_records[self._iter_index :]
+        if state is not None and rest:
+            if state.chunks:
+                rest.extend(state.chunks[0][state.head :])
+                state.chunks[0] = rest
+            else:
+                state.chunks.append(rest)
+            state.head = 0
+        self._drop_iterator_chunk()
+
+    def _take(self, max_records: float) -> dict[TopicPartition, list[Record[Any]]]:
+        result: dict[TopicPartition, list[Record[Any]]] = {}
+        taken = 0
+        items = list(self._states.items())
+        if not items:
+            return result
+        # Start from a rotating partition so none starves under max_records.
+        self._rotation = (self._rotation + 1) % len(items)
+        for tp, state in items[self._rotation :] + items[: self._rotation]:
+            chunks = state.chunks
+            while chunks and taken < max_records:
+                chunk = chunks[0]
+                available = len(chunk) - state.head
+                count = int(min(available, max_records - taken))
+                part = (
+                    chunk
+                    if state.head == 0 and count == len(chunk)
+                    else chunk[state.head : state.head + count]
+                )
+                if count == available:
+                    chunks.popleft()
+                    state.head = 0
+                else:
+                    state.head += count
+                existing = result.get(tp)
+                if existing is None:
+                    result[tp] = part
+                else:
+                    existing.extend(part)
+                taken += count
+            if taken >= max_records:
+                break
+        if taken:
+            self._signal(room=True)
+        return result
+
+    def _raise_pending(self) -> None:
+        if self._pending_errors:
+            raise self._pending_errors.pop(0)
+        for tp, state in self._states.items():
+            if state.error is not None and not state.chunks:
+                error, state.error = state.error, None
+                log.info("partition error", partition=str(tp), error=str(error))
+                raise error
+
+    def __aiter__(self) -> Consumer:
+        return self
+
+    async def __anext__(self) -> Record[Any]:
+        """The next record of any assigned partition (waits as long as needed)."""
+        index = self._iter_index
+        records = self._iter_records
+        if index < len(records):
+            self._iter_index = index + 1
+            return records[index]
+        self._drop_iterator_chunk()
+        self._require_cluster()
+        while True:
+            self._raise_pending()
+            taken = self._take_chunk()
+            if taken is not None:
+                self._iter_tp, self._iter_records = taken
+                self._iter_index = 1
+                return self._iter_records[0]
+            if self._closed:
+                raise StopAsyncIteration
+            if self._data_ready is None:
+                self._data_ready = anyio.Event()
+            await self._data_ready.wait()
+
+    def _take_chunk(self) -> tuple[TopicPartition, list[Record[Any]]] | None:
+        """The rest of the first buffered chunk of the next partition that has one."""
+        items = list(self._states.items())
+        count = len(items)
+        for step in range(count):
+            tp, state = items[(self._rotation + step) % count]
+            if state.chunks:
+                self._rotation = (self._rotation + step + 1) % count
+                chunk = state.chunks.popleft()
+                if state.head:
+                    chunk = chunk[state.head :]
+                    state.head = 0
+                self._signal(room=True)
+                return tp, chunk
+        return None
+
+    # -- fetching (background) ----------------------------------------------------------------
+
+    def _signal(self, *, data: bool = False, room: bool = False) -> None:
+        if data and self._data_ready is not None:
+            self._data_ready.set()
+            self._data_ready = None
+        if room and self._room is not None:
+            self._room.set()
+            self._room = None
+
+    def _start_fetchers(self) -> None:
+        cluster = self._cluster
+        assert cluster is not None and self._task_group is not None
+        for tp in self._states:
+            leader = cluster.leader_for(tp.topic, tp.partition)
+            node = leader if leader is not None else -1
+            if node not in self._fetchers:
+                self._fetchers.add(node)
+                self._task_group.start_soon(self._fetch_loop, node)
+
+    def _fetchable(self, node: int) -> list[TopicPartition]:
+        cluster = self._cluster
+        assert cluster is not None
+        ready: list[TopicPartition] = []
+        for tp, state in self._states.items():
+            if state.fetch_offset is None or state.error is not None:
+                continue
+            if len(state.chunks) >= BUFFERED_CHUNKS_MAX:
+                continue
+            leader = cluster.leader_for(tp.topic, tp.partition)
+            if (leader if leader is not None else -1) == node:
+                ready.append(tp)
+        return ready
+
+    async def _fetch_loop(self, node: int) -> None:
+        failures = 0
+        while not self._closed:
+            unresolved = [
+                tp
+                for tp, state in self._states.items()
+                if state.fetch_offset is None and state.reset is not None
+            ]
+            try:
+                if unresolved:
+                    await self._resolve_offsets(unresolved)
+                partitions = self._fetchable(node)
+                if not partitions:
+                    self._room = room = anyio.Event()
+                    with anyio.move_on_after(1.0):  # re-check leaders now and then
+                        await room.wait()
+                    continue
+                await self._fetch_once(node, partitions)
+                failures = 0
+            except DistributaryError as error:
+                if self.closed:  # the error is our own close() under the fetch
+                    return
+                failures += 1
+                if not error.retriable or failures >= self.reconnect_attempts_max:
+                    self._pending_errors.append(error)
+                    self._signal(data=True)
+                    failures = 0
+                log.info("fetch failed", node=node, error=str(error), failures=failures)
+                await self._refresh_assigned_metadata()
+                delay = backoff_ms(failures, RETRY_BACKOFF_MS, RETRY_BACKOFF_MAX_MS, self._random)
+                await anyio.sleep(delay / 1000)
+
+    async def _refresh_assigned_metadata(self) -> None:
+        cluster = self._cluster
+        assert cluster is not None
+        try:
+            await cluster.refresh_metadata(sorted({tp.topic for tp in self._states}))
+        except DistributaryError as error:
+            log.debug("metadata refresh failed", error=str(error))
+
+    async def _fetch_once(self, node: int, partitions: list[TopicPartition]) -> None:
+        cluster = self._cluster
+        assert cluster is not None
+        by_topic: dict[str, list[FetchPartition]] = {}
+        epochs: dict[TopicPartition, int] = {}
+        for tp in partitions:
+            state = self._states[tp]
+            assert state.fetch_offset is not None
+            epochs[tp] = state.epoch
+            by_topic.setdefault(tp.topic, []).append(
+                FetchPartition(
+                    tp.partition,
+                    state.fetch_offset,
+                    state.fetch_bytes_max or self.partition_fetch_bytes_max,
+                )
+            )
+        request = FetchRequest(
+            max_wait_ms=self.fetch_max_wait_ms,
+            min_bytes=self.fetch_min_bytes,
+            max_bytes=self.fetch_max_bytes,
+            topics=[FetchTopic(name, parts) for name, parts in by_topic.items()],
+        )
+        connection = await cluster.connection_for_node(node)
+        response = await connection.request(
+            request, timeout_ms=self.request_timeout_ms + self.fetch_max_wait_ms
+        )
+        body = response.body
+        assert isinstance(body, FetchResponse)
+        views = split_payload(body, response.payload)
+        results = [part for topic in body.topics for part in topic.partitions]
+        assert len(results) == len(views)
+        got_data = False
+        stale = False
+        for (topic, partition, view), result in zip(views, results, strict=True):
+            tp = TopicPartition(topic, partition)
+            current = self._states.get(tp)
+            if current is None or epochs.get(tp) != current.epoch or current.fetch_offset is None:
+                continue  # unassigned or seeked while the fetch was in flight
+            state = current
+            if result.error_code:
+                stale |= self._partition_error(tp, state, result.error_code, result.error_message)
+                got_data |= state.error is not None
+                continue
+            state.high_watermark = result.high_watermark
+            got_data |= self._decode_into(tp, state, view)
+        if got_data:
+            self._signal(data=True)
+        if stale:
+            await self._refresh_assigned_metadata()
+            self._start_fetchers()
+
+    def _decode_into(self, tp: TopicPartition, state: _PartitionState, view: memoryview) -> bool:
+        assert state.fetch_offset is not None
+        try:
+            fetched = self._decoder.decode_fetch(view, state.fetch_offset)
+        except DistributaryError as error:
+            state.error = error
+            return True
+        if fetched.records:
+            state.chunks.append(fetched.records)
+        if fetched.bytes_consumed == 0 and fetched.partial_batch_bytes:
+            # One batch bigger than the per-partition limit: ask for all of it next time.
+            state.fetch_bytes_max = min(
+                BATCH_BYTES_MAX_DEFAULT, max(fetched.partial_batch_bytes * 2, 1 << 16)
+            )
+        else:
+            state.fetch_bytes_max = 0
+        state.fetch_offset = fetched.next_offset
+        return bool(fetched.records)
+
+    def _partition_error(
+        self, tp: TopicPartition, state: _PartitionState, code: int, message: str
+    ) -> bool:
+        """Apply a partition's fetch error; True when metadata must be refreshed."""
+        if code == ErrorCode.OFFSET_OUT_OF_RANGE:
+            if self.auto_offset_reset is OffsetReset.ERROR:
+                state.error = OffsetOutOfRangeError(
+                    f"{tp}: offset {state.fetch_offset} is out of range ({message})"
+                )
+                state.fetch_offset = None
+                state.reset = None
+            else:
+                log.info(
+                    "offset out of range, resetting", partition=str(tp), offset=state.fetch_offset
+                )
+                state.fetch_offset = None
+                state.reset = self.auto_offset_reset
+            return False
+        error = error_for_code(code, message)
+        if isinstance(error, NotLeaderError | UnknownTopicOrPartitionError):
+            return True
+        if not error.retriable:
+            state.error = error
+        return False
+
+    async def _resolve_offsets(self, partitions: list[TopicPartition]) -> None:
+        """Turn each partition's ``reset`` (policy or timestamp) into a fetch offset."""
+        targets: dict[TopicPartition, int] = {}
+        epochs: dict[TopicPartition, int] = {}
+        for tp in partitions:
+            state = self._states.get(tp)
+            if state is None or state.fetch_offset is not None or state.reset is None:
+                continue
+            epochs[tp] = state.epoch
+            reset = state.reset
+            if reset is OffsetReset.ERROR:
+                state.error = OffsetOutOfRangeError(
+                    f"{tp} has no position and auto_offset_reset is 'error'"
+                )
+                state.reset = None
+                continue
+            if reset is OffsetReset.EARLIEST:
+                targets[tp] = EARLIEST_TIMESTAMP
+            elif reset is OffsetReset.LATEST:
+                targets[tp] = LATEST_TIMESTAMP
+            else:
+                assert isinstance(reset, int)
+                targets[tp] = reset
+        if not targets:
+            return
+        offsets = await self.list_offsets(targets)
+        for tp, offset in offsets.items():
+            state = self._states.get(tp)
+            if state is None or state.fetch_offset is not None or state.epoch != epochs.get(tp):
+                continue  # resolved meanwhile, or seeked elsewhere while we asked
+            if offset < 0:  # no record at or after the timestamp: the log end
+                offset = (await self.list_offsets({tp: LATEST_TIMESTAMP}))[tp]
+                if state.fetch_offset is not None or state.epoch != epochs.get(tp):
+                    continue
+            state.fetch_offset = offset
+            state.reset = None
+
+    async def list_offsets(self, targets: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
+        """ListOffsets: for each partition, the offset for a timestamp (or
+        ``EARLIEST_TIMESTAMP`` -2 / ``LATEST_TIMESTAMP`` -1).  -1 means no record
+        at or after the timestamp.  Raises the partition's typed error."""
+        cluster = self._require_cluster()
+
+        async def attempt() -> dict[TopicPartition, int]:
+            by_leader: dict[int, dict[str, list[ListOffsetsPartition]]] = {}
+            for tp, timestamp in targets.items():
+                if cluster.leader_for(tp.topic, tp.partition) is None:
+                    await cluster.topic_metadata(tp.topic)
+                leader = cluster.leader_for(tp.topic, tp.partition)
+                topics = by_leader.setdefault(leader if leader is not None else -1, {})
+                topics.setdefault(tp.topic, []).append(
+                    ListOffsetsPartition(tp.partition, timestamp)
+                )
+            offsets: dict[TopicPartition, int] = {}
+            for leader, topics in by_leader.items():
+                connection = await cluster.connection_for_node(leader)
+                response = await connection.request(
+                    ListOffsetsRequest(
+                        [ListOffsetsTopic(name, parts) for name, parts in topics.items()]
+                    )
+                )
+                body = response.body
+                assert isinstance(body, ListOffsetsResponse)
+                for topic in body.topics:
+                    for part in topic.partitions:
+                        if part.error_code:
+                            error = error_for_code(part.error_code, part.error_message)
+                            if isinstance(error, NotLeaderError | UnknownTopicOrPartitionError):
+                                cluster.invalidate(topic.name)
+                            raise error
+                        offsets[TopicPartition(topic.name, part.partition)] = part.offset
+            return offsets
+
+        return await cluster.call_with_retries(attempt, attempts_max=self.reconnect_attempts_max)

@@ -1,0 +1,706 @@
+"""The async producer: records in, batches per partition, Produce requests out.
+
+Runs on trio or asyncio (anyio).  Per record, :meth:`Producer.enqueue` does one
+cheap step: pick a partition (sticky for keyless records, CRC-32C of the key
+otherwise, see client/partitioner.py) and append a tuple to that partition's
+open :class:`~client.records.builder.BatchBuilder` (client/accumulator.py).  It
+returns a :class:`RecordHandle` -- the batch plus the record's index in it -- so
+there is no per-record future: the batch is the future of all its records.
+
+A background sender task drains ready batches (full, ``linger_ms`` old, or
+flushing), groups them by leader into Produce requests of several partitions,
+writes them pipelined on one connection per broker, and resolves each batch
+from the response.  Retriable errors (connection lost, broker restarting, not
+leader, timeouts) put a batch back at the front of its partition's queue after
+an exponential backoff, at most ``retries_max`` times; with retries enabled a
+partition has one batch in flight at a time, so retries never reorder records.
+
+Delivery is at least once: a batch whose connection died after the broker
+appended it is sent again (no idempotent producer yet).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Generator, Iterable, Sequence
+from types import TracebackType
+from typing import Any, Final, Literal
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+import structlog
+
+from client._io.cluster import Cluster, backoff_ms
+from client._io.connection import BrokerConnection, PendingResponse
+from client.accumulator import (
+    RECORD_BYTES_OVERHEAD,
+    ProducerBatch,
+    RecordAccumulator,
+    record_size,
+)
+from client.errors import (
+    ConnectionClosedError,
+    DistributaryError,
+    NotLeaderError,
+    ProtocolError,
+    TooManyRequestsError,
+    UnknownTopicOrPartitionError,
+    error_for_code,
+)
+from client.partitioner import StickyPartitioner, partition_for_key
+from client.protocol.messages import (
+    ProducePartition,
+    ProduceRequest,
+    ProduceResponse,
+    ProduceTopic,
+)
+from client.records.builder import Header
+from client.records.header import BATCH_BYTES_MAX_DEFAULT, Compression
+from client.types import MiB, RecordMetadata
+
+log = structlog.get_logger("client.producer")
+
+CompressionName = Literal["none", "gzip", "lz4", "zstd"]
+AcksSetting = Literal["none", "leader", "all", 0, 1, -1]
+KeyOrValue = bytes | bytearray | memoryview | str
+
+_COMPRESSION: Final[dict[str, Compression]] = {
+    "none": Compression.NONE,
+    "gzip": Compression.GZIP,
+    "lz4": Compression.LZ4,
+    "zstd": Compression.ZSTD,
+}
+_ACKS: Final[dict[object, int]] = {"none": 0, "leader": 1, "all": -1, 0: 0, 1: 1, -1: -1}
+# One Produce request carries at most this many bytes of batches; more ready
+# batches for the same broker go in the next (pipelined) request.
+REQUEST_BYTES_MAX_DEFAULT: Final = 8 * MiB
+# A tight enqueue loop yields to the event loop every this many records (~0.3 ms
+# of appends): often enough to keep acks and sends flowing, rare enough to be free.
+CHECKPOINT_EVERY_MASK: Final = 512 - 1
+
+
+def _wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _as_bytes(data: KeyOrValue, what: str) -> bytes:
+    if isinstance(data, str):
+        return data.encode()
+    if isinstance(data, bytes | bytearray | memoryview):
+        return bytes(data)
+    raise TypeError(f"{what} must be bytes or str, not {type(data).__name__}")
+
+
+class RecordHandle:
+    """The result-to-be of one enqueued record: await it for its RecordMetadata.
+
+    Awaiting raises the batch's typed error if it failed for good.  Cheap: three
+    slots, no event until someone awaits.
+    """
+
+    __slots__ = ("_batch", "_offset_delta", "_timestamp_ms")
+
+    def __init__(self, batch: ProducerBatch, offset_delta: int, timestamp_ms: int) -> None:
+        self._batch = batch
+        self._offset_delta = offset_delta
+        self._timestamp_ms = timestamp_ms
+
+    def done(self) -> bool:
+        return self._batch.done
+
+    def result(self) -> RecordMetadata:
+        """The metadata of a done record.  Raises its typed error, or
+        AssertionError (programmer error) if it is not done yet."""
+        batch = self._batch
+        assert batch.done, "the record is not acknowledged yet: await the handle"
+        if batch.error is not None:
+            raise batch.error
+        offset = batch.base_offset + self._offset_delta if batch.base_offset >= 0 else -1
+        return RecordMetadata(batch.topic, batch.partition, offset, self._timestamp_ms)
+
+    async def wait(self) -> RecordMetadata:
+        await wait_for_batch(self._batch)
+        return self.result()
+
+    def __await__(self) -> Generator[Any, None, RecordMetadata]:
+        return self.wait().__await__()
+
+
+async def wait_for_batch(batch: ProducerBatch) -> None:
+    """Park until ``batch`` is acknowledged or failed (one event per batch)."""
+    if batch.done:
+        return
+    waiter = batch.waiter
+    if waiter is None:
+        event = anyio.Event()
+        batch.waiter = event
+    else:
+        assert isinstance(waiter, anyio.Event)
+        event = waiter
+    await event.wait()
+
+
+class Producer:
+    """Sends records to topics.  Use as ``async with Producer(...) as producer:``.
+
+    Parameters (all sizes in bytes, all times in milliseconds):
+
+    - ``linger_ms``: how long a batch waits for more records before it is sent.
+    - ``batch_bytes_max``: a batch is closed before it would pass this size.
+    - ``buffer_bytes_max``: bytes of unacknowledged records held at most;
+      ``enqueue``/``send`` wait for space beyond it (backpressure).
+    - ``compression``: "none", "gzip", "lz4" or "zstd", per batch.
+    - ``acks``: "leader" (1), "all" (-1) or "none" (0: offsets are then -1).
+    - ``retries_max`` / ``retry_backoff_ms`` / ``retry_backoff_max_ms``: retriable
+      errors are retried this many times with exponential backoff.  With
+      ``retries_max > 0`` one batch per partition is in flight, keeping order.
+    - ``allow_auto_create_topics``: ask the broker to create unknown topics (it
+      may still refuse if its own auto-create setting is off).
+    """
+
+    def __init__(
+        self,
+        bootstrap: str | Sequence[str] = "127.0.0.1:9392",
+        *,
+        client_id: str = "",
+        linger_ms: int = 5,
+        batch_bytes_max: int = 1 * MiB,
+        buffer_bytes_max: int = 64 * MiB,
+        compression: CompressionName = "none",
+        acks: AcksSetting = "leader",
+        retries_max: int = 10,
+        retry_backoff_ms: int = 100,
+        retry_backoff_max_ms: int = 1_000,
+        request_timeout_ms: int = 30_000,
+        connect_timeout_ms: int = 5_000,
+        reconnect_attempts_max: int = 5,
+        inflight_requests_max: int = 16,
+        request_bytes_max: int = REQUEST_BYTES_MAX_DEFAULT,
+        allow_auto_create_topics: bool = False,
+        clock_ms: Callable[[], int] = _wall_clock_ms,
+        rng: random.Random | None = None,
+    ) -> None:
+        if compression not in _COMPRESSION:
+            raise ValueError(f"compression must be one of {sorted(_COMPRESSION)}")
+        if acks not in _ACKS:
+            raise ValueError("acks must be 'none', 'leader', 'all', 0, 1 or -1")
+        assert 0 < batch_bytes_max <= BATCH_BYTES_MAX_DEFAULT, batch_bytes_max
+        assert buffer_bytes_max >= batch_bytes_max, "buffer_bytes_max < batch_bytes_max"
+        assert retries_max >= 0 and linger_ms >= 0 and request_timeout_ms > 0
+        self.bootstrap = bootstrap
+        self.client_id = client_id
+        self.acks = _ACKS[acks]
+        self.retries_max = retries_max
+        self.retry_backoff_ms = retry_backoff_ms
+        self.retry_backoff_max_ms = retry_backoff_max_ms
+        self.request_timeout_ms = request_timeout_ms
+        self.connect_timeout_ms = connect_timeout_ms
+        self.reconnect_attempts_max = reconnect_attempts_max
+        self.inflight_requests_max = inflight_requests_max
+        self.request_bytes_max = max(request_bytes_max, batch_bytes_max)
+        self.batch_bytes_max = batch_bytes_max
+        self.allow_auto_create_topics = allow_auto_create_topics
+        self._clock_ms = clock_ms
+        self._random = rng if rng is not None else random.Random()
+        self._sticky = StickyPartitioner(self._random)
+        self._accumulator = RecordAccumulator(
+            batch_bytes_max=batch_bytes_max,
+            linger_ms=linger_ms,
+            buffer_bytes_max=buffer_bytes_max,
+            compression=_COMPRESSION[compression],
+            # Retries keep order only with one batch per partition in flight.
+            inflight_batches_per_partition_max=1 if retries_max > 0 else 5,
+            on_batch_closed=self._batch_closed,
+        )
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._cluster: Cluster | None = None
+        self._wake: anyio.Event | None = None
+        self._space: anyio.Event | None = None
+        self._metadata_lock: anyio.Lock | None = None
+        self._stale_topics: set[str] = set()
+        self._closing = False
+        self._closed = False
+        # Hot-path alias of the cluster's partition-count cache (filled on start).
+        self._partition_counts: dict[str, int] = {}
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def __aenter__(self) -> Producer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close(flush=exc_type is None)
+
+    async def start(self) -> None:
+        """Start the background sender.  ``close()`` must then be called from the
+        same task (``async with`` does both)."""
+        assert self._task_group is None, "the producer is already started"
+        task_group = anyio.create_task_group()
+        await task_group.__aenter__()
+        self._task_group = task_group
+        self._cluster = Cluster(
+            self.bootstrap,
+            task_group,
+            client_id=self.client_id,
+            connect_timeout_ms=self.connect_timeout_ms,
+            request_timeout_ms=self.request_timeout_ms,
+            reconnect_attempts_max=self.reconnect_attempts_max,
+            inflight_requests_max=self.inflight_requests_max,
+            rng=self._random,
+        )
+        self._partition_counts = self._cluster.partition_counts
+        self._metadata_lock = anyio.Lock()
+        task_group.start_soon(self._sender_loop)
+
+    async def close(self, *, flush: bool = True) -> None:
+        """Flush (unless ``flush=False``), stop the sender and close connections.
+        Records still unacknowledged afterwards fail with ConnectionClosedError."""
+        if self._closed:
+            return
+        task_group = self._task_group
+        assert task_group is not None, "the producer was never started"
+        try:
+            if flush:
+                await self.flush()
+        finally:
+            self._closed = self._closing = True
+            self._accumulator.fail_all(lambda: ConnectionClosedError("the producer is closed"))
+            self._wake_sender()
+            self._signal_space()
+            task_group.cancel_scope.cancel()
+            assert self._cluster is not None
+            await self._cluster.aclose()
+            await task_group.__aexit__(None, None, None)
+
+    # -- sending --------------------------------------------------------------------------
+
+    async def send(
+        self,
+        topic: str,
+        value: KeyOrValue | None,
+        key: KeyOrValue | None = None,
+        headers: Sequence[tuple[str, KeyOrValue]] | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+    ) -> RecordMetadata:
+        """Send one record and wait for its acknowledgement.  See :meth:`enqueue`."""
+        handle = await self.enqueue(topic, value, key, headers, partition, timestamp_ms)
+        return await handle.wait()
+
+    async def enqueue(
+        self,
+        topic: str,
+        value: KeyOrValue | None,
+        key: KeyOrValue | None = None,
+        headers: Sequence[tuple[str, KeyOrValue]] | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+    ) -> RecordHandle:
+        """Add a record to its batch; return at once with a handle to await later.
+
+        Waits only for buffer space (``buffer_bytes_max``) and, the first time a
+        topic is used, for its metadata.  ``str`` keys, values and header values
+        are encoded as UTF-8.  Raises UnknownTopicOrPartitionError (topic absent,
+        or ``partition`` out of range), BrokerUnavailableError (no metadata),
+        ConnectionClosedError (producer closed).
+        """
+        if type(value) is not bytes and value is not None:
+            value = _as_bytes(value, "value")
+        if key is not None and type(key) is not bytes:
+            key = _as_bytes(key, "key")
+        if partition is None:
+            if key is None:
+                partition = self._sticky.current.get(topic)
+                if partition is None:
+                    partition = self._sticky.next_partition(
+                        topic, await self._partition_count(topic)
+                    )
+            else:
+                count = self._partition_counts.get(topic)
+                if count is None:
+                    count = await self._partition_count(topic)
+                partition = partition_for_key(key, count)
+        elif topic not in self._partition_counts or partition >= self._partition_counts[topic]:
+            await self._check_partition(topic, partition)
+        accumulator = self._accumulator
+        if accumulator.buffer_bytes_used >= accumulator.buffer_bytes_max or self._closing:
+            await self._wait_for_space()
+        if headers:
+            encoded_headers: Sequence[Header] = _encode_headers(headers)
+            size = record_size(value, key, encoded_headers)
+        else:
+            encoded_headers = ()
+            size = RECORD_BYTES_OVERHEAD + (len(value) if value else 0) + (len(key) if key else 0)
+        if timestamp_ms is None:
+            timestamp_ms = self._clock_ms()
+        # Fast path (see RecordAccumulator.append): the record fits the open batch.
+        batch = accumulator.open_batches.get((topic, partition))
+        if batch is not None and batch.buffer_bytes + size <= accumulator.fit_bytes:
+            delta = batch.builder.append(value, key, encoded_headers, timestamp_ms)
+            batch.buffer_bytes += size
+            accumulator.buffer_bytes_used += size
+            if not delta & CHECKPOINT_EVERY_MASK:
+                # Let the reader and sender tasks run now and then even in a tight
+                # enqueue loop: acks arrive and the next batch leaves on time.
+                await anyio.lowlevel.checkpoint()
+            return RecordHandle(batch, delta, timestamp_ms)
+        batch, delta, _wake = accumulator.append(
+            topic, partition, value, key, encoded_headers, timestamp_ms, self._clock_ms()
+        )
+        # A batch opened (and maybe a full one closed): once per batch, let the
+        # sender run, so a tight enqueue loop still feeds the network.
+        self._wake_sender()
+        await anyio.lowlevel.checkpoint()
+        return RecordHandle(batch, delta, timestamp_ms)
+
+    def send_nowait(
+        self,
+        topic: str,
+        value: KeyOrValue | None,
+        key: KeyOrValue | None = None,
+        headers: Sequence[tuple[str, KeyOrValue]] | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+    ) -> RecordHandle:
+        """The fastest way in: like :meth:`enqueue` but a plain call that never waits.
+
+        Raises TooManyRequestsError (retriable) when the buffer is full -- then
+        ``await producer.wait_for_space()`` and call again; UnknownTopicOrPartitionError
+        (retriable) when the topic's metadata is not loaded yet -- ``await
+        producer.partitions_for(topic)`` once first; ConnectionClosedError when closed.
+        It never yields to the event loop: a loop of it must await something now
+        and then (``wait_for_space``, ``flush``, ``anyio.sleep(0)``) so batches leave.
+        """
+        if type(value) is not bytes and value is not None:
+            value = _as_bytes(value, "value")
+        if key is not None and type(key) is not bytes:
+            key = _as_bytes(key, "key")
+        if partition is None:
+            count = self._partition_counts.get(topic)
+            if count is None:
+                raise UnknownTopicOrPartitionError(
+                    f"no metadata for topic {topic!r} yet: await partitions_for() first"
+                )
+            if key is None:
+                partition = self._sticky.current.get(topic)
+                if partition is None:
+                    partition = self._sticky.next_partition(topic, count)
+            else:
+                partition = partition_for_key(key, count)
+        elif not 0 <= partition < self._partition_counts.get(topic, 0):
+            raise UnknownTopicOrPartitionError(
+                f"partition {partition} of {topic!r} is unknown: await partitions_for() first"
+            )
+        accumulator = self._accumulator
+        if accumulator.buffer_bytes_used >= accumulator.buffer_bytes_max or self._closing:
+            if self._closing:
+                raise ConnectionClosedError("the producer is closed")
+            raise TooManyRequestsError(
+                f"producer buffer full ({accumulator.buffer_bytes_max} bytes): "
+                "await wait_for_space()"
+            )
+        if headers:
+            encoded_headers: Sequence[Header] = _encode_headers(headers)
+            size = record_size(value, key, encoded_headers)
+        else:
+            encoded_headers = ()
+            size = RECORD_BYTES_OVERHEAD + (len(value) if value else 0) + (len(key) if key else 0)
+        if timestamp_ms is None:
+            timestamp_ms = self._clock_ms()
+        batch = accumulator.open_batches.get((topic, partition))
+        if batch is not None and batch.buffer_bytes + size <= accumulator.fit_bytes:
+            delta = batch.builder.append(value, key, encoded_headers, timestamp_ms)
+            batch.buffer_bytes += size
+            accumulator.buffer_bytes_used += size
+            return RecordHandle(batch, delta, timestamp_ms)
+        batch, delta, _wake = accumulator.append(
+            topic, partition, value, key, encoded_headers, timestamp_ms, self._clock_ms()
+        )
+        self._wake_sender()
+        return RecordHandle(batch, delta, timestamp_ms)
+
+    async def wait_for_space(self) -> None:
+        """Wait until the buffer has room (and let the sender run meanwhile).
+        Raises ConnectionClosedError if the producer closes."""
+        await anyio.lowlevel.checkpoint()
+        await self._wait_for_space()
+
+    async def enqueue_many(
+        self,
+        topic: str,
+        values: Iterable[KeyOrValue | None],
+        *,
+        keys: Iterable[KeyOrValue | None] | None = None,
+        partition: int | None = None,
+    ) -> list[RecordHandle]:
+        """:meth:`enqueue` for many records in one call (same rules); handles in
+        input order.  ``keys``, when given, must be as long as ``values``."""
+        enqueue = self.enqueue
+        if keys is None:
+            return [await enqueue(topic, value, None, None, partition) for value in values]
+        return [
+            await enqueue(topic, value, key, None, partition)
+            for value, key in zip(values, keys, strict=True)
+        ]
+
+    async def send_many(
+        self,
+        topic: str,
+        values: Iterable[KeyOrValue | None],
+        *,
+        keys: Iterable[KeyOrValue | None] | None = None,
+        partition: int | None = None,
+    ) -> list[RecordMetadata]:
+        """Send many records and wait until all are acknowledged; metadata in input
+        order.  Raises the first failed record's typed error."""
+        handles = await self.enqueue_many(topic, values, keys=keys, partition=partition)
+        seen: set[int] = set()
+        for handle in handles:
+            batch = handle._batch
+            if id(batch) not in seen:
+                seen.add(id(batch))
+                await wait_for_batch(batch)
+        return [handle.result() for handle in handles]
+
+    async def flush(self) -> None:
+        """Send every record enqueued so far now (ignoring ``linger_ms``) and wait
+        until each is acknowledged or failed.  Does not raise for failed records:
+        their handles do."""
+        accumulator = self._accumulator
+        batches = accumulator.unfinished_batches()
+        if not batches:
+            return
+        accumulator.flushing += 1
+        try:
+            self._wake_sender()
+            for batch in batches:
+                await wait_for_batch(batch)
+        finally:
+            accumulator.flushing -= 1
+
+    async def partitions_for(self, topic: str) -> list[int]:
+        """The topic's partition numbers.  Raises UnknownTopicOrPartitionError."""
+        return list(range(await self._partition_count(topic)))
+
+    # -- metadata ---------------------------------------------------------------------------
+
+    async def _partition_count(self, topic: str) -> int:
+        if self._closing:
+            raise ConnectionClosedError("the producer is closed")
+        cluster = self._cluster
+        assert cluster is not None and self._metadata_lock is not None, "producer not started"
+        async with self._metadata_lock:
+            count = cluster.partition_counts.get(topic)
+            if count is None:
+                await cluster.topic_metadata(topic, allow_auto_create=self.allow_auto_create_topics)
+                count = cluster.partition_counts[topic]
+        return count
+
+    async def _check_partition(self, topic: str, partition: int) -> None:
+        count = await self._partition_count(topic)
+        if not 0 <= partition < count:
+            raise UnknownTopicOrPartitionError(
+                f"topic {topic!r} has {count} partitions; there is no partition {partition}"
+            )
+
+    def _batch_closed(self, topic: str, partition: int) -> None:
+        count = self._partition_counts.get(topic)
+        if count:
+            self._sticky.batch_closed(topic, partition, count)
+
+    # -- buffer space -------------------------------------------------------------------------
+
+    async def _wait_for_space(self) -> None:
+        accumulator = self._accumulator
+        for _ in range(1 << 30):  # bounded: every wake re-checks
+            if self._closing:
+                raise ConnectionClosedError("the producer is closed")
+            if accumulator.buffer_bytes_used < accumulator.buffer_bytes_max:
+                return
+            if self._space is None:
+                self._space = anyio.Event()
+            self._wake_sender()
+            await self._space.wait()
+
+    def _signal_space(self) -> None:
+        space = self._space
+        if space is not None:
+            self._space = None
+            space.set()
+
+    def _wake_sender(self) -> None:
+        wake = self._wake
+        if wake is not None:
+            self._wake = None
+            wake.set()
+
+    # -- the sender task ------------------------------------------------------------------------
+
+    async def _sender_loop(self) -> None:
+        accumulator = self._accumulator
+        while not self._closed:
+            if self._stale_topics:
+                await self._refresh_stale_topics()
+            now_ms = self._clock_ms()
+            batches = accumulator.drain(now_ms)
+            if batches:
+                await self._send_batches(batches)
+                continue
+            wait_ms = accumulator.next_ready_ms(now_ms)
+            self._wake = wake = anyio.Event()
+            timeout_s = math.inf if wait_ms is None else wait_ms / 1000
+            with anyio.move_on_after(timeout_s):
+                await wake.wait()
+
+    async def _refresh_stale_topics(self) -> None:
+        topics = sorted(self._stale_topics)
+        self._stale_topics.clear()
+        assert self._cluster is not None
+        try:
+            await self._cluster.refresh_metadata(topics)
+        except DistributaryError as error:
+            log.info("metadata refresh failed", topics=topics, error=str(error))
+
+    async def _send_batches(self, batches: list[ProducerBatch]) -> None:
+        cluster = self._cluster
+        assert cluster is not None
+        by_leader: dict[int, list[ProducerBatch]] = {}
+        for batch in batches:
+            leader = cluster.leader_for(batch.topic, batch.partition)
+            if leader is None:
+                self._handle_error(
+                    batch, NotLeaderError(f"no known leader for {batch.topic}-{batch.partition}")
+                )
+                continue
+            by_leader.setdefault(leader, []).append(batch)
+        for leader, group in by_leader.items():
+            try:
+                connection = await cluster.connection_for_node(leader)
+            except DistributaryError as error:
+                for batch in group:
+                    self._handle_error(batch, error)
+                continue
+            for request_batches in self._split_requests(group):
+                await self._send_request(connection, request_batches)
+
+    def _split_requests(self, batches: list[ProducerBatch]) -> list[list[ProducerBatch]]:
+        """Build each batch's bytes and cut the list into requests of at most
+        ``request_bytes_max`` bytes.  A batch that cannot be built fails."""
+        requests: list[list[ProducerBatch]] = []
+        current: list[ProducerBatch] = []
+        current_bytes = 0
+        for batch in batches:
+            try:
+                size = len(batch.build(BATCH_BYTES_MAX_DEFAULT))
+            except DistributaryError as error:
+                self._accumulator.fail(batch, error)
+                self._signal_space()
+                continue
+            if current and current_bytes + size > self.request_bytes_max:
+                requests.append(current)
+                current, current_bytes = [], 0
+            current.append(batch)
+            current_bytes += size
+        if current:
+            requests.append(current)
+        return requests
+
+    async def _send_request(
+        self, connection: BrokerConnection, batches: list[ProducerBatch]
+    ) -> None:
+        # The payload follows the body's order: topics as listed, partitions within.
+        by_topic: dict[str, list[ProducerBatch]] = {}
+        for batch in batches:
+            by_topic.setdefault(batch.topic, []).append(batch)
+        ordered = [batch for group in by_topic.values() for batch in group]
+        request = ProduceRequest(
+            acks=self.acks,
+            timeout_ms=self.request_timeout_ms,
+            topics=[
+                ProduceTopic(
+                    name,
+                    [ProducePartition(b.partition, len(b.payload or b"")) for b in group],
+                )
+                for name, group in by_topic.items()
+            ],
+        )
+        payload = [batch.payload or b"" for batch in ordered]
+        try:
+            pending = await connection.send(request, payload, wants_response=self.acks != 0)
+        except DistributaryError as error:
+            for batch in ordered:
+                self._handle_error(batch, error)
+            return
+        if pending is None:  # acks=none: nothing will come back
+            for batch in ordered:
+                self._accumulator.complete(batch, -1)
+            self._signal_space()
+            return
+        assert self._task_group is not None
+        self._task_group.start_soon(self._await_response, connection, pending, ordered)
+
+    async def _await_response(
+        self, connection: BrokerConnection, pending: PendingResponse, batches: list[ProducerBatch]
+    ) -> None:
+        try:
+            response = await connection.wait(pending, self.request_timeout_ms + 5_000)
+        except DistributaryError as error:
+            for batch in batches:
+                self._handle_error(batch, error)
+            self._wake_sender()
+            return
+        body = response.body
+        assert isinstance(body, ProduceResponse)
+        results = {
+            (topic.name, part.partition): part for topic in body.topics for part in topic.partitions
+        }
+        for batch in batches:
+            result = results.get((batch.topic, batch.partition))
+            if result is None:
+                self._handle_error(
+                    batch, ProtocolError(f"no produce result for {batch.topic}-{batch.partition}")
+                )
+            elif result.error_code:
+                self._handle_error(batch, error_for_code(result.error_code, result.error_message))
+            else:
+                self._accumulator.complete(batch, result.base_offset)
+        self._signal_space()
+        self._wake_sender()
+
+    def _handle_error(self, batch: ProducerBatch, error: DistributaryError) -> None:
+        """Retry ``batch`` later if the error allows it, else fail its records."""
+        if isinstance(error, NotLeaderError | UnknownTopicOrPartitionError):
+            self._stale_topics.add(batch.topic)
+            if self._cluster is not None:
+                self._cluster.invalidate(batch.topic)
+        if error.retriable and batch.attempts < self.retries_max and not self._closed:
+            delay_ms = backoff_ms(
+                batch.attempts, self.retry_backoff_ms, self.retry_backoff_max_ms, self._random
+            )
+            log.info(
+                "retrying batch",
+                topic=batch.topic,
+                partition=batch.partition,
+                attempt=batch.attempts + 1,
+                error=str(error),
+            )
+            self._accumulator.retry(batch, self._clock_ms() + int(delay_ms))
+        else:
+            self._accumulator.fail(batch, error)
+            self._signal_space()
+
+
+def _encode_headers(headers: Sequence[tuple[str, KeyOrValue]]) -> tuple[Header, ...]:
+    return tuple(
+        (name, value if type(value) is bytes else _as_bytes(value, "header value"))
+        for name, value in headers
+    )

@@ -1,0 +1,118 @@
+"""Small public value types of the SDK: partitions, produce results, consumed records.
+
+These are plain immutable values with no I/O.  ``TopicPartition`` is a NamedTuple
+so it hashes and compares fast as a dict key (the consumer keys its buffers by it).
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Final, NamedTuple
+
+MiB: Final = 1024 * 1024
+
+
+class TopicPartition(NamedTuple):
+    """One partition of one topic."""
+
+    topic: str
+    partition: int
+
+    def __str__(self) -> str:
+        return f"{self.topic}-{self.partition}"
+
+
+class RecordMetadata(NamedTuple):
+    """Where an acknowledged record was written.
+
+    ``offset`` is -1 when the producer runs with ``acks="none"`` (the broker sends
+    no answer, so the offset is never known).  ``timestamp_ms`` is the record's
+    create time as sent by the producer.
+    """
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+
+
+class OffsetReset(enum.Enum):
+    """What a consumer does when its position is unknown or out of range."""
+
+    EARLIEST = "earliest"
+    LATEST = "latest"
+    ERROR = "error"
+
+
+class Acks(enum.IntEnum):
+    """How many replicas must have a batch before the broker answers."""
+
+    NONE = 0
+    LEADER = 1
+    ALL = -1
+
+
+class PartitionInfo(NamedTuple):
+    """A partition as the cluster metadata describes it."""
+
+    topic: str
+    partition: int
+    leader: int
+    leader_epoch: int
+    replicas: tuple[int, ...]
+    isr: tuple[int, ...]
+
+
+class TopicInfo(NamedTuple):
+    """A topic and its partitions, from the cluster metadata."""
+
+    name: str
+    partitions: tuple[PartitionInfo, ...]
+    internal: bool
+
+
+class BrokerNode(NamedTuple):
+    """One broker of the cluster."""
+
+    node_id: int
+    host: str
+    port: int
+
+
+class ClusterMetadata(NamedTuple):
+    """A snapshot of the cluster: brokers, controller and topics."""
+
+    cluster_id: str
+    controller_id: int
+    brokers: tuple[BrokerNode, ...]
+    topics: tuple[TopicInfo, ...]
+
+
+class PartitionOffsets(NamedTuple):
+    """A partition's offsets and size, from DescribeTopics."""
+
+    partition: int
+    leader: int
+    log_start_offset: int
+    log_end_offset: int
+    high_watermark: int
+    size_bytes: int
+    segment_count: int
+
+
+class TopicDescription(NamedTuple):
+    """A topic's configuration and per-partition offsets."""
+
+    name: str
+    configs: dict[str, str]
+    partitions: tuple[PartitionOffsets, ...]
+    internal: bool
+
+
+class NewTopic(NamedTuple):
+    """A topic to create with :meth:`client.Admin.create_topics`."""
+
+    name: str
+    partitions: int = 1
+    replication_factor: int = 1
+    configs: dict[str, str] | None = None

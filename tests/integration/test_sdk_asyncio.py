@@ -1,0 +1,74 @@
+"""The same public SDK API on asyncio (FastAPI/aiohttp programs): admin, produce, consume, seek.
+
+pytest-trio runs ``async def`` tests on trio, so these are plain functions that
+start a real asyncio loop with ``asyncio.run``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import pytest
+import sniffio
+
+from client import (
+    Admin,
+    BrokerUnavailableError,
+    Consumer,
+    NewTopic,
+    Producer,
+    TopicAlreadyExistsError,
+    TopicPartition,
+)
+
+
+async def scenario(address: str) -> None:
+    assert sniffio.current_async_library() == "asyncio"
+    async with Admin(address) as admin:
+        await admin.create_topics([NewTopic("events", 2)])
+        with pytest.raises(TopicAlreadyExistsError):
+            await admin.create_topic("events", 2)
+    async with Producer(address, linger_ms=1, compression="zstd") as producer:
+        first = await producer.send("events", "hello", key="user-1", headers=[("h", "v")])
+        handles = [await producer.enqueue("events", f"e{i}", key="user-1") for i in range(99)]
+        await producer.flush()
+        offsets = [handle.result().offset for handle in handles]
+    assert offsets == list(range(first.offset + 1, first.offset + 100))
+    tp = TopicPartition("events", first.partition)
+    async with Consumer(address, auto_offset_reset="earliest") as consumer:
+        await consumer.assign([tp])
+        records = []
+        async for record in consumer:
+            records.append(record)
+            if len(records) == 100:
+                break
+        assert records[0].value == b"hello" and records[0].key == b"user-1"
+        assert records[0].headers == (("h", b"v"),)
+        assert [r.value for r in records[1:]] == [f"e{i}".encode() for i in range(99)]
+        consumer.seek(tp, first.offset + 50)
+        batch = await asyncio.wait_for(consumer.getmany(timeout_ms=5000), 10)
+        assert batch[tp][0].value == b"e49"
+        await consumer.seek_to_beginning()
+        assert await consumer.position(tp) == 0
+
+
+def test_public_api_on_asyncio(broker: Any) -> None:
+    """Proves admin create, produce (send/enqueue/flush), consume (async for, getmany) and seek on asyncio."""
+    asyncio.run(asyncio.wait_for(scenario(broker.address), 30))
+
+
+def test_unreachable_broker_on_asyncio() -> None:
+    """Proves asyncio programs get BrokerUnavailableError too, not OSError."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+
+    async def attempt() -> None:
+        assert sniffio.current_async_library() == "asyncio"
+        async with Producer(f"127.0.0.1:{port}", reconnect_attempts_max=2) as producer:
+            with pytest.raises(BrokerUnavailableError):
+                await producer.send("t", b"x")
+
+    asyncio.run(asyncio.wait_for(attempt(), 20))

@@ -1,0 +1,122 @@
+"""The producer's accumulator, driven without I/O: linger, size, buffer bound, retry order."""
+
+from __future__ import annotations
+
+import random
+
+from client.accumulator import RecordAccumulator
+from client.errors import ConnectionClosedError, InvalidRequestError
+from client.records.decoder import RecordDecoder
+
+
+def make(
+    *, batch_bytes_max: int = 10_000, linger_ms: int = 5, buffer_bytes_max: int = 1 << 20
+) -> RecordAccumulator:
+    return RecordAccumulator(
+        batch_bytes_max=batch_bytes_max, linger_ms=linger_ms, buffer_bytes_max=buffer_bytes_max
+    )
+
+
+def test_batch_waits_for_linger_then_drains() -> None:
+    """Proves a batch is held for linger_ms and sent once its first record is that old."""
+    acc = make(linger_ms=5)
+    acc.append("t", 0, b"a", None, (), 1000, now_ms=1000)
+    acc.append("t", 0, b"b", None, (), 1003, now_ms=1003)
+    assert acc.drain(1004) == []
+    assert acc.next_ready_ms(1004) == 1
+    (batch,) = acc.drain(1005)
+    assert len(batch.builder) == 2
+    assert acc.next_ready_ms(1005) is None
+    acc.check_invariants()
+
+
+def test_full_batch_closes_and_is_ready_before_linger() -> None:
+    """Proves a batch closes before passing batch_bytes_max and is sendable at once."""
+    acc = make(batch_bytes_max=1_000, linger_ms=10_000)
+    batches = set()
+    for _index in range(30):
+        batch, _delta, _wake = acc.append("t", 0, b"x" * 100, None, (), 0, now_ms=0)
+        batches.add(batch)
+        assert batch.builder.estimated_bytes <= 1_000
+    assert len(batches) >= 3
+    ready = acc.drain(0)
+    assert len(ready) == 1  # one in flight per partition
+    assert ready[0].builder.estimated_bytes <= 1_000
+    acc.check_invariants()
+
+
+def test_flush_makes_open_batches_ready() -> None:
+    """Proves a flush sends open batches without waiting for linger."""
+    acc = make(linger_ms=60_000)
+    acc.append("t", 0, b"a", None, (), 0, now_ms=0)
+    acc.append("t", 1, b"b", None, (), 0, now_ms=0)
+    assert acc.drain(1) == []
+    acc.flushing += 1
+    assert {(b.topic, b.partition) for b in acc.drain(1)} == {("t", 0), ("t", 1)}
+
+
+def test_buffer_bound_counts_until_acknowledged() -> None:
+    """Proves buffer_bytes_used grows with appends, blocks at the bound, and shrinks on ack."""
+    acc = make(buffer_bytes_max=2_000, batch_bytes_max=1_000, linger_ms=0)
+    appended = 0
+    while acc.has_buffer_space:
+        acc.append("t", 0, b"y" * 100, None, (), 0, now_ms=0)
+        appended += 1
+        assert appended < 100
+    assert acc.buffer_bytes_used >= 2_000
+    (batch,) = acc.drain(0)
+    acc.complete(batch, base_offset=0)
+    assert acc.has_buffer_space
+    acc.check_invariants()
+
+
+def test_retry_goes_first_and_keeps_partition_order() -> None:
+    """Proves a retried batch is resent before later batches of its partition (order kept)."""
+    acc = make(batch_bytes_max=500, linger_ms=0)
+    for index in range(20):
+        acc.append("t", 0, str(index).encode().ljust(100), None, (), 0, now_ms=0)
+    sent_order: list[int] = []
+    rng = random.Random(3)
+    now = 0
+    for _ in range(200):
+        ready = acc.drain(now)
+        assert len(ready) <= 1, "more than one batch in flight for a partition"
+        if not ready:
+            if acc.pending_count == 0:
+                break
+            now += 10
+            continue
+        (batch,) = ready
+        if rng.random() < 0.4:
+            acc.retry(batch, retry_at_ms=now + 3)
+        else:
+            decoded = RecordDecoder().decode_batch(batch.build())
+            sent_order.extend(int(record.value or b"") for record in decoded)
+            acc.complete(batch, base_offset=len(sent_order))
+        acc.check_invariants()
+    assert sent_order == list(range(20))
+
+
+def test_retry_respects_backoff_time() -> None:
+    """Proves a retried batch is not drained again before its backoff has passed."""
+    acc = make(linger_ms=0)
+    acc.append("t", 0, b"a", None, (), 0, now_ms=0)
+    (batch,) = acc.drain(0)
+    acc.retry(batch, retry_at_ms=100)
+    assert acc.drain(50) == []
+    assert acc.next_ready_ms(50) == 50
+    assert acc.drain(100) == [batch]
+    assert batch.attempts == 1
+
+
+def test_failed_and_closed_batches_release_their_waiters() -> None:
+    """Proves fail and fail_all mark batches done with the error and free the buffer."""
+    acc = make(linger_ms=0)
+    acc.append("t", 0, b"a", None, (), 0, now_ms=0)
+    (batch,) = acc.drain(0)
+    acc.fail(batch, InvalidRequestError("bad"))
+    assert batch.done and isinstance(batch.error, InvalidRequestError)
+    other, _, _ = acc.append("t", 1, b"b", None, (), 0, now_ms=0)
+    acc.fail_all(lambda: ConnectionClosedError("closing"))
+    assert other.done and isinstance(other.error, ConnectionClosedError)
+    assert acc.buffer_bytes_used == 0 and acc.pending_count == 0
