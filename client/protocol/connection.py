@@ -3,14 +3,26 @@
 Client side: ``send_request(body, payload_length)`` allocates a correlation id
 and returns the bytes to write (the caller writes the payload after them);
 ``receive_data(bytes)`` then ``next_response()`` yields responses matched to
-their requests.  Many requests may be in flight (pipelining); the broker
-answers in order per connection, but matching is by id, never by position.
+their requests.  Many requests may be in flight (pipelining); responses may
+come back in any order, so matching is by id, never by position.
 
 Server side: ``receive_data(bytes)`` then ``next_request()`` yields decoded
-requests; ``encode_response(request, body, payload_length)`` returns the bytes.
-A request that cannot be decoded raises ProtocolError (close the connection)
-or, when the frame itself is sound but the API or version is unknown, yields a
-``BadRequest`` that the caller answers with ``ErrorResponse``.
+requests; ``encode_response(api_key, api_version, correlation_id, body,
+payload_length)`` returns the bytes.  What can go wrong, and what follows:
+
+- the byte stream itself is broken (a length over its limit or shorter than the
+  header, unknown flag bits, a client frame flagged as a response):
+  ``next_request`` raises ProtocolError and the connection must be closed;
+- the frame is sound but its request cannot be served (unknown API key or
+  version, an undecodable body, a body whose tag is not the frame's API key, a
+  body that disagrees with its payload or breaks a cheap semantic rule):
+  ``next_request`` yields a ``BadRequest``; the caller answers it with
+  ``encode_error`` (an ``ErrorResponse``) unless ``wants_response`` is False,
+  and keeps reading.
+
+On the client every violation is the broker's fault, so ``next_response``
+raises ProtocolError and the connection must be closed.  After a ProtocolError
+either state machine is dead: every further call raises ProtocolError.
 """
 
 from __future__ import annotations
@@ -36,6 +48,7 @@ from client.protocol.frames import (
     FRAME_BYTES_MAX_DEFAULT,
     FrameDecoder,
     FrameHead,
+    RawFrame,
     encode_head,
 )
 from client.protocol.messages import (
@@ -49,6 +62,11 @@ from client.protocol.messages import (
     request_decoder,
     response_decoder,
 )
+from client.protocol.payload import check_payload, check_request, check_response
+
+# What msgspec raises for bad input: DecodeError (incl. ValidationError) for malformed
+# or mistyped msgpack, and UnicodeDecodeError (a ValueError) for a str that is not UTF-8.
+_DECODE_ERRORS: Final = (msgspec.DecodeError, ValueError)
 
 # 256 pipelined requests per connection: deep enough to keep a fast producer's
 # pipe full, small enough that one client cannot queue unbounded work.
@@ -67,7 +85,8 @@ class IncomingRequest(msgspec.Struct):
 
 
 class BadRequest(msgspec.Struct):
-    """A sound frame whose request cannot be served; answer with ``error``."""
+    """A sound frame whose request cannot be served; answer with ``error``
+    (through ``ServerConnection.encode_error``) unless ``wants_response`` is False."""
 
     api_key: int
     api_version: int
@@ -77,14 +96,27 @@ class BadRequest(msgspec.Struct):
 
 
 class IncomingResponse(msgspec.Struct):
+    """A decoded response, matched to its request.  ``body`` is the API's response
+    or an ``ErrorResponse``; ``payload`` is writable and owned by this response."""
+
     correlation_id: int
     api_key: int
     body: Response
     payload: memoryview
 
 
+def _tag(body: msgspec.Struct) -> int:
+    tag = type(body).__struct_config__.tag
+    assert isinstance(tag, int), type(body)
+    return tag
+
+
 class ServerConnection:
-    """The broker's half of one connection."""
+    """The broker's half of one connection.  Not thread-safe: one owner.
+
+    It does not count requests in flight: the owner bounds them (a bounded
+    channel between its reader and writer tasks, which stops reading the socket
+    when full, or an answer of TooManyRequestsError)."""
 
     def __init__(
         self,
@@ -92,32 +124,37 @@ class ServerConnection:
         body_bytes_max: int = BODY_BYTES_MAX_DEFAULT,
     ) -> None:
         self._frames = FrameDecoder(frame_bytes_max, body_bytes_max)
+        self._dead = False
+
+    @property
+    def dead(self) -> bool:
+        """True once a ProtocolError was raised: the connection must be closed."""
+        return self._dead or self._frames.dead
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Append bytes read from the socket.  Raises ProtocolError if dead."""
+        if self._dead:
+            raise ProtocolError("connection used after a protocol error")
         self._frames.receive_data(data)
 
     def next_request(self) -> IncomingRequest | BadRequest | None:
         """The next request, a BadRequest to answer with an error, or None.
         Raises ProtocolError (the connection must then be closed)."""
+        if self._dead:
+            raise ProtocolError("connection used after a protocol error")
         frame = self._frames.next_frame()
         if frame is None:
             return None
         head = frame.head
-        wants_response = not head.flags & FLAG_NO_RESPONSE
         if head.is_response:
+            self._dead = True
             raise ProtocolError("a client sent a frame flagged as a response")
-        error = _check_api(head)
-        if error is not None:
+        wants_response = not head.flags & FLAG_NO_RESPONSE
+        try:
+            body = _decode_request(frame)
+        except DistributaryError as error:
             return BadRequest(
                 head.api_key, head.api_version, head.correlation_id, wants_response, error
-            )
-        try:
-            body = request_decoder.decode(frame.body)
-        except msgspec.DecodeError as decode_error:
-            raise ProtocolError(f"malformed request body: {decode_error}") from decode_error
-        if type(body).__struct_config__.tag != head.api_key:
-            raise ProtocolError(
-                f"frame api key {head.api_key} does not match body {type(body).__name__}"
             )
         return IncomingRequest(
             ApiKey(head.api_key),
@@ -136,7 +173,17 @@ class ServerConnection:
         body: Response,
         payload_length: int = 0,
     ) -> bytes:
-        """Header + body of a response; ``payload_length`` bytes must follow."""
+        """Header + body of a response; ``payload_length`` bytes must follow.
+        Echo the request's api key, version and correlation id.  A body that is
+        not ``api_key``'s response (or an ErrorResponse), or a payload length that
+        breaks the payload rule, is a programmer error (AssertionError)."""
+        tag = _tag(body)
+        assert tag in (api_key, ERROR_RESPONSE_TAG), (api_key, type(body).__name__)
+        if __debug__:
+            try:
+                check_payload(body, payload_length)
+            except ProtocolError as error:
+                raise AssertionError(f"response breaks the payload rule: {error}") from error
         return encode_head(
             api_key,
             api_version,
@@ -148,8 +195,11 @@ class ServerConnection:
 
     @staticmethod
     def encode_error(bad: BadRequest | IncomingRequest, error: DistributaryError) -> bytes:
+        """An ErrorResponse carrying ``error``'s code and message, answering ``bad``.
+        Only for a request with ``wants_response``: a peer never expects an answer
+        to the others, and would treat one as a protocol violation."""
         return encode_head(
-            bad.api_key,
+            int(bad.api_key),
             bad.api_version,
             bad.correlation_id,
             FLAG_RESPONSE,
@@ -170,22 +220,51 @@ def _check_api(head: FrameHead) -> DistributaryError | None:
     return None
 
 
+def _decode_request(frame: RawFrame) -> Request:
+    """The frame's request body, checked.  Raises UnsupportedApiError,
+    UnsupportedVersionError, ProtocolError (undecodable body, wrong tag) or
+    InvalidRequestError (see client/protocol/payload.py: check_request)."""
+    head = frame.head
+    error = _check_api(head)
+    if error is not None:
+        raise error
+    try:
+        body = request_decoder.decode(frame.body)
+    except _DECODE_ERRORS as decode_error:
+        raise ProtocolError(f"malformed request body: {decode_error}") from decode_error
+    if _tag(body) != head.api_key:
+        raise ProtocolError(
+            f"frame api key {head.api_key} does not match body {type(body).__name__}"
+        )
+    check_request(body, head.payload_length, not head.flags & FLAG_NO_RESPONSE)
+    return body
+
+
 class ClientConnection:
-    """The SDK's half of one connection: correlation ids and in-flight tracking."""
+    """The SDK's half of one connection: correlation ids and in-flight tracking.
+    Not thread-safe: one owner."""
 
     def __init__(
         self,
         frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT,
         inflight_requests_max: int = INFLIGHT_REQUESTS_MAX_DEFAULT,
     ) -> None:
+        # Response bodies (metadata of many topics) may be big: bound them by the frame.
+        assert 1 <= inflight_requests_max < CORRELATION_ID_MODULUS - 1, inflight_requests_max
         self._frames = FrameDecoder(frame_bytes_max, frame_bytes_max)
         self._next_correlation_id = 1
         self._inflight: dict[int, ApiKey] = {}
+        self._dead = False
         self.inflight_requests_max = inflight_requests_max
 
     @property
     def inflight_count(self) -> int:
         return len(self._inflight)
+
+    @property
+    def dead(self) -> bool:
+        """True once a ProtocolError was raised: the connection must be closed."""
+        return self._dead or self._frames.dead
 
     def send_request(
         self,
@@ -196,45 +275,81 @@ class ClientConnection:
         wants_response: bool = True,
     ) -> tuple[int, bytes]:
         """Allocate a correlation id; return it and the header + body bytes.
-        Raises TooManyRequestsError when ``inflight_requests_max`` are in flight."""
+
+        ``wants_response`` must be False exactly for a produce with acks=0; such a
+        request is not tracked (no response will come).  Raises
+        TooManyRequestsError when ``inflight_requests_max`` are in flight,
+        InvalidRequestError for a request the broker would refuse (see
+        client/protocol/payload.py: check_request), ProtocolError if dead.
+        """
+        if self._dead:
+            raise ProtocolError("connection used after a protocol error")
         if len(self._inflight) >= self.inflight_requests_max:
             raise TooManyRequestsError(
                 f"{len(self._inflight)} requests in flight (inflight_requests_max)"
             )
-        api_key = ApiKey(type(body).__struct_config__.tag)  # type: ignore[arg-type]
-        correlation_id = self._next_correlation_id
-        self._next_correlation_id = (correlation_id + 1) % CORRELATION_ID_MODULUS or 1
-        assert correlation_id not in self._inflight, "correlation id wrapped onto a live request"
+        api_key = ApiKey(_tag(body))
+        check_request(body, payload_length, wants_response)
+        correlation_id = self._allocate_correlation_id()
         flags = 0 if wants_response else FLAG_NO_RESPONSE
-        if wants_response:
-            self._inflight[correlation_id] = api_key
         data = encode_head(
             int(api_key), api_version, correlation_id, flags, encoder.encode(body), payload_length
         )
+        if wants_response:
+            self._inflight[correlation_id] = api_key
         return correlation_id, data
 
+    def _allocate_correlation_id(self) -> int:
+        # Ids run 1, 2, ... 2**32 - 1, then wrap to 1, skipping any still in flight
+        # (at most inflight_requests_max of them, so the loop is bounded).
+        for _ in range(len(self._inflight) + 1):
+            correlation_id = self._next_correlation_id
+            self._next_correlation_id = (correlation_id + 1) % CORRELATION_ID_MODULUS or 1
+            if correlation_id not in self._inflight:
+                return correlation_id
+        raise AssertionError("no free correlation id")  # unreachable: ids > in flight
+
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Append bytes read from the socket.  Raises ProtocolError if dead."""
+        if self._dead:
+            raise ProtocolError("connection used after a protocol error")
         self._frames.receive_data(data)
 
     def next_response(self) -> IncomingResponse | None:
-        """The next response, or None.  Raises ProtocolError for a response to no
-        request, a mismatched api key, or an undecodable body."""
+        """The next response, or None.  Raises ProtocolError (the connection must
+        then be closed) for a frame not flagged as a response, a response to no
+        request in flight, a mismatched api key, an undecodable body, or a payload
+        that breaks the payload rule."""
+        if self._dead:
+            raise ProtocolError("connection used after a protocol error")
         frame = self._frames.next_frame()
         if frame is None:
             return None
+        try:
+            return self._decode_response(frame)
+        except ProtocolError:
+            self._dead = True
+            raise
+
+    def _decode_response(self, frame: RawFrame) -> IncomingResponse:
         head = frame.head
         if not head.is_response:
             raise ProtocolError("the broker sent a frame not flagged as a response")
+        if head.flags & FLAG_NO_RESPONSE:
+            raise ProtocolError("the broker sent a response flagged as wanting no response")
         api_key = self._inflight.pop(head.correlation_id, None)
         if api_key is None:
             raise ProtocolError(f"response to unknown correlation id {head.correlation_id}")
+        if head.api_key != api_key:
+            raise ProtocolError(f"response with api key {head.api_key} to a {api_key.name} request")
         try:
             body = response_decoder.decode(frame.body)
-        except msgspec.DecodeError as decode_error:
+        except _DECODE_ERRORS as decode_error:
             raise ProtocolError(f"malformed response body: {decode_error}") from decode_error
-        tag = type(body).__struct_config__.tag
+        tag = _tag(body)
         if tag != ERROR_RESPONSE_TAG and tag != int(api_key):
             raise ProtocolError(f"response of type {type(body).__name__} to a {api_key.name}")
+        check_response(body, head.payload_length)
         return IncomingResponse(head.correlation_id, int(api_key), body, frame.payload)
 
     def abandon(self, correlation_id: int) -> None:

@@ -348,6 +348,6 @@ RESPONSE_TYPES: Final[dict[ApiKey, type[msgspec.Struct]]] = {
     ApiKey.LIST_OFFSETS: ListOffsetsResponse,
 }
 
-request_decoder: Final = msgspec.msgpack.Decoder(Request)
-response_decoder: Final = msgspec.msgpack.Decoder(Response)
+request_decoder: Final[msgspec.msgpack.Decoder[Request]] = msgspec.msgpack.Decoder(Request)
+response_decoder: Final[msgspec.msgpack.Decoder[Response]] = msgspec.msgpack.Decoder(Response)
 encoder: Final = msgspec.msgpack.Encoder()
