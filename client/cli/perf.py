@@ -1,0 +1,284 @@
+"""``distributary perf produce|consume``: throughput and latency from the real SDK.
+
+``perf produce`` enqueues N records of B bytes (slices of one random buffer, so
+compression sees realistic, incompressible data) and measures each record's
+acknowledgement latency: from the ``enqueue`` call to the moment the ack task
+sees its batch acknowledged.  The ack task walks the in-flight handles in order
+and parks on the first unfinished one, so it wakes once per batch, not per record.
+``perf consume`` reads N records from the beginning of every partition.
+
+On a terminal (stderr) a progress line is redrawn twice a second; the summary
+goes to stdout as one line, or one JSON object with ``--json`` (perf_stats.py).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine
+from typing import Any, Final
+
+import anyio
+import click
+import msgspec
+
+from client.cli.common import CommandError, client_options, run
+from client.cli.perf_stats import LatencyHistogram, Summary, pacing_delay_s, summarize, summary_line
+from client.cli.publish import ACKS_CHOICES, COMPRESSION_CHOICES
+from client.consumer import Consumer
+from client.errors import DistributaryError
+from client.producer import Producer, RecordHandle
+
+PROGRESS_INTERVAL_S: Final = 0.5
+RANDOM_POOL_EXTRA_BYTES: Final = 4096  # record i is pool[i % 4096 :][:size]: no two alike
+
+
+@click.group()
+def perf() -> None:
+    """Measure produce and consume throughput and latency."""
+
+
+def _progress_task(describe: Callable[[], str]) -> Callable[[], Coroutine[Any, Any, None]] | None:
+    """A task that redraws a progress line on stderr (None when stderr is not a terminal)."""
+    if not sys.stderr.isatty():
+        return None
+
+    async def redraw() -> None:
+        try:
+            while True:
+                await anyio.sleep(PROGRESS_INTERVAL_S)
+                sys.stderr.write("\r\x1b[2K" + describe())
+                sys.stderr.flush()
+        finally:
+            sys.stderr.write("\r\x1b[2K")
+            sys.stderr.flush()
+
+    return redraw
+
+
+def _emit(summary: Summary, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.buffer.write(msgspec.json.encode(summary) + b"\n")
+        sys.stdout.flush()
+    else:
+        click.echo(summary_line(summary))
+
+
+class _ProduceState:
+    __slots__ = (
+        "acked",
+        "errors",
+        "first_error",
+        "histogram",
+        "pending",
+        "sending",
+        "sent",
+        "wake",
+    )
+
+    def __init__(self) -> None:
+        self.pending: deque[tuple[RecordHandle, int]] = deque()
+        self.histogram = LatencyHistogram()
+        self.sent = 0
+        self.acked = 0
+        self.errors = 0
+        self.first_error: DistributaryError | None = None
+        self.sending = True
+        self.wake: anyio.Event | None = None
+
+
+async def _ack_loop(state: _ProduceState) -> None:
+    """Measure acknowledgement latency of every in-flight record, in order."""
+    pending = state.pending
+    histogram = state.histogram
+    while pending or state.sending:
+        if not pending:
+            state.wake = anyio.Event()
+            await state.wake.wait()
+            continue
+        handle = pending[0][0]
+        if not handle.done():
+            try:
+                await handle.wait()
+            except DistributaryError:
+                pass  # counted below, with the others of its batch
+        now_ns = time.perf_counter_ns()
+        while pending and pending[0][0].done():
+            handle, sent_ns = pending.popleft()
+            try:
+                handle.result()
+            except DistributaryError as error:
+                state.errors += 1
+                state.first_error = state.first_error or error
+                continue
+            histogram.record((now_ns - sent_ns) / 1000)
+            state.acked += 1
+
+
+@perf.command(name="produce")
+@click.argument("topic")
+@click.option("--records", type=click.IntRange(min=1), required=True, help="How many records.")
+@click.option("--record-size", type=click.IntRange(min=0), required=True, help="Value bytes.")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), help="Records/s at most.")
+@click.option("--acks", type=click.Choice(ACKS_CHOICES), default="all", show_default=True)
+@click.option(
+    "--compression", type=click.Choice(COMPRESSION_CHOICES), default="none", show_default=True
+)
+@click.option("--linger-ms", type=click.IntRange(min=0), default=5, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable summary.")
+@client_options
+def perf_produce(
+    topic: str,
+    records: int,
+    record_size: int,
+    rate: float | None,
+    acks: str,
+    compression: str,
+    linger_ms: int,
+    as_json: bool,
+    bootstrap: str,
+    debug: bool,
+) -> None:
+    """Publish RECORDS records of RECORD_SIZE bytes to TOPIC; report rate and ack latency.
+
+    \b
+    Examples:
+      distributary perf produce bench --records 1000000 --record-size 100
+      distributary perf produce bench --records 50000 --record-size 1024 --rate 10000 --json
+    """
+    pool = os.urandom(record_size + RANDOM_POOL_EXTRA_BYTES)
+
+    async def body() -> int:
+        state = _ProduceState()
+        started = time.perf_counter()
+        async with Producer(
+            bootstrap,
+            acks=acks,  # type: ignore[arg-type]
+            compression=compression,  # type: ignore[arg-type]
+            linger_ms=linger_ms,
+        ) as producer:
+            await producer.partitions_for(topic)
+            started = time.perf_counter()
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(_ack_loop, state)
+                progress = _progress_task(
+                    lambda: (
+                        f"{state.sent:,} sent, {state.acked:,} acknowledged, "
+                        f"{state.acked / max(time.perf_counter() - started, 1e-9):,.0f} records/s"
+                    )
+                )
+                if progress is not None:
+                    task_group.start_soon(progress)
+                enqueue = producer.enqueue
+                pending = state.pending
+                clock_ns = time.perf_counter_ns
+                for index in range(records):
+                    if rate is not None:
+                        delay = pacing_delay_s(index, time.perf_counter() - started, rate)
+                        if delay > 0:
+                            await anyio.sleep(delay)
+                    start = index % RANDOM_POOL_EXTRA_BYTES
+                    sent_ns = clock_ns()
+                    handle = await enqueue(topic, pool[start : start + record_size])
+                    pending.append((handle, sent_ns))
+                    state.sent += 1
+                    if state.wake is not None:
+                        state.wake.set()
+                        state.wake = None
+                state.sending = False
+                if state.wake is not None:
+                    state.wake.set()
+                await producer.flush()
+                await _wait_drained(state)
+                task_group.cancel_scope.cancel()
+        elapsed = time.perf_counter() - started
+        summary = summarize(
+            mode="produce",
+            topic=topic,
+            records=state.acked,
+            total_bytes=state.acked * record_size,
+            elapsed_s=elapsed,
+            latency=state.histogram,
+            errors=state.errors,
+        )
+        _emit(summary, as_json)
+        if state.first_error is not None:
+            raise CommandError(f"{state.errors:,} records failed: {state.first_error}")
+        return 0
+
+    run(body, bootstrap=bootstrap, debug=debug, topic=topic)
+
+
+async def _wait_drained(state: _ProduceState) -> None:
+    for _ in range(1 << 40):  # bounded: the ack loop empties `pending` after a flush
+        if not state.pending:
+            return
+        await anyio.sleep(0.001)
+
+
+@perf.command(name="consume")
+@click.argument("topic")
+@click.option("--records", type=click.IntRange(min=1), required=True, help="How many records.")
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=30.0,
+    show_default=True,
+    help="Give up after this many seconds without a new record.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable summary.")
+@client_options
+def perf_consume(
+    topic: str, records: int, timeout_s: float, as_json: bool, bootstrap: str, debug: bool
+) -> None:
+    """Read RECORDS records of TOPIC from the beginning; report the rate.
+
+    \b
+    Examples:
+      distributary perf consume bench --records 1000000
+      distributary perf consume bench --records 1000000 --json | jq .mb_per_s
+    """
+
+    async def body() -> int:
+        count = 0
+        total_bytes = 0
+        async with Consumer(bootstrap, auto_offset_reset="earliest") as consumer:
+            await consumer.assign([topic])
+            await consumer.seek_to_beginning()
+            started = time.perf_counter()
+            last_progress_s = started
+            async with anyio.create_task_group() as task_group:
+                progress = _progress_task(
+                    lambda: (
+                        f"{count:,} records, "
+                        f"{count / max(time.perf_counter() - started, 1e-9):,.0f} records/s"
+                    )
+                )
+                if progress is not None:
+                    task_group.start_soon(progress)
+                while count < records:
+                    batches = await consumer.getmany(
+                        timeout_ms=int(timeout_s * 1000), max_records=records - count
+                    )
+                    if not batches:
+                        break
+                    for batch in batches.values():
+                        count += len(batch)
+                        total_bytes += sum([len(r.value or b"") + len(r.key or b"") for r in batch])
+                    last_progress_s = time.perf_counter()
+                task_group.cancel_scope.cancel()
+            elapsed = last_progress_s - started
+        summary = summarize(
+            mode="consume", topic=topic, records=count, total_bytes=total_bytes, elapsed_s=elapsed
+        )
+        _emit(summary, as_json)
+        if count < records:
+            raise CommandError(
+                f"only {count:,} of {records:,} records arrived (none for {timeout_s:g} s)"
+            )
+        return 0
+
+    run(body, bootstrap=bootstrap, debug=debug, topic=topic)
