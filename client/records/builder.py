@@ -74,7 +74,6 @@ class BatchBuilder:
     __slots__ = (
         "_first_timestamp_ms",
         "_max_timestamp_ms",
-        "_payload_bytes",
         "_records",
         "base_sequence",
         "compression",
@@ -98,18 +97,27 @@ class BatchBuilder:
         self.producer_epoch = producer_epoch
         self.base_sequence = base_sequence
         self._records: list[tuple[int, int, bytes | None, bytes | None, Sequence[Header]]] = []
-        self._first_timestamp_ms: int | None = None
-        self._max_timestamp_ms = -1
-        # Key, value and header bytes appended so far (framing is added on read).
-        self._payload_bytes = 0
+        # Both are set by the first append; build() refuses an empty builder.
+        self._first_timestamp_ms = 0
+        self._max_timestamp_ms = 0
 
     def __len__(self) -> int:
         return len(self._records)
 
     @property
     def estimated_bytes(self) -> int:
-        """Header + records, uncompressed, as an upper-bound-ish estimate."""
-        return HEADER_BYTES + len(self._records) * RECORD_OVERHEAD_BYTES + self._payload_bytes
+        """Header + records, uncompressed, as an upper-bound-ish estimate.
+
+        Computed on demand (a walk over the records), so ``append`` stays
+        minimal; producers keep their own running size instead of calling this.
+        """
+        payload_bytes = sum(
+            (len(value) if value is not None else 0)
+            + (len(key) if key is not None else 0)
+            + (_headers_bytes(headers) if headers else 0)
+            for _, _, key, value, headers in self._records
+        )
+        return HEADER_BYTES + len(self._records) * RECORD_OVERHEAD_BYTES + payload_bytes
 
     def append(
         self,
@@ -120,25 +128,25 @@ class BatchBuilder:
     ) -> int:
         """Add one record; returns its offset delta within the batch.
 
-        ``timestamp_ms`` defaults to the wall clock.  Raises nothing.
+        ``timestamp_ms`` defaults to the wall clock.  Raises nothing.  This is
+        the per-record hot path of every producer: one tuple, one list append.
         """
         if timestamp_ms is None:
             timestamp_ms = time_ns() // 1_000_000
-        first_timestamp_ms = self._first_timestamp_ms
-        if first_timestamp_ms is None:
-            self._first_timestamp_ms = self._max_timestamp_ms = first_timestamp_ms = timestamp_ms
-        elif timestamp_ms > self._max_timestamp_ms:
-            self._max_timestamp_ms = timestamp_ms
         records = self._records
         delta = len(records)
-        records.append((delta, timestamp_ms - first_timestamp_ms, key, value, headers))
-        if value is not None:
-            self._payload_bytes += len(value)
-        if key is not None:
-            self._payload_bytes += len(key)
-        if headers:
-            self._payload_bytes += _headers_bytes(headers)
+        if delta:
+            if timestamp_ms > self._max_timestamp_ms:
+                self._max_timestamp_ms = timestamp_ms
+            records.append((delta, timestamp_ms - self._first_timestamp_ms, key, value, headers))
+        else:
+            self._first_timestamp_ms = self._max_timestamp_ms = timestamp_ms
+            records.append((0, 0, key, value, headers))
         return delta
+
+    def timestamp_ms_of(self, offset_delta: int) -> int:
+        """The timestamp of the record appended with ``offset_delta``."""
+        return self._first_timestamp_ms + self._records[offset_delta][1]
 
     def build(self, batch_bytes_max: int | None = None) -> bytearray:
         """Encode, compress and frame the batch; the builder must not be empty.
@@ -152,7 +160,6 @@ class BatchBuilder:
         assert count > 0, "cannot build an empty batch"
         assert count <= _INT32_MAX, count
         first_timestamp_ms = self._first_timestamp_ms
-        assert first_timestamp_ms is not None
         assert _INT64_MIN <= first_timestamp_ms <= self._max_timestamp_ms <= _INT64_MAX
         payload = compress(self.compression, _encoder.encode(records))
         if batch_bytes_max is not None and HEADER_BYTES + len(payload) > batch_bytes_max:
