@@ -1,0 +1,95 @@
+"""The ``distributary`` command.  ``serve`` runs a broker; the client commands join
+this group later.
+
+Every failure an operator can cause (a bad flag, an unreadable or invalid config,
+a port in use, a corrupt partition, a locked data directory) ends the process
+with one line on stderr, ``distributary: error: ...``, and a non-zero status: 2
+for usage errors, 1 for the rest.  Never a traceback for those.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import trio
+
+from broker import logging as broker_logging
+from broker.config import ENV_CONFIG_FILE, ConfigError, load_config, read_toml
+from broker.server import serve as serve_broker
+from client.cli import register as register_client_commands
+from client.errors import DistributaryError
+
+
+class OneLineErrors(click.Group):
+    """A click group whose errors are a single line (no usage dump, no traceback)."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            result = super().main(*args, **kwargs)
+        except click.exceptions.Abort:
+            sys.exit(130)
+        except click.ClickException as error:
+            click.echo(f"distributary: error: {error.format_message()}", err=True)
+            sys.exit(error.exit_code)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+@click.group(cls=OneLineErrors)
+@click.version_option(package_name="distributary", prog_name="distributary")
+def main() -> None:
+    """Distributary: a commit-log message broker (Kafka's model, in Python)."""
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar=ENV_CONFIG_FILE,
+    help=f"TOML config file (or ${ENV_CONFIG_FILE}).",
+)
+@click.option("--data-dir", help="Directory for topic data [./distributary-data].")
+@click.option("--listen", help="HOST:PORT to listen on [127.0.0.1:9392]; port 0 picks one.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["auto", "console", "json"]),
+    help="Log lines as console text or JSON [auto: console on a terminal].",
+)
+def serve(
+    config_file: Path | None, data_dir: str | None, listen: str | None, log_format: str | None
+) -> None:
+    """Run a single-node broker until SIGINT/SIGTERM."""
+    try:
+        loaded = load_config(
+            file_values=read_toml(config_file) if config_file is not None else None,
+            file_name=str(config_file),
+            environ=os.environ,
+            flags={"data_dir": data_dir, "listen": listen, "log_format": log_format},
+        )
+    except ConfigError as error:
+        raise click.ClickException(error.message) from error
+    config = loaded.config
+    broker_logging.configure(config.log_format, config.log_level)
+    logger = broker_logging.get_logger()
+    for warning in loaded.warnings:
+        logger.warning(warning)
+    logger.debug("configuration", sources=loaded.sources)
+    try:
+        trio.run(serve_broker, config)
+    except KeyboardInterrupt:  # before the signal handler is installed
+        sys.exit(130)
+    except OSError as error:
+        raise click.ClickException(
+            f"cannot listen on {config.listen}: {error.strerror or error}"
+        ) from error
+    except DistributaryError as error:
+        raise click.ClickException(error.message) from error
+
+
+# The client commands (topics, publish, tail, perf) share the executable.
+register_client_commands(main)

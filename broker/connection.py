@@ -1,0 +1,295 @@
+"""The trio shell around one client connection.
+
+Two tasks in one nursery, joined by a bounded channel:
+
+- the *reader* receives bytes, feeds the sans-I/O ServerConnection and puts each
+  request on the channel.  It enforces frame_bytes_max (the decoder refuses a
+  declared length above it), inflight_requests_max (the excess request is
+  answered at once with TOO_MANY_REQUESTS) and idle_connection_timeout_ms.
+- the *writer* takes requests in order, runs each handler under
+  request_timeout_ms (plus a Fetch's own max_wait_ms) and sends the response:
+  header and body with ``send``, then the payload's file regions with
+  ``os.sendfile`` straight from the segment files, all while holding the send
+  lock so no other bytes interleave.
+
+Requests on one connection are answered in order, one at a time, like Kafka: a
+long-polling Fetch delays the requests behind it *on the same connection*
+(clients that fetch and produce at once use two connections).  Other
+connections are never affected.
+
+A protocol violation (garbage, a frame over the limit, a truncated frame at
+EOF), a client that stops reading for request_timeout_ms, or a crash inside a
+handler closes this connection, with a log line; the server keeps running.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import Final
+
+import trio
+
+from broker.handlers import Reply, extra_wait_ms, handle
+from broker.logging import get_logger
+from broker.state import Broker
+from broker.storage.file_handle import FileRegion
+from client.errors import (
+    DistributaryError,
+    ProtocolError,
+    RequestTimedOutError,
+    TooManyRequestsError,
+)
+from client.protocol.connection import BadRequest, IncomingRequest, ServerConnection
+
+# One receive reads at most 256 KiB: a few syscalls per MiB of produce traffic.
+RECEIVE_BYTES_MAX: Final = 256 * 1024
+# os.sendfile calls per region; each sends >= 1 byte or waits for writability, so
+# this is a safety bound far above need (1 GiB at one page per call).
+SENDFILE_CALLS_MAX: Final = 1 << 18
+
+Item = IncomingRequest | BadRequest
+
+
+class ClientGone(Exception):
+    """Internal: the connection must close now (logged where raised)."""
+
+
+class ConnectionHandler:
+    """One accepted connection; :meth:`run` returns when it is closed."""
+
+    def __init__(self, broker: Broker, stream: trio.SocketStream, peer: str) -> None:
+        self.broker = broker
+        self.limits = broker.limits
+        self.stream = stream
+        self.socket = stream.socket
+        self.protocol = ServerConnection(frame_bytes_max=self.limits.frame_bytes_max)
+        self.logger = get_logger(peer=peer)
+        self.inflight = 0
+        self.last_activity = trio.current_time()
+        self._send_lock = trio.Lock()
+        self._frame_torn = False
+        self._reader_scope = trio.CancelScope()
+
+    def stop_reading(self) -> None:
+        """Graceful shutdown: take no new requests, finish the ones already read."""
+        self._reader_scope.cancel()
+
+    async def run(self) -> None:
+        """Serve until the client leaves, a limit or a violation closes us, or a
+        shutdown drains us.  Never raises an error of this connection's making."""
+        self.logger.debug("connection opened")
+        send_channel, receive_channel = trio.open_memory_channel[Item](
+            self.limits.inflight_requests_max
+        )
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._read_loop, send_channel, nursery.cancel_scope)
+                nursery.start_soon(self._write_loop, receive_channel, nursery.cancel_scope)
+        except* ClientGone:
+            pass
+        except* (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as group:
+            self.logger.info("connection lost", error=str(group.exceptions[0]))
+        except* Exception as group:
+            # A bug in a handler: close this connection loudly, keep the server.
+            self.logger.error("connection failed", exc_info=group)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.stream.aclose()
+            self.logger.debug("connection closed")
+
+    # -- reader -----------------------------------------------------------------------
+
+    async def _read_loop(
+        self, channel: trio.MemorySendChannel[Item], connection_scope: trio.CancelScope
+    ) -> None:
+        async with channel:
+            with self._reader_scope:
+                await self._read_requests(channel, connection_scope)
+
+    async def _read_requests(
+        self, channel: trio.MemorySendChannel[Item], connection_scope: trio.CancelScope
+    ) -> None:
+        idle_s = self.limits.idle_connection_timeout_ms / 1000
+        while True:  # until EOF, a violation, idleness or cancellation
+            with trio.move_on_at(self.last_activity + idle_s) as idle_scope:
+                data = await self.stream.receive_some(RECEIVE_BYTES_MAX)
+            if idle_scope.cancelled_caught:
+                if self.inflight > 0:  # a long poll or a slow response: busy, not idle
+                    self.last_activity = trio.current_time()
+                elif trio.current_time() >= self.last_activity + idle_s:
+                    self.logger.info(
+                        "idle connection closed", idle_ms=self.limits.idle_connection_timeout_ms
+                    )
+                    connection_scope.cancel()
+                    return
+                continue  # the writer moved last_activity on: wait for the new deadline
+            if not data:
+                if self.protocol_buffered_bytes():
+                    self.logger.warning(
+                        "truncated frame at end of stream",
+                        buffered_bytes=self.protocol_buffered_bytes(),
+                    )
+                    connection_scope.cancel()
+                return  # EOF: the writer answers what was read, then we close
+            self.last_activity = trio.current_time()
+            try:
+                self.protocol.receive_data(data)
+                await self._take_requests(channel)
+            except ProtocolError as error:
+                self.logger.warning(
+                    "protocol violation, closing", error=error.message, code=error.code.name
+                )
+                connection_scope.cancel()
+                return
+
+    def protocol_buffered_bytes(self) -> int:
+        # Bytes of a frame not yet complete.  ServerConnection does not expose this
+        # (yet); its frame decoder does.
+        buffered = getattr(self.protocol, "buffered_bytes", None)
+        if isinstance(buffered, int):
+            return buffered
+        return int(self.protocol._frames.buffered_bytes)
+
+    async def _take_requests(self, channel: trio.MemorySendChannel[Item]) -> None:
+        """Queue every complete request in the buffer.  Raises ProtocolError."""
+        while True:  # bounded by the bytes received
+            item = self.protocol.next_request()
+            if item is None:
+                return
+            if self.inflight >= self.limits.inflight_requests_max:
+                await self._refuse_excess(item)
+                continue
+            self.inflight += 1
+            channel.send_nowait(item)  # never blocks: capacity == inflight_requests_max
+
+    async def _refuse_excess(self, item: Item) -> None:
+        error = TooManyRequestsError(
+            f"more than inflight_requests_max={self.limits.inflight_requests_max} "
+            "requests in flight on this connection"
+        )
+        self.logger.warning(
+            "request refused", reason="inflight_requests_max", correlation_id=item.correlation_id
+        )
+        if item.wants_response:
+            await self._send(ServerConnection.encode_error(item, error), [])
+
+    # -- writer -----------------------------------------------------------------------
+
+    async def _write_loop(
+        self, channel: trio.MemoryReceiveChannel[Item], connection_scope: trio.CancelScope
+    ) -> None:
+        async with channel:
+            async for item in channel:
+                try:
+                    await self._answer(item)
+                finally:
+                    self.inflight -= 1
+                    assert self.inflight >= 0, self.inflight
+                    self.last_activity = trio.current_time()
+        # The reader is done (EOF or shutdown) and every request is answered.
+        connection_scope.cancel()
+
+    async def _answer(self, item: Item) -> None:
+        if isinstance(item, BadRequest):
+            self.logger.info("bad request", api_key=item.api_key, error=item.error.message)
+            if item.wants_response:
+                await self._send(ServerConnection.encode_error(item, item.error), [])
+            return
+        reply = await self._run_handler(item)
+        if reply is None:
+            return
+        try:
+            head = ServerConnection.encode_response(
+                int(item.api_key),
+                item.api_version,
+                item.correlation_id,
+                reply.body,
+                reply.payload_length,
+            )
+            await self._send(head, reply.regions)
+        finally:
+            reply.release()
+
+    async def _run_handler(self, request: IncomingRequest) -> Reply | None:
+        timeout_s = (self.limits.request_timeout_ms + extra_wait_ms(self.broker, request)) / 1000
+        error: DistributaryError
+        with trio.move_on_after(timeout_s) as scope:
+            try:
+                return await handle(self.broker, request)
+            except DistributaryError as raised:
+                error = raised
+        if scope.cancelled_caught:
+            error = RequestTimedOutError(
+                f"{request.api_key.name} took longer than request_timeout_ms="
+                f"{self.limits.request_timeout_ms}"
+            )
+        self.logger.info(
+            "request failed", api=request.api_key.name, error=error.message, code=error.code.name
+        )
+        if not request.wants_response:
+            return None
+        await self._send(ServerConnection.encode_error(request, error), [])
+        return None
+
+    # -- sending ----------------------------------------------------------------------
+
+    async def _send(self, head: bytes, regions: list[FileRegion]) -> None:
+        """Send a frame: ``head`` then each region, none interleaved with another
+        frame.  Raises ClientGone when the client does not take it within
+        request_timeout_ms."""
+        timeout_s = self.limits.request_timeout_ms / 1000
+        async with self._send_lock:
+            if self._frame_torn:
+                raise ClientGone()
+            # Until the frame is complete, a cancellation would leave a partial frame
+            # on the stream: the connection is then unusable and must close.
+            self._frame_torn = True
+            with trio.move_on_after(timeout_s) as scope:
+                await send_all(self.socket, head)
+                for region in regions:
+                    await sendfile_all(self.socket, region)
+                self._frame_torn = False
+        if scope.cancelled_caught:
+            self.logger.warning(
+                "client is not reading, closing", request_timeout_ms=self.limits.request_timeout_ms
+            )
+            raise ClientGone()
+
+
+async def send_all(sock: trio.socket.SocketType, data: bytes) -> None:
+    """Send every byte of ``data``.  Raises OSError (peer gone)."""
+    view = memoryview(data)
+    sent = 0
+    for _ in range(len(view) + 1):  # every send moves >= 1 byte
+        if sent >= len(view):
+            return
+        sent += await sock.send(view[sent:])
+    raise AssertionError("send made no progress")
+
+
+async def sendfile_all(sock: trio.socket.SocketType, region: FileRegion) -> None:
+    """``os.sendfile`` a file region to a non-blocking socket, waiting for
+    writability on EAGAIN.  Raises OSError (peer gone), ClientGone when the file
+    was truncated under the region (the frame can no longer be completed)."""
+    sent = 0
+    out_descriptor = sock.fileno()
+    for _ in range(SENDFILE_CALLS_MAX):
+        if sent >= region.length:
+            return
+        try:
+            count = os.sendfile(
+                out_descriptor, region.descriptor, region.position + sent, region.length - sent
+            )
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(sock)
+            continue
+        except OSError as error:
+            if error.errno == errno.EINTR:
+                continue
+            raise
+        if count == 0:
+            raise ClientGone(f"segment file ended {region.length - sent} bytes early")
+        sent += count
+        await trio.lowlevel.checkpoint()
+    raise AssertionError("sendfile made no progress")

@@ -1,0 +1,435 @@
+"""Request handlers: plain async functions over the Broker state.
+
+``handle(broker, request)`` dispatches on the body's type and returns a
+:class:`Reply` (a response body plus the file regions of its payload) or None
+when the client asked for no response (Produce with acks=0).  A handler raises a
+DistributaryError for a whole-request failure (the connection answers it with an
+ErrorResponse); per-partition failures become error codes in the response.
+Handlers know nothing about sockets: broker/connection.py sends what they return.
+
+Produce never looks inside a batch beyond its header (validated and CRC-checked
+by client.records.header.iter_batches in broker/partition.py).  Fetch returns
+byte ranges of segment files that the connection sends with os.sendfile.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final
+
+import trio
+
+from broker.partition import Partition
+from broker.state import Broker
+from broker.storage.file_handle import FileRegion
+from broker.topics import config_strings, validate_topic_name
+from client.errors import (
+    DistributaryError,
+    InvalidPartitionsError,
+    InvalidRequestError,
+    UnknownTopicOrPartitionError,
+)
+from client.protocol.connection import IncomingRequest
+from client.protocol.messages import (
+    API_VERSIONS,
+    EARLIEST_TIMESTAMP,
+    LATEST_TIMESTAMP,
+    Acks,
+    ApiVersionRange,
+    BrokerInfo,
+    CreateTopicsRequest,
+    CreateTopicsResponse,
+    DeleteTopicsRequest,
+    DeleteTopicsResponse,
+    DescribeTopicsRequest,
+    DescribeTopicsResponse,
+    FetchPartitionResponse,
+    FetchRequest,
+    FetchResponse,
+    FetchTopicResponse,
+    HelloRequest,
+    HelloResponse,
+    ListOffsetsPartitionResponse,
+    ListOffsetsRequest,
+    ListOffsetsResponse,
+    ListOffsetsTopicResponse,
+    MetadataRequest,
+    MetadataResponse,
+    PartitionDescription,
+    PartitionMetadata,
+    ProducePartitionResponse,
+    ProduceRequest,
+    ProduceResponse,
+    ProduceTopicResponse,
+    Response,
+    TopicDescription,
+    TopicMetadata,
+    TopicResult,
+)
+from client.protocol.payload import check_request, split_payload
+
+# CreateTopics with partitions=-1 (Kafka's convention) means the broker default.
+DEFAULT_PARTITIONS_SENTINEL: Final = -1
+
+
+@dataclass
+class Reply:
+    """A response body and the file regions that follow it as the frame payload."""
+
+    body: Response
+    regions: list[FileRegion] = field(default_factory=list)
+
+    @property
+    def payload_length(self) -> int:
+        return sum(region.length for region in self.regions)
+
+    def release(self) -> None:
+        for region in self.regions:
+            region.release()
+        self.regions = []
+
+
+def extra_wait_ms(broker: Broker, request: IncomingRequest) -> int:
+    """How long a request may legitimately wait on top of request_timeout_ms (a
+    Fetch's long poll, capped at request_timeout_ms)."""
+    body = request.body
+    if isinstance(body, FetchRequest):
+        return min(body.max_wait_ms, broker.limits.request_timeout_ms)
+    return 0
+
+
+async def handle(broker: Broker, request: IncomingRequest) -> Reply | None:
+    """Run one request.  Raises DistributaryError for a whole-request error."""
+    body = request.body
+    check_request(body, request.payload.nbytes, request.wants_response)
+    if isinstance(body, ProduceRequest):
+        produced = await handle_produce(broker, body, request.payload)
+        return Reply(produced) if request.wants_response else None
+    if isinstance(body, FetchRequest):
+        return await handle_fetch(broker, body)
+    if isinstance(body, HelloRequest):
+        return Reply(handle_hello(broker, body))
+    if isinstance(body, MetadataRequest):
+        return Reply(await handle_metadata(broker, body))
+    if isinstance(body, CreateTopicsRequest):
+        return Reply(await handle_create_topics(broker, body))
+    if isinstance(body, DeleteTopicsRequest):
+        return Reply(await handle_delete_topics(broker, body))
+    if isinstance(body, DescribeTopicsRequest):
+        return Reply(handle_describe_topics(broker, body))
+    if isinstance(body, ListOffsetsRequest):
+        return Reply(handle_list_offsets(broker, body))
+    raise AssertionError(f"no handler for {type(body).__name__}")
+
+
+# -- Hello and Metadata -----------------------------------------------------------------
+
+
+def handle_hello(broker: Broker, body: HelloRequest) -> HelloResponse:
+    return HelloResponse(
+        api_versions=[
+            ApiVersionRange(int(key), low, high) for key, (low, high) in API_VERSIONS.items()
+        ],
+        node_id=broker.config.node_id,
+        cluster_id=broker.config.cluster_id,
+        frame_bytes_max=broker.limits.frame_bytes_max,
+        inflight_requests_max=broker.limits.inflight_requests_max,
+        broker_version=broker.version,
+    )
+
+
+async def handle_metadata(broker: Broker, body: MetadataRequest) -> MetadataResponse:
+    names = broker.topics.names() if body.topics is None else body.topics
+    topics: list[TopicMetadata] = []
+    for name in names:
+        try:
+            if broker.topics.get(name) is None and body.allow_auto_create:
+                await auto_create(broker, name)
+            topics.append(topic_metadata(broker, name))
+        except DistributaryError as error:
+            topics.append(TopicMetadata(name, int(error.code), error.message))
+    return MetadataResponse(
+        brokers=[BrokerInfo(broker.config.node_id, broker.advertised_host, broker.advertised_port)],
+        controller_id=broker.config.node_id,
+        cluster_id=broker.config.cluster_id,
+        topics=topics,
+    )
+
+
+def topic_metadata(broker: Broker, name: str) -> TopicMetadata:
+    """Raises InvalidTopicError, UnknownTopicOrPartitionError."""
+    validate_topic_name(name)
+    topic = broker.topics.get(name)
+    if topic is None:
+        raise UnknownTopicOrPartitionError(f"unknown topic {name!r}")
+    node = broker.config.node_id
+    return TopicMetadata(
+        name,
+        partitions=[
+            PartitionMetadata(p.index, leader=node, replicas=[node], isr=[node])
+            for p in topic.partitions
+        ],
+    )
+
+
+async def auto_create(broker: Broker, name: str) -> None:
+    """Create ``name`` with the default partition count if auto-creation is on and
+    nobody created it meanwhile.  Raises UnknownTopicOrPartitionError (off),
+    InvalidTopicError, StorageError."""
+    if not broker.config.auto_create_topics:
+        raise UnknownTopicOrPartitionError(f"unknown topic {name!r} (auto-creation is off)")
+    validate_topic_name(name)
+    if broker.topics.get(name) is None:
+        await broker.topics.create(name, broker.config.default_partitions, {})
+
+
+# -- topic administration ---------------------------------------------------------------
+
+
+async def handle_create_topics(broker: Broker, body: CreateTopicsRequest) -> CreateTopicsResponse:
+    results: list[TopicResult] = []
+    for creatable in body.topics:
+        partitions = creatable.partitions
+        if partitions == DEFAULT_PARTITIONS_SENTINEL:
+            partitions = broker.config.default_partitions
+        try:
+            if creatable.replication_factor not in (-1, 1):
+                raise InvalidPartitionsError(
+                    f"replication factor {creatable.replication_factor} exceeds the 1 broker "
+                    "in this cluster"
+                )
+            if body.validate_only:
+                broker.topics.check_new_topic(creatable.name, partitions, creatable.configs)
+            else:
+                await broker.topics.create(creatable.name, partitions, creatable.configs)
+            results.append(TopicResult(creatable.name))
+        except DistributaryError as error:
+            results.append(TopicResult(creatable.name, int(error.code), error.message))
+    return CreateTopicsResponse(results)
+
+
+async def handle_delete_topics(broker: Broker, body: DeleteTopicsRequest) -> DeleteTopicsResponse:
+    results: list[TopicResult] = []
+    for name in body.names:
+        try:
+            await broker.topics.delete(name)
+            results.append(TopicResult(name))
+        except DistributaryError as error:
+            results.append(TopicResult(name, int(error.code), error.message))
+    return DeleteTopicsResponse(results)
+
+
+def handle_describe_topics(broker: Broker, body: DescribeTopicsRequest) -> DescribeTopicsResponse:
+    names = broker.topics.names() if body.names is None else body.names
+    described: list[TopicDescription] = []
+    node = broker.config.node_id
+    for name in names:
+        topic = broker.topics.get(name)
+        if topic is None:
+            error = UnknownTopicOrPartitionError(f"unknown topic {name!r}")
+            described.append(TopicDescription(name, int(error.code), error.message))
+            continue
+        partitions = []
+        for partition in topic.partitions:
+            stats = partition.stats()
+            partitions.append(
+                PartitionDescription(
+                    partition.index,
+                    leader=node,
+                    log_start_offset=stats.log_start_offset,
+                    log_end_offset=stats.log_end_offset,
+                    high_watermark=partition.high_watermark,
+                    size_bytes=stats.size_bytes,
+                    segment_count=stats.segment_count,
+                )
+            )
+        described.append(
+            TopicDescription(name, configs=config_strings(topic.config), partitions=partitions)
+        )
+    return DescribeTopicsResponse(described)
+
+
+# -- Produce ----------------------------------------------------------------------------
+
+
+async def handle_produce(
+    broker: Broker, body: ProduceRequest, payload: memoryview
+) -> ProduceResponse:
+    """Append each partition's batches in request order; per-partition errors.
+    Raises InvalidRequestError when the payload does not match the body."""
+    if body.acks not in (Acks.NONE, Acks.LEADER, Acks.ALL):
+        raise InvalidRequestError(f"acks must be 0, 1 or -1, got {body.acks}")
+    by_topic: dict[str, list[ProducePartitionResponse]] = {}
+    for name, index, view in split_payload(body, payload):
+        results = by_topic.setdefault(name, [])
+        try:
+            partition = await find_partition(broker, name, index, create=True)
+            appended = await partition.append(view)
+            results.append(
+                ProducePartitionResponse(
+                    index,
+                    base_offset=appended.base_offset,
+                    last_offset=appended.last_offset,
+                    log_start_offset=appended.log_start_offset,
+                    log_append_time_ms=appended.log_append_time_ms,
+                )
+            )
+        except DistributaryError as error:
+            broker.logger.info("produce refused", topic=name, partition=index, error=error.message)
+            results.append(ProducePartitionResponse(index, int(error.code), error.message))
+    return ProduceResponse(
+        [ProduceTopicResponse(name, results) for name, results in by_topic.items()]
+    )
+
+
+async def find_partition(broker: Broker, topic: str, index: int, *, create: bool) -> Partition:
+    """The partition, auto-creating its topic when allowed.
+    Raises UnknownTopicOrPartitionError, InvalidTopicError, StorageError."""
+    if create and broker.topics.get(topic) is None:
+        await auto_create(broker, topic)
+    return broker.topics.partition(topic, index)
+
+
+# -- Fetch ------------------------------------------------------------------------------
+
+
+async def handle_fetch(broker: Broker, body: FetchRequest) -> Reply:
+    """Answer once ``min_bytes`` are available or ``max_wait_ms`` has passed.
+
+    Reads at most ``partition_max_bytes`` per partition and
+    ``min(max_bytes, fetch_bytes_max)`` in total, but always the first available
+    batch whole, so a consumer behind a huge batch makes progress.
+    """
+    wait_ms = min(body.max_wait_ms, broker.limits.request_timeout_ms)
+    deadline = trio.current_time() + wait_ms / 1000
+    for _ in range(1_000_000):  # each pass either answers or waits for an append
+        reply = collect_fetch(broker, body)
+        enough = reply.payload_length >= body.min_bytes or any_fetch_error(reply.body)
+        if enough or broker.shutting_down or trio.current_time() >= deadline:
+            return reply
+        reply.release()
+        await wait_for_append(broker, body, deadline)
+    raise AssertionError("fetch long-poll loop did not finish")
+
+
+def any_fetch_error(body: Response) -> bool:
+    assert isinstance(body, FetchResponse)
+    return any(p.error_code for t in body.topics for p in t.partitions)
+
+
+def collect_fetch(broker: Broker, body: FetchRequest) -> Reply:
+    """One pass over the requested partitions: what is available now."""
+    budget = min(body.max_bytes, broker.limits.fetch_bytes_max)
+    regions: list[FileRegion] = []
+    topics: list[FetchTopicResponse] = []
+    try:
+        for fetch_topic in body.topics:
+            responses: list[FetchPartitionResponse] = []
+            for wanted in fetch_topic.partitions:
+                if budget == 0 and regions:
+                    # Full: the partition is answered empty, its data waits for the
+                    # next fetch (offsets and watermarks are still reported).
+                    responses.append(
+                        fetch_partition_empty(broker, fetch_topic.name, wanted.partition)
+                    )
+                    continue
+                response, region = fetch_partition(
+                    broker,
+                    fetch_topic.name,
+                    wanted.partition,
+                    wanted.fetch_offset,
+                    min(wanted.partition_max_bytes, budget),
+                    whole_batch=not regions,
+                )
+                if region is not None:
+                    regions.append(region)
+                    budget = max(0, budget - region.length)
+                responses.append(response)
+            topics.append(FetchTopicResponse(fetch_topic.name, responses))
+    except BaseException:
+        for region in regions:
+            region.release()
+        raise
+    return Reply(FetchResponse(topics), regions)
+
+
+def fetch_partition(
+    broker: Broker, topic: str, index: int, offset: int, max_bytes: int, *, whole_batch: bool
+) -> tuple[FetchPartitionResponse, FileRegion | None]:
+    try:
+        partition = broker.topics.partition(topic, index)
+        region = partition.read(offset, max_bytes, whole_batch=whole_batch)
+    except DistributaryError as error:
+        return FetchPartitionResponse(index, int(error.code), error.message), None
+    response = FetchPartitionResponse(
+        index,
+        high_watermark=partition.high_watermark,
+        log_start_offset=partition.log_start_offset,
+        records_bytes=region.length,
+    )
+    if region.length == 0:
+        region.release()
+        return response, None
+    return response, region
+
+
+def fetch_partition_empty(broker: Broker, topic: str, index: int) -> FetchPartitionResponse:
+    try:
+        partition = broker.topics.partition(topic, index)
+    except DistributaryError as error:
+        return FetchPartitionResponse(index, int(error.code), error.message)
+    return FetchPartitionResponse(
+        index, high_watermark=partition.high_watermark, log_start_offset=partition.log_start_offset
+    )
+
+
+async def wait_for_append(broker: Broker, body: FetchRequest, deadline: float) -> None:
+    """Sleep until an append to any requested partition, a topic change, shutdown,
+    or ``deadline``."""
+    event = trio.Event()
+    partitions: list[Partition] = []
+    for fetch_topic in body.topics:
+        for wanted in fetch_topic.partitions:
+            try:
+                partitions.append(broker.topics.partition(fetch_topic.name, wanted.partition))
+            except UnknownTopicOrPartitionError:
+                continue
+    for partition in partitions:
+        partition.add_waiter(event)
+    try:
+        with trio.move_on_at(deadline):
+            await event.wait()
+    finally:
+        for partition in partitions:
+            partition.remove_waiter(event)
+
+
+# -- ListOffsets ------------------------------------------------------------------------
+
+
+def handle_list_offsets(broker: Broker, body: ListOffsetsRequest) -> ListOffsetsResponse:
+    topics: list[ListOffsetsTopicResponse] = []
+    for wanted_topic in body.topics:
+        results: list[ListOffsetsPartitionResponse] = []
+        for wanted in wanted_topic.partitions:
+            try:
+                partition = broker.topics.partition(wanted_topic.name, wanted.partition)
+                results.append(list_offset(partition, wanted.timestamp_ms))
+            except DistributaryError as error:
+                results.append(
+                    ListOffsetsPartitionResponse(wanted.partition, int(error.code), error.message)
+                )
+        topics.append(ListOffsetsTopicResponse(wanted_topic.name, results))
+    return ListOffsetsResponse(topics)
+
+
+def list_offset(partition: Partition, timestamp_ms: int) -> ListOffsetsPartitionResponse:
+    if timestamp_ms == EARLIEST_TIMESTAMP:
+        return ListOffsetsPartitionResponse(partition.index, offset=partition.log_start_offset)
+    if timestamp_ms == LATEST_TIMESTAMP:
+        return ListOffsetsPartitionResponse(partition.index, offset=partition.log_end_offset)
+    if timestamp_ms < 0:
+        error = InvalidRequestError(f"timestamp {timestamp_ms} is neither -1, -2 nor a time")
+        return ListOffsetsPartitionResponse(partition.index, int(error.code), error.message)
+    found = partition.offset_for_timestamp(timestamp_ms)
+    return ListOffsetsPartitionResponse(partition.index, offset=-1 if found is None else found)

@@ -1,0 +1,71 @@
+"""The broker's resource limits, each named with its unit, and why each default is what it is.
+
+One frozen Struct, the ``[limits]`` table of the config file.  The limits are
+enforced in broker/server.py (connections), broker/connection.py (frames,
+in-flight requests, timeouts) and broker/handlers.py (fetch sizes).  Exceeding a
+limit costs the offending connection an error response or its socket, with a log
+line; it never costs anyone else anything.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Final
+
+import msgspec
+
+from client.protocol.connection import INFLIGHT_REQUESTS_MAX_DEFAULT
+from client.protocol.frames import (
+    BODY_BYTES_MAX_DEFAULT,
+    FRAME_BYTES_MAX_DEFAULT,
+    FRAME_HEADER_BYTES,
+)
+
+# Room a fetch response needs besides record bytes: the frame header and a body
+# listing every partition.  fetch_bytes_max must leave this much under frame_bytes_max.
+FETCH_RESPONSE_OVERHEAD_BYTES: Final = FRAME_HEADER_BYTES + BODY_BYTES_MAX_DEFAULT
+
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class Limits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Per-connection and broker-wide limits.  Every field is a positive integer."""
+
+    # The biggest frame a client may send or receive (64 MiB): a 16 MiB batch plus
+    # several 1 MiB partitions fit; Kafka's socket.request.max.bytes is 100 MiB.
+    # A declared length above it closes the connection before anything is buffered.
+    frame_bytes_max: Positive = FRAME_BYTES_MAX_DEFAULT
+    # Requests read but not yet answered on one connection (256): deep enough to
+    # keep a producer's pipe full, small enough that one client cannot queue
+    # unbounded work.  The excess request is answered with TOO_MANY_REQUESTS.
+    inflight_requests_max: Positive = INFLIGHT_REQUESTS_MAX_DEFAULT
+    # Open client connections (512): each holds a socket, two tasks and up to
+    # inflight_requests_max buffered requests; the usual soft descriptor limit is
+    # 1024 and segment files need the rest.  Excess connections are closed at once.
+    connections_max: Positive = 512
+    # Record bytes in one fetch response (50 MiB, Kafka's fetch.max.bytes).  A
+    # request may ask for less, never more; one whole batch is always returned so
+    # a consumer makes progress even past a huge batch.
+    fetch_bytes_max: Positive = 50 * 1024 * 1024
+    # How long a request may take, not counting a Fetch's own max_wait_ms (30 s,
+    # Kafka's request.timeout.ms); the wait itself is capped at this too.  Also
+    # bounds writing one response to a client that does not read.
+    request_timeout_ms: Positive = 30_000
+    # A connection with no request in flight and no bytes received for this long
+    # is closed (10 minutes, Kafka's connections.max.idle.ms).
+    idle_connection_timeout_ms: Positive = 600_000
+    # On SIGTERM/SIGINT, how long in-flight requests get to finish before their
+    # connections are cut (10 s); logs are flushed and closed after that either way.
+    shutdown_timeout_ms: Positive = 10_000
+
+    def check(self) -> None:
+        """Raise ValueError when the limits contradict each other."""
+        if self.frame_bytes_max < FRAME_HEADER_BYTES:
+            raise ValueError(
+                f"limits.frame_bytes_max={self.frame_bytes_max} is below the "
+                f"{FRAME_HEADER_BYTES}-byte frame header"
+            )
+        if self.fetch_bytes_max > self.frame_bytes_max:
+            raise ValueError(
+                f"limits.fetch_bytes_max={self.fetch_bytes_max} exceeds "
+                f"limits.frame_bytes_max={self.frame_bytes_max}"
+            )

@@ -1,0 +1,204 @@
+"""The server's task tree: one root nursery for the whole node.
+
+    serve(config)
+    └── root nursery
+        ├── signal watcher      SIGINT/SIGTERM: first starts a graceful shutdown,
+        │                       the second exits the process at once
+        ├── maintenance         flush (FlushPolicy.INTERVAL) and retention, on a tick
+        └── connections nursery
+            ├── accept loop     one per listener; refuses beyond connections_max
+            └── one ConnectionHandler.run per client (its own reader/writer nursery)
+
+Graceful shutdown: stop accepting, close the listeners, stop every reader
+(no new requests), answer every long poll now, give in-flight requests
+shutdown_timeout_ms to finish, then cancel what remains and flush and close
+every log (clean-shutdown markers).  ``serve`` then returns and the CLI exits 0.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+from typing import Final
+
+import trio
+
+from broker.config import BrokerConfig
+from broker.connection import ConnectionHandler
+from broker.logging import get_logger
+from broker.state import Broker
+from client.errors import StorageError
+
+# The maintenance task wakes this often (100 ms) and asks each partition whether a
+# flush or a retention check is due: cheap (one comparison per partition) and
+# fine-grained enough for the smallest sensible flush_interval_ms.
+MAINTENANCE_TICK_MS: Final = 100
+# After an accept() fails for lack of descriptors or memory, wait before retrying
+# (trio's serve_listeners does the same) instead of spinning.
+ACCEPT_RETRY_DELAY_S: Final = 0.1
+_ACCEPT_RESOURCE_ERRORS: Final = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+
+_logger = get_logger()
+
+
+class Server:
+    """Listeners, connection handlers and the shutdown sequence over one Broker."""
+
+    def __init__(self, broker: Broker, listeners: list[trio.SocketListener]) -> None:
+        assert listeners, "a server needs a listener"
+        self.broker = broker
+        self.limits = broker.limits
+        self.listeners = listeners
+        self.handlers: set[ConnectionHandler] = set()
+        self.shutdown_requested = trio.Event()
+        self.stopped = trio.Event()
+        self._accept_scopes: list[trio.CancelScope] = []  # one per listener
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until :meth:`request_shutdown`, then drain; sets ``stopped``."""
+        try:
+            async with trio.open_nursery() as root:
+                root.start_soon(self._maintain)
+                async with trio.open_nursery() as connections:
+                    for listener in self.listeners:
+                        connections.start_soon(self._accept_loop, listener, connections)
+                    task_status.started()
+                    await self.shutdown_requested.wait()
+                    await self._drain(connections.cancel_scope)
+                root.cancel_scope.cancel()
+        finally:
+            self.stopped.set()
+
+    def request_shutdown(self) -> None:
+        self.shutdown_requested.set()
+
+    async def _drain(self, connections_scope: trio.CancelScope) -> None:
+        _logger.info("shutting down", connections=len(self.handlers))
+        for scope in self._accept_scopes:
+            scope.cancel()
+        for listener in self.listeners:
+            await listener.aclose()
+        for handler in list(self.handlers):
+            handler.stop_reading()
+        self.broker.begin_shutdown()
+        # The connections nursery waits for every handler to answer what it has
+        # read; past the deadline it cancels them.
+        connections_scope.deadline = trio.current_time() + self.limits.shutdown_timeout_ms / 1000
+
+    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        with trio.CancelScope() as scope:
+            self._accept_scopes.append(scope)
+            if self.shutdown_requested.is_set():
+                return
+            while True:  # until shutdown cancels the scope
+                try:
+                    stream = await listener.accept()
+                except OSError as error:
+                    if error.errno not in _ACCEPT_RESOURCE_ERRORS:
+                        raise
+                    _logger.error("accept failed", error=os.strerror(error.errno or 0))
+                    await trio.sleep(ACCEPT_RETRY_DELAY_S)
+                    continue
+                peer = _peer_name(stream)
+                if len(self.handlers) >= self.limits.connections_max:
+                    _logger.warning(
+                        "connection refused",
+                        peer=peer,
+                        reason="connections_max",
+                        connections_max=self.limits.connections_max,
+                    )
+                    await stream.aclose()
+                    continue
+                handler = ConnectionHandler(self.broker, stream, peer)
+                self.handlers.add(handler)
+                nursery.start_soon(self._run_handler, handler)
+
+    async def _run_handler(self, handler: ConnectionHandler) -> None:
+        try:
+            await handler.run()
+        finally:
+            self.handlers.discard(handler)
+
+    async def _maintain(self) -> None:
+        while True:  # until the root nursery is cancelled
+            await trio.sleep(MAINTENANCE_TICK_MS / 1000)
+            for partition in self.broker.topics.all_partitions():
+                try:
+                    await partition.maintain()
+                except StorageError as error:
+                    partition.logger.error("maintenance failed", error=error.message)
+
+
+def _peer_name(stream: trio.SocketStream) -> str:
+    try:
+        host, port = stream.socket.getpeername()[:2]
+    except OSError:
+        return "?"
+    return f"{host}:{port}"
+
+
+async def open_listeners(config: BrokerConfig) -> list[trio.SocketListener]:
+    """Bind the configured address.  Raises OSError (e.g. address in use)."""
+    return await trio.open_tcp_listeners(config.port, host=config.host)
+
+
+async def watch_signals(
+    server: Server, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """First SIGINT/SIGTERM: graceful shutdown.  Second: exit now (128 + signal)."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if not server.shutdown_requested.is_set():
+                _logger.info("signal received, shutting down gracefully", signal=name)
+                server.request_shutdown()
+                continue
+            _logger.warning("second signal, exiting immediately", signal=name)
+            os._exit(128 + signum)
+
+
+async def serve(
+    config: BrokerConfig,
+    *,
+    handle_signals: bool = True,
+    task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run a broker until a signal (or ``Server.request_shutdown``) stops it.
+
+    Raises, before serving: ConfigError (data dir), LogCorruptError, StorageError,
+    OSError (cannot bind).  A StorageError while closing the logs is raised after
+    everything else has shut down.
+    """
+    broker = await Broker.open(config)
+    try:
+        listeners = await open_listeners(config)
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await broker.close()
+        raise
+    host, port = listeners[0].socket.getsockname()[:2]
+    broker.advertised_host, broker.advertised_port = str(host), int(port)
+    server = Server(broker, listeners)
+    try:
+        async with trio.open_nursery() as nursery:
+            if handle_signals:
+                await nursery.start(watch_signals, server)
+            await nursery.start(server.run)
+            _logger.info(
+                "listening",
+                host=broker.advertised_host,
+                port=broker.advertised_port,
+                address=f"{broker.advertised_host}:{broker.advertised_port}",
+                data_dir=str(config.data_path),
+                topics=len(broker.topics.names()),
+                version=broker.version,
+            )
+            task_status.started(server)
+            await server.stopped.wait()
+            nursery.cancel_scope.cancel()  # the signal watcher
+    finally:
+        with trio.CancelScope(shield=True):
+            await broker.close()
+        _logger.info("stopped")

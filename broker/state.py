@@ -1,0 +1,116 @@
+"""The broker's state: config, topics, identity, clock.  What every handler reads.
+
+``Broker.open`` takes the data directory's lock (a second process on the same
+directory would corrupt it), loads the topics and opens their logs; ``close``
+flushes and closes them, writing the clean-shutdown markers.  The clock is
+injected (``clock_ms``) so handlers and tests never read the wall clock
+themselves.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Final
+
+import trio
+
+from broker.config import BrokerConfig, ConfigError
+from broker.logging import get_logger
+from broker.topics import TopicManager
+
+LOCK_FILE: Final = ".lock"
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def broker_version() -> str:
+    try:
+        return metadata.version("distributary")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class Broker:
+    """One node's state.  Create with :meth:`open`; close with :meth:`close`."""
+
+    def __init__(
+        self,
+        config: BrokerConfig,
+        topics: TopicManager,
+        clock_ms: Callable[[], int],
+        lock_descriptor: int | None,
+    ) -> None:
+        self.config = config
+        self.limits = config.limits
+        self.topics = topics
+        self.clock_ms = clock_ms
+        self.version = broker_version()
+        # The address clients should use (set once the listener is bound).
+        self.advertised_host = config.host
+        self.advertised_port = config.port
+        self.shutting_down = False
+        self._lock_descriptor = lock_descriptor
+        self.logger = get_logger(node=config.node_id)
+
+    @classmethod
+    async def open(
+        cls, config: BrokerConfig, clock_ms: Callable[[], int] = wall_clock_ms
+    ) -> Broker:
+        """Lock the data directory, load topics, open every log.
+
+        Raises ConfigError (data dir unusable or locked by another process),
+        StorageError, LogCorruptError.
+        """
+        data_dir = config.data_path
+        lock_descriptor = await trio.to_thread.run_sync(lock_data_dir, data_dir)
+        topics = TopicManager(
+            data_dir, config.topic_defaults, clock_ms, config.topic_partitions_max
+        )
+        try:
+            await topics.load()
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await topics.close()
+            os.close(lock_descriptor)
+            raise
+        return cls(config, topics, clock_ms, lock_descriptor)
+
+    def begin_shutdown(self) -> None:
+        """Answer every long poll now; handlers see ``shutting_down``."""
+        self.shutting_down = True
+        for partition in self.topics.all_partitions():
+            partition.wake_waiters()
+
+    async def close(self) -> None:
+        """Flush and close every log, then release the data directory.
+        Raises StorageError (after closing everything it could)."""
+        try:
+            await self.topics.close()
+        finally:
+            if self._lock_descriptor is not None:
+                os.close(self._lock_descriptor)
+                self._lock_descriptor = None
+
+
+def lock_data_dir(data_dir: Path) -> int:
+    """Create ``data_dir`` if needed and take an exclusive lock on its lock file.
+    Returns the descriptor (the lock lives as long as it is open).
+    Raises ConfigError."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as error:
+        raise ConfigError(f"data_dir {data_dir}: {error.strerror}") from error
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        os.close(descriptor)
+        raise ConfigError(f"data_dir {data_dir} is in use by another broker process") from error
+    return descriptor

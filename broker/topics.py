@@ -1,0 +1,303 @@
+"""Topics: names, per-topic configs, and the partitions each one owns.
+
+The list of topics lives in ``<data_dir>/topics.json`` (written atomically: temp
+file, fsync, rename, fsync the directory).  It is the source of truth: a
+partition directory belongs to a topic only if the file names the topic.  So a
+create writes the file first and then opens the logs (a crash in between leaves
+a topic whose logs are created at the next start); a delete writes the file
+first and then closes and removes the directories (a crash in between leaves
+orphan directories that are logged at start and removed by the next create of
+that name).
+
+Per-topic configs are stored as the key=value strings the client sent (only the
+overrides); the effective LogConfig is the broker's ``topic_defaults`` with them
+applied, so changing a default in the broker config reaches every topic that did
+not override it.
+
+Concurrency: create and delete hold ``_change_lock`` so metadata writes never
+interleave; lookups are plain dict reads on the event-loop thread.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import msgspec
+import trio
+
+from broker.logging import get_logger
+from broker.partition import Partition, partition_directory
+from broker.storage.atomic_file import write_atomic
+from broker.storage.config import LogConfig
+from client.errors import (
+    InvalidConfigError,
+    InvalidPartitionsError,
+    InvalidTopicError,
+    LogCorruptError,
+    StorageError,
+    TopicAlreadyExistsError,
+    UnknownTopicOrPartitionError,
+)
+
+TOPICS_FILE: Final = "topics.json"
+TOPICS_FILE_VERSION: Final = 1
+# Kafka's limit: a topic name becomes a directory name plus "-<partition>".
+TOPIC_NAME_BYTES_MAX: Final = 249
+_TOPIC_NAME: Final = re.compile(r"^[a-zA-Z0-9._-]+$")
+
+_logger = get_logger()
+
+
+class TopicRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One topic as stored in topics.json."""
+
+    partitions: int
+    configs: dict[str, str] = {}
+    created_ms: int = 0
+
+
+class TopicsFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    version: int = TOPICS_FILE_VERSION
+    topics: dict[str, TopicRecord] = {}
+
+
+def validate_topic_name(name: str) -> None:
+    """Raise InvalidTopicError unless ``name`` is 1..249 of [a-zA-Z0-9._-] and not
+    "." or ".." (which are directory names)."""
+    if not name:
+        raise InvalidTopicError("topic name is empty")
+    if len(name) > TOPIC_NAME_BYTES_MAX:
+        raise InvalidTopicError(
+            f"topic name is {len(name)} characters, more than {TOPIC_NAME_BYTES_MAX}"
+        )
+    if name in (".", ".."):
+        raise InvalidTopicError(f"topic name {name!r} is not allowed")
+    if _TOPIC_NAME.match(name) is None:
+        raise InvalidTopicError(f"topic name {name!r} may only hold [a-zA-Z0-9._-]")
+
+
+def log_config_for(defaults: LogConfig, overrides: Mapping[str, str]) -> LogConfig:
+    """The defaults with a topic's key=value overrides applied.
+
+    Keys may be spelled like ours (``retention_ms``) or like Kafka's
+    (``retention.ms``).  The value ``none`` (or ``null``) means "no limit" where a
+    key allows it.  Raises InvalidConfigError naming an unknown key or bad value.
+    """
+    fields = {info.name: info.type for info in msgspec.structs.fields(LogConfig)}
+    changes: dict[str, Any] = {}
+    for raw_key, raw_value in overrides.items():
+        key = raw_key.strip().replace(".", "_").replace("-", "_").lower()
+        if key not in fields:
+            raise InvalidConfigError(f"unknown topic config key {raw_key!r}")
+        value = raw_value.strip()
+        if value.lower() == "none":
+            value = "null"
+        try:
+            changes[key] = msgspec.convert(value, fields[key], strict=False)
+        except msgspec.ValidationError as error:
+            message = str(error).partition(" - at `$")[0]
+            raise InvalidConfigError(f"topic config {raw_key}={raw_value!r}: {message}") from error
+    return defaults.with_changes(**changes) if changes else defaults
+
+
+def config_strings(config: LogConfig) -> dict[str, str]:
+    """Every LogConfig field as a string, for DescribeTopics."""
+    values = msgspec.to_builtins(config)
+    return {key: "none" if value is None else str(value) for key, value in values.items()}
+
+
+class Topic:
+    """A topic and its open partitions."""
+
+    def __init__(self, name: str, record: TopicRecord, config: LogConfig) -> None:
+        self.name = name
+        self.record = record
+        self.config = config
+        self.partitions: list[Partition] = []
+
+
+class TopicManager:
+    """Creates, deletes, finds and persists topics.  One per broker."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        defaults: LogConfig,
+        clock_ms: Callable[[], int],
+        partitions_max: int,
+    ) -> None:
+        self.data_dir = data_dir
+        self.defaults = defaults
+        self.partitions_max = partitions_max
+        self._clock_ms = clock_ms
+        self._topics: dict[str, Topic] = {}
+        self._change_lock = trio.Lock()
+
+    # -- start-up ---------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Read topics.json and open every partition's log (recovering as needed),
+        before serving.  Raises StorageError (unreadable file), LogCorruptError (a
+        partition refuses to open; the message names it)."""
+        stored = await trio.to_thread.run_sync(self._read_file)
+        for name, record in sorted(stored.topics.items()):
+            try:
+                config = log_config_for(self.defaults, record.configs)
+            except InvalidConfigError as error:
+                raise StorageError(f"{TOPICS_FILE}: topic {name}: {error.message}") from error
+            topic = Topic(name, record, config)
+            self._topics[name] = topic
+            for index in range(record.partitions):
+                try:
+                    partition = await Partition.open(
+                        self.data_dir, name, index, config, self._clock_ms
+                    )
+                except LogCorruptError as error:
+                    raise LogCorruptError(
+                        f"partition {name}-{index} is corrupt: {error.message}"
+                    ) from error
+                topic.partitions.append(partition)
+        await trio.to_thread.run_sync(self._warn_about_orphans)
+
+    def _read_file(self) -> TopicsFile:
+        path = self.data_dir / TOPICS_FILE
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return TopicsFile()
+        except OSError as error:
+            raise StorageError(f"cannot read {path}: {error.strerror}") from error
+        try:
+            stored = msgspec.json.decode(data, type=TopicsFile)
+        except msgspec.DecodeError as error:
+            raise StorageError(f"{path} is not a valid topics file: {error}") from error
+        if stored.version != TOPICS_FILE_VERSION:
+            raise StorageError(f"{path} has unknown version {stored.version}")
+        return stored
+
+    def _warn_about_orphans(self) -> None:
+        for entry in sorted(self.data_dir.iterdir()):
+            topic, dash, index = entry.name.rpartition("-")
+            if not entry.is_dir() or not dash or not index.isdigit():
+                continue
+            known = self._topics.get(topic)
+            if known is None or int(index) >= len(known.partitions):
+                _logger.warning("orphan partition directory", directory=str(entry))
+
+    # -- lookups ----------------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        return sorted(self._topics)
+
+    def get(self, name: str) -> Topic | None:
+        return self._topics.get(name)
+
+    def partition(self, topic: str, index: int) -> Partition:
+        """Raises UnknownTopicOrPartitionError."""
+        found = self._topics.get(topic)
+        if found is None:
+            raise UnknownTopicOrPartitionError(f"unknown topic {topic!r}")
+        if not 0 <= index < len(found.partitions):
+            raise UnknownTopicOrPartitionError(
+                f"topic {topic!r} has no partition {index} (it has {len(found.partitions)})"
+            )
+        return found.partitions[index]
+
+    def all_partitions(self) -> list[Partition]:
+        return [p for topic in self._topics.values() for p in topic.partitions]
+
+    # -- changes ----------------------------------------------------------------------
+
+    def check_new_topic(self, name: str, partitions: int, configs: Mapping[str, str]) -> LogConfig:
+        """Validate a create without doing it.  Raises InvalidTopicError,
+        TopicAlreadyExistsError, InvalidPartitionsError, InvalidConfigError."""
+        validate_topic_name(name)
+        if name in self._topics:
+            raise TopicAlreadyExistsError(f"topic {name!r} already exists")
+        if not 1 <= partitions <= self.partitions_max:
+            raise InvalidPartitionsError(
+                f"partition count {partitions} is outside [1, {self.partitions_max}]"
+            )
+        return log_config_for(self.defaults, configs)
+
+    async def create(self, name: str, partitions: int, configs: Mapping[str, str]) -> Topic:
+        """Create a topic and open its partitions.  Raises like :meth:`check_new_topic`,
+        and StorageError."""
+        async with self._change_lock:
+            config = self.check_new_topic(name, partitions, configs)
+            now_ms = self._clock_ms()
+            record = TopicRecord(partitions, dict(configs), now_ms)
+            stale = [partition_directory(self.data_dir, name, i) for i in range(partitions)]
+            await trio.to_thread.run_sync(_remove_directories, stale)
+            await self._write_file({**self._records(), name: record})
+            topic = Topic(name, record, config)
+            self._topics[name] = topic
+            try:
+                for index in range(partitions):
+                    partition = await Partition.open(
+                        self.data_dir, name, index, config, self._clock_ms
+                    )
+                    topic.partitions.append(partition)
+            except BaseException:
+                # Leave no half-open topic behind: the file still names it, so the
+                # next start opens (and creates) its logs.
+                del self._topics[name]
+                for partition in topic.partitions:
+                    with trio.CancelScope(shield=True):
+                        await partition.close()
+                raise
+        _logger.info("topic created", topic=name, partitions=partitions, configs=dict(configs))
+        return topic
+
+    async def delete(self, name: str) -> None:
+        """Delete a topic: forget it, close its logs, remove its directories.
+        Raises UnknownTopicOrPartitionError, StorageError."""
+        async with self._change_lock:
+            topic = self._topics.get(name)
+            if topic is None:
+                raise UnknownTopicOrPartitionError(f"unknown topic {name!r}")
+            records = self._records()
+            del records[name]
+            await self._write_file(records)
+            del self._topics[name]
+            directories = []
+            for partition in topic.partitions:
+                await partition.close()
+                directories.append(partition_directory(self.data_dir, name, partition.index))
+            await trio.to_thread.run_sync(_remove_directories, directories)
+        _logger.info("topic deleted", topic=name)
+
+    async def close(self) -> None:
+        """Flush and close every partition (clean-shutdown markers).  Logs and
+        keeps going past a partition that fails, then raises the first error."""
+        first_error: StorageError | None = None
+        for partition in self.all_partitions():
+            try:
+                await partition.close()
+            except StorageError as error:
+                partition.logger.error("close failed", error=error.message)
+                first_error = first_error or error
+        if first_error is not None:
+            raise first_error
+
+    def _records(self) -> dict[str, TopicRecord]:
+        return {name: topic.record for name, topic in self._topics.items()}
+
+    async def _write_file(self, records: dict[str, TopicRecord]) -> None:
+        data = msgspec.json.format(msgspec.json.encode(TopicsFile(topics=records)))
+        await trio.to_thread.run_sync(write_atomic, self.data_dir / TOPICS_FILE, data)
+
+
+def _remove_directories(directories: list[Path]) -> None:
+    """Raises StorageError."""
+    for directory in directories:
+        try:
+            shutil.rmtree(directory)
+        except FileNotFoundError:
+            continue
+        except OSError as error:
+            raise StorageError(f"cannot remove {directory}: {error}") from error

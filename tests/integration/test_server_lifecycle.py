@@ -1,0 +1,145 @@
+"""Stopping and restarting a real broker: graceful SIGTERM, SIGKILL, persistence."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from broker.storage.checkpoint import CLEAN_SHUTDOWN_FILE
+from client.protocol.connection import ClientConnection
+from client.protocol.messages import (
+    LATEST_TIMESTAMP,
+    FetchPartition,
+    FetchRequest,
+    FetchResponse,
+    FetchTopic,
+)
+from client.records.builder import build_batch
+from client.records.header import CRC_AT, iter_batches
+
+RawFactory = Callable[..., Any]
+
+
+def produce_batches(
+    client: Any, topic: str, partitions: int, rounds: int, first_offset: int = 0
+) -> dict[int, list[bytes]]:
+    """Produce ``rounds`` acknowledged 3-record batches to each partition, checking
+    their offsets continue from ``first_offset``; returns them."""
+    sent: dict[int, list[bytes]] = {p: [] for p in range(partitions)}
+    for round_number in range(rounds):
+        batches = {
+            p: build_batch([f"{p}-{round_number}-{i}".encode() for i in range(3)])
+            for p in range(partitions)
+        }
+        response = client.produce(topic, {p: [b] for p, b in batches.items()})
+        for part in response.topics[0].partitions:
+            assert part.error_code == 0, part
+            assert part.base_offset == first_offset + 3 * round_number
+        for p, b in batches.items():
+            sent[p].append(bytes(b))
+    return sent
+
+
+def assert_log_holds(client: Any, topic: str, sent: dict[int, list[bytes]]) -> None:
+    """Every acknowledged batch is there, in order, with offsets 0, 3, 6, ..."""
+    for partition, batches in sent.items():
+        _, data = client.fetch(topic, {partition: 0}, max_bytes=50 << 20)
+        headers = iter_batches(data[partition])
+        assert [h.base_offset for h in headers] == [3 * i for i in range(len(batches))]
+        for header, original in zip(headers, batches, strict=True):
+            assert data[partition][header.position + CRC_AT : header.end] == original[CRC_AT:]
+
+
+def test_sigterm_then_restart_keeps_every_acknowledged_record(
+    broker: Any, raw_client: RawFactory
+) -> None:
+    """SIGTERM exits 0 after a clean shutdown; after a restart every acknowledged batch is
+    there and new appends continue the offsets."""
+    client = raw_client(broker.address)
+    client.create_topic("durable", 2, {"retention_ms": "86400000"})
+    sent = produce_batches(client, "durable", 2, 20)
+    client.close()
+    assert broker.stop(signal.SIGTERM) == 0
+    assert broker.wait_for_log("stopped")
+    for partition in range(2):
+        assert (broker.data_dir / f"durable-{partition}" / CLEAN_SHUTDOWN_FILE).exists()
+    broker.start()
+    client = raw_client(broker.address)
+    assert_log_holds(client, "durable", sent)
+    described = client.describe("durable").topics[0]
+    assert described.configs["retention_ms"] == "86400000"
+    produce_batches(client, "durable", 2, 1, first_offset=60)
+    assert client.list_offsets("durable", {0: LATEST_TIMESTAMP}) == {0: 63}
+
+
+def test_sigkill_then_restart_keeps_every_acknowledged_record(
+    broker: Any, raw_client: RawFactory
+) -> None:
+    """After SIGKILL (no flush, no clean-shutdown marker) a restart recovers every
+    acknowledged batch from the page cache and offsets continue."""
+    client = raw_client(broker.address)
+    client.create_topic("crashy", 3)
+    sent = produce_batches(client, "crashy", 3, 15)
+    broker.kill()
+    assert not (broker.data_dir / "crashy-0" / CLEAN_SHUTDOWN_FILE).exists()
+    broker.start()
+    client = raw_client(broker.address)
+    assert_log_holds(client, "crashy", sent)
+    response = client.produce("crashy", {2: [build_batch([b"after crash"])]})
+    assert response.topics[0].partitions[0].base_offset == 45
+
+
+def test_sigterm_answers_a_waiting_long_poll_and_exits_promptly(
+    broker: Any, raw_client: RawFactory
+) -> None:
+    """A fetch long-polling for 30 s is answered at shutdown and the broker exits 0 well
+    before the poll would have ended."""
+    client = raw_client(broker.address)
+    client.create_topic("quiet", 1)
+    correlation_id = client.send_fetch("quiet", {0: 0}, max_wait_ms=30_000)
+    time.sleep(0.2)
+    started = time.monotonic()
+    broker.process.send_signal(signal.SIGTERM)
+    response = client.receive(correlation_id)
+    assert isinstance(response.body, FetchResponse)
+    assert broker.process.wait(timeout=15) == 0
+    assert time.monotonic() - started < 10
+
+
+def test_restart_on_the_same_address(broker: Any, raw_client: RawFactory) -> None:
+    """restart() brings the broker back on the same port with the same topics."""
+    client = raw_client(broker.address)
+    client.create_topic("kept", 4)
+    address = broker.address
+    broker.restart()
+    assert broker.address == address
+    described = raw_client(broker.address).describe("kept").topics[0]
+    assert described.error_code == 0 and len(described.partitions) == 4
+
+
+def test_second_signal_exits_immediately(broker_factory: Any, raw_client: RawFactory) -> None:
+    """While a graceful shutdown waits on a client that does not read, a second SIGTERM
+    ends the process at once with status 128 + SIGTERM."""
+    broker = broker_factory(config={"limits": {"shutdown_timeout_ms": 60_000}})
+    producer = raw_client(broker.address)
+    chunk = build_batch([bytes(1 << 20)])
+    for _ in range(3):
+        producer.produce("bulk", {0: [chunk] * 4})
+    stuck = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stuck.connect((broker.host, broker.port))
+    fetch = FetchRequest(0, 1, 20 << 20, [FetchTopic("bulk", [FetchPartition(0, 0, 20 << 20)])])
+    stuck.sendall(ClientConnection().send_request(fetch)[1])
+    time.sleep(0.3)  # the response is now stuck in the socket buffers
+    broker.process.send_signal(signal.SIGTERM)
+    broker.wait_for_log("shutting down")
+    time.sleep(0.2)
+    assert broker.process.poll() is None, "the graceful shutdown should still be waiting"
+    started = time.monotonic()
+    broker.process.send_signal(signal.SIGTERM)
+    assert broker.process.wait(timeout=10) == 128 + signal.SIGTERM
+    assert time.monotonic() - started < 3
+    stuck.close()

@@ -1,0 +1,235 @@
+"""Request handlers over a real Broker state in a temp dir, without sockets."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from broker.config import load_config
+from broker.handlers import Reply, handle
+from broker.state import Broker
+from client.errors import ErrorCode, InvalidRequestError
+from client.protocol.connection import IncomingRequest
+from client.protocol.messages import (
+    EARLIEST_TIMESTAMP,
+    LATEST_TIMESTAMP,
+    Acks,
+    ApiKey,
+    CreatableTopic,
+    CreateTopicsRequest,
+    CreateTopicsResponse,
+    FetchPartition,
+    FetchRequest,
+    FetchResponse,
+    FetchTopic,
+    HelloRequest,
+    HelloResponse,
+    ListOffsetsPartition,
+    ListOffsetsRequest,
+    ListOffsetsResponse,
+    ListOffsetsTopic,
+    MetadataRequest,
+    MetadataResponse,
+    ProducePartition,
+    ProduceRequest,
+    ProduceResponse,
+    ProduceTopic,
+    Request,
+)
+from client.records.builder import build_batch
+from client.records.header import CRC_AT, iter_batches
+
+
+def request(body: Request, payload: bytes = b"", *, wants_response: bool = True) -> IncomingRequest:
+    api_key = ApiKey(type(body).__struct_config__.tag)  # type: ignore[arg-type]
+    return IncomingRequest(api_key, 0, 1, wants_response, body, memoryview(bytearray(payload)))
+
+
+@pytest.fixture
+async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
+    config = load_config(
+        flags={"data_dir": str(tmp_path / "data")},
+        environ={"DISTRIBUTARY_LIMITS__FETCH_BYTES_MAX": "100000"},
+    ).config
+    state = await Broker.open(config, clock_ms=lambda: 1_000_000)
+    yield state
+    await state.close()
+
+
+async def call(broker: Broker, body: Request, payload: bytes = b"") -> Reply:
+    reply = await handle(broker, request(body, payload))
+    assert reply is not None
+    return reply
+
+
+async def produce(broker: Broker, topic: str, parts: dict[int, bytes]) -> ProduceResponse:
+    body = ProduceRequest(
+        topics=[ProduceTopic(topic, [ProducePartition(p, len(d)) for p, d in parts.items()])]
+    )
+    reply = await call(broker, body, b"".join(parts.values()))
+    assert isinstance(reply.body, ProduceResponse)
+    return reply.body
+
+
+def fetch_request(topic: str, offsets: dict[int, int], **options: int) -> FetchRequest:
+    partition_max_bytes = options.pop("partition_max_bytes", 1 << 20)
+    partitions = [FetchPartition(p, o, partition_max_bytes) for p, o in offsets.items()]
+    return FetchRequest(topics=[FetchTopic(topic, partitions)], **options)
+
+
+async def test_hello_advertises_limits(broker: Broker) -> None:
+    """Hello tells the client the frame and in-flight limits it must respect."""
+    reply = await call(broker, HelloRequest("t"))
+    assert isinstance(reply.body, HelloResponse)
+    assert reply.body.frame_bytes_max == broker.limits.frame_bytes_max
+    assert reply.body.inflight_requests_max == broker.limits.inflight_requests_max
+    assert {v.api_key for v in reply.body.api_versions} == {int(k) for k in ApiKey}
+
+
+async def test_produce_then_fetch_regions(broker: Broker) -> None:
+    """Produce assigns consecutive offsets; Fetch returns file regions covering them."""
+    await call(broker, CreateTopicsRequest([CreatableTopic("t", 2)]))
+    first, second = build_batch([b"a", b"b"]), build_batch([b"c"])
+    response = await produce(broker, "t", {0: bytes(first + second), 1: bytes(first)})
+    offsets = {p.partition: (p.base_offset, p.last_offset) for p in response.topics[0].partitions}
+    assert offsets == {0: (0, 2), 1: (0, 1)}
+    reply = await call(broker, fetch_request("t", {0: 0, 1: 2}))
+    assert isinstance(reply.body, FetchResponse)
+    parts = reply.body.topics[0].partitions
+    assert [p.records_bytes for p in parts] == [len(first) + len(second), 0]
+    assert [p.high_watermark for p in parts] == [3, 2]
+    assert reply.payload_length == len(first) + len(second)
+    data = reply.regions[0].read_bytes()
+    headers = iter_batches(data)
+    assert [h.base_offset for h in headers] == [0, 2]
+    assert data[CRC_AT : len(first)] == first[CRC_AT:]
+    assert data[len(first) + CRC_AT :] == second[CRC_AT:]
+    reply.release()
+
+
+async def test_fetch_first_batch_whole_then_budget(broker: Broker) -> None:
+    """The first batch comes back whole even past max_bytes; a later partition that would
+    overflow the budget is left for the next fetch."""
+    await call(broker, CreateTopicsRequest([CreatableTopic("big", 2)]))
+    large = build_batch([bytes(5_000)])
+    await produce(broker, "big", {0: bytes(large), 1: bytes(large)})
+    reply = await call(broker, fetch_request("big", {0: 0, 1: 0}, max_bytes=100))
+    assert isinstance(reply.body, FetchResponse)
+    assert [p.records_bytes for p in reply.body.topics[0].partitions] == [len(large), 0]
+    reply.release()
+
+
+async def test_fetch_bytes_max_caps_max_bytes(broker: Broker) -> None:
+    """limits.fetch_bytes_max (100000 here) wins over a bigger max_bytes."""
+    await call(broker, CreateTopicsRequest([CreatableTopic("cap", 1)]))
+    batch = bytes(build_batch([bytes(10_000)]))
+    await produce(broker, "cap", {0: batch * 20})
+    reply = await call(broker, fetch_request("cap", {0: 0}, max_bytes=50 << 20))
+    assert len(batch) * 9 <= reply.payload_length <= 100_000
+    reply.release()
+
+
+async def test_long_poll_wakes_on_append(broker: Broker) -> None:
+    """A fetch at the log end sleeps until an append, not until max_wait_ms."""
+    await call(broker, CreateTopicsRequest([CreatableTopic("poll", 1)]))
+    results: list[Reply] = []
+
+    async def poll() -> None:
+        results.append(await call(broker, fetch_request("poll", {0: 0}, max_wait_ms=60_000)))
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(poll)
+            await trio.sleep(0.05)
+            assert results == []
+            await produce(broker, "poll", {0: bytes(build_batch([b"x"]))})
+    assert results[0].payload_length > 0
+    results[0].release()
+
+
+async def test_long_poll_times_out_empty_and_shutdown_ends_it(broker: Broker) -> None:
+    """An empty long poll answers after max_wait_ms; shutdown answers it at once."""
+    await call(broker, CreateTopicsRequest([CreatableTopic("idle", 1)]))
+    started = trio.current_time()
+    reply = await call(broker, fetch_request("idle", {0: 0}, max_wait_ms=100))
+    assert reply.payload_length == 0 and trio.current_time() - started >= 0.1
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call, broker, fetch_request("idle", {0: 0}, max_wait_ms=60_000))
+            await trio.sleep(0.05)
+            broker.begin_shutdown()
+
+
+async def test_fetch_errors_answer_immediately(broker: Broker) -> None:
+    """Unknown partitions and offsets out of range are per-partition errors, no waiting."""
+    await call(broker, CreateTopicsRequest([CreatableTopic("e", 1)]))
+    with trio.fail_after(2):
+        reply = await call(broker, fetch_request("e", {0: 7, 3: 0}, max_wait_ms=30_000))
+    assert isinstance(reply.body, FetchResponse)
+    codes = [p.error_code for p in reply.body.topics[0].partitions]
+    assert codes == [ErrorCode.OFFSET_OUT_OF_RANGE, ErrorCode.UNKNOWN_TOPIC_OR_PARTITION]
+
+
+async def test_list_offsets(broker: Broker) -> None:
+    """Earliest and latest track the log; a negative non-special time is an error."""
+    await produce(broker, "auto", {0: bytes(build_batch([b"1", b"2"], timestamp_ms=500))})
+    body = ListOffsetsRequest(
+        [
+            ListOffsetsTopic(
+                "auto",
+                [
+                    ListOffsetsPartition(0, t)
+                    for t in (EARLIEST_TIMESTAMP, LATEST_TIMESTAMP, 400, -7)
+                ],
+            )
+        ]
+    )
+    reply = await call(broker, body)
+    assert isinstance(reply.body, ListOffsetsResponse)
+    parts = reply.body.topics[0].partitions
+    assert [p.offset for p in parts[:3]] == [0, 2, 0]
+    assert parts[3].error_code == ErrorCode.INVALID_REQUEST
+
+
+async def test_metadata_auto_create_only_when_allowed(broker: Broker) -> None:
+    """Metadata creates a missing topic only if the request allows it."""
+    reply = await call(broker, MetadataRequest(["m1"], allow_auto_create=False))
+    assert isinstance(reply.body, MetadataResponse)
+    assert reply.body.topics[0].error_code == ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+    reply = await call(broker, MetadataRequest(["m1"], allow_auto_create=True))
+    assert isinstance(reply.body, MetadataResponse)
+    assert reply.body.topics[0].error_code == 0
+    assert len(reply.body.topics[0].partitions) == broker.config.default_partitions
+
+
+async def test_create_topics_validate_only_and_default_partitions(broker: Broker) -> None:
+    """validate_only checks without creating; partitions=-1 means the default count."""
+    reply = await call(broker, CreateTopicsRequest([CreatableTopic("v", 2)], validate_only=True))
+    assert isinstance(reply.body, CreateTopicsResponse) and reply.body.topics[0].error_code == 0
+    assert broker.topics.get("v") is None
+    await call(broker, CreateTopicsRequest([CreatableTopic("d", -1)]))
+    topic = broker.topics.get("d")
+    assert topic is not None and len(topic.partitions) == 1
+    reply = await call(broker, CreateTopicsRequest([CreatableTopic("r", 1, replication_factor=3)]))
+    assert isinstance(reply.body, CreateTopicsResponse)
+    assert reply.body.topics[0].error_code == ErrorCode.INVALID_PARTITIONS
+
+
+async def test_acks_zero_returns_nothing(broker: Broker) -> None:
+    """A fire-and-forget produce is appended and produces no reply."""
+    data = bytes(build_batch([b"z"]))
+    body = ProduceRequest(
+        acks=Acks.NONE, topics=[ProduceTopic("f", [ProducePartition(0, len(data))])]
+    )
+    assert await handle(broker, request(body, data, wants_response=False)) is None
+    assert broker.topics.partition("f", 0).log_end_offset == 1
+
+
+async def test_payload_mismatch_is_a_whole_request_error(broker: Broker) -> None:
+    """records_bytes that do not add up to the payload fail the whole request."""
+    body = ProduceRequest(topics=[ProduceTopic("x", [ProducePartition(0, 999)])])
+    with pytest.raises(InvalidRequestError):
+        await handle(broker, request(body, b"short"))
