@@ -38,10 +38,12 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     # keep a producer's pipe full, small enough that one client cannot queue
     # unbounded work.  The excess request is answered with TOO_MANY_REQUESTS.
     inflight_requests_max: Positive = INFLIGHT_REQUESTS_MAX_DEFAULT
-    # Open client connections (512): each holds a socket, two tasks and up to
-    # inflight_requests_max buffered requests; the usual soft descriptor limit is
-    # 1024 and segment files need the rest.  Excess connections are closed at once.
-    connections_max: Positive = 512
+    # Open client connections (4096): an idle one costs a socket, two tasks and a
+    # small buffer (about 10 KiB of broker memory each, measured in
+    # docs/benchmarks.md), so thousands fit easily; the broker raises its soft
+    # open-file limit to this plus room for segment files at start (broker/server.py).
+    # Excess connections are closed at once.
+    connections_max: Positive = 4096
     # Record bytes in one fetch response (50 MiB, Kafka's fetch.max.bytes).  A
     # request may ask for less, never more; one whole batch is always returned so
     # a consumer makes progress even past a huge batch.

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import signal
 from typing import Final
 
@@ -159,6 +160,22 @@ async def watch_signals(
             os._exit(128 + signum)
 
 
+# Descriptors kept for segment and index files, listeners and the data-dir lock on
+# top of one per connection.
+DESCRIPTORS_RESERVED: Final = 1024
+
+
+def raise_descriptor_limit(wanted: int) -> int:
+    """Raise the soft open-file limit toward ``wanted`` (never above the hard
+    limit, never lower than it is); returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        return target
+    return soft if soft != resource.RLIM_INFINITY else wanted
+
+
 async def serve(
     config: BrokerConfig,
     *,
@@ -171,6 +188,13 @@ async def serve(
     OSError (cannot bind).  A StorageError while closing the logs is raised after
     everything else has shut down.
     """
+    descriptors = raise_descriptor_limit(config.limits.connections_max + DESCRIPTORS_RESERVED)
+    if descriptors < config.limits.connections_max + DESCRIPTORS_RESERVED:
+        _logger.warning(
+            "open-file limit is below connections_max plus room for segment files",
+            descriptors_max=descriptors,
+            connections_max=config.limits.connections_max,
+        )
     broker = await Broker.open(config)
     try:
         listeners = await open_listeners(config)

@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from client.errors import ErrorCode
 from client.protocol.connection import ClientConnection
 from client.protocol.frames import FRAME_HEADER, FRAME_HEADER_BYTES, LENGTH_PREFIX_BYTES
@@ -246,3 +248,39 @@ def test_client_that_does_not_read_is_cut_after_request_timeout(
         pass
     assert received < 12 * len(chunk)
     produce_ok(producer)
+
+
+def test_default_broker_serves_more_connections_than_the_usual_descriptor_limit(
+    broker_factory: Any, raw_client: RawFactory
+) -> None:
+    """Proves the broker raises its own open-file limit: started with the usual soft
+    limit of 1,024, it still accepts 1,100 idle connections and serves one more."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1_300:
+        pytest.skip(f"hard open-file limit {hard} is too low for this test")
+    idle: list[socket.socket] = []
+    try:
+        # The broker inherits a soft limit of 1,024, as on a default Linux login...
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1_024, hard))
+        broker = broker_factory()
+        # ...while this test gives itself room for its own sockets.
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1_300, hard))
+        for _ in range(1_100):
+            idle.append(raw_socket(broker.address))
+        client = raw_client(broker.address)
+        response = client.hello()
+        assert isinstance(response.body, HelloResponse)
+        still_open = 0
+        for sock in idle:
+            sock.setblocking(False)
+            try:
+                still_open += sock.recv(1) != b""
+            except BlockingIOError:
+                still_open += 1
+        assert still_open == len(idle)
+    finally:
+        for sock in idle:
+            sock.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
