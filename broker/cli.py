@@ -15,13 +15,19 @@ from pathlib import Path
 from typing import Any
 
 import click
-import trio
 
-from broker import logging as broker_logging
 from broker.config import ENV_CONFIG_FILE, ConfigError, load_config, read_toml
-from broker.server import serve as serve_broker
 from client.cli import register as register_client_commands
 from client.errors import DistributaryError
+
+EXAMPLES = """\b
+Examples:
+  distributary serve                                   # a broker on 127.0.0.1:9392
+  distributary topics create orders --partitions 3
+  printf 'a\\nb\\n' | distributary publish orders
+  distributary tail orders -o beginning -e
+  distributary perf produce bench --records 1000000 --record-size 100
+"""
 
 
 class OneLineErrors(click.Group):
@@ -39,7 +45,7 @@ class OneLineErrors(click.Group):
         sys.exit(result if isinstance(result, int) else 0)
 
 
-@click.group(cls=OneLineErrors)
+@click.group(cls=OneLineErrors, epilog=EXAMPLES)
 @click.version_option(package_name="distributary", prog_name="distributary")
 def main() -> None:
     """Distributary: a commit-log message broker (Kafka's model, in Python)."""
@@ -73,6 +79,12 @@ def serve(
         )
     except ConfigError as error:
         raise click.ClickException(error.message) from error
+    # Imported here so the client commands (`tail ... | jq`) start without them.
+    import trio
+
+    from broker import logging as broker_logging
+    from broker.server import serve as serve_broker
+
     config = loaded.config
     broker_logging.configure(config.log_format, config.log_level)
     logger = broker_logging.get_logger()
