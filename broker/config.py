@@ -27,6 +27,7 @@ from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
+from broker.groups.config import GroupConfig
 from broker.limits import Limits
 from broker.storage.config import LogConfig
 from client.errors import DistributaryError, InvalidConfigError
@@ -77,6 +78,8 @@ class BrokerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     limits: Limits = msgspec.field(default_factory=Limits)
     # Each topic's LogConfig unless the topic overrides a key (retention_ms, ...).
     topic_defaults: LogConfig = msgspec.field(default_factory=LogConfig)
+    # The group coordinator: session timeout bounds, __consumer_offsets settings.
+    groups: GroupConfig = msgspec.field(default_factory=GroupConfig)
 
     @property
     def host(self) -> str:
@@ -192,7 +195,7 @@ def _describe_validation_error(error: msgspec.ValidationError) -> str:
 
 
 def _sections() -> dict[str, type[msgspec.Struct]]:
-    return {"limits": Limits, "topic_defaults": LogConfig}
+    return {"limits": Limits, "topic_defaults": LogConfig, "groups": GroupConfig}
 
 
 def _field_type(struct: type[msgspec.Struct], key: str) -> Any | None:

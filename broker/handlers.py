@@ -19,6 +19,8 @@ from typing import Final
 
 import trio
 
+from broker.groups import handlers as group_handlers
+from broker.groups.config import OFFSETS_TOPIC
 from broker.partition import Partition
 from broker.state import Broker
 from broker.storage.file_handle import FileRegion
@@ -27,6 +29,7 @@ from client.errors import (
     DistributaryError,
     InvalidPartitionsError,
     InvalidRequestError,
+    InvalidTopicError,
     UnknownTopicOrPartitionError,
 )
 from client.protocol.connection import IncomingRequest
@@ -37,10 +40,13 @@ from client.protocol.messages import (
     Acks,
     ApiVersionRange,
     BrokerInfo,
+    ConsumerGroupHeartbeatRequest,
     CreateTopicsRequest,
     CreateTopicsResponse,
+    DeleteGroupsRequest,
     DeleteTopicsRequest,
     DeleteTopicsResponse,
+    DescribeGroupsRequest,
     DescribeTopicsRequest,
     DescribeTopicsResponse,
     FetchPartitionResponse,
@@ -49,18 +55,22 @@ from client.protocol.messages import (
     FetchTopicResponse,
     HelloRequest,
     HelloResponse,
+    ListGroupsRequest,
     ListOffsetsPartitionResponse,
     ListOffsetsRequest,
     ListOffsetsResponse,
     ListOffsetsTopicResponse,
     MetadataRequest,
     MetadataResponse,
+    OffsetCommitRequest,
+    OffsetFetchRequest,
     PartitionDescription,
     PartitionMetadata,
     ProducePartitionResponse,
     ProduceRequest,
     ProduceResponse,
     ProduceTopicResponse,
+    Request,
     Response,
     TopicDescription,
     TopicMetadata,
@@ -119,6 +129,24 @@ async def handle(broker: Broker, request: IncomingRequest) -> Reply | None:
         return Reply(handle_describe_topics(broker, body))
     if isinstance(body, ListOffsetsRequest):
         return Reply(handle_list_offsets(broker, body))
+    return await handle_group_request(broker, body)
+
+
+async def handle_group_request(broker: Broker, body: Request) -> Reply:
+    """The consumer-group APIs (broker/groups/handlers.py)."""
+    groups = broker.groups
+    if isinstance(body, ConsumerGroupHeartbeatRequest):
+        return Reply(await group_handlers.handle_heartbeat(groups, body))
+    if isinstance(body, OffsetCommitRequest):
+        return Reply(await group_handlers.handle_offset_commit(groups, body))
+    if isinstance(body, OffsetFetchRequest):
+        return Reply(group_handlers.handle_offset_fetch(groups, body))
+    if isinstance(body, ListGroupsRequest):
+        return Reply(group_handlers.handle_list_groups(groups, body))
+    if isinstance(body, DescribeGroupsRequest):
+        return Reply(group_handlers.handle_describe_groups(groups, body))
+    if isinstance(body, DeleteGroupsRequest):
+        return Reply(await group_handlers.handle_delete_groups(groups, body))
     raise AssertionError(f"no handler for {type(body).__name__}")
 
 
@@ -169,6 +197,7 @@ def topic_metadata(broker: Broker, name: str) -> TopicMetadata:
             PartitionMetadata(p.index, leader=node, replicas=[node], isr=[node])
             for p in topic.partitions
         ],
+        internal=name == OFFSETS_TOPIC,
     )
 
 
@@ -212,6 +241,7 @@ async def handle_delete_topics(broker: Broker, body: DeleteTopicsRequest) -> Del
     results: list[TopicResult] = []
     for name in body.names:
         try:
+            check_not_internal(name)
             await broker.topics.delete(name)
             results.append(TopicResult(name))
         except DistributaryError as error:
@@ -244,7 +274,12 @@ def handle_describe_topics(broker: Broker, body: DescribeTopicsRequest) -> Descr
                 )
             )
         described.append(
-            TopicDescription(name, configs=config_strings(topic.config), partitions=partitions)
+            TopicDescription(
+                name,
+                configs=config_strings(topic.config),
+                partitions=partitions,
+                internal=name == OFFSETS_TOPIC,
+            )
         )
     return DescribeTopicsResponse(described)
 
@@ -263,6 +298,7 @@ async def handle_produce(
     for name, index, view in split_payload(body, payload):
         results = by_topic.setdefault(name, [])
         try:
+            check_not_internal(name)
             partition = await find_partition(broker, name, index, create=True)
             appended = await partition.append(view)
             results.append(
@@ -280,6 +316,13 @@ async def handle_produce(
     return ProduceResponse(
         [ProduceTopicResponse(name, results) for name, results in by_topic.items()]
     )
+
+
+def check_not_internal(name: str) -> None:
+    """Clients may read __consumer_offsets but never write or delete it (the group
+    coordinator owns it).  Raises InvalidTopicError."""
+    if name == OFFSETS_TOPIC:
+        raise InvalidTopicError(f"{name} is internal: only the group coordinator writes it")
 
 
 async def find_partition(broker: Broker, topic: str, index: int, *, create: bool) -> Partition:

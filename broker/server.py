@@ -4,7 +4,8 @@
     └── root nursery
         ├── signal watcher      SIGINT/SIGTERM: first starts a graceful shutdown,
         │                       the second exits the process at once
-        ├── maintenance         flush (FlushPolicy.INTERVAL) and retention, on a tick
+        ├── maintenance         flush (FlushPolicy.INTERVAL), retention and compaction
+        ├── group expiry        expels group members whose session timed out
         └── connections nursery
             ├── accept loop     one per listener; refuses beyond connections_max
             └── one ConnectionHandler.run per client (its own reader/writer nursery)
@@ -29,7 +30,7 @@ from broker.config import BrokerConfig
 from broker.connection import ConnectionHandler
 from broker.logging import get_logger
 from broker.state import Broker
-from client.errors import StorageError
+from client.errors import LogCorruptError, StorageError
 
 # The maintenance task wakes this often (100 ms) and asks each partition whether a
 # flush or a retention check is due: cheap (one comparison per partition) and
@@ -61,6 +62,7 @@ class Server:
         try:
             async with trio.open_nursery() as root:
                 root.start_soon(self._maintain)
+                await root.start(self.broker.groups.run)
                 async with trio.open_nursery() as connections:
                     for listener in self.listeners:
                         connections.start_soon(self._accept_loop, listener, connections)
@@ -127,7 +129,7 @@ class Server:
             for partition in self.broker.topics.all_partitions():
                 try:
                     await partition.maintain()
-                except StorageError as error:
+                except (StorageError, LogCorruptError) as error:  # compaction may raise both
                     partition.logger.error("maintenance failed", error=error.message)
 
 

@@ -1,7 +1,8 @@
-"""The broker's state: config, topics, identity, clock.  What every handler reads.
+"""The broker's state: config, topics, groups, identity, clock.  What every handler reads.
 
 ``Broker.open`` takes the data directory's lock (a second process on the same
-directory would corrupt it), loads the topics and opens their logs; ``close``
+directory would corrupt it), loads the topics and opens their logs, then
+rebuilds the consumer groups from ``__consumer_offsets``; ``close``
 flushes and closes them, writing the clean-shutdown markers.  The clock is
 injected (``clock_ms``) so handlers and tests never read the wall clock
 themselves.
@@ -20,6 +21,7 @@ from typing import Final
 import trio
 
 from broker.config import BrokerConfig, ConfigError
+from broker.groups.service import GroupService
 from broker.logging import get_logger
 from broker.topics import TopicManager
 
@@ -46,10 +48,12 @@ class Broker:
         topics: TopicManager,
         clock_ms: Callable[[], int],
         lock_descriptor: int | None,
+        groups: GroupService | None = None,
     ) -> None:
         self.config = config
         self.limits = config.limits
         self.topics = topics
+        self.groups = groups or GroupService(topics, config.groups, clock_ms)
         self.clock_ms = clock_ms
         self.version = broker_version()
         # The address clients should use (set once the listener is bound).
@@ -63,7 +67,7 @@ class Broker:
     async def open(
         cls, config: BrokerConfig, clock_ms: Callable[[], int] = wall_clock_ms
     ) -> Broker:
-        """Lock the data directory, load topics, open every log.
+        """Lock the data directory, load topics, open every log, rebuild the groups.
 
         Raises ConfigError (data dir unusable or locked by another process),
         StorageError, LogCorruptError.
@@ -73,14 +77,16 @@ class Broker:
         topics = TopicManager(
             data_dir, config.topic_defaults, clock_ms, config.topic_partitions_max
         )
+        groups = GroupService(topics, config.groups, clock_ms)
         try:
             await topics.load()
+            await groups.load()
         except BaseException:
             with trio.CancelScope(shield=True):
                 await topics.close()
             os.close(lock_descriptor)
             raise
-        return cls(config, topics, clock_ms, lock_descriptor)
+        return cls(config, topics, clock_ms, lock_descriptor, groups)
 
     def begin_shutdown(self) -> None:
         """Answer every long poll now; handlers see ``shutting_down``."""

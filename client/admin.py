@@ -1,10 +1,11 @@
-"""The async admin client: create, delete, list and describe topics; cluster metadata.
+"""The async admin client: topics, consumer groups (list, describe, delete, set
+offsets) and cluster metadata.
 
 Runs on trio or asyncio (anyio).  Requests go to the controller when the
 metadata names one, else to any broker; connection trouble is retried with
 backoff.  Per-topic errors come back as typed exceptions: TopicAlreadyExistsError,
 UnknownTopicOrPartitionError, InvalidTopicError, InvalidPartitionsError,
-InvalidConfigError.
+InvalidConfigError; for groups UnknownGroupError and GroupNotEmptyError.
 """
 
 from __future__ import annotations
@@ -18,14 +19,22 @@ import anyio.abc
 
 from client._io.cluster import Cluster
 from client.errors import ConnectionClosedError, DistributaryError, error_for_code
+from client.group import commit_offsets, fetch_committed, from_wire
 from client.protocol.messages import (
     CreatableTopic,
     CreateTopicsRequest,
     CreateTopicsResponse,
+    DeleteGroupsRequest,
+    DeleteGroupsResponse,
     DeleteTopicsRequest,
     DeleteTopicsResponse,
+    DescribedGroup,
+    DescribeGroupsRequest,
+    DescribeGroupsResponse,
     DescribeTopicsRequest,
     DescribeTopicsResponse,
+    ListGroupsRequest,
+    ListGroupsResponse,
     MetadataResponse,
     Request,
     TopicResult,
@@ -33,11 +42,16 @@ from client.protocol.messages import (
 from client.types import (
     BrokerNode,
     ClusterMetadata,
+    GroupDescription,
+    GroupListing,
+    GroupMember,
+    GroupPartition,
     NewTopic,
     PartitionInfo,
     PartitionOffsets,
     TopicDescription,
     TopicInfo,
+    TopicPartition,
 )
 
 
@@ -233,6 +247,114 @@ class Admin:
                 if not t.error_code
             ),
         )
+
+    # -- consumer groups ------------------------------------------------------------------
+
+    async def _request(self, body: Request) -> object:
+        cluster = self._require_cluster()
+        return await cluster.call_with_retries(
+            lambda: cluster.request_any(body), attempts_max=self.reconnect_attempts_max
+        )
+
+    async def list_groups(self, states: Iterable[str] | None = None) -> list[GroupListing]:
+        """Every consumer group (optionally only in these states), sorted by id."""
+        body = await self._request(ListGroupsRequest(None if states is None else list(states)))
+        assert isinstance(body, ListGroupsResponse)
+        if body.error_code:
+            raise error_for_code(body.error_code, body.error_message)
+        return sorted(
+            (GroupListing(g.group_id, g.state, g.member_count) for g in body.groups),
+            key=lambda listing: listing.group_id,
+        )
+
+    async def describe_groups(self, group_ids: Iterable[str]) -> list[GroupDescription]:
+        """State, members, assignment, and per partition the committed offset, log
+        end offset and lag.  Raises UnknownGroupError for a missing group."""
+        body = await self._request(DescribeGroupsRequest(list(group_ids)))
+        assert isinstance(body, DescribeGroupsResponse)
+        descriptions = []
+        for group in body.groups:
+            if group.error_code:
+                raise error_for_code(group.error_code, group.error_message or group.group_id)
+            descriptions.append(_group_description(group))
+        return descriptions
+
+    async def describe_group(self, group_id: str) -> GroupDescription:
+        """See :meth:`describe_groups`."""
+        return (await self.describe_groups([group_id]))[0]
+
+    async def delete_groups(self, group_ids: Iterable[str]) -> None:
+        """Delete groups and their committed offsets.  Raises GroupNotEmptyError (it
+        has members), UnknownGroupError."""
+        body = await self._request(DeleteGroupsRequest(list(group_ids)))
+        assert isinstance(body, DeleteGroupsResponse)
+        for result in body.results:
+            if result.error_code:
+                raise error_for_code(result.error_code, result.error_message or result.group_id)
+
+    async def committed_offsets(
+        self, group_id: str, partitions: Iterable[TopicPartition] | None = None
+    ) -> dict[TopicPartition, int]:
+        """The group's committed offsets (all, or of ``partitions`` that have one)."""
+        return await fetch_committed(
+            self._require_cluster(),
+            group_id,
+            None if partitions is None else list(partitions),
+            attempts_max=self.reconnect_attempts_max,
+        )
+
+    async def set_offsets(
+        self, group_id: str, offsets: dict[TopicPartition, int], *, metadata: str = ""
+    ) -> None:
+        """Commit ``offsets`` for a group from outside it (reset-offsets).  Raises
+        GroupNotEmptyError while the group has members, and a partition's typed
+        error (e.g. UnknownTopicOrPartitionError)."""
+        await commit_offsets(
+            self._require_cluster(),
+            group_id,
+            offsets,
+            metadata=metadata,
+            attempts_max=self.reconnect_attempts_max,
+        )
+
+
+def _group_description(group: DescribedGroup) -> GroupDescription:
+    return GroupDescription(
+        group.group_id,
+        group.state,
+        group.group_epoch,
+        group.assignor,
+        tuple(
+            GroupMember(
+                m.member_id,
+                m.instance_id,
+                m.client_id,
+                m.member_epoch,
+                m.state,
+                tuple(m.subscribed_topic_names),
+                m.subscribed_topic_regex,
+                tuple(sorted(from_wire(m.assignment))),
+                tuple(sorted(from_wire(m.revoking))),
+                tuple(sorted(from_wire(m.target))),
+                m.session_timeout_ms,
+                m.heartbeat_interval_ms,
+            )
+            for m in group.members
+        ),
+        tuple(
+            GroupPartition(
+                p.topic,
+                p.partition,
+                None if p.committed_offset < 0 else p.committed_offset,
+                p.log_end_offset,
+                None if p.lag < 0 else p.lag,
+                p.member_id,
+                p.metadata,
+                p.commit_time_ms,
+            )
+            for p in group.partitions
+        ),
+    )
 
 
 def _raise_first(results: list[TopicResult]) -> None:

@@ -1,4 +1,4 @@
-"""The async consumer (no groups yet): assigned partitions, positions, prefetching fetches.
+"""The async consumer: assigned partitions or a consumer group, positions, prefetching.
 
 Runs on trio or asyncio (anyio).  One fetcher task per leader broker keeps a
 long-polling Fetch request in flight for every assigned partition whose buffer
@@ -17,6 +17,15 @@ the same policy ("earliest", "latest"), or raises OffsetOutOfRangeError from
 
 Connection trouble is retried in the background with backoff; after a broker
 stays unreachable ``getmany`` raises BrokerUnavailableError once (and keeps trying).
+
+Groups: with ``group="name"`` the consumer ``subscribe``s instead of assigning;
+the broker assigns partitions and client/group.py keeps the membership, commits
+(auto-commit by default) and calls ``on_assign`` / ``on_revoke``.  A record
+counts as processed once the application asks for more (the next ``getmany`` or
+iteration step): auto-commit and revocation use the positions as of then, so a
+rebalance without failures delivers each record once, and a crash re-delivers
+what was not committed but never skips.  ``pause``/``resume`` stop and restart
+handing out (and fetching) partitions without leaving the group.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final, Literal
 
@@ -42,6 +51,12 @@ from client.errors import (
     UnknownTopicOrPartitionError,
     error_for_code,
 )
+from client.group import (
+    GroupMembership,
+    GroupOptions,
+    PartitionsCallback,
+    fetch_committed,
+)
 from client.protocol.messages import (
     EARLIEST_TIMESTAMP,
     LATEST_TIMESTAMP,
@@ -57,7 +72,7 @@ from client.protocol.messages import (
 from client.protocol.payload import split_payload
 from client.records.decoder import Record, RecordDecoder, ValueFormat
 from client.records.header import BATCH_BYTES_MAX_DEFAULT
-from client.types import MiB, OffsetReset, TopicPartition
+from client.types import MiB, OffsetReset, PartitionLag, TopicPartition
 
 log = structlog.get_logger("client.consumer")
 
@@ -80,6 +95,8 @@ class _PartitionState:
         "fetch_offset",
         "head",
         "high_watermark",
+        "paused",
+        "processed",
         "reset",
     )
 
@@ -93,6 +110,12 @@ class _PartitionState:
         self.error: DistributaryError | None = None
         self.high_watermark = -1
         self.fetch_bytes_max = 0
+        # Paused (by the application, or while being released): not fetched, not
+        # handed out.
+        self.paused = False
+        # The position as of the application's last getmany / iteration step: every
+        # record before it has been processed (what auto-commit commits).
+        self.processed: int | None = None
 
     def clear(self) -> None:
         self.chunks.clear()
@@ -114,7 +137,16 @@ class Consumer:
     fetch request: the broker waits up to ``fetch_max_wait_ms`` for
     ``fetch_min_bytes``, returns at most ``fetch_max_bytes`` in all and
     ``partition_fetch_bytes_max`` per partition.  ``auto_offset_reset`` picks the
-    start when no position was chosen and after OFFSET_OUT_OF_RANGE.
+    start when no position was chosen (in a group: when nothing is committed) and
+    after OFFSET_OUT_OF_RANGE.
+
+    Group options (docs/groups.md): ``group`` joins that consumer group on
+    :meth:`subscribe`; ``session_timeout_ms`` / ``heartbeat_interval_ms`` (None:
+    the broker's defaults, 10 s / 1 s; clamped into its bounds), ``assignor``
+    ("range" or "sticky"), ``instance_id`` (static membership: a restart within
+    the session timeout keeps the partitions), ``enable_auto_commit`` and
+    ``auto_commit_interval_ms``, and ``on_assign`` / ``on_revoke`` / ``on_lost``
+    callbacks (functions or coroutines taking a set of TopicPartition).
     """
 
     def __init__(
@@ -134,8 +166,21 @@ class Consumer:
         connect_timeout_ms: int = 5_000,
         reconnect_attempts_max: int = 5,
         rng: random.Random | None = None,
+        group: str | None = None,
+        session_timeout_ms: int | None = None,
+        heartbeat_interval_ms: int | None = None,
+        rebalance_timeout_ms: int | None = None,
+        assignor: Literal["range", "sticky"] | None = None,
+        instance_id: str | None = None,
+        enable_auto_commit: bool = True,
+        auto_commit_interval_ms: int = 5_000,
+        on_assign: PartitionsCallback | None = None,
+        on_revoke: PartitionsCallback | None = None,
+        on_lost: PartitionsCallback | None = None,
     ) -> None:
         assert fetch_max_wait_ms >= 0 and fetch_min_bytes >= 0
+        assert auto_commit_interval_ms > 0, auto_commit_interval_ms
+        assert assignor in (None, "range", "sticky"), assignor
         assert fetch_max_bytes > 0 and partition_fetch_bytes_max > 0
         self.bootstrap = bootstrap
         self.client_id = client_id
@@ -164,6 +209,27 @@ class Consumer:
         self._iter_index = 0
         self._rotation = 0
         self._closed = False
+        self._group_options = (
+            None
+            if group is None
+            else GroupOptions(
+                group_id=group,
+                instance_id=instance_id,
+                session_timeout_ms=session_timeout_ms,
+                heartbeat_interval_ms=heartbeat_interval_ms,
+                rebalance_timeout_ms=rebalance_timeout_ms,
+                assignor=assignor,
+                enable_auto_commit=enable_auto_commit,
+                auto_commit_interval_ms=auto_commit_interval_ms,
+                on_assign=on_assign,
+                on_revoke=on_revoke,
+                on_lost=on_lost,
+            )
+        )
+        self._group: GroupMembership | None = None
+        # True from handing records out until the application asks for more: it
+        # may be processing them, so revocation waits (see client/group.py).
+        self._busy = False
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -194,15 +260,23 @@ class Consumer:
             reconnect_attempts_max=self.reconnect_attempts_max,
             rng=self._random,
         )
+        if self._group_options is not None:
+            self._group = GroupMembership(self, self._cluster, self._group_options, self._random)
 
     @property
     def closed(self) -> bool:
         return self._closed
 
     async def close(self) -> None:
-        """Stop fetching and close connections.  Buffered records are dropped."""
+        """Stop fetching and close connections.  Buffered records are dropped.  In a
+        group: commit (with auto-commit), ``on_revoke``, and leave the group so its
+        partitions move at once."""
         if self._closed:
             return
+        if self._group is not None and self._task_group is not None:
+            # Shielded (and bounded inside): closing on Ctrl-C must still leave the group.
+            with anyio.CancelScope(shield=True):
+                await self._group.leave()
         self._closed = True
         task_group = self._task_group
         assert task_group is not None, "the consumer was never started"
@@ -218,6 +292,7 @@ class Consumer:
         """Read exactly these partitions (a topic name means all its partitions),
         replacing any previous assignment.  Positions of partitions kept are kept.
         Raises UnknownTopicOrPartitionError for a topic or partition that does not exist."""
+        assert self._group is None, "a group consumer gets its partitions from subscribe()"
         cluster = self._require_cluster()
         wanted: list[TopicPartition] = []
         for item in partitions:
@@ -303,6 +378,7 @@ class Consumer:
 
     def _reset_state(self, tp: TopicPartition, state: _PartitionState) -> None:
         state.clear()
+        state.processed = None  # known again at the next getmany / iteration step
         if self._iter_tp == tp:
             self._drop_iterator_chunk()
 
@@ -316,6 +392,216 @@ class Consumer:
             raise ConnectionClosedError("the consumer is closed")
         assert self._cluster is not None, "the consumer is not started (use `async with`)"
         return self._cluster
+
+    # -- groups -------------------------------------------------------------------------
+
+    @property
+    def group(self) -> str | None:
+        return None if self._group_options is None else self._group_options.group_id
+
+    @property
+    def member_id(self) -> str:
+        """This member's id in its group ("" before the first join)."""
+        return "" if self._group is None else self._group.member_id
+
+    @property
+    def member_epoch(self) -> int:
+        return 0 if self._group is None else self._group.member_epoch
+
+    def _require_group(self) -> GroupMembership:
+        self._require_cluster()
+        assert self._group is not None, "this needs a consumer created with group=..."
+        return self._group
+
+    async def subscribe(self, topics: Iterable[str] = (), *, pattern: str | None = None) -> None:
+        """Join the group for these topics (and/or every topic whose whole name
+        matches the regex ``pattern``; internal ``__`` topics never match).  The
+        broker assigns partitions; they start at the group's committed offsets (or
+        by ``auto_offset_reset``).  Calling it again changes the subscription."""
+        membership = self._require_group()
+        topics = [topics] if isinstance(topics, str) else list(topics)
+        assert topics or pattern, "subscribe to topic names or a pattern"
+        membership.subscribe(topics, pattern)
+        assert self._task_group is not None
+        if not membership._running:
+            self._task_group.start_soon(membership.run)
+            if membership.options.enable_auto_commit:
+                self._task_group.start_soon(membership.auto_commit_loop)
+
+    async def wait_for_assignment(self, timeout_ms: int = 30_000) -> set[TopicPartition]:
+        """Wait until the group has given this member at least one partition (or the
+        timeout passes); returns the assignment."""
+        membership = self._require_group()
+        with anyio.move_on_after(timeout_ms / 1000):
+            while not self._states:
+                await membership.assignment_changed.wait()
+        return self.assignment()
+
+    async def commit(
+        self, offsets: Mapping[TopicPartition, int] | None = None, *, metadata: str = ""
+    ) -> None:
+        """Commit offsets for the group: the given ones (each the *next* offset to
+        consume), or the position of every owned partition (everything handed out so
+        far counts as processed).  Raises UnknownMemberError / FencedMemberEpochError
+        (this member was expelled: its partitions moved), or a partition's typed
+        error (e.g. FencedMemberEpochError for one it no longer owns)."""
+        membership = self._require_group()
+        if offsets is None:
+            offsets = self._current_positions(membership.owned)
+        await membership.commit(dict(offsets), metadata)
+
+    async def committed(
+        self, partitions: Iterable[TopicPartition] | None = None
+    ) -> dict[TopicPartition, int]:
+        """The group's committed offsets of ``partitions`` (default: the owned ones);
+        partitions without a commit are left out."""
+        membership = self._require_group()
+        wanted = set(membership.owned) if partitions is None else set(partitions)
+        return await fetch_committed(
+            membership.cluster,
+            membership.group_id,
+            wanted,
+            attempts_max=self.reconnect_attempts_max,
+        )
+
+    def pause(self, *partitions: TopicPartition) -> None:
+        """Stop fetching and handing out these partitions (positions are kept;
+        records buffered for them are dropped and fetched again on resume)."""
+        for tp in partitions:
+            state = self._state(tp)
+            if not state.paused:
+                self._freeze(tp, state)
+
+    def resume(self, *partitions: TopicPartition) -> None:
+        """Undo :meth:`pause`."""
+        for tp in partitions:
+            self._state(tp).paused = False
+        self._signal(room=True)
+
+    def paused(self) -> set[TopicPartition]:
+        return {tp for tp, state in self._states.items() if state.paused}
+
+    async def lag(self) -> dict[TopicPartition, PartitionLag]:
+        """Per assigned partition: position, committed offset (groups only; None if
+        nothing is committed), log end offset and lag (log end - position)."""
+        tps = sorted(self._states)
+        if not tps:
+            return {}
+        ends = await self.list_offsets({tp: LATEST_TIMESTAMP for tp in tps})
+        committed: dict[TopicPartition, int] = {}
+        if self._group is not None:
+            committed = await self.committed(tps)
+        result: dict[TopicPartition, PartitionLag] = {}
+        for tp in tps:
+            if tp not in self._states:
+                continue
+            position = await self.position(tp)
+            result[tp] = PartitionLag(
+                tp.topic,
+                tp.partition,
+                position,
+                committed.get(tp),
+                ends[tp],
+                max(0, ends[tp] - position),
+            )
+        return result
+
+    async def _before_poll(self) -> None:
+        """The application asks for more: what it had is processed.  Note the
+        positions, and finish a revocation that waited for this moment."""
+        self._busy = False
+        if self._group is None:
+            return
+        for state in self._states.values():
+            state.processed = state.position()
+        if self._group.revoking:
+            await self._group.complete_revocation()
+
+    def _freeze(self, tp: TopicPartition, state: _PartitionState) -> int | None:
+        """Pause ``tp`` at the first record not handed out; returns that position."""
+        position = state.position()
+        if self._iter_tp == tp:
+            if self._iter_index < len(self._iter_records):
+                position = int(self._iter_records[self._iter_index].offset)
+            self._drop_iterator_chunk()
+        self._reset_state(tp, state)
+        state.paused = True
+        if position is not None:
+            state.fetch_offset = position
+            state.reset = None
+        return position
+
+    def _group_freeze(self, partitions: Collection[TopicPartition]) -> dict[TopicPartition, int]:
+        """Stop handing out partitions being released; returns the processed positions
+        to commit (see client/group.py for why they are processed)."""
+        positions: dict[TopicPartition, int] = {}
+        for tp in partitions:
+            state = self._states.get(tp)
+            if state is None:
+                continue
+            processed = state.processed
+            current = self._freeze(tp, state)
+            position = processed if processed is not None else current
+            if position is not None:
+                positions[tp] = position
+        return positions
+
+    def _group_remove(self, partitions: Collection[TopicPartition]) -> None:
+        for tp in partitions:
+            state = self._states.pop(tp, None)
+            if state is not None:
+                state.clear()
+        self._signal(room=True)
+
+    async def _group_add(self, partitions: Mapping[TopicPartition, int | None]) -> None:
+        """Start fetching newly assigned partitions from their committed offsets (or
+        by auto_offset_reset)."""
+        cluster = self._require_cluster()
+        for topic in sorted({tp.topic for tp in partitions}):
+            try:
+                await cluster.topic_metadata(topic)
+            except DistributaryError as error:  # fetchers retry; leaders resolve later
+                log.info("no metadata for an assigned topic", topic=topic, error=str(error))
+        for tp, committed in partitions.items():
+            state = _PartitionState(self.auto_offset_reset if committed is None else None)
+            state.fetch_offset = committed
+            state.processed = committed
+            self._states[tp] = state
+        self._start_fetchers()
+        self._signal(room=True)
+
+    def _processed_positions(
+        self, partitions: Collection[TopicPartition]
+    ) -> dict[TopicPartition, int]:
+        positions: dict[TopicPartition, int] = {}
+        for tp in partitions:
+            state = self._states.get(tp)
+            if state is not None and state.processed is not None:
+                positions[tp] = state.processed
+        return positions
+
+    def _current_positions(
+        self, partitions: Collection[TopicPartition]
+    ) -> dict[TopicPartition, int]:
+        positions: dict[TopicPartition, int] = {}
+        for tp in partitions:
+            state = self._states.get(tp)
+            if state is None:
+                continue
+            position = state.position()
+            if self._iter_tp == tp and self._iter_index < len(self._iter_records):
+                position = int(self._iter_records[self._iter_index].offset)
+            if position is not None:
+                positions[tp] = position
+        return positions
+
+    def _report_error(self, error: BaseException) -> None:
+        """Hand an error from a background task to the next getmany / iteration."""
+        if isinstance(error, DistributaryError):
+            self._pending_errors.append(error)
+        else:
+            self._pending_errors.append(DistributaryError(f"callback failed: {error!r}"))
+        self._signal(data=True)
 
     # -- handing records out --------------------------------------------------------------
 
@@ -334,6 +620,7 @@ class Consumer:
         if self._iter_tp is not None:
             # Hand back what ``async for`` had not reached yet, in order.
             self._return_iterator_chunk()
+        await self._before_poll()
         with anyio.move_on_after(timeout_ms / 1000):
             while True:
                 self._raise_pending()
@@ -371,6 +658,8 @@ class Consumer:
         # Start from a rotating partition so none starves under max_records.
         self._rotation = (self._rotation + 1) % len(items)
         for tp, state in items[self._rotation :] + items[: self._rotation]:
+            if state.paused:
+                continue
             chunks = state.chunks
             while chunks and taken < max_records:
                 chunk = chunks[0]
@@ -395,6 +684,7 @@ class Consumer:
             if taken >= max_records:
                 break
         if taken:
+            self._busy = True
             self._signal(room=True)
         return result
 
@@ -419,6 +709,7 @@ class Consumer:
             return records[index]
         self._drop_iterator_chunk()
         self._require_cluster()
+        await self._before_poll()
         while True:
             self._raise_pending()
             taken = self._take_chunk()
@@ -438,7 +729,8 @@ class Consumer:
         count = len(items)
         for step in range(count):
             tp, state = items[(self._rotation + step) % count]
-            if state.chunks:
+            if state.chunks and not state.paused:
+                self._busy = True
                 self._rotation = (self._rotation + step + 1) % count
                 chunk = state.chunks.popleft()
                 if state.head:
@@ -473,7 +765,7 @@ class Consumer:
         assert cluster is not None
         ready: list[TopicPartition] = []
         for tp, state in self._states.items():
-            if state.fetch_offset is None or state.error is not None:
+            if state.fetch_offset is None or state.error is not None or state.paused:
                 continue
             if len(state.chunks) >= BUFFERED_CHUNKS_MAX:
                 continue

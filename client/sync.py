@@ -39,7 +39,10 @@ from client.producer import KeyOrValue, RecordHandle
 from client.producer import Producer as AsyncProducer
 from client.types import (
     ClusterMetadata,
+    GroupDescription,
+    GroupListing,
     NewTopic,
+    PartitionLag,
     RecordMetadata,
     TopicDescription,
     TopicPartition,
@@ -245,6 +248,12 @@ class Consumer(_PortalClient[AsyncConsumer]):
     records of one partition come in offset order.  Records are
     :class:`client.ConsumerRecord` (no topic/partition fields: use
     :meth:`getmany`, keyed by partition, when you need them).
+
+    Groups: ``Consumer(..., group="name")`` then :meth:`subscribe`; the group
+    options and ``on_assign`` / ``on_revoke`` callbacks are the async
+    consumer's (callbacks run on the consumer's event-loop thread).  Records
+    held here but not yet handed out are never committed: :meth:`commit` and
+    auto-commit count only what the application has taken.
     """
 
     def __init__(
@@ -312,6 +321,99 @@ class Consumer(_PortalClient[AsyncConsumer]):
 
     def high_watermark(self, tp: TopicPartition) -> int:
         return self._portal.call(self._async.high_watermark, tp)
+
+    # -- groups -----------------------------------------------------------------------------
+
+    @property
+    def member_id(self) -> str:
+        return self._async.member_id
+
+    def subscribe(
+        self,
+        topics: Iterable[str] = (),
+        *,
+        pattern: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Join the consumer's group for these topics (or a regex ``pattern``)."""
+        items = [topics] if isinstance(topics, str) else list(topics)
+        self._call(timeout, lambda: self._async.subscribe(items, pattern=pattern))
+
+    def wait_for_assignment(self, timeout: float = 30.0) -> set[TopicPartition]:
+        """Wait until the group assigned this member a partition (or ``timeout`` s)."""
+        return self._call(None, self._async.wait_for_assignment, int(timeout * 1000))
+
+    def _local_positions(self) -> dict[TopicPartition, int]:
+        """First offset of each partition's records held here, not yet handed out."""
+        positions: dict[TopicPartition, int] = {}
+        if self._chunk_tp is not None and self._chunk_index < len(self._chunk):
+            positions[self._chunk_tp] = int(self._chunk[self._chunk_index].offset)
+        for tp, records in self._buffer:
+            if tp not in positions and records:
+                positions[tp] = int(records[0].offset)
+        return positions
+
+    def commit(
+        self,
+        offsets: dict[TopicPartition, int] | None = None,
+        *,
+        metadata: str = "",
+        timeout: float | None = None,
+    ) -> None:
+        """Commit the given offsets, or the position of every owned partition (what
+        was handed out counts as processed).  Raises like the async ``commit``."""
+        if offsets is not None:
+            given = dict(offsets)
+            self._call(timeout, lambda: self._async.commit(given, metadata=metadata))
+            return
+        local = self._local_positions()
+
+        async def commit_positions() -> None:
+            consumer = self._async
+            positions = consumer._current_positions(consumer.assignment())
+            positions.update({tp: o for tp, o in local.items() if tp in positions})
+            await consumer.commit(positions, metadata=metadata)
+
+        self._call(timeout, commit_positions)
+
+    def committed(
+        self, partitions: Iterable[TopicPartition] | None = None, *, timeout: float | None = None
+    ) -> dict[TopicPartition, int]:
+        items = None if partitions is None else list(partitions)
+        return self._call(timeout, self._async.committed, items)
+
+    def pause(self, *partitions: TopicPartition) -> None:
+        """Stop handing out these partitions; records held here for them are given
+        back (fetched again on resume), so nothing is skipped."""
+        local = self._local_positions()
+        self._drop_buffered(*partitions)
+
+        async def pause_all() -> None:
+            self._async.pause(*partitions)
+            for tp in partitions:
+                if tp in local:
+                    self._async.seek(tp, local[tp])
+                    self._async.pause(tp)
+
+        self._portal.call(pause_all)
+
+    def resume(self, *partitions: TopicPartition) -> None:
+        self._portal.call(lambda: self._async.resume(*partitions))
+
+    def paused(self) -> set[TopicPartition]:
+        return self._portal.call(self._async.paused)
+
+    def lag(self, *, timeout: float | None = None) -> dict[TopicPartition, PartitionLag]:
+        """Per partition: position, committed offset, log end offset and lag."""
+        local = self._local_positions()
+        lags = self._call(timeout, self._async.lag)
+        for tp, position in local.items():
+            if tp in lags:
+                entry = lags[tp]
+                lags[tp] = entry._replace(
+                    position=position, lag=max(0, entry.log_end_offset - position)
+                )
+        return lags
 
     def list_offsets(
         self, targets: dict[TopicPartition, int], *, timeout: float | None = None
@@ -467,3 +569,36 @@ class Admin(_PortalClient[AsyncAdmin]):
         self, topics: Sequence[str] | None = None, *, timeout: float | None = None
     ) -> ClusterMetadata:
         return self._call(timeout, self._async.cluster_metadata, topics)
+
+    def list_groups(self, *, timeout: float | None = None) -> list[GroupListing]:
+        return self._call(timeout, self._async.list_groups)
+
+    def describe_groups(
+        self, group_ids: Iterable[str], *, timeout: float | None = None
+    ) -> list[GroupDescription]:
+        items = list(group_ids)
+        return self._call(timeout, self._async.describe_groups, items)
+
+    def describe_group(self, group_id: str, *, timeout: float | None = None) -> GroupDescription:
+        return self._call(timeout, self._async.describe_group, group_id)
+
+    def delete_groups(self, group_ids: Iterable[str], *, timeout: float | None = None) -> None:
+        items = list(group_ids)
+        self._call(timeout, self._async.delete_groups, items)
+
+    def committed_offsets(
+        self,
+        group_id: str,
+        partitions: Iterable[TopicPartition] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> dict[TopicPartition, int]:
+        items = None if partitions is None else list(partitions)
+        return self._call(timeout, self._async.committed_offsets, group_id, items)
+
+    def set_offsets(
+        self, group_id: str, offsets: dict[TopicPartition, int], *, timeout: float | None = None
+    ) -> None:
+        """Commit offsets for a group without members (reset-offsets)."""
+        given = dict(offsets)
+        self._call(timeout, self._async.set_offsets, group_id, given)

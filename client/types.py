@@ -116,3 +116,63 @@ class NewTopic(NamedTuple):
     partitions: int = 1
     replication_factor: int = 1
     configs: dict[str, str] | None = None
+
+
+class PartitionLag(NamedTuple):
+    """How far a consumer is behind on one partition (``Consumer.lag``)."""
+
+    topic: str
+    partition: int
+    position: int  # the next offset this consumer hands out
+    committed: int | None  # the group's committed offset (None: none, or no group)
+    log_end_offset: int  # the high watermark: where the log ends for consumers
+    lag: int  # log_end_offset - position
+
+
+class GroupListing(NamedTuple):
+    """A consumer group as ``Admin.list_groups`` reports it."""
+
+    group_id: str
+    state: str  # empty, assigning, reconciling, stable
+    member_count: int
+
+
+class GroupMember(NamedTuple):
+    """One member of a consumer group (``Admin.describe_groups``)."""
+
+    member_id: str
+    instance_id: str | None
+    client_id: str
+    member_epoch: int
+    state: str  # stable, unrevoked_partitions, unreleased_partitions
+    subscribed_topics: tuple[str, ...]
+    subscribed_pattern: str | None
+    assignment: tuple[TopicPartition, ...]  # what it may own now
+    revoking: tuple[TopicPartition, ...]  # what it must release
+    target: tuple[TopicPartition, ...]  # where the group is heading
+    session_timeout_ms: int
+    heartbeat_interval_ms: int
+
+
+class GroupPartition(NamedTuple):
+    """A partition of a group: committed offset, log end and lag (None: no commit)."""
+
+    topic: str
+    partition: int
+    committed_offset: int | None
+    log_end_offset: int
+    lag: int | None
+    member_id: str  # who holds it now ("" if nobody)
+    metadata: str
+    commit_time_ms: int
+
+
+class GroupDescription(NamedTuple):
+    """A consumer group's state, members and per-partition offsets."""
+
+    group_id: str
+    state: str
+    group_epoch: int
+    assignor: str
+    members: tuple[GroupMember, ...]
+    partitions: tuple[GroupPartition, ...]

@@ -4,13 +4,14 @@
 """
 
 from broker.storage.async_log import AsyncLog
-from broker.storage.config import FlushPolicy, LogConfig
+from broker.storage.config import CleanupPolicy, FlushPolicy, LogConfig
 from broker.storage.file_handle import FileRegion
 from broker.storage.log import AppendResult, Log, RetentionResult, wall_clock_ms
 
 __all__ = [
     "AppendResult",
     "AsyncLog",
+    "CleanupPolicy",
     "FileRegion",
     "FlushPolicy",
     "Log",

@@ -8,7 +8,10 @@ appends and reads do not take it, and the core is written so they may interleave
 with a flush or retention in progress (see log.py).
 
 The server runs :meth:`AsyncLog.run_maintenance` in the partition's nursery to get
-interval flushes and periodic retention.
+interval flushes and periodic retention (or, for a compacted log, compaction when
+enough of it was written since the last pass; see compaction.py).  Compaction holds
+the lock for its whole pass (its decoding runs in a worker thread), so it never
+overlaps truncation or retention.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from pathlib import Path
 
 import trio
 
-from broker.storage.config import FlushPolicy, LogConfig
+from broker.storage import compaction
+from broker.storage.config import CleanupPolicy, FlushPolicy, LogConfig
 from broker.storage.file_handle import FileRegion
 from broker.storage.log import (
     AppendResult,
@@ -42,6 +46,9 @@ class AsyncLog:
         self._clock_ms = clock_ms
         self._lock = trio.Lock()
         self._last_retention_ms = clock_ms()
+        # Compaction bookkeeping: offsets below were compacted by the last pass.
+        self._cleaned_until = -1
+        self._last_compaction_ms = clock_ms()
 
     @classmethod
     async def open(
@@ -127,6 +134,44 @@ class AsyncLog:
                 await trio.to_thread.run_sync(delete_files, result.paths)
             return result
 
+    def compaction_due(self) -> bool:
+        """Whether a compacted log should be compacted now: enough of its sealed bytes
+        are new since the last pass (DIRTY_RATIO_MIN), or tombstones may have
+        outlived delete_retention_ms since then."""
+        config = self.log.config
+        if config.cleanup_policy is not CleanupPolicy.COMPACT:
+            return False
+        sizes = self.log.sealed_segment_sizes()
+        if not sizes:
+            return False
+        if compaction.dirty_ratio(sizes, self._cleaned_until) >= compaction.DIRTY_RATIO_MIN:
+            return True
+        return self._clock_ms() - self._last_compaction_ms >= config.delete_retention_ms
+
+    async def compact(self) -> compaction.CompactionResult:
+        """One compaction pass: flush (so sealed segments lie before the recovery
+        point), plan, rewrite in a worker thread, swap in, unlink the old files in a
+        worker thread.  Raises StorageError, LogCorruptError."""
+        async with self._lock:
+            if self.log.closed:
+                return compaction.CompactionResult()
+            await self._flush_locked()
+            plan = self.log.begin_compaction()
+            self._last_compaction_ms = self._clock_ms()
+            if plan is None:
+                return compaction.CompactionResult()
+            try:
+                outputs = await trio.to_thread.run_sync(compaction.build_compacted_segments, plan)
+            except BaseException:
+                plan.release()
+                raise
+            result = compaction.summarize(plan, outputs)
+            paths = self.log.finish_compaction(plan, outputs)
+            self._cleaned_until = result.cleaned_until
+            if paths:
+                await trio.to_thread.run_sync(delete_files, paths)
+            return result
+
     async def truncate_to(self, offset: int) -> int:
         """See :meth:`Log.truncate_to` (blocks the loop for its fsyncs: it is rare)."""
         async with self._lock:
@@ -158,12 +203,15 @@ class AsyncLog:
 
     async def maintain(self) -> None:
         """One maintenance round: flush if the interval policy wants it, enforce
-        retention if its check interval passed.  Raises StorageError."""
+        retention (or compact a compacted log) if its check interval passed.
+        Raises StorageError, LogCorruptError."""
         if self.log.config.flush_policy is FlushPolicy.INTERVAL and self.log.needs_flush():
             await self.flush()
         elapsed_ms = self._clock_ms() - self._last_retention_ms
         if elapsed_ms >= self.log.config.retention_check_interval_ms:
             await self.enforce_retention()
+            if self.compaction_due():
+                await self.compact()
 
     async def run_maintenance(
         self,

@@ -37,6 +37,13 @@ class FlushPolicy(enum.Enum):
     NEVER = "never"  # leave it to the OS (and to close)
 
 
+class CleanupPolicy(enum.Enum):
+    """What keeps a log from growing forever (Kafka's cleanup.policy)."""
+
+    DELETE = "delete"  # drop whole old segments by retention_ms / retention_bytes
+    COMPACT = "compact"  # keep the newest record per key (see compaction.py); no retention
+
+
 class LogConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Configuration of one partition's log.  ``None`` means "no limit"."""
 
@@ -58,11 +65,16 @@ class LogConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     # Used by FlushPolicy.INTERVAL (Kafka flush.ms); 1 s bounds what a power loss
     # can take without fsyncing each tiny append.
     flush_interval_ms: int = 1000
-    # How often the maintenance task checks retention (Kafka
-    # log.retention.check.interval.ms, 5 minutes).
+    # How often the maintenance task checks retention, or compaction for a compacted
+    # log (Kafka log.retention.check.interval.ms, 5 minutes).
     retention_check_interval_ms: int = 5 * 60 * 1000
     # The biggest batch this log accepts (Kafka max.message.bytes).
     batch_bytes_max: int = BATCH_BYTES_MAX_DEFAULT
+    cleanup_policy: CleanupPolicy = CleanupPolicy.DELETE
+    # Compacted logs: a tombstone (a record whose value is None) is kept this long
+    # so readers see the deletion, then the cleaner drops it (Kafka
+    # delete.retention.ms, 1 day).
+    delete_retention_ms: int = DAY_MS
 
     def __post_init__(self) -> None:
         """Raises InvalidConfigError naming the first bad field."""
@@ -76,6 +88,7 @@ class LogConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
         _check_range("flush_interval_ms", self.flush_interval_ms, 1, None)
         _check_range("retention_check_interval_ms", self.retention_check_interval_ms, 1, None)
         _check_range("batch_bytes_max", self.batch_bytes_max, HEADER_BYTES, SEGMENT_BYTES_LIMIT)
+        _check_range("delete_retention_ms", self.delete_retention_ms, 0, None)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> LogConfig:

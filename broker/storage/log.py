@@ -16,7 +16,9 @@
   the checkpoint and re-validate the rest (torn tail of the last segment truncated,
   a bad batch in a sealed segment refused with LogCorruptError).
 * Retention deletes whole sealed segments by age/size; ``truncate_to`` cuts the log
-  at a batch boundary (replication).
+  at a batch boundary (replication).  A compacted log (``CleanupPolicy.COMPACT``)
+  has no retention; compaction (compaction.py) rewrites its sealed segments,
+  split like a flush: begin (event loop) / build (worker thread) / finish.
 
 Concurrency: one owner, the event-loop thread.  The only work done elsewhere is
 what :meth:`begin_flush` / :func:`sync_to_disk` and :meth:`detach_expired_segments`
@@ -36,10 +38,10 @@ from typing import Any, Final, NamedTuple
 
 import structlog
 
-from broker.storage import checkpoint
+from broker.storage import checkpoint, compaction
 from broker.storage.atomic_file import TEMP_SUFFIX, fsync_directory
 from broker.storage.batch_scan import BadBatch, BatchInfo, scan_batches
-from broker.storage.config import SEGMENT_BYTES_LIMIT, FlushPolicy, LogConfig
+from broker.storage.config import SEGMENT_BYTES_LIMIT, CleanupPolicy, FlushPolicy, LogConfig
 from broker.storage.file_handle import FileHandle, FileRegion
 from broker.storage.offset_index import SUFFIX as INDEX_SUFFIX
 from broker.storage.segment import DELETED_SUFFIX, LOG_SUFFIX, LogSegment
@@ -197,6 +199,7 @@ class Log:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise StorageError(f"cannot create {path}: {error}") from error
+        compaction.complete_interrupted_swaps(path, config.batch_bytes_max)
         base_offsets = _list_segments(path)
         clean = checkpoint.clean_shutdown_marker_exists(path)
         stored = checkpoint.read_checkpoint(path)
@@ -535,6 +538,8 @@ class Log:
         never the active one.  Their files are renamed to ``*.deleted``; unlink them
         with :func:`delete_files` (off the event loop).  Raises StorageError."""
         self._check_usable()
+        if self.config.cleanup_policy is CleanupPolicy.COMPACT:
+            return RetentionResult(0, 0, self.start_offset, [])
         now_ms = self._clock_ms()
         retention_ms = self.config.retention_ms
         retention_bytes = self.config.retention_bytes
@@ -616,6 +621,94 @@ class Log:
             checkpoint.write_checkpoint(self.directory, self._recovery)
         self._logger.warning("log truncated", offset=offset, end_offset=new_end)
         return new_end
+
+    # -- compaction ---------------------------------------------------------------------
+
+    def sealed_segment_sizes(self) -> list[tuple[int, int]]:
+        """``(next_offset, size_bytes)`` of each sealed segment, oldest first (what a
+        compaction pass may rewrite once flushed)."""
+        return [
+            (segment.next_offset, segment.size_bytes)
+            for segment in self._segments
+            if segment.sealed
+        ]
+
+    def begin_compaction(self) -> compaction.CompactionPlan | None:
+        """Plan a compaction pass (event loop); None if no sealed segment lies before
+        the recovery point (flush first to move it).  Pass the plan to
+        :func:`compaction.build_compacted_segments` (worker thread), then to
+        :meth:`finish_compaction`.  Compaction must not overlap truncation or
+        retention (AsyncLog's lock).  Raises StorageError."""
+        self._check_usable()
+        assert self.config.cleanup_policy is CleanupPolicy.COMPACT, "not a compacted log"
+        return compaction.plan_compaction(
+            self.directory,
+            self.config,
+            list(self._segments),
+            self._recovery.segment_base_offset,
+            self._clock_ms(),
+        )
+
+    def finish_compaction(
+        self, plan: compaction.CompactionPlan, outputs: list[compaction.CompactedSegment]
+    ) -> list[Path]:
+        """Swap each compacted segment in for the segments it replaces (event loop) and
+        release the plan; returns the old files (``*.deleted``) to unlink with
+        :func:`delete_files`.  Raises StorageError, LogCorruptError."""
+        paths: list[Path] = []
+        try:
+            for output in outputs:
+                paths.extend(self._swap_in(output))
+            compaction.finish_work_directory(self.directory)
+        finally:
+            plan.release()
+        if outputs:
+            fsync_directory(self.directory)
+            self._logger.info(
+                "log compacted",
+                segments_written=len(outputs),
+                segments=len(self._segments),
+                records_removed=sum(output.records_removed for output in outputs),
+            )
+        return paths
+
+    def _swap_in(self, output: compaction.CompactedSegment) -> list[Path]:
+        old = self._segments.from_offset(output.base_offset)
+        old = [segment for segment in old if segment.base_offset < output.next_offset]
+        assert old and old[0].base_offset == output.base_offset, (output, old)
+        assert old[-1].next_offset == output.next_offset, (output, old)
+        assert all(segment.sealed for segment in old), old
+        paths: list[Path] = []
+        for segment in old:
+            self._segments.remove(segment)
+            paths.extend(segment.detach())
+        compaction.install_swap(self.directory, output)
+        segment = LogSegment.open(self.directory, output.base_offset, self.config)
+        if not segment.load(output.next_offset):
+            self._logger.warning("compacted segment index rebuilt", file=segment.path.name)
+            segment.recover(is_last=False)
+        if segment.next_offset != output.next_offset:
+            raise LogCorruptError(f"{segment.path}: compacted segment ends at the wrong offset")
+        segment.seal()
+        self._segments.add(segment)
+        self._directory_dirty = True
+        return paths
+
+    def compact(self) -> compaction.CompactionResult:
+        """One whole compaction pass, blocking (tests and tools; the server uses
+        AsyncLog.compact).  Raises StorageError, LogCorruptError."""
+        result = compaction.CompactionResult()
+        plan = self.begin_compaction()
+        if plan is None:
+            return result
+        try:
+            outputs = compaction.build_compacted_segments(plan)
+        except BaseException:
+            plan.release()
+            raise
+        result = compaction.summarize(plan, outputs)
+        delete_files(self.finish_compaction(plan, outputs))
+        return result
 
     # -- closing and checking -----------------------------------------------------------
 

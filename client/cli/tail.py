@@ -8,13 +8,22 @@ positioned by the ``-o`` spec (offset_spec.py).  Records arrive from
 ``-e`` takes each partition's log end when tail starts and stops the partition
 once its position reaches it; ``-n`` stops after that many records.  Data goes
 to stdout, status (``-e`` / ``-n`` summaries are silent; errors) to stderr.
+
+With ``-g GROUP`` tail is a member of that consumer group (docs/groups.md): the
+broker assigns it its share of the partitions, it starts each at the group's
+committed offset (``-o beginning|end`` where there is none) and commits what it
+printed (periodically, and when it exits).  ``-e`` then exits once every
+partition it holds is at its log end.  SIGTERM (like Ctrl-C) makes it commit and
+leave the group before exiting, so its partitions move to the others at once.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Final
 
+import anyio
 import click
 
 from client.cli.common import Terminal, client_options, run
@@ -50,6 +59,7 @@ Examples:
   distributary tail orders -o -10 -p 0 -f '%o %k=%s\\n'
   distributary tail orders -o @-15m --json | jq -r .value
   distributary tail orders -o @2024-05-01T00:00:00Z -n 1 --raw
+  distributary tail orders -g billing -o beginning  # a group member: its share
 """
 
 
@@ -73,6 +83,40 @@ async def position_consumer(
                 assert isinstance(spec, FromEnd)
                 wanted = ends[tp] - spec.count
             consumer.seek(tp, min(max(wanted, starts[tp]), ends[tp]))
+
+
+async def tail_group(
+    consumer: Consumer,
+    topic: str,
+    writer: RecordWriter,
+    count: int | None,
+    exit_at_end: bool,
+) -> None:
+    """Consume ``topic`` as a group member (the consumer commits when it closes)."""
+    await consumer.subscribe([topic])
+    ends: dict[TopicPartition, int] = {}
+    remaining = count
+    while True:
+        batches = await consumer.getmany(timeout_ms=POLL_TIMEOUT_MS)
+        for tp, records in batches.items():
+            if remaining is not None and remaining < len(records):
+                # Not printed, so not processed: the group must deliver them again.
+                consumer.seek(tp, records[remaining].offset)
+                records = records[:remaining]
+            if remaining is not None:
+                remaining -= len(records)
+            if records:
+                writer.write_batch(tp.topic, tp.partition, records)
+        if remaining == 0:
+            return
+        if exit_at_end:
+            assigned = consumer.assignment()
+            new = [tp for tp in assigned if tp not in ends]
+            if new:
+                ends.update(await consumer.list_offsets({tp: LATEST_TIMESTAMP for tp in new}))
+            caught_up = [await consumer.position(tp) >= ends[tp] for tp in sorted(assigned)]
+            if assigned and all(caught_up):
+                return
 
 
 def choose_writer(
@@ -110,6 +154,12 @@ def choose_writer(
     multiple=True,
     help="Only this partition (repeatable; default all).",
 )
+@click.option(
+    "-g",
+    "--group",
+    help="Consume as a member of consumer group GROUP (its share of the partitions, "
+    "committed as it goes); -o then says where to start without a commit.",
+)
 @click.option("-n", "--count", type=click.IntRange(min=1), help="Exit after COUNT records.")
 @click.option("-e", "--exit", "exit_at_end", is_flag=True, help="Exit at the end of the log.")
 @click.option("-f", "--format", "format_text", type=FormatType(), help="kcat-style format.")
@@ -121,6 +171,7 @@ def tail(
     topic: str,
     offset_spec: OffsetSpec,
     partitions: tuple[int, ...],
+    group: str | None,
     count: int | None,
     exit_at_end: bool,
     format_text: str | None,
@@ -133,7 +184,37 @@ def tail(
     """Print TOPIC's records, following new ones until Ctrl-C (or -n / -e)."""
     if sum([format_text is not None, as_json, raw]) > 1:
         raise click.UsageError("choose one of -f/--format, --json and --raw")
+    if group is not None and partitions:
+        raise click.UsageError("-p cannot be used with -g: the group assigns partitions")
+    if group is not None and not isinstance(offset_spec, Beginning | End):
+        raise click.UsageError(
+            "with -g, -o must be beginning or end (for partitions without a commit)"
+        )
     writer = choose_writer(format_text, as_json, raw, null_marker)
+
+    async def group_body() -> None:
+        assert group is not None
+        async with (
+            Consumer(
+                bootstrap,
+                group=group,
+                auto_offset_reset="earliest" if isinstance(offset_spec, Beginning) else "latest",
+                client_id="distributary-tail",
+            ) as consumer,
+            anyio.create_task_group() as tasks,
+        ):
+
+            async def stop_on_sigterm() -> None:
+                with anyio.open_signal_receiver(signal.SIGTERM) as signals:
+                    async for _ in signals:
+                        tasks.cancel_scope.cancel()  # then the consumer commits and leaves
+
+            tasks.start_soon(stop_on_sigterm)
+            await tail_group(consumer, topic, writer, count, exit_at_end)
+            tasks.cancel_scope.cancel()
+
+    if group is not None:
+        run(group_body, bootstrap=bootstrap, debug=debug, topic=topic)
 
     async def body() -> None:
         async with Consumer(bootstrap, auto_offset_reset="earliest") as consumer:

@@ -31,7 +31,13 @@ class ApiKey(enum.IntEnum):
     PRODUCE = 5
     FETCH = 6
     LIST_OFFSETS = 7
-    # Reserved for the consumer-groups issue: 20-29.  Replication: 30-39.
+    # Consumer groups: 20-29 (20-25 used).  Replication: 30-39.
+    CONSUMER_GROUP_HEARTBEAT = 20
+    OFFSET_COMMIT = 21
+    OFFSET_FETCH = 22
+    LIST_GROUPS = 23
+    DESCRIBE_GROUPS = 24
+    DELETE_GROUPS = 25
 
 
 class Acks(enum.IntEnum):
@@ -43,6 +49,13 @@ class Acks(enum.IntEnum):
 # ListOffsets special timestamps (Kafka's convention).
 LATEST_TIMESTAMP: Final = -1
 EARLIEST_TIMESTAMP: Final = -2
+
+# ConsumerGroupHeartbeat member epochs with a special meaning (KIP-848).
+JOIN_GROUP_EPOCH: Final = 0  # join (a new member, or one that must start over)
+LEAVE_GROUP_EPOCH: Final = -1  # leave now: the member's partitions move at once
+STATIC_LEAVE_GROUP_EPOCH: Final = -2  # a static member leaves for a moment (keeps them)
+# OffsetCommit without a member (reset-offsets): only into a group with no members.
+ADMIN_COMMIT_EPOCH: Final = -1
 
 # API key of the whole-request error response (never a request).
 ERROR_RESPONSE_TAG: Final = 255
@@ -291,6 +304,206 @@ class ListOffsetsResponse(_Message, tag=int(ApiKey.LIST_OFFSETS)):
     topics: list[ListOffsetsTopicResponse] = []
 
 
+# -- consumer groups ----------------------------------------------------------------------
+
+
+class GroupTopicPartitions(_Message):
+    """Partitions of one topic, in a group message."""
+
+    topic: str
+    partitions: list[int] = []
+
+
+class ConsumerGroupHeartbeatRequest(_Message, tag=int(ApiKey.CONSUMER_GROUP_HEARTBEAT)):
+    """Join (member_epoch 0), heartbeat (the member's epoch) or leave (-1; -2 for a
+    static member that will be back).  ``None`` fields mean "unchanged since my last
+    heartbeat"; a join must send a subscription."""
+
+    group_id: str = ""  # required in practice: "" is INVALID_REQUEST
+    member_id: str = ""  # "" to join: the broker assigns one
+    member_epoch: int = JOIN_GROUP_EPOCH
+    instance_id: str | None = None  # static membership
+    rebalance_timeout_ms: int = -1  # -1: the broker's default
+    subscribed_topic_names: list[str] | None = None
+    subscribed_topic_regex: str | None = None  # "" clears it
+    server_assignor: str | None = None  # "range" or "sticky"
+    owned_partitions: list[GroupTopicPartitions] | None = None
+    session_timeout_ms: int = -1  # -1: the broker's default (clamped into its bounds)
+    heartbeat_interval_ms: int = -1
+    client_id: str = ""
+
+
+class ConsumerGroupHeartbeatResponse(_Message, tag=int(ApiKey.CONSUMER_GROUP_HEARTBEAT)):
+    """``assignment``: every partition the member may own now.  Anything it owns that
+    is not listed must be released (``revoking`` lists those) and reported gone in
+    the next heartbeat, sent as soon as they are released."""
+
+    error_code: int = 0
+    error_message: str = ""
+    member_id: str = ""
+    member_epoch: int = -1
+    heartbeat_interval_ms: int = 0
+    session_timeout_ms: int = 0
+    assignment: list[GroupTopicPartitions] = []
+    revoking: list[GroupTopicPartitions] = []
+
+
+class OffsetCommitPartition(_Message):
+    partition: int
+    offset: int  # the next offset to consume
+    leader_epoch: int = -1  # of the last consumed record; -1: unknown
+    metadata: str = ""
+
+
+class OffsetCommitTopic(_Message):
+    name: str
+    partitions: list[OffsetCommitPartition] = []
+
+
+class OffsetCommitRequest(_Message, tag=int(ApiKey.OFFSET_COMMIT)):
+    """Commit offsets as a member (its id and current epoch), or as an admin
+    (member_epoch -1), which only a group without members accepts."""
+
+    group_id: str = ""
+    member_id: str = ""
+    member_epoch: int = ADMIN_COMMIT_EPOCH
+    topics: list[OffsetCommitTopic] = []
+
+
+class OffsetCommitPartitionResponse(_Message):
+    partition: int
+    error_code: int = 0
+    error_message: str = ""
+
+
+class OffsetCommitTopicResponse(_Message):
+    name: str
+    partitions: list[OffsetCommitPartitionResponse] = []
+
+
+class OffsetCommitResponse(_Message, tag=int(ApiKey.OFFSET_COMMIT)):
+    """``error_code``: the whole commit failed (UNKNOWN_MEMBER, FENCED_MEMBER_EPOCH,
+    GROUP_NOT_EMPTY...); otherwise per partition."""
+
+    error_code: int = 0
+    error_message: str = ""
+    topics: list[OffsetCommitTopicResponse] = []
+
+
+class OffsetFetchTopic(_Message):
+    name: str
+    partitions: list[int] | None = None  # None: every committed partition of the topic
+
+
+class OffsetFetchRequest(_Message, tag=int(ApiKey.OFFSET_FETCH)):
+    group_id: str = ""
+    topics: list[OffsetFetchTopic] | None = None  # None: every committed partition
+
+
+class OffsetFetchPartitionResponse(_Message):
+    """``offset`` -1: nothing committed for the partition."""
+
+    partition: int
+    offset: int = -1
+    leader_epoch: int = -1
+    metadata: str = ""
+    commit_time_ms: int = -1
+    error_code: int = 0
+    error_message: str = ""
+
+
+class OffsetFetchTopicResponse(_Message):
+    name: str
+    partitions: list[OffsetFetchPartitionResponse] = []
+
+
+class OffsetFetchResponse(_Message, tag=int(ApiKey.OFFSET_FETCH)):
+    error_code: int = 0
+    error_message: str = ""
+    topics: list[OffsetFetchTopicResponse] = []
+
+
+class ListGroupsRequest(_Message, tag=int(ApiKey.LIST_GROUPS)):
+    states: list[str] | None = None  # None: every state
+
+
+class ListedGroup(_Message):
+    group_id: str
+    state: str = ""  # empty, assigning, reconciling, stable
+    member_count: int = 0
+
+
+class ListGroupsResponse(_Message, tag=int(ApiKey.LIST_GROUPS)):
+    error_code: int = 0
+    error_message: str = ""
+    groups: list[ListedGroup] = []
+
+
+class DescribeGroupsRequest(_Message, tag=int(ApiKey.DESCRIBE_GROUPS)):
+    group_ids: list[str] = []
+
+
+class DescribedMember(_Message):
+    member_id: str
+    instance_id: str | None = None
+    client_id: str = ""
+    client_host: str = ""
+    member_epoch: int = 0
+    state: str = ""  # stable, unrevoked_partitions, unreleased_partitions
+    subscribed_topic_names: list[str] = []
+    subscribed_topic_regex: str | None = None
+    assignment: list[GroupTopicPartitions] = []  # what it may own now
+    revoking: list[GroupTopicPartitions] = []  # what it must release
+    target: list[GroupTopicPartitions] = []  # where the group is heading
+    session_timeout_ms: int = 0
+    heartbeat_interval_ms: int = 0
+
+
+class DescribedPartition(_Message):
+    """One partition of a subscribed topic or with a commit.  ``committed_offset``
+    -1: no commit; ``lag`` = log end - committed offset (-1 without a commit)."""
+
+    topic: str
+    partition: int
+    committed_offset: int = -1
+    leader_epoch: int = -1
+    metadata: str = ""
+    commit_time_ms: int = -1
+    log_end_offset: int = -1
+    lag: int = -1
+    member_id: str = ""  # who owns it now ("" if nobody)
+
+
+class DescribedGroup(_Message):
+    group_id: str
+    error_code: int = 0
+    error_message: str = ""
+    state: str = ""
+    group_epoch: int = 0
+    assignment_epoch: int = 0
+    assignor: str = ""
+    members: list[DescribedMember] = []
+    partitions: list[DescribedPartition] = []
+
+
+class DescribeGroupsResponse(_Message, tag=int(ApiKey.DESCRIBE_GROUPS)):
+    groups: list[DescribedGroup] = []
+
+
+class DeleteGroupsRequest(_Message, tag=int(ApiKey.DELETE_GROUPS)):
+    group_ids: list[str] = []
+
+
+class DeleteGroupResult(_Message):
+    group_id: str
+    error_code: int = 0
+    error_message: str = ""
+
+
+class DeleteGroupsResponse(_Message, tag=int(ApiKey.DELETE_GROUPS)):
+    results: list[DeleteGroupResult] = []
+
+
 # -- whole-request error ----------------------------------------------------------------
 
 
@@ -311,6 +524,12 @@ Request = (
     | ProduceRequest
     | FetchRequest
     | ListOffsetsRequest
+    | ConsumerGroupHeartbeatRequest
+    | OffsetCommitRequest
+    | OffsetFetchRequest
+    | ListGroupsRequest
+    | DescribeGroupsRequest
+    | DeleteGroupsRequest
 )
 Response = (
     HelloResponse
@@ -321,6 +540,12 @@ Response = (
     | ProduceResponse
     | FetchResponse
     | ListOffsetsResponse
+    | ConsumerGroupHeartbeatResponse
+    | OffsetCommitResponse
+    | OffsetFetchResponse
+    | ListGroupsResponse
+    | DescribeGroupsResponse
+    | DeleteGroupsResponse
     | ErrorResponse
 )
 
@@ -336,6 +561,12 @@ REQUEST_TYPES: Final[dict[ApiKey, type[msgspec.Struct]]] = {
     ApiKey.PRODUCE: ProduceRequest,
     ApiKey.FETCH: FetchRequest,
     ApiKey.LIST_OFFSETS: ListOffsetsRequest,
+    ApiKey.CONSUMER_GROUP_HEARTBEAT: ConsumerGroupHeartbeatRequest,
+    ApiKey.OFFSET_COMMIT: OffsetCommitRequest,
+    ApiKey.OFFSET_FETCH: OffsetFetchRequest,
+    ApiKey.LIST_GROUPS: ListGroupsRequest,
+    ApiKey.DESCRIBE_GROUPS: DescribeGroupsRequest,
+    ApiKey.DELETE_GROUPS: DeleteGroupsRequest,
 }
 RESPONSE_TYPES: Final[dict[ApiKey, type[msgspec.Struct]]] = {
     ApiKey.HELLO: HelloResponse,
@@ -346,6 +577,12 @@ RESPONSE_TYPES: Final[dict[ApiKey, type[msgspec.Struct]]] = {
     ApiKey.PRODUCE: ProduceResponse,
     ApiKey.FETCH: FetchResponse,
     ApiKey.LIST_OFFSETS: ListOffsetsResponse,
+    ApiKey.CONSUMER_GROUP_HEARTBEAT: ConsumerGroupHeartbeatResponse,
+    ApiKey.OFFSET_COMMIT: OffsetCommitResponse,
+    ApiKey.OFFSET_FETCH: OffsetFetchResponse,
+    ApiKey.LIST_GROUPS: ListGroupsResponse,
+    ApiKey.DESCRIBE_GROUPS: DescribeGroupsResponse,
+    ApiKey.DELETE_GROUPS: DeleteGroupsResponse,
 }
 
 request_decoder: Final[msgspec.msgpack.Decoder[Request]] = msgspec.msgpack.Decoder(Request)

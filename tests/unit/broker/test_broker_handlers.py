@@ -18,15 +18,21 @@ from client.protocol.messages import (
     LATEST_TIMESTAMP,
     Acks,
     ApiKey,
+    ConsumerGroupHeartbeatRequest,
+    ConsumerGroupHeartbeatResponse,
     CreatableTopic,
     CreateTopicsRequest,
     CreateTopicsResponse,
+    DeleteTopicsRequest,
+    DeleteTopicsResponse,
     FetchPartition,
     FetchRequest,
     FetchResponse,
     FetchTopic,
     HelloRequest,
     HelloResponse,
+    ListGroupsRequest,
+    ListGroupsResponse,
     ListOffsetsPartition,
     ListOffsetsRequest,
     ListOffsetsResponse,
@@ -233,3 +239,23 @@ async def test_payload_mismatch_is_a_whole_request_error(broker: Broker) -> None
     body = ProduceRequest(topics=[ProduceTopic("x", [ProducePartition(0, 999)])])
     with pytest.raises(InvalidRequestError):
         await handle(broker, request(body, b"short"))
+
+
+async def test_group_requests_and_the_internal_offsets_topic(broker: Broker) -> None:
+    """Group APIs are dispatched; __consumer_offsets is created on first use, reported
+    internal, and refuses produce and delete from clients."""
+    await call(broker, CreateTopicsRequest([CreatableTopic("t", 2)]))
+    joined = (
+        await call(broker, ConsumerGroupHeartbeatRequest("g", subscribed_topic_names=["t"]))
+    ).body
+    assert isinstance(joined, ConsumerGroupHeartbeatResponse) and joined.error_code == 0
+    listed = (await call(broker, ListGroupsRequest())).body
+    assert isinstance(listed, ListGroupsResponse)
+    assert [(g.group_id, g.member_count) for g in listed.groups] == [("g", 1)]
+    metadata = (await call(broker, MetadataRequest(["__consumer_offsets"]))).body
+    assert isinstance(metadata, MetadataResponse) and metadata.topics[0].internal
+    produced = await produce(broker, "__consumer_offsets", {0: bytes(build_batch([b"x"]))})
+    assert produced.topics[0].partitions[0].error_code == ErrorCode.INVALID_TOPIC
+    deleted = (await call(broker, DeleteTopicsRequest(["__consumer_offsets"]))).body
+    assert isinstance(deleted, DeleteTopicsResponse)
+    assert deleted.topics[0].error_code == ErrorCode.INVALID_TOPIC

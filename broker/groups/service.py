@@ -1,0 +1,204 @@
+"""The trio shell around the group coordinator: the offsets topic, appends, session expiry.
+
+:class:`GroupService` owns one :class:`GroupCoordinator` (sans-I/O) and does its
+I/O:
+
+* **Start-up** (:meth:`load`, before the broker serves): read every partition of
+  ``__consumer_offsets`` from its start and replay each record into the
+  coordinator.  Reading decodes records: the offsets topic is the broker's own
+  data, and this is the one read of it per start (see also compaction.py).
+* **Records**: a commit, a deletion or an epoch change returns records; they are
+  appended as one batch to the group's partition of ``__consumer_offsets``
+  (created with its compacted config on first use), then replayed, and only
+  then is the request answered.  So an acknowledged commit is in the log.
+* **Expiry** (:meth:`run`, in the server's root nursery): sleep until the
+  earliest member deadline (or until a heartbeat may have moved it), then let
+  the coordinator expel whoever missed it.
+
+Concurrency: everything runs on the event loop.  The coordinator's methods are
+synchronous, so a request's validation and its state change never interleave
+with another request's; only the append awaits (and replay tolerates appends
+finishing out of order: see GroupCoordinator.replay).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any, Final
+
+import trio
+
+from broker.groups.config import OFFSETS_TOPIC, GroupConfig
+from broker.groups.coordinator import GroupCoordinator, Record
+from broker.groups.records import BadOffsetsRecord, partition_for_group
+from broker.logging import get_logger
+from broker.topics import Topic, TopicManager
+from client.errors import DistributaryError
+from client.records.builder import BatchBuilder
+from client.records.decoder import RecordDecoder
+
+# Start-up reads the offsets topic 1 MiB at a time.
+LOAD_READ_BYTES: Final = 1024 * 1024
+# The expiry task wakes at least this often (a heartbeat also wakes it when a
+# deadline may have moved), so a missed wake-up costs at most one second.
+EXPIRY_SLEEP_MS_MAX: Final = 1_000
+
+
+def offsets_topic_configs(config: GroupConfig) -> dict[str, str]:
+    """The topic configs of __consumer_offsets: compacted, small segments, no retention."""
+    return {
+        "cleanup_policy": "compact",
+        "retention_ms": "none",
+        "retention_bytes": "none",
+        "segment_bytes": str(config.offsets_segment_bytes),
+        "segment_ms": str(config.offsets_segment_ms),
+        "retention_check_interval_ms": str(config.offsets_compaction_check_interval_ms),
+        "delete_retention_ms": str(config.offsets_delete_retention_ms),
+    }
+
+
+class GroupService:
+    """Every group of the broker, with their storage (see the module docstring)."""
+
+    def __init__(
+        self,
+        topics: TopicManager,
+        config: GroupConfig,
+        clock_ms: Callable[[], int],
+        rng: random.Random | None = None,
+    ) -> None:
+        self.topics = topics
+        self.config = config
+        self._clock_ms = clock_ms
+        self.coordinator = GroupCoordinator(
+            config,
+            clock_ms=clock_ms,
+            rng=rng if rng is not None else random.Random(),
+            topic_partitions=self._partition_counts,
+        )
+        self._create_lock = trio.Lock()
+        self._deadline_moved = trio.Event()
+        self.logger: Any = get_logger(component="groups")
+
+    def _partition_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for name in self.topics.names():
+            topic = self.topics.get(name)
+            if topic is not None:
+                counts[name] = len(topic.partitions)
+        return counts
+
+    # -- start-up -----------------------------------------------------------------------
+
+    async def load(self) -> int:
+        """Rebuild the coordinator from __consumer_offsets (if it exists); returns the
+        number of records replayed.  Raises StorageError."""
+        topic = self.topics.get(OFFSETS_TOPIC)
+        if topic is None:
+            return 0
+        decoder: RecordDecoder[bytes] = RecordDecoder()
+        replayed = skipped = 0
+        for partition in topic.partitions:
+            offset = partition.log_start_offset
+            end = partition.log_end_offset
+            for _ in range(end - offset + 1):  # each read moves past at least one batch
+                if offset >= end:
+                    break
+                with partition.read(offset, LOAD_READ_BYTES, whole_batch=True) as region:
+                    data = await trio.to_thread.run_sync(region.read_bytes)
+                fetched = decoder.decode_fetch(data, offset)
+                for record in fetched.records:
+                    try:
+                        self.coordinator.replay(record.key, record.value, record.offset)
+                        replayed += 1
+                    except BadOffsetsRecord as error:
+                        skipped += 1
+                        self.logger.warning(
+                            "offsets record skipped",
+                            partition=partition.index,
+                            offset=record.offset,
+                            error=str(error),
+                        )
+                assert fetched.next_offset > offset, (fetched.next_offset, offset)
+                offset = fetched.next_offset
+        self.logger.info(
+            "groups loaded",
+            groups=len(self.coordinator.list_groups()),
+            records=replayed,
+            skipped=skipped,
+        )
+        return replayed
+
+    # -- appending ----------------------------------------------------------------------
+
+    async def offsets_topic(self) -> Topic:
+        """__consumer_offsets, created on first use.  Raises StorageError."""
+        topic = self.topics.get(OFFSETS_TOPIC)
+        if topic is not None:
+            return topic
+        async with self._create_lock:
+            topic = self.topics.get(OFFSETS_TOPIC)
+            if topic is None:
+                topic = await self.topics.create(
+                    OFFSETS_TOPIC,
+                    self.config.offsets_topic_partitions,
+                    offsets_topic_configs(self.config),
+                )
+        return topic
+
+    async def append(self, group_id: str, records: list[Record]) -> None:
+        """Append a group's records as one batch to its offsets partition, then replay
+        them.  Raises StorageError (nothing was applied)."""
+        if not records:
+            return
+        topic = await self.offsets_topic()
+        partition = topic.partitions[partition_for_group(group_id, len(topic.partitions))]
+        builder = BatchBuilder()
+        now_ms = self._clock_ms()
+        for key, value in records:
+            builder.append(value, key, (), now_ms)
+        appended = await partition.append(memoryview(builder.build()))
+        assert appended.last_offset - appended.base_offset + 1 == len(records), appended
+        for number, (key, value) in enumerate(records):
+            self.coordinator.replay(key, value, appended.base_offset + number)
+
+    async def append_quietly(self, group_id: str, records: list[Record]) -> None:
+        """Append epoch records: on failure log and go on (the group's state is in
+        memory; the record only keeps epochs monotonic across a restart)."""
+        try:
+            await self.append(group_id, records)
+        except DistributaryError as error:
+            self.logger.error("group epoch not persisted", group=group_id, error=error.message)
+
+    def deadlines_changed(self) -> None:
+        """Wake the expiry task (a heartbeat moved or added a deadline)."""
+        self._deadline_moved.set()
+
+    # -- expiry -------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Expel members whose session or revocation deadline passed, until cancelled."""
+        task_status.started()
+        while True:  # until the root nursery is cancelled
+            deadline_ms = self.coordinator.next_deadline_ms()
+            wait_ms = EXPIRY_SLEEP_MS_MAX
+            if deadline_ms is not None:
+                wait_ms = min(wait_ms, max(0, deadline_ms - self._clock_ms()))
+            with trio.move_on_after(wait_ms / 1000):
+                await self._deadline_moved.wait()
+            self._deadline_moved = trio.Event()
+            await self.expire_now()
+
+    async def expire_now(self) -> None:
+        result = self.coordinator.expire()
+        for expired in result.expired:
+            self.logger.info(
+                "member expelled",
+                group=expired.group_id,
+                member=expired.member_id,
+                instance=expired.instance_id,
+                reason=expired.reason,
+            )
+        for group_id, records in result.records.items():
+            await self.append_quietly(group_id, records)
