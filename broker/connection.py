@@ -73,6 +73,7 @@ class ConnectionHandler:
         self.logger = get_logger(peer=peer)
         self.inflight = 0
         self.last_activity = trio.current_time()
+        self._descriptor = self.socket.fileno()
         self._send_lock = trio.Lock()
         self._frame_torn = False
         self._reader_scope = trio.CancelScope()
@@ -117,19 +118,32 @@ class ConnectionHandler:
         self, channel: trio.MemorySendChannel[Item], connection_scope: trio.CancelScope
     ) -> None:
         idle_s = self.limits.idle_connection_timeout_ms / 1000
-        while True:  # until EOF, a violation, idleness or cancellation
+        while True:  # one pass per idle deadline reached, until EOF, a violation or idleness
+            # One cancel scope per idle window, not per receive: the deadline is not
+            # moved on by traffic; when it passes, we look whether we really were idle.
             with trio.move_on_at(self.last_activity + idle_s) as idle_scope:
-                data = await self.stream.receive_some(RECEIVE_BYTES_MAX)
-            if idle_scope.cancelled_caught:
-                if self.inflight > 0:  # a long poll or a slow response: busy, not idle
-                    self.last_activity = trio.current_time()
-                elif trio.current_time() >= self.last_activity + idle_s:
-                    self.logger.info(
-                        "idle connection closed", idle_ms=self.limits.idle_connection_timeout_ms
-                    )
-                    connection_scope.cancel()
-                    return
-                continue  # the writer moved last_activity on: wait for the new deadline
+                await self._receive_requests(channel, connection_scope)
+                return
+            assert idle_scope.cancelled_caught
+            if self.inflight > 0:  # a long poll or a slow response: busy, not idle
+                self.last_activity = trio.current_time()
+            elif trio.current_time() >= self.last_activity + idle_s:
+                self.logger.info(
+                    "idle connection closed", idle_ms=self.limits.idle_connection_timeout_ms
+                )
+                connection_scope.cancel()
+                return
+            # else: traffic or the writer moved last_activity on: wait for the new deadline
+
+    async def _receive_requests(
+        self, channel: trio.MemorySendChannel[Item], connection_scope: trio.CancelScope
+    ) -> None:
+        """Receive and queue requests until EOF or a violation.  Its only cancellation
+        points are the receive and (rarely) the shielded refusal of an excess request,
+        so the idle deadline never interrupts a request half-taken."""
+        receive_some = self.stream.receive_some
+        while True:  # until EOF, a violation or cancellation
+            data = await receive_some(RECEIVE_BYTES_MAX)
             if not data:
                 if self.protocol_buffered_bytes():
                     self.logger.warning(
@@ -178,7 +192,10 @@ class ConnectionHandler:
             "request refused", reason="inflight_requests_max", correlation_id=item.correlation_id
         )
         if item.wants_response:
-            await self._send(ServerConnection.encode_error(item, error), [])
+            # Shielded from the reader's idle deadline (a half-sent frame would be
+            # fatal); _send bounds its own wait by request_timeout_ms.
+            with trio.CancelScope(shield=True):
+                await self._send(ServerConnection.encode_error(item, error), [])
 
     # -- writer -----------------------------------------------------------------------
 
@@ -243,30 +260,42 @@ class ConnectionHandler:
     async def _send(self, head: bytes, regions: list[FileRegion]) -> None:
         """Send a frame: ``head`` then each region, none interleaved with another
         frame.  Raises ClientGone when the client does not take it within
-        request_timeout_ms."""
-        timeout_s = self.limits.request_timeout_ms / 1000
-        async with self._send_lock:
+        request_timeout_ms, OSError when the peer is gone.
+
+        Fast path (an uncontended lock, a socket with room, a response without file
+        regions or a small one): one non-blocking write and no await at all, so an
+        answer costs no extra trip through the scheduler.
+        """
+        lock = self._send_lock
+        try:
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
             if self._frame_torn:
                 raise ClientGone()
-            # Until the frame is complete, a cancellation would leave a partial frame
-            # on the stream: the connection is then unusable and must close.
+            data = head
+            if regions and sum(region.length for region in regions) <= INLINE_REGION_BYTES_MAX:
+                # A small response (a live consumer's usual fetch): read the record
+                # bytes and send one buffer, so it leaves as one segment and the
+                # client wakes once.  (Corking the head with MSG_MORE before
+                # sendfile stalled large responses by 200 ms.)
+                data = b"".join([head, *(read_region(region) for region in regions)])
+                regions = []
+            # Until the frame is complete, a cancellation or an error would leave a
+            # partial frame on the stream: the connection is then unusable.
             self._frame_torn = True
-            with trio.move_on_after(timeout_s) as scope:
-                if regions and sum(region.length for region in regions) <= INLINE_REGION_BYTES_MAX:
-                    # A small response (a live consumer's usual fetch): read the
-                    # record bytes and send one buffer, so it leaves as one segment
-                    # and the client wakes once.  (Corking the head with MSG_MORE
-                    # before sendfile stalled large responses by 200 ms.)
-                    try:
-                        data = b"".join([head, *(region.read_bytes() for region in regions)])
-                    except StorageError as error:  # truncated under us: cannot complete
-                        raise ClientGone(str(error)) from error
-                    await send_all(self.socket, data)
-                else:
-                    await send_all(self.socket, head)
-                    for region in regions:
-                        await sendfile_all(self.socket, region)
+            sent = write_now(self._descriptor, data)
+            if sent == len(data) and not regions:
                 self._frame_torn = False
+                return
+            with trio.move_on_after(self.limits.request_timeout_ms / 1000) as scope:
+                await send_all(self.socket, memoryview(data)[sent:])
+                for region in regions:
+                    await sendfile_all(self.socket, region)
+                self._frame_torn = False
+        finally:
+            lock.release()
         if scope.cancelled_caught:
             self.logger.warning(
                 "client is not reading, closing", request_timeout_ms=self.limits.request_timeout_ms
@@ -274,7 +303,25 @@ class ConnectionHandler:
             raise ClientGone()
 
 
-async def send_all(sock: trio.socket.SocketType, data: bytes) -> None:
+def read_region(region: FileRegion) -> bytes:
+    """A small region's bytes (from the page cache).  Raises ClientGone when the
+    file was truncated under it (the frame can no longer be completed)."""
+    try:
+        return region.read_bytes()
+    except StorageError as error:
+        raise ClientGone(str(error)) from error
+
+
+def write_now(descriptor: int, data: bytes) -> int:
+    """Write what the socket takes without waiting: the bytes written (0 when its
+    buffer is full).  Raises OSError (peer gone)."""
+    try:
+        return os.write(descriptor, data)
+    except BlockingIOError:
+        return 0
+
+
+async def send_all(sock: trio.socket.SocketType, data: bytes | memoryview) -> None:
     """Send every byte of ``data``.  Raises OSError (peer gone)."""
     view = memoryview(data)
     sent = 0

@@ -142,10 +142,17 @@ class Partition:
         """
         if payload.nbytes == 0:
             raise InvalidBatchError("produce payload for a partition holds no batch")
-        async with self._append_lock:
+        lock = self._append_lock
+        try:
+            lock.acquire_nowait()  # uncontended (the usual case): no scheduler trip
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
             self._check_open()
             end_before = self._log.end_offset
             appended = await self._log.append(_whole_buffer_or_view(payload))
+        finally:
+            lock.release()
         assert appended.base_offset == end_before, (appended, end_before)
         assert appended.last_offset >= appended.base_offset >= 0, appended
         self.check_invariants()

@@ -21,10 +21,10 @@ appended it is sent again (no idempotent producer yet).
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from collections.abc import Callable, Generator, Iterable, Sequence
+from functools import partial
 from types import TracebackType
 from typing import Any, Final, Literal
 
@@ -35,7 +35,12 @@ import msgspec
 import structlog
 
 from client._io.cluster import Cluster, backoff_ms
-from client._io.connection import BrokerConnection, PendingResponse
+from client._io.connection import (
+    BrokerConnection,
+    EventLoopTools,
+    LoopEvent,
+    PendingResponse,
+)
 from client.accumulator import (
     RECORD_BYTES_OVERHEAD,
     ProducerBatch,
@@ -54,6 +59,7 @@ from client.errors import (
 from client.partitioner import StickyPartitioner, partition_for_key
 from client.protocol.messages import (
     ProducePartition,
+    ProducePartitionResponse,
     ProduceRequest,
     ProduceResponse,
     ProduceTopic,
@@ -218,7 +224,7 @@ class Producer:
         )
         self._task_group: anyio.abc.TaskGroup | None = None
         self._cluster: Cluster | None = None
-        self._wake: anyio.Event | None = None
+        self._wake: LoopEvent | None = None
         self._space: anyio.Event | None = None
         self._metadata_lock: anyio.Lock | None = None
         self._stale_topics: set[str] = set()
@@ -226,6 +232,9 @@ class Producer:
         self._closed = False
         # Hot-path alias of the cluster's partition-count cache (filled on start).
         self._partition_counts: dict[str, int] = {}
+        # With retries a partition has one batch in flight; the last one sent per
+        # partition tells whether a new batch could leave now (see send_nowait).
+        self._last_sent: dict[tuple[str, int], ProducerBatch] = {}
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -399,7 +408,11 @@ class Producer:
         batch, delta, _wake = accumulator.append(
             topic, partition, value, key, encoded_headers, timestamp_ms, self._clock_ms()
         )
-        self._wake_sender()
+        last_sent = self._last_sent.get((topic, partition))
+        if last_sent is None or last_sent.done or self.retries_max == 0:
+            # Otherwise the partition's batch in flight (or waiting to be retried)
+            # holds this one back, and its outcome wakes the sender anyway.
+            self._wake_sender()
         return RecordHandle(batch, delta)
 
     async def wait_for_space(self) -> None:
@@ -533,6 +546,7 @@ class Producer:
 
     async def _sender_loop(self) -> None:
         accumulator = self._accumulator
+        new_event = EventLoopTools().event
         while not self._closed:
             if self._stale_topics:
                 await self._refresh_stale_topics()
@@ -542,10 +556,12 @@ class Producer:
                 await self._send_batches(batches)
                 continue
             wait_ms = accumulator.next_ready_ms(now_ms)
-            self._wake = wake = anyio.Event()
-            timeout_s = math.inf if wait_ms is None else wait_ms / 1000
-            with anyio.move_on_after(timeout_s):
+            self._wake = wake = new_event()
+            if wait_ms is None:  # nothing lingers: only a new batch or a response wakes us
                 await wake.wait()
+            else:
+                with anyio.move_on_after(wait_ms / 1000):
+                    await wake.wait()
 
     async def _refresh_stale_topics(self) -> None:
         topics = sorted(self._stale_topics)
@@ -568,6 +584,7 @@ class Producer:
                 )
                 continue
             by_leader.setdefault(leader, []).append(batch)
+            self._last_sent[(batch.topic, batch.partition)] = batch
         for leader, group in by_leader.items():
             try:
                 connection = await cluster.connection_for_node(leader)
@@ -621,7 +638,13 @@ class Producer:
         )
         payload = [batch.payload or b"" for batch in ordered]
         try:
-            pending = await connection.send(request, payload, wants_response=self.acks != 0)
+            pending = await connection.send(
+                request,
+                payload,
+                wants_response=self.acks != 0,
+                timeout_ms=self.request_timeout_ms + 5_000,
+                on_done=partial(self._produce_done, ordered),
+            )
         except DistributaryError as error:
             for batch in ordered:
                 self._handle_error(batch, error)
@@ -630,15 +653,12 @@ class Producer:
             for batch in ordered:
                 self._accumulator.complete(batch, -1)
             self._signal_space()
-            return
-        assert self._task_group is not None
-        self._task_group.start_soon(self._await_response, connection, pending, ordered)
 
-    async def _await_response(
-        self, connection: BrokerConnection, pending: PendingResponse, batches: list[ProducerBatch]
-    ) -> None:
+    def _produce_done(self, batches: list[ProducerBatch], pending: PendingResponse) -> None:
+        """The response (or the error) of a Produce request: complete, retry or fail
+        each batch.  Runs inside the connection's dispatch: no awaiting here."""
         try:
-            response = await connection.wait(pending, self.request_timeout_ms + 5_000)
+            response = pending.result()
         except DistributaryError as error:
             for batch in batches:
                 self._handle_error(batch, error)
@@ -646,21 +666,31 @@ class Producer:
             return
         body = response.body
         assert isinstance(body, ProduceResponse)
-        results = {
-            (topic.name, part.partition): part for topic in body.topics for part in topic.partitions
-        }
-        for batch in batches:
-            result = results.get((batch.topic, batch.partition))
-            if result is None:
-                self._handle_error(
-                    batch, ProtocolError(f"no produce result for {batch.topic}-{batch.partition}")
-                )
-            elif result.error_code:
-                self._handle_error(batch, error_for_code(result.error_code, result.error_message))
-            else:
-                self._accumulator.complete(batch, result.base_offset)
+        topics = body.topics
+        if len(topics) == 1 and len(topics[0].partitions) == 1 and len(batches) == 1:
+            # The common case (one partition per request): no lookup table.
+            batch = batches[0]
+            only = topics[0].partitions[0]
+            matches = topics[0].name == batch.topic and only.partition == batch.partition
+            self._complete(batch, only if matches else None)
+        else:
+            results = {
+                (topic.name, part.partition): part for topic in topics for part in topic.partitions
+            }
+            for batch in batches:
+                self._complete(batch, results.get((batch.topic, batch.partition)))
         self._signal_space()
         self._wake_sender()
+
+    def _complete(self, batch: ProducerBatch, result: ProducePartitionResponse | None) -> None:
+        if result is None:
+            self._handle_error(
+                batch, ProtocolError(f"no produce result for {batch.topic}-{batch.partition}")
+            )
+        elif result.error_code:
+            self._handle_error(batch, error_for_code(result.error_code, result.error_message))
+        else:
+            self._accumulator.complete(batch, result.base_offset)
 
     def _handle_error(self, batch: ProducerBatch, error: DistributaryError) -> None:
         """Retry ``batch`` later if the error allows it, else fail its records."""

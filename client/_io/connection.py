@@ -1,29 +1,52 @@
-"""One TCP connection to one broker: the anyio shell around the sans-I/O ClientConnection.
+"""One TCP connection to one broker: the I/O shell around the sans-I/O ClientConnection.
 
-Runs on trio and on asyncio alike (anyio).  A reader task feeds received bytes
-into :class:`client.protocol.connection.ClientConnection` and hands each response
-to the waiter registered under its correlation id (an ``anyio.Event`` plus a
-slot).  Writers serialise on a lock, so a request's header and payload are never
-interleaved with another's; many requests may be in flight (pipelining), bounded
-by a semaphore of ``inflight_requests_max`` slots.
+Runs on trio and on asyncio alike (anyio for everything but the socket itself).
+Each received chunk goes straight into
+:class:`client.protocol.connection.ClientConnection`; each response it yields is
+delivered, in the same call, into the :class:`PendingResponse` registered under
+its correlation id: the slot's ``on_done`` callback runs (the producer completes
+its batches there, with no task per request) and a task parked in :meth:`wait`
+wakes.  Many requests may be in flight (pipelining), bounded by
+``inflight_requests_max``; a sender beyond it waits for a slot.
+
+The socket layer differs per event loop, because it is the per-request cost:
+
+- asyncio: a plain ``asyncio.Protocol``.  ``data_received`` runs the dispatch
+  above directly (no reader task to wake, no pause/resume of reading per
+  chunk), and a write is one ``transport.write`` that never interleaves with
+  another frame (it is synchronous); only a full write buffer makes it wait.
+- trio: the socket with one reader task (non-blocking ``recv``, trio's
+  ``wait_readable``).  A write goes straight to the socket when no other write is
+  under way and it has room; otherwise it waits its turn (a write may suspend
+  half-way through a frame, and frames must not interleave).
+
+Timeouts: every slot has a deadline.  One watchdog task per connection sleeps
+until the earliest one and fails the expired slots with RequestTimedOutError (a
+late response is then dropped); there is no cancel scope per request.
 
 Failure model: every socket error, end of stream or protocol error closes the
-connection and fails every waiter with a typed, retriable
+connection and fails every slot with a typed, retriable
 :class:`~client.errors.ConnectionClosedError` (or the ProtocolError itself).
 Users never see ``OSError`` or anyio's exceptions.  Reconnecting is the
 caller's business (:class:`client._io.cluster.Cluster` makes a new connection).
 
-Concurrency: one reader task per connection, started in the owner's task group;
-any number of tasks may call :meth:`send` / :meth:`request` concurrently.
+Concurrency: the watchdog (and on trio the reader) run in the owner's task
+group; any number of tasks may call :meth:`send` / :meth:`request` concurrently.
+``on_done`` callbacks run inside the I/O dispatch: they must be quick, must not
+block and must not raise.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Final
+import asyncio
+import math
+import socket
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final, Protocol
 
 import anyio
 import anyio.abc
+import sniffio
 import structlog
 
 from client.errors import (
@@ -41,13 +64,17 @@ log = structlog.get_logger("client.connection")
 
 Buffer = bytes | bytearray | memoryview
 
-# Bytes asked of the socket per read.  Large enough that a fast fetch stream
-# needs few wakeups, small enough that trio's per-call buffer stays cheap.
+# Bytes asked of the socket per read (trio).  Large enough that a fast fetch
+# stream needs few wakeups, small enough that trio's per-call buffer stays cheap.
 RECEIVE_BYTES: Final = 256 * 1024
 # Small payloads are joined with the header into one write (one syscall).
 JOIN_WRITES_BELOW_BYTES: Final = 64 * 1024
 # Pipelined requests per connection (the broker's own default maximum is 256).
 INFLIGHT_REQUESTS_MAX_DEFAULT: Final = 64
+# asyncio: bytes queued in the transport before a writer waits for the socket to
+# drain.  A few produce requests' worth, so pipelining never waits on the
+# kernel; large enough that a 1 MiB batch is handed over in one call.
+WRITE_BUFFER_BYTES_HIGH: Final = 4 * 1024 * 1024
 _SOCKET_ERRORS: Final = (
     OSError,
     anyio.EndOfStream,
@@ -56,16 +83,74 @@ _SOCKET_ERRORS: Final = (
 )
 
 
+class LoopEvent(Protocol):
+    """What we need of ``asyncio.Event`` / ``trio.Event``."""
+
+    def set(self) -> None: ...
+
+    def is_set(self) -> bool: ...
+
+    async def wait(self) -> Any: ...
+
+
+class EventLoopTools:
+    """The running event loop's native Event class and clock.
+
+    anyio's ``Event()`` and ``current_time()`` look the loop up on every call;
+    on the per-request path we use the native ones directly (both cancel
+    correctly under anyio's cancel scopes: a cancelled wait is a cancelled wait).
+    """
+
+    __slots__ = ("clock", "event", "is_asyncio")
+
+    def __init__(self) -> None:
+        library = sniffio.current_async_library()
+        self.is_asyncio = library == "asyncio"
+        if self.is_asyncio:
+            self.event: Callable[[], LoopEvent] = asyncio.Event
+            self.clock: Callable[[], float] = asyncio.get_running_loop().time
+        else:
+            assert library == "trio", f"unsupported event loop {library!r}"
+            import trio
+
+            self.event = trio.Event
+            self.clock = trio.current_time
+
+
 class PendingResponse:
-    """The slot a response (or the error that replaces it) is delivered into."""
+    """The slot a response (or the error that replaces it) is delivered into.
 
-    __slots__ = ("_event", "correlation_id", "error", "response")
+    ``on_done(slot)``, when set, runs once when the slot completes, inside the
+    connection's dispatch (see the module docstring for its rules).
+    """
 
-    def __init__(self, correlation_id: int) -> None:
+    __slots__ = (
+        "_event",
+        "_event_class",
+        "correlation_id",
+        "deadline",
+        "error",
+        "on_done",
+        "response",
+        "timeout_ms",
+    )
+
+    def __init__(
+        self,
+        correlation_id: int,
+        deadline: float,
+        timeout_ms: int,
+        event_class: Callable[[], LoopEvent],
+        on_done: Callable[[PendingResponse], None] | None = None,
+    ) -> None:
         self.correlation_id = correlation_id
+        self.deadline = deadline
+        self.timeout_ms = timeout_ms
         self.response: IncomingResponse | None = None
         self.error: DistributaryError | None = None
-        self._event = anyio.Event()
+        self.on_done = on_done
+        self._event_class = event_class
+        self._event: LoopEvent | None = None
 
     @property
     def done(self) -> bool:
@@ -73,11 +158,39 @@ class PendingResponse:
 
     def resolve(self, response: IncomingResponse) -> None:
         self.response = response
-        self._event.set()
+        self._finish()
 
     def fail(self, error: DistributaryError) -> None:
         self.error = error
-        self._event.set()
+        self._finish()
+
+    def _finish(self) -> None:
+        on_done = self.on_done
+        if on_done is not None:
+            self.on_done = None
+            on_done(self)
+        if self._event is not None:
+            self._event.set()
+
+    async def wait_done(self) -> None:
+        """Park until the slot is resolved or failed."""
+        if self.done:
+            return
+        if self._event is None:
+            self._event = self._event_class()
+        await self._event.wait()
+
+    def result(self) -> IncomingResponse:
+        """The response of a done slot.  Raises the slot's error (ConnectionClosedError,
+        ProtocolError, RequestTimedOutError) or the typed error of an ErrorResponse."""
+        if self.error is not None:
+            raise self.error
+        response = self.response
+        assert response is not None, "the slot is not done yet"
+        body = response.body
+        if type(body) is ErrorResponse:
+            raise error_for_code(body.error_code, body.error_message)
+        return response
 
 
 async def open_connection(
@@ -89,13 +202,19 @@ async def open_connection(
     request_timeout_ms: int,
     inflight_requests_max: int = INFLIGHT_REQUESTS_MAX_DEFAULT,
 ) -> BrokerConnection:
-    """Connect and start the reader task in ``task_group``.
+    """Connect and start the connection's tasks in ``task_group``.
 
     Raises BrokerUnavailableError when the broker cannot be reached in time.
     """
+    tools = EventLoopTools()
     try:
         with anyio.fail_after(connect_timeout_ms / 1000):
-            stream = await anyio.connect_tcp(host, port)
+            if tools.is_asyncio:
+                loop = asyncio.get_running_loop()
+                _, socket_layer = await loop.create_connection(_AsyncioTransport, host, port)
+                transport: _AsyncioTransport | _TrioTransport = socket_layer
+            else:
+                transport = _TrioTransport(await anyio.connect_tcp(host, port))
     except TimeoutError:
         raise BrokerUnavailableError(
             f"broker {host}:{port} did not accept a connection within {connect_timeout_ms} ms"
@@ -104,13 +223,17 @@ async def open_connection(
         reason = error.strerror or str(error) or type(error).__name__
         raise BrokerUnavailableError(f"cannot connect to broker {host}:{port}: {reason}") from None
     connection = BrokerConnection(
-        stream,
+        transport,
+        tools,
         host,
         port,
         request_timeout_ms=request_timeout_ms,
         inflight_requests_max=inflight_requests_max,
     )
-    task_group.start_soon(connection.read_loop)
+    transport.attach(connection)
+    if isinstance(transport, _TrioTransport):
+        task_group.start_soon(connection.read_loop)
+    task_group.start_soon(connection.watch_deadlines)
     return connection
 
 
@@ -119,21 +242,28 @@ class BrokerConnection:
 
     def __init__(
         self,
-        stream: anyio.abc.ByteStream,
+        transport: _AsyncioTransport | _TrioTransport,
+        tools: EventLoopTools,
         host: str,
         port: int,
         *,
         request_timeout_ms: int,
         inflight_requests_max: int,
     ) -> None:
+        assert inflight_requests_max >= 1, inflight_requests_max
         self.host = host
         self.port = port
         self.request_timeout_ms = request_timeout_ms
-        self._stream = stream
+        self._transport = transport
+        self._tools = tools
+        self._clock = tools.clock
         self._protocol = ClientConnection(inflight_requests_max=inflight_requests_max * 4)
         self._waiters: dict[int, PendingResponse] = {}
-        self._write_lock = anyio.Lock()
-        self._slots = anyio.Semaphore(inflight_requests_max)
+        self._inflight_requests_max = inflight_requests_max
+        self._slot_freed: LoopEvent | None = None
+        # The watchdog sleeps until _watch_until; an earlier deadline wakes it.
+        self._watch_until = math.inf
+        self._watch_wake: LoopEvent | None = None
         self._closed = False
         self._close_reason = "connection closed"
         self._log = log.bind(broker=f"{host}:{port}")
@@ -152,83 +282,100 @@ class BrokerConnection:
         payload: Sequence[Buffer] = (),
         *,
         wants_response: bool = True,
+        timeout_ms: int | None = None,
+        on_done: Callable[[PendingResponse], None] | None = None,
     ) -> PendingResponse | None:
         """Write one request (header, body, then the payload buffers in order).
 
         Returns the slot its response will land in (None when ``wants_response``
-        is false).  Waits for a free in-flight slot first.  Raises
-        ConnectionClosedError if the connection is or becomes closed.
+        is false); the slot fails with RequestTimedOutError ``timeout_ms`` (default:
+        the connection's request timeout) from now.  ``on_done`` is set on the slot
+        before the request leaves, so it cannot miss the response.  Waits for a
+        free in-flight slot first.  Raises ConnectionClosedError if the connection
+        is or becomes closed (``on_done`` is then never called).
         """
+        if len(self._waiters) >= self._inflight_requests_max:
+            await self._wait_for_slot()
         if self._closed:
             raise ConnectionClosedError(self._close_reason)
-        await self._slots.acquire()
+        payload_length = 0
+        for part in payload:
+            payload_length += len(part)
+        correlation_id, head = self._protocol.send_request(
+            body, payload_length, wants_response=wants_response
+        )
         pending: PendingResponse | None = None
-        try:
-            async with self._write_lock:
-                if self._closed:
-                    raise ConnectionClosedError(self._close_reason)
-                payload_length = sum(len(part) for part in payload)
-                correlation_id, head = self._protocol.send_request(
-                    body, payload_length, wants_response=wants_response
-                )
-                if wants_response:
-                    pending = PendingResponse(correlation_id)
-                    self._waiters[correlation_id] = pending
-                await self._write(head, payload, payload_length)
-        except BaseException:
-            if pending is not None:
-                self._waiters.pop(pending.correlation_id, None)
-            self._slots.release()
-            raise
-        if pending is None:
-            self._slots.release()
-        return pending
-
-    async def _write(self, head: bytes, payload: Sequence[Buffer], payload_length: int) -> None:
+        if wants_response:
+            if timeout_ms is None:
+                timeout_ms = self.request_timeout_ms
+            deadline = self._clock() + timeout_ms / 1000
+            pending = PendingResponse(
+                correlation_id, deadline, timeout_ms, self._tools.event, on_done
+            )
+            self._waiters[correlation_id] = pending
+            if deadline < self._watch_until:
+                self._wake_watchdog()
+        transport = self._transport
         try:
             if payload_length < JOIN_WRITES_BELOW_BYTES:
-                await self._stream.send(b"".join([head, *payload]))
+                frame: list[Buffer] = [b"".join([head, *payload])] if payload else [head]
             else:
-                await self._stream.send(head)
-                for part in payload:
-                    await self._stream.send(part)  # type: ignore[arg-type]
-        except _SOCKET_ERRORS as error:
-            self._mark_closed(f"write to {self.host}:{self.port} failed: {_describe(error)}")
-            raise ConnectionClosedError(self._close_reason) from None
-        except BaseException:
-            # Cancelled mid-write: the byte stream is no longer framed correctly.
-            self._mark_closed("a write was cancelled half-way")
+                frame = [head, *payload]
+            await transport.send_frame(frame)
+        except BaseException as error:
+            # Our own slot is not failed through on_done: the caller gets the error.
+            if pending is not None:
+                self._forget(pending)
+            if isinstance(error, _SOCKET_ERRORS):
+                self._mark_closed(f"write to {self.host}:{self.port} failed: {_describe(error)}")
+                raise ConnectionClosedError(self._close_reason) from None
+            if isinstance(error, ConnectionClosedError):
+                self._mark_closed(error.message)
+                raise
+            if transport.frame_torn:
+                # Cancelled mid-write: the byte stream is no longer framed correctly.
+                self._mark_closed("a write was cancelled half-way")
             raise
+        return pending
+
+    async def _wait_for_slot(self) -> None:
+        for _ in range(1 << 30):  # bounded: every wake re-checks
+            if self._closed or len(self._waiters) < self._inflight_requests_max:
+                return
+            if self._slot_freed is None:
+                self._slot_freed = self._tools.event()
+            await self._slot_freed.wait()
+
+    def _forget(self, pending: PendingResponse) -> None:
+        """Drop a slot without completing it (a late response is then ignored)."""
+        if self._waiters.pop(pending.correlation_id, None) is not None:
+            self._slot_released()
+
+    def _slot_released(self) -> None:
+        slot_freed = self._slot_freed
+        if slot_freed is not None:
+            self._slot_freed = None
+            slot_freed.set()
 
     async def wait(
         self, pending: PendingResponse, timeout_ms: int | None = None
     ) -> IncomingResponse:
         """The response for ``pending``.  Raises RequestTimedOutError after
-        ``timeout_ms`` (default: the connection's request timeout), the typed error
-        of an ErrorResponse, or ConnectionClosedError / ProtocolError."""
-        try:
-            if not pending.done:
-                timeout_s = (
-                    timeout_ms if timeout_ms is not None else self.request_timeout_ms
-                ) / 1000
-                with anyio.move_on_after(timeout_s):
-                    await pending._event.wait()
-            if pending.error is not None:
-                raise pending.error
-            response = pending.response
-            if response is None:
-                raise RequestTimedOutError(
-                    f"no response from {self.host}:{self.port} within "
-                    f"{timeout_ms or self.request_timeout_ms} ms"
-                )
-        finally:
-            # A late response is dropped by the reader (no waiter left).
-            if self._waiters.pop(pending.correlation_id, None) is not None:
-                self._slots.release()
-        body = response.body
-        if type(body) is ErrorResponse:
-            raise error_for_code(body.error_code, body.error_message)
-        return response
+        ``timeout_ms`` from now (default: the deadline set by :meth:`send`), the
+        typed error of an ErrorResponse, or ConnectionClosedError / ProtocolError."""
+        if not pending.done:
+            if timeout_ms is not None:
+                pending.timeout_ms = timeout_ms
+                pending.deadline = self._clock() + timeout_ms / 1000
+                if pending.deadline < self._watch_until:
+                    self._wake_watchdog()
+            try:
+                await pending.wait_done()
+            finally:
+                # Cancelled: nobody wants the response any more.
+                if not pending.done:
+                    self._forget(pending)
+        return pending.result()
 
     async def request(
         self,
@@ -238,52 +385,302 @@ class BrokerConnection:
         timeout_ms: int | None = None,
     ) -> IncomingResponse:
         """Send and wait; see :meth:`send` and :meth:`wait` for what it raises."""
-        pending = await self.send(body, payload)
+        pending = await self.send(body, payload, timeout_ms=timeout_ms)
         assert pending is not None
-        return await self.wait(pending, timeout_ms)
+        return await self.wait(pending)
+
+    # -- receiving ----------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        """Bytes from the socket: deliver every complete response.  Raises ProtocolError."""
+        protocol = self._protocol
+        protocol.receive_data(data)
+        waiters = self._waiters
+        while (response := protocol.next_response()) is not None:
+            pending = waiters.pop(response.correlation_id, None)
+            if pending is not None:
+                if self._slot_freed is not None:
+                    self._slot_released()
+                pending.resolve(response)
+
+    def connection_lost(self, reason: str, error: DistributaryError | None = None) -> None:
+        """The transport is gone (or broke the protocol): fail every slot."""
+        self._mark_closed(reason, error)
+
+    def protocol_error(self, error: ProtocolError) -> str:
+        self._log.warning("protocol error from broker", error=str(error))
+        return f"protocol error from {self.host}:{self.port}: {error}"
+
+    def lost_reason(self, error: BaseException | None) -> str:
+        if error is None:
+            return f"connection to {self.host}:{self.port} lost: end of stream"
+        return f"connection to {self.host}:{self.port} lost: {_describe(error)}"
 
     async def read_loop(self) -> None:
-        """The reader task: bytes in, responses out to their waiters, until closed."""
+        """trio only: the reader task, until the connection closes."""
+        transport = self._transport
+        assert isinstance(transport, _TrioTransport)
         reason = "connection closed"
         error: DistributaryError | None = None
         try:
-            protocol = self._protocol
-            waiters = self._waiters
-            receive = self._stream.receive
-            while True:
-                data = await receive(RECEIVE_BYTES)
-                protocol.receive_data(data)
-                while (response := protocol.next_response()) is not None:
-                    pending = waiters.pop(response.correlation_id, None)
-                    if pending is not None:
-                        self._slots.release()
-                        pending.resolve(response)
+            receive = transport.receive
+            data_received = self.data_received
+            while data := await receive():
+                data_received(data)
+            reason = self.lost_reason(None)
         except _SOCKET_ERRORS as socket_error:
-            reason = f"connection to {self.host}:{self.port} lost: {_describe(socket_error)}"
+            reason = self.lost_reason(socket_error)
         except ProtocolError as protocol_error:
-            self._log.warning("protocol error from broker", error=str(protocol_error))
-            reason = f"protocol error from {self.host}:{self.port}: {protocol_error}"
+            reason = self.protocol_error(protocol_error)
             error = protocol_error
         finally:
             self._mark_closed(reason, error)
             with anyio.CancelScope(shield=True):
-                await self._stream.aclose()
+                await transport.aclose()
+
+    # -- timeouts -----------------------------------------------------------------------
+
+    def _wake_watchdog(self) -> None:
+        self._watch_until = -math.inf  # until it re-arms, every new deadline wakes it
+        wake = self._watch_wake
+        if wake is not None:
+            self._watch_wake = None
+            wake.set()
+
+    async def watch_deadlines(self) -> None:
+        """The watchdog task: fails slots whose deadline passed.  Closes the
+        connection when cancelled (its owner is closing)."""
+        try:
+            for _ in range(1 << 62):  # one pass per deadline reached or new earliest
+                if self._closed:
+                    return
+                now = self._clock()
+                earliest = math.inf
+                expired: list[PendingResponse] = []
+                for pending in self._waiters.values():
+                    if pending.deadline <= now:
+                        expired.append(pending)
+                    elif pending.deadline < earliest:
+                        earliest = pending.deadline
+                for pending in expired:
+                    self._forget(pending)
+                    pending.fail(
+                        RequestTimedOutError(
+                            f"no response from {self.host}:{self.port} within "
+                            f"{pending.timeout_ms} ms"
+                        )
+                    )
+                if expired:
+                    continue
+                # With nothing earlier in flight, look again one request timeout from
+                # now: a typical new deadline is later, so sends rarely wake us.
+                wake_at = min(earliest, now + self.request_timeout_ms / 1000)
+                self._watch_until = wake_at
+                self._watch_wake = wake = self._tools.event()
+                with anyio.move_on_after(wake_at - now):
+                    await wake.wait()
+        finally:
+            self._mark_closed("connection closed")
+            with anyio.CancelScope(shield=True):
+                await self._transport.aclose()
+
+    # -- closing ------------------------------------------------------------------------
 
     def _mark_closed(self, reason: str, error: DistributaryError | None = None) -> None:
         if not self._closed:
             self._closed = True
             self._close_reason = reason
+            self._wake_watchdog()
         waiters = list(self._waiters.values())
         self._waiters.clear()
+        self._slot_released()
         for pending in waiters:
-            self._slots.release()
             pending.fail(error if error is not None else ConnectionClosedError(self._close_reason))
 
     async def aclose(self) -> None:
         """Close the socket; waiters fail with ConnectionClosedError."""
         self._mark_closed("connection closed by the client")
         with anyio.CancelScope(shield=True):
-            await self._stream.aclose()
+            await self._transport.aclose()
+
+
+class _AsyncioTransport(asyncio.Protocol):
+    """asyncio: the socket as a Protocol that feeds the connection directly."""
+
+    frame_torn = False  # a frame is written in one synchronous call: never torn
+
+    def __init__(self) -> None:
+        self._transport: asyncio.Transport | None = None
+        self._connection: BrokerConnection | None = None
+        self._buffered: list[bytes] = []  # data that came before attach()
+        self._lost: tuple[str, DistributaryError | None] | None = None
+        self._drained: asyncio.Event | None = None  # set while writing may go on
+
+    def attach(self, connection: BrokerConnection) -> None:
+        self._connection = connection
+        buffered, self._buffered = self._buffered, []
+        for data in buffered:
+            self.data_received(data)
+        if self._lost is not None:
+            connection.connection_lost(*self._lost)
+
+    # asyncio.Protocol callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        transport.set_write_buffer_limits(high=WRITE_BUFFER_BYTES_HIGH)
+
+    def data_received(self, data: bytes) -> None:
+        connection = self._connection
+        if connection is None:
+            self._buffered.append(data)
+            return
+        try:
+            connection.data_received(data)
+        except ProtocolError as error:
+            self._lose(connection.protocol_error(error), error)
+
+    def eof_received(self) -> bool:
+        connection = self._connection
+        self._lose(connection.lost_reason(None) if connection else "end of stream", None)
+        return False  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        connection = self._connection
+        if exc is None:
+            reason = connection.lost_reason(None) if connection else "connection closed"
+        else:
+            reason = connection.lost_reason(exc) if connection else str(exc)
+        self._lose(reason, None)
+        if self._drained is not None:
+            self._drained.set()
+
+    def pause_writing(self) -> None:
+        if self._drained is None or self._drained.is_set():
+            self._drained = asyncio.Event()
+
+    def resume_writing(self) -> None:
+        if self._drained is not None:
+            self._drained.set()
+
+    def _lose(self, reason: str, error: DistributaryError | None) -> None:
+        if self._lost is None:
+            self._lost = (reason, error)
+        if self._transport is not None:
+            self._transport.abort()
+        if self._connection is not None:
+            self._connection.connection_lost(reason, error)
+
+    # what the connection calls
+
+    async def send_frame(self, frame: Sequence[Buffer]) -> None:
+        """Queue the whole frame at once, then wait while the buffer is over its
+        high-water mark.  Raises ConnectionClosedError."""
+        transport = self._transport
+        assert transport is not None
+        if self._lost is not None or transport.is_closing():
+            raise ConnectionClosedError(self._lost[0] if self._lost else "connection closed")
+        for part in frame:
+            transport.write(part)
+        drained = self._drained
+        if drained is not None and not drained.is_set():
+            await drained.wait()
+            if self._lost is not None:
+                raise ConnectionClosedError(self._lost[0])
+
+    async def aclose(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+        await anyio.lowlevel.checkpoint()
+
+
+class _TrioTransport:
+    """trio: the connected socket itself, non-blocking, with trio's readiness waits.
+
+    A write goes straight to the socket when no other write is under way and the
+    socket has room (the usual case): no lock, no scheduler trip.  Otherwise it
+    waits its turn, then for writability.
+    """
+
+    def __init__(self, stream: anyio.abc.SocketStream) -> None:
+        import trio
+
+        self._trio = trio
+        self.stream = stream
+        self._socket: socket.socket = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+        self.frame_torn = False
+        self._writing = False
+        self._write_done: LoopEvent | None = None
+
+    def attach(self, connection: BrokerConnection) -> None:
+        pass
+
+    async def receive(self) -> bytes:
+        """The next bytes (b"" at end of stream).  Raises OSError,
+        trio.ClosedResourceError."""
+        sock = self._socket
+        try:
+            data = sock.recv(RECEIVE_BYTES)
+        except BlockingIOError:
+            pass
+        else:
+            await self._trio.lowlevel.checkpoint()  # data was waiting: let others run
+            return data
+        for _ in range(1 << 30):  # bounded: readiness without data is rare
+            await self._wait(self._trio.lowlevel.wait_readable)
+            try:
+                return sock.recv(RECEIVE_BYTES)
+            except BlockingIOError:
+                continue
+        raise AssertionError("socket readable but never gave data")
+
+    async def send_frame(self, frame: Sequence[Buffer]) -> None:
+        """Send the frame's parts in order, not interleaved with another frame.
+        Raises OSError; ``frame_torn`` tells whether a cancellation or an error left
+        part of a frame on the wire."""
+        for _ in range(1 << 30):  # bounded: every wake re-checks
+            if not self._writing:
+                break
+            if self._write_done is None:
+                self._write_done = self._trio.Event()
+            await self._write_done.wait()
+        if self.frame_torn:
+            raise ConnectionClosedError("a write was cancelled half-way")
+        self._writing = True
+        self.frame_torn = True
+        try:
+            for part in frame:
+                await self._send_all(part)
+            self.frame_torn = False
+        finally:
+            self._writing = False
+            write_done = self._write_done
+            if write_done is not None:
+                self._write_done = None
+                write_done.set()
+
+    async def _send_all(self, data: Buffer) -> None:
+        sock = self._socket
+        view = memoryview(data)
+        sent = 0
+        for _ in range(len(view) + 1):  # every successful send moves >= 1 byte
+            if sent >= len(view):
+                return
+            try:
+                sent += sock.send(view[sent:], socket.MSG_NOSIGNAL)
+            except BlockingIOError:
+                await self._wait(self._trio.lowlevel.wait_writable)
+        raise AssertionError("send made no progress")
+
+    async def _wait(self, wait: Callable[[socket.socket], Awaitable[None]]) -> None:
+        try:
+            await wait(self._socket)
+        except self._trio.ClosedResourceError:  # closed under us by aclose()
+            raise anyio.ClosedResourceError from None
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
 
 
 def _describe(error: BaseException) -> str:

@@ -1,17 +1,20 @@
-"""The connection shell against a tiny in-process server: pipelining and typed failures."""
+"""The connection shell against a tiny in-process server: pipelining, callbacks,
+deadlines and typed failures, on trio and on asyncio (each has its own socket layer)."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
+from collections.abc import Awaitable, Callable
 
 import anyio
 import anyio.abc
 import pytest
 import trio
 
-from client._io.connection import open_connection
+from client._io.connection import PendingResponse, open_connection
 from client.errors import BrokerUnavailableError, ConnectionClosedError, RequestTimedOutError
-from client.protocol.connection import ServerConnection
+from client.protocol.connection import BadRequest, IncomingRequest, ServerConnection
 from client.protocol.messages import HelloRequest, HelloResponse, MetadataRequest
 
 
@@ -93,3 +96,123 @@ async def test_refused_connection_is_broker_unavailable() -> None:
                     "127.0.0.1", port, group, connect_timeout_ms=1000, request_timeout_ms=1000
                 )
             assert caught.value.__cause__ is None
+
+
+def on_asyncio(scenario: Callable[[], Awaitable[None]]) -> None:
+    """Run a backend-neutral scenario on a fresh asyncio loop (pytest-trio owns async tests)."""
+
+    async def main() -> None:
+        await scenario()
+
+    asyncio.run(main())
+
+
+async def pipelined_requests_and_callbacks() -> None:
+    with anyio.fail_after(10):
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        async with anyio.create_task_group() as group:
+            group.start_soon(listener.serve, lambda s: serve_hello_then_close(s, 2, 2))
+            connection = await open_connection(
+                "127.0.0.1", port, group, connect_timeout_ms=2000, request_timeout_ms=5000
+            )
+            done: list[PendingResponse] = []
+            answered = await connection.send(HelloRequest("a"), on_done=done.append)
+            waited = await connection.send(HelloRequest("b"))
+            assert answered is not None and waited is not None
+            response = await connection.wait(waited)
+            assert isinstance(response.body, HelloResponse) and response.body.node_id == 7
+            assert done == [answered]  # resolved in the reader, before the later response
+            assert isinstance(answered.result().body, HelloResponse)
+            lost = [await connection.send(MetadataRequest(), on_done=done.append) for _ in range(2)]
+            for item in lost:
+                assert item is not None
+                with pytest.raises(ConnectionClosedError):
+                    await connection.wait(item)
+            assert done[1:] == lost  # the loss ran every callback, with the typed error
+            with pytest.raises(ConnectionClosedError):
+                await connection.send(MetadataRequest(), on_done=done.append)
+            assert len(done) == 3  # a send that raises never calls its callback
+            group.cancel_scope.cancel()
+
+
+async def deadline_fails_slot_and_connection_stays_usable() -> None:
+    with anyio.fail_after(10):
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+
+        async def answer_second_only(stream: anyio.abc.ByteStream) -> None:
+            server = ServerConnection()
+            requests: list[IncomingRequest | BadRequest] = []
+            async with stream:
+                while len(requests) < 2:
+                    server.receive_data(await stream.receive())
+                    while (request := server.next_request()) is not None:
+                        requests.append(request)
+                for request in reversed(requests):  # the first one's answer comes too late
+                    await stream.send(
+                        server.encode_response(
+                            request.api_key, 0, request.correlation_id, HelloResponse(node_id=3)
+                        )
+                    )
+                await anyio.sleep(30)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(listener.serve, answer_second_only)
+            connection = await open_connection(
+                "127.0.0.1", port, group, connect_timeout_ms=2000, request_timeout_ms=5000
+            )
+            failed: list[PendingResponse] = []
+            slow = await connection.send(HelloRequest("slow"), timeout_ms=1, on_done=failed.append)
+            assert slow is not None
+            with pytest.raises(RequestTimedOutError):
+                await connection.wait(slow)
+            assert failed == [slow] and isinstance(slow.error, RequestTimedOutError)
+            response = await connection.request(HelloRequest("second"))
+            assert isinstance(response.body, HelloResponse) and response.body.node_id == 3
+            assert not connection.closed  # the late answer to the first was dropped quietly
+            group.cancel_scope.cancel()
+
+
+async def test_callbacks_resolve_in_order_and_loss_fails_them() -> None:
+    """Proves on_done runs once per slot: with the response, or with the loss's typed error."""
+    await pipelined_requests_and_callbacks()
+
+
+def test_callbacks_on_asyncio() -> None:
+    """Proves the asyncio socket layer delivers responses and losses like the trio one."""
+    on_asyncio(pipelined_requests_and_callbacks)
+
+
+async def test_deadline_fails_one_slot_only() -> None:
+    """Proves an expired slot fails typed (callback included) and its late answer is dropped."""
+    await deadline_fails_slot_and_connection_stays_usable()
+
+
+def test_deadline_on_asyncio() -> None:
+    """Proves the deadline watchdog works on asyncio too."""
+    on_asyncio(deadline_fails_slot_and_connection_stays_usable)
+
+
+def test_silent_broker_times_out_typed_on_asyncio() -> None:
+    """Proves a request with no answer raises RequestTimedOutError on asyncio."""
+
+    async def scenario() -> None:
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+
+        async def silent(stream: anyio.abc.ByteStream) -> None:
+            async with stream:
+                await anyio.sleep(30)
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as group:
+                group.start_soon(listener.serve, silent)
+                connection = await open_connection(
+                    "127.0.0.1", port, group, connect_timeout_ms=2000, request_timeout_ms=100
+                )
+                with pytest.raises(RequestTimedOutError):
+                    await connection.request(HelloRequest())
+                group.cancel_scope.cancel()
+
+    on_asyncio(scenario)
