@@ -35,7 +35,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from client import Admin, Consumer, NewTopic, Producer, TopicPartition
+from client import Admin, Consumer, NewTopic, Producer, TooManyRequestsError, TopicPartition
 
 TOPIC = "bench"
 LAT_TOPIC = "benchlat"
@@ -88,27 +88,47 @@ async def _log_end(address: str, name: str) -> int:
         return offsets[tp]
 
 
-async def dist_produce(peers: ModuleType, cfg: Any, server: Any) -> dict[str, Any]:
+async def dist_produce(
+    peers: ModuleType, cfg: Any, server: Any, api: str = "enqueue"
+) -> dict[str, Any]:
+    """``api="enqueue"``: ``await producer.enqueue(...)`` per record (the async
+    call); ``"send_nowait"``: the synchronous per-record call, awaiting only when
+    the buffer is full (``wait_for_space``) and every 4,096 records."""
     address = f"{peers.HOST}:{server.port}"
-    await _create_topic(address, TOPIC)
+    topic = f"{TOPIC}-{api}"
+    await _create_topic(address, topic)
     payload = os.urandom(cfg.size)
     n = cfg.n
     deadline = time.monotonic() + cfg.phase_timeout
     async with Producer(address, linger_ms=cfg.dist_linger_ms, acks="leader") as producer:
+        await producer.partitions_for(topic)
         with peers.Phase(server) as phase:
-            enqueue = producer.enqueue
-            for index in range(n):
-                if not index & 0xFFFF and time.monotonic() > deadline:
-                    raise peers.BenchError("distributary produce: phase timeout")
-                await enqueue(TOPIC, payload, partition=0)
+            if api == "enqueue":
+                enqueue = producer.enqueue
+                for index in range(n):
+                    if not index & 0xFFFF and time.monotonic() > deadline:
+                        raise peers.BenchError("distributary produce: phase timeout")
+                    await enqueue(topic, payload, partition=0)
+            else:
+                send_nowait = producer.send_nowait
+                for index in range(n):
+                    if not index & 0xFFF:
+                        if time.monotonic() > deadline:
+                            raise peers.BenchError("distributary produce: phase timeout")
+                        await asyncio.sleep(0)
+                    try:
+                        send_nowait(topic, payload, partition=0)
+                    except TooManyRequestsError:  # buffer full: let the sender catch up
+                        await producer.wait_for_space()
+                        send_nowait(topic, payload, partition=0)
             await producer.flush()
-    end = await _log_end(address, TOPIC)
+    end = await _log_end(address, topic)
     if end != n:
         raise peers.BenchError(f"distributary produce: log end {end}, expected {n}")
     return {
         **peers.tput(n, cfg.size, phase.wall),
         **phase.fields(),
-        "params": f"enqueue per record + flush, linger_ms={cfg.dist_linger_ms}, acks=leader, "
+        "params": f"{api} per record + flush, linger_ms={cfg.dist_linger_ms}, acks=leader, "
         "1 partition, no compression",
     }
 
@@ -117,7 +137,7 @@ async def dist_consume(peers: ModuleType, cfg: Any, server: Any) -> dict[str, An
     address = f"{peers.HOST}:{server.port}"
     n, got, payload_bytes = cfg.n, 0, 0
     deadline = time.monotonic() + cfg.phase_timeout
-    tp = TopicPartition(TOPIC, 0)
+    tp = TopicPartition(f"{TOPIC}-enqueue", 0)
     async with Consumer(address, auto_offset_reset="earliest") as consumer:
         await consumer.assign([tp])
         consumer.seek(tp, 0)
@@ -346,6 +366,8 @@ def run_workload(
     if system == "distributary":
         if workload == "produce":
             return asyncio.run(dist_produce(peers, cfg, server))
+        if workload == "produce_nowait":
+            return asyncio.run(dist_produce(peers, cfg, server, "send_nowait"))
         if workload == "consume":
             return asyncio.run(dist_consume(peers, cfg, server))
         if workload == "latency":
@@ -372,7 +394,11 @@ def main() -> int:
     )
     parser.add_argument("--peers-dir", default=None)
     parser.add_argument("--systems", default="distributary,redis,nats")
-    parser.add_argument("--workloads", default="produce,consume,latency")
+    parser.add_argument(
+        "--workloads",
+        default="produce,produce_nowait,consume,latency",
+        help="produce_nowait is Distributary only (the synchronous per-record call)",
+    )
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--size", type=int, default=100)
     parser.add_argument("--reps", type=int, default=3)

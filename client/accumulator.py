@@ -156,10 +156,11 @@ class RecordAccumulator:
         value: bytes | None,
         key: bytes | None,
         headers: Sequence[Header],
-        timestamp_ms: int,
+        timestamp_ms: int | None,
         now_ms: int,
     ) -> tuple[ProducerBatch, int, bool]:
-        """Add a record to its partition's open batch.
+        """Add a record to its partition's open batch (``timestamp_ms`` None: the
+        batch builder reads the wall clock).
 
         Returns ``(batch, offset_delta, wake)``: ``wake`` is true when a batch was
         opened or a full one closed, i.e. when the sender should look again.
