@@ -93,28 +93,22 @@ class Admin:
     async def start(self) -> None:
         """Open the client; ``close()`` must be called from the same task."""
         assert self._task_group is None, "the admin client is already started"
-        task_group = anyio.create_task_group()
-        await task_group.__aenter__()
-        self._task_group = task_group
-        self._cluster = Cluster(
+        self._cluster = await Cluster.open(
             self.bootstrap,
-            task_group,
             client_id=self.client_id,
             connect_timeout_ms=self.connect_timeout_ms,
             request_timeout_ms=self.request_timeout_ms,
             reconnect_attempts_max=self.reconnect_attempts_max,
             rng=self._random,
         )
+        self._task_group = self._cluster.task_group
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        task_group = self._task_group
-        assert task_group is not None and self._cluster is not None, "never started"
-        task_group.cancel_scope.cancel()
-        await self._cluster.aclose()
-        await task_group.__aexit__(None, None, None)
+        assert self._cluster is not None, "never started"
+        await self._cluster.shutdown()
 
     def _require_cluster(self) -> Cluster:
         if self._closed:

@@ -248,18 +248,15 @@ class Consumer:
     async def start(self) -> None:
         """Open the consumer; ``close()`` must be called from the same task."""
         assert self._task_group is None, "the consumer is already started"
-        task_group = anyio.create_task_group()
-        await task_group.__aenter__()
-        self._task_group = task_group
-        self._cluster = Cluster(
+        self._cluster = await Cluster.open(
             self.bootstrap,
-            task_group,
             client_id=self.client_id,
             connect_timeout_ms=self.connect_timeout_ms,
             request_timeout_ms=self.request_timeout_ms,
             reconnect_attempts_max=self.reconnect_attempts_max,
             rng=self._random,
         )
+        self._task_group = self._cluster.task_group
         if self._group_options is not None:
             self._group = GroupMembership(self, self._cluster, self._group_options, self._random)
 
@@ -278,13 +275,9 @@ class Consumer:
             with anyio.CancelScope(shield=True):
                 await self._group.leave()
         self._closed = True
-        task_group = self._task_group
-        assert task_group is not None, "the consumer was never started"
+        assert self._cluster is not None, "the consumer was never started"
         self._signal(data=True, room=True)
-        task_group.cancel_scope.cancel()
-        assert self._cluster is not None
-        await self._cluster.aclose()
-        await task_group.__aexit__(None, None, None)
+        await self._cluster.shutdown()
 
     # -- assignment and positions ---------------------------------------------------------
 

@@ -257,12 +257,8 @@ class Producer:
         """Start the background sender.  ``close()`` must then be called from the
         same task (``async with`` does both)."""
         assert self._task_group is None, "the producer is already started"
-        task_group = anyio.create_task_group()
-        await task_group.__aenter__()
-        self._task_group = task_group
-        self._cluster = Cluster(
+        self._cluster = await Cluster.open(
             self.bootstrap,
-            task_group,
             client_id=self.client_id,
             connect_timeout_ms=self.connect_timeout_ms,
             request_timeout_ms=self.request_timeout_ms,
@@ -270,6 +266,7 @@ class Producer:
             inflight_requests_max=self.inflight_requests_max,
             rng=self._random,
         )
+        self._task_group = task_group = self._cluster.task_group
         self._partition_counts = self._cluster.partition_counts
         self._metadata_lock = anyio.Lock()
         task_group.start_soon(self._sender_loop)
@@ -279,8 +276,7 @@ class Producer:
         Records still unacknowledged afterwards fail with ConnectionClosedError."""
         if self._closed:
             return
-        task_group = self._task_group
-        assert task_group is not None, "the producer was never started"
+        assert self._cluster is not None, "the producer was never started"
         try:
             if flush:
                 await self.flush()
@@ -289,10 +285,7 @@ class Producer:
             self._accumulator.fail_all(lambda: ConnectionClosedError("the producer is closed"))
             self._wake_sender()
             self._signal_space()
-            task_group.cancel_scope.cancel()
-            assert self._cluster is not None
-            await self._cluster.aclose()
-            await task_group.__aexit__(None, None, None)
+            await self._cluster.shutdown()
 
     # -- sending --------------------------------------------------------------------------
 

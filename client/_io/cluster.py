@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 import anyio
 import anyio.abc
@@ -326,6 +326,27 @@ class Cluster:
         self._connections.clear()
         for connection in connections:
             await connection.aclose()
+
+    # -- the owning client's lifecycle ------------------------------------------------
+
+    @classmethod
+    async def open(cls, bootstrap: str | Sequence[str], **options: Any) -> Cluster:
+        """Enter a new task group for a client's background tasks (reader,
+        watchdog, sender, fetchers) and make a Cluster on it.  The caller must
+        :meth:`shutdown` from the same task.  ``options`` as for the constructor."""
+        task_group = anyio.create_task_group()
+        await task_group.__aenter__()
+        return cls(bootstrap, task_group, **options)
+
+    @property
+    def task_group(self) -> anyio.abc.TaskGroup:
+        return self._task_group
+
+    async def shutdown(self) -> None:
+        """Cancel the background tasks, close every connection, leave the task group."""
+        self._task_group.cancel_scope.cancel()
+        await self.aclose()
+        await self._task_group.__aexit__(None, None, None)
 
 
 def _partition_number(partition: PartitionMetadata) -> int:
