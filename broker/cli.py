@@ -12,12 +12,12 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
 from broker.config import ENV_CONFIG_FILE, ConfigError, load_config, read_toml
 from client.cli import register as register_client_commands
+from client.cli.common import OneLineErrors
 from client.errors import DistributaryError
 
 EXAMPLES = """\b
@@ -28,21 +28,6 @@ Examples:
   distributary tail orders -o beginning -e
   distributary perf produce bench --records 1000000 --record-size 100
 """
-
-
-class OneLineErrors(click.Group):
-    """A click group whose errors are a single line (no usage dump, no traceback)."""
-
-    def main(self, *args: Any, **kwargs: Any) -> Any:
-        kwargs["standalone_mode"] = False
-        try:
-            result = super().main(*args, **kwargs)
-        except click.exceptions.Abort:
-            sys.exit(130)
-        except click.ClickException as error:
-            click.echo(f"distributary: error: {error.format_message()}", err=True)
-            sys.exit(error.exit_code)
-        sys.exit(result if isinstance(result, int) else 0)
 
 
 @click.group(cls=OneLineErrors, epilog=EXAMPLES)

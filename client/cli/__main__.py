@@ -6,28 +6,13 @@ Errors print as one line (``distributary: error: ...``) like the real
 
 from __future__ import annotations
 
-import sys
-from typing import Any
-
 import click
 
 from client.cli import register
+from client.cli.common import OneLineErrors
 
 
-class _OneLineErrors(click.Group):
-    def main(self, *args: Any, **kwargs: Any) -> Any:
-        kwargs["standalone_mode"] = False
-        try:
-            result = super().main(*args, **kwargs)
-        except click.exceptions.Abort:
-            sys.exit(130)
-        except click.ClickException as error:
-            click.echo(f"distributary: error: {error.format_message()}", err=True)
-            sys.exit(error.exit_code)
-        sys.exit(result if isinstance(result, int) else 0)
-
-
-@click.group(cls=_OneLineErrors)
+@click.group(cls=OneLineErrors)
 def main() -> None:
     """Distributary client commands."""
 

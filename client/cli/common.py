@@ -56,6 +56,23 @@ F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 
 
+class OneLineErrors(click.Group):
+    """A click group whose errors are one line on stderr (``distributary: error:
+    ...``), never a usage dump or a traceback: usage errors exit 2, operating
+    errors 1, Ctrl-C 130.  The ``distributary`` group (broker/cli.py) uses it."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            result = super().main(*args, **kwargs)
+        except click.exceptions.Abort:
+            sys.exit(130)
+        except click.ClickException as error:
+            click.echo(f"distributary: error: {error.format_message()}", err=True)
+            sys.exit(error.exit_code)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
 class CommandError(Exception):
     """A failure the command already described in one line (exit code 1)."""
 
