@@ -39,9 +39,9 @@ from typing import Any, Final, Literal
 
 import anyio
 import anyio.abc
-import structlog
 
 from client._io.cluster import Cluster, backoff_ms
+from client._logging import get_logger
 from client.errors import (
     ConnectionClosedError,
     DistributaryError,
@@ -74,7 +74,7 @@ from client.records.decoder import Record, RecordDecoder, ValueFormat
 from client.records.header import BATCH_BYTES_MAX_DEFAULT
 from client.types import MiB, OffsetReset, PartitionLag, TopicPartition
 
-log = structlog.get_logger("client.consumer")
+log = get_logger("client.consumer")
 
 ConsumerRecord = Record
 # Fetched chunks (one decoded fetch response share) buffered per partition

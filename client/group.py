@@ -42,9 +42,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 import anyio
-import structlog
 
 from client._io.cluster import Cluster, backoff_ms
+from client._logging import get_logger
 from client.errors import (
     DistributaryError,
     FencedMemberEpochError,
@@ -72,7 +72,7 @@ from client.types import TopicPartition
 if TYPE_CHECKING:
     from client.consumer import Consumer
 
-log = structlog.get_logger("client.group")
+log = get_logger("client.group")
 
 PartitionsCallback = Callable[[set[TopicPartition]], Awaitable[None] | None]
 RETRY_BACKOFF_MS: Final = 100

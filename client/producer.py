@@ -32,7 +32,6 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 import msgspec
-import structlog
 
 from client._io.cluster import Cluster, backoff_ms
 from client._io.connection import (
@@ -41,6 +40,7 @@ from client._io.connection import (
     LoopEvent,
     PendingResponse,
 )
+from client._logging import get_logger
 from client.accumulator import (
     RECORD_BYTES_OVERHEAD,
     ProducerBatch,
@@ -68,7 +68,7 @@ from client.records.builder import Header
 from client.records.header import BATCH_BYTES_MAX_DEFAULT, Compression
 from client.types import MiB, RecordMetadata
 
-log = structlog.get_logger("client.producer")
+log = get_logger("client.producer")
 
 CompressionName = Literal["none", "gzip", "lz4", "zstd"]
 AcksSetting = Literal["none", "leader", "all", 0, 1, -1]

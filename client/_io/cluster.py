@@ -19,13 +19,13 @@ from typing import Any, Final, TypeVar
 
 import anyio
 import anyio.abc
-import structlog
 
 from client._io.connection import (
     INFLIGHT_REQUESTS_MAX_DEFAULT,
     BrokerConnection,
     open_connection,
 )
+from client._logging import get_logger
 from client.errors import (
     BrokerUnavailableError,
     DistributaryError,
@@ -42,7 +42,7 @@ from client.protocol.messages import (
     TopicMetadata,
 )
 
-log = structlog.get_logger("client.cluster")
+log = get_logger("client.cluster")
 
 DEFAULT_PORT: Final = 9392
 CLIENT_SOFTWARE: Final = "distributary-python"

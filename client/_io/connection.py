@@ -47,8 +47,8 @@ from typing import Any, Final, Protocol
 import anyio
 import anyio.abc
 import sniffio
-import structlog
 
+from client._logging import get_logger
 from client.errors import (
     BrokerUnavailableError,
     ConnectionClosedError,
@@ -60,7 +60,7 @@ from client.errors import (
 from client.protocol.connection import ClientConnection, IncomingResponse
 from client.protocol.messages import ErrorResponse, Request
 
-log = structlog.get_logger("client.connection")
+log = get_logger("client.connection")
 
 Buffer = bytes | bytearray | memoryview
 
