@@ -150,7 +150,7 @@ class Partition:
         try:
             self._check_open()
             end_before = self._log.end_offset
-            appended = await self._log.append(_whole_buffer_or_view(payload))
+            appended = await self._log.append(payload)
         finally:
             lock.release()
         assert appended.base_offset == end_before, (appended, end_before)
@@ -209,12 +209,3 @@ class Partition:
     def _check_open(self) -> None:
         if self.closed:
             raise UnknownTopicOrPartitionError(f"{self.topic}-{self.index} is closed")
-
-
-def _whole_buffer_or_view(view: memoryview) -> bytearray | memoryview:
-    """The bytearray behind ``view`` when the view covers all of it (a one-partition
-    produce), so the log stamps offsets in place instead of copying the payload."""
-    owner = view.obj
-    if isinstance(owner, bytearray) and view.c_contiguous and view.nbytes == len(owner):
-        return owner
-    return view

@@ -311,7 +311,9 @@ class Log:
         self, batches: bytes | bytearray | memoryview, *, leader_epoch: int | None = None
     ) -> AppendResult:
         """Validate, stamp and write one or more whole batches; returns the offsets
-        they got.  A ``bytearray`` is stamped in place; other buffers are copied once.
+        they got.  A ``bytearray`` or a writable byte ``memoryview`` (a Produce
+        payload cut out of the request's buffer) is stamped in place; other buffers
+        are copied once.
 
         Never fsyncs (see :meth:`needs_flush`).  Raises InvalidBatchError (empty
         payload), BatchTooLargeError, CorruptBatchError and the other
@@ -324,7 +326,16 @@ class Log:
             raise InvalidBatchError("append of an empty payload")
         if payload_bytes > SEGMENT_BYTES_LIMIT:
             raise BatchTooLargeError(f"append of {payload_bytes} bytes exceeds a segment")
-        buffer = batches if isinstance(batches, bytearray) else bytearray(batches)
+        buffer: bytearray | memoryview
+        if isinstance(batches, bytearray) or (
+            isinstance(batches, memoryview)
+            and not batches.readonly
+            and batches.c_contiguous
+            and batches.itemsize == 1
+        ):
+            buffer = batches
+        else:
+            buffer = bytearray(batches)
         headers = iter_batches(buffer, batch_bytes_max=self.config.batch_bytes_max)
         now_ms = self._clock_ms()
         incoming_offsets = sum(header.record_count for header in headers)

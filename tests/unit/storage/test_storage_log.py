@@ -32,6 +32,21 @@ def test_append_assigns_offsets_and_stamps(log: Log) -> None:
     log.check_invariants()
 
 
+def test_writable_view_of_a_request_buffer_is_stamped_in_place(log: Log) -> None:
+    """A Produce payload cut out of a larger request buffer (a writable memoryview)
+    is stamped in that buffer, not copied; a read-only view is copied and left alone."""
+    log.append(make_batch(0, 2))
+    batch = make_batch(2, 3)
+    request = bytearray(b"head" + batch + b"tail")
+    log.append(memoryview(request)[4 : 4 + len(batch)])
+    assert int.from_bytes(request[4:12], "big") == 2  # base offset written in place
+    assert request[:4] == b"head" and request[-4:] == b"tail"
+    frozen = bytes(make_batch(5, 1))
+    log.append(memoryview(frozen))
+    assert int.from_bytes(frozen[:8], "big") == 0  # the caller's bytes are untouched
+    assert read_all(log) == [(offset, b"v%d" % offset) for offset in range(6)]
+
+
 def test_append_rejects_bad_payloads_whole(log: Log) -> None:
     """A corrupt or empty payload raises and appends nothing (not even its good batches)."""
     good = make_batch(0, 1)
