@@ -4,7 +4,10 @@ around it (an append lock, long-poll waiters, the maintenance schedule).
 Every call into broker/storage's log is in this module, so the rest of the broker
 does not depend on the storage API's details.  An append validates each batch's
 header and CRC (client.records.header.iter_batches), lets the log stamp offsets,
-and wakes every Fetch waiting on the partition.  No per-record work anywhere.
+and wakes every Fetch waiting on the partition.  Batches of an idempotent producer
+first pass the partition's producer-state check (broker/producer_state.py): a
+retried duplicate is answered with its first offsets instead of being appended.
+No per-record work anywhere.
 
 Concurrency: one trio task at a time appends (``_append_lock``), because the log
 assigns offsets; reads may run concurrently with an append (the log hands out
@@ -21,14 +24,17 @@ from pathlib import Path
 import trio
 
 from broker.logging import get_logger
+from broker.producer_state import REBUILD_SCAN_BYTES_MAX, ProducerStateTable, Verdict
 from broker.storage.async_log import AsyncLog
 from broker.storage.config import LogConfig
 from broker.storage.file_handle import FileRegion
 from client.errors import (
     InvalidBatchError,
     OffsetOutOfRangeError,
+    OutOfOrderSequenceError,
     UnknownTopicOrPartitionError,
 )
+from client.records.header import BatchHeader, iter_batches
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,8 @@ class Partition:
         self.config = config
         self._log = log
         self._append_lock = trio.Lock()
+        # Idempotent produce (broker/producer_state.py), rebuilt by open().
+        self.producer_states = ProducerStateTable()
         self._waiters: set[trio.Event] = set()
         self.closed = False
         self.logger = get_logger(topic=topic, partition=index)
@@ -84,7 +92,12 @@ class Partition:
             topic=topic,
             partition=index,
         )
-        return cls(topic, index, log, config)
+        partition = cls(topic, index, log, config)
+        states = partition.producer_states
+        await trio.to_thread.run_sync(
+            lambda: states.replay(log.log.tail_header_fields(REBUILD_SCAN_BYTES_MAX))
+        )
+        return partition
 
     # -- reads ------------------------------------------------------------------------
 
@@ -137,11 +150,19 @@ class Partition:
         every header and CRC and stamps the offsets; with FlushPolicy.EVERY_APPEND
         it returns once the bytes are fsynced.
 
+        Batches with a producer id go through the idempotence check one by one,
+        in order (header fields only): a retried batch already in the log is not
+        appended again and answers with its remembered offsets.
+
         Raises RecordBatchError subclasses (bad header, CRC, size: nothing is
+        appended), OutOfOrderSequenceError (batches before the offending one are
         appended), UnknownTopicOrPartitionError (deleted meanwhile), StorageError.
         """
         if payload.nbytes == 0:
             raise InvalidBatchError("produce payload for a partition holds no batch")
+        # Header shapes only (the log verifies CRCs); a limit the log enforces itself.
+        headers = iter_batches(payload, batch_bytes_max=payload.nbytes, verify_crc=False)
+        idempotent = any(header.producer_id >= 0 for header in headers)
         lock = self._append_lock
         try:
             lock.acquire_nowait()  # uncontended (the usual case): no scheduler trip
@@ -149,20 +170,77 @@ class Partition:
             await lock.acquire()
         try:
             self._check_open()
-            end_before = self._log.end_offset
-            appended = await self._log.append(payload)
+            if idempotent:
+                result = await self._append_idempotent(payload, headers)
+            else:
+                result = await self._append_locked(payload)
         finally:
             lock.release()
-        assert appended.base_offset == end_before, (appended, end_before)
-        assert appended.last_offset >= appended.base_offset >= 0, appended
         self.check_invariants()
         self.wake_waiters()
+        return result
+
+    async def _append_locked(self, payload: memoryview) -> AppendResult:
+        end_before = self._log.end_offset
+        appended = await self._log.append(payload)
+        assert appended.base_offset == end_before, (appended, end_before)
+        assert appended.last_offset >= appended.base_offset >= 0, appended
         return AppendResult(
             appended.base_offset,
             appended.last_offset,
             self._log.start_offset,
             appended.log_append_time_ms,
         )
+
+    async def _append_idempotent(
+        self, payload: memoryview, headers: list[BatchHeader]
+    ) -> AppendResult:
+        """Check and append batch by batch (caller holds the append lock); the
+        result spans the first to the last batch, duplicates included."""
+        states = self.producer_states
+        base_offset = last_offset = -1
+        append_time_ms = -1
+        for header in headers:
+            batch = payload[header.position : header.end]
+            producer_id = header.producer_id
+            if producer_id < 0:
+                result = await self._append_locked(batch)
+            else:
+                epoch, sequence = header.producer_epoch, header.base_sequence
+                if epoch < 0 or sequence < 0:
+                    raise InvalidBatchError(
+                        f"producer {producer_id}: epoch {epoch} and base sequence "
+                        f"{sequence} must not be negative"
+                    )
+                try:
+                    verdict, remembered = states.check(producer_id, epoch, sequence)
+                except OutOfOrderSequenceError:
+                    if base_offset >= 0:
+                        self.wake_waiters()  # earlier batches of the payload went in
+                    raise
+                if verdict is Verdict.DUPLICATE:
+                    assert remembered is not None
+                    self.logger.info(
+                        "duplicate batch", producer_id=producer_id, base_sequence=sequence
+                    )
+                    result = AppendResult(
+                        remembered.base_offset, remembered.last_offset, self._log.start_offset, -1
+                    )
+                else:
+                    result = await self._append_locked(batch)
+                    states.record(
+                        producer_id,
+                        epoch,
+                        sequence,
+                        header.record_count,
+                        result.base_offset,
+                        result.last_offset,
+                    )
+            if base_offset < 0:
+                base_offset = result.base_offset
+                append_time_ms = result.log_append_time_ms
+            last_offset = result.last_offset
+        return AppendResult(base_offset, last_offset, self._log.start_offset, append_time_ms)
 
     # -- long-poll waiters ------------------------------------------------------------
 

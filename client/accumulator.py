@@ -10,10 +10,23 @@ when it is closed (full: the next record would pass ``batch_bytes_max``), when
 its first record is ``linger_ms`` old, or when a flush is in progress.
 
 Ordering: at most ``inflight_batches_per_partition_max`` batches of a partition
-are in flight.  The producer uses 1 whenever retries are enabled, and a batch
-that must be retried goes back to the *front* of its partition's queue, so a
-partition's batches reach the log in the order they were appended even across
-retries (without idempotence, a retried batch may be written twice: at least once).
+are in flight, and a batch that must be retried goes back to its partition's
+queue ahead of every batch sent after it (in send order), so a partition's
+batches reach the log in the order they were appended even across retries.
+Without idempotence the producer allows 1 in flight when retries are enabled,
+and a retried batch may be written twice (at least once).
+
+Idempotence (``producer_id >= 0``): each batch gets its partition's next
+sequence number when it is built (first sent): ``base_sequence`` counts records,
+wrapping at 2^31 as in Kafka, and a retry resends the same bytes.  The broker
+drops a retried batch it already has and refuses one whose sequence does not
+follow (OutOfOrderSequenceError, retriable), so up to 5 batches may be in flight
+per partition.  A retried batch is resent only when nothing else of its
+partition is in flight, and nothing newer leaves while it is in flight, so a
+broker that lost its producer state (restart) cannot see a gap.  When a
+sequenced batch fails for good, the partition's producer epoch goes up and its
+sequence restarts at 0 (the broker accepts a newer epoch as a fresh start);
+batches of the old epoch still queued then fail with out-of-order errors.
 
 Buffer bound: ``buffer_bytes_used`` counts the estimated bytes of every record
 not yet acknowledged (or failed); the shell makes ``enqueue`` wait while it is at
@@ -73,6 +86,7 @@ class ProducerBatch:
         "payload",
         "record_count",
         "retry_at_ms",
+        "send_order",
         "topic",
         "waiter",
     )
@@ -85,6 +99,7 @@ class ProducerBatch:
         self.buffer_bytes = 0
         self.record_count = 0
         self.attempts = 0
+        self.send_order = -1  # per partition, set when first built (sent)
         self.retry_at_ms = 0
         self.payload: bytearray | None = None  # built once, resent as is on retry
         self.done = False
@@ -107,13 +122,21 @@ class ProducerBatch:
         )
 
 
+SEQUENCE_MODULUS: Final = 1 << 31  # base_sequence is an i32 that wraps (Kafka)
+PRODUCER_EPOCH_MAX: Final = (1 << 15) - 1
+
+
 class _PartitionState:
-    __slots__ = ("inflight", "open", "queue")
+    __slots__ = ("epoch", "inflight", "next_sequence", "open", "queue", "retry_inflight", "sent")
 
     def __init__(self) -> None:
         self.open: ProducerBatch | None = None
         self.queue: deque[ProducerBatch] = deque()
         self.inflight = 0
+        self.retry_inflight = 0  # retried batches in flight (at most 1, alone)
+        self.sent = 0  # batches built so far: the next send_order
+        self.epoch = 0  # producer epoch of new batches (idempotence)
+        self.next_sequence = 0  # base_sequence of the next batch built
 
 
 class RecordAccumulator:
@@ -128,9 +151,12 @@ class RecordAccumulator:
         compression: Compression = Compression.NONE,
         inflight_batches_per_partition_max: int = 1,
         on_batch_closed: Callable[[str, int], None] | None = None,
+        producer_id: int = -1,
     ) -> None:
         assert batch_bytes_max > 0 and buffer_bytes_max > 0 and linger_ms >= 0
         assert inflight_batches_per_partition_max >= 1
+        assert -1 <= producer_id < 1 << 63, producer_id
+        self.producer_id = producer_id  # >= 0: idempotent (sequenced) batches
         self.batch_bytes_max = batch_bytes_max
         self.linger_ms = linger_ms
         self.buffer_bytes_max = buffer_bytes_max
@@ -221,12 +247,16 @@ class RecordAccumulator:
         linger_ms = self.linger_ms
         flushing = self.flushing > 0
         for key_tp, state in self._partitions.items():
-            if state.inflight >= self.inflight_batches_per_partition_max:
+            if state.inflight >= self.inflight_batches_per_partition_max or state.retry_inflight:
                 continue
             if state.queue:
                 batch = state.queue[0]
                 if batch.retry_at_ms > now_ms:
                     continue
+                if batch.attempts:
+                    if state.inflight:
+                        continue  # a retry goes alone, after what is in flight
+                    state.retry_inflight += 1
                 state.queue.popleft()
             elif state.open is not None and (
                 flushing or now_ms - state.open.created_ms >= linger_ms
@@ -246,9 +276,11 @@ class RecordAccumulator:
         earliest: int | None = None
         flushing = self.flushing > 0
         for state in self._partitions.values():
-            if state.inflight >= self.inflight_batches_per_partition_max:
+            if state.inflight >= self.inflight_batches_per_partition_max or state.retry_inflight:
                 continue
             if state.queue:
+                if state.queue[0].attempts and state.inflight:
+                    continue  # its in-flight batches' outcomes wake the sender
                 at = state.queue[0].retry_at_ms
             elif state.open is not None:
                 at = now_ms if flushing else state.open.created_ms + self.linger_ms
@@ -257,6 +289,35 @@ class RecordAccumulator:
             if earliest is None or at < earliest:
                 earliest = at
         return None if earliest is None else max(0, earliest - now_ms)
+
+    # -- building (sender) ---------------------------------------------------------------
+
+    def build(self, batch: ProducerBatch, batch_bytes_max: int | None = None) -> bytearray:
+        """The batch's wire bytes; the first call (the first send) gives it its
+        send order and, with idempotence, its producer epoch and base sequence.
+        The sender builds a partition's batches in drain order.
+        Raises BatchTooLargeError (then no sequence number is used up)."""
+        if batch.payload is not None:
+            return batch.payload
+        state = self._partitions[(batch.topic, batch.partition)]
+        builder = batch.builder
+        if self.producer_id >= 0:
+            builder.producer_id = self.producer_id
+            builder.producer_epoch = state.epoch
+            builder.base_sequence = state.next_sequence
+        payload = batch.build(batch_bytes_max)
+        if self.producer_id >= 0:
+            state.next_sequence = (state.next_sequence + batch.record_count) % SEQUENCE_MODULUS
+        batch.send_order = state.sent
+        state.sent += 1
+        return payload
+
+    def is_stale(self, batch: ProducerBatch) -> bool:
+        """True if ``batch`` carries a producer epoch older than its partition's
+        (an earlier batch failed for good): it can never be appended."""
+        state = self._partitions[(batch.topic, batch.partition)]
+        producer_epoch = batch.builder.producer_epoch
+        return batch.payload is not None and 0 <= producer_epoch != state.epoch
 
     # -- completion ---------------------------------------------------------------------
 
@@ -274,24 +335,44 @@ class RecordAccumulator:
             return
         self._finish(batch)
         batch.error = error
+        state = self._partitions[(batch.topic, batch.partition)]
+        sequenced = self.producer_id >= 0 and batch.payload is not None
+        if sequenced and batch.builder.producer_epoch == state.epoch:
+            # A gap in the sequence: start over under a newer epoch.
+            state.epoch = (state.epoch + 1) % (PRODUCER_EPOCH_MAX + 1)
+            state.next_sequence = 0
         _notify(batch)
 
     def retry(self, batch: ProducerBatch, retry_at_ms: int) -> None:
-        """Put an in-flight batch back at the front of its partition's queue."""
+        """Put an in-flight batch back in its partition's queue, ahead of every
+        batch drained after it."""
         if self.closed:
             return
         state = self._partitions[(batch.topic, batch.partition)]
         assert state.inflight > 0 and not batch.done
         state.inflight -= 1
+        if batch.attempts:
+            state.retry_inflight -= 1
         batch.attempts += 1
         batch.retry_at_ms = retry_at_ms
-        state.queue.appendleft(batch)
+        # Sent (built) batches come first, in send order; a batch never built (no
+        # leader yet) is newer than all of them and older than the unsent ones.
+        queue = state.queue
+        order = batch.send_order
+        position = 0
+        for queued in queue:  # bounded by the in-flight limit: few were sent
+            if queued.send_order < 0 or 0 <= order < queued.send_order:
+                break
+            position += 1
+        queue.insert(position, batch)
 
     def _finish(self, batch: ProducerBatch) -> None:
         assert not batch.done, batch
         state = self._partitions[(batch.topic, batch.partition)]
         assert state.inflight > 0
         state.inflight -= 1
+        if batch.attempts:
+            state.retry_inflight -= 1
         batch.done = True
         self._unfinished.discard(batch)
         self.buffer_bytes_used -= batch.buffer_bytes
@@ -316,6 +397,7 @@ class RecordAccumulator:
                 self._close(key_tp)
             state.queue.clear()
             state.inflight = 0
+            state.retry_inflight = 0
         for batch in list(self._unfinished):
             batch.done = True
             batch.error = error_factory()
@@ -327,6 +409,10 @@ class RecordAccumulator:
         total = 0
         for key_tp, state in self._partitions.items():
             assert 0 <= state.inflight <= self.inflight_batches_per_partition_max, key_tp
+            assert 0 <= state.retry_inflight <= 1, key_tp
+            assert not state.retry_inflight or state.inflight == 1, key_tp
+            orders = [batch.send_order for batch in state.queue if batch.send_order >= 0]
+            assert orders == sorted(orders), key_tp
             assert (state.open is None) == (key_tp not in self.open_batches), key_tp
             for batch in state.queue:
                 assert not batch.done and batch in self._unfinished

@@ -55,6 +55,8 @@ class ErrorCode(enum.IntEnum):
     UNKNOWN_GROUP = 53
     REBALANCE_IN_PROGRESS = 54
     COORDINATOR_NOT_AVAILABLE = 55
+    # Idempotent produce.
+    OUT_OF_ORDER_SEQUENCE = 60
 
 
 class DistributaryError(Exception):
@@ -275,6 +277,20 @@ class CoordinatorNotAvailableError(DistributaryError):
     """The group coordinator is not available yet."""
 
     code = ErrorCode.COORDINATOR_NOT_AVAILABLE
+    retriable = True
+
+
+# -- idempotent produce ------------------------------------------------------------------
+
+
+class OutOfOrderSequenceError(DistributaryError):
+    """The batch's sequence does not follow the producer's last one (retry earlier batches).
+
+    An earlier batch of this producer is missing on the partition; the producer
+    resends its earlier batches first.
+    """
+
+    code = ErrorCode.OUT_OF_ORDER_SEQUENCE
     retriable = True
 
 

@@ -115,6 +115,17 @@ def walk_headers(descriptor: int, start_position: int, end_position: int) -> Ite
     """Yield the headers of valid batches from ``start_position`` (a batch start) up
     to ``end_position``, without checking CRCs.  Raises StorageError on an I/O error;
     asserts that the bytes look like batches (they were validated when written)."""
+    for position, fields in walk_header_fields(descriptor, start_position, end_position):
+        yield BatchInfo(
+            position, fields[0], fields[0] + fields[6] + 1, fields[1] + 12, fields[7], fields[8]
+        )
+
+
+def walk_header_fields(
+    descriptor: int, start_position: int, end_position: int
+) -> Iterator[tuple[int, tuple[int, ...]]]:
+    """Like :func:`walk_headers`, but ``(position, all header fields)`` in
+    client.records.header.HEADER order.  Raises StorageError on an I/O error."""
     position = start_position
     chunk = b""
     chunk_start = position
@@ -130,7 +141,5 @@ def walk_headers(descriptor: int, start_position: int, end_position: int) -> Ite
         fields = HEADER.unpack_from(chunk, position - chunk_start)
         batch_bytes = fields[1] + 12
         assert batch_bytes >= HEADER_BYTES and fields[3] == 2, f"not a batch at {position}"
-        yield BatchInfo(
-            position, fields[0], fields[0] + fields[6] + 1, batch_bytes, fields[7], fields[8]
-        )
+        yield position, fields
         position += batch_bytes

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, NamedTuple
@@ -40,7 +40,7 @@ import structlog
 
 from broker.storage import checkpoint, compaction
 from broker.storage.atomic_file import TEMP_SUFFIX, fsync_directory
-from broker.storage.batch_scan import BadBatch, BatchInfo, scan_batches
+from broker.storage.batch_scan import BadBatch, BatchInfo, scan_batches, walk_header_fields
 from broker.storage.config import SEGMENT_BYTES_LIMIT, CleanupPolicy, FlushPolicy, LogConfig
 from broker.storage.file_handle import FileHandle, FileRegion
 from broker.storage.offset_index import SUFFIX as INDEX_SUFFIX
@@ -451,6 +451,30 @@ class Log:
         """Like :meth:`read`, but the bytes themselves (a copy).  Raises like read."""
         with self.read(offset, max_bytes, end_offset_max=end_offset_max) as region:
             return region.read_bytes()
+
+    def tail_header_fields(self, bytes_max: int) -> Iterator[tuple[int, ...]]:
+        """The header fields (client.records.header.HEADER order) of the batches in
+        about the last ``bytes_max`` bytes of the log, oldest first, from an indexed
+        batch start (so a little more).  Per batch, headers only.  For rebuilding
+        idempotent-producer state on open.  Raises StorageError."""
+        assert bytes_max > 0
+        self._check_usable()
+        chosen: list[LogSegment] = []
+        remaining = bytes_max
+        for segment in reversed(list(self._segments)):  # few segments reach the budget
+            chosen.append(segment)
+            remaining -= segment.size_bytes
+            if remaining <= 0:
+                break
+        chosen.reverse()
+        for index, segment in enumerate(chosen):
+            start = 0
+            if index == 0 and remaining < 0:
+                _offset, start = segment.offset_index.lookup_by_position(-remaining)
+            for _position, fields in walk_header_fields(
+                segment.handle.descriptor, start, segment.size_bytes
+            ):
+                yield fields
 
     def offset_for_timestamp(self, timestamp_ms: int) -> int | None:
         """Base offset of the first batch whose max timestamp is >= ``timestamp_ms``

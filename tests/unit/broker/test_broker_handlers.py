@@ -45,7 +45,7 @@ from client.protocol.messages import (
     ProduceTopic,
     Request,
 )
-from client.records.builder import build_batch
+from client.records.builder import BatchBuilder, build_batch
 from client.records.header import CRC_AT, iter_batches
 
 
@@ -259,3 +259,61 @@ async def test_group_requests_and_the_internal_offsets_topic(broker: Broker) -> 
     deleted = (await call(broker, DeleteTopicsRequest(["__consumer_offsets"]))).body
     assert isinstance(deleted, DeleteTopicsResponse)
     assert deleted.topics[0].error_code == ErrorCode.INVALID_TOPIC
+
+
+def sequenced_batch(values: list[bytes], base_sequence: int, producer_id: int = 42) -> bytes:
+    builder = BatchBuilder(producer_id=producer_id, producer_epoch=0, base_sequence=base_sequence)
+    for value in values:
+        builder.append(value, None, (), 1_000)
+    return bytes(builder.build())
+
+
+async def test_idempotent_produce_drops_duplicates_and_refuses_gaps(broker: Broker) -> None:
+    """A resent batch answers its first offsets without a second copy; a gap is
+    OUT_OF_ORDER_SEQUENCE; several batches in one payload are checked in order."""
+    await call(broker, CreateTopicsRequest([CreatableTopic("t", 1)]))
+    first, second = sequenced_batch([b"a", b"b"], 0), sequenced_batch([b"c"], 2)
+
+    def offsets(response: ProduceResponse) -> tuple[int, int, int]:
+        part = response.topics[0].partitions[0]
+        return part.error_code, part.base_offset, part.last_offset
+
+    assert offsets(await produce(broker, "t", {0: first})) == (0, 0, 1)
+    assert offsets(await produce(broker, "t", {0: first})) == (0, 0, 1)
+    gap = sequenced_batch([b"z"], 5)
+    assert offsets(await produce(broker, "t", {0: gap}))[0] == ErrorCode.OUT_OF_ORDER_SEQUENCE
+    assert offsets(await produce(broker, "t", {0: first + second})) == (0, 0, 2)
+    third = sequenced_batch([b"d"], 3)
+    assert offsets(await produce(broker, "t", {0: second + third})) == (0, 2, 3)
+    plain = bytes(build_batch([b"e"]))
+    assert offsets(await produce(broker, "t", {0: plain})) == (0, 4, 4)
+    assert offsets(await produce(broker, "t", {0: plain})) == (0, 5, 5)  # no producer id
+    reply = await call(broker, fetch_request("t", {0: 0}))
+    data = reply.regions[0].read_bytes()
+    assert [h.base_offset for h in iter_batches(data)] == [0, 2, 3, 4, 5]
+    reply.release()
+
+
+async def test_idempotent_state_survives_a_reopen(tmp_path: Path) -> None:
+    """After a restart the broker rebuilds producer state from the log tail: a batch
+    resent across it is still a duplicate, and a gap is still refused."""
+    config = load_config(flags={"data_dir": str(tmp_path / "data")}, environ={}).config
+    batch = sequenced_batch([b"a", b"b"], 0)
+    state = await Broker.open(config, clock_ms=lambda: 1_000_000)
+    try:
+        await call(state, CreateTopicsRequest([CreatableTopic("t", 1)]))
+        await produce(state, "t", {0: bytes(build_batch([b"x"]))})
+        first = (await produce(state, "t", {0: batch})).topics[0].partitions[0]
+        assert (first.error_code, first.base_offset) == (0, 1)
+    finally:
+        await state.close()
+    state = await Broker.open(config, clock_ms=lambda: 1_000_000)
+    try:
+        again = (await produce(state, "t", {0: batch})).topics[0].partitions[0]
+        assert (again.error_code, again.base_offset, again.last_offset) == (0, 1, 2)
+        gap = (await produce(state, "t", {0: sequenced_batch([b"c"], 9)})).topics[0].partitions[0]
+        assert gap.error_code == ErrorCode.OUT_OF_ORDER_SEQUENCE
+        after = (await produce(state, "t", {0: sequenced_batch([b"c"], 2)})).topics[0].partitions[0]
+        assert (after.error_code, after.base_offset) == (0, 3)
+    finally:
+        await state.close()

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import random
 
-from client.accumulator import RecordAccumulator
-from client.errors import ConnectionClosedError, InvalidRequestError
+import pytest
+
+from broker.producer_state import ProducerStateTable, Verdict
+from client.accumulator import ProducerBatch, RecordAccumulator
+from client.errors import ConnectionClosedError, InvalidRequestError, OutOfOrderSequenceError
 from client.records.decoder import RecordDecoder
+from client.records.header import iter_batches
 
 
 def make(
@@ -97,6 +101,124 @@ def test_retry_goes_first_and_keeps_partition_order() -> None:
     assert sent_order == list(range(20))
 
 
+def run_idempotent_model(seed: int, restart_chance: float) -> list[int]:
+    """60 records through an accumulator with 5 batches in flight, over one ordered
+    connection that drops (before or after the broker appends the front batch) and
+    a broker (broker/producer_state.py rules) that may restart and forget its
+    producer state.  Returns the log's values."""
+    acc = RecordAccumulator(
+        batch_bytes_max=500,
+        linger_ms=0,
+        buffer_bytes_max=1 << 20,
+        inflight_batches_per_partition_max=5,
+        producer_id=9,
+    )
+    for index in range(60):
+        acc.append("t", 0, str(index).encode().ljust(100), None, (), 0, now_ms=0)
+    table = ProducerStateTable()
+    log: list[int] = []
+    network: list[ProducerBatch] = []  # in flight on the connection, in send order
+    rng = random.Random(seed)
+    now = 0
+    most_in_flight = 0
+
+    def drop_connection() -> None:
+        for lost in network:
+            acc.retry(lost, retry_at_ms=now + 3)
+        network.clear()
+
+    for _ in range(5_000):
+        for _ in range(10):  # the sender drains as long as something is ready
+            for batch in acc.drain(now):
+                acc.build(batch)
+                network.append(batch)
+        most_in_flight = max(most_in_flight, len(network))
+        if not network:
+            if acc.pending_count == 0:
+                break
+            now += 10
+            continue
+        roll = rng.random()
+        if roll < 0.1:  # the connection dies before the broker reads the front batch
+            drop_connection()
+            continue
+        if roll < 0.1 + restart_chance:
+            table = ProducerStateTable()
+            drop_connection()
+            continue
+        batch = network.pop(0)
+        header = iter_batches(batch.build())[0]
+        try:
+            verdict, _ = table.check(
+                header.producer_id, header.producer_epoch, header.base_sequence
+            )
+        except OutOfOrderSequenceError:
+            acc.retry(batch, retry_at_ms=now + 3)
+            continue
+        if verdict is Verdict.APPEND:
+            values = [int(r.value or b"") for r in RecordDecoder().decode_batch(batch.build())]
+            table.record(
+                header.producer_id,
+                header.producer_epoch,
+                header.base_sequence,
+                header.record_count,
+                len(log),
+                len(log) + len(values) - 1,
+            )
+            log.extend(values)
+        if rng.random() < 0.1:  # the connection dies before the answer arrives
+            network.insert(0, batch)
+            drop_connection()
+        else:
+            acc.complete(batch, base_offset=0)
+        acc.check_invariants()
+    assert acc.pending_count == 0
+    assert most_in_flight == 5
+    return log
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_idempotent_batches_keep_order_and_no_duplicates_across_losses(seed: int) -> None:
+    """Proves that with sequence numbers, 5 batches in flight and a connection that
+    drops before or after appends, the log holds every record exactly once, in order."""
+    assert run_idempotent_model(seed, restart_chance=0.0) == list(range(60))
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_idempotent_order_holds_across_broker_restarts(seed: int) -> None:
+    """Proves that a broker that forgets producer state in a restart may duplicate a
+    retried batch but never reorders: first occurrences come in order."""
+    log = run_idempotent_model(seed, restart_chance=0.03)
+    assert list(dict.fromkeys(log)) == list(range(60))
+
+
+def test_sequence_numbers_count_records_and_restart_after_a_failure() -> None:
+    """Proves base_sequence advances by record count, and that a sequenced batch
+    failing for good bumps the partition's epoch and restarts sequences at 0."""
+    acc = RecordAccumulator(
+        batch_bytes_max=10_000,
+        linger_ms=0,
+        buffer_bytes_max=1 << 20,
+        inflight_batches_per_partition_max=5,
+        producer_id=9,
+    )
+    sequences = []
+    for count in (3, 2):
+        for _ in range(count):
+            acc.append("t", 0, b"v", None, (), 0, now_ms=0)
+        (batch,) = acc.drain(0)
+        header = iter_batches(acc.build(batch))[0]
+        sequences.append((header.producer_id, header.producer_epoch, header.base_sequence))
+    assert sequences == [(9, 0, 0), (9, 0, 3)]
+    acc.fail(batch, InvalidRequestError("refused"))
+    assert acc.is_stale(batch)
+    acc.append("t", 0, b"v", None, (), 0, now_ms=0)
+    (batch,) = acc.drain(0)
+    header = iter_batches(acc.build(batch))[0]
+    assert (header.producer_epoch, header.base_sequence) == (1, 0)
+    assert not acc.is_stale(batch)
+
+
 def test_retry_respects_backoff_time() -> None:
     """Proves a retried batch is not drained again before its backoff has passed."""
     acc = make(linger_ms=0)
@@ -120,3 +242,18 @@ def test_failed_and_closed_batches_release_their_waiters() -> None:
     acc.fail_all(lambda: ConnectionClosedError("closing"))
     assert other.done and isinstance(other.error, ConnectionClosedError)
     assert acc.buffer_bytes_used == 0 and acc.pending_count == 0
+
+
+def test_producer_refuses_pipelining_that_could_reorder() -> None:
+    """Proves several batches per partition in flight are refused without idempotence
+    (a retry could then land after a later batch) and out-of-range values are refused."""
+    import pytest
+
+    from client import Producer
+
+    with pytest.raises(ValueError, match="idempotent"):
+        Producer(idempotent=False, inflight_batches_per_partition_max=2)
+    with pytest.raises(ValueError, match=r"1\.\.5"):
+        Producer(inflight_batches_per_partition_max=6)
+    assert Producer(idempotent=False, retries_max=0, inflight_batches_per_partition_max=5)
+    assert Producer(inflight_batches_per_partition_max=5).idempotent

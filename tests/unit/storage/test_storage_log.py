@@ -271,3 +271,20 @@ def test_decoded_values_match_across_many_reads(log: Log) -> None:
             pairs = decode_pairs(region.read_bytes())
         assert pairs[0][0] == offset - offset % 2
         assert (offset, b"v%d" % offset) in pairs
+
+
+def test_tail_header_fields_walks_the_last_bytes_across_segments(
+    log_dir: Path, clock: ManualClock
+) -> None:
+    """tail_header_fields yields the headers of about the last bytes_max bytes, oldest
+    first, across a segment boundary; a big budget yields every batch."""
+    log = Log.open(log_dir, small_config(segment_bytes=1024), clock_ms=clock)
+    batch_bytes = len(make_batch(0, 4))
+    for number in range(12):
+        log.append(make_batch(number * 4, 4))
+    assert log.segment_count >= 2
+    every = [fields[0] for fields in log.tail_header_fields(1 << 20)]
+    assert every == [number * 4 for number in range(12)]
+    tail = [fields[0] for fields in log.tail_header_fields(3 * batch_bytes)]
+    assert 3 <= len(tail) < 12 and tail == every[-len(tail) :]
+    log.close()
