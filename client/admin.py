@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Sequence
-from types import TracebackType
 
 import anyio
 import anyio.abc
 
-from client._io.cluster import Cluster
+from client._io.cluster import Cluster, ClusterClient
 from client.errors import ConnectionClosedError, DistributaryError, error_for_code
 from client.group import commit_offsets, fetch_committed, from_wire
 from client.protocol.messages import (
@@ -55,7 +54,7 @@ from client.types import (
 )
 
 
-class Admin:
+class Admin(ClusterClient):
     """Administers topics.  Use as ``async with Admin(...) as admin:``."""
 
     def __init__(
@@ -78,30 +77,9 @@ class Admin:
         self._cluster: Cluster | None = None
         self._closed = False
 
-    async def __aenter__(self) -> Admin:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.close()
-
     async def start(self) -> None:
         """Open the client; ``close()`` must be called from the same task."""
-        assert self._task_group is None, "the admin client is already started"
-        self._cluster = await Cluster.open(
-            self.bootstrap,
-            client_id=self.client_id,
-            connect_timeout_ms=self.connect_timeout_ms,
-            request_timeout_ms=self.request_timeout_ms,
-            reconnect_attempts_max=self.reconnect_attempts_max,
-            rng=self._random,
-        )
-        self._task_group = self._cluster.task_group
+        await self._open_cluster()
 
     async def close(self) -> None:
         if self._closed:

@@ -34,13 +34,12 @@ import math
 import random
 from collections import deque
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from types import TracebackType
 from typing import Any, Final, Literal
 
 import anyio
 import anyio.abc
 
-from client._io.cluster import Cluster, backoff_ms
+from client._io.cluster import Cluster, ClusterClient, backoff_ms
 from client._logging import get_logger
 from client.errors import (
     ConnectionClosedError,
@@ -129,7 +128,7 @@ class _PartitionState:
         return self.fetch_offset
 
 
-class Consumer:
+class Consumer(ClusterClient):
     """Reads assigned partitions.  Use as ``async with Consumer(...) as consumer:``.
 
     ``value_type``: decode every value into this msgspec-compatible type (with
@@ -233,32 +232,11 @@ class Consumer:
 
     # -- lifecycle ----------------------------------------------------------------------
 
-    async def __aenter__(self) -> Consumer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.close()
-
     async def start(self) -> None:
         """Open the consumer; ``close()`` must be called from the same task."""
-        assert self._task_group is None, "the consumer is already started"
-        self._cluster = await Cluster.open(
-            self.bootstrap,
-            client_id=self.client_id,
-            connect_timeout_ms=self.connect_timeout_ms,
-            request_timeout_ms=self.request_timeout_ms,
-            reconnect_attempts_max=self.reconnect_attempts_max,
-            rng=self._random,
-        )
-        self._task_group = self._cluster.task_group
+        cluster = await self._open_cluster()
         if self._group_options is not None:
-            self._group = GroupMembership(self, self._cluster, self._group_options, self._random)
+            self._group = GroupMembership(self, cluster, self._group_options, self._random)
 
     @property
     def closed(self) -> bool:

@@ -39,7 +39,7 @@ import anyio.abc
 import anyio.lowlevel
 import msgspec
 
-from client._io.cluster import Cluster, backoff_ms
+from client._io.cluster import Cluster, ClusterClient, backoff_ms
 from client._io.connection import (
     BrokerConnection,
     EventLoopTools,
@@ -160,7 +160,7 @@ async def wait_for_batch(batch: ProducerBatch) -> None:
     await event.wait()
 
 
-class Producer:
+class Producer(ClusterClient):
     """Sends records to topics.  Use as ``async with Producer(...) as producer:``.
 
     Parameters (all sizes in bytes, all times in milliseconds):
@@ -279,10 +279,6 @@ class Producer:
 
     # -- lifecycle ----------------------------------------------------------------------
 
-    async def __aenter__(self) -> Producer:
-        await self.start()
-        return self
-
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
@@ -294,18 +290,9 @@ class Producer:
     async def start(self) -> None:
         """Start the background sender.  ``close()`` must then be called from the
         same task (``async with`` does both)."""
-        assert self._task_group is None, "the producer is already started"
-        self._cluster = await Cluster.open(
-            self.bootstrap,
-            client_id=self.client_id,
-            connect_timeout_ms=self.connect_timeout_ms,
-            request_timeout_ms=self.request_timeout_ms,
-            reconnect_attempts_max=self.reconnect_attempts_max,
-            inflight_requests_max=self.inflight_requests_max,
-            rng=self._random,
-        )
-        self._task_group = task_group = self._cluster.task_group
-        self._partition_counts = self._cluster.partition_counts
+        cluster = await self._open_cluster(inflight_requests_max=self.inflight_requests_max)
+        task_group = cluster.task_group
+        self._partition_counts = cluster.partition_counts
         self._metadata_lock = anyio.Lock()
         task_group.start_soon(self._sender_loop)
 

@@ -13,9 +13,11 @@ UnknownTopicOrPartitionError for topics the cluster does not have.
 
 from __future__ import annotations
 
+import abc
 import random
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, Final, TypeVar
+from types import TracebackType
+from typing import Any, Final, Self, TypeVar
 
 import anyio
 import anyio.abc
@@ -351,3 +353,59 @@ class Cluster:
 
 def _partition_number(partition: PartitionMetadata) -> int:
     return partition.partition
+
+
+class ClusterClient(abc.ABC):
+    """The lifecycle that Producer, Consumer and Admin share.
+
+    ``async with client:`` (or ``start()`` then ``close()`` from the same task)
+    opens a :class:`Cluster` whose task group holds the client's background
+    tasks.  Subclasses set the connection options below in ``__init__``, call
+    :meth:`_open_cluster` from ``start`` and ``self._cluster.shutdown()`` from
+    ``close``.
+    """
+
+    bootstrap: str | Sequence[str]
+    client_id: str
+    connect_timeout_ms: int
+    request_timeout_ms: int
+    reconnect_attempts_max: int
+    _random: random.Random
+    _cluster: Cluster | None
+    _task_group: anyio.abc.TaskGroup | None
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Open the client (see the subclass)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Close the client (see the subclass)."""
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _open_cluster(self, **options: Any) -> Cluster:
+        """Open this client's Cluster (and task group) with its connection options."""
+        assert self._task_group is None, f"the {type(self).__name__} is already started"
+        cluster = await Cluster.open(
+            self.bootstrap,
+            client_id=self.client_id,
+            connect_timeout_ms=self.connect_timeout_ms,
+            request_timeout_ms=self.request_timeout_ms,
+            reconnect_attempts_max=self.reconnect_attempts_max,
+            rng=self._random,
+            **options,
+        )
+        self._cluster = cluster
+        self._task_group = cluster.task_group
+        return cluster
