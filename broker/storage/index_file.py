@@ -17,15 +17,17 @@ Concurrency: the owning segment calls everything from the event-loop thread, exc
 
 from __future__ import annotations
 
+import abc
 import os
 import struct
 from pathlib import Path
+from typing import Self
 
 from broker.storage import file_handle
 from client.errors import StorageError
 
 
-class IndexFile:
+class IndexFile(abc.ABC):
     """A sparse index file: ``entry_bytes``-sized entries, first field the search key."""
 
     ENTRY: struct.Struct = struct.Struct(">II")  # overridden by subclasses
@@ -50,6 +52,20 @@ class IndexFile:
             return None
         except OSError as error:
             raise StorageError(f"cannot read {path}: {error}") from error
+
+    @classmethod
+    def load(cls, path: Path, base_offset: int) -> Self | None:
+        """The index stored at ``path``, or None if missing or malformed (the caller
+        rebuilds it).  Raises StorageError if it cannot be read."""
+        entries = cls.read_entries(path)
+        if entries is None or len(entries) % cls.ENTRY.size:
+            return None
+        index = cls(path, base_offset, entries)
+        return index if index.is_well_formed() else None
+
+    @abc.abstractmethod
+    def is_well_formed(self) -> bool:
+        """Whether the entries satisfy the subclass's ordering rules (checked in C)."""
 
     @property
     def entry_bytes(self) -> int:

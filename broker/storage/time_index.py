@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import struct
 from array import array
-from pathlib import Path
 from typing import Final
 
 from broker.storage.index_file import IndexFile
@@ -35,16 +34,6 @@ class TimeIndex(IndexFile):
 
     ENTRY = struct.Struct(">qI")
     __slots__ = ()
-
-    @classmethod
-    def load(cls, path: Path, base_offset: int) -> TimeIndex | None:
-        """The index stored at ``path``, or None if missing or malformed (the caller
-        rebuilds it).  Raises StorageError if it cannot be read."""
-        entries = cls.read_entries(path)
-        if entries is None or len(entries) % cls.ENTRY.size:
-            return None
-        index = cls(path, base_offset, entries)
-        return index if index.is_well_formed() else None
 
     def is_well_formed(self) -> bool:
         """Timestamps strictly increase and are >= 0; offsets never decrease (in C)."""
