@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,10 +39,10 @@ from typing import Any
 import anyio
 import structlog
 
-HOST = "127.0.0.1"
+from bench.broker_process import start_broker
+
 TOPIC = "bench-groups"
 PARTITIONS = 12
-START_TIMEOUT_S = 20.0
 
 
 # -- member processes -----------------------------------------------------------------
@@ -95,30 +94,6 @@ async def run_member(arguments: argparse.Namespace) -> None:
 
 
 # -- the driver -----------------------------------------------------------------------
-
-
-def start_broker(data_dir: str) -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        port = int(probe.getsockname()[1])
-    process = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "broker", "serve", "--listen", f"{HOST}:{port}"),
-            *("--data-dir", data_dir, "--log-format", "json"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        stdin=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection((HOST, port), timeout=0.2).close()
-            return process, f"{HOST}:{port}"
-        except OSError:
-            time.sleep(0.05)
-    process.kill()
-    raise RuntimeError("broker did not start")
 
 
 class Member:
@@ -294,6 +269,9 @@ def main() -> int:
     parser.add_argument("--group", help=argparse.SUPPRESS)
     parser.add_argument("--follow", action="store_true", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
+    if not arguments.member and not 100_000 <= arguments.records <= 50_000_000:
+        # Fewer records arrive in one fetch or two, leaving no time span to divide by.
+        parser.error("--records must be between 100,000 and 50,000,000")
     structlog.configure(
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         wrapper_class=structlog.make_filtering_bound_logger(40),

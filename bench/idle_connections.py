@@ -16,17 +16,14 @@ import json
 import os
 import resource
 import socket
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from bench.broker_process import HOST, start_broker
 from client.protocol.connection import ClientConnection
 from client.protocol.messages import HelloRequest
-
-HOST = "127.0.0.1"
-START_TIMEOUT_S = 20.0
 
 
 def rss_kib(pid: int) -> int:
@@ -34,30 +31,6 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
-def start_broker(data_dir: str) -> tuple[subprocess.Popen[bytes], int]:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        port = int(probe.getsockname()[1])
-    process = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "broker", "serve", "--listen", f"{HOST}:{port}"),
-            *("--data-dir", data_dir, "--log-format", "json"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        stdin=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection((HOST, port), timeout=0.2).close()
-            return process, port
-        except OSError:
-            time.sleep(0.05)
-    process.kill()
-    raise RuntimeError("broker did not start")
 
 
 def hello(sock: socket.socket) -> None:
@@ -82,7 +55,8 @@ def main() -> int:
     if soft < wanted:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
     with tempfile.TemporaryDirectory(prefix="distributary-idle-") as data_dir:
-        process, port = start_broker(data_dir)
+        process, address = start_broker(data_dir)
+        port = int(address.rpartition(":")[2])
         sockets: list[socket.socket] = []
         try:
             time.sleep(0.5)
