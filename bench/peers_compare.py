@@ -178,6 +178,7 @@ async def _lat_consumer(
         await consumer.assign([tp])
         consumer.seek(tp, 0)
         ready.set()
+        cpu_start = time.process_time()
         while count < total and time.monotonic() < hard_deadline:
             if done.is_set() and drain_deadline is None:
                 drain_deadline = time.monotonic() + 5
@@ -196,6 +197,7 @@ async def _lat_consumer(
     from_intended.sort()
     pct = peers.pct
     return {
+        "consumer_cpu_s": round(time.process_time() - cpu_start, 2),
         "received": count,
         "measured": len(latencies),
         "p50_ms": round(pct(latencies, 0.50) / 1e6, 3),
@@ -221,6 +223,7 @@ async def _lat_producer(
     index, sends, max_lag_ns = 0, 0, 0
     async with Producer(address, linger_ms=0, acks="leader") as producer:
         t_start = time.monotonic_ns() + 20_000_000
+        cpu_start = time.process_time()
         hard_deadline = time.monotonic() + cfg["warmup"] + cfg["seconds"] + 30
         while index < total and time.monotonic() < hard_deadline:
             now = time.monotonic_ns()
@@ -239,6 +242,7 @@ async def _lat_producer(
         await producer.flush()
     done.set()
     return {
+        "producer_cpu_s": round(time.process_time() - cpu_start, 2),
         "sent": index,
         "achieved_rate": round(index / elapsed),
         "send_calls": sends,

@@ -76,7 +76,7 @@ from client.protocol.messages import (
     TopicMetadata,
     TopicResult,
 )
-from client.protocol.payload import check_request, split_payload
+from client.protocol.payload import split_payload
 
 # CreateTopics with partitions=-1 (Kafka's convention) means the broker default.
 DEFAULT_PARTITIONS_SENTINEL: Final = -1
@@ -110,8 +110,7 @@ def extra_wait_ms(broker: Broker, request: IncomingRequest) -> int:
 
 async def handle(broker: Broker, request: IncomingRequest) -> Reply | None:
     """Run one request.  Raises DistributaryError for a whole-request error."""
-    body = request.body
-    check_request(body, request.payload.nbytes, request.wants_response)
+    body = request.body  # checked at decode (client/protocol/payload.py: check_request)
     if isinstance(body, ProduceRequest):
         produced = await handle_produce(broker, body, request.payload)
         return Reply(produced) if request.wants_response else None

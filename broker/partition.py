@@ -160,8 +160,9 @@ class Partition:
         """
         if payload.nbytes == 0:
             raise InvalidBatchError("produce payload for a partition holds no batch")
-        # Header shapes only (the log verifies CRCs); a limit the log enforces itself.
-        headers = iter_batches(payload, batch_bytes_max=payload.nbytes, verify_crc=False)
+        # Every header and CRC, checked once here; the log takes the parsed headers.
+        # A bad batch anywhere refuses the whole payload before anything is written.
+        headers = iter_batches(payload, batch_bytes_max=self._log.log.config.batch_bytes_max)
         idempotent = any(header.producer_id >= 0 for header in headers)
         lock = self._append_lock
         try:
@@ -173,16 +174,19 @@ class Partition:
             if idempotent:
                 result = await self._append_idempotent(payload, headers)
             else:
-                result = await self._append_locked(payload)
+                result = await self._append_locked(payload, headers)
         finally:
             lock.release()
         self.check_invariants()
         self.wake_waiters()
         return result
 
-    async def _append_locked(self, payload: memoryview) -> AppendResult:
+    async def _append_locked(
+        self, payload: memoryview, headers: list[BatchHeader] | None
+    ) -> AppendResult:
+        """``headers``: ``payload``'s, already validated (None: the log parses them)."""
         end_before = self._log.end_offset
-        appended = await self._log.append(payload)
+        appended = await self._log.append(payload, headers=headers)
         assert appended.base_offset == end_before, (appended, end_before)
         assert appended.last_offset >= appended.base_offset >= 0, appended
         return AppendResult(
@@ -200,11 +204,13 @@ class Partition:
         states = self.producer_states
         base_offset = last_offset = -1
         append_time_ms = -1
+        whole = len(headers) == 1  # the usual payload: one batch, its header reusable
         for header in headers:
-            batch = payload[header.position : header.end]
+            batch = payload if whole else payload[header.position : header.end]
+            batch_headers = headers if whole else None
             producer_id = header.producer_id
             if producer_id < 0:
-                result = await self._append_locked(batch)
+                result = await self._append_locked(batch, batch_headers)
             else:
                 epoch, sequence = header.producer_epoch, header.base_sequence
                 if epoch < 0 or sequence < 0:
@@ -227,7 +233,7 @@ class Partition:
                         remembered.base_offset, remembered.last_offset, self._log.start_offset, -1
                     )
                 else:
-                    result = await self._append_locked(batch)
+                    result = await self._append_locked(batch, batch_headers)
                     states.record(
                         producer_id,
                         epoch,

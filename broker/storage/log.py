@@ -54,7 +54,7 @@ from client.errors import (
     OffsetOutOfRangeError,
     StorageError,
 )
-from client.records.header import iter_batches
+from client.records.header import BatchHeader, iter_batches
 
 _RELATIVE_OFFSET_MAX: Final = (1 << 31) - 1
 # A directory holds a few files per segment; this bounds the listing walk.
@@ -308,7 +308,11 @@ class Log:
     # -- appending ----------------------------------------------------------------------
 
     def append(
-        self, batches: bytes | bytearray | memoryview, *, leader_epoch: int | None = None
+        self,
+        batches: bytes | bytearray | memoryview,
+        *,
+        leader_epoch: int | None = None,
+        headers: list[BatchHeader] | None = None,
     ) -> AppendResult:
         """Validate, stamp and write one or more whole batches; returns the offsets
         they got.  A ``bytearray`` or a writable byte ``memoryview`` (a Produce
@@ -319,6 +323,10 @@ class Log:
         payload), BatchTooLargeError, CorruptBatchError and the other
         RecordBatchErrors (the payload is rejected whole, nothing is written), and
         StorageError (nothing was appended; the log is unchanged).
+
+        ``headers``: the caller already validated ``batches`` (a writable buffer)
+        with ``iter_batches`` against this log's batch_bytes_max, CRCs included;
+        they are used instead of parsing the headers again.
         """
         self._check_usable()
         payload_bytes = len(batches)
@@ -336,7 +344,11 @@ class Log:
             buffer = batches
         else:
             buffer = bytearray(batches)
-        headers = iter_batches(buffer, batch_bytes_max=self.config.batch_bytes_max)
+            headers = None  # they describe the caller's buffer, not this copy
+        if headers is None:
+            headers = iter_batches(buffer, batch_bytes_max=self.config.batch_bytes_max)
+        else:
+            assert headers and headers[0].position == 0 and headers[-1].end == payload_bytes
         now_ms = self._clock_ms()
         incoming_offsets = sum(header.record_count for header in headers)
         self._maybe_roll(payload_bytes, incoming_offsets, now_ms)

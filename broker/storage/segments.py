@@ -22,10 +22,13 @@ from broker.storage.segment import LogSegment
 class LogSegments:
     """Segments by base offset; the last one is active."""
 
-    __slots__ = ("_by_base_offset",)
+    __slots__ = ("_active", "_by_base_offset", "_first")
 
     def __init__(self) -> None:
         self._by_base_offset: SortedDict[int, LogSegment] = SortedDict()
+        # The ends, cached: every append and every fetch asks for them.
+        self._first: LogSegment | None = None
+        self._active: LogSegment | None = None
 
     def __len__(self) -> int:
         return len(self._by_base_offset)
@@ -36,20 +39,27 @@ class LogSegments:
     def add(self, segment: LogSegment) -> None:
         assert segment.base_offset not in self._by_base_offset, segment
         self._by_base_offset[segment.base_offset] = segment
+        self._cache_ends()
 
     def remove(self, segment: LogSegment) -> None:
         removed = self._by_base_offset.pop(segment.base_offset)
         assert removed is segment, (removed, segment)
+        self._cache_ends()
+
+    def _cache_ends(self) -> None:
+        by_base_offset = self._by_base_offset
+        self._first = by_base_offset.peekitem(0)[1] if by_base_offset else None
+        self._active = by_base_offset.peekitem(-1)[1] if by_base_offset else None
 
     @property
     def first(self) -> LogSegment:
-        assert self._by_base_offset, "a log always has a segment"
-        return self._by_base_offset.peekitem(0)[1]
+        assert self._first is not None, "a log always has a segment"
+        return self._first
 
     @property
     def active(self) -> LogSegment:
-        assert self._by_base_offset, "a log always has a segment"
-        return self._by_base_offset.peekitem(-1)[1]
+        assert self._active is not None, "a log always has a segment"
+        return self._active
 
     def floor(self, offset: int) -> LogSegment | None:
         """The segment with the largest base offset <= ``offset``."""
@@ -82,3 +92,5 @@ class LogSegments:
                 assert previous.next_offset == base_offset, (previous, segment)
             previous = segment
         assert not self.active.sealed, self.active
+        assert self._first is self._by_base_offset.peekitem(0)[1]
+        assert self._active is self._by_base_offset.peekitem(-1)[1]
