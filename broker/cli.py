@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
 import click
@@ -77,7 +78,7 @@ def serve(
         logger.warning(warning)
     logger.debug("configuration", sources=loaded.sources)
     try:
-        trio.run(serve_broker, config)
+        trio.run(partial(serve_broker, config, own_process=True))
     except KeyboardInterrupt:  # before the signal handler is installed
         sys.exit(130)
     except OSError as error:

@@ -30,7 +30,7 @@ from typing import Final
 
 import trio
 
-from broker.handlers import Reply, extra_wait_ms, handle
+from broker.handlers import Reply, extra_wait_ms, fetch_now, handle
 from broker.logging import get_logger
 from broker.state import Broker
 from broker.storage.file_handle import FileRegion
@@ -200,16 +200,33 @@ class ConnectionHandler:
                 await self._refuse_excess(item)
                 continue
             self.inflight += 1
-            if self.inflight == 1 and answers_at_once(item):
-                # Nothing queued or being answered, so answering here keeps the
-                # order, and saves the hop to the writer task.
-                try:
-                    await self._answer(item, shield=True)
-                finally:
-                    self.inflight -= 1
-                    self.last_activity = trio.current_time()
+            if self.inflight == 1 and await self._answer_at_once(item):
                 continue
             channel.send_nowait(item)  # never blocks: capacity == inflight_requests_max
+
+    async def _answer_at_once(self, item: Item) -> bool:
+        """Answer ``item`` here in the reader when that needs no waiting, and
+        return True; False leaves it to the writer (a Fetch that must long-poll).
+
+        Only called when nothing is queued or being answered (``inflight`` is 1:
+        this item), so the order of responses holds.  It saves the hop to the
+        writer task: a scheduler pass per request.  The handler runs shielded
+        from the reader's idle deadline and from a graceful shutdown (which stops
+        the reader): only request_timeout_ms cuts it short."""
+        reply = None
+        if isinstance(item, IncomingRequest) and isinstance(item.body, FetchRequest):
+            reply = fetch_now(self.broker, item.body)
+            if reply is None:
+                return False
+        try:
+            if reply is None:
+                await self._answer(item, shield=True)
+            else:
+                await self._send_reply(item, reply, shield=True)
+        finally:
+            self.inflight -= 1
+            self.last_activity = trio.current_time()
+        return True
 
     async def _refuse_excess(self, item: Item) -> None:
         error = TooManyRequestsError(
@@ -251,17 +268,19 @@ class ConnectionHandler:
                 await self._send(ServerConnection.encode_error(item, item.error), [])
             return
         reply = await self._run_handler(item, shield)
-        if reply is None:
-            return
+        if reply is not None:
+            await self._send_reply(item, reply, shield=shield)
+
+    async def _send_reply(self, request: IncomingRequest, reply: Reply, *, shield: bool) -> None:
         try:
             head = ServerConnection.encode_response(
-                int(item.api_key),
-                item.api_version,
-                item.correlation_id,
+                int(request.api_key),
+                request.api_version,
+                request.correlation_id,
                 reply.body,
                 reply.payload_length,
             )
-            await self._send(head, reply.regions)
+            await self._send(head, reply.regions, shield=shield)
         finally:
             reply.release()
 
@@ -288,10 +307,12 @@ class ConnectionHandler:
 
     # -- sending ----------------------------------------------------------------------
 
-    async def _send(self, head: bytes, regions: list[FileRegion]) -> None:
+    async def _send(self, head: bytes, regions: list[FileRegion], *, shield: bool = False) -> None:
         """Send a frame: ``head`` then each region, none interleaved with another
         frame.  Raises ClientGone when the client does not take it within
-        request_timeout_ms, OSError when the peer is gone.
+        request_timeout_ms, OSError when the peer is gone.  ``shield``: only that
+        timeout may interrupt a send that has to wait (the reader's idle deadline
+        and a graceful shutdown may not).
 
         Fast path (an uncontended lock, a socket with room, a response without file
         regions or a small one): one non-blocking write and no await at all, so an
@@ -320,7 +341,8 @@ class ConnectionHandler:
             if sent == len(data) and not regions:
                 self._frame_torn = False
                 return
-            with trio.move_on_after(self.limits.request_timeout_ms / 1000) as scope:
+            deadline = trio.current_time() + self.limits.request_timeout_ms / 1000
+            with trio.CancelScope(deadline=deadline, shield=shield) as scope:
                 await send_all(self.socket, memoryview(data)[sent:])
                 for region in regions:
                     await sendfile_all(self.socket, region)
@@ -332,12 +354,6 @@ class ConnectionHandler:
                 "client is not reading, closing", request_timeout_ms=self.limits.request_timeout_ms
             )
             raise ClientGone()
-
-
-def answers_at_once(item: Item) -> bool:
-    """Whether the reader may answer ``item`` itself: anything but a Fetch, which
-    may long-poll (the reader must go on reading meanwhile)."""
-    return not isinstance(item, IncomingRequest) or not isinstance(item.body, FetchRequest)
 
 
 def read_region(region: FileRegion) -> bytes:

@@ -342,21 +342,35 @@ async def handle_fetch(broker: Broker, body: FetchRequest) -> Reply:
     ``min(max_bytes, fetch_bytes_max)`` in total, but always the first available
     batch whole, so a consumer behind a huge batch makes progress.
     """
+    reply = fetch_now(broker, body)
+    if reply is not None:
+        return reply
     wait_ms = min(body.max_wait_ms, broker.limits.request_timeout_ms)
     deadline = trio.current_time() + wait_ms / 1000
     for _ in range(1_000_000):  # each pass either answers or waits for an append
-        # A live consumer's fetch usually finds nothing new: then skip building an
-        # empty reply and go straight to waiting.
-        if body.min_bytes <= 0 or not caught_up(broker, body) or broker.shutting_down:
-            reply = collect_fetch(broker, body)
-            enough = reply.payload_length >= body.min_bytes or any_fetch_error(reply.body)
-            if enough or broker.shutting_down or trio.current_time() >= deadline:
-                return reply
-            reply.release()
-        elif trio.current_time() >= deadline:
-            return collect_fetch(broker, body)
         await wait_for_append(broker, body, deadline)
+        if trio.current_time() >= deadline:
+            return collect_fetch(broker, body)
+        reply = fetch_now(broker, body)
+        if reply is not None:
+            return reply
     raise AssertionError("fetch long-poll loop did not finish")
+
+
+def fetch_now(broker: Broker, body: FetchRequest) -> Reply | None:
+    """The Fetch's answer if it needs no waiting -- ``min_bytes`` are there, a
+    partition has an error, ``max_wait_ms`` is 0 or the broker is shutting down --
+    else None.  Never blocks: the connection's reader answers with it directly."""
+    no_wait = body.max_wait_ms <= 0 or body.min_bytes <= 0 or broker.shutting_down
+    # A live consumer's fetch usually finds nothing new: then skip building an
+    # empty reply.
+    if not no_wait and caught_up(broker, body):
+        return None
+    reply = collect_fetch(broker, body)
+    if no_wait or reply.payload_length >= body.min_bytes or any_fetch_error(reply.body):
+        return reply
+    reply.release()
+    return None
 
 
 def caught_up(broker: Broker, body: FetchRequest) -> bool:

@@ -19,6 +19,7 @@ every log (clean-shutdown markers).  ``serve`` then returns and the CLI exits 0.
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import resource
 import signal
@@ -182,9 +183,17 @@ async def serve(
     config: BrokerConfig,
     *,
     handle_signals: bool = True,
+    own_process: bool = False,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a broker until a signal (or ``Server.request_shutdown``) stops it.
+
+    ``own_process`` (the ``distributary serve`` command): the process is ours, so
+    once started, everything allocated so far (modules, config, topics, groups) is
+    moved out of the garbage collector's sight with ``gc.freeze``.  A full
+    collection then walks only what serving allocates, not the ~10^5 objects of
+    the imported libraries: without it, each one paused every connection for
+    15-20 ms (seen as the latency benchmark's p99.9).
 
     Raises, before serving: ConfigError (data dir), LogCorruptError, StorageError,
     OSError (cannot bind).  A StorageError while closing the logs is raised after
@@ -222,6 +231,9 @@ async def serve(
                 version=broker.version,
             )
             task_status.started(server)
+            if own_process:
+                gc.collect()
+                gc.freeze()
             await server.stopped.wait()
             nursery.cancel_scope.cancel()  # the signal watcher
     finally:

@@ -62,6 +62,7 @@ class LogSegment:
         "rolling_timestamp_ms",
         "sealed",
         "size_bytes",
+        "tail",
         "time_index",
     )
 
@@ -86,6 +87,11 @@ class LogSegment:
         self.rolling_timestamp_ms: int | None = None
         self.bytes_since_index_entry = 0
         self.sealed = False
+        # The batches from the last offset-index entry's to the end, in order, while
+        # known (None after opening, a rollback or a truncation, until the next
+        # index entry): a live consumer's fetch finds its batch here instead of
+        # reading headers from the file.  At most one index interval of batches.
+        self.tail: list[BatchInfo] | None = []
 
     # -- creating and opening -----------------------------------------------------------
 
@@ -151,6 +157,7 @@ class LogSegment:
             if loaded_offsets.entry_count or loaded_times.entry_count:
                 return False
             self.offset_index, self.time_index = loaded_offsets, loaded_times
+            self.tail = None
             self.next_offset = self.base_offset if next_offset is None else next_offset
             return next_offset is None or next_offset == self.base_offset
         last: BatchInfo | None = None
@@ -178,6 +185,7 @@ class LogSegment:
         if loaded_times.entry_count and loaded_times.last_offset >= last.next_offset:
             return False
         self.offset_index, self.time_index = loaded_offsets, loaded_times
+        self.tail = None
         self.next_offset = last.next_offset
         self.max_timestamp_ms = max(loaded_times.last_timestamp_ms, last.max_timestamp_ms)
         self.offset_of_max_timestamp = (
@@ -274,6 +282,7 @@ class LogSegment:
             loaded_offsets = OffsetIndex(self.offset_index.path, self.base_offset, bytearray())
             loaded_times = TimeIndex(self.time_index.path, self.base_offset, bytearray())
         self.offset_index, self.time_index = loaded_offsets, loaded_times
+        self.tail = None
         try:
             self.offset_index.truncate_from_position(position)
             self.time_index.truncate_from_offset(offset)
@@ -311,6 +320,9 @@ class LogSegment:
             self.offset_index.append(batch.base_offset, batch.position)
             self.time_index.maybe_append(self.max_timestamp_ms, self.offset_of_max_timestamp)
             self.bytes_since_index_entry = 0
+            self.tail = [batch]
+        elif self.tail is not None:
+            self.tail.append(batch)
         self.bytes_since_index_entry += batch.batch_bytes
         self.next_offset = batch.next_offset
 
@@ -360,6 +372,7 @@ class LogSegment:
             offset_entries,
             time_entries,
         ) = saved
+        self.tail = None
         try:
             os.ftruncate(self.handle.descriptor, self.size_bytes)
             self.offset_index.truncate_entries(offset_entries)
@@ -377,6 +390,7 @@ class LogSegment:
         self.offset_index.close()
         self.time_index.close()
         self.sealed = True
+        self.tail = None  # reads of sealed segments go through the index
 
     def write_final_time_entry(self) -> None:
         """Index the segment's current max timestamp (done on seal and close, so the
@@ -391,9 +405,24 @@ class LogSegment:
 
     # -- reading ------------------------------------------------------------------------
 
+    def _tail_index(self, offset: int) -> int | None:
+        """Where the batch containing ``offset`` is in ``tail``, if it is there.
+        Searched from the end: live consumers read the newest batches."""
+        tail = self.tail
+        if not tail or tail[0].base_offset > offset:
+            return None
+        for index in range(len(tail) - 1, -1, -1):  # bounded by one index interval
+            if tail[index].base_offset <= offset:
+                return index
+        return None
+
     def locate(self, offset: int) -> BatchInfo:
         """The batch containing ``offset`` (base_offset <= offset < next_offset)."""
         assert self.base_offset <= offset < self.next_offset, (offset, self.base_offset)
+        index = self._tail_index(offset)
+        if index is not None:
+            assert self.tail is not None
+            return self.tail[index]
         indexed_offset, indexed_position = self.offset_index.lookup(offset)
         for batch in walk_headers(self.handle.descriptor, indexed_position, self.size_bytes):
             assert batch.position != indexed_position or batch.base_offset == indexed_offset
@@ -405,10 +434,25 @@ class LogSegment:
         """Whole batches from the one containing ``offset``, at most ``max_bytes`` of
         them unless the first alone is bigger (it is then returned whole, so a reader
         always makes progress), ending at or before ``end_position``."""
-        first = self.locate(offset)
+        tail = self.tail
+        first_index = self._tail_index(offset)
+        first = self.locate(offset) if first_index is None or tail is None else tail[first_index]
         limit_position = self.size_bytes if end_position is None else end_position
         assert first.position < limit_position <= self.size_bytes
         limit_position = min(limit_position, first.position + max(max_bytes, first.batch_bytes))
+        if first_index is not None and tail is not None:
+            last = first
+            for index in range(first_index + 1, len(tail)):  # bounded by the tail
+                if tail[index].end > limit_position:
+                    break
+                last = tail[index]
+            return FileRegion(
+                self.handle,
+                first.position,
+                last.end - first.position,
+                first.base_offset,
+                last.next_offset,
+            )
         # Every batch before the last indexed batch starting below the limit fits, so
         # walking from the entry before that one crosses at most two index intervals.
         number = self.offset_index.floor_entry_number(limit_position - 1, field=1)
@@ -460,6 +504,7 @@ class LogSegment:
         self.size_bytes = batch.position
         self.next_offset = batch.base_offset
         self.sealed = False
+        self.tail = None
         # Recompute the max timestamp: batches before the last time entry's batch are
         # covered by it; walk the rest.
         self.max_timestamp_ms = self.time_index.last_timestamp_ms
@@ -521,6 +566,17 @@ class LogSegment:
         if self.time_index.entry_count:
             assert self.time_index.last_timestamp_ms <= self.max_timestamp_ms
         assert (self.rolling_timestamp_ms is None) == self.is_empty, self.path
+        if self.tail:
+            # Contiguous batches ending at the segment's end, as the file has them.
+            assert self.tail[-1].end == self.size_bytes, self.path
+            assert self.tail[-1].next_offset == self.next_offset, self.path
+            for earlier, later in zip(self.tail, self.tail[1:], strict=False):
+                assert earlier.end == later.position, self.path
+                assert earlier.next_offset == later.base_offset, self.path
+            on_disk = list(
+                walk_headers(self.handle.descriptor, self.tail[0].position, self.size_bytes)
+            )
+            assert on_disk == self.tail, self.path
 
     def __repr__(self) -> str:
         return (
