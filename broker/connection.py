@@ -213,16 +213,17 @@ class ConnectionHandler:
         writer task: a scheduler pass per request.  The handler runs shielded
         from the reader's idle deadline and from a graceful shutdown (which stops
         the reader): only request_timeout_ms cuts it short."""
-        reply = None
+        fetch_reply = None
         if isinstance(item, IncomingRequest) and isinstance(item.body, FetchRequest):
-            reply = fetch_now(self.broker, item.body)
-            if reply is None:
+            fetch_reply = fetch_now(self.broker, item.body)
+            if fetch_reply is None:
                 return False
         try:
-            if reply is None:
+            if fetch_reply is None:
                 await self._answer(item, shield=True)
             else:
-                await self._send_reply(item, reply, shield=True)
+                assert isinstance(item, IncomingRequest)
+                await self._send_reply(item, fetch_reply, shield=True)
         finally:
             self.inflight -= 1
             self.last_activity = trio.current_time()
