@@ -30,7 +30,7 @@ from typing import Final
 
 import trio
 
-from broker.handlers import Reply, extra_wait_ms, fetch_now, handle
+from broker.handlers import Reply, fetch_now, handle, handle_fetch
 from broker.logging import get_logger
 from broker.state import Broker
 from broker.storage.file_handle import FileRegion
@@ -286,8 +286,17 @@ class ConnectionHandler:
             reply.release()
 
     async def _run_handler(self, request: IncomingRequest, shield: bool) -> Reply | None:
-        timeout_s = (self.limits.request_timeout_ms + extra_wait_ms(self.broker, request)) / 1000
         error: DistributaryError
+        body = request.body
+        if isinstance(body, FetchRequest):
+            # No scope of its own: the long poll ends by its own deadline (max_wait_ms,
+            # at most request_timeout_ms) and collecting never blocks.
+            try:
+                return await handle_fetch(self.broker, body)
+            except DistributaryError as raised:
+                await self._refuse(request, raised)
+                return None
+        timeout_s = self.limits.request_timeout_ms / 1000
         with trio.CancelScope(deadline=trio.current_time() + timeout_s, shield=shield) as scope:
             try:
                 return await handle(self.broker, request)
@@ -298,13 +307,16 @@ class ConnectionHandler:
                 f"{request.api_key.name} took longer than request_timeout_ms="
                 f"{self.limits.request_timeout_ms}"
             )
+        await self._refuse(request, error)
+        return None
+
+    async def _refuse(self, request: IncomingRequest, error: DistributaryError) -> None:
+        """Answer ``request`` with ``error`` (an ErrorResponse), logged."""
         self.logger.info(
             "request failed", api=request.api_key.name, error=error.message, code=error.code.name
         )
-        if not request.wants_response:
-            return None
-        await self._send(ServerConnection.encode_error(request, error), [])
-        return None
+        if request.wants_response:
+            await self._send(ServerConnection.encode_error(request, error), [])
 
     # -- sending ----------------------------------------------------------------------
 

@@ -99,15 +99,6 @@ class Reply:
         self.regions = []
 
 
-def extra_wait_ms(broker: Broker, request: IncomingRequest) -> int:
-    """How long a request may legitimately wait on top of request_timeout_ms (a
-    Fetch's long poll, capped at request_timeout_ms)."""
-    body = request.body
-    if isinstance(body, FetchRequest):
-        return min(body.max_wait_ms, broker.limits.request_timeout_ms)
-    return 0
-
-
 async def handle(broker: Broker, request: IncomingRequest) -> Reply | None:
     """Run one request.  Raises DistributaryError for a whole-request error."""
     body = request.body  # checked at decode (client/protocol/payload.py: check_request)
