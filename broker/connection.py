@@ -148,17 +148,23 @@ class ConnectionHandler:
         descriptor = self._descriptor
         wait_readable = trio.lowlevel.wait_readable
         ready_in_a_row = 0
+        drained = False
         while True:  # until EOF, a violation or cancellation
             # A plain non-blocking read, waiting only when the socket is empty: no
-            # stream wrapper, no scheduler trip when bytes are already there.  A
-            # client that always has bytes ready still lets the others run: every
-            # RECEIVES_WITHOUT_YIELD_MAX reads in a row we pass a checkpoint.
+            # stream wrapper, no scheduler trip when bytes are already there.  After
+            # a short read the socket was empty, so we wait first rather than spend
+            # a read on EAGAIN.  A client that always has bytes ready still lets the
+            # others run: every RECEIVES_WITHOUT_YIELD_MAX reads in a row we pass a
+            # checkpoint.
+            if drained:
+                ready_in_a_row = 0
+                await wait_readable(descriptor)
             try:
                 data = os.read(descriptor, RECEIVE_BYTES_MAX)
             except BlockingIOError:
-                ready_in_a_row = 0
-                await wait_readable(descriptor)
+                drained = True
                 continue
+            drained = len(data) < RECEIVE_BYTES_MAX
             ready_in_a_row += 1
             if ready_in_a_row >= RECEIVES_WITHOUT_YIELD_MAX:
                 ready_in_a_row = 0
