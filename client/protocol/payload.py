@@ -47,18 +47,21 @@ def payload_layout(
     """``(topic, partition, records_bytes)`` in payload order; ``[]`` for a message
     that carries no payload.  Raises ``error`` for a negative ``records_bytes`` or
     a (topic, partition) listed twice."""
-    if isinstance(body, ProduceRequest):
-        topics: list[tuple[str, list[tuple[int, int]]]] = [
-            (topic.name, [(part.partition, part.records_bytes) for part in topic.partitions])
-            for topic in body.topics
-        ]
-    elif isinstance(body, FetchResponse):
-        topics = [
-            (topic.name, [(part.partition, part.records_bytes) for part in topic.partitions])
-            for topic in body.topics
-        ]
-    else:
+    if not isinstance(body, ProduceRequest | FetchResponse):
         return []
+    if len(body.topics) == 1 and len(body.topics[0].partitions) == 1:
+        # The usual message (one partition): nothing can be listed twice.
+        topic = body.topics[0]
+        part = topic.partitions[0]
+        if part.records_bytes < 0:
+            raise error(
+                f"{topic.name}/{part.partition}: negative records_bytes {part.records_bytes}"
+            )
+        return [(topic.name, part.partition, part.records_bytes)]
+    topics: list[tuple[str, list[tuple[int, int]]]] = [
+        (topic.name, [(part.partition, part.records_bytes) for part in topic.partitions])
+        for topic in body.topics
+    ]
     layout: list[tuple[str, int, int]] = []
     seen: set[tuple[str, int]] = set()
     for name, partitions in topics:
