@@ -60,6 +60,24 @@ INLINE_REGION_BYTES_MAX: Final = 16 * 1024
 
 Item = IncomingRequest | BadRequest
 
+# One receive buffer per event loop, shared by every connection's reader: each
+# read's bytes are copied into that connection's frame decoder before the reader
+# can await, so no two reads ever overlap in it.  A fresh ``os.read`` result
+# would be allocated (for 256 KiB: mmap'ed and unmapped) on every read; a buffer
+# per connection would cost 256 KiB each.
+_RECEIVE_BUFFER: Final = trio.lowlevel.RunVar[tuple[list[bytearray], memoryview]]("receive_buffer")
+
+
+def receive_buffer() -> tuple[list[bytearray], memoryview]:
+    """This event loop's receive buffer: ``[buffer]`` for ``os.readv`` and a view."""
+    try:
+        return _RECEIVE_BUFFER.get()
+    except LookupError:
+        buffer = bytearray(RECEIVE_BYTES_MAX)
+        shared = ([buffer], memoryview(buffer))
+        _RECEIVE_BUFFER.set(shared)
+        return shared
+
 
 class ClientGone(Exception):
     """Internal: the connection must close now (logged where raised)."""
@@ -147,29 +165,23 @@ class ConnectionHandler:
         so the idle deadline never interrupts a request half-taken."""
         descriptor = self._descriptor
         wait_readable = trio.lowlevel.wait_readable
+        buffers, view = receive_buffer()
         ready_in_a_row = 0
         drained = False
         while True:  # until EOF, a violation or cancellation
             # A plain non-blocking read, waiting only when the socket is empty: no
             # stream wrapper, no scheduler trip when bytes are already there.  After
             # a short read the socket was empty, so we wait first rather than spend
-            # a read on EAGAIN.  A client that always has bytes ready still lets the
-            # others run: every RECEIVES_WITHOUT_YIELD_MAX reads in a row we pass a
-            # checkpoint.
+            # a read on EAGAIN.
             if drained:
                 ready_in_a_row = 0
                 await wait_readable(descriptor)
             try:
-                data = os.read(descriptor, RECEIVE_BYTES_MAX)
+                count = os.readv(descriptor, buffers)
             except BlockingIOError:
                 drained = True
                 continue
-            drained = len(data) < RECEIVE_BYTES_MAX
-            ready_in_a_row += 1
-            if ready_in_a_row >= RECEIVES_WITHOUT_YIELD_MAX:
-                ready_in_a_row = 0
-                await trio.lowlevel.checkpoint()
-            if not data:
+            if not count:
                 if self.protocol_buffered_bytes():
                     self.logger.warning(
                         "truncated frame at end of stream",
@@ -177,9 +189,11 @@ class ConnectionHandler:
                     )
                     connection_scope.cancel()
                 return  # EOF: the writer answers what was read, then we close
+            drained = count < RECEIVE_BYTES_MAX
             self.last_activity = trio.current_time()
             try:
-                self.protocol.receive_data(data)
+                # Copied out of the shared buffer before anything can await.
+                self.protocol.receive_data(view[:count])
                 await self._take_requests(channel)
             except ProtocolError as error:
                 self.logger.warning(
@@ -187,6 +201,11 @@ class ConnectionHandler:
                 )
                 connection_scope.cancel()
                 return
+            # A client that always has bytes ready still lets the others run.
+            ready_in_a_row += 1
+            if ready_in_a_row >= RECEIVES_WITHOUT_YIELD_MAX:
+                ready_in_a_row = 0
+                await trio.lowlevel.checkpoint()
 
     def protocol_buffered_bytes(self) -> int:
         # Bytes of a frame not yet complete.  ServerConnection does not expose this
