@@ -2,11 +2,18 @@
 
 Runs on trio or asyncio (anyio).  One fetcher task per leader broker keeps a
 long-polling Fetch request in flight for every assigned partition whose buffer
-has room; each response is cut per partition (``split_payload``) and decoded
-per batch in C (client/records/decoder.py) into lists of records, which wait in
-a small per-partition buffer.  :meth:`Consumer.getmany` and ``async for`` hand
-out those lists, so the next fetch is already on the wire while the caller
-works on the current one, and the per-record cost of iterating is one list index.
+has room; each response is cut per partition and decoded per batch in C
+(client/records/decoder.py) into lists of records, which wait in a small
+per-partition buffer.  :meth:`Consumer.getmany` and ``async for`` hand out
+those lists, so the next fetch is already on the wire while the caller works on
+the current one, and the per-record cost of iterating is one list index.
+
+The response is handled in its callback, inside the connection's dispatch (no
+task switch), which decodes it, sends the next fetch right there when that
+needs no awaiting (asyncio: a write never waits; no offset to resolve, no
+metadata to refresh), then wakes the reader: a waiting ``getmany`` returns on
+the next turn of the event loop.  Anything else hands back to the fetcher task
+(see ``_FetchChain``).
 
 Positions: ``position(tp)`` is the offset of the next record the caller will get.
 A position is set by ``seek`` or resolved from the broker (ListOffsets) by
@@ -30,16 +37,19 @@ handing out (and fetching) partitions without leaving the group.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 from collections import deque
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from functools import partial
 from typing import Any, Final, Literal
 
 import anyio
 import anyio.abc
 
 from client._io.cluster import Cluster, ClusterClient, backoff_ms
+from client._io.connection import BrokerConnection, EventLoopTools, LoopEvent, PendingResponse
 from client._logging import get_logger
 from client.errors import (
     ConnectionClosedError,
@@ -56,6 +66,7 @@ from client.group import (
     PartitionsCallback,
     fetch_committed,
 )
+from client.protocol.connection import IncomingResponse
 from client.protocol.messages import (
     EARLIEST_TIMESTAMP,
     LATEST_TIMESTAMP,
@@ -68,7 +79,6 @@ from client.protocol.messages import (
     ListOffsetsResponse,
     ListOffsetsTopic,
 )
-from client.protocol.payload import split_payload
 from client.records.decoder import Record, RecordDecoder, ValueFormat
 from client.records.header import BATCH_BYTES_MAX_DEFAULT
 from client.types import MiB, OffsetReset, PartitionLag, TopicPartition
@@ -126,6 +136,34 @@ class _PartitionState:
         if self.chunks:
             return int(self.chunks[0][self.head].offset)
         return self.fetch_offset
+
+
+class _FetchChain:
+    """The fetches one fetcher task has on the wire, back to back.
+
+    The task sends the first; each response is handled in its ``on_done``
+    callback, inside the connection's dispatch, which sends the next fetch right
+    there (no task switch) while the connection takes a write at once and the
+    partitions need nothing awaited (no offset to resolve, no metadata to
+    refresh).  Otherwise the chain finishes and the task takes over again."""
+
+    __slots__ = ("connection", "done", "epochs", "error", "finished", "node", "pending", "stale")
+
+    def __init__(self, node: int, connection: BrokerConnection, done: LoopEvent) -> None:
+        self.node = node
+        self.connection = connection
+        self.done = done
+        # The partitions' epochs when the fetch in flight was built.
+        self.epochs: dict[TopicPartition, int] = {}
+        self.pending: PendingResponse | None = None  # the fetch in flight, if any
+        self.finished = False
+        self.stale = False  # a partition moved: metadata must be refreshed
+        self.error: DistributaryError | None = None
+
+    def finish(self, error: DistributaryError | None = None) -> None:
+        self.error = error
+        self.finished = True
+        self.done.set()
 
 
 class Consumer(ClusterClient):
@@ -199,8 +237,10 @@ class Consumer(ClusterClient):
         self._task_group: anyio.abc.TaskGroup | None = None
         self._cluster: Cluster | None = None
         self._fetchers: set[int] = set()
-        self._data_ready: anyio.Event | None = None
-        self._room: anyio.Event | None = None
+        self._data_ready: LoopEvent | None = None
+        self._room: LoopEvent | None = None
+        self._tools: EventLoopTools | None = None
+        self._data_timer: asyncio.TimerHandle | None = None  # see _wait_for_data
         self._pending_errors: list[DistributaryError] = []
         # The chunk ``async for`` is walking: its partition, list and next index.
         self._iter_tp: TopicPartition | None = None
@@ -235,6 +275,7 @@ class Consumer(ClusterClient):
     async def start(self) -> None:
         """Open the consumer; ``close()`` must be called from the same task."""
         cluster = await self._open_cluster()
+        self._tools = EventLoopTools()
         if self._group_options is not None:
             self._group = GroupMembership(self, cluster, self._group_options, self._random)
 
@@ -254,6 +295,9 @@ class Consumer(ClusterClient):
                 await self._group.leave()
         self._closed = True
         assert self._cluster is not None, "the consumer was never started"
+        if self._data_timer is not None:
+            self._data_timer.cancel()
+            self._data_timer = None
         self._signal(data=True, room=True)
         await self._cluster.shutdown()
 
@@ -591,20 +635,50 @@ class Consumer(ClusterClient):
         if self._iter_tp is not None:
             # Hand back what ``async for`` had not reached yet, in order.
             self._return_iterator_chunk()
-        await self._before_poll()
-        with anyio.move_on_after(timeout_ms / 1000):
-            while True:
-                self._raise_pending()
-                result = self._take(max_records if max_records is not None else math.inf)
-                if result:
-                    return result
-                if self._closed:
-                    raise ConnectionClosedError("the consumer is closed")
-                if self._data_ready is None:
-                    self._data_ready = anyio.Event()
-                await self._data_ready.wait()
-        self._raise_pending()
-        return {}
+        if self._group is None:
+            self._busy = False  # all _before_poll does without a group
+        else:
+            await self._before_poll()
+        limit = max_records if max_records is not None else math.inf
+        tools = self._tools
+        assert tools is not None
+        deadline = tools.clock() + timeout_ms / 1000
+        while True:
+            self._raise_pending()
+            result = self._take(limit)
+            if result:
+                return result
+            if self._closed:
+                raise ConnectionClosedError("the consumer is closed")
+            if tools.clock() >= deadline:
+                return {}
+            await self._wait_for_data(tools, deadline)
+
+    async def _wait_for_data(self, tools: EventLoopTools, deadline: float) -> None:
+        """Park until data (or an error) may be there, or ``deadline`` (on the
+        ``tools.clock`` scale) passed; waking early is allowed."""
+        event = self._data_ready
+        if event is None:
+            event = self._data_ready = tools.event()
+        call_at = tools.call_at
+        if call_at is None:  # trio: its cancel scopes are cheap
+            await tools.wait_or_timeout(event, deadline - tools.clock())
+            if self._data_ready is event:  # set by the timeout, not by _signal
+                self._data_ready = None
+            return
+        # asyncio: one timer serves the waits of successive getmany calls (a poll
+        # loop), as long as it fires no later than their deadlines; it may fire
+        # early, and the caller then waits again.
+        timer = self._data_timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._data_timer = call_at(deadline, self._data_timer_fired)
+        await event.wait()
+
+    def _data_timer_fired(self) -> None:
+        self._data_timer = None
+        self._signal(data=True)
 
     def _return_iterator_chunk(self) -> None:
         tp = self._iter_tp
@@ -623,12 +697,17 @@ class Consumer(ClusterClient):
     def _take(self, max_records: float) -> dict[TopicPartition, list[Record[Any]]]:
         result: dict[TopicPartition, list[Record[Any]]] = {}
         taken = 0
-        items = list(self._states.items())
-        if not items:
-            return result
-        # Start from a rotating partition so none starves under max_records.
-        self._rotation = (self._rotation + 1) % len(items)
-        for tp, state in items[self._rotation :] + items[: self._rotation]:
+        states = self._states
+        if len(states) == 1:
+            items = list(states.items())
+        else:
+            items = list(states.items())
+            if not items:
+                return result
+            # Start from a rotating partition so none starves under max_records.
+            self._rotation = (self._rotation + 1) % len(items)
+            items = items[self._rotation :] + items[: self._rotation]
+        for tp, state in items:
             if state.paused:
                 continue
             chunks = state.chunks
@@ -691,7 +770,8 @@ class Consumer(ClusterClient):
             if self._closed:
                 raise StopAsyncIteration
             if self._data_ready is None:
-                self._data_ready = anyio.Event()
+                assert self._tools is not None
+                self._data_ready = self._tools.event()
             await self._data_ready.wait()
 
     def _take_chunk(self) -> tuple[TopicPartition, list[Record[Any]]] | None:
@@ -731,12 +811,19 @@ class Consumer(ClusterClient):
                 self._fetchers.add(node)
                 self._task_group.start_soon(self._fetch_loop, node)
 
-    def _fetchable(self, node: int) -> list[TopicPartition]:
+    def _fetchable(self, node: int, *, unresolved_stops: bool = False) -> list[TopicPartition]:
+        """The partitions to fetch from ``node`` now.  ``unresolved_stops``: none
+        (an empty list) when some partition waits for its offset to be resolved,
+        which only the fetcher task can do."""
         cluster = self._cluster
         assert cluster is not None
         ready: list[TopicPartition] = []
         for tp, state in self._states.items():
-            if state.fetch_offset is None or state.error is not None or state.paused:
+            if state.fetch_offset is None:
+                if unresolved_stops and state.reset is not None:
+                    return []
+                continue
+            if state.error is not None or state.paused:
                 continue
             if len(state.chunks) >= BUFFERED_CHUNKS_MAX:
                 continue
@@ -758,9 +845,12 @@ class Consumer(ClusterClient):
                     await self._resolve_offsets(unresolved)
                 partitions = self._fetchable(node)
                 if not partitions:
-                    self._room = room = anyio.Event()
-                    with anyio.move_on_after(1.0):  # re-check leaders now and then
-                        await room.wait()
+                    assert self._tools is not None
+                    self._room = room = self._tools.event()
+                    # Re-check leaders now and then.
+                    await self._tools.wait_or_timeout(room, 1.0)
+                    if self._room is room:
+                        self._room = None
                     continue
                 await self._fetch_once(node, partitions)
                 failures = 0
@@ -786,55 +876,135 @@ class Consumer(ClusterClient):
             log.debug("metadata refresh failed", error=str(error))
 
     async def _fetch_once(self, node: int, partitions: list[TopicPartition]) -> None:
+        """Fetch ``partitions`` from ``node``, then keep fetching from the response
+        callbacks (see :class:`_FetchChain`) until that needs the task again.
+        Raises the typed error that ended the chain."""
         cluster = self._cluster
-        assert cluster is not None
+        assert cluster is not None and self._tools is not None
+        connection = await cluster.connection_for_node(node)
+        chain = _FetchChain(node, connection, self._tools.event())
+        request, chain.epochs = self._fetch_request(partitions)
+        pending = await connection.send(
+            request,
+            timeout_ms=self.request_timeout_ms + self.fetch_max_wait_ms,
+            on_done=partial(self._fetch_done, chain),
+            checked=False,  # valid by construction (see _fetch_request)
+        )
+        assert pending is not None
+        if not pending.done:  # else its callback ran already and moved the chain on
+            chain.pending = pending
+        try:
+            await chain.done.wait()
+        finally:
+            if not chain.finished:  # cancelled: nobody wants the responses any more
+                chain.finished = True
+                if chain.pending is not None:
+                    connection.abandon(chain.pending)
+        if chain.stale:
+            await self._refresh_assigned_metadata()
+            self._start_fetchers()
+        if chain.error is not None:
+            raise chain.error
+
+    def _fetch_request(
+        self, partitions: list[TopicPartition]
+    ) -> tuple[FetchRequest, dict[TopicPartition, int]]:
+        """The fetch of ``partitions`` (each resolved and listed once), and their
+        epochs now."""
         by_topic: dict[str, list[FetchPartition]] = {}
         epochs: dict[TopicPartition, int] = {}
+        states = self._states
         for tp in partitions:
-            state = self._states[tp]
+            state = states[tp]
             assert state.fetch_offset is not None
             epochs[tp] = state.epoch
-            by_topic.setdefault(tp.topic, []).append(
-                FetchPartition(
-                    tp.partition,
-                    state.fetch_offset,
-                    state.fetch_bytes_max or self.partition_fetch_bytes_max,
-                )
+            fetch_partition = FetchPartition(
+                tp.partition,
+                state.fetch_offset,
+                state.fetch_bytes_max or self.partition_fetch_bytes_max,
             )
+            group = by_topic.get(tp.topic)
+            if group is None:
+                by_topic[tp.topic] = [fetch_partition]
+            else:
+                group.append(fetch_partition)
         request = FetchRequest(
             max_wait_ms=self.fetch_max_wait_ms,
             min_bytes=self.fetch_min_bytes,
             max_bytes=self.fetch_max_bytes,
             topics=[FetchTopic(name, parts) for name, parts in by_topic.items()],
         )
-        connection = await cluster.connection_for_node(node)
-        response = await connection.request(
-            request, timeout_ms=self.request_timeout_ms + self.fetch_max_wait_ms
-        )
+        return request, epochs
+
+    def _fetch_done(self, chain: _FetchChain, pending: PendingResponse) -> None:
+        """A fetch response (or its error), inside the connection's dispatch: hand
+        the records over, then send the next fetch at once if nothing needs the
+        task.  Must not raise."""
+        chain.pending = None
+        if chain.finished:  # abandoned
+            return
+        try:
+            stale = self._apply_fetch(pending.result(), chain.epochs)
+        except DistributaryError as error:
+            chain.finish(error)
+            return
+        if stale or self._closed:
+            chain.stale = stale
+            chain.finish()
+            return
+        connection = chain.connection
+        partitions = self._fetchable(chain.node, unresolved_stops=True)
+        if not partitions or not connection.writable_now:
+            chain.finish()
+            return
+        request, chain.epochs = self._fetch_request(partitions)
+        try:
+            chain.pending = connection.send_nowait(
+                request,
+                timeout_ms=self.request_timeout_ms + self.fetch_max_wait_ms,
+                on_done=partial(self._fetch_done, chain),
+                checked=False,
+            )
+        except DistributaryError as error:
+            chain.finish(error)
+
+    def _apply_fetch(self, response: IncomingResponse, epochs: dict[TopicPartition, int]) -> bool:
+        """Decode a fetch response into the partitions' buffers and wake readers.
+        True when a partition's leader moved (metadata must be refreshed)."""
         body = response.body
         assert isinstance(body, FetchResponse)
-        views = split_payload(body, response.payload)
-        results = [part for topic in body.topics for part in topic.partitions]
-        assert len(results) == len(views)
+        # The connection checked the payload rule: records_bytes add up, no
+        # partition twice, none negative.  Cut it per partition without copying.
+        payload = response.payload
+        position = 0
         got_data = False
         stale = False
-        for (topic, partition, view), result in zip(views, results, strict=True):
-            tp = TopicPartition(topic, partition)
-            current = self._states.get(tp)
-            if current is None or epochs.get(tp) != current.epoch or current.fetch_offset is None:
-                continue  # unassigned or seeked while the fetch was in flight
-            state = current
-            if result.error_code:
-                stale |= self._partition_error(tp, state, result.error_code, result.error_message)
-                got_data |= state.error is not None
-                continue
-            state.high_watermark = result.high_watermark
-            got_data |= self._decode_into(tp, state, view)
+        states = self._states
+        for topic in body.topics:
+            name = topic.name
+            for result in topic.partitions:
+                size = result.records_bytes
+                start = position
+                position += size
+                tp = TopicPartition(name, result.partition)
+                state = states.get(tp)
+                if state is None or epochs.get(tp) != state.epoch or state.fetch_offset is None:
+                    continue  # unassigned or seeked while the fetch was in flight
+                if result.error_code:
+                    stale |= self._partition_error(
+                        tp, state, result.error_code, result.error_message
+                    )
+                    got_data |= state.error is not None
+                    continue
+                state.high_watermark = result.high_watermark
+                if size:
+                    got_data |= self._decode_into(tp, state, payload[start:position])
+                else:
+                    state.fetch_bytes_max = 0  # what decoding nothing would leave
+        assert position == len(payload), (position, len(payload))
         if got_data:
             self._signal(data=True)
-        if stale:
-            await self._refresh_assigned_metadata()
-            self._start_fetchers()
+        return stale
 
     def _decode_into(self, tp: TopicPartition, state: _PartitionState, view: memoryview) -> bool:
         assert state.fetch_offset is not None

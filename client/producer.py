@@ -10,7 +10,11 @@ there is no per-record future: the batch is the future of all its records.
 A background sender task drains ready batches (full, ``linger_ms`` old, or
 flushing), groups them by leader into Produce requests of several partitions,
 writes them pipelined on one connection per broker, and resolves each batch
-from the response.  Retriable errors (connection lost, broker restarting, not
+from the response.  On asyncio, where a write never waits, a batch that is
+ready at once (``linger_ms=0``) leaves from ``enqueue`` itself, and the next
+batch of a partition leaves from the callback that handles the previous one's
+acknowledgement (``_send_now``): no trip through the sender task, as long as it
+is idle so nothing it holds is overtaken.  Retriable errors (connection lost, broker restarting, not
 leader, timeouts) put a batch back in its partition's queue, ahead of the
 batches sent after it, after an exponential backoff, at most ``retries_max``
 times, so retries never reorder records.
@@ -32,11 +36,10 @@ import time
 from collections.abc import Callable, Generator, Iterable, Sequence
 from functools import partial
 from types import TracebackType
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, cast
 
 import anyio
 import anyio.abc
-import anyio.lowlevel
 import msgspec
 
 from client._io.cluster import Cluster, ClusterClient, backoff_ms
@@ -146,17 +149,19 @@ class RecordHandle(msgspec.Struct, gc=False, frozen=True):
         return self.wait().__await__()
 
 
-async def wait_for_batch(batch: ProducerBatch) -> None:
-    """Park until ``batch`` is acknowledged or failed (one event per batch)."""
+async def wait_for_batch(
+    batch: ProducerBatch, new_event: Callable[[], LoopEvent] | None = None
+) -> None:
+    """Park until ``batch`` is acknowledged or failed (one event per batch).
+    ``new_event``: the running loop's Event class (looked up when not given)."""
     if batch.done:
         return
     waiter = batch.waiter
     if waiter is None:
-        event = anyio.Event()
+        event = (new_event or EventLoopTools().event)()
         batch.waiter = event
     else:
-        assert isinstance(waiter, anyio.Event)
-        event = waiter
+        event = cast(LoopEvent, waiter)
     await event.wait()
 
 
@@ -276,6 +281,19 @@ class Producer(ClusterClient):
         # partition tells whether a new batch could leave now (see send_nowait).
         self._last_sent: dict[tuple[str, int], ProducerBatch] = {}
         self._wake_on_new_batch = self._accumulator.inflight_batches_per_partition_max > 1
+        # With linger_ms=0 a batch is ready the moment it opens: send it at once.
+        self._send_on_open = linger_ms == 0
+        # True while the sender task is parked on _wake: only then may batches be
+        # sent from outside it (_send_now), so they never overtake batches it holds.
+        self._sender_parked = False
+        # Batches _send_now drained but could not write (no connection yet, write
+        # buffer full): the sender sends them first, before draining more.
+        self._handoff: list[ProducerBatch] = []
+        # Set when the sender is woken: enqueue then yields so it runs soon.
+        self._sender_woken = False
+        self._enqueued = 0  # enqueue calls, for the periodic checkpoint
+        self._tools: EventLoopTools | None = None
+        self._writes_nowait = False  # connections can write synchronously (asyncio)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -291,6 +309,8 @@ class Producer(ClusterClient):
         """Start the background sender.  ``close()`` must then be called from the
         same task (``async with`` does both)."""
         cluster = await self._open_cluster(inflight_requests_max=self.inflight_requests_max)
+        self._tools = EventLoopTools()
+        self._writes_nowait = self._tools.is_asyncio
         task_group = cluster.task_group
         self._partition_counts = cluster.partition_counts
         self._metadata_lock = anyio.Lock()
@@ -325,7 +345,11 @@ class Producer(ClusterClient):
     ) -> RecordMetadata:
         """Send one record and wait for its acknowledgement.  See :meth:`enqueue`."""
         handle = await self.enqueue(topic, value, key, headers, partition, timestamp_ms)
-        return await handle.wait()
+        batch = handle.batch
+        if not batch.done:
+            tools = self._tools
+            await wait_for_batch(batch, tools.event if tools is not None else None)
+        return handle.result()
 
     async def enqueue(
         self,
@@ -358,11 +382,15 @@ class Producer(ClusterClient):
                 else:
                     await self._check_partition(topic, partition)
                 continue
-            if not handle.offset_delta & CHECKPOINT_EVERY_MASK:
-                # A batch just opened, or another 512 records went in: let the
-                # reader and sender tasks run, so a tight enqueue loop still feeds
-                # the network and acks arrive on time.
-                await anyio.lowlevel.checkpoint()
+            self._enqueued += 1
+            if self._sender_woken or not self._enqueued & CHECKPOINT_EVERY_MASK:
+                # The sender was woken (a batch to send or to linger on), or another
+                # 512 records went in: let the reader and sender tasks run, so a
+                # tight enqueue loop still feeds the network and acks arrive on time.
+                self._sender_woken = False
+                tools = self._tools
+                if tools is not None:
+                    await tools.checkpoint()
             return handle
         raise TooManyRequestsError("producer buffer stayed full while enqueueing a record")
 
@@ -434,13 +462,16 @@ class Producer(ClusterClient):
             # Otherwise (one batch in flight per partition) the partition's batch
             # in flight or waiting to be retried holds this one back, and its
             # outcome wakes the sender anyway.
-            self._wake_sender()
+            if self._send_on_open:
+                self._send_now()
+            else:
+                self._wake_sender()
         return RecordHandle(batch, delta)
 
     async def wait_for_space(self) -> None:
         """Wait until the buffer has room (and let the sender run meanwhile).
         Raises ConnectionClosedError if the producer closes."""
-        await anyio.lowlevel.checkpoint()
+        await anyio.sleep(0)
         await self._wait_for_space()
 
     async def enqueue_many(
@@ -469,7 +500,7 @@ class Producer(ClusterClient):
                 handle = await self.enqueue(topic, value, key, None, partition)
             else:
                 if not handle.offset_delta & CHECKPOINT_EVERY_MASK:
-                    await anyio.lowlevel.checkpoint()
+                    await anyio.sleep(0)
             handles.append(handle)
         return handles
 
@@ -562,6 +593,7 @@ class Producer(ClusterClient):
         wake = self._wake
         if wake is not None:
             self._wake = None
+            self._sender_woken = True
             wake.set()
 
     # -- the sender task ------------------------------------------------------------------------
@@ -573,17 +605,61 @@ class Producer(ClusterClient):
             if self._stale_topics:
                 await self._refresh_stale_topics()
             now_ms = self._clock_ms()
-            batches = accumulator.drain(now_ms)
+            if self._handoff:
+                # Drained by _send_now (at most one per partition): they go first,
+                # in their own requests (a request lists a partition once).
+                batches, self._handoff = self._handoff, []
+            else:
+                batches = accumulator.drain(now_ms)
             if batches:
                 await self._send_batches(batches)
                 continue
             wait_ms = accumulator.next_ready_ms(now_ms)
             self._wake = wake = new_event()
-            if wait_ms is None:  # nothing lingers: only a new batch or a response wakes us
-                await wake.wait()
-            else:
-                with anyio.move_on_after(wait_ms / 1000):
+            self._sender_parked = True
+            try:
+                if wait_ms is None:  # nothing lingers: only a new batch or a response wakes us
                     await wake.wait()
+                else:
+                    with anyio.move_on_after(wait_ms / 1000):
+                        await wake.wait()
+            finally:
+                self._sender_parked = False
+
+    def _send_now(self) -> None:
+        """Send the batches ready now from right here (an enqueue, or the response
+        callback that freed their partition), with no trip through the sender
+        task: a plain call that writes each request synchronously.
+
+        Only while the sender is parked, so nothing it holds can be overtaken;
+        batches that need awaiting (no live connection, a full write buffer) are
+        handed to it, and it is woken whenever something is left for it (such as
+        a lingering batch, a retry backoff or a metadata refresh)."""
+        if self._closed:
+            return
+        if not (self._sender_parked and self._writes_nowait) or self._handoff or self._stale_topics:
+            self._wake_sender()
+            return
+        cluster = self._cluster
+        assert cluster is not None
+        accumulator = self._accumulator
+        now_ms = self._clock_ms()
+        batches = accumulator.drain(now_ms)
+        if len(batches) == 1 and self._send_one_now(batches[0]):
+            pass  # the usual case, without the grouping below
+        elif batches:
+            for leader, group in self._group_by_leader(batches).items():
+                connection = cluster.open_connection_for_node(leader)
+                if connection is None:
+                    self._handoff.extend(group)
+                    continue
+                for request_batches in self._split_requests(group):
+                    if self._handoff or not connection.writable_now:
+                        self._handoff.extend(request_batches)
+                    else:
+                        self._send_request_nowait(connection, request_batches)
+        if self._handoff or self._stale_topics or accumulator.next_ready_ms(now_ms) is not None:
+            self._wake_sender()
 
     async def _refresh_stale_topics(self) -> None:
         topics = sorted(self._stale_topics)
@@ -594,7 +670,29 @@ class Producer(ClusterClient):
         except DistributaryError as error:
             log.info("metadata refresh failed", topics=topics, error=str(error))
 
-    async def _send_batches(self, batches: list[ProducerBatch]) -> None:
+    def _send_one_now(self, batch: ProducerBatch) -> bool:
+        """_send_now for one drained batch whose leader's connection is writable
+        now; False (nothing done) otherwise."""
+        cluster = self._cluster
+        assert cluster is not None
+        leader = cluster.leader_for(batch.topic, batch.partition)
+        if leader is None:
+            return False
+        connection = cluster.open_connection_for_node(leader)
+        if connection is None or not connection.writable_now:
+            return False
+        self._last_sent[(batch.topic, batch.partition)] = batch
+        try:
+            self._accumulator.build(batch, BATCH_BYTES_MAX_DEFAULT)
+        except DistributaryError as error:
+            self._accumulator.fail(batch, error)
+            self._signal_space()
+            return True
+        self._send_request_nowait(connection, [batch])
+        return True
+
+    def _group_by_leader(self, batches: list[ProducerBatch]) -> dict[int, list[ProducerBatch]]:
+        """Drained batches per leader; a batch without a known leader is retried."""
         cluster = self._cluster
         assert cluster is not None
         by_leader: dict[int, list[ProducerBatch]] = {}
@@ -605,9 +703,18 @@ class Producer(ClusterClient):
                     batch, NotLeaderError(f"no known leader for {batch.topic}-{batch.partition}")
                 )
                 continue
-            by_leader.setdefault(leader, []).append(batch)
+            group = by_leader.get(leader)
+            if group is None:
+                by_leader[leader] = [batch]
+            else:
+                group.append(batch)
             self._last_sent[(batch.topic, batch.partition)] = batch
-        for leader, group in by_leader.items():
+        return by_leader
+
+    async def _send_batches(self, batches: list[ProducerBatch]) -> None:
+        cluster = self._cluster
+        assert cluster is not None
+        for leader, group in self._group_by_leader(batches).items():
             try:
                 connection = await cluster.connection_for_node(leader)
             except DistributaryError as error:
@@ -639,10 +746,18 @@ class Producer(ClusterClient):
             requests.append(current)
         return requests
 
-    async def _send_request(
-        self, connection: BrokerConnection, batches: list[ProducerBatch]
-    ) -> None:
-        # The payload follows the body's order: topics as listed, partitions within.
+    def _produce_request(
+        self, batches: list[ProducerBatch]
+    ) -> tuple[ProduceRequest, list[bytearray], list[ProducerBatch]]:
+        """The request for built batches, its payload, and the batches in payload
+        order (the body's order: topics as listed, partitions within)."""
+        if len(batches) == 1:
+            batch = batches[0]
+            payload = batch.payload
+            assert payload is not None
+            topics = [ProduceTopic(batch.topic, [ProducePartition(batch.partition, len(payload))])]
+            request = ProduceRequest(self.acks, self.request_timeout_ms, topics)
+            return request, [payload], batches
         by_topic: dict[str, list[ProducerBatch]] = {}
         for batch in batches:
             by_topic.setdefault(batch.topic, []).append(batch)
@@ -658,7 +773,13 @@ class Producer(ClusterClient):
                 for name, group in by_topic.items()
             ],
         )
-        payload = [batch.payload or b"" for batch in ordered]
+        payloads = [batch.payload or bytearray() for batch in ordered]
+        return request, payloads, ordered
+
+    async def _send_request(
+        self, connection: BrokerConnection, batches: list[ProducerBatch]
+    ) -> None:
+        request, payload, ordered = self._produce_request(batches)
         try:
             pending = await connection.send(
                 request,
@@ -666,15 +787,41 @@ class Producer(ClusterClient):
                 wants_response=self.acks != 0,
                 timeout_ms=self.request_timeout_ms + 5_000,
                 on_done=partial(self._produce_done, ordered),
+                checked=False,  # valid by construction (acks and timeout checked in __init__)
             )
         except DistributaryError as error:
             for batch in ordered:
                 self._handle_error(batch, error)
             return
         if pending is None:  # acks=none: nothing will come back
+            self._complete_unacknowledged(ordered)
+
+    def _send_request_nowait(
+        self, connection: BrokerConnection, batches: list[ProducerBatch]
+    ) -> None:
+        """:meth:`_send_request` on a connection that is ``writable_now``."""
+        request, payload, ordered = self._produce_request(batches)
+        try:
+            pending = connection.send_nowait(
+                request,
+                payload,
+                wants_response=self.acks != 0,
+                timeout_ms=self.request_timeout_ms + 5_000,
+                on_done=partial(self._produce_done, ordered),
+                checked=False,
+            )
+        except DistributaryError as error:
             for batch in ordered:
-                self._accumulator.complete(batch, -1)
-            self._signal_space()
+                self._handle_error(batch, error)
+            return
+        if pending is None:
+            self._complete_unacknowledged(ordered)
+
+    def _complete_unacknowledged(self, batches: list[ProducerBatch]) -> None:
+        """acks=none: nothing will come back; the batches are done once written."""
+        for batch in batches:
+            self._accumulator.complete(batch, -1)
+        self._signal_space()
 
     def _produce_done(self, batches: list[ProducerBatch], pending: PendingResponse) -> None:
         """The response (or the error) of a Produce request: complete, retry or fail
@@ -684,7 +831,7 @@ class Producer(ClusterClient):
         except DistributaryError as error:
             for batch in batches:
                 self._handle_error(batch, error)
-            self._wake_sender()
+            self._send_now()
             return
         body = response.body
         assert isinstance(body, ProduceResponse)
@@ -702,7 +849,8 @@ class Producer(ClusterClient):
             for batch in batches:
                 self._complete(batch, results.get((batch.topic, batch.partition)))
         self._signal_space()
-        self._wake_sender()
+        # The next batches of these partitions may leave now: send them from here.
+        self._send_now()
 
     def _complete(self, batch: ProducerBatch, result: ProducePartitionResponse | None) -> None:
         if result is None:

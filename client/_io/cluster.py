@@ -195,6 +195,18 @@ class Cluster:
             return await self.any_connection()
         return await self.connection_to(address)
 
+    def open_connection_for_node(self, node_id: int) -> BrokerConnection | None:
+        """The live connection to a known broker, or None when reaching it needs
+        awaiting (unknown node, not connected yet, closed): the synchronous
+        lookup of :meth:`connection_for_node`."""
+        address = self.brokers.get(node_id)
+        if address is None:
+            return None
+        connection = self._connections.get(address)
+        if connection is None or connection.closed:
+            return None
+        return connection
+
     async def any_connection(self) -> BrokerConnection:
         """A connection to any broker: a live one if there is one, else the first
         known or bootstrap address that answers.  Raises BrokerUnavailableError."""

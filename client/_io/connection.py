@@ -11,10 +11,13 @@ wakes.  Many requests may be in flight (pipelining), bounded by
 
 The socket layer differs per event loop, because it is the per-request cost:
 
-- asyncio: a plain ``asyncio.Protocol``.  ``data_received`` runs the dispatch
-  above directly (no reader task to wake, no pause/resume of reading per
-  chunk), and a write is one ``transport.write`` that never interleaves with
-  another frame (it is synchronous); only a full write buffer makes it wait.
+- asyncio: a plain ``asyncio.BufferedProtocol`` reading into one reused
+  buffer.  ``buffer_updated`` runs the dispatch above directly (no reader task
+  to wake, no pause/resume of reading per chunk), and a write is one
+  ``transport.write`` that never interleaves with another frame (it is
+  synchronous); only a full write buffer makes it wait.  So a request can also
+  be sent by a plain call (:meth:`BrokerConnection.send_nowait`, when
+  :attr:`BrokerConnection.writable_now`), even from an ``on_done`` callback.
 - trio: the socket with one reader task (non-blocking ``recv``, trio's
   ``wait_readable``).  A write goes straight to the socket when no other write is
   under way and it has room; otherwise it waits its turn (a write may suspend
@@ -42,6 +45,7 @@ import asyncio
 import math
 import socket
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any, Final, Protocol
 
 import anyio
@@ -64,8 +68,10 @@ log = get_logger("client.connection")
 
 Buffer = bytes | bytearray | memoryview
 
-# Bytes asked of the socket per read (trio).  Large enough that a fast fetch
-# stream needs few wakeups, small enough that trio's per-call buffer stays cheap.
+# Bytes asked of the socket per read.  Large enough that a fast fetch stream
+# needs few wakeups.  Reads go into one buffer per connection, reused: a fresh
+# 256 KiB bytes object per read would be mmap'ed, shrunk and unmapped by malloc
+# (three system calls per read).
 RECEIVE_BYTES: Final = 256 * 1024
 # Small payloads are joined with the header into one write (one syscall).
 JOIN_WRITES_BELOW_BYTES: Final = 64 * 1024
@@ -101,20 +107,92 @@ class EventLoopTools:
     correctly under anyio's cancel scopes: a cancelled wait is a cancelled wait).
     """
 
-    __slots__ = ("clock", "event", "is_asyncio")
+    __slots__ = ("call_at", "checkpoint", "clock", "event", "is_asyncio", "wait_or_timeout")
 
     def __init__(self) -> None:
         library = sniffio.current_async_library()
         self.is_asyncio = library == "asyncio"
+        self.checkpoint: Callable[[], Awaitable[None]]
+        # wait_or_timeout(event, timeout_s): park until the event is set or the
+        # time has passed, without a cancel scope.  On asyncio the timeout sets
+        # the event, so use a fresh event per wait.
+        self.wait_or_timeout: Callable[[LoopEvent, float], Awaitable[None]]
+        # asyncio: call_at(when, callback) on the ``clock`` scale (a cancellable
+        # timer handle); None on trio.
+        self.call_at: Callable[[float, Callable[[], None]], asyncio.TimerHandle] | None = None
         if self.is_asyncio:
-            self.event: Callable[[], LoopEvent] = asyncio.Event
-            self.clock: Callable[[], float] = asyncio.get_running_loop().time
+            loop = asyncio.get_running_loop()
+            self.call_at = loop.call_at
+            self.event: Callable[[], LoopEvent] = partial(_AsyncioEvent, loop)
+            self.clock: Callable[[], float] = loop.time
+            self.checkpoint = _asyncio_checkpoint
+            self.wait_or_timeout = partial(_asyncio_wait_or_timeout, loop)
         else:
             assert library == "trio", f"unsupported event loop {library!r}"
             import trio
 
             self.event = trio.Event
             self.clock = trio.current_time
+            self.checkpoint = trio.lowlevel.checkpoint
+            self.wait_or_timeout = _trio_wait_or_timeout
+
+
+async def _asyncio_checkpoint() -> None:
+    """Let the other ready tasks run (what anyio.lowlevel.checkpoint does on asyncio)."""
+    await asyncio.sleep(0)
+
+
+async def _asyncio_wait_or_timeout(
+    loop: asyncio.AbstractEventLoop, event: LoopEvent, timeout_s: float
+) -> None:
+    # A timer that sets the event costs a fraction of a cancel scope.
+    timer = loop.call_later(max(0.0, timeout_s), event.set)
+    try:
+        await event.wait()
+    finally:
+        timer.cancel()
+
+
+class _AsyncioEvent:
+    """``asyncio.Event`` bound to its loop when made: asyncio.Event looks the
+    running loop up on its first wait, which costs a getpid() system call."""
+
+    __slots__ = ("_loop", "_value", "_waiters")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._value = False
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def is_set(self) -> bool:
+        return self._value
+
+    def set(self) -> None:
+        if not self._value:
+            self._value = True
+            for waiter in self._waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def wait(self) -> bool:
+        if self._value:
+            return True
+        # One future per waiter, as asyncio.Event: a cancelled waiter cancels
+        # only its own.
+        waiter = self._loop.create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            self._waiters.remove(waiter)
+        return True
+
+
+async def _trio_wait_or_timeout(event: LoopEvent, timeout_s: float) -> None:
+    import trio
+
+    with trio.move_on_after(max(0.0, timeout_s)):
+        await event.wait()
 
 
 class PendingResponse:
@@ -276,6 +354,18 @@ class BrokerConnection:
     def inflight_count(self) -> int:
         return len(self._waiters)
 
+    @property
+    def writable_now(self) -> bool:
+        """True when :meth:`send_nowait` may be called: the connection is open, an
+        in-flight slot is free and the socket layer takes a whole frame at once
+        (asyncio, its write buffer under the high-water mark; never on trio, where
+        a write may have to wait half-way)."""
+        return (
+            not self._closed
+            and len(self._waiters) < self._inflight_requests_max
+            and self._transport.writable_now
+        )
+
     async def send(
         self,
         body: Request,
@@ -284,6 +374,7 @@ class BrokerConnection:
         wants_response: bool = True,
         timeout_ms: int | None = None,
         on_done: Callable[[PendingResponse], None] | None = None,
+        checked: bool = True,
     ) -> PendingResponse | None:
         """Write one request (header, body, then the payload buffers in order).
 
@@ -291,36 +382,20 @@ class BrokerConnection:
         is false); the slot fails with RequestTimedOutError ``timeout_ms`` (default:
         the connection's request timeout) from now.  ``on_done`` is set on the slot
         before the request leaves, so it cannot miss the response.  Waits for a
-        free in-flight slot first.  Raises ConnectionClosedError if the connection
+        free in-flight slot first.  ``checked=False`` skips the request checks
+        (client/protocol/payload.py: check_request) for a request its caller built
+        valid by construction.  Raises ConnectionClosedError if the connection
         is or becomes closed (``on_done`` is then never called).
         """
         if len(self._waiters) >= self._inflight_requests_max:
             await self._wait_for_slot()
         if self._closed:
             raise ConnectionClosedError(self._close_reason)
-        payload_length = 0
-        for part in payload:
-            payload_length += len(part)
-        correlation_id, head = self._protocol.send_request(
-            body, payload_length, wants_response=wants_response
+        pending, frame = self._start_request(
+            body, payload, wants_response, timeout_ms, on_done, checked
         )
-        pending: PendingResponse | None = None
-        if wants_response:
-            if timeout_ms is None:
-                timeout_ms = self.request_timeout_ms
-            deadline = self._clock() + timeout_ms / 1000
-            pending = PendingResponse(
-                correlation_id, deadline, timeout_ms, self._tools.event, on_done
-            )
-            self._waiters[correlation_id] = pending
-            if deadline < self._watch_until:
-                self._wake_watchdog()
         transport = self._transport
         try:
-            if payload_length < JOIN_WRITES_BELOW_BYTES:
-                frame: list[Buffer] = [b"".join([head, *payload])] if payload else [head]
-            else:
-                frame = [head, *payload]
             await transport.send_frame(frame)
         except BaseException as error:
             # Our own slot is not failed through on_done: the caller gets the error.
@@ -338,6 +413,65 @@ class BrokerConnection:
             raise
         return pending
 
+    def send_nowait(
+        self,
+        body: Request,
+        payload: Sequence[Buffer] = (),
+        *,
+        wants_response: bool = True,
+        timeout_ms: int | None = None,
+        on_done: Callable[[PendingResponse], None] | None = None,
+        checked: bool = True,
+    ) -> PendingResponse | None:
+        """:meth:`send` as a plain call, for when :attr:`writable_now` is true (a
+        programmer error otherwise): the frame is handed to the socket layer at
+        once, with no task switch.  Raises like :meth:`send`."""
+        assert self.writable_now, "send_nowait needs writable_now"
+        pending, frame = self._start_request(
+            body, payload, wants_response, timeout_ms, on_done, checked
+        )
+        try:
+            self._transport.write_frame_nowait(frame)
+        except ConnectionClosedError as error:
+            if pending is not None:
+                self._forget(pending)
+            self._mark_closed(error.message)
+            raise
+        return pending
+
+    def _start_request(
+        self,
+        body: Request,
+        payload: Sequence[Buffer],
+        wants_response: bool,
+        timeout_ms: int | None,
+        on_done: Callable[[PendingResponse], None] | None,
+        checked: bool = True,
+    ) -> tuple[PendingResponse | None, list[Buffer]]:
+        """Number the request, register its slot and build the frame to write."""
+        payload_length = 0
+        for part in payload:
+            payload_length += len(part)
+        correlation_id, head = self._protocol.send_request(
+            body, payload_length, wants_response=wants_response, checked=checked
+        )
+        pending: PendingResponse | None = None
+        if wants_response:
+            if timeout_ms is None:
+                timeout_ms = self.request_timeout_ms
+            deadline = self._clock() + timeout_ms / 1000
+            pending = PendingResponse(
+                correlation_id, deadline, timeout_ms, self._tools.event, on_done
+            )
+            self._waiters[correlation_id] = pending
+            if deadline < self._watch_until:
+                self._wake_watchdog()
+        if not payload:
+            return pending, [head]
+        if payload_length < JOIN_WRITES_BELOW_BYTES:
+            return pending, [b"".join([head, *payload])]
+        return pending, [head, *payload]
+
     async def _wait_for_slot(self) -> None:
         for _ in range(1 << 30):  # bounded: every wake re-checks
             if self._closed or len(self._waiters) < self._inflight_requests_max:
@@ -345,6 +479,11 @@ class BrokerConnection:
             if self._slot_freed is None:
                 self._slot_freed = self._tools.event()
             await self._slot_freed.wait()
+
+    def abandon(self, pending: PendingResponse) -> None:
+        """Nobody wants ``pending``'s response any more: drop its slot without
+        completing it (``on_done`` is not called; a late response is ignored)."""
+        self._forget(pending)
 
     def _forget(self, pending: PendingResponse) -> None:
         """Drop a slot without completing it (a late response is then ignored)."""
@@ -391,8 +530,9 @@ class BrokerConnection:
 
     # -- receiving ----------------------------------------------------------------------
 
-    def data_received(self, data: bytes) -> None:
-        """Bytes from the socket: deliver every complete response.  Raises ProtocolError."""
+    def data_received(self, data: Buffer) -> None:
+        """Bytes from the socket (valid during the call only): deliver every
+        complete response.  Raises ProtocolError."""
         protocol = self._protocol
         protocol.receive_data(data)
         waiters = self._waiters
@@ -504,14 +644,16 @@ class BrokerConnection:
             await self._transport.aclose()
 
 
-class _AsyncioTransport(asyncio.Protocol):
-    """asyncio: the socket as a Protocol that feeds the connection directly."""
+class _AsyncioTransport(asyncio.BufferedProtocol):
+    """asyncio: the socket as a Protocol that feeds the connection directly.
+    Reads land in one reused buffer (``get_buffer`` / ``buffer_updated``)."""
 
     frame_torn = False  # a frame is written in one synchronous call: never torn
 
     def __init__(self) -> None:
         self._transport: asyncio.Transport | None = None
         self._connection: BrokerConnection | None = None
+        self._read_view = memoryview(bytearray(RECEIVE_BYTES))
         self._buffered: list[bytes] = []  # data that came before attach()
         self._lost: tuple[str, DistributaryError | None] | None = None
         self._drained: asyncio.Event | None = None  # set while writing may go on
@@ -531,10 +673,18 @@ class _AsyncioTransport(asyncio.Protocol):
         self._transport = transport
         transport.set_write_buffer_limits(high=WRITE_BUFFER_BYTES_HIGH)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._read_view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        # The view is only valid until the next read: the connection copies what
+        # it keeps.
+        self.data_received(self._read_view[:nbytes])
+
+    def data_received(self, data: Buffer) -> None:
         connection = self._connection
         if connection is None:
-            self._buffered.append(data)
+            self._buffered.append(bytes(data))
             return
         try:
             connection.data_received(data)
@@ -574,6 +724,26 @@ class _AsyncioTransport(asyncio.Protocol):
 
     # what the connection calls
 
+    @property
+    def writable_now(self) -> bool:
+        drained = self._drained
+        return (
+            self._lost is None
+            and (drained is None or drained.is_set())
+            and self._transport is not None
+            and not self._transport.is_closing()
+        )
+
+    def write_frame_nowait(self, frame: Sequence[Buffer]) -> None:
+        """Queue the whole frame (asyncio writes never wait).  Raises
+        ConnectionClosedError."""
+        transport = self._transport
+        assert transport is not None
+        if self._lost is not None or transport.is_closing():
+            raise ConnectionClosedError(self._lost[0] if self._lost else "connection closed")
+        for part in frame:
+            transport.write(part)
+
     async def send_frame(self, frame: Sequence[Buffer]) -> None:
         """Queue the whole frame at once, then wait while the buffer is over its
         high-water mark.  Raises ConnectionClosedError."""
@@ -609,6 +779,7 @@ class _TrioTransport:
         self._trio = trio
         self.stream = stream
         self._socket: socket.socket = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+        self._read_view = memoryview(bytearray(RECEIVE_BYTES))
         self.frame_torn = False
         self._writing = False
         self._write_done: LoopEvent | None = None
@@ -616,21 +787,29 @@ class _TrioTransport:
     def attach(self, connection: BrokerConnection) -> None:
         pass
 
-    async def receive(self) -> bytes:
-        """The next bytes (b"" at end of stream).  Raises OSError,
-        trio.ClosedResourceError."""
+    # A write may have to wait for the socket half-way through a frame: never
+    # synchronous (BrokerConnection.send_nowait is not used on trio).
+    writable_now = False
+
+    def write_frame_nowait(self, frame: Sequence[Buffer]) -> None:
+        raise AssertionError("trio writes go through send_frame")
+
+    async def receive(self) -> memoryview:
+        """The next bytes (empty at end of stream), in a buffer reused by the next
+        call.  Raises OSError, trio.ClosedResourceError."""
         sock = self._socket
+        view = self._read_view
         try:
-            data = sock.recv(RECEIVE_BYTES)
+            size = sock.recv_into(view)
         except BlockingIOError:
             pass
         else:
             await self._trio.lowlevel.checkpoint()  # data was waiting: let others run
-            return data
+            return view[:size]
         for _ in range(1 << 30):  # bounded: readiness without data is rare
             await self._wait(self._trio.lowlevel.wait_readable)
             try:
-                return sock.recv(RECEIVE_BYTES)
+                return view[: sock.recv_into(view)]
             except BlockingIOError:
                 continue
         raise AssertionError("socket readable but never gave data")

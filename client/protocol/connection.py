@@ -46,6 +46,11 @@ from client.protocol.frames import (
     FLAG_NO_RESPONSE,
     FLAG_RESPONSE,
     FRAME_BYTES_MAX_DEFAULT,
+    FRAME_HEADER,
+    FRAME_HEADER_BYTES,
+    HEADER_AFTER_LENGTH_BYTES,
+    KNOWN_FLAGS,
+    LENGTH_PREFIX_BYTES,
     FrameDecoder,
     FrameHead,
     RawFrame,
@@ -56,6 +61,7 @@ from client.protocol.messages import (
     ERROR_RESPONSE_TAG,
     ApiKey,
     ErrorResponse,
+    FetchResponse,
     Request,
     Response,
     encoder,
@@ -157,7 +163,7 @@ class ServerConnection:
                 head.api_key, head.api_version, head.correlation_id, wants_response, error
             )
         return IncomingRequest(
-            ApiKey(head.api_key),
+            _API_KEYS[head.api_key],
             head.api_version,
             head.correlation_id,
             wants_response,
@@ -207,10 +213,13 @@ class ServerConnection:
         )
 
 
+# Wire value -> ApiKey without an Enum call per frame.
+_API_KEYS: Final[dict[int, ApiKey]] = {int(key): key for key in ApiKey}
+
+
 def _check_api(head: FrameHead) -> DistributaryError | None:
-    try:
-        api_key = ApiKey(head.api_key)
-    except ValueError:
+    api_key = _API_KEYS.get(head.api_key)
+    if api_key is None:
         return UnsupportedApiError(f"unknown api key {head.api_key}")
     version_min, version_max = API_VERSIONS[api_key]
     if not version_min <= head.api_version <= version_max:
@@ -240,6 +249,11 @@ def _decode_request(frame: RawFrame) -> Request:
     return body
 
 
+# Request class -> its ApiKey, response class -> its tag, filled on first use.
+_REQUEST_API_KEYS: Final[dict[type, ApiKey]] = {}
+_RESPONSE_TAGS: Final[dict[type, int]] = {}
+
+
 class ClientConnection:
     """The SDK's half of one connection: correlation ids and in-flight tracking.
     Not thread-safe: one owner."""
@@ -252,6 +266,10 @@ class ClientConnection:
         # Response bodies (metadata of many topics) may be big: bound them by the frame.
         assert 1 <= inflight_requests_max < CORRELATION_ID_MODULUS - 1, inflight_requests_max
         self._frames = FrameDecoder(frame_bytes_max, frame_bytes_max)
+        self._frame_bytes_max = frame_bytes_max
+        # The one whole frame a read brought (the usual case), cut without the
+        # decoder's buffer: (api_key, correlation_id, flags, body, payload).
+        self._whole_frame: tuple[int, int, int, bytes, memoryview] | None = None
         self._next_correlation_id = 1
         self._inflight: dict[int, ApiKey] = {}
         self._dead = False
@@ -273,6 +291,7 @@ class ClientConnection:
         *,
         api_version: int = 0,
         wants_response: bool = True,
+        checked: bool = True,
     ) -> tuple[int, bytes]:
         """Allocate a correlation id; return it and the header + body bytes.
 
@@ -280,23 +299,33 @@ class ClientConnection:
         request is not tracked (no response will come).  Raises
         TooManyRequestsError when ``inflight_requests_max`` are in flight,
         InvalidRequestError for a request the broker would refuse (see
-        client/protocol/payload.py: check_request), ProtocolError if dead.
+        client/protocol/payload.py: check_request; ``checked=False`` skips that
+        check, for a request its caller built valid by construction), ProtocolError
+        if dead.
         """
         if self._dead:
             raise ProtocolError("connection used after a protocol error")
-        if len(self._inflight) >= self.inflight_requests_max:
+        inflight = self._inflight
+        if len(inflight) >= self.inflight_requests_max:
             raise TooManyRequestsError(
-                f"{len(self._inflight)} requests in flight (inflight_requests_max)"
+                f"{len(inflight)} requests in flight (inflight_requests_max)"
             )
-        api_key = ApiKey(_tag(body))
-        check_request(body, payload_length, wants_response)
-        correlation_id = self._allocate_correlation_id()
+        api_key = _REQUEST_API_KEYS.get(type(body))
+        if api_key is None:
+            api_key = _REQUEST_API_KEYS[type(body)] = ApiKey(_tag(body))
+        if checked:
+            check_request(body, payload_length, wants_response)
+        # Ids run 1, 2, ... 2**32 - 1, then wrap to 1, skipping any still in flight.
+        correlation_id = self._next_correlation_id
+        self._next_correlation_id = (correlation_id + 1) % CORRELATION_ID_MODULUS or 1
+        if correlation_id in inflight:
+            correlation_id = self._allocate_correlation_id()
         flags = 0 if wants_response else FLAG_NO_RESPONSE
         data = encode_head(
-            int(api_key), api_version, correlation_id, flags, encoder.encode(body), payload_length
+            api_key, api_version, correlation_id, flags, encoder.encode(body), payload_length
         )
         if wants_response:
-            self._inflight[correlation_id] = api_key
+            inflight[correlation_id] = api_key
         return correlation_id, data
 
     def _allocate_correlation_id(self) -> int:
@@ -313,6 +342,34 @@ class ClientConnection:
         """Append bytes read from the socket.  Raises ProtocolError if dead."""
         if self._dead:
             raise ProtocolError("connection used after a protocol error")
+        if self._whole_frame is None and not self._frames.buffered_bytes:
+            # Usually a read brings exactly one whole frame: cut it right here.
+            # Anything else (or anything the decoder would refuse) goes through the
+            # decoder, which does every check and raises the precise error.
+            size = len(data)
+            if size >= FRAME_HEADER_BYTES:
+                frame_length, api_key, _version, correlation_id, flags, body_length = (
+                    FRAME_HEADER.unpack_from(data)
+                )
+                body_end = FRAME_HEADER_BYTES + body_length
+                if (
+                    size == LENGTH_PREFIX_BYTES + frame_length
+                    and size <= self._frame_bytes_max
+                    and frame_length >= HEADER_AFTER_LENGTH_BYTES
+                    and not flags & ~KNOWN_FLAGS
+                    and body_end <= size
+                ):
+                    # Copied out, as by the decoder: the caller may reuse ``data``.
+                    # The payload gets its own writable buffer.
+                    with memoryview(data) as view:
+                        self._whole_frame = (
+                            api_key,
+                            correlation_id,
+                            flags,
+                            bytes(view[FRAME_HEADER_BYTES:body_end]),
+                            memoryview(bytearray(view[body_end:])),
+                        )
+                    return
         self._frames.receive_data(data)
 
     def next_response(self) -> IncomingResponse | None:
@@ -322,35 +379,64 @@ class ClientConnection:
         that breaks the payload rule."""
         if self._dead:
             raise ProtocolError("connection used after a protocol error")
-        frame = self._frames.next_frame()
-        if frame is None:
-            return None
+        whole = self._whole_frame
         try:
-            return self._decode_response(frame)
+            if whole is not None:
+                self._whole_frame = None
+                return self._decode_response(*whole)
+            frame = self._frames.next_frame()
+            if frame is None:
+                return None
+            head = frame.head
+            return self._decode_response(
+                head.api_key, head.correlation_id, head.flags, frame.body, frame.payload
+            )
         except ProtocolError:
             self._dead = True
             raise
 
-    def _decode_response(self, frame: RawFrame) -> IncomingResponse:
-        head = frame.head
-        if not head.is_response:
+    def _decode_response(
+        self,
+        frame_api_key: int,
+        correlation_id: int,
+        flags: int,
+        body_bytes: bytes,
+        payload: memoryview,
+    ) -> IncomingResponse:
+        if not flags & FLAG_RESPONSE:
             raise ProtocolError("the broker sent a frame not flagged as a response")
-        if head.flags & FLAG_NO_RESPONSE:
+        if flags & FLAG_NO_RESPONSE:
             raise ProtocolError("the broker sent a response flagged as wanting no response")
-        api_key = self._inflight.pop(head.correlation_id, None)
+        api_key = self._inflight.pop(correlation_id, None)
         if api_key is None:
-            raise ProtocolError(f"response to unknown correlation id {head.correlation_id}")
-        if head.api_key != api_key:
-            raise ProtocolError(f"response with api key {head.api_key} to a {api_key.name} request")
+            raise ProtocolError(f"response to unknown correlation id {correlation_id}")
+        if frame_api_key != api_key:
+            raise ProtocolError(
+                f"response with api key {frame_api_key} to a {api_key.name} request"
+            )
         try:
-            body = response_decoder.decode(frame.body)
+            body = response_decoder.decode(body_bytes)
         except _DECODE_ERRORS as decode_error:
             raise ProtocolError(f"malformed response body: {decode_error}") from decode_error
-        tag = _tag(body)
-        if tag != ERROR_RESPONSE_TAG and tag != int(api_key):
-            raise ProtocolError(f"response of type {type(body).__name__} to a {api_key.name}")
-        check_response(body, head.payload_length)
-        return IncomingResponse(head.correlation_id, int(api_key), body, frame.payload)
+        body_type = type(body)
+        tag = _RESPONSE_TAGS.get(body_type)
+        if tag is None:
+            tag = _RESPONSE_TAGS[body_type] = _tag(body)
+        if tag != ERROR_RESPONSE_TAG and tag != api_key:
+            raise ProtocolError(f"response of type {body_type.__name__} to a {api_key.name}")
+        payload_length = len(payload)
+        if body_type is FetchResponse:
+            assert isinstance(body, FetchResponse)
+            topics = body.topics
+            if (
+                len(topics) != 1
+                or len(topics[0].partitions) != 1
+                or topics[0].partitions[0].records_bytes != payload_length
+            ):
+                check_response(body, payload_length)  # else one partition: it adds up
+        elif payload_length:
+            check_response(body, payload_length)  # raises: no payload allowed
+        return IncomingResponse(correlation_id, int(api_key), body, payload)
 
     def abandon(self, correlation_id: int) -> None:
         """Forget a request whose response will never come (connection failing)."""

@@ -34,14 +34,21 @@ import contextvars
 import dataclasses
 from typing import Any, Final, Generic, Literal, TypeVar, cast, overload
 
+import google_crc32c
 import msgspec
 
 from client.errors import BatchTooLargeError, InvalidBatchError
 from client.records.compression import decompress
 from client.records.header import (
     BATCH_BYTES_MAX_DEFAULT,
+    COMPRESSION_MASK,
     CONTROL_FLAG,
+    CRC_FROM,
+    HEADER,
     HEADER_BYTES,
+    KNOWN_ATTRIBUTE_BITS,
+    LENGTH_PREFIX_BYTES,
+    MAGIC,
     TIMESTAMP_TYPE_LOG_APPEND,
     BatchHeader,
     batch_size_at,
@@ -99,6 +106,21 @@ class BatchInfo:
         self.base_sequence = base_sequence
         self.attributes = attributes
         self.log_append_time = bool(attributes & TIMESTAMP_TYPE_LOG_APPEND)
+
+    @classmethod
+    def _from_fields(cls, fields: tuple[int, ...]) -> BatchInfo:
+        """From the unpacked ``HEADER`` fields (the decoder's fast path)."""
+        info = cls.__new__(cls)
+        info.base_offset = fields[0]
+        info.leader_epoch = fields[2]
+        attributes = info.attributes = fields[5]
+        info.first_timestamp_ms = fields[7]
+        info.max_timestamp_ms = fields[8]
+        info.producer_id = fields[9]
+        info.producer_epoch = fields[10]
+        info.base_sequence = fields[11]
+        info.log_append_time = bool(attributes & TIMESTAMP_TYPE_LOG_APPEND)
+        return info
 
     @classmethod
     def from_header(cls, header: BatchHeader) -> BatchInfo:
@@ -290,6 +312,9 @@ class RecordDecoder(Generic[ValueT]):
         than ``batch_bytes_max`` bytes (it could never be completed).
         """
         view = byte_view(buffer)
+        fetched = self._decode_fetch_plain(view, fetch_offset)
+        if fetched is not None:
+            return fetched
         total = len(view)
         records: list[Record[ValueT]] = []
         next_offset = fetch_offset
@@ -318,6 +343,81 @@ class RecordDecoder(Generic[ValueT]):
             position = header.end
         assert position == total, (position, total)
         return FetchedRecords(records, next_offset, position, 0)
+
+    def _decode_fetch_plain(
+        self, view: memoryview, fetch_offset: int
+    ) -> FetchedRecords[ValueT] | None:
+        """:meth:`decode_fetch` for the usual buffer -- whole, sound, uncompressed,
+        non-control batches -- in one tight loop; None for anything else (a
+        partial batch, a codec, a failed check), which the general loop then
+        handles from the start and reports precisely.  Same checks, same result."""
+        total = len(view)
+        records: list[Record[Any]] = []
+        next_offset = fetch_offset
+        previous_end_offset = -1
+        position = 0
+        batch_bytes_max = self._batch_bytes_max
+        verify_crc = self._verify_crc
+        unpack = HEADER.unpack_from
+        for _ in range(total // HEADER_BYTES + 1):
+            remaining = total - position
+            if remaining == 0:
+                break
+            if remaining < HEADER_BYTES:
+                return None
+            fields = unpack(view, position)
+            base_offset = fields[0]
+            batch_bytes = fields[1] + LENGTH_PREFIX_BYTES
+            attributes = fields[5]
+            count = fields[12]
+            if (
+                not HEADER_BYTES <= batch_bytes <= batch_bytes_max
+                or batch_bytes > remaining
+                or fields[3] != MAGIC
+                or attributes & (~KNOWN_ATTRIBUTE_BITS | COMPRESSION_MASK | CONTROL_FLAG)
+                or count <= 0
+                or fields[6] != count - 1
+                or fields[8] < fields[7]
+                or base_offset < previous_end_offset
+            ):
+                return None
+            end = position + batch_bytes
+            batch_end_offset = base_offset + count
+            if batch_end_offset > fetch_offset:
+                if verify_crc and fields[4] != google_crc32c.value(
+                    bytes(view[position + CRC_FROM : end])
+                ):
+                    return None
+                encoded = view[position + HEADER_BYTES : end]
+                if len(encoded) > self._decompressed_bytes_max:
+                    return None
+                token = _current_batch.set(BatchInfo._from_fields(fields))
+                try:
+                    batch = _records_decoder.decode(encoded)
+                except msgspec.DecodeError:
+                    return None
+                finally:
+                    _current_batch.reset(token)
+                if (
+                    len(batch) != count
+                    or batch[0].offset_delta != 0
+                    or batch[-1].offset_delta != count - 1
+                ):
+                    return None
+                skip = fetch_offset - base_offset
+                if skip > 0:
+                    del batch[:skip]
+                if self._value_decoder is not None:
+                    self._decode_values(batch)
+                if records:
+                    records.extend(batch)
+                else:
+                    records = batch
+            previous_end_offset = batch_end_offset
+            if batch_end_offset > next_offset:
+                next_offset = batch_end_offset
+            position = end
+        return FetchedRecords(cast("list[Record[ValueT]]", records), next_offset, position, 0)
 
     def _check_declared_size(self, batch_bytes: int) -> None:
         if batch_bytes < HEADER_BYTES:
