@@ -26,23 +26,25 @@ from __future__ import annotations
 
 import errno
 import os
+from functools import partial
 from typing import Final
 
 import trio
 
-from broker.handlers import Reply, fetch_now, handle, handle_fetch
+from broker.handlers import FetchWaker, Reply, fetch_now, handle, handle_fetch
 from broker.logging import get_logger
 from broker.state import Broker
 from broker.storage.file_handle import FileRegion
 from client.errors import (
     DistributaryError,
+    InvalidRequestError,
     ProtocolError,
     RequestTimedOutError,
     StorageError,
     TooManyRequestsError,
 )
 from client.protocol.connection import BadRequest, IncomingRequest, ServerConnection
-from client.protocol.messages import FetchRequest
+from client.protocol.messages import FETCH_OFFSET_CONTINUE, FetchRequest, FetchResponse
 
 # One receive reads at most 256 KiB: a few syscalls per MiB of produce traffic.
 RECEIVE_BYTES_MAX: Final = 256 * 1024
@@ -57,6 +59,9 @@ SENDFILE_CALLS_MAX: Final = 1 << 18
 # larger ones go out by os.sendfile.  16 KiB: a copy that small costs less than
 # the second system call and the second wake-up it saves.
 INLINE_REGION_BYTES_MAX: Final = 16 * 1024
+# Partitions whose fetch position one connection remembers (for continuations);
+# far more than a consumer assigns, a bound on what a client can make us keep.
+FETCH_POSITIONS_MAX: Final = 10_000
 
 Item = IncomingRequest | BadRequest
 
@@ -96,9 +101,16 @@ class ConnectionHandler:
         self.inflight = 0
         self.last_activity = trio.current_time()
         self._descriptor = self.socket.fileno()
-        self._send_lock = trio.Lock()
+        # Held while a frame is being written.  A semaphore, not a Lock: a parked
+        # fetch answered from another connection's append takes it in that task
+        # and, if the write stops half-way, this connection's writer releases it.
+        self._send_lock = trio.Semaphore(1, max_value=1)
+        self._unsent: memoryview | None = None  # such an answer's tail, for the writer
         self._frame_torn = False
         self._reader_scope = trio.CancelScope()
+        # Where each partition's last fetch on this connection ended (continuations).
+        self._fetch_positions: dict[tuple[str, int], int] = {}
+        self._parked_fetch: FetchWaker | None = None  # the writer's long poll, if any
 
     def stop_reading(self) -> None:
         """Graceful shutdown: take no new requests, finish the ones already read."""
@@ -227,6 +239,10 @@ class ConnectionHandler:
             self.inflight += 1
             if self.inflight == 1 and await self._answer_at_once(item):
                 continue
+            if self._parked_fetch is not None and not continues_fetch(item):
+                # A long poll must not hold up the request behind it.  A pipelined
+                # continuation fetch is the exception: it is the next long poll.
+                self._parked_fetch.interrupt()
             channel.send_nowait(item)  # never blocks: capacity == inflight_requests_max
 
     async def _answer_at_once(self, item: Item) -> bool:
@@ -239,12 +255,22 @@ class ConnectionHandler:
         from the reader's idle deadline and from a graceful shutdown (which stops
         the reader): only request_timeout_ms cuts it short."""
         fetch_reply = None
+        fetch_error = None
         if isinstance(item, IncomingRequest) and isinstance(item.body, FetchRequest):
-            fetch_reply = fetch_now(self.broker, item.body)
-            if fetch_reply is None:
-                return False
+            try:
+                self._resolve_fetch_offsets(item.body)
+            except DistributaryError as error:
+                fetch_error = error
+            else:
+                fetch_reply = fetch_now(self.broker, item.body)
+                if fetch_reply is None:
+                    return False
+                self._note_fetch_positions(item.body, fetch_reply)
         try:
-            if fetch_reply is None:
+            if fetch_error is not None:
+                assert isinstance(item, IncomingRequest)
+                await self._refuse(item, fetch_error)
+            elif fetch_reply is None:
                 await self._answer(item, shield=True)
             else:
                 assert isinstance(item, IncomingRequest)
@@ -316,11 +342,22 @@ class ConnectionHandler:
         if isinstance(body, FetchRequest):
             # No scope of its own: the long poll ends by its own deadline (max_wait_ms,
             # at most request_timeout_ms) and collecting never blocks.
+            waker = FetchWaker(self.broker, body, partial(self._answer_parked, request, body))
             try:
-                return await handle_fetch(self.broker, body)
+                self._resolve_fetch_offsets(body)
+                self._parked_fetch = waker
+                try:
+                    reply = await handle_fetch(self.broker, body, waker)
+                finally:
+                    self._parked_fetch = None
             except DistributaryError as raised:
                 await self._refuse(request, raised)
                 return None
+            if reply is None:  # answered from the append that woke it
+                await self._finish_unsent()
+                return None
+            self._note_fetch_positions(body, reply)
+            return reply
         timeout_s = self.limits.request_timeout_ms / 1000
         with trio.CancelScope(deadline=trio.current_time() + timeout_s, shield=shield) as scope:
             try:
@@ -334,6 +371,108 @@ class ConnectionHandler:
             )
         await self._refuse(request, error)
         return None
+
+    def _answer_parked(self, request: IncomingRequest, body: FetchRequest, reply: Reply) -> bool:
+        """Send a parked fetch's answer now, synchronously, from inside the append
+        that made it ready (see FetchWaker): the consumer gets the records before
+        the producer gets its acknowledgement.  Only a small answer, only when no
+        frame is being written; returns False to leave it to the fetch's task.  A
+        write the socket takes only in part is finished by the task
+        (:meth:`_finish_unsent`).  Never raises."""
+        lock = self._send_lock
+        if reply.payload_length > INLINE_REGION_BYTES_MAX or lock.value == 0 or self._frame_torn:
+            return False
+        try:
+            head = ServerConnection.encode_response(
+                int(request.api_key),
+                request.api_version,
+                request.correlation_id,
+                reply.body,
+                reply.payload_length,
+            )
+            data = b"".join([head, *(region.read_bytes() for region in reply.regions)])
+        except StorageError:
+            return False  # the task tries again (and closes if the file was cut)
+        lock.acquire_nowait()
+        self._frame_torn = True
+        try:
+            sent = write_now(self._descriptor, data)
+        except OSError:
+            sent = 0  # the peer is gone: the task's write fails and closes
+        self._note_fetch_positions(body, reply)
+        reply.release()
+        if sent == len(data):
+            self._frame_torn = False
+            lock.release()
+        else:
+            self._unsent = memoryview(data)[sent:]
+        return True
+
+    async def _finish_unsent(self) -> None:
+        """Write what :meth:`_answer_parked` could not, then release the send lock
+        it holds.  Raises ClientGone (client not reading), OSError (peer gone)."""
+        unsent = self._unsent
+        if unsent is None:
+            return
+        self._unsent = None
+        try:
+            deadline = trio.current_time() + self.limits.request_timeout_ms / 1000
+            with trio.CancelScope(deadline=deadline) as scope:
+                await send_all(self.socket, unsent)
+                self._frame_torn = False
+        finally:
+            self._send_lock.release()
+        if scope.cancelled_caught:
+            self.logger.warning(
+                "client is not reading, closing", request_timeout_ms=self.limits.request_timeout_ms
+            )
+            raise ClientGone()
+
+    # -- fetch positions (FETCH_OFFSET_CONTINUE) ----------------------------------------
+
+    def _resolve_fetch_offsets(self, body: FetchRequest) -> None:
+        """Replace each FETCH_OFFSET_CONTINUE in ``body`` (in place) by where this
+        connection's previous fetch of that partition ended.  Called when the
+        request's turn comes, so every earlier response is already decided.
+        Raises InvalidRequestError for a partition this connection has not fetched
+        (or whose last fetch failed)."""
+        positions = self._fetch_positions
+        for fetch_topic in body.topics:
+            for wanted in fetch_topic.partitions:
+                if wanted.fetch_offset != FETCH_OFFSET_CONTINUE:
+                    continue
+                position = positions.get((fetch_topic.name, wanted.partition))
+                if position is None:
+                    raise InvalidRequestError(
+                        f"{fetch_topic.name}/{wanted.partition}: fetch_offset "
+                        f"{FETCH_OFFSET_CONTINUE} (continue) needs an earlier successful "
+                        "fetch of it on this connection"
+                    )
+                wanted.fetch_offset = position
+
+    def _note_fetch_positions(self, body: FetchRequest, reply: Reply) -> None:
+        """Remember where each partition of an answered fetch ends: after the last
+        batch sent, or where it started when nothing was; forgotten on an error."""
+        positions = self._fetch_positions
+        for fetch_topic in body.topics:
+            for wanted in fetch_topic.partitions:
+                positions[(fetch_topic.name, wanted.partition)] = wanted.fetch_offset
+        response = reply.body
+        assert isinstance(response, FetchResponse)
+        regions = iter(reply.regions)
+        for topic in response.topics:
+            for result in topic.partitions:
+                key = (topic.name, result.partition)
+                if result.error_code:
+                    positions.pop(key, None)
+                elif result.records_bytes:
+                    positions[key] = next(regions).next_offset
+        if len(positions) > FETCH_POSITIONS_MAX:
+            # A client cycling through more partitions than that on one connection:
+            # it keeps what it fetched last (insertion order), and a continuation of
+            # a forgotten one is refused (it then fetches from an offset).
+            for key in list(positions)[: len(positions) - FETCH_POSITIONS_MAX]:
+                del positions[key]
 
     async def _refuse(self, request: IncomingRequest, error: DistributaryError) -> None:
         """Answer ``request`` with ``error`` (an ErrorResponse), logged."""
@@ -392,6 +531,17 @@ class ConnectionHandler:
                 "client is not reading, closing", request_timeout_ms=self.limits.request_timeout_ms
             )
             raise ClientGone()
+
+
+def continues_fetch(item: Item) -> bool:
+    """A fetch that only continues where the connection's previous one ended."""
+    if not isinstance(item, IncomingRequest) or not isinstance(item.body, FetchRequest):
+        return False
+    return all(
+        wanted.fetch_offset == FETCH_OFFSET_CONTINUE
+        for fetch_topic in item.body.topics
+        for wanted in fetch_topic.partitions
+    )
 
 
 def read_region(region: FileRegion) -> bytes:

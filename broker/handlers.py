@@ -14,6 +14,7 @@ byte ranges of segment files that the connection sends with os.sendfile.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -21,7 +22,7 @@ import trio
 
 from broker.groups import handlers as group_handlers
 from broker.groups.config import OFFSETS_TOPIC
-from broker.partition import Partition
+from broker.partition import Partition, Waiter
 from broker.state import Broker
 from broker.storage.file_handle import FileRegion
 from broker.topics import config_strings, validate_topic_name
@@ -326,8 +327,57 @@ async def find_partition(broker: Broker, topic: str, index: int, *, create: bool
 # -- Fetch ------------------------------------------------------------------------------
 
 
-async def handle_fetch(broker: Broker, body: FetchRequest) -> Reply:
-    """Answer once ``min_bytes`` are available or ``max_wait_ms`` has passed.
+class FetchWaker:
+    """A connection's parked long poll, as the partitions it waits on see it.
+
+    ``set`` runs synchronously inside the append that makes data available
+    (Partition.wake_waiters).  If the connection gave ``answer_now`` and the
+    answer is ready, it is sent from there -- before the appending request's own
+    response, and without a trip through the scheduler to the fetch's task --
+    and ``answered`` is set; either way the fetch's task is then woken.
+    ``interrupt`` ends the long poll early: another request was queued behind it
+    (requests are answered in order, so it would wait)."""
+
+    __slots__ = ("answer_now", "answered", "body", "broker", "event", "interrupted")
+
+    def __init__(
+        self,
+        broker: Broker,
+        body: FetchRequest,
+        answer_now: Callable[[Reply], bool] | None = None,
+    ) -> None:
+        self.broker = broker
+        self.body = body
+        self.answer_now = answer_now
+        self.event: trio.Event | None = None  # set while the fetch sleeps
+        self.answered = False
+        self.interrupted = False
+
+    def interrupt(self) -> None:
+        self.interrupted = True
+        if self.event is not None:
+            self.event.set()
+
+    def set(self) -> None:
+        event = self.event
+        if event is None or self.answered:
+            return
+        if self.answer_now is not None and not self.interrupted:
+            reply = fetch_now(self.broker, self.body)
+            if reply is not None:
+                if self.answer_now(reply):
+                    self.answered = True
+                else:
+                    reply.release()  # the task collects again
+        event.set()
+
+
+async def handle_fetch(
+    broker: Broker, body: FetchRequest, waker: FetchWaker | None = None
+) -> Reply | None:
+    """Answer once ``min_bytes`` are available, ``max_wait_ms`` has passed or
+    ``waker`` is interrupted; None when ``waker`` sent the answer itself.
+    Offsets must be resolved (no FETCH_OFFSET_CONTINUE).
 
     Reads at most ``partition_max_bytes`` per partition and
     ``min(max_bytes, fetch_bytes_max)`` in total, but always the first available
@@ -339,7 +389,11 @@ async def handle_fetch(broker: Broker, body: FetchRequest) -> Reply:
     wait_ms = min(body.max_wait_ms, broker.limits.request_timeout_ms)
     deadline = trio.current_time() + wait_ms / 1000
     for _ in range(1_000_000):  # each pass either answers or waits for an append
-        await wait_for_append(broker, body, deadline)
+        if waker is not None and waker.interrupted:
+            return collect_fetch(broker, body)
+        await wait_for_append(broker, body, deadline, waker)
+        if waker is not None and waker.answered:
+            return None
         if trio.current_time() >= deadline:
             return collect_fetch(broker, body)
         reply = fetch_now(broker, body)
@@ -449,10 +503,16 @@ def fetch_partition_empty(broker: Broker, topic: str, index: int) -> FetchPartit
     )
 
 
-async def wait_for_append(broker: Broker, body: FetchRequest, deadline: float) -> None:
+async def wait_for_append(
+    broker: Broker, body: FetchRequest, deadline: float, waker: FetchWaker | None = None
+) -> None:
     """Sleep until an append to any requested partition, a topic change, shutdown,
-    or ``deadline``."""
+    ``deadline`` or an interruption by ``waker``."""
     event = trio.Event()
+    waiter: Waiter = event
+    if waker is not None:
+        waker.event = event
+        waiter = waker
     partitions: list[Partition] = []
     for fetch_topic in body.topics:
         for wanted in fetch_topic.partitions:
@@ -461,13 +521,15 @@ async def wait_for_append(broker: Broker, body: FetchRequest, deadline: float) -
             except UnknownTopicOrPartitionError:
                 continue
     for partition in partitions:
-        partition.add_waiter(event)
+        partition.add_waiter(waiter)
     try:
         with trio.move_on_at(deadline):
             await event.wait()
     finally:
         for partition in partitions:
-            partition.remove_waiter(event)
+            partition.remove_waiter(waiter)
+        if waker is not None:
+            waker.event = None
 
 
 # -- ListOffsets ------------------------------------------------------------------------

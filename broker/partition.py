@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import trio
 
@@ -59,6 +60,14 @@ def partition_directory(data_dir: Path, topic: str, partition: int) -> Path:
     return data_dir / f"{topic}-{partition}"
 
 
+class Waiter(Protocol):
+    """What a long poll leaves with the partitions it waits on (a trio.Event, or
+    broker.handlers.FetchWaker).  ``set`` runs synchronously right after an
+    append, a close or at shutdown, and must not raise."""
+
+    def set(self) -> None: ...
+
+
 class Partition:
     """A leader partition on this node (every partition, on one node)."""
 
@@ -70,7 +79,7 @@ class Partition:
         self._append_lock = trio.Lock()
         # Idempotent produce (broker/producer_state.py), rebuilt by open().
         self.producer_states = ProducerStateTable()
-        self._waiters: set[trio.Event] = set()
+        self._waiters: set[Waiter] = set()
         self.closed = False
         self.logger = get_logger(topic=topic, partition=index)
 
@@ -250,16 +259,16 @@ class Partition:
 
     # -- long-poll waiters ------------------------------------------------------------
 
-    def add_waiter(self, event: trio.Event) -> None:
-        self._waiters.add(event)
+    def add_waiter(self, waiter: Waiter) -> None:
+        self._waiters.add(waiter)
 
-    def remove_waiter(self, event: trio.Event) -> None:
-        self._waiters.discard(event)
+    def remove_waiter(self, waiter: Waiter) -> None:
+        self._waiters.discard(waiter)
 
     def wake_waiters(self) -> None:
         waiters, self._waiters = self._waiters, set()
-        for event in waiters:
-            event.set()
+        for waiter in waiters:
+            waiter.set()
 
     # -- maintenance ------------------------------------------------------------------
 

@@ -69,6 +69,7 @@ from client.group import (
 from client.protocol.connection import IncomingResponse
 from client.protocol.messages import (
     EARLIEST_TIMESTAMP,
+    FETCH_OFFSET_CONTINUE,
     LATEST_TIMESTAMP,
     FetchPartition,
     FetchRequest,
@@ -89,6 +90,9 @@ ConsumerRecord = Record
 # Fetched chunks (one decoded fetch response share) buffered per partition
 # before the fetcher stops asking for more: one being handed out, one ready.
 BUFFERED_CHUNKS_MAX: Final = 2
+# Fetches one chain keeps on the wire (asyncio): the one being answered and a
+# continuation waiting at the broker behind it.
+FETCHES_PIPELINED: Final = 2
 RETRY_BACKOFF_MS: Final = 100
 RETRY_BACKOFF_MAX_MS: Final = 1_000
 
@@ -145,17 +149,33 @@ class _FetchChain:
     callback, inside the connection's dispatch, which sends the next fetch right
     there (no task switch) while the connection takes a write at once and the
     partitions need nothing awaited (no offset to resolve, no metadata to
-    refresh).  Otherwise the chain finishes and the task takes over again."""
+    refresh).  Otherwise the chain finishes and the task takes over again.
 
-    __slots__ = ("connection", "done", "epochs", "error", "finished", "node", "pending", "stale")
+    Where the connection takes writes at once (asyncio), the chain keeps a second
+    fetch on the wire: a continuation (FETCH_OFFSET_CONTINUE) of the same
+    partitions, which the broker resolves to where the fetch before it ended.  So
+    while one response travels and is handled, the next long poll already waits
+    at the broker, and a record appended meanwhile leaves at once."""
+
+    __slots__ = (
+        "connection",
+        "continuing",
+        "done",
+        "error",
+        "finished",
+        "node",
+        "pending",
+        "stale",
+    )
 
     def __init__(self, node: int, connection: BrokerConnection, done: LoopEvent) -> None:
         self.node = node
         self.connection = connection
         self.done = done
-        # The partitions' epochs when the fetch in flight was built.
-        self.epochs: dict[TopicPartition, int] = {}
-        self.pending: PendingResponse | None = None  # the fetch in flight, if any
+        self.pending: set[PendingResponse] = set()  # the fetches in flight
+        # The partitions (in request order) that continuations may fetch: those of
+        # the chain's last fetch from offsets; None: send no continuation.
+        self.continuing: list[TopicPartition] | None = None
         self.finished = False
         self.stale = False  # a partition moved: metadata must be refreshed
         self.error: DistributaryError | None = None
@@ -883,23 +903,27 @@ class Consumer(ClusterClient):
         assert cluster is not None and self._tools is not None
         connection = await cluster.connection_for_node(node)
         chain = _FetchChain(node, connection, self._tools.event())
-        request, chain.epochs = self._fetch_request(partitions)
+        request, epochs = self._fetch_request(partitions)
         pending = await connection.send(
             request,
             timeout_ms=self.request_timeout_ms + self.fetch_max_wait_ms,
-            on_done=partial(self._fetch_done, chain),
+            on_done=partial(self._fetch_done, chain, epochs),
             checked=False,  # valid by construction (see _fetch_request)
         )
         assert pending is not None
         if not pending.done:  # else its callback ran already and moved the chain on
-            chain.pending = pending
+            chain.pending.add(pending)
+            chain.continuing = partitions
+            self._send_continuation(chain, epochs)
         try:
             await chain.done.wait()
         finally:
-            if not chain.finished:  # cancelled: nobody wants the responses any more
-                chain.finished = True
-                if chain.pending is not None:
-                    connection.abandon(chain.pending)
+            # Finished (or cancelled): a fetch still on the wire is nobody's any
+            # more; its late response is ignored (its records are fetched again).
+            chain.finished = True
+            for left in chain.pending:
+                connection.abandon(left)
+            chain.pending.clear()
         if chain.stale:
             await self._refresh_assigned_metadata()
             self._start_fetchers()
@@ -936,15 +960,18 @@ class Consumer(ClusterClient):
         )
         return request, epochs
 
-    def _fetch_done(self, chain: _FetchChain, pending: PendingResponse) -> None:
+    def _fetch_done(
+        self, chain: _FetchChain, epochs: dict[TopicPartition, int], pending: PendingResponse
+    ) -> None:
         """A fetch response (or its error), inside the connection's dispatch: hand
         the records over, then send the next fetch at once if nothing needs the
-        task.  Must not raise."""
-        chain.pending = None
+        task.  ``epochs``: the partitions' epochs when the fetch was built.  Must
+        not raise."""
+        chain.pending.discard(pending)
         if chain.finished:  # abandoned
             return
         try:
-            stale = self._apply_fetch(pending.result(), chain.epochs)
+            stale = self._apply_fetch(pending.result(), epochs)
         except DistributaryError as error:
             chain.finish(error)
             return
@@ -957,16 +984,85 @@ class Consumer(ClusterClient):
         if not partitions or not connection.writable_now:
             chain.finish()
             return
-        request, chain.epochs = self._fetch_request(partitions)
+        states = self._states
+        if partitions == chain.continuing and all(
+            states[tp].epoch == epoch for tp, epoch in epochs.items()
+        ):
+            # Nothing moved since the chain's fetch from offsets: keep one
+            # continuation on the wire behind the one still there.
+            self._send_continuation(chain, epochs)
+            return
+        if chain.pending:
+            # Something moved (a seek, a pause, a full buffer): a fetch from
+            # offsets now could overlap the one still in flight; let the task
+            # start afresh (the broker ends that long poll when the next request
+            # arrives behind it).
+            chain.finish()
+            return
+        request, epochs = self._fetch_request(partitions)
         try:
-            chain.pending = connection.send_nowait(
+            sent = connection.send_nowait(
                 request,
                 timeout_ms=self.request_timeout_ms + self.fetch_max_wait_ms,
-                on_done=partial(self._fetch_done, chain),
+                on_done=partial(self._fetch_done, chain, epochs),
                 checked=False,
             )
         except DistributaryError as error:
             chain.finish(error)
+            return
+        assert sent is not None
+        chain.pending.add(sent)
+        chain.continuing = partitions
+        self._send_continuation(chain, epochs)
+
+    def _send_continuation(self, chain: _FetchChain, epochs: dict[TopicPartition, int]) -> None:
+        """Put a continuation of ``chain.continuing`` on the wire if the chain has
+        room for it and the connection takes it at once (asyncio); else nothing."""
+        partitions = chain.continuing
+        connection = chain.connection
+        if (
+            partitions is None
+            or chain.finished
+            or len(chain.pending) >= FETCHES_PIPELINED
+            or not connection.writable_now
+        ):
+            return
+        request = self._continuation_request(partitions)
+        try:
+            sent = connection.send_nowait(
+                request,
+                timeout_ms=self.request_timeout_ms + self.fetch_max_wait_ms,
+                on_done=partial(self._fetch_done, chain, epochs),
+                checked=False,
+            )
+        except DistributaryError as error:
+            chain.finish(error)
+            return
+        assert sent is not None
+        chain.pending.add(sent)
+
+    def _continuation_request(self, partitions: list[TopicPartition]) -> FetchRequest:
+        """A fetch of ``partitions`` from where the connection's previous fetch of
+        each ended (the broker resolves FETCH_OFFSET_CONTINUE in request order)."""
+        by_topic: dict[str, list[FetchPartition]] = {}
+        states = self._states
+        for tp in partitions:
+            fetch_partition = FetchPartition(
+                tp.partition,
+                FETCH_OFFSET_CONTINUE,
+                states[tp].fetch_bytes_max or self.partition_fetch_bytes_max,
+            )
+            group = by_topic.get(tp.topic)
+            if group is None:
+                by_topic[tp.topic] = [fetch_partition]
+            else:
+                group.append(fetch_partition)
+        return FetchRequest(
+            max_wait_ms=self.fetch_max_wait_ms,
+            min_bytes=self.fetch_min_bytes,
+            max_bytes=self.fetch_max_bytes,
+            topics=[FetchTopic(name, parts) for name, parts in by_topic.items()],
+        )
 
     def _apply_fetch(self, response: IncomingResponse, epochs: dict[TopicPartition, int]) -> bool:
         """Decode a fetch response into the partitions' buffers and wake readers.

@@ -233,9 +233,15 @@ class ProduceResponse(_Message, tag=int(ApiKey.PRODUCE)):
 # -- Fetch ------------------------------------------------------------------------------
 
 
+# A FetchPartition.fetch_offset of FETCH_OFFSET_CONTINUE asks for the records
+# after the last ones this connection's previous fetch of the partition returned,
+# so a client can pipeline its next fetch before the current one is answered.
+FETCH_OFFSET_CONTINUE: Final = -1
+
+
 class FetchPartition(_Message):
     partition: int
-    fetch_offset: int
+    fetch_offset: int  # or FETCH_OFFSET_CONTINUE
     partition_max_bytes: int = 1 << 20
 
 

@@ -1,0 +1,194 @@
+"""Fetch pipelining on one connection: FETCH_OFFSET_CONTINUE, a parked long poll
+answered from the append that feeds it, and ended early by a request behind it."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from broker.config import load_config
+from broker.connection import ConnectionHandler
+from broker.handlers import handle
+from broker.state import Broker
+from client.errors import ErrorCode
+from client.protocol.connection import ClientConnection, IncomingRequest, IncomingResponse
+from client.protocol.messages import (
+    FETCH_OFFSET_CONTINUE,
+    ApiKey,
+    CreatableTopic,
+    CreateTopicsRequest,
+    ErrorResponse,
+    FetchPartition,
+    FetchRequest,
+    FetchResponse,
+    FetchTopic,
+    HelloRequest,
+    HelloResponse,
+    ProducePartition,
+    ProduceRequest,
+    ProduceTopic,
+)
+from client.records.builder import build_batch
+from client.records.decoder import decode_fetch
+
+
+@pytest.fixture
+async def state(tmp_path: Path) -> AsyncIterator[Broker]:
+    config = load_config(flags={"data_dir": str(tmp_path)}, environ={}).config
+    opened = await Broker.open(config)
+    create = CreateTopicsRequest([CreatableTopic("t", 1)])
+    await handle(opened, IncomingRequest(ApiKey.CREATE_TOPICS, 0, 1, True, create, memoryview(b"")))
+    yield opened
+    await opened.close()
+
+
+async def append(state: Broker, *values: bytes) -> None:
+    """Produce one batch of ``values`` to t/0 the way a client's request would."""
+    data = bytes(build_batch(list(values)))
+    body = ProduceRequest(topics=[ProduceTopic("t", [ProducePartition(0, len(data))])])
+    request = IncomingRequest(ApiKey.PRODUCE, 0, 1, True, body, memoryview(bytearray(data)))
+    reply = await handle(state, request)
+    assert reply is not None
+
+
+def fetch(offset: int, max_wait_ms: int = 5000, partition_max_bytes: int = 1 << 20) -> FetchRequest:
+    partitions = [FetchPartition(0, offset, partition_max_bytes)]
+    return FetchRequest(max_wait_ms=max_wait_ms, topics=[FetchTopic("t", partitions)])
+
+
+class Peer:
+    """The client end of a socketpair, with a ConnectionHandler on the other."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.protocol = ClientConnection()
+
+    async def request(self, body: Any) -> int:
+        correlation_id, data = self.protocol.send_request(body)
+        await self.stream.send_all(data)
+        return correlation_id
+
+    async def response(self) -> IncomingResponse:
+        while True:  # bounded by fail_after in the tests
+            response = self.protocol.next_response()
+            if response is not None:
+                return response
+            data = await self.stream.receive_some(1 << 16)
+            assert data, "connection closed"
+            self.protocol.receive_data(data)
+
+    async def values(self) -> list[bytes | None]:
+        """The next response, a fetch: its records' values."""
+        response = await self.response()
+        assert isinstance(response.body, FetchResponse), response.body
+        return [record.value for record in decode_fetch(response.payload).records]
+
+
+async def serve(state: Broker, nursery: trio.Nursery, *, send_buffer: int = 0) -> Peer:
+    server_socket, client_socket = trio.socket.socketpair()
+    if send_buffer:
+        server_socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
+    handler = ConnectionHandler(state, trio.SocketStream(server_socket), "test-peer")
+    nursery.start_soon(handler.run)
+    return Peer(trio.SocketStream(client_socket))
+
+
+async def test_continuation_resumes_where_the_previous_fetch_ended(state: Broker) -> None:
+    """Each FETCH_OFFSET_CONTINUE fetch returns the batch after the last one sent."""
+    for value in (b"a", b"b", b"c"):
+        await append(state, value)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            peer = await serve(state, nursery)
+            await peer.request(fetch(0, partition_max_bytes=1))  # one whole batch only
+            assert await peer.values() == [b"a"]
+            await peer.request(fetch(FETCH_OFFSET_CONTINUE, partition_max_bytes=1))
+            assert await peer.values() == [b"b"]
+            await peer.request(fetch(FETCH_OFFSET_CONTINUE))
+            assert await peer.values() == [b"c"]
+            nursery.cancel_scope.cancel()
+
+
+async def test_continuation_without_an_earlier_fetch_is_refused(state: Broker) -> None:
+    """A continuation needs an earlier fetch of the partition on the connection."""
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            peer = await serve(state, nursery)
+            await peer.request(fetch(FETCH_OFFSET_CONTINUE))
+            response = await peer.response()
+            assert isinstance(response.body, ErrorResponse)
+            assert response.body.error_code == ErrorCode.INVALID_REQUEST
+            await peer.request(HelloRequest())  # the connection keeps serving
+            assert isinstance((await peer.response()).body, HelloResponse)
+            nursery.cancel_scope.cancel()
+
+
+async def test_pipelined_continuations_get_each_append_in_turn(state: Broker) -> None:
+    """Two fetches on the wire: the first is answered by the append that feeds it
+    (sent from inside that append), the continuation behind it waits for the next."""
+    await append(state, b"old")
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            peer = await serve(state, nursery)
+            await peer.request(fetch(1))
+            await peer.request(fetch(FETCH_OFFSET_CONTINUE))
+            with trio.move_on_after(0.3):
+                await peer.response()
+                pytest.fail("a long poll answered with nothing new")
+            await append(state, b"x1")
+            assert await peer.values() == [b"x1"]
+            with trio.move_on_after(0.3):
+                await peer.response()
+                pytest.fail("the continuation did not wait for the next append")
+            await append(state, b"x2")
+            assert await peer.values() == [b"x2"]
+            await peer.request(fetch(FETCH_OFFSET_CONTINUE, max_wait_ms=0))
+            assert await peer.values() == []  # continues after x2: nothing yet
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_request_behind_a_long_poll_ends_it(state: Broker) -> None:
+    """A parked fetch answers (empty) as soon as another request is queued behind
+    it, instead of holding that request for max_wait_ms."""
+    with trio.fail_after(2):  # far below the fetch's 10 s max_wait_ms
+        async with trio.open_nursery() as nursery:
+            peer = await serve(state, nursery)
+            await peer.request(fetch(0, max_wait_ms=10_000))
+            await trio.sleep(0.1)  # parked by now
+            await peer.request(HelloRequest())
+            assert await peer.values() == []
+            assert isinstance((await peer.response()).body, HelloResponse)
+            nursery.cancel_scope.cancel()
+
+
+async def test_an_early_answer_the_socket_takes_in_part_is_completed(
+    state: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An answer sent from inside an append that fills the socket half-way is
+    finished by the connection's writer, whole and in order."""
+    big = bytes(range(256)) * 48  # 12 KiB: sent in one piece, over the tiny buffer
+    finished: list[int] = []
+    real_finish = ConnectionHandler._finish_unsent
+
+    async def finish(self: ConnectionHandler) -> None:
+        if self._unsent is not None:
+            finished.append(len(self._unsent))
+        await real_finish(self)
+
+    monkeypatch.setattr(ConnectionHandler, "_finish_unsent", finish)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            peer = await serve(state, nursery, send_buffer=4096)
+            await peer.request(fetch(0))
+            await trio.sleep(0.1)  # parked by now
+            await append(state, big)  # the peer is not reading yet
+            await peer.request(HelloRequest())
+            assert await peer.values() == [big]
+            assert isinstance((await peer.response()).body, HelloResponse)
+            assert finished and finished[0] > 0  # the writer did complete a torn answer
+            nursery.cancel_scope.cancel()
