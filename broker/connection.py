@@ -31,7 +31,14 @@ from typing import Final
 
 import trio
 
-from broker.handlers import FetchWaker, Reply, fetch_now, handle, handle_fetch
+from broker.handlers import (
+    FetchWaker,
+    Reply,
+    answer_ready_fetches,
+    fetch_now,
+    handle,
+    handle_fetch,
+)
 from broker.logging import get_logger
 from broker.state import Broker
 from broker.storage.file_handle import FileRegion
@@ -272,6 +279,7 @@ class ConnectionHandler:
                 await self._refuse(item, fetch_error)
             elif fetch_reply is None:
                 await self._answer(item, shield=True)
+                answer_ready_fetches()  # consumers waiting for what it appended
             else:
                 assert isinstance(item, IncomingRequest)
                 await self._send_reply(item, fetch_reply, shield=True)
@@ -303,6 +311,7 @@ class ConnectionHandler:
             async for item in channel:
                 try:
                     await self._answer(item)
+                    answer_ready_fetches()  # consumers waiting for what it appended
                 finally:
                     self.inflight -= 1
                     assert self.inflight >= 0, self.inflight

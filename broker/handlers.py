@@ -331,14 +331,15 @@ class FetchWaker:
     """A connection's parked long poll, as the partitions it waits on see it.
 
     ``set`` runs synchronously inside the append that makes data available
-    (Partition.wake_waiters).  If the connection gave ``answer_now`` and the
-    answer is ready, it is sent from there -- before the appending request's own
-    response, and without a trip through the scheduler to the fetch's task --
-    and ``answered`` is set; either way the fetch's task is then woken.
-    ``interrupt`` ends the long poll early: another request was queued behind it
-    (requests are answered in order, so it would wait)."""
+    (Partition.wake_waiters): it wakes the fetch's task and, if the connection
+    gave ``answer_now``, queues the fetch for :func:`answer_ready_fetches`, which
+    the appending connection calls right after sending its own response.  So the
+    producer's acknowledgement leaves first and the consumer's records right
+    after, without a trip through the scheduler to the fetch's task (which then
+    finds ``answered`` set).  ``interrupt`` ends the long poll early: another
+    request was queued behind it (requests are answered in order)."""
 
-    __slots__ = ("answer_now", "answered", "body", "broker", "event", "interrupted")
+    __slots__ = ("answer_now", "answered", "body", "broker", "event", "interrupted", "queued")
 
     def __init__(
         self,
@@ -352,6 +353,7 @@ class FetchWaker:
         self.event: trio.Event | None = None  # set while the fetch sleeps
         self.answered = False
         self.interrupted = False
+        self.queued = False
 
     def interrupt(self) -> None:
         self.interrupted = True
@@ -362,14 +364,46 @@ class FetchWaker:
         event = self.event
         if event is None or self.answered:
             return
-        if self.answer_now is not None and not self.interrupted:
-            reply = fetch_now(self.broker, self.body)
-            if reply is not None:
-                if self.answer_now(reply):
-                    self.answered = True
-                else:
-                    reply.release()  # the task collects again
+        if self.answer_now is not None and not self.queued:
+            self.queued = True
+            ready_fetches().append(self)
         event.set()
+
+    def answer(self) -> None:
+        """Answer now if still asleep and the answer is ready (else its task will)."""
+        self.queued = False
+        answer_now = self.answer_now
+        if self.event is None or self.answered or self.interrupted or answer_now is None:
+            return
+        reply = fetch_now(self.broker, self.body)
+        if reply is None:
+            return
+        if answer_now(reply):
+            self.answered = True
+        else:
+            reply.release()  # the task collects again
+
+
+# Long polls that appends made ready, to answer right after the appending
+# connection's response (one list per event loop).
+_READY_FETCHES: Final = trio.lowlevel.RunVar[list[FetchWaker]]("ready_fetches")
+
+
+def ready_fetches() -> list[FetchWaker]:
+    try:
+        return _READY_FETCHES.get()
+    except LookupError:
+        ready: list[FetchWaker] = []
+        _READY_FETCHES.set(ready)
+        return ready
+
+
+def answer_ready_fetches() -> None:
+    """Answer the long polls appends have made ready (see FetchWaker).  Called by
+    a connection right after it sent a response, and by a woken fetch task."""
+    ready = ready_fetches()
+    for _ in range(len(ready)):  # each answer may not append: the list only shrinks
+        ready.pop(0).answer()
 
 
 async def handle_fetch(
@@ -392,6 +426,7 @@ async def handle_fetch(
         if waker is not None and waker.interrupted:
             return collect_fetch(broker, body)
         await wait_for_append(broker, body, deadline, waker)
+        answer_ready_fetches()  # if nobody did yet: this one's among them
         if waker is not None and waker.answered:
             return None
         if trio.current_time() >= deadline:

@@ -82,6 +82,15 @@ class Peer:
             assert data, "connection closed"
             self.protocol.receive_data(data)
 
+    async def produce(self, *values: bytes) -> None:
+        """Produce one batch of ``values`` to t/0 and wait for the acknowledgement."""
+        data = bytes(build_batch(list(values)))
+        body = ProduceRequest(topics=[ProduceTopic("t", [ProducePartition(0, len(data))])])
+        _, head = self.protocol.send_request(body, len(data))
+        await self.stream.send_all(head + data)
+        response = await self.response()
+        assert not isinstance(response.body, ErrorResponse), response.body
+
     async def values(self) -> list[bytes | None]:
         """The next response, a fetch: its records' values."""
         response = await self.response()
@@ -129,8 +138,8 @@ async def test_continuation_without_an_earlier_fetch_is_refused(state: Broker) -
 
 
 async def test_pipelined_continuations_get_each_append_in_turn(state: Broker) -> None:
-    """Two fetches on the wire: the first is answered by the append that feeds it
-    (sent from inside that append), the continuation behind it waits for the next."""
+    """Two fetches on the wire: the first is answered when an append feeds it, the
+    continuation behind it waits for the next one."""
     await append(state, b"old")
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
@@ -140,12 +149,13 @@ async def test_pipelined_continuations_get_each_append_in_turn(state: Broker) ->
             with trio.move_on_after(0.3):
                 await peer.response()
                 pytest.fail("a long poll answered with nothing new")
-            await append(state, b"x1")
+            await append(state, b"x1")  # not through a connection: the fetch task answers
             assert await peer.values() == [b"x1"]
             with trio.move_on_after(0.3):
                 await peer.response()
                 pytest.fail("the continuation did not wait for the next append")
-            await append(state, b"x2")
+            producer = await serve(state, nursery)
+            await producer.produce(b"x2")  # through a connection: answered right after
             assert await peer.values() == [b"x2"]
             await peer.request(fetch(FETCH_OFFSET_CONTINUE, max_wait_ms=0))
             assert await peer.values() == []  # continues after x2: nothing yet
@@ -184,9 +194,10 @@ async def test_an_early_answer_the_socket_takes_in_part_is_completed(
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
             peer = await serve(state, nursery, send_buffer=4096)
+            producer = await serve(state, nursery)
             await peer.request(fetch(0))
             await trio.sleep(0.1)  # parked by now
-            await append(state, big)  # the peer is not reading yet
+            await producer.produce(big)  # answered right after the ack; not read yet
             await peer.request(HelloRequest())
             assert await peer.values() == [big]
             assert isinstance((await peer.response()).body, HelloResponse)
