@@ -38,6 +38,7 @@ from broker.handlers import (
     fetch_now,
     handle,
     handle_fetch,
+    produce_now,
 )
 from broker.logging import get_logger
 from broker.state import Broker
@@ -51,7 +52,12 @@ from client.errors import (
     TooManyRequestsError,
 )
 from client.protocol.connection import BadRequest, IncomingRequest, ServerConnection
-from client.protocol.messages import FETCH_OFFSET_CONTINUE, FetchRequest, FetchResponse
+from client.protocol.messages import (
+    FETCH_OFFSET_CONTINUE,
+    FetchRequest,
+    FetchResponse,
+    ProduceRequest,
+)
 
 # One receive reads at most 256 KiB: a few syscalls per MiB of produce traffic.
 RECEIVE_BYTES_MAX: Final = 256 * 1024
@@ -261,28 +267,33 @@ class ConnectionHandler:
         writer task: a scheduler pass per request.  The handler runs shielded
         from the reader's idle deadline and from a graceful shutdown (which stops
         the reader): only request_timeout_ms cuts it short."""
-        fetch_reply = None
-        fetch_error = None
-        if isinstance(item, IncomingRequest) and isinstance(item.body, FetchRequest):
+        ready: Reply | None = None
+        error: DistributaryError | None = None
+        if isinstance(item, IncomingRequest):
+            body = item.body
             try:
-                self._resolve_fetch_offsets(item.body)
-            except DistributaryError as error:
-                fetch_error = error
-            else:
-                fetch_reply = fetch_now(self.broker, item.body)
-                if fetch_reply is None:
-                    return False
-                self._note_fetch_positions(item.body, fetch_reply)
+                if isinstance(body, FetchRequest):
+                    self._resolve_fetch_offsets(body)
+                    ready = fetch_now(self.broker, body)
+                    if ready is None:
+                        return False  # it must long-poll: the writer's job
+                    self._note_fetch_positions(body, ready)
+                elif isinstance(body, ProduceRequest):
+                    # Nothing to wait for (the usual case): no cancel scope needed.
+                    produced = produce_now(self.broker, body, item.payload)
+                    if produced is not None:
+                        ready = Reply(produced)
+            except DistributaryError as raised:
+                error = raised
         try:
-            if fetch_error is not None:
+            if error is not None:
                 assert isinstance(item, IncomingRequest)
-                await self._refuse(item, fetch_error)
-            elif fetch_reply is None:
+                await self._refuse(item, error)
+            elif ready is None:
                 await self._answer(item, shield=True)
-                answer_ready_fetches()  # consumers waiting for what it appended
-            else:
-                assert isinstance(item, IncomingRequest)
-                await self._send_reply(item, fetch_reply, shield=True)
+            elif isinstance(item, IncomingRequest) and item.wants_response:
+                await self._send_reply(item, ready, shield=True)
+            answer_ready_fetches()  # consumers waiting for what it appended
         finally:
             self.inflight -= 1
             self.last_activity = trio.current_time()
@@ -334,14 +345,7 @@ class ConnectionHandler:
 
     async def _send_reply(self, request: IncomingRequest, reply: Reply, *, shield: bool) -> None:
         try:
-            head = ServerConnection.encode_response(
-                int(request.api_key),
-                request.api_version,
-                request.correlation_id,
-                reply.body,
-                reply.payload_length,
-            )
-            await self._send(head, reply.regions, shield=shield)
+            await self._send(response_head(request, reply), reply.regions, shield=shield)
         finally:
             reply.release()
 
@@ -392,13 +396,7 @@ class ConnectionHandler:
         if reply.payload_length > INLINE_REGION_BYTES_MAX or lock.value == 0 or self._frame_torn:
             return False
         try:
-            head = ServerConnection.encode_response(
-                int(request.api_key),
-                request.api_version,
-                request.correlation_id,
-                reply.body,
-                reply.payload_length,
-            )
+            head = response_head(request, reply)
             data = b"".join([head, *(region.read_bytes() for region in reply.regions)])
         except StorageError:
             return False  # the task tries again (and closes if the file was cut)
@@ -540,6 +538,17 @@ class ConnectionHandler:
                 "client is not reading, closing", request_timeout_ms=self.limits.request_timeout_ms
             )
             raise ClientGone()
+
+
+def response_head(request: IncomingRequest, reply: Reply) -> bytes:
+    """The frame header and body answering ``request``; the payload follows."""
+    return ServerConnection.encode_response(
+        int(request.api_key),
+        request.api_version,
+        request.correlation_id,
+        reply.body,
+        reply.payload_length,
+    )
 
 
 def continues_fetch(item: Item) -> bool:

@@ -22,7 +22,7 @@ import trio
 
 from broker.groups import handlers as group_handlers
 from broker.groups.config import OFFSETS_TOPIC
-from broker.partition import Partition, Waiter
+from broker.partition import AppendResult, Partition, Waiter
 from broker.state import Broker
 from broker.storage.file_handle import FileRegion
 from broker.topics import config_strings, validate_topic_name
@@ -283,27 +283,70 @@ async def handle_produce(
 ) -> ProduceResponse:
     """Append each partition's batches in request order; per-partition errors.
     Raises InvalidRequestError when the payload does not match the body."""
-    if body.acks not in (Acks.NONE, Acks.LEADER, Acks.ALL):
-        raise InvalidRequestError(f"acks must be 0, 1 or -1, got {body.acks}")
     by_topic: dict[str, list[ProducePartitionResponse]] = {}
-    for name, index, view in split_payload(body, payload):
-        results = by_topic.setdefault(name, [])
+    for name, index, view in produce_parts(body, payload):
         try:
             check_not_internal(name)
             partition = await find_partition(broker, name, index, create=True)
-            appended = await partition.append(view)
-            results.append(
-                ProducePartitionResponse(
-                    index,
-                    base_offset=appended.base_offset,
-                    last_offset=appended.last_offset,
-                    log_start_offset=appended.log_start_offset,
-                    log_append_time_ms=appended.log_append_time_ms,
-                )
-            )
+            result = produce_result(index, await partition.append(view))
         except DistributaryError as error:
-            broker.logger.info("produce refused", topic=name, partition=index, error=error.message)
-            results.append(ProducePartitionResponse(index, int(error.code), error.message))
+            result = produce_refused(broker, name, index, error)
+        by_topic.setdefault(name, []).append(result)
+    return produce_response(by_topic)
+
+
+def produce_now(
+    broker: Broker, body: ProduceRequest, payload: memoryview
+) -> ProduceResponse | None:
+    """:func:`handle_produce` when nothing in it would wait -- every partition
+    exists (no topic to create), none is being appended to, and no acknowledgement
+    waits for the disk -- else None, with nothing done.  Never awaits: the
+    connection's reader answers with it directly.  Raises InvalidRequestError."""
+    parts = produce_parts(body, payload)
+    partitions: list[Partition] = []
+    for name, index, _view in parts:
+        topic = broker.topics.get(name)
+        if topic is None or name == OFFSETS_TOPIC or not 0 <= index < len(topic.partitions):
+            return None  # an error or a topic to create: the general path
+        partition = topic.partitions[index]
+        if not partition.can_append_now():
+            return None
+        partitions.append(partition)
+    by_topic: dict[str, list[ProducePartitionResponse]] = {}
+    for (name, index, view), partition in zip(parts, partitions, strict=True):
+        try:
+            result = produce_result(index, partition.append_now(view))
+        except DistributaryError as error:
+            result = produce_refused(broker, name, index, error)
+        by_topic.setdefault(name, []).append(result)
+    return produce_response(by_topic)
+
+
+def produce_parts(body: ProduceRequest, payload: memoryview) -> list[tuple[str, int, memoryview]]:
+    """Each partition's batches, in request order.  Raises InvalidRequestError."""
+    if body.acks not in (Acks.NONE, Acks.LEADER, Acks.ALL):
+        raise InvalidRequestError(f"acks must be 0, 1 or -1, got {body.acks}")
+    return split_payload(body, payload)
+
+
+def produce_result(index: int, appended: AppendResult) -> ProducePartitionResponse:
+    return ProducePartitionResponse(
+        index,
+        base_offset=appended.base_offset,
+        last_offset=appended.last_offset,
+        log_start_offset=appended.log_start_offset,
+        log_append_time_ms=appended.log_append_time_ms,
+    )
+
+
+def produce_refused(
+    broker: Broker, name: str, index: int, error: DistributaryError
+) -> ProducePartitionResponse:
+    broker.logger.info("produce refused", topic=name, partition=index, error=error.message)
+    return ProducePartitionResponse(index, int(error.code), error.message)
+
+
+def produce_response(by_topic: dict[str, list[ProducePartitionResponse]]) -> ProduceResponse:
     return ProduceResponse(
         [ProduceTopicResponse(name, results) for name, results in by_topic.items()]
     )

@@ -27,7 +27,7 @@ import trio
 from broker.logging import get_logger
 from broker.producer_state import REBUILD_SCAN_BYTES_MAX, ProducerStateTable, Verdict
 from broker.storage.async_log import AsyncLog
-from broker.storage.config import LogConfig
+from broker.storage.config import FlushPolicy, LogConfig
 from broker.storage.file_handle import FileRegion
 from client.errors import (
     InvalidBatchError,
@@ -167,12 +167,7 @@ class Partition:
         appended), OutOfOrderSequenceError (batches before the offending one are
         appended), UnknownTopicOrPartitionError (deleted meanwhile), StorageError.
         """
-        if payload.nbytes == 0:
-            raise InvalidBatchError("produce payload for a partition holds no batch")
-        # Every header and CRC, checked once here; the log takes the parsed headers.
-        # A bad batch anywhere refuses the whole payload before anything is written.
-        headers = iter_batches(payload, batch_bytes_max=self._log.log.config.batch_bytes_max)
-        idempotent = any(header.producer_id >= 0 for header in headers)
+        headers = self._checked_headers(payload)
         lock = self._append_lock
         try:
             lock.acquire_nowait()  # uncontended (the usual case): no scheduler trip
@@ -180,36 +175,56 @@ class Partition:
             await lock.acquire()
         try:
             self._check_open()
-            if idempotent:
-                result = await self._append_idempotent(payload, headers)
-            else:
-                result = await self._append_locked(payload, headers)
+            try:
+                result = self._append_batches(payload, headers)
+            finally:
+                # With the every-append policy the acknowledgement waits for the
+                # disk -- also for the batches before an out-of-order one.
+                if self._log.log.needs_flush():
+                    await self._log.flush()
         finally:
             lock.release()
         self.check_invariants()
         self.wake_waiters()
         return result
 
-    async def _append_locked(
-        self, payload: memoryview, headers: list[BatchHeader] | None
-    ) -> AppendResult:
-        """``headers``: ``payload``'s, already validated (None: the log parses them)."""
-        end_before = self._log.end_offset
-        appended = await self._log.append(payload, headers=headers)
-        assert appended.base_offset == end_before, (appended, end_before)
-        assert appended.last_offset >= appended.base_offset >= 0, appended
-        return AppendResult(
-            appended.base_offset,
-            appended.last_offset,
-            self._log.start_offset,
-            appended.log_append_time_ms,
+    def can_append_now(self) -> bool:
+        """Whether :meth:`append_now` may be used: no append in progress and the
+        acknowledgement need not wait for the disk (any policy but every-append;
+        an interval flush falling due is then done by the maintenance task, within
+        its 100 ms tick)."""
+        return (
+            not self._append_lock.locked()
+            and not self.closed
+            and self._log.log.config.flush_policy is not FlushPolicy.EVERY_APPEND
         )
 
-    async def _append_idempotent(
-        self, payload: memoryview, headers: list[BatchHeader]
-    ) -> AppendResult:
-        """Check and append batch by batch (caller holds the append lock); the
-        result spans the first to the last batch, duplicates included."""
+    def append_now(self, payload: memoryview) -> AppendResult:
+        """:meth:`append` without any wait, for when :meth:`can_append_now` said so
+        (checked again, as a programmer error).  Raises like :meth:`append`."""
+        assert self.can_append_now(), (self.topic, self.index)
+        headers = self._checked_headers(payload)
+        result = self._append_batches(payload, headers)
+        self.check_invariants()
+        self.wake_waiters()
+        return result
+
+    def _checked_headers(self, payload: memoryview) -> list[BatchHeader]:
+        """Every header and CRC, checked once here (the log takes the parsed
+        headers): a bad batch anywhere refuses the whole payload before anything is
+        written.  Raises RecordBatchError subclasses."""
+        if payload.nbytes == 0:
+            raise InvalidBatchError("produce payload for a partition holds no batch")
+        return iter_batches(payload, batch_bytes_max=self._log.log.config.batch_bytes_max)
+
+    def _append_batches(self, payload: memoryview, headers: list[BatchHeader]) -> AppendResult:
+        """Append (no flush); batches with a producer id go through the idempotence
+        check one by one, in order, and a retried batch already in the log is not
+        appended again: it answers with its remembered offsets.  The result spans
+        the first to the last batch, duplicates included.  Raises
+        OutOfOrderSequenceError (the batches before are appended), StorageError."""
+        if not any(header.producer_id >= 0 for header in headers):
+            return self._append_to_log(payload, headers)
         states = self.producer_states
         base_offset = last_offset = -1
         append_time_ms = -1
@@ -219,7 +234,7 @@ class Partition:
             batch_headers = headers if whole else None
             producer_id = header.producer_id
             if producer_id < 0:
-                result = await self._append_locked(batch, batch_headers)
+                result = self._append_to_log(batch, batch_headers)
             else:
                 epoch, sequence = header.producer_epoch, header.base_sequence
                 if epoch < 0 or sequence < 0:
@@ -242,7 +257,7 @@ class Partition:
                         remembered.base_offset, remembered.last_offset, self._log.start_offset, -1
                     )
                 else:
-                    result = await self._append_locked(batch, batch_headers)
+                    result = self._append_to_log(batch, batch_headers)
                     states.record(
                         producer_id,
                         epoch,
@@ -256,6 +271,22 @@ class Partition:
                 append_time_ms = result.log_append_time_ms
             last_offset = result.last_offset
         return AppendResult(base_offset, last_offset, self._log.start_offset, append_time_ms)
+
+    def _append_to_log(
+        self, payload: memoryview, headers: list[BatchHeader] | None
+    ) -> AppendResult:
+        """``headers``: ``payload``'s, already validated (None: the log parses them)."""
+        log = self._log.log
+        end_before = log.end_offset
+        appended = log.append(payload, headers=headers)
+        assert appended.base_offset == end_before, (appended, end_before)
+        assert appended.last_offset >= appended.base_offset >= 0, appended
+        return AppendResult(
+            appended.base_offset,
+            appended.last_offset,
+            log.start_offset,
+            appended.log_append_time_ms,
+        )
 
     # -- long-poll waiters ------------------------------------------------------------
 

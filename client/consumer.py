@@ -1000,20 +1000,9 @@ class Consumer(ClusterClient):
             chain.finish()
             return
         request, epochs = self._fetch_request(partitions)
-        try:
-            sent = connection.send_nowait(
-                request,
-                timeout_ms=self.request_timeout_ms + self.fetch_max_wait_ms,
-                on_done=partial(self._fetch_done, chain, epochs),
-                checked=False,
-            )
-        except DistributaryError as error:
-            chain.finish(error)
-            return
-        assert sent is not None
-        chain.pending.add(sent)
-        chain.continuing = partitions
-        self._send_continuation(chain, epochs)
+        if self._send_in_chain(chain, request, epochs):
+            chain.continuing = partitions
+            self._send_continuation(chain, epochs)
 
     def _send_continuation(self, chain: _FetchChain, epochs: dict[TopicPartition, int]) -> None:
         """Put a continuation of ``chain.continuing`` on the wire if the chain has
@@ -1027,19 +1016,26 @@ class Consumer(ClusterClient):
             or not connection.writable_now
         ):
             return
-        request = self._continuation_request(partitions)
+        self._send_in_chain(chain, self._continuation_request(partitions), epochs)
+
+    def _send_in_chain(
+        self, chain: _FetchChain, request: FetchRequest, epochs: dict[TopicPartition, int]
+    ) -> bool:
+        """Write ``request`` now (the connection takes it whole); its response goes
+        to :meth:`_fetch_done`.  False when that failed (the chain is finished)."""
         try:
-            sent = connection.send_nowait(
+            sent = chain.connection.send_nowait(
                 request,
                 timeout_ms=self.request_timeout_ms + self.fetch_max_wait_ms,
                 on_done=partial(self._fetch_done, chain, epochs),
-                checked=False,
+                checked=False,  # valid by construction (see _fetch_request)
             )
         except DistributaryError as error:
             chain.finish(error)
-            return
-        assert sent is not None
+            return False
+        assert sent is not None  # a fetch always wants its response
         chain.pending.add(sent)
+        return True
 
     def _continuation_request(self, partitions: list[TopicPartition]) -> FetchRequest:
         """A fetch of ``partitions`` from where the connection's previous fetch of

@@ -21,7 +21,8 @@ fsyncs from a worker thread through descriptors it holds references on.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from itertools import islice
 from pathlib import Path
 from typing import Final
 
@@ -440,27 +441,20 @@ class LogSegment:
         limit_position = self.size_bytes if end_position is None else end_position
         assert first.position < limit_position <= self.size_bytes
         limit_position = min(limit_position, first.position + max(max_bytes, first.batch_bytes))
+        later: Iterable[BatchInfo]
         if first_index is not None and tail is not None:
-            last = first
-            for index in range(first_index + 1, len(tail)):  # bounded by the tail
-                if tail[index].end > limit_position:
-                    break
-                last = tail[index]
-            return FileRegion(
-                self.handle,
-                first.position,
-                last.end - first.position,
-                first.base_offset,
-                last.next_offset,
-            )
-        # Every batch before the last indexed batch starting below the limit fits, so
-        # walking from the entry before that one crosses at most two index intervals.
-        number = self.offset_index.floor_entry_number(limit_position - 1, field=1)
-        walk_from = first.position
-        if number >= 1:
-            walk_from = max(walk_from, self.offset_index.entry(number - 1)[1])
+            later = islice(tail, first_index + 1, None)  # in memory, bounded by the tail
+        else:
+            # Every batch before the last indexed batch starting below the limit fits,
+            # so walking from the entry before that one crosses at most two index
+            # intervals.
+            number = self.offset_index.floor_entry_number(limit_position - 1, field=1)
+            walk_from = first.position
+            if number >= 1:
+                walk_from = max(walk_from, self.offset_index.entry(number - 1)[1])
+            later = walk_headers(self.handle.descriptor, walk_from, limit_position)
         last = first
-        for batch in walk_headers(self.handle.descriptor, walk_from, limit_position):
+        for batch in later:
             if batch.end > limit_position:
                 break
             last = batch
