@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 import trio
 
+import broker.connection as connection_module
 from broker.config import load_config
 from broker.connection import ConnectionHandler
-from broker.handlers import handle
+from broker.handlers import Reply, handle
 from broker.state import Broker
-from client.errors import ErrorCode
+from client.errors import ErrorCode, InvalidRequestError
 from client.protocol.connection import ClientConnection, IncomingRequest, IncomingResponse
 from client.protocol.messages import (
     FETCH_OFFSET_CONTINUE,
@@ -24,9 +25,11 @@ from client.protocol.messages import (
     CreateTopicsRequest,
     ErrorResponse,
     FetchPartition,
+    FetchPartitionResponse,
     FetchRequest,
     FetchResponse,
     FetchTopic,
+    FetchTopicResponse,
     HelloRequest,
     HelloResponse,
     ProducePartition,
@@ -203,3 +206,35 @@ async def test_an_early_answer_the_socket_takes_in_part_is_completed(
             assert isinstance((await peer.response()).body, HelloResponse)
             assert finished and finished[0] > 0  # the writer did complete a torn answer
             nursery.cancel_scope.cancel()
+
+
+async def test_fetch_positions_per_connection_are_bounded(state: Broker) -> None:
+    """A connection remembers at most FETCH_POSITIONS_MAX partitions' positions,
+    the most recently fetched; continuing a forgotten one is refused."""
+    server_socket, _client_socket = trio.socket.socketpair()
+    handler = ConnectionHandler(state, trio.SocketStream(server_socket), "test-peer")
+    count = connection_module.FETCH_POSITIONS_MAX + 5
+    body = FetchRequest(
+        topics=[FetchTopic("many", [FetchPartition(index, 7) for index in range(count)])]
+    )
+    response = FetchResponse(
+        [
+            FetchTopicResponse(
+                "many", [FetchPartitionResponse(index, high_watermark=7) for index in range(count)]
+            )
+        ]
+    )
+    handler._note_fetch_positions(body, Reply(response))
+    positions = handler._fetch_positions
+    assert len(positions) == connection_module.FETCH_POSITIONS_MAX
+    assert ("many", 0) not in positions and positions[("many", count - 1)] == 7
+    forgotten = FetchRequest(
+        topics=[FetchTopic("many", [FetchPartition(0, FETCH_OFFSET_CONTINUE)])]
+    )
+    with pytest.raises(InvalidRequestError):
+        handler._resolve_fetch_offsets(forgotten)
+    kept = FetchRequest(
+        topics=[FetchTopic("many", [FetchPartition(count - 1, FETCH_OFFSET_CONTINUE)])]
+    )
+    handler._resolve_fetch_offsets(kept)
+    assert kept.topics[0].partitions[0].fetch_offset == 7
