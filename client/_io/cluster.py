@@ -174,8 +174,7 @@ class Cluster:
                 )
         assert last_error is not None
         raise BrokerUnavailableError(
-            f"broker {host}:{port} unavailable after {self.reconnect_attempts_max} attempts: "
-            f"{last_error.message}"
+            f"{last_error.message}; tried {self.reconnect_attempts_max} times"
         )
 
     async def _hello(self, connection: BrokerConnection) -> None:

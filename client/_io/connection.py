@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
@@ -298,8 +299,9 @@ async def open_connection(
             f"broker {host}:{port} did not accept a connection within {connect_timeout_ms} ms"
         ) from None
     except OSError as error:
-        reason = error.strerror or str(error) or type(error).__name__
-        raise BrokerUnavailableError(f"cannot connect to broker {host}:{port}: {reason}") from None
+        raise BrokerUnavailableError(
+            f"cannot connect to broker {host}:{port}: {os_error_reason(error)}"
+        ) from None
     connection = BrokerConnection(
         transport,
         tools,
@@ -860,6 +862,15 @@ class _TrioTransport:
 
     async def aclose(self) -> None:
         await self.stream.aclose()
+
+
+def os_error_reason(error: OSError) -> str:
+    """The system's words for a failed connect ("Connection refused"): anyio wraps
+    the attempts' errors in one that only says they all failed."""
+    for candidate in (error, error.__cause__, error.__context__):
+        if isinstance(candidate, OSError) and candidate.errno:
+            return os.strerror(candidate.errno)
+    return error.strerror or str(error) or type(error).__name__
 
 
 def _describe(error: BaseException) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import traceback
 from collections.abc import Awaitable, Callable
@@ -132,7 +133,9 @@ def describe(error: BaseException, bootstrap: str, topic: str | None = None) -> 
     """A one-line, user-facing description of an operating error."""
     text = str(error).strip().splitlines()[0] if str(error).strip() else ""
     if isinstance(error, BrokerUnavailableError | ConnectionClosedError | ConnectionError):
-        return f"broker unreachable at {bootstrap} ({text or 'connection refused'})"
+        # "cannot connect to broker HOST:PORT: why" -> "why": the address is said once.
+        detail = re.sub(r"^cannot connect to broker \S+: ", "", text)
+        return f"broker unreachable at {bootstrap} ({detail or 'connection refused'})"
     if isinstance(error, UnknownTopicOrPartitionError):
         if topic is not None and "partition" in text:
             return f"topic {topic!r}: {text}"

@@ -355,6 +355,8 @@ def test_unreachable_broker_is_named(cli: Cli) -> None:
     result = dead.run("topics", "list", timeout_s=60)
     assert result.returncode == 1
     assert_one_line_error(result, "broker unreachable at 127.0.0.1:1")
+    assert result.stderr.count(b"127.0.0.1:1") == 1  # the address is said once
+    assert b"Connection refused" in result.stderr  # the system's words, not anyio's
 
 
 def test_debug_shows_the_traceback(cli: Cli) -> None:

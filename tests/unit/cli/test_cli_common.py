@@ -18,6 +18,16 @@ def test_describe_names_the_broker_when_unreachable() -> None:
     assert message.startswith("broker unreachable at 10.0.0.1:9392")
 
 
+def test_describe_says_the_unreachable_address_once() -> None:
+    """Proves the SDK's "cannot connect to broker ADDRESS:" prefix is not repeated
+    after the bootstrap address: only the reason and the attempts remain."""
+    error = BrokerUnavailableError(
+        "cannot connect to broker 10.0.0.1:9392: Connection refused; tried 5 times"
+    )
+    message = describe(error, "10.0.0.1:9392")
+    assert message == "broker unreachable at 10.0.0.1:9392 (Connection refused; tried 5 times)"
+
+
 def test_describe_unknown_topic_and_partition() -> None:
     """Proves a missing topic names the topic, a missing partition keeps the SDK's detail."""
     assert describe(UnknownTopicOrPartitionError("x"), "h:1", "orders") == (
