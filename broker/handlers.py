@@ -638,4 +638,9 @@ def list_offset(partition: Partition, timestamp_ms: int) -> ListOffsetsPartition
         error = InvalidRequestError(f"timestamp {timestamp_ms} is neither -1, -2 nor a time")
         return ListOffsetsPartitionResponse(partition.index, int(error.code), error.message)
     found = partition.offset_for_timestamp(timestamp_ms)
-    return ListOffsetsPartitionResponse(partition.index, offset=-1 if found is None else found)
+    if found is None:  # no record at or after it: offset and timestamp -1 (Kafka's answer)
+        return ListOffsetsPartitionResponse(partition.index)
+    offset, found_timestamp_ms = found
+    return ListOffsetsPartitionResponse(
+        partition.index, offset=offset, timestamp_ms=found_timestamp_ms
+    )

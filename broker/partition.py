@@ -146,11 +146,15 @@ class Partition:
             return FileRegion.empty(offset)
         return region
 
-    def offset_for_timestamp(self, timestamp_ms: int) -> int | None:
-        """Base offset of the first batch whose max timestamp is >= ``timestamp_ms``
+    def offset_for_timestamp(self, timestamp_ms: int) -> tuple[int, int] | None:
+        """``(offset, timestamp_ms)``: the base offset of the first batch whose max
+        timestamp is >= ``timestamp_ms`` and the timestamp of its first record
         (batch granularity: records are not decoded), or None."""
         self._check_open()
-        return self._log.offset_for_timestamp(timestamp_ms)
+        offset = self._log.offset_for_timestamp(timestamp_ms)
+        if offset is None:
+            return None
+        return offset, self._log.log.batch_at(offset).first_timestamp_ms
 
     # -- appends ----------------------------------------------------------------------
 

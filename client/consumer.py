@@ -82,7 +82,7 @@ from client.protocol.messages import (
 )
 from client.records.decoder import Record, RecordDecoder, ValueFormat
 from client.records.header import BATCH_BYTES_MAX_DEFAULT
-from client.types import MiB, OffsetReset, PartitionLag, TopicPartition
+from client.types import MiB, OffsetAndTimestamp, OffsetReset, PartitionLag, TopicPartition
 
 log = get_logger("client.consumer")
 
@@ -1183,9 +1183,32 @@ class Consumer(ClusterClient):
         """ListOffsets: for each partition, the offset for a timestamp (or
         ``EARLIEST_TIMESTAMP`` -2 / ``LATEST_TIMESTAMP`` -1).  -1 means no record
         at or after the timestamp.  Raises the partition's typed error."""
+        found = await self._list_offsets(targets)
+        return {tp: offset for tp, (offset, _timestamp_ms) in found.items()}
+
+    async def offsets_for_times(
+        self, timestamps: Mapping[TopicPartition, int]
+    ) -> dict[TopicPartition, OffsetAndTimestamp | None]:
+        """For each partition, where ``timestamps[tp]`` (ms since the epoch) falls:
+        the offset to seek to and the timestamp of the record there, or None when
+        every record is older (aiokafka's ``offsets_for_times``).  Batch
+        granularity: the offset starts the first batch holding a record at or after
+        the time, so that record may be a little older.  Raises the partition's
+        typed error."""
+        assert all(timestamp >= 0 for timestamp in timestamps.values()), timestamps
+        found = await self._list_offsets(dict(timestamps))
+        return {
+            tp: None if offset < 0 else OffsetAndTimestamp(offset, timestamp_ms)
+            for tp, (offset, timestamp_ms) in found.items()
+        }
+
+    async def _list_offsets(
+        self, targets: dict[TopicPartition, int]
+    ) -> dict[TopicPartition, tuple[int, int]]:
+        """``(offset, timestamp_ms)`` per partition (see :meth:`list_offsets`)."""
         cluster = self._require_cluster()
 
-        async def attempt() -> dict[TopicPartition, int]:
+        async def attempt() -> dict[TopicPartition, tuple[int, int]]:
             by_leader: dict[int, dict[str, list[ListOffsetsPartition]]] = {}
             for tp, timestamp in targets.items():
                 if cluster.leader_for(tp.topic, tp.partition) is None:
@@ -1195,7 +1218,7 @@ class Consumer(ClusterClient):
                 topics.setdefault(tp.topic, []).append(
                     ListOffsetsPartition(tp.partition, timestamp)
                 )
-            offsets: dict[TopicPartition, int] = {}
+            offsets: dict[TopicPartition, tuple[int, int]] = {}
             for leader, topics in by_leader.items():
                 connection = await cluster.connection_for_node(leader)
                 response = await connection.request(
@@ -1212,7 +1235,10 @@ class Consumer(ClusterClient):
                             if isinstance(error, NotLeaderError | UnknownTopicOrPartitionError):
                                 cluster.invalidate(topic.name)
                             raise error
-                        offsets[TopicPartition(topic.name, part.partition)] = part.offset
+                        offsets[TopicPartition(topic.name, part.partition)] = (
+                            part.offset,
+                            part.timestamp_ms,
+                        )
             return offsets
 
         return await cluster.call_with_retries(attempt, attempts_max=self.reconnect_attempts_max)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
 
@@ -42,6 +42,7 @@ from client.types import (
     GroupDescription,
     GroupListing,
     NewTopic,
+    OffsetAndTimestamp,
     PartitionLag,
     RecordMetadata,
     TopicDescription,
@@ -420,6 +421,12 @@ class Consumer(_PortalClient[AsyncConsumer]):
     ) -> dict[TopicPartition, int]:
         """See :meth:`client.Consumer.list_offsets`."""
         return self._call(timeout, self._async.list_offsets, dict(targets))
+
+    def offsets_for_times(
+        self, timestamps: Mapping[TopicPartition, int], *, timeout: float | None = None
+    ) -> dict[TopicPartition, OffsetAndTimestamp | None]:
+        """See :meth:`client.Consumer.offsets_for_times`."""
+        return self._call(timeout, self._async.offsets_for_times, dict(timestamps))
 
     # -- records ----------------------------------------------------------------------------
 

@@ -118,6 +118,15 @@ class NewTopic(NamedTuple):
     configs: dict[str, str] | None = None
 
 
+class OffsetAndTimestamp(NamedTuple):
+    """Where a time falls in a partition (``Consumer.offsets_for_times``): the
+    first offset of the first batch holding a record at or after it, and the
+    timestamp of the record at that offset."""
+
+    offset: int
+    timestamp_ms: int
+
+
 class PartitionLag(NamedTuple):
     """How far a consumer is behind on one partition (``Consumer.lag``)."""
 

@@ -488,6 +488,19 @@ class Log:
             ):
                 yield fields
 
+    def batch_at(self, offset: int) -> BatchInfo:
+        """The batch holding ``offset`` (header fields and position).
+        Raises OffsetOutOfRangeError (not in [start, end)), StorageError."""
+        self._check_usable()
+        if not self.start_offset <= offset < self.end_offset:
+            raise OffsetOutOfRangeError(
+                f"offset {offset} is outside [{self.start_offset}, {self.end_offset}) "
+                f"in {self.directory}"
+            )
+        segment = self._segments.floor(offset)
+        assert segment is not None and offset < segment.next_offset, (offset, segment)
+        return segment.locate(offset)
+
     def offset_for_timestamp(self, timestamp_ms: int) -> int | None:
         """Base offset of the first batch whose max timestamp is >= ``timestamp_ms``
         (Kafka's ListOffsets by time, at batch granularity: the broker does not decode

@@ -13,6 +13,7 @@ from client import (
     Admin,
     Consumer,
     NewTopic,
+    OffsetAndTimestamp,
     Producer,
     TooManyRequestsError,
     TopicPartition,
@@ -183,3 +184,23 @@ async def test_send_nowait_fast_path_and_its_typed_refusals(broker: Any) -> None
                 offsets.setdefault(metadata.partition, []).append(metadata.offset)
             for partition_offsets in offsets.values():
                 assert partition_offsets == list(range(len(partition_offsets)))
+
+
+async def test_offsets_for_times_gives_offset_and_timestamp(broker: Any) -> None:
+    """Proves a time maps to the first batch reaching it, with that record's
+    timestamp, and a time after every record to None (aiokafka's offsets_for_times)."""
+    with trio.fail_after(30):
+        await create(broker.address, "timed", 1)
+        tp = TopicPartition("timed", 0)
+        async with Producer(broker.address, linger_ms=0) as producer:
+            for index, timestamp_ms in enumerate((1_000, 2_000, 3_000)):
+                sent = await producer.send("timed", b"v", partition=0, timestamp_ms=timestamp_ms)
+                assert sent.offset == index
+        async with Consumer(broker.address) as consumer:
+            found = await consumer.offsets_for_times({tp: 1_500})
+            assert found == {tp: OffsetAndTimestamp(1, 2_000)}
+            assert await consumer.offsets_for_times({tp: 3_000}) == {
+                tp: OffsetAndTimestamp(2, 3_000)
+            }
+            assert await consumer.offsets_for_times({tp: 3_001}) == {tp: None}
+            assert await consumer.list_offsets({tp: 1_500}) == {tp: 1}

@@ -180,15 +180,18 @@ async def test_fetch_errors_answer_immediately(broker: Broker) -> None:
 
 
 async def test_list_offsets(broker: Broker) -> None:
-    """Earliest and latest track the log; a negative non-special time is an error."""
+    """Earliest and latest track the log; a time finds the first batch reaching it,
+    with its first record's timestamp; past the last record: -1 and -1; a negative
+    non-special time is an error."""
     await produce(broker, "auto", {0: bytes(build_batch([b"1", b"2"], timestamp_ms=500))})
+    await produce(broker, "auto", {0: bytes(build_batch([b"3"], timestamp_ms=900))})
     body = ListOffsetsRequest(
         [
             ListOffsetsTopic(
                 "auto",
                 [
                     ListOffsetsPartition(0, t)
-                    for t in (EARLIEST_TIMESTAMP, LATEST_TIMESTAMP, 400, -7)
+                    for t in (EARLIEST_TIMESTAMP, LATEST_TIMESTAMP, 400, 600, 5000, -7)
                 ],
             )
         ]
@@ -196,8 +199,9 @@ async def test_list_offsets(broker: Broker) -> None:
     reply = await call(broker, body)
     assert isinstance(reply.body, ListOffsetsResponse)
     parts = reply.body.topics[0].partitions
-    assert [p.offset for p in parts[:3]] == [0, 2, 0]
-    assert parts[3].error_code == ErrorCode.INVALID_REQUEST
+    assert [p.offset for p in parts[:5]] == [0, 3, 0, 2, -1]
+    assert [p.timestamp_ms for p in parts[:5]] == [-1, -1, 500, 900, -1]
+    assert parts[5].error_code == ErrorCode.INVALID_REQUEST
 
 
 async def test_metadata_auto_create_only_when_allowed(broker: Broker) -> None:
