@@ -989,8 +989,14 @@ class Consumer(ClusterClient):
             states[tp].epoch == epoch for tp, epoch in epochs.items()
         ):
             # Nothing moved since the chain's fetch from offsets: keep one
-            # continuation on the wire behind the one still there.
-            self._send_continuation(chain, epochs)
+            # continuation on the wire behind the one still there.  While that one
+            # waits at the broker, the next can wait until the application has
+            # taken these records (call_soon runs after the woken getmany).
+            tools = self._tools
+            if chain.pending and tools is not None and tools.call_soon is not None:
+                tools.call_soon(partial(self._send_continuation, chain, epochs))
+            else:
+                self._send_continuation(chain, epochs)
             return
         if chain.pending:
             # Something moved (a seek, a pause, a full buffer): a fetch from

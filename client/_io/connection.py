@@ -108,7 +108,15 @@ class EventLoopTools:
     correctly under anyio's cancel scopes: a cancelled wait is a cancelled wait).
     """
 
-    __slots__ = ("call_at", "checkpoint", "clock", "event", "is_asyncio", "wait_or_timeout")
+    __slots__ = (
+        "call_at",
+        "call_soon",
+        "checkpoint",
+        "clock",
+        "event",
+        "is_asyncio",
+        "wait_or_timeout",
+    )
 
     def __init__(self) -> None:
         library = sniffio.current_async_library()
@@ -121,9 +129,13 @@ class EventLoopTools:
         # asyncio: call_at(when, callback) on the ``clock`` scale (a cancellable
         # timer handle); None on trio.
         self.call_at: Callable[[float, Callable[[], None]], asyncio.TimerHandle] | None = None
+        # asyncio: call_soon(callback), after what is already due (tasks just woken
+        # included); None on trio.
+        self.call_soon: Callable[[Callable[[], None]], asyncio.Handle] | None = None
         if self.is_asyncio:
             loop = asyncio.get_running_loop()
             self.call_at = loop.call_at
+            self.call_soon = loop.call_soon
             self.event: Callable[[], LoopEvent] = partial(_AsyncioEvent, loop)
             self.clock: Callable[[], float] = loop.time
             self.checkpoint = _asyncio_checkpoint
