@@ -159,9 +159,9 @@ class Partition:
     # -- appends ----------------------------------------------------------------------
 
     async def append(self, payload: memoryview) -> AppendResult:
-        """Append a Produce payload (whole batches back to back).  The log validates
-        every header and CRC and stamps the offsets; with FlushPolicy.EVERY_APPEND
-        it returns once the bytes are fsynced.
+        """Append a Produce payload (whole batches back to back).  Every header and
+        CRC is checked first (:meth:`_checked_headers`), the log stamps the offsets;
+        with FlushPolicy.EVERY_APPEND it returns once the bytes are fsynced.
 
         Batches with a producer id go through the idempotence check one by one,
         in order (header fields only): a retried batch already in the log is not

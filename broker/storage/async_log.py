@@ -32,7 +32,6 @@ from broker.storage.log import (
     sync_to_disk,
     wall_clock_ms,
 )
-from client.records.header import BatchHeader
 
 # Without an interval flush policy the maintenance task still wakes this often at
 # most, to notice a retention check falling due.
@@ -84,15 +83,11 @@ class AsyncLog:
         return self.log.end_offset
 
     async def append(
-        self,
-        batches: bytes | bytearray | memoryview,
-        *,
-        leader_epoch: int | None = None,
-        headers: list[BatchHeader] | None = None,
+        self, batches: bytes | bytearray | memoryview, *, leader_epoch: int | None = None
     ) -> AppendResult:
         """Append (see :meth:`Log.append`); with the every-append policy, returns only
         once the batches are fsynced.  Raises like Log.append and :meth:`flush`."""
-        result = self.log.append(batches, leader_epoch=leader_epoch, headers=headers)
+        result = self.log.append(batches, leader_epoch=leader_epoch)
         if self.log.needs_flush():
             await self.flush()
         return result
