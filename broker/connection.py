@@ -511,7 +511,7 @@ class ConnectionHandler:
             if self._frame_torn:
                 raise ClientGone()
             data = head
-            if regions and sum(region.length for region in regions) <= INLINE_REGION_BYTES_MAX:
+            if regions and sum([region.length for region in regions]) <= INLINE_REGION_BYTES_MAX:
                 # A small response (a live consumer's usual fetch): read the record
                 # bytes and send one buffer, so it leaves as one segment and the
                 # client wakes once.  (Corking the head with MSG_MORE before

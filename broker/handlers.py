@@ -92,9 +92,14 @@ class Reply:
 
     @property
     def payload_length(self) -> int:
-        return sum(region.length for region in self.regions)
+        regions = self.regions
+        if not regions:
+            return 0
+        return sum(region.length for region in regions)
 
     def release(self) -> None:
+        if not self.regions:
+            return
         for region in self.regions:
             region.release()
         self.regions = []

@@ -206,7 +206,7 @@ class Partition:
     def append_now(self, payload: memoryview) -> AppendResult:
         """:meth:`append` without any wait, for when :meth:`can_append_now` said so
         (checked again, as a programmer error).  Raises like :meth:`append`."""
-        assert self.can_append_now(), (self.topic, self.index)
+        assert not self._append_lock.locked() and not self.closed, (self.topic, self.index)
         headers = self._checked_headers(payload)
         result = self._append_batches(payload, headers)
         self.check_invariants()
@@ -227,7 +227,10 @@ class Partition:
         appended again: it answers with its remembered offsets.  The result spans
         the first to the last batch, duplicates included.  Raises
         OutOfOrderSequenceError (the batches before are appended), StorageError."""
-        if not any(header.producer_id >= 0 for header in headers):
+        if len(headers) == 1:
+            if headers[0].producer_id < 0:
+                return self._append_to_log(payload, headers)
+        elif not any(header.producer_id >= 0 for header in headers):
             return self._append_to_log(payload, headers)
         states = self.producer_states
         base_offset = last_offset = -1
@@ -301,6 +304,8 @@ class Partition:
         self._waiters.discard(waiter)
 
     def wake_waiters(self) -> None:
+        if not self._waiters:
+            return
         waiters, self._waiters = self._waiters, set()
         for waiter in waiters:
             waiter.set()

@@ -172,6 +172,10 @@ class RecordAccumulator:
         # A batch takes records while its records' estimated bytes stay within this.
         self.fit_bytes = batch_bytes_max - HEADER_BYTES
         self._unfinished: set[ProducerBatch] = set()
+        # Batches open or queued (not in flight, not done), over all partitions:
+        # while it is 0, drain() finds nothing and next_ready_ms() is None, so the
+        # producer's per-acknowledgement path can skip both.
+        self.waiting_batches = 0
 
     # -- appending (hot path) ---------------------------------------------------------
 
@@ -184,9 +188,11 @@ class RecordAccumulator:
         headers: Sequence[Header],
         timestamp_ms: int | None,
         now_ms: int,
+        size: int | None = None,
     ) -> tuple[ProducerBatch, int, bool]:
         """Add a record to its partition's open batch (``timestamp_ms`` None: the
-        batch builder reads the wall clock).
+        batch builder reads the wall clock).  ``size``: the record's
+        :func:`record_size` when the caller has it already.
 
         Returns ``(batch, offset_delta, wake)``: ``wake`` is true when a batch was
         opened or a full one closed, i.e. when the sender should look again.
@@ -198,7 +204,8 @@ class RecordAccumulator:
         ``size`` to ``batch.buffer_bytes`` and ``buffer_bytes_used``.
         """
         assert not self.closed, "append after the producer closed"
-        size = record_size(value, key, headers)
+        if size is None:
+            size = record_size(value, key, headers)
         key_tp = (topic, partition)
         batch = self.open_batches.get(key_tp)
         wake = False
@@ -223,6 +230,7 @@ class RecordAccumulator:
         state.open = batch
         self.open_batches[key_tp] = batch
         self._unfinished.add(batch)
+        self.waiting_batches += 1
         return batch
 
     def _close(self, key_tp: PartitionKey) -> None:
@@ -267,6 +275,7 @@ class RecordAccumulator:
             else:
                 continue
             state.inflight += 1
+            self.waiting_batches -= 1
             ready.append(batch)
         return ready
 
@@ -305,7 +314,9 @@ class RecordAccumulator:
             builder.producer_id = self.producer_id
             builder.producer_epoch = state.epoch
             builder.base_sequence = state.next_sequence
-        payload = batch.build(batch_bytes_max)
+        # ProducerBatch.build, without its extra calls (once per batch sent).
+        payload = batch.payload = builder.build(batch_bytes_max)
+        batch.record_count = len(builder)
         if self.producer_id >= 0:
             state.next_sequence = (state.next_sequence + batch.record_count) % SEQUENCE_MODULUS
         batch.send_order = state.sent
@@ -327,7 +338,9 @@ class RecordAccumulator:
             return
         self._finish(batch)
         batch.base_offset = base_offset
-        _notify(batch)
+        waiter = batch.waiter  # _notify(batch), inline: once per acknowledged batch
+        if waiter is not None:
+            waiter.set()
 
     def fail(self, batch: ProducerBatch, error: DistributaryError) -> None:
         """The batch failed for good: every record's handle raises ``error``."""
@@ -365,6 +378,7 @@ class RecordAccumulator:
                 break
             position += 1
         queue.insert(position, batch)
+        self.waiting_batches += 1
 
     def _finish(self, batch: ProducerBatch) -> None:
         assert not batch.done, batch
@@ -398,6 +412,7 @@ class RecordAccumulator:
             state.queue.clear()
             state.inflight = 0
             state.retry_inflight = 0
+        self.waiting_batches = 0
         for batch in list(self._unfinished):
             batch.done = True
             batch.error = error_factory()
@@ -407,6 +422,10 @@ class RecordAccumulator:
 
     def check_invariants(self) -> None:
         total = 0
+        waiting = sum(
+            len(state.queue) + (state.open is not None) for state in self._partitions.values()
+        )
+        assert waiting == self.waiting_batches, (waiting, self.waiting_batches)
         for key_tp, state in self._partitions.items():
             assert 0 <= state.inflight <= self.inflight_batches_per_partition_max, key_tp
             assert 0 <= state.retry_inflight <= 1, key_tp

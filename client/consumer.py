@@ -142,6 +142,17 @@ class _PartitionState:
         return self.fetch_offset
 
 
+def _epochs_unchanged(
+    states: dict[TopicPartition, _PartitionState], epochs: dict[TopicPartition, int]
+) -> bool:
+    """True when no partition of ``epochs`` was seeked (or reset) since they were
+    taken.  A plain loop: per fetch response, it costs a generator less than ``all``."""
+    for tp, epoch in epochs.items():  # noqa: SIM110 - all() would add a generator
+        if states[tp].epoch != epoch:
+            return False
+    return True
+
+
 class _FetchChain:
     """The fetches one fetcher task has on the wire, back to back.
 
@@ -159,6 +170,8 @@ class _FetchChain:
 
     __slots__ = (
         "connection",
+        "continuation",
+        "continuation_sizes",
         "continuing",
         "done",
         "error",
@@ -176,6 +189,11 @@ class _FetchChain:
         # The partitions (in request order) that continuations may fetch: those of
         # the chain's last fetch from offsets; None: send no continuation.
         self.continuing: list[TopicPartition] | None = None
+        # The continuation request of ``continuing``, reused while the partitions'
+        # fetch sizes stay as they were (``continuation_sizes``: the consumer's
+        # ``_fetch_sizes_version`` when it was built).
+        self.continuation: FetchRequest | None = None
+        self.continuation_sizes = -1
         self.finished = False
         self.stale = False  # a partition moved: metadata must be refreshed
         self.error: DistributaryError | None = None
@@ -261,12 +279,16 @@ class Consumer(ClusterClient):
         self._room: LoopEvent | None = None
         self._tools: EventLoopTools | None = None
         self._data_timer: asyncio.TimerHandle | None = None  # see _wait_for_data
+        self._data_timer_at = math.inf  # when _data_timer fires (loop clock)
         self._pending_errors: list[DistributaryError] = []
         # The chunk ``async for`` is walking: its partition, list and next index.
         self._iter_tp: TopicPartition | None = None
         self._iter_records: list[Record[Any]] = []
         self._iter_index = 0
         self._rotation = 0
+        # Bumped whenever a partition's fetch_bytes_max changes (continuations
+        # built before then are rebuilt).
+        self._fetch_sizes_version = 0
         self._closed = False
         self._group_options = (
             None
@@ -345,6 +367,7 @@ class Consumer(ClusterClient):
         for tp in set(self._states) - set(states):
             self._states[tp].clear()
         self._states = states
+        self._fetch_sizes_version += 1  # new partition states: rebuild continuations
         if self._iter_tp is not None and self._iter_tp not in states:
             self._drop_iterator_chunk()
         self._start_fetchers()
@@ -602,6 +625,7 @@ class Consumer(ClusterClient):
             state.fetch_offset = committed
             state.processed = committed
             self._states[tp] = state
+        self._fetch_sizes_version += 1  # new partition states: rebuild continuations
         self._start_fetchers()
         self._signal(room=True)
 
@@ -690,10 +714,11 @@ class Consumer(ClusterClient):
         # loop), as long as it fires no later than their deadlines; it may fire
         # early, and the caller then waits again.
         timer = self._data_timer
-        if timer is None or timer.when() > deadline:
+        if timer is None or self._data_timer_at > deadline:
             if timer is not None:
                 timer.cancel()
             self._data_timer = call_at(deadline, self._data_timer_fired)
+            self._data_timer_at = deadline
         await event.wait()
 
     def _data_timer_fired(self) -> None:
@@ -718,44 +743,44 @@ class Consumer(ClusterClient):
         result: dict[TopicPartition, list[Record[Any]]] = {}
         taken = 0
         states = self._states
-        if len(states) == 1:
-            items = list(states.items())
+        items: Iterable[tuple[TopicPartition, _PartitionState]]
+        if len(states) <= 1:
+            items = states.items()
         else:
-            items = list(states.items())
-            if not items:
-                return result
             # Start from a rotating partition so none starves under max_records.
-            self._rotation = (self._rotation + 1) % len(items)
-            items = items[self._rotation :] + items[: self._rotation]
+            rotated = list(states.items())
+            self._rotation = (self._rotation + 1) % len(rotated)
+            items = rotated[self._rotation :] + rotated[: self._rotation]
         for tp, state in items:
             if state.paused:
                 continue
             chunks = state.chunks
+            head = state.head
             while chunks and taken < max_records:
                 chunk = chunks[0]
-                available = len(chunk) - state.head
-                count = int(min(available, max_records - taken))
-                part = (
-                    chunk
-                    if state.head == 0 and count == len(chunk)
-                    else chunk[state.head : state.head + count]
-                )
-                if count == available:
+                available = len(chunk) - head
+                if available <= max_records - taken:  # the rest of the chunk
+                    part = chunk[head:] if head else chunk
                     chunks.popleft()
-                    state.head = 0
+                    head = 0
+                    count = available
                 else:
-                    state.head += count
+                    count = int(max_records - taken)
+                    part = chunk[head : head + count]
+                    head += count
                 existing = result.get(tp)
                 if existing is None:
                     result[tp] = part
                 else:
                     existing.extend(part)
                 taken += count
+            state.head = head
             if taken >= max_records:
                 break
         if taken:
             self._busy = True
-            self._signal(room=True)
+            if self._room is not None:
+                self._signal(room=True)
         return result
 
     def _raise_pending(self) -> None:
@@ -985,9 +1010,7 @@ class Consumer(ClusterClient):
             chain.finish()
             return
         states = self._states
-        if partitions == chain.continuing and all(
-            states[tp].epoch == epoch for tp, epoch in epochs.items()
-        ):
+        if partitions == chain.continuing and _epochs_unchanged(states, epochs):
             # Nothing moved since the chain's fetch from offsets: keep one
             # continuation on the wire behind the one still there.  While that one
             # waits at the broker, the next can wait until the application has
@@ -1008,6 +1031,7 @@ class Consumer(ClusterClient):
         request, epochs = self._fetch_request(partitions)
         if self._send_in_chain(chain, request, epochs):
             chain.continuing = partitions
+            chain.continuation = None
             self._send_continuation(chain, epochs)
 
     def _send_continuation(self, chain: _FetchChain, epochs: dict[TopicPartition, int]) -> None:
@@ -1022,7 +1046,11 @@ class Consumer(ClusterClient):
             or not connection.writable_now
         ):
             return
-        self._send_in_chain(chain, self._continuation_request(partitions), epochs)
+        request = chain.continuation
+        if request is None or chain.continuation_sizes != self._fetch_sizes_version:
+            request = chain.continuation = self._continuation_request(partitions)
+            chain.continuation_sizes = self._fetch_sizes_version
+        self._send_in_chain(chain, request, epochs)
 
     def _send_in_chain(
         self, chain: _FetchChain, request: FetchRequest, epochs: dict[TopicPartition, int]
@@ -1084,27 +1112,32 @@ class Consumer(ClusterClient):
                 size = result.records_bytes
                 start = position
                 position += size
-                tp = TopicPartition(name, result.partition)
-                state = states.get(tp)
-                if state is None or epochs.get(tp) != state.epoch or state.fetch_offset is None:
+                # A plain tuple hashes and compares as the TopicPartition it equals,
+                # without the NamedTuple's Python-level constructor (per partition).
+                key: TopicPartition = (name, result.partition)  # type: ignore[assignment]
+                state = states.get(key)
+                if state is None or epochs.get(key) != state.epoch or state.fetch_offset is None:
                     continue  # unassigned or seeked while the fetch was in flight
                 if result.error_code:
                     stale |= self._partition_error(
-                        tp, state, result.error_code, result.error_message
+                        TopicPartition(name, result.partition),
+                        state,
+                        result.error_code,
+                        result.error_message,
                     )
                     got_data |= state.error is not None
                     continue
                 state.high_watermark = result.high_watermark
                 if size:
-                    got_data |= self._decode_into(tp, state, payload[start:position])
-                else:
-                    state.fetch_bytes_max = 0  # what decoding nothing would leave
+                    got_data |= self._decode_into(state, payload[start:position])
+                elif state.fetch_bytes_max:
+                    self._set_fetch_bytes_max(state, 0)  # what decoding nothing would leave
         assert position == len(payload), (position, len(payload))
         if got_data:
             self._signal(data=True)
         return stale
 
-    def _decode_into(self, tp: TopicPartition, state: _PartitionState, view: memoryview) -> bool:
+    def _decode_into(self, state: _PartitionState, view: memoryview) -> bool:
         assert state.fetch_offset is not None
         try:
             fetched = self._decoder.decode_fetch(view, state.fetch_offset)
@@ -1115,13 +1148,19 @@ class Consumer(ClusterClient):
             state.chunks.append(fetched.records)
         if fetched.bytes_consumed == 0 and fetched.partial_batch_bytes:
             # One batch bigger than the per-partition limit: ask for all of it next time.
-            state.fetch_bytes_max = min(
-                BATCH_BYTES_MAX_DEFAULT, max(fetched.partial_batch_bytes * 2, 1 << 16)
+            self._set_fetch_bytes_max(
+                state,
+                min(BATCH_BYTES_MAX_DEFAULT, max(fetched.partial_batch_bytes * 2, 1 << 16)),
             )
-        else:
-            state.fetch_bytes_max = 0
+        elif state.fetch_bytes_max:
+            self._set_fetch_bytes_max(state, 0)
         state.fetch_offset = fetched.next_offset
         return bool(fetched.records)
+
+    def _set_fetch_bytes_max(self, state: _PartitionState, fetch_bytes_max: int) -> None:
+        if state.fetch_bytes_max != fetch_bytes_max:
+            state.fetch_bytes_max = fetch_bytes_max
+            self._fetch_sizes_version += 1
 
     def _partition_error(
         self, tp: TopicPartition, state: _PartitionState, code: int, message: str

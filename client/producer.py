@@ -454,8 +454,9 @@ class Producer(ClusterClient):
             batch.buffer_bytes += size
             accumulator.buffer_bytes_used += size
             return RecordHandle(batch, delta)
+        now_ms = self._clock_ms()
         batch, delta, _wake = accumulator.append(
-            topic, partition, value, key, encoded_headers, timestamp_ms, self._clock_ms()
+            topic, partition, value, key, encoded_headers, timestamp_ms, now_ms, size
         )
         last_sent = self._last_sent.get((topic, partition))
         if last_sent is None or last_sent.done or self._wake_on_new_batch:
@@ -463,7 +464,7 @@ class Producer(ClusterClient):
             # in flight or waiting to be retried holds this one back, and its
             # outcome wakes the sender anyway.
             if self._send_on_open:
-                self._send_now()
+                self._send_now(now_ms)
             else:
                 self._wake_sender()
         return RecordHandle(batch, delta)
@@ -565,6 +566,10 @@ class Producer(ClusterClient):
             )
 
     def _batch_closed(self, topic: str, partition: int) -> None:
+        # StickyPartitioner.batch_closed, checked here first: most closed batches
+        # are not of the sticky partition (records sent to a chosen partition).
+        if self._sticky.current.get(topic) != partition:
+            return
         count = self._partition_counts.get(topic)
         if count:
             self._sticky.batch_closed(topic, partition, count)
@@ -626,10 +631,11 @@ class Producer(ClusterClient):
             finally:
                 self._sender_parked = False
 
-    def _send_now(self) -> None:
+    def _send_now(self, now_ms: int | None = None) -> None:
         """Send the batches ready now from right here (an enqueue, or the response
         callback that freed their partition), with no trip through the sender
-        task: a plain call that writes each request synchronously.
+        task: a plain call that writes each request synchronously.  ``now_ms``:
+        the clock, when the caller has just read it.
 
         Only while the sender is parked, so nothing it holds can be overtaken;
         batches that need awaiting (no live connection, a full write buffer) are
@@ -637,13 +643,16 @@ class Producer(ClusterClient):
         a lingering batch, a retry backoff or a metadata refresh)."""
         if self._closed:
             return
+        accumulator = self._accumulator
+        if not (accumulator.waiting_batches or self._handoff or self._stale_topics):
+            return  # nothing to send or to wake the sender for (an idle acknowledgement)
         if not (self._sender_parked and self._writes_nowait) or self._handoff or self._stale_topics:
             self._wake_sender()
             return
         cluster = self._cluster
         assert cluster is not None
-        accumulator = self._accumulator
-        now_ms = self._clock_ms()
+        if now_ms is None:
+            now_ms = self._clock_ms()
         batches = accumulator.drain(now_ms)
         if len(batches) == 1 and self._send_one_now(batches[0]):
             pass  # the usual case, without the grouping below
@@ -658,7 +667,11 @@ class Producer(ClusterClient):
                         self._handoff.extend(request_batches)
                     else:
                         self._send_request_nowait(connection, request_batches)
-        if self._handoff or self._stale_topics or accumulator.next_ready_ms(now_ms) is not None:
+        if (
+            self._handoff
+            or self._stale_topics
+            or (accumulator.waiting_batches and accumulator.next_ready_ms(now_ms) is not None)
+        ):
             self._wake_sender()
 
     async def _refresh_stale_topics(self) -> None:
@@ -675,10 +688,7 @@ class Producer(ClusterClient):
         now; False (nothing done) otherwise."""
         cluster = self._cluster
         assert cluster is not None
-        leader = cluster.leader_for(batch.topic, batch.partition)
-        if leader is None:
-            return False
-        connection = cluster.open_connection_for_node(leader)
+        connection = cluster.open_leader_connection(batch.topic, batch.partition)
         if connection is None or not connection.writable_now:
             return False
         self._last_sent[(batch.topic, batch.partition)] = batch
@@ -837,18 +847,22 @@ class Producer(ClusterClient):
         assert isinstance(body, ProduceResponse)
         topics = body.topics
         if len(topics) == 1 and len(topics[0].partitions) == 1 and len(batches) == 1:
-            # The common case (one partition per request): no lookup table.
+            # The common case (one partition per request, acknowledged): no lookup table.
             batch = batches[0]
             only = topics[0].partitions[0]
             matches = topics[0].name == batch.topic and only.partition == batch.partition
-            self._complete(batch, only if matches else None)
+            if matches and not only.error_code:
+                self._accumulator.complete(batch, only.base_offset)
+            else:
+                self._complete(batch, only if matches else None)
         else:
             results = {
                 (topic.name, part.partition): part for topic in topics for part in topic.partitions
             }
             for batch in batches:
                 self._complete(batch, results.get((batch.topic, batch.partition)))
-        self._signal_space()
+        if self._space is not None:
+            self._signal_space()
         # The next batches of these partitions may leave now: send them from here.
         self._send_now()
 

@@ -350,7 +350,11 @@ class Log:
         else:
             assert headers and headers[0].position == 0 and headers[-1].end == payload_bytes
         now_ms = self._clock_ms()
-        incoming_offsets = sum(header.record_count for header in headers)
+        incoming_offsets = (
+            headers[0].record_count
+            if len(headers) == 1
+            else sum(header.record_count for header in headers)
+        )
         self._maybe_roll(payload_bytes, incoming_offsets, now_ms)
         active = self._segments.active
         was_empty = active.is_empty

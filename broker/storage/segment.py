@@ -352,7 +352,9 @@ class LogSegment:
         try:
             file_handle.write_all(self.handle.descriptor, data)
             for batch in batches:
-                self._account(batch._replace(position=start + batch.position))
+                if start:
+                    batch = BatchInfo(start + batch.position, *batch[1:])
+                self._account(batch)
             self.size_bytes = start + len(data)
             self.offset_index.write_pending()
             self.time_index.write_pending()

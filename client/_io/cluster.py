@@ -206,6 +206,22 @@ class Cluster:
             return None
         return connection
 
+    def open_leader_connection(self, topic: str, partition: int) -> BrokerConnection | None:
+        """The live connection to the partition's cached leader, or None when reaching
+        it needs awaiting or a metadata refresh (leader unknown, broker unknown, not
+        connected yet, closed): :meth:`leader_for` then :meth:`open_connection_for_node`
+        in one call, for the producer's per-batch path."""
+        leader = self._leaders.get((topic, partition))
+        if leader is None or leader < 0:
+            return None
+        address = self.brokers.get(leader)
+        if address is None:
+            return None
+        connection = self._connections.get(address)
+        if connection is None or connection.closed:
+            return None
+        return connection
+
     async def any_connection(self) -> BrokerConnection:
         """A connection to any broker: a live one if there is one, else the first
         known or bootstrap address that answers.  Raises BrokerUnavailableError."""

@@ -45,6 +45,7 @@ import asyncio
 import math
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any, Final, Protocol
@@ -137,7 +138,11 @@ class EventLoopTools:
             self.call_at = loop.call_at
             self.call_soon = loop.call_soon
             self.event: Callable[[], LoopEvent] = partial(_AsyncioEvent, loop)
-            self.clock: Callable[[], float] = loop.time
+            # The standard loop's time() is time.monotonic() behind a Python call:
+            # read the C function directly (once per request and per poll).
+            self.clock: Callable[[], float] = (
+                time.monotonic if type(loop).time is asyncio.BaseEventLoop.time else loop.time
+            )
             self.checkpoint = _asyncio_checkpoint
             self.wait_or_timeout = partial(_asyncio_wait_or_timeout, loop)
         else:
@@ -356,13 +361,11 @@ class BrokerConnection:
         # The watchdog sleeps until _watch_until; an earlier deadline wakes it.
         self._watch_until = math.inf
         self._watch_wake: LoopEvent | None = None
-        self._closed = False
+        # Read on the per-request path (Cluster.open_connection_for_node): a plain
+        # attribute, set only by _mark_closed.
+        self.closed = False
         self._close_reason = "connection closed"
         self._log = log.bind(broker=f"{host}:{port}")
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     @property
     def inflight_count(self) -> int:
@@ -373,9 +376,10 @@ class BrokerConnection:
         """True when :meth:`send_nowait` may be called: the connection is open, an
         in-flight slot is free and the socket layer takes a whole frame at once
         (asyncio, its write buffer under the high-water mark; never on trio, where
-        a write may have to wait half-way)."""
+        a write may have to wait half-way).  Callers check it once per request:
+        :meth:`send_nowait` does not evaluate it again."""
         return (
-            not self._closed
+            not self.closed
             and len(self._waiters) < self._inflight_requests_max
             and self._transport.writable_now
         )
@@ -403,7 +407,7 @@ class BrokerConnection:
         """
         if len(self._waiters) >= self._inflight_requests_max:
             await self._wait_for_slot()
-        if self._closed:
+        if self.closed:
             raise ConnectionClosedError(self._close_reason)
         pending, frame = self._start_request(
             body, payload, wants_response, timeout_ms, on_done, checked
@@ -440,7 +444,11 @@ class BrokerConnection:
         """:meth:`send` as a plain call, for when :attr:`writable_now` is true (a
         programmer error otherwise): the frame is handed to the socket layer at
         once, with no task switch.  Raises like :meth:`send`."""
-        assert self.writable_now, "send_nowait needs writable_now"
+        # The caller has just checked writable_now; of it, only what is free to
+        # check is checked again (a lost socket raises in write_frame_nowait).
+        if self.closed:
+            raise ConnectionClosedError(self._close_reason)
+        assert len(self._waiters) < self._inflight_requests_max, "send_nowait needs writable_now"
         pending, frame = self._start_request(
             body, payload, wants_response, timeout_ms, on_done, checked
         )
@@ -488,7 +496,7 @@ class BrokerConnection:
 
     async def _wait_for_slot(self) -> None:
         for _ in range(1 << 30):  # bounded: every wake re-checks
-            if self._closed or len(self._waiters) < self._inflight_requests_max:
+            if self.closed or len(self._waiters) < self._inflight_requests_max:
                 return
             if self._slot_freed is None:
                 self._slot_freed = self._tools.event()
@@ -606,7 +614,7 @@ class BrokerConnection:
         connection when cancelled (its owner is closing)."""
         try:
             for _ in range(1 << 62):  # one pass per deadline reached or new earliest
-                if self._closed:
+                if self.closed:
                     return
                 now = self._clock()
                 earliest = math.inf
@@ -641,8 +649,8 @@ class BrokerConnection:
     # -- closing ------------------------------------------------------------------------
 
     def _mark_closed(self, reason: str, error: DistributaryError | None = None) -> None:
-        if not self._closed:
-            self._closed = True
+        if not self.closed:
+            self.closed = True
             self._close_reason = reason
             self._wake_watchdog()
         waiters = list(self._waiters.values())
@@ -671,6 +679,10 @@ class _AsyncioTransport(asyncio.BufferedProtocol):
         self._buffered: list[bytes] = []  # data that came before attach()
         self._lost: tuple[str, DistributaryError | None] | None = None
         self._drained: asyncio.Event | None = None  # set while writing may go on
+        # Whether a whole frame may be written now: connected, not lost or closed by
+        # us, the write buffer under its high-water mark.  Kept by the callbacks
+        # below and by aclose() instead of computed per request.
+        self.writable_now = False
 
     def attach(self, connection: BrokerConnection) -> None:
         self._connection = connection
@@ -686,6 +698,7 @@ class _AsyncioTransport(asyncio.BufferedProtocol):
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
         transport.set_write_buffer_limits(high=WRITE_BUFFER_BYTES_HIGH)
+        self.writable_now = self._lost is None
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._read_view
@@ -721,14 +734,20 @@ class _AsyncioTransport(asyncio.BufferedProtocol):
             self._drained.set()
 
     def pause_writing(self) -> None:
+        self.writable_now = False
         if self._drained is None or self._drained.is_set():
             self._drained = asyncio.Event()
 
     def resume_writing(self) -> None:
+        transport = self._transport
+        self.writable_now = (
+            self._lost is None and transport is not None and not transport.is_closing()
+        )
         if self._drained is not None:
             self._drained.set()
 
     def _lose(self, reason: str, error: DistributaryError | None) -> None:
+        self.writable_now = False
         if self._lost is None:
             self._lost = (reason, error)
         if self._transport is not None:
@@ -738,22 +757,16 @@ class _AsyncioTransport(asyncio.BufferedProtocol):
 
     # what the connection calls
 
-    @property
-    def writable_now(self) -> bool:
-        drained = self._drained
-        return (
-            self._lost is None
-            and (drained is None or drained.is_set())
-            and self._transport is not None
-            and not self._transport.is_closing()
-        )
-
     def write_frame_nowait(self, frame: Sequence[Buffer]) -> None:
         """Queue the whole frame (asyncio writes never wait).  Raises
         ConnectionClosedError."""
         transport = self._transport
         assert transport is not None
-        if self._lost is not None or transport.is_closing():
+        # Only while writable_now (the caller checked it): that flag already says the
+        # transport is neither lost nor closed by us.  A transport asyncio closed on
+        # its own (a socket error) drops the write, and its connection_lost, already
+        # scheduled, fails the request's slot like any other.
+        if not self.writable_now and (self._lost is not None or transport.is_closing()):
             raise ConnectionClosedError(self._lost[0] if self._lost else "connection closed")
         for part in frame:
             transport.write(part)
@@ -774,6 +787,7 @@ class _AsyncioTransport(asyncio.BufferedProtocol):
                 raise ConnectionClosedError(self._lost[0])
 
     async def aclose(self) -> None:
+        self.writable_now = False
         if self._transport is not None:
             self._transport.abort()
         await anyio.lowlevel.checkpoint()

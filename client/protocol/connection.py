@@ -152,7 +152,7 @@ class ServerConnection:
         if frame is None:
             return None
         head = frame.head
-        if head.is_response:
+        if head.flags & FLAG_RESPONSE:
             self._dead = True
             raise ProtocolError("a client sent a frame flagged as a response")
         wants_response = not head.flags & FLAG_NO_RESPONSE
@@ -245,7 +245,7 @@ def _decode_request(frame: RawFrame) -> Request:
         raise ProtocolError(
             f"frame api key {head.api_key} does not match body {type(body).__name__}"
         )
-    check_request(body, head.payload_length, not head.flags & FLAG_NO_RESPONSE)
+    check_request(body, len(frame.payload), not head.flags & FLAG_NO_RESPONSE)
     return body
 
 

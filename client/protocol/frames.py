@@ -189,6 +189,8 @@ class FrameDecoder:
             raise ProtocolError("frame decoder used after a protocol error")
         head = self._head
         if head is None:
+            if len(self._buffer) - self._position < LENGTH_PREFIX_BYTES:
+                return None  # the usual end of a read: nothing left
             try:
                 head = self._read_head()
             except ProtocolError:

@@ -81,8 +81,16 @@ def check_payload(
     """The layout of ``body``'s payload after checking it adds up to
     ``payload_length``.  Raises ``error`` when it does not (or see
     :func:`payload_layout`)."""
-    layout = payload_layout(body, error)
-    declared = sum(records_bytes for _name, _partition, records_bytes in layout)
+    if not isinstance(body, ProduceRequest | FetchResponse):
+        declared = 0  # no payload allowed
+        layout: list[tuple[str, int, int]] = []
+    else:
+        layout = payload_layout(body, error)
+        declared = (
+            layout[0][2]
+            if len(layout) == 1
+            else sum(records_bytes for _name, _partition, records_bytes in layout)
+        )
     if declared != payload_length:
         raise error(
             f"{type(body).__name__} declares {declared} payload bytes "
@@ -109,6 +117,13 @@ def split_payload(
     view = payload if isinstance(payload, memoryview) else memoryview(payload)
     if view.ndim != 1 or view.format != "B":
         view = view.cast("B")
+    topics = body.topics
+    if len(topics) == 1 and len(topics[0].partitions) == 1:
+        # The usual message: one partition, the whole payload (no copy of the rule).
+        part = topics[0].partitions[0]
+        if part.records_bytes != view.nbytes:
+            check_payload(body, view.nbytes, error)  # raises the precise error
+        return [(topics[0].name, part.partition, view)]
     layout = check_payload(body, view.nbytes, error)
     parts: list[PayloadPart] = []
     position = 0
@@ -131,30 +146,42 @@ def check_request(body: Request, payload_length: int, wants_response: bool) -> N
     a FetchRequest listing a partition twice; a payload that breaks the payload
     rule (see :func:`check_payload`).
     """
-    if isinstance(body, ProduceRequest) and body.acks not in ACKS_VALUES:
-        raise InvalidRequestError(f"acks must be one of {sorted(ACKS_VALUES)}, got {body.acks}")
-    fire_and_forget = isinstance(body, ProduceRequest) and body.acks == Acks.NONE
-    if fire_and_forget and wants_response:
-        raise InvalidRequestError("a produce with acks=0 must set the no-response flag")
+    if isinstance(body, ProduceRequest):
+        if body.acks not in ACKS_VALUES:
+            raise InvalidRequestError(f"acks must be one of {sorted(ACKS_VALUES)}, got {body.acks}")
+        fire_and_forget = body.acks == Acks.NONE
+        if fire_and_forget and wants_response:
+            raise InvalidRequestError("a produce with acks=0 must set the no-response flag")
+        _check_non_negative(body.timeout_ms, "timeout_ms")
+    else:
+        fire_and_forget = False
+        if isinstance(body, CreateTopicsRequest | DeleteTopicsRequest):
+            _check_non_negative(body.timeout_ms, "timeout_ms")
+        elif isinstance(body, FetchRequest):
+            _check_fetch_request(body)
     if not fire_and_forget and not wants_response:
         raise InvalidRequestError("only a produce with acks=0 may set the no-response flag")
-    if isinstance(body, ProduceRequest | CreateTopicsRequest | DeleteTopicsRequest):
-        _check_non_negative(body.timeout_ms, "timeout_ms")
-    elif isinstance(body, FetchRequest):
-        _check_non_negative(body.max_wait_ms, "max_wait_ms")
-        _check_non_negative(body.min_bytes, "min_bytes")
-        _check_non_negative(body.max_bytes, "max_bytes")
-        seen: set[tuple[str, int]] = set()
-        for topic in body.topics:
-            for part in topic.partitions:
-                _check_non_negative(part.partition_max_bytes, "partition_max_bytes")
-                if (topic.name, part.partition) in seen:
-                    # Its response could not list the partition twice (the payload rule).
-                    raise InvalidRequestError(
-                        f"{topic.name}/{part.partition} is listed twice in one FetchRequest"
-                    )
-                seen.add((topic.name, part.partition))
     check_payload(body, payload_length, InvalidRequestError)
+
+
+def _check_fetch_request(body: FetchRequest) -> None:
+    _check_non_negative(body.max_wait_ms, "max_wait_ms")
+    _check_non_negative(body.min_bytes, "min_bytes")
+    _check_non_negative(body.max_bytes, "max_bytes")
+    topics = body.topics
+    if len(topics) == 1 and len(topics[0].partitions) == 1:  # nothing listed twice
+        _check_non_negative(topics[0].partitions[0].partition_max_bytes, "partition_max_bytes")
+        return
+    seen: set[tuple[str, int]] = set()
+    for topic in body.topics:
+        for part in topic.partitions:
+            _check_non_negative(part.partition_max_bytes, "partition_max_bytes")
+            if (topic.name, part.partition) in seen:
+                # Its response could not list the partition twice (the payload rule).
+                raise InvalidRequestError(
+                    f"{topic.name}/{part.partition} is listed twice in one FetchRequest"
+                )
+            seen.add((topic.name, part.partition))
 
 
 def check_response(body: Response, payload_length: int) -> None:

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from time import time_ns
 from typing import Final
 
+import google_crc32c
 import msgspec
 
 from client.errors import BatchTooLargeError
@@ -92,7 +93,11 @@ class BatchBuilder:
         assert -1 <= producer_id <= _INT64_MAX, producer_id
         assert -1 <= producer_epoch <= _INT16_MAX, producer_epoch
         assert -1 <= base_sequence <= _INT32_MAX, base_sequence
-        self.compression = Compression(compression)
+        # Compression(...) is an enum lookup in Python: skip it for a member (the
+        # producer makes a builder per batch).
+        self.compression = (
+            compression if type(compression) is Compression else Compression(compression)
+        )
         self.producer_id = producer_id
         self.producer_epoch = producer_epoch
         self.base_sequence = base_sequence
@@ -161,7 +166,9 @@ class BatchBuilder:
         assert count <= _INT32_MAX, count
         first_timestamp_ms = self._first_timestamp_ms
         assert _INT64_MIN <= first_timestamp_ms <= self._max_timestamp_ms <= _INT64_MAX
-        payload = compress(self.compression, _encoder.encode(records))
+        encoded = _encoder.encode(records)
+        compression = self.compression
+        payload = encoded if compression is Compression.NONE else compress(compression, encoded)
         if batch_bytes_max is not None and HEADER_BYTES + len(payload) > batch_bytes_max:
             raise BatchTooLargeError(
                 f"batch of {HEADER_BYTES + len(payload)} bytes exceeds "
@@ -209,7 +216,10 @@ def frame_batch(
         base_sequence,
         record_count,
     )
-    crc = crc32c(payload, crc32c(header[CRC_FROM:]))
+    if type(payload) is bytes:  # the builder's case: checksum with the C functions directly
+        crc = google_crc32c.extend(google_crc32c.value(header[CRC_FROM:]), payload)
+    else:
+        crc = crc32c(payload, crc32c(header[CRC_FROM:]))
     buffer = bytearray(header)
     buffer += payload
     _CRC_PACK.pack_into(buffer, CRC_AT, crc)

@@ -216,3 +216,36 @@ def test_silent_broker_times_out_typed_on_asyncio() -> None:
                 group.cancel_scope.cancel()
 
     on_asyncio(scenario)
+
+
+def test_send_nowait_and_writable_now_on_asyncio() -> None:
+    """Proves writable_now (kept by the asyncio transport's callbacks) is true on a
+    live connection and false once it is lost, and send_nowait on a lost
+    connection raises ConnectionClosedError instead of registering a slot."""
+
+    async def scenario() -> None:
+        with anyio.fail_after(10):
+            listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+            port = listener.extra(anyio.abc.SocketAttribute.local_port)
+            async with anyio.create_task_group() as group:
+                group.start_soon(listener.serve, lambda s: serve_hello_then_close(s, 1, 1))
+                connection = await open_connection(
+                    "127.0.0.1", port, group, connect_timeout_ms=2000, request_timeout_ms=5000
+                )
+                assert connection.writable_now
+                done: list[PendingResponse] = []
+                first = connection.send_nowait(HelloRequest("a"), on_done=done.append)
+                assert first is not None
+                response = await connection.wait(first)
+                assert isinstance(response.body, HelloResponse) and done == [first]
+                lost = connection.send_nowait(MetadataRequest())  # read, never answered
+                assert lost is not None
+                with pytest.raises(ConnectionClosedError):
+                    await connection.wait(lost)
+                assert connection.closed and not connection.writable_now
+                with pytest.raises(ConnectionClosedError):
+                    connection.send_nowait(MetadataRequest())
+                assert connection.inflight_count == 0
+                group.cancel_scope.cancel()
+
+    on_asyncio(scenario)
