@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections import deque
 from functools import partial
 from typing import Final
 
@@ -35,6 +36,7 @@ from broker.handlers import (
     FetchWaker,
     Reply,
     answer_ready_fetches,
+    any_fetch_error,
     fetch_now,
     handle,
     handle_fetch,
@@ -124,6 +126,15 @@ class ConnectionHandler:
         # Where each partition's last fetch on this connection ended (continuations).
         self._fetch_positions: dict[tuple[str, int], int] = {}
         self._parked_fetch: FetchWaker | None = None  # the writer's long poll, if any
+        # Queued requests other than continuation fetches: while there is one, a
+        # fetch stream ends at its next answer (requests are answered in order).
+        # ``_queued_kinds`` says, for each queued request in order, whether it
+        # is one of them.
+        self._queued_others = 0
+        self._queued_kinds: deque[bool] = deque()
+        # The fetch being answered may answer this many more times (a stream).
+        self._stream_left = 0
+        self._sent_more = False  # the parked fetch's answer was flagged MORE
 
     def stop_reading(self) -> None:
         """Graceful shutdown: take no new requests, finish the ones already read."""
@@ -252,10 +263,15 @@ class ConnectionHandler:
             self.inflight += 1
             if self.inflight == 1 and await self._answer_at_once(item):
                 continue
-            if self._parked_fetch is not None and not continues_fetch(item):
-                # A long poll must not hold up the request behind it.  A pipelined
-                # continuation fetch is the exception: it is the next long poll.
-                self._parked_fetch.interrupt()
+            other = not continues_fetch(item)
+            if other:
+                # A long poll (or a fetch stream) must not hold up the request
+                # behind it.  A pipelined continuation fetch is the exception: it
+                # is the next long poll.
+                self._queued_others += 1
+                if self._parked_fetch is not None:
+                    self._parked_fetch.interrupt()
+            self._queued_kinds.append(other)
             channel.send_nowait(item)  # never blocks: capacity == inflight_requests_max
 
     async def _answer_at_once(self, item: Item) -> bool:
@@ -273,6 +289,8 @@ class ConnectionHandler:
             body = item.body
             try:
                 if isinstance(body, FetchRequest):
+                    if body.responses_max > 1:
+                        return False  # a stream: the writer's job
                     self._resolve_fetch_offsets(body)
                     ready = fetch_now(self.broker, body)
                     if ready is None:
@@ -320,6 +338,8 @@ class ConnectionHandler:
     ) -> None:
         async with channel:
             async for item in channel:
+                if self._queued_kinds.popleft():
+                    self._queued_others -= 1
                 try:
                     await self._answer(item)
                     answer_ready_fetches()  # consumers waiting for what it appended
@@ -339,23 +359,36 @@ class ConnectionHandler:
             if item.wants_response:
                 await self._send(ServerConnection.encode_error(item, item.error), [])
             return
+        if isinstance(item.body, FetchRequest):
+            await self._answer_fetch(item, item.body)
+            return
         reply = await self._run_handler(item, shield)
         if reply is not None:
             await self._send_reply(item, reply, shield=shield)
 
-    async def _send_reply(self, request: IncomingRequest, reply: Reply, *, shield: bool) -> None:
+    async def _send_reply(
+        self, request: IncomingRequest, reply: Reply, *, shield: bool, more: bool = False
+    ) -> None:
         try:
-            await self._send(response_head(request, reply), reply.regions, shield=shield)
+            await self._send(response_head(request, reply, more), reply.regions, shield=shield)
         finally:
             reply.release()
 
-    async def _run_handler(self, request: IncomingRequest, shield: bool) -> Reply | None:
-        error: DistributaryError
-        body = request.body
-        if isinstance(body, FetchRequest):
-            # No scope of its own: the long poll ends by its own deadline (max_wait_ms,
-            # at most request_timeout_ms) and collecting never blocks.
+    async def _answer_fetch(self, request: IncomingRequest, body: FetchRequest) -> None:
+        """Answer a Fetch: once, or -- a stream, ``responses_max`` > 1 -- again
+        and again, each answer flagged MORE and continuing where the previous one
+        ended, while they are small live answers (see :meth:`_may_continue`).
+
+        No scope of its own: each long poll ends by its own deadline
+        (max_wait_ms, at most request_timeout_ms) and collecting never blocks."""
+        for left in range(body.responses_max - 1, -1, -1):  # answers allowed after this one
+            self._stream_left = left
+            self._sent_more = False
             waker = FetchWaker(self.broker, body, partial(self._answer_parked, request, body))
+            if self._queued_others:
+                # A request other than a continuation waits behind this one (it
+                # interrupted the fetch before it): answer with what is there.
+                waker.interrupt()
             try:
                 self._resolve_fetch_offsets(body)
                 self._parked_fetch = waker
@@ -365,12 +398,36 @@ class ConnectionHandler:
                     self._parked_fetch = None
             except DistributaryError as raised:
                 await self._refuse(request, raised)
-                return None
+                return
             if reply is None:  # answered from the append that woke it
                 await self._finish_unsent()
-                return None
-            self._note_fetch_positions(body, reply)
-            return reply
+                more = self._sent_more
+            else:
+                more = self._may_continue(reply)
+                self._note_fetch_positions(body, reply)
+                await self._send_reply(request, reply, shield=False, more=more)
+            if not more:
+                return
+            for fetch_topic in body.topics:  # the next answer continues this one
+                for wanted in fetch_topic.partitions:
+                    wanted.fetch_offset = FETCH_OFFSET_CONTINUE
+
+    def _may_continue(self, reply: Reply) -> bool:
+        """Whether the fetch being answered with ``reply`` keeps streaming: it may
+        answer again, nothing but continuations waits behind it, the broker is
+        not shutting down, and this is a small live answer without errors (a
+        consumer catching up fetches with single answers, each bounded by what
+        it asked for, so a stream never piles up big answers it did not want)."""
+        return (
+            self._stream_left > 0
+            and self._queued_others == 0
+            and not self.broker.shutting_down
+            and 0 < reply.payload_length <= INLINE_REGION_BYTES_MAX
+            and not any_fetch_error(reply.body)
+        )
+
+    async def _run_handler(self, request: IncomingRequest, shield: bool) -> Reply | None:
+        error: DistributaryError
         timeout_s = self.limits.request_timeout_ms / 1000
         with trio.CancelScope(deadline=trio.current_time() + timeout_s, shield=shield) as scope:
             try:
@@ -395,11 +452,13 @@ class ConnectionHandler:
         lock = self._send_lock
         if reply.payload_length > INLINE_REGION_BYTES_MAX or lock.value == 0 or self._frame_torn:
             return False
+        more = self._may_continue(reply)
         try:
-            head = response_head(request, reply)
+            head = response_head(request, reply, more)
             data = b"".join([head, *(region.read_bytes() for region in reply.regions)])
         except StorageError:
             return False  # the task tries again (and closes if the file was cut)
+        self._sent_more = more
         lock.acquire_nowait()
         self._frame_torn = True
         try:
@@ -540,14 +599,16 @@ class ConnectionHandler:
             raise ClientGone()
 
 
-def response_head(request: IncomingRequest, reply: Reply) -> bytes:
-    """The frame header and body answering ``request``; the payload follows."""
+def response_head(request: IncomingRequest, reply: Reply, more: bool = False) -> bytes:
+    """The frame header and body answering ``request``; the payload follows.
+    ``more``: another answer to the same request follows (a fetch stream)."""
     return ServerConnection.encode_response(
         int(request.api_key),
         request.api_version,
         request.correlation_id,
         reply.body,
         reply.payload_length,
+        more=more,
     )
 
 

@@ -93,6 +93,10 @@ BUFFERED_CHUNKS_MAX: Final = 2
 # Fetches one chain keeps on the wire (asyncio): the one being answered and a
 # continuation waiting at the broker behind it.
 FETCHES_PIPELINED: Final = 2
+# Answers one continuation may bring (a fetch stream, docs/protocol.md): each
+# is at most 16 KiB, so a stream the consumer stops using (a full buffer) costs
+# at most 1 MiB of ignored answers.
+FETCH_STREAM_RESPONSES: Final = 64
 RETRY_BACKOFF_MS: Final = 100
 RETRY_BACKOFF_MAX_MS: Final = 1_000
 
@@ -166,7 +170,10 @@ class _FetchChain:
     fetch on the wire: a continuation (FETCH_OFFSET_CONTINUE) of the same
     partitions, which the broker resolves to where the fetch before it ended.  So
     while one response travels and is handled, the next long poll already waits
-    at the broker, and a record appended meanwhile leaves at once."""
+    at the broker, and a record appended meanwhile leaves at once.  Each
+    continuation is a stream (``responses_max``, docs/protocol.md): while the
+    partition is a live tail the broker answers it again after every append, so
+    the consumer sends no request per answer (:meth:`Consumer._fetch_more`)."""
 
     __slots__ = (
         "connection",
@@ -1034,6 +1041,29 @@ class Consumer(ClusterClient):
             chain.continuation = None
             self._send_continuation(chain, epochs)
 
+    def _fetch_more(
+        self, chain: _FetchChain, epochs: dict[TopicPartition, int], response: IncomingResponse
+    ) -> None:
+        """An answer flagged MORE of a continuation stream: its records, as in
+        :meth:`_fetch_done`, while the stream goes on.  When something moved (a
+        seek, a pause, a full buffer, a leader change) the chain finishes: the
+        rest of the stream is ignored and the task starts afresh.  Must not
+        raise."""
+        if chain.finished:  # abandoned
+            return
+        try:
+            stale = self._apply_fetch(response, epochs)
+        except DistributaryError as error:
+            chain.finish(error)
+            return
+        if stale or self._closed:
+            chain.stale = stale
+            chain.finish()
+            return
+        partitions = self._fetchable(chain.node, unresolved_stops=True)
+        if partitions != chain.continuing or not _epochs_unchanged(self._states, epochs):
+            chain.finish()
+
     def _send_continuation(self, chain: _FetchChain, epochs: dict[TopicPartition, int]) -> None:
         """Put a continuation of ``chain.continuing`` on the wire if the chain has
         room for it and the connection takes it at once (asyncio); else nothing."""
@@ -1050,18 +1080,25 @@ class Consumer(ClusterClient):
         if request is None or chain.continuation_sizes != self._fetch_sizes_version:
             request = chain.continuation = self._continuation_request(partitions)
             chain.continuation_sizes = self._fetch_sizes_version
-        self._send_in_chain(chain, request, epochs)
+        self._send_in_chain(chain, request, epochs, stream=True)
 
     def _send_in_chain(
-        self, chain: _FetchChain, request: FetchRequest, epochs: dict[TopicPartition, int]
+        self,
+        chain: _FetchChain,
+        request: FetchRequest,
+        epochs: dict[TopicPartition, int],
+        *,
+        stream: bool = False,
     ) -> bool:
         """Write ``request`` now (the connection takes it whole); its response goes
-        to :meth:`_fetch_done`.  False when that failed (the chain is finished)."""
+        to :meth:`_fetch_done` (a stream's answers flagged MORE to
+        :meth:`_fetch_more`).  False when that failed (the chain is finished)."""
         try:
             sent = chain.connection.send_nowait(
                 request,
                 timeout_ms=self.request_timeout_ms + self.fetch_max_wait_ms,
                 on_done=partial(self._fetch_done, chain, epochs),
+                on_more=partial(self._fetch_more, chain, epochs) if stream else None,
                 checked=False,  # valid by construction (see _fetch_request)
             )
         except DistributaryError as error:
@@ -1092,6 +1129,7 @@ class Consumer(ClusterClient):
             min_bytes=self.fetch_min_bytes,
             max_bytes=self.fetch_max_bytes,
             topics=[FetchTopic(name, parts) for name, parts in by_topic.items()],
+            responses_max=FETCH_STREAM_RESPONSES,
         )
 
     def _apply_fetch(self, response: IncomingResponse, epochs: dict[TopicPartition, int]) -> bool:

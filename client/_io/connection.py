@@ -218,6 +218,9 @@ class PendingResponse:
 
     ``on_done(slot)``, when set, runs once when the slot completes, inside the
     connection's dispatch (see the module docstring for its rules).
+    ``on_more(response)``, for a fetch stream, runs the same way for each
+    response flagged MORE: the slot stays open (its deadline starts again) until
+    the stream's last response completes it.
     """
 
     __slots__ = (
@@ -227,6 +230,7 @@ class PendingResponse:
         "deadline",
         "error",
         "on_done",
+        "on_more",
         "response",
         "timeout_ms",
     )
@@ -238,6 +242,7 @@ class PendingResponse:
         timeout_ms: int,
         event_class: Callable[[], LoopEvent],
         on_done: Callable[[PendingResponse], None] | None = None,
+        on_more: Callable[[IncomingResponse], None] | None = None,
     ) -> None:
         self.correlation_id = correlation_id
         self.deadline = deadline
@@ -245,6 +250,7 @@ class PendingResponse:
         self.response: IncomingResponse | None = None
         self.error: DistributaryError | None = None
         self.on_done = on_done
+        self.on_more = on_more
         self._event_class = event_class
         self._event: LoopEvent | None = None
 
@@ -439,18 +445,20 @@ class BrokerConnection:
         wants_response: bool = True,
         timeout_ms: int | None = None,
         on_done: Callable[[PendingResponse], None] | None = None,
+        on_more: Callable[[IncomingResponse], None] | None = None,
         checked: bool = True,
     ) -> PendingResponse | None:
         """:meth:`send` as a plain call, for when :attr:`writable_now` is true (a
         programmer error otherwise): the frame is handed to the socket layer at
-        once, with no task switch.  Raises like :meth:`send`."""
+        once, with no task switch.  ``on_more``: see :class:`PendingResponse`
+        (a fetch with ``responses_max`` > 1).  Raises like :meth:`send`."""
         # The caller has just checked writable_now; of it, only what is free to
         # check is checked again (a lost socket raises in write_frame_nowait).
         if self.closed:
             raise ConnectionClosedError(self._close_reason)
         assert len(self._waiters) < self._inflight_requests_max, "send_nowait needs writable_now"
         pending, frame = self._start_request(
-            body, payload, wants_response, timeout_ms, on_done, checked
+            body, payload, wants_response, timeout_ms, on_done, checked, on_more
         )
         try:
             self._transport.write_frame_nowait(frame)
@@ -469,6 +477,7 @@ class BrokerConnection:
         timeout_ms: int | None,
         on_done: Callable[[PendingResponse], None] | None,
         checked: bool = True,
+        on_more: Callable[[IncomingResponse], None] | None = None,
     ) -> tuple[PendingResponse | None, list[Buffer]]:
         """Number the request, register its slot and build the frame to write."""
         payload_length = 0
@@ -483,7 +492,7 @@ class BrokerConnection:
                 timeout_ms = self.request_timeout_ms
             deadline = self._clock() + timeout_ms / 1000
             pending = PendingResponse(
-                correlation_id, deadline, timeout_ms, self._tools.event, on_done
+                correlation_id, deadline, timeout_ms, self._tools.event, on_done, on_more
             )
             self._waiters[correlation_id] = pending
             if deadline < self._watch_until:
@@ -559,6 +568,12 @@ class BrokerConnection:
         protocol.receive_data(data)
         waiters = self._waiters
         while (response := protocol.next_response()) is not None:
+            if response.more:  # a fetch stream's answer: its slot stays open
+                pending = waiters.get(response.correlation_id)
+                if pending is not None and pending.on_more is not None:
+                    pending.deadline = self._clock() + pending.timeout_ms / 1000
+                    pending.on_more(response)
+                continue
             pending = waiters.pop(response.correlation_id, None)
             if pending is not None:
                 if self._slot_freed is not None:

@@ -43,6 +43,7 @@ from client.errors import (
 from client.protocol.frames import (
     BODY_BYTES_MAX_DEFAULT,
     CORRELATION_ID_MODULUS,
+    FLAG_MORE,
     FLAG_NO_RESPONSE,
     FLAG_RESPONSE,
     FRAME_BYTES_MAX_DEFAULT,
@@ -61,6 +62,7 @@ from client.protocol.messages import (
     ERROR_RESPONSE_TAG,
     ApiKey,
     ErrorResponse,
+    FetchRequest,
     FetchResponse,
     Request,
     Response,
@@ -109,6 +111,9 @@ class IncomingResponse(msgspec.Struct):
     api_key: int
     body: Response
     payload: memoryview
+    # More responses to the same request follow (a Fetch stream): the request is
+    # still in flight.
+    more: bool = False
 
 
 def _tag(body: msgspec.Struct) -> int:
@@ -152,7 +157,7 @@ class ServerConnection:
         if frame is None:
             return None
         head = frame.head
-        if head.flags & FLAG_RESPONSE:
+        if head.flags & (FLAG_RESPONSE | FLAG_MORE):
             self._dead = True
             raise ProtocolError("a client sent a frame flagged as a response")
         wants_response = not head.flags & FLAG_NO_RESPONSE
@@ -178,13 +183,18 @@ class ServerConnection:
         correlation_id: int,
         body: Response,
         payload_length: int = 0,
+        *,
+        more: bool = False,
     ) -> bytes:
         """Header + body of a response; ``payload_length`` bytes must follow.
-        Echo the request's api key, version and correlation id.  A body that is
-        not ``api_key``'s response (or an ErrorResponse), or a payload length that
-        breaks the payload rule, is a programmer error (AssertionError)."""
+        Echo the request's api key, version and correlation id.  ``more``: another
+        response to the same request follows (only a FetchResponse of a fetch
+        with ``responses_max`` > 1).  A body that is not ``api_key``'s response
+        (or an ErrorResponse), or a payload length that breaks the payload rule,
+        is a programmer error (AssertionError)."""
         tag = _tag(body)
         assert tag in (api_key, ERROR_RESPONSE_TAG), (api_key, type(body).__name__)
+        assert not more or isinstance(body, FetchResponse), type(body).__name__
         if __debug__:
             try:
                 check_payload(body, payload_length)
@@ -194,7 +204,7 @@ class ServerConnection:
             api_key,
             api_version,
             correlation_id,
-            FLAG_RESPONSE,
+            FLAG_RESPONSE | FLAG_MORE if more else FLAG_RESPONSE,
             encoder.encode(body),
             payload_length,
         )
@@ -272,6 +282,7 @@ class ClientConnection:
         self._whole_frame: tuple[int, int, int, bytes, memoryview] | None = None
         self._next_correlation_id = 1
         self._inflight: dict[int, ApiKey] = {}
+        self._streams: set[int] = set()  # in flight with responses_max > 1
         self._dead = False
         self.inflight_requests_max = inflight_requests_max
 
@@ -326,6 +337,12 @@ class ClientConnection:
         )
         if wants_response:
             inflight[correlation_id] = api_key
+            if (
+                api_key is ApiKey.FETCH
+                and isinstance(body, FetchRequest)
+                and body.responses_max > 1
+            ):
+                self._streams.add(correlation_id)
         return correlation_id, data
 
     def _allocate_correlation_id(self) -> int:
@@ -407,7 +424,16 @@ class ClientConnection:
             raise ProtocolError("the broker sent a frame not flagged as a response")
         if flags & FLAG_NO_RESPONSE:
             raise ProtocolError("the broker sent a response flagged as wanting no response")
-        api_key = self._inflight.pop(correlation_id, None)
+        more = bool(flags & FLAG_MORE)
+        streams = self._streams
+        if more:  # the request stays in flight: its last response comes later
+            if correlation_id not in streams:
+                raise ProtocolError(f"response flagged MORE to correlation id {correlation_id}")
+            api_key = self._inflight.get(correlation_id)
+        else:
+            api_key = self._inflight.pop(correlation_id, None)
+            if streams:
+                streams.discard(correlation_id)
         if api_key is None:
             raise ProtocolError(f"response to unknown correlation id {correlation_id}")
         if frame_api_key != api_key:
@@ -436,11 +462,14 @@ class ClientConnection:
                 check_response(body, payload_length)  # else one partition: it adds up
         elif payload_length:
             check_response(body, payload_length)  # raises: no payload allowed
-        return IncomingResponse(correlation_id, int(api_key), body, payload)
+        if more and tag == ERROR_RESPONSE_TAG:
+            raise ProtocolError("an error response flagged MORE")
+        return IncomingResponse(correlation_id, int(api_key), body, payload, more)
 
     def abandon(self, correlation_id: int) -> None:
         """Forget a request whose response will never come (connection failing)."""
         self._inflight.pop(correlation_id, None)
+        self._streams.discard(correlation_id)
 
 
 def raise_for_error_code(code: int, message: str = "") -> None:

@@ -42,7 +42,9 @@ HEADER_AFTER_LENGTH_BYTES: Final = FRAME_HEADER_BYTES - LENGTH_PREFIX_BYTES  # 1
 
 FLAG_RESPONSE: Final = 0x0001
 FLAG_NO_RESPONSE: Final = 0x0002
-KNOWN_FLAGS: Final = FLAG_RESPONSE | FLAG_NO_RESPONSE
+# On a response: more responses to the same request follow (a Fetch stream).
+FLAG_MORE: Final = 0x0004
+KNOWN_FLAGS: Final = FLAG_RESPONSE | FLAG_NO_RESPONSE | FLAG_MORE
 
 # 64 MiB: enough for a fetch response of several partitions at their default
 # 1 MiB maxima plus a 16 MiB batch, far below what would hurt a 24 GiB machine

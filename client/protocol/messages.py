@@ -237,6 +237,9 @@ class ProduceResponse(_Message, tag=int(ApiKey.PRODUCE)):
 # after the last ones this connection's previous fetch of the partition returned,
 # so a client can pipeline its next fetch before the current one is answered.
 FETCH_OFFSET_CONTINUE: Final = -1
+# A FetchRequest may be answered up to responses_max times (a stream, see
+# docs/protocol.md "Fetch streams"); this many at most.
+FETCH_RESPONSES_MAX: Final = 1024
 
 
 class FetchPartition(_Message):
@@ -256,6 +259,9 @@ class FetchRequest(_Message, tag=int(ApiKey.FETCH)):
     max_bytes: int = 50 << 20
     topics: list[FetchTopic] = []
     replica_id: int = -1  # -1: a consumer; a node id: a follower (replication issue)
+    # > 1: the broker may keep answering (frames flagged MORE) while records keep
+    # arriving, each answer continuing where the previous one ended.
+    responses_max: int = 1
 
 
 class FetchPartitionResponse(_Message):

@@ -25,6 +25,7 @@ from typing import Final
 
 from client.errors import DistributaryError, InvalidRequestError, ProtocolError
 from client.protocol.messages import (
+    FETCH_RESPONSES_MAX,
     Acks,
     CreateTopicsRequest,
     DeleteTopicsRequest,
@@ -165,6 +166,10 @@ def check_request(body: Request, payload_length: int, wants_response: bool) -> N
 
 
 def _check_fetch_request(body: FetchRequest) -> None:
+    if not 1 <= body.responses_max <= FETCH_RESPONSES_MAX:
+        raise InvalidRequestError(
+            f"responses_max must be 1..{FETCH_RESPONSES_MAX}, got {body.responses_max}"
+        )
     _check_non_negative(body.max_wait_ms, "max_wait_ms")
     _check_non_negative(body.min_bytes, "min_bytes")
     _check_non_negative(body.max_bytes, "max_bytes")

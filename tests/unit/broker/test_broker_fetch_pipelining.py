@@ -238,3 +238,88 @@ async def test_fetch_positions_per_connection_are_bounded(state: Broker) -> None
     )
     handler._resolve_fetch_offsets(kept)
     assert kept.topics[0].partitions[0].fetch_offset == 7
+
+
+def stream(offset: int, responses_max: int, max_wait_ms: int = 5000) -> FetchRequest:
+    request = fetch(offset, max_wait_ms)
+    request.responses_max = responses_max
+    return request
+
+
+async def stream_answer(peer: Peer) -> tuple[list[bytes | None], bool]:
+    """The next answer of a fetch stream: its records' values, and its MORE flag."""
+    response = await peer.response()
+    assert isinstance(response.body, FetchResponse), response.body
+    return [record.value for record in decode_fetch(response.payload).records], response.more
+
+
+async def test_a_stream_answers_each_append_until_its_last_answer(state: Broker) -> None:
+    """A fetch with responses_max=3 answers three appends in turn, the first two
+    flagged MORE (the request stays in flight), each continuing after the last."""
+    await append(state, b"old")
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            peer = await serve(state, nursery)
+            producer = await serve(state, nursery)
+            await peer.request(stream(1, responses_max=3))
+            await trio.sleep(0.1)  # parked by now
+            for value, more in ((b"x1", True), (b"x2", True), (b"x3", False)):
+                await producer.produce(value)
+                assert await stream_answer(peer) == ([value], more)
+                assert peer.protocol.inflight_count == (1 if more else 0)
+            await append(state, b"x4")  # the stream is over: nothing more comes
+            with trio.move_on_after(0.3):
+                await peer.response()
+                pytest.fail("a finished stream answered again")
+            await peer.request(fetch(FETCH_OFFSET_CONTINUE, max_wait_ms=0))
+            assert await peer.values() == [b"x4"]
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_stream_ends_empty_when_max_wait_passes(state: Broker) -> None:
+    """After a MORE answer the stream waits max_wait_ms afresh; without records it
+    ends with an empty answer."""
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            peer = await serve(state, nursery)
+            producer = await serve(state, nursery)
+            await peer.request(stream(0, responses_max=10, max_wait_ms=200))
+            await trio.sleep(0.1)
+            await producer.produce(b"x1")
+            assert await stream_answer(peer) == ([b"x1"], True)
+            started = trio.current_time()
+            assert await stream_answer(peer) == ([], False)
+            assert trio.current_time() - started >= 0.15
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_request_behind_a_stream_ends_it_a_continuation_does_not(state: Broker) -> None:
+    """A continuation stream queued behind a stream lets it go on; any other
+    request ends it at once (an answer without MORE), then is answered."""
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            peer = await serve(state, nursery)
+            producer = await serve(state, nursery)
+            await peer.request(stream(0, responses_max=10, max_wait_ms=10_000))
+            await peer.request(stream(FETCH_OFFSET_CONTINUE, responses_max=10, max_wait_ms=10_000))
+            await trio.sleep(0.1)
+            await producer.produce(b"x1")
+            assert await stream_answer(peer) == ([b"x1"], True)
+            await peer.request(HelloRequest())
+            assert await stream_answer(peer) == ([], False)  # the first stream ends
+            assert await stream_answer(peer) == ([], False)  # and the continuation behind
+            assert isinstance((await peer.response()).body, HelloResponse)
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_big_answer_ends_a_stream(state: Broker) -> None:
+    """An answer of more than 16 KiB (a consumer catching up) is the stream's last."""
+    big = bytes(range(256)) * 80  # 20 KiB
+    await append(state, big)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            peer = await serve(state, nursery)
+            await peer.request(stream(0, responses_max=10))
+            assert await stream_answer(peer) == ([big], False)
+            assert peer.protocol.inflight_count == 0
+            nursery.cancel_scope.cancel()

@@ -18,6 +18,7 @@ import msgspec
 from hypothesis import strategies as st
 
 from client.protocol.messages import (
+    FETCH_RESPONSES_MAX,
     RESPONSE_TYPES,
     Acks,
     ErrorResponse,
@@ -70,6 +71,8 @@ def _for_field(cls: type[msgspec.Struct], name: str, hint: Any) -> st.SearchStra
         return RECORDS_BYTES
     if name == "acks" and cls is ProduceRequest:
         return st.sampled_from([int(acks) for acks in Acks])
+    if name == "responses_max" and cls is FetchRequest:
+        return st.integers(1, FETCH_RESPONSES_MAX)
     return _for_type(hint)
 
 

@@ -27,11 +27,13 @@ from client.protocol.connection import (
 )
 from client.protocol.frames import (
     CORRELATION_ID_MODULUS,
+    FLAG_MORE,
     FLAG_NO_RESPONSE,
     FLAG_RESPONSE,
     encode_head,
 )
 from client.protocol.messages import (
+    FETCH_RESPONSES_MAX,
     ApiKey,
     DescribeTopicsRequest,
     DescribeTopicsResponse,
@@ -476,3 +478,92 @@ def test_encode_response_refuses_a_body_of_another_api() -> None:
         ServerConnection.encode_response(int(ApiKey.HELLO), 0, 1, MetadataResponse())
     with pytest.raises(AssertionError):
         ServerConnection.encode_response(int(ApiKey.FETCH), 0, 1, fetch_response(), 0)
+
+
+def stream_request(responses_max: int) -> FetchRequest:
+    return FetchRequest(
+        topics=[FetchTopic("t", [FetchPartition(0, 0)])], responses_max=responses_max
+    )
+
+
+def one_partition_fetch_response(records_bytes: int) -> FetchResponse:
+    return FetchResponse(
+        [FetchTopicResponse("t", [FetchPartitionResponse(0, records_bytes=records_bytes)])]
+    )
+
+
+def test_a_fetch_stream_stays_in_flight_until_its_last_answer() -> None:
+    """Proves answers flagged MORE reach the client without ending the request, and
+    the first answer without the flag ends it."""
+    client, server = ClientConnection(), ServerConnection()
+    correlation_id, head = client.send_request(stream_request(3))
+    request = accept(server, head)
+    assert isinstance(request.body, FetchRequest) and request.body.responses_max == 3
+    wire = b"".join(
+        [
+            server.encode_response(
+                request.api_key, 0, correlation_id, one_partition_fetch_response(5), 5, more=True
+            ),
+            b"first",
+            server.encode_response(
+                request.api_key, 0, correlation_id, one_partition_fetch_response(6), 6
+            ),
+            b"second",
+        ]
+    )
+    client.receive_data(wire)
+    first = client.next_response()
+    assert first is not None and first.more and bytes(first.payload) == b"first"
+    assert client.inflight_count == 1
+    last = client.next_response()
+    assert last is not None and not last.more and bytes(last.payload) == b"second"
+    assert client.inflight_count == 0
+
+
+@pytest.mark.parametrize(
+    ("request_body", "response_body", "api_key"),
+    [
+        pytest.param(
+            stream_request(1), one_partition_fetch_response(0), ApiKey.FETCH, id="no-stream"
+        ),
+        pytest.param(HelloRequest(), HelloResponse(), ApiKey.HELLO, id="other-api"),
+        pytest.param(stream_request(2), ErrorResponse(1, "x"), ApiKey.FETCH, id="error"),
+    ],
+)
+def test_more_where_no_stream_was_asked_for_kills_the_client(
+    request_body: Any, response_body: Any, api_key: ApiKey
+) -> None:
+    """Proves MORE on an answer to a single-answer request, or on an error
+    response, is a protocol violation."""
+    client = ClientConnection()
+    correlation_id, _ = client.send_request(request_body)
+    flags = FLAG_RESPONSE | FLAG_MORE
+    client.receive_data(
+        encode_head(int(api_key), 0, correlation_id, flags, encoder.encode(response_body))
+    )
+    with pytest.raises(ProtocolError, match="MORE"):
+        client.next_response()
+    assert client.dead
+
+
+def test_client_frame_flagged_more_kills_the_server() -> None:
+    """Proves a request with the MORE flag (a response-only flag) closes the connection."""
+    server = ServerConnection()
+    server.receive_data(
+        encode_head(int(ApiKey.HELLO), 0, 1, FLAG_MORE, encoder.encode(HelloRequest()))
+    )
+    with pytest.raises(ProtocolError):
+        server.next_request()
+    assert server.dead
+
+
+@pytest.mark.parametrize("responses_max", [0, FETCH_RESPONSES_MAX + 1])
+def test_responses_max_out_of_range_is_refused(responses_max: int) -> None:
+    """Proves a fetch asking for no answer, or for more than FETCH_RESPONSES_MAX, is invalid."""
+    with pytest.raises(InvalidRequestError, match="responses_max"):
+        ClientConnection().send_request(stream_request(responses_max))
+    _, head = ClientConnection().send_request(stream_request(responses_max), checked=False)
+    bad = ServerConnection()
+    bad.receive_data(head)
+    refused = bad.next_request()
+    assert isinstance(refused, BadRequest) and "responses_max" in refused.error.message

@@ -154,7 +154,7 @@ def test_oversized_body_is_refused_after_the_header() -> None:
     "header",
     [
         pytest.param(struct.pack(">I", 13), id="length-shorter-than-header"),
-        pytest.param(struct.pack(">IHHIHI", 20, 1, 0, 1, 0x0004, 0), id="unknown-flag"),
+        pytest.param(struct.pack(">IHHIHI", 20, 1, 0, 1, 0x0008, 0), id="unknown-flag"),
         pytest.param(struct.pack(">IHHIHI", 20, 1, 0, 1, 0, 7), id="body-longer-than-frame"),
     ],
 )
