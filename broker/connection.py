@@ -44,7 +44,7 @@ from broker.handlers import (
 )
 from broker.logging import get_logger
 from broker.state import Broker
-from broker.storage.file_handle import FileRegion
+from broker.storage.file_handle import CachedRegion, FileRegion
 from client.errors import (
     DistributaryError,
     InvalidRequestError,
@@ -588,7 +588,10 @@ class ConnectionHandler:
             with trio.CancelScope(deadline=deadline, shield=shield) as scope:
                 await send_all(self.socket, memoryview(data)[sent:])
                 for region in regions:
-                    await sendfile_all(self.socket, region)
+                    if isinstance(region, CachedRegion):  # in memory, no file to send from
+                        await send_all(self.socket, read_region(region))
+                    else:
+                        await sendfile_all(self.socket, region)
                 self._frame_torn = False
         finally:
             lock.release()

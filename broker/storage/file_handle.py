@@ -245,3 +245,51 @@ class FileRegion:
             f"FileRegion({name}, position={self.position}, length={self.length}, "
             f"offsets=[{self.base_offset}, {self.next_offset}))"
         )
+
+
+class CachedRegion(FileRegion):
+    """The batches of a log's latest append, kept in memory (see Log.read): read
+    without a system call, holding no file reference (release is a no-op).
+
+    It watches the segment file they were written to: once that file is truncated
+    (replication cutting a divergent tail) the bytes may no longer be the log's,
+    and :meth:`read_bytes` raises StorageError, as for a file region.  Never sent
+    by ``os.sendfile``: the sender writes :meth:`read_bytes` instead."""
+
+    __slots__ = ("_data", "_watched")
+
+    def __init__(
+        self,
+        data: bytes,
+        base_offset: int,
+        next_offset: int,
+        watched: FileHandle,
+        truncations: int,
+    ) -> None:
+        assert data and next_offset > base_offset, (len(data), base_offset, next_offset)
+        self.handle = None
+        self.position = 0
+        self.length = len(data)
+        self.base_offset = base_offset
+        self.next_offset = next_offset
+        self._finalizer = None
+        self._data = data
+        self._watched = watched
+        self._truncations = truncations
+
+    def is_intact(self) -> bool:
+        return self._watched.truncations == self._truncations
+
+    def read_bytes(self) -> bytes:
+        if not self.is_intact():
+            raise StorageError(
+                f"{self._watched.path.name}: batches at offset {self.base_offset} "
+                "were truncated before they were sent"
+            )
+        return self._data
+
+    def __repr__(self) -> str:
+        return (
+            f"CachedRegion({self._watched.path.name}, length={self.length}, "
+            f"offsets=[{self.base_offset}, {self.next_offset}))"
+        )

@@ -42,7 +42,7 @@ from broker.storage import checkpoint, compaction
 from broker.storage.atomic_file import TEMP_SUFFIX, fsync_directory
 from broker.storage.batch_scan import BadBatch, BatchInfo, scan_batches, walk_header_fields
 from broker.storage.config import SEGMENT_BYTES_LIMIT, CleanupPolicy, FlushPolicy, LogConfig
-from broker.storage.file_handle import FileHandle, FileRegion
+from broker.storage.file_handle import CachedRegion, FileHandle, FileRegion
 from broker.storage.offset_index import SUFFIX as INDEX_SUFFIX
 from broker.storage.segment import DELETED_SUFFIX, LOG_SUFFIX, LogSegment
 from broker.storage.segments import LogSegments
@@ -66,6 +66,12 @@ Clock = Callable[[], int]
 def wall_clock_ms() -> int:
     """The default clock: wall time in ms (logic takes the clock as a parameter)."""
     return time.time_ns() // 1_000_000
+
+
+# Appends of at most this many bytes (a live producer's) are kept in memory until
+# the next one, for the live consumers' next read (Log.read); the size of a fetch
+# answer the broker sends in one write.
+RECENT_APPEND_BYTES_MAX: Final = 16 * 1024
 
 
 class AppendResult(NamedTuple):
@@ -167,6 +173,10 @@ class Log:
         self._flush_in_progress = False
         self._closed = False
         self._failure: str | None = None
+        # The latest append, if small: (base offset, next offset, its bytes, the
+        # segment file, that file's truncation count then).  A live consumer's
+        # next fetch reads it from here (see read).
+        self._recent: tuple[int, int, bytes, FileHandle, int] | None = None
 
     # -- opening ------------------------------------------------------------------------
 
@@ -384,6 +394,11 @@ class Log:
             raise
         if was_empty:
             active.rolling_timestamp_ms = now_ms  # segment age counts from its first append
+        if payload_bytes <= RECENT_APPEND_BYTES_MAX:
+            handle = active.handle
+            self._recent = (base_offset, offset, bytes(buffer), handle, handle.truncations)
+        else:
+            self._recent = None
         self._unflushed_appends += 1
         assert active.next_offset == offset > base_offset
         return AppendResult(
@@ -422,6 +437,7 @@ class Log:
             self._roll("requested")
 
     def _roll(self, reason: str) -> None:
+        self._recent = None  # only the active segment's latest append is kept
         old = self._segments.active
         new = LogSegment.create(self.directory, old.next_offset, self.config)
         try:
@@ -452,6 +468,17 @@ class Log:
         limit_offset = end if end_offset_max is None else min(end, end_offset_max)
         if offset >= limit_offset:
             return FileRegion.empty(offset)
+        recent = self._recent
+        if (
+            recent is not None
+            and recent[0] == offset
+            and recent[1] <= limit_offset
+            and len(recent[2]) <= max_bytes
+            and recent[3].truncations == recent[4]
+        ):
+            # A live consumer reading what was just appended: the same batches
+            # the file holds, without a read of it.
+            return CachedRegion(recent[2], offset, recent[1], recent[3], recent[4])
         segment = self._segments.floor(offset)
         assert segment is not None and offset < segment.next_offset, (offset, segment)
         end_position = None
@@ -650,6 +677,7 @@ class Log:
         """
         self._check_usable()
         assert not self._flush_in_progress, "truncate_to during a flush"
+        self._recent = None
         if offset >= self.end_offset:
             return self.end_offset
         if offset < self.start_offset:
@@ -782,6 +810,7 @@ class Log:
         closed anyway; without the marker the next open recovers)."""
         if self._closed:
             return
+        self._recent = None
         try:
             if self._failure is None:
                 self._segments.active.write_final_time_entry()

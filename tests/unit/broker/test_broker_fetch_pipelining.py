@@ -323,3 +323,30 @@ async def test_a_big_answer_ends_a_stream(state: Broker) -> None:
             assert await stream_answer(peer) == ([big], False)
             assert peer.protocol.inflight_count == 0
             nursery.cancel_scope.cancel()
+
+
+async def test_a_big_answer_sends_a_cached_append_beside_file_regions(state: Broker) -> None:
+    """A fetch answer over 16 KiB goes out by sendfile; a partition whose records
+    are the latest small append (kept in memory) is written from memory in it."""
+    create = CreateTopicsRequest([CreatableTopic("two", 2)])
+    await handle(state, IncomingRequest(ApiKey.CREATE_TOPICS, 0, 1, True, create, memoryview(b"")))
+    big = bytes(range(256)) * 80  # 20 KiB: read from the file
+    for index, value in ((0, big), (1, b"small")):  # b"small": the latest append of two/1
+        data = bytes(build_batch([value]))
+        body = ProduceRequest(topics=[ProduceTopic("two", [ProducePartition(index, len(data))])])
+        request = IncomingRequest(ApiKey.PRODUCE, 0, 1, True, body, memoryview(bytearray(data)))
+        assert await handle(state, request) is not None
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            peer = await serve(state, nursery)
+            both = [FetchPartition(0, 0), FetchPartition(1, 0)]
+            await peer.request(FetchRequest(max_wait_ms=0, topics=[FetchTopic("two", both)]))
+            response = await peer.response()
+            assert isinstance(response.body, FetchResponse)
+            sizes = [part.records_bytes for part in response.body.topics[0].partitions]
+            payload = response.payload
+            first = decode_fetch(payload[: sizes[0]]).records
+            second = decode_fetch(payload[sizes[0] :]).records
+            assert [record.value for record in first] == [big]
+            assert [record.value for record in second] == [b"small"]
+            nursery.cancel_scope.cancel()

@@ -7,14 +7,17 @@ from pathlib import Path
 
 import pytest
 
+from broker.storage import file_handle
 from broker.storage.config import FlushPolicy
-from broker.storage.log import Log
+from broker.storage.file_handle import CachedRegion
+from broker.storage.log import RECENT_APPEND_BYTES_MAX, Log
 from client.errors import (
     CorruptBatchError,
     InvalidBatchError,
     OffsetOutOfRangeError,
     StorageError,
 )
+from client.records.builder import build_batch
 
 from .conftest import START_MS, ManualClock, decode_pairs, make_batch, read_all, small_config
 
@@ -288,3 +291,48 @@ def test_tail_header_fields_walks_the_last_bytes_across_segments(
     tail = [fields[0] for fields in log.tail_header_fields(3 * batch_bytes)]
     assert 3 <= len(tail) < 12 and tail == every[-len(tail) :]
     log.close()
+
+
+def unreachable(*_args: object) -> bytes:
+    raise AssertionError("the file was read")
+
+
+def test_the_latest_small_append_is_read_from_memory(
+    log_dir: Path, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read of exactly the latest append (a live consumer's) gets its stamped
+    bytes without reading the file -- the same bytes the file holds -- unless the
+    append was big, a limit cuts into it, or the log rolled or was truncated since."""
+    log = Log.open(log_dir, small_config(segment_bytes=1 << 20), clock_ms=clock)
+    try:
+        log.append(make_batch(0, 2))
+        log.append(make_batch(2, 3), leader_epoch=4)
+        region = log.read(2, 1 << 20)
+        assert isinstance(region, CachedRegion)
+        assert (region.base_offset, region.next_offset) == (2, 5)
+        with monkeypatch.context() as patched:  # read with no access to the file
+            patched.setattr(file_handle, "read_exactly", unreachable)
+            cached = region.read_bytes()
+        assert cached[:8] == (2).to_bytes(8, "big")  # stamped: the file's bytes
+        assert decode_pairs(cached, 2) == [(2, b"v2"), (3, b"v3"), (4, b"v4")]
+        assert not isinstance(log.read(0, 1 << 20), CachedRegion)  # not the latest
+        assert not isinstance(log.read(2, len(cached) - 1), CachedRegion)  # over max_bytes
+        assert log.read(2, 1 << 20, end_offset_max=4).next_offset <= 4  # the limit holds
+        assert log.read_bytes(0, 1 << 20).endswith(cached)  # from the file: the same bytes
+
+        log.truncate_to(3)  # the latest append is cut: neither kept nor readable
+        with pytest.raises(StorageError):
+            region.read_bytes()
+        assert log.end_offset == 2 and log.read(2, 1 << 20).length == 0
+
+        log.append(make_batch(2, 1))
+        assert isinstance(log.read(2, 1 << 20), CachedRegion)
+        log.roll()
+        assert not isinstance(log.read(2, 1 << 20), CachedRegion)
+
+        big = build_batch([bytes(RECENT_APPEND_BYTES_MAX)])
+        log.append(big)
+        assert not isinstance(log.read(3, 1 << 20), CachedRegion)
+        assert read_all(log)[-1][0] == 3
+    finally:
+        log.close()
