@@ -33,6 +33,7 @@ from typing import Final
 import trio
 
 from broker.handlers import (
+    Answered,
     FetchWaker,
     Reply,
     answer_ready_fetches,
@@ -311,8 +312,10 @@ class ConnectionHandler:
                 await self._answer(item, shield=True)
             elif isinstance(item, IncomingRequest) and item.wants_response:
                 await self._send_reply(item, ready, shield=True)
-            answer_ready_fetches()  # consumers waiting for what it appended
         finally:
+            # Consumers waiting for what it appended (their long polls sleep on
+            # until this: see FetchWaker), even when this response failed.
+            answer_ready_fetches()
             self.inflight -= 1
             self.last_activity = trio.current_time()
         return True
@@ -381,8 +384,8 @@ class ConnectionHandler:
 
         No scope of its own: each long poll ends by its own deadline
         (max_wait_ms, at most request_timeout_ms) and collecting never blocks."""
-        for left in range(body.responses_max - 1, -1, -1):  # answers allowed after this one
-            self._stream_left = left
+        self._stream_left = body.responses_max - 1  # answers allowed after the next one
+        for _ in range(body.responses_max):  # each pass sends at least one answer
             self._sent_more = False
             waker = FetchWaker(self.broker, body, partial(self._answer_parked, request, body))
             if self._queued_others:
@@ -399,11 +402,13 @@ class ConnectionHandler:
             except DistributaryError as raised:
                 await self._refuse(request, raised)
                 return
-            if reply is None:  # answered from the append that woke it
+            if reply is None:  # answered from an append (see _answer_parked)
                 await self._finish_unsent()
                 more = self._sent_more
             else:
                 more = self._may_continue(reply)
+                if more:
+                    self._stream_left -= 1
                 self._note_fetch_positions(body, reply)
                 await self._send_reply(request, reply, shield=False, more=more)
             if not more:
@@ -442,23 +447,29 @@ class ConnectionHandler:
         await self._refuse(request, error)
         return None
 
-    def _answer_parked(self, request: IncomingRequest, body: FetchRequest, reply: Reply) -> bool:
-        """Send a parked fetch's answer now, synchronously, from inside the append
-        that made it ready (see FetchWaker): the consumer gets the records before
-        the producer gets its acknowledgement.  Only a small answer, only when no
-        frame is being written; returns False to leave it to the fetch's task.  A
-        write the socket takes only in part is finished by the task
+    def _answer_parked(
+        self, request: IncomingRequest, body: FetchRequest, reply: Reply
+    ) -> Answered:
+        """Send a parked fetch's answer now, synchronously, right after the
+        response of the append that made it ready (see FetchWaker).  Only a small
+        answer, only when no frame is being written; NOT_SENT leaves it to the
+        fetch's task.  SENT_MORE: a stream's answer flagged MORE, sent whole; the
+        fetch now continues after it (its offsets moved on) and its task sleeps
+        on.  SENT: the task takes over -- the fetch is answered, or a stream
+        continues after the task has written what the socket did not take
         (:meth:`_finish_unsent`).  Never raises."""
         lock = self._send_lock
         if reply.payload_length > INLINE_REGION_BYTES_MAX or lock.value == 0 or self._frame_torn:
-            return False
+            return Answered.NOT_SENT
         more = self._may_continue(reply)
         try:
             head = response_head(request, reply, more)
             data = b"".join([head, *(region.read_bytes() for region in reply.regions)])
         except StorageError:
-            return False  # the task tries again (and closes if the file was cut)
+            return Answered.NOT_SENT  # the task tries again (and closes if the file was cut)
         self._sent_more = more
+        if more:
+            self._stream_left -= 1
         lock.acquire_nowait()
         self._frame_torn = True
         try:
@@ -467,12 +478,18 @@ class ConnectionHandler:
             sent = 0  # the peer is gone: the task's write fails and closes
         self._note_fetch_positions(body, reply)
         reply.release()
-        if sent == len(data):
-            self._frame_torn = False
-            lock.release()
-        else:
+        if sent != len(data):
             self._unsent = memoryview(data)[sent:]
-        return True
+            return Answered.SENT
+        self._frame_torn = False
+        lock.release()
+        if not more:
+            return Answered.SENT
+        positions = self._fetch_positions
+        for fetch_topic in body.topics:  # the stream's next answer continues this one
+            for wanted in fetch_topic.partitions:
+                wanted.fetch_offset = positions[(fetch_topic.name, wanted.partition)]
+        return Answered.SENT_MORE
 
     async def _finish_unsent(self) -> None:
         """Write what :meth:`_answer_parked` could not, then release the send lock

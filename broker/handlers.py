@@ -14,6 +14,8 @@ byte ranges of segment files that the connection sends with os.sendfile.
 
 from __future__ import annotations
 
+import enum
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
@@ -306,7 +308,9 @@ def produce_now(
     """:func:`handle_produce` when nothing in it would wait -- every partition
     exists (no topic to create), none is being appended to, and no acknowledgement
     waits for the disk -- else None, with nothing done.  Never awaits: the
-    connection's reader answers with it directly.  Raises InvalidRequestError."""
+    connection's reader answers with it directly, and must then call
+    :func:`answer_ready_fetches` (the long polls it fed sleep on until then).
+    Raises InvalidRequestError."""
     parts = produce_parts(body, payload)
     partitions: list[Partition] = []
     for name, index, _view in parts:
@@ -318,12 +322,16 @@ def produce_now(
             return None
         partitions.append(partition)
     by_topic: dict[str, list[ProducePartitionResponse]] = {}
-    for (name, index, view), partition in zip(parts, partitions, strict=True):
-        try:
-            result = produce_result(index, partition.append_now(view))
-        except DistributaryError as error:
-            result = produce_refused(broker, name, index, error)
-        by_topic.setdefault(name, []).append(result)
+    _inline_produce[0] = True  # the caller answers the woken fetches (answer_ready_fetches)
+    try:
+        for (name, index, view), partition in zip(parts, partitions, strict=True):
+            try:
+                result = produce_result(index, partition.append_now(view))
+            except DistributaryError as error:
+                result = produce_refused(broker, name, index, error)
+            by_topic.setdefault(name, []).append(result)
+    finally:
+        _inline_produce[0] = False
     return produce_response(by_topic)
 
 
@@ -375,31 +383,56 @@ async def find_partition(broker: Broker, topic: str, index: int, *, create: bool
 # -- Fetch ------------------------------------------------------------------------------
 
 
+class Answered(enum.Enum):
+    """What a connection did with a parked fetch's ready answer (FetchWaker)."""
+
+    NOT_SENT = 0  # left to the fetch's task
+    SENT = 1  # the fetch is answered: its task finishes
+    SENT_MORE = 2  # a stream's answer flagged MORE: the fetch waits on, re-armed
+
+
 class FetchWaker:
     """A connection's parked long poll, as the partitions it waits on see it.
 
     ``set`` runs synchronously inside the append that makes data available
-    (Partition.wake_waiters): it wakes the fetch's task and, if the connection
-    gave ``answer_now``, queues the fetch for :func:`answer_ready_fetches`, which
-    the appending connection calls right after sending its own response.  So the
-    producer's acknowledgement leaves first and the consumer's records right
-    after, without a trip through the scheduler to the fetch's task (which then
-    finds ``answered`` set).  ``interrupt`` ends the long poll early: another
-    request was queued behind it (requests are answered in order)."""
+    (Partition.wake_waiters).  If the connection gave ``answer_now``, the fetch is
+    queued for :func:`answer_ready_fetches`, which the appending connection calls
+    right after sending its own response: the producer's acknowledgement leaves
+    first and the consumer's records right after, without a trip through the
+    scheduler to the fetch's task.
 
-    __slots__ = ("answer_now", "answered", "body", "broker", "event", "interrupted", "queued")
+    The task is woken too, except during an inline produce (:func:`produce_now`,
+    whose connection always calls answer_ready_fetches next): then it sleeps on
+    while :meth:`answer` can answer for it, and a fetch stream's answer flagged
+    MORE re-arms the waker on its partitions, so a live tail costs no task switch
+    per answer.  ``interrupt`` ends the long poll early: another request was
+    queued behind it (requests are answered in order)."""
+
+    __slots__ = (
+        "answer_now",
+        "answered",
+        "answered_at",
+        "body",
+        "broker",
+        "event",
+        "interrupted",
+        "partitions",
+        "queued",
+    )
 
     def __init__(
         self,
         broker: Broker,
         body: FetchRequest,
-        answer_now: Callable[[Reply], bool] | None = None,
+        answer_now: Callable[[Reply], Answered] | None = None,
     ) -> None:
         self.broker = broker
         self.body = body
         self.answer_now = answer_now
         self.event: trio.Event | None = None  # set while the fetch sleeps
+        self.partitions: list[Partition] = []  # what it sleeps on
         self.answered = False
+        self.answered_at = -math.inf  # when an answer flagged MORE last left
         self.interrupted = False
         self.queued = False
 
@@ -412,24 +445,47 @@ class FetchWaker:
         event = self.event
         if event is None or self.answered:
             return
-        if self.answer_now is not None and not self.queued:
-            self.queued = True
-            ready_fetches().append(self)
+        if self.answer_now is not None:
+            if not self.queued:
+                self.queued = True
+                ready_fetches().append(self)
+            if _inline_produce[0]:
+                return  # answer() runs right after the producer's response
         event.set()
 
     def answer(self) -> None:
         """Answer now if still asleep and the answer is ready (else its task will)."""
         self.queued = False
+        event = self.event
         answer_now = self.answer_now
-        if self.event is None or self.answered or self.interrupted or answer_now is None:
+        if event is None or self.answered or self.interrupted or answer_now is None:
             return
         reply = fetch_now(self.broker, self.body)
         if reply is None:
+            self._rearm()  # nothing for it yet (say, below min_bytes): sleep on
             return
-        if answer_now(reply):
+        answered = answer_now(reply)
+        if answered is Answered.SENT_MORE:
+            self.answered_at = trio.current_time()  # max_wait_ms counts from here
+            self._rearm()
+            return
+        if answered is Answered.SENT:
             self.answered = True
         else:
             reply.release()  # the task collects again
+        event.set()
+
+    def _rearm(self) -> None:
+        # The append that woke us took us off its partition's waiters.
+        if self.event is None or self.event.is_set():
+            return
+        for partition in self.partitions:
+            partition.add_waiter(self)
+
+
+# True while produce_now appends: a FetchWaker then leaves its task asleep (see
+# FetchWaker).  One event loop per thread, and produce_now never awaits.
+_inline_produce: list[bool] = [False]
 
 
 # Long polls that appends made ready, to answer right after the appending
@@ -468,15 +524,18 @@ async def handle_fetch(
     reply = fetch_now(broker, body)
     if reply is not None:
         return reply
-    wait_ms = min(body.max_wait_ms, broker.limits.request_timeout_ms)
-    deadline = trio.current_time() + wait_ms / 1000
+    wait_s = min(body.max_wait_ms, broker.limits.request_timeout_ms) / 1000
+    deadline = trio.current_time() + wait_s
     for _ in range(1_000_000):  # each pass either answers or waits for an append
         if waker is not None and waker.interrupted:
             return collect_fetch(broker, body)
         await wait_for_append(broker, body, deadline, waker)
         answer_ready_fetches()  # if nobody did yet: this one's among them
-        if waker is not None and waker.answered:
-            return None
+        if waker is not None:
+            if waker.answered:
+                return None
+            # A stream answered for it meanwhile: the long poll restarted then.
+            deadline = max(deadline, waker.answered_at + wait_s)
         if trio.current_time() >= deadline:
             return collect_fetch(broker, body)
         reply = fetch_now(broker, body)
@@ -605,6 +664,8 @@ async def wait_for_append(
                 continue
     for partition in partitions:
         partition.add_waiter(waiter)
+    if waker is not None:
+        waker.partitions = partitions
     try:
         with trio.move_on_at(deadline):
             await event.wait()
@@ -613,6 +674,7 @@ async def wait_for_append(
             partition.remove_waiter(waiter)
         if waker is not None:
             waker.event = None
+            waker.partitions = []
 
 
 # -- ListOffsets ------------------------------------------------------------------------

@@ -253,9 +253,20 @@ async def stream_answer(peer: Peer) -> tuple[list[bytes | None], bool]:
     return [record.value for record in decode_fetch(response.payload).records], response.more
 
 
-async def test_a_stream_answers_each_append_until_its_last_answer(state: Broker) -> None:
+async def test_a_stream_answers_each_append_until_its_last_answer(
+    state: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A fetch with responses_max=3 answers three appends in turn, the first two
-    flagged MORE (the request stays in flight), each continuing after the last."""
+    flagged MORE (the request stays in flight), each continuing after the last --
+    all from the appends, the fetch's long poll never restarted in between."""
+    long_polls: list[int] = []
+    real_handle_fetch = connection_module.handle_fetch
+
+    async def counting_handle_fetch(*args: Any) -> Reply | None:
+        long_polls.append(1)
+        return await real_handle_fetch(*args)
+
+    monkeypatch.setattr(connection_module, "handle_fetch", counting_handle_fetch)
     await append(state, b"old")
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
@@ -267,6 +278,7 @@ async def test_a_stream_answers_each_append_until_its_last_answer(state: Broker)
                 await producer.produce(value)
                 assert await stream_answer(peer) == ([value], more)
                 assert peer.protocol.inflight_count == (1 if more else 0)
+            assert len(long_polls) == 1
             await append(state, b"x4")  # the stream is over: nothing more comes
             with trio.move_on_after(0.3):
                 await peer.response()
