@@ -1000,16 +1000,7 @@ class Consumer(ClusterClient):
         task.  ``epochs``: the partitions' epochs when the fetch was built.  Must
         not raise."""
         chain.pending.discard(pending)
-        if chain.finished:  # abandoned
-            return
-        try:
-            stale = self._apply_fetch(pending.result(), epochs)
-        except DistributaryError as error:
-            chain.finish(error)
-            return
-        if stale or self._closed:
-            chain.stale = stale
-            chain.finish()
+        if not self._apply_in_chain(chain, epochs, pending):
             return
         connection = chain.connection
         partitions = self._fetchable(chain.node, unresolved_stops=True)
@@ -1049,20 +1040,34 @@ class Consumer(ClusterClient):
         seek, a pause, a full buffer, a leader change) the chain finishes: the
         rest of the stream is ignored and the task starts afresh.  Must not
         raise."""
-        if chain.finished:  # abandoned
-            return
-        try:
-            stale = self._apply_fetch(response, epochs)
-        except DistributaryError as error:
-            chain.finish(error)
-            return
-        if stale or self._closed:
-            chain.stale = stale
-            chain.finish()
+        if not self._apply_in_chain(chain, epochs, response):
             return
         partitions = self._fetchable(chain.node, unresolved_stops=True)
         if partitions != chain.continuing or not _epochs_unchanged(self._states, epochs):
             chain.finish()
+
+    def _apply_in_chain(
+        self,
+        chain: _FetchChain,
+        epochs: dict[TopicPartition, int],
+        answer: PendingResponse | IncomingResponse,
+    ) -> bool:
+        """Hand a chain's fetch answer (a completed slot, or a stream's answer
+        flagged MORE) over to the partitions; False when the chain is finished:
+        abandoned before, or now by an error, a moved leader or closing."""
+        if chain.finished:  # abandoned
+            return False
+        try:
+            response = answer.result() if isinstance(answer, PendingResponse) else answer
+            stale = self._apply_fetch(response, epochs)
+        except DistributaryError as error:
+            chain.finish(error)
+            return False
+        if stale or self._closed:
+            chain.stale = stale
+            chain.finish()
+            return False
+        return True
 
     def _send_continuation(self, chain: _FetchChain, epochs: dict[TopicPartition, int]) -> None:
         """Put a continuation of ``chain.continuing`` on the wire if the chain has
