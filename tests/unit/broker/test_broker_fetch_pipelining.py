@@ -362,3 +362,34 @@ async def test_a_big_answer_sends_a_cached_append_beside_file_regions(state: Bro
             assert [record.value for record in first] == [big]
             assert [record.value for record in second] == [b"small"]
             nursery.cancel_scope.cancel()
+
+
+async def test_a_stream_goes_on_after_an_answer_the_socket_took_in_part(
+    state: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream's answer flagged MORE that fills the socket half-way is finished
+    by the connection's writer, and the stream then answers the next append."""
+    big = bytes(range(256)) * 48  # 12 KiB: a stream answer, over the tiny buffer
+    finished: list[int] = []
+    real_finish = ConnectionHandler._finish_unsent
+
+    async def finish(self: ConnectionHandler) -> None:
+        if self._unsent is not None:
+            finished.append(len(self._unsent))
+        await real_finish(self)
+
+    monkeypatch.setattr(ConnectionHandler, "_finish_unsent", finish)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            peer = await serve(state, nursery, send_buffer=4096)
+            producer = await serve(state, nursery)
+            await peer.request(stream(0, responses_max=5))
+            await trio.sleep(0.1)  # parked by now
+            await producer.produce(big)  # answered right after the ack; not read yet
+            await trio.sleep(0.1)
+            assert await stream_answer(peer) == ([big], True)
+            await producer.produce(b"next")
+            assert await stream_answer(peer) == ([b"next"], True)
+            assert peer.protocol.inflight_count == 1
+            assert finished and finished[0] > 0  # the writer did complete a torn answer
+            nursery.cancel_scope.cancel()
