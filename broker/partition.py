@@ -230,54 +230,60 @@ class Partition:
         if len(headers) == 1:
             if headers[0].producer_id < 0:
                 return self._append_to_log(payload, headers)
-        elif not any(header.producer_id >= 0 for header in headers):
+            return self._append_sequenced(payload, headers[0], headers)
+        if not any(header.producer_id >= 0 for header in headers):
             return self._append_to_log(payload, headers)
-        states = self.producer_states
         base_offset = last_offset = -1
         append_time_ms = -1
-        whole = len(headers) == 1  # the usual payload: one batch, its header reusable
         for header in headers:
-            batch = payload if whole else payload[header.position : header.end]
-            batch_headers = headers if whole else None
-            producer_id = header.producer_id
-            if producer_id < 0:
-                result = self._append_to_log(batch, batch_headers)
+            batch = payload[header.position : header.end]
+            if header.producer_id < 0:
+                result = self._append_to_log(batch, None)
             else:
-                epoch, sequence = header.producer_epoch, header.base_sequence
-                if epoch < 0 or sequence < 0:
-                    raise InvalidBatchError(
-                        f"producer {producer_id}: epoch {epoch} and base sequence "
-                        f"{sequence} must not be negative"
-                    )
                 try:
-                    verdict, remembered = states.check(producer_id, epoch, sequence)
+                    result = self._append_sequenced(batch, header, None)
                 except OutOfOrderSequenceError:
                     if base_offset >= 0:
                         self.wake_waiters()  # earlier batches of the payload went in
                     raise
-                if verdict is Verdict.DUPLICATE:
-                    assert remembered is not None
-                    self.logger.info(
-                        "duplicate batch", producer_id=producer_id, base_sequence=sequence
-                    )
-                    result = AppendResult(
-                        remembered.base_offset, remembered.last_offset, self._log.start_offset, -1
-                    )
-                else:
-                    result = self._append_to_log(batch, batch_headers)
-                    states.record(
-                        producer_id,
-                        epoch,
-                        sequence,
-                        header.record_count,
-                        result.base_offset,
-                        result.last_offset,
-                    )
             if base_offset < 0:
                 base_offset = result.base_offset
                 append_time_ms = result.log_append_time_ms
             last_offset = result.last_offset
         return AppendResult(base_offset, last_offset, self._log.start_offset, append_time_ms)
+
+    def _append_sequenced(
+        self, batch: memoryview, header: BatchHeader, headers: list[BatchHeader] | None
+    ) -> AppendResult:
+        """One batch with a producer id, through the idempotence check: appended
+        and remembered, or -- a retry already in the log -- answered with its
+        remembered offsets.  ``headers``: ``batch``'s, if already parsed.  Raises
+        InvalidBatchError, OutOfOrderSequenceError (nothing appended), StorageError."""
+        producer_id = header.producer_id
+        epoch, sequence = header.producer_epoch, header.base_sequence
+        if epoch < 0 or sequence < 0:
+            raise InvalidBatchError(
+                f"producer {producer_id}: epoch {epoch} and base sequence "
+                f"{sequence} must not be negative"
+            )
+        states = self.producer_states
+        verdict, remembered = states.check(producer_id, epoch, sequence)
+        if verdict is Verdict.DUPLICATE:
+            assert remembered is not None
+            self.logger.info("duplicate batch", producer_id=producer_id, base_sequence=sequence)
+            return AppendResult(
+                remembered.base_offset, remembered.last_offset, self._log.start_offset, -1
+            )
+        result = self._append_to_log(batch, headers)
+        states.record(
+            producer_id,
+            epoch,
+            sequence,
+            header.record_count,
+            result.base_offset,
+            result.last_offset,
+        )
+        return result
 
     def _append_to_log(
         self, payload: memoryview, headers: list[BatchHeader] | None

@@ -30,8 +30,7 @@ from __future__ import annotations
 import enum
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from client.errors import OutOfOrderSequenceError
 
@@ -55,8 +54,10 @@ class Verdict(enum.Enum):
     DUPLICATE = "duplicate"
 
 
-@dataclass(frozen=True, slots=True)
-class AppendedBatch:
+class AppendedBatch(NamedTuple):
+    """One remembered batch (a NamedTuple: made once per idempotent append, and a
+    frozen dataclass's constructor costs several Python calls)."""
+
     base_sequence: int
     last_sequence: int
     base_offset: int
