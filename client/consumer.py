@@ -173,7 +173,9 @@ class _FetchChain:
     at the broker, and a record appended meanwhile leaves at once.  Each
     continuation is a stream (``responses_max``, docs/protocol.md): while the
     partition is a live tail the broker answers it again after every append, so
-    the consumer sends no request per answer (:meth:`Consumer._fetch_more`)."""
+    the consumer sends no request per answer (:meth:`Consumer._fetch_more`).
+    Where continuations cannot be written from a callback (trio), the task's
+    fetch is itself such a stream."""
 
     __slots__ = (
         "connection",
@@ -935,11 +937,18 @@ class Consumer(ClusterClient):
         assert cluster is not None and self._tools is not None
         connection = await cluster.connection_for_node(node)
         chain = _FetchChain(node, connection, self._tools.event())
-        request, epochs = self._fetch_request(partitions)
+        # Where no continuation can be written from a callback (trio: a write may
+        # have to wait half-way), the fetch itself is a stream: the broker keeps
+        # answering it while the partitions are a live tail.
+        stream = not connection.writable_now
+        request, epochs = self._fetch_request(partitions, FETCH_STREAM_RESPONSES if stream else 1)
+        if stream:
+            chain.continuing = partitions  # what its answers flagged MORE may feed
         pending = await connection.send(
             request,
             timeout_ms=self.request_timeout_ms + self.fetch_max_wait_ms,
             on_done=partial(self._fetch_done, chain, epochs),
+            on_more=partial(self._fetch_more, chain, epochs) if stream else None,
             checked=False,  # valid by construction (see _fetch_request)
         )
         assert pending is not None
@@ -963,10 +972,10 @@ class Consumer(ClusterClient):
             raise chain.error
 
     def _fetch_request(
-        self, partitions: list[TopicPartition]
+        self, partitions: list[TopicPartition], responses_max: int = 1
     ) -> tuple[FetchRequest, dict[TopicPartition, int]]:
         """The fetch of ``partitions`` (each resolved and listed once), and their
-        epochs now."""
+        epochs now.  ``responses_max`` > 1: a stream (see :meth:`_fetch_more`)."""
         by_topic: dict[str, list[FetchPartition]] = {}
         epochs: dict[TopicPartition, int] = {}
         states = self._states
@@ -989,6 +998,7 @@ class Consumer(ClusterClient):
             min_bytes=self.fetch_min_bytes,
             max_bytes=self.fetch_max_bytes,
             topics=[FetchTopic(name, parts) for name, parts in by_topic.items()],
+            responses_max=responses_max,
         )
         return request, epochs
 

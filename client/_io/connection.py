@@ -398,6 +398,7 @@ class BrokerConnection:
         wants_response: bool = True,
         timeout_ms: int | None = None,
         on_done: Callable[[PendingResponse], None] | None = None,
+        on_more: Callable[[IncomingResponse], None] | None = None,
         checked: bool = True,
     ) -> PendingResponse | None:
         """Write one request (header, body, then the payload buffers in order).
@@ -409,14 +410,15 @@ class BrokerConnection:
         free in-flight slot first.  ``checked=False`` skips the request checks
         (client/protocol/payload.py: check_request) for a request its caller built
         valid by construction.  Raises ConnectionClosedError if the connection
-        is or becomes closed (``on_done`` is then never called).
+        is or becomes closed (``on_done`` is then never called).  ``on_more``:
+        see :class:`PendingResponse` (a fetch with ``responses_max`` > 1).
         """
         if len(self._waiters) >= self._inflight_requests_max:
             await self._wait_for_slot()
         if self.closed:
             raise ConnectionClosedError(self._close_reason)
         pending, frame = self._start_request(
-            body, payload, wants_response, timeout_ms, on_done, checked
+            body, payload, wants_response, timeout_ms, on_done, checked, on_more
         )
         transport = self._transport
         try:

@@ -115,6 +115,55 @@ async def test_long_poll_sees_a_record_produced_later(broker: Any) -> None:
             assert await consumer.position(tp) == 1
 
 
+async def test_live_tail_on_trio_comes_through_fetch_streams(
+    broker: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Proves a trio consumer following a partition written one record at a time
+    gets every record once and in order, across a seek back while its stream is
+    open, part of them as answers flagged MORE of its fetch stream (no request
+    of its own per answer)."""
+    streamed: list[int] = []
+    real_fetch_more = Consumer._fetch_more
+
+    def counting_fetch_more(self: Consumer, chain: Any, epochs: Any, response: Any) -> None:
+        streamed.append(len(response.payload))
+        real_fetch_more(self, chain, epochs, response)
+
+    monkeypatch.setattr(Consumer, "_fetch_more", counting_fetch_more)
+    total = 200
+    with trio.fail_after(60):
+        await create(broker.address, "tail", 1)
+        tp = TopicPartition("tail", 0)
+        async with Consumer(broker.address, fetch_max_wait_ms=500) as consumer:
+            await consumer.assign([tp])
+            consumer.seek(tp, 0)
+            async with trio.open_nursery() as nursery:
+
+                async def produce() -> None:
+                    async with Producer(broker.address, linger_ms=0) as producer:
+                        for index in range(total):
+                            await producer.send("tail", f"r{index}", partition=0)
+
+                async def take(count: int) -> list[bytes | None]:
+                    taken: list[bytes | None] = []
+                    for _ in range(10 * total):  # bounded: each round waits at most 1 s
+                        if len(taken) >= count:
+                            break
+                        batches = await consumer.getmany(
+                            timeout_ms=1000, max_records=count - len(taken)
+                        )
+                        taken.extend(record.value for record in batches.get(tp, []))
+                    return taken
+
+                nursery.start_soon(produce)
+                first = await take(100)
+                consumer.seek(tp, 50)  # back, while the stream is open
+                rest = await take(total - 50)
+    expected = [f"r{index}".encode() for index in range(total)]
+    assert first == expected[:100] and rest == expected[50:]
+    assert streamed and all(size > 0 for size in streamed)
+
+
 class Reading(msgspec.Struct):
     sensor: str
     celsius: float
