@@ -127,11 +127,9 @@ class ConnectionHandler:
         # Where each partition's last fetch on this connection ended (continuations).
         self._fetch_positions: dict[tuple[str, int], int] = {}
         self._parked_fetch: FetchWaker | None = None  # the writer's long poll, if any
-        # Queued requests other than continuation fetches: while there is one, a
-        # fetch stream ends at its next answer (requests are answered in order).
-        # ``_queued_kinds`` says, for each queued request in order, whether it
-        # is one of them.
-        self._queued_others = 0
+        # For each queued request, in order: whether it is anything but a
+        # continuation fetch.  While one such waits, a long poll or a fetch
+        # stream ends at its next answer (requests are answered in order).
         self._queued_kinds: deque[bool] = deque()
         # The fetch being answered may answer this many more times (a stream).
         self._stream_left = 0
@@ -265,13 +263,11 @@ class ConnectionHandler:
             if self.inflight == 1 and await self._answer_at_once(item):
                 continue
             other = not continues_fetch(item)
-            if other:
+            if other and self._parked_fetch is not None:
                 # A long poll (or a fetch stream) must not hold up the request
                 # behind it.  A pipelined continuation fetch is the exception: it
                 # is the next long poll.
-                self._queued_others += 1
-                if self._parked_fetch is not None:
-                    self._parked_fetch.interrupt()
+                self._parked_fetch.interrupt()
             self._queued_kinds.append(other)
             channel.send_nowait(item)  # never blocks: capacity == inflight_requests_max
 
@@ -341,8 +337,7 @@ class ConnectionHandler:
     ) -> None:
         async with channel:
             async for item in channel:
-                if self._queued_kinds.popleft():
-                    self._queued_others -= 1
+                self._queued_kinds.popleft()
                 try:
                     await self._answer(item)
                     answer_ready_fetches()  # consumers waiting for what it appended
@@ -388,7 +383,7 @@ class ConnectionHandler:
         for _ in range(body.responses_max):  # each pass sends at least one answer
             self._sent_more = False
             waker = FetchWaker(self.broker, body, partial(self._answer_parked, request, body))
-            if self._queued_others:
+            if True in self._queued_kinds:
                 # A request other than a continuation waits behind this one (it
                 # interrupted the fetch before it): answer with what is there.
                 waker.interrupt()
@@ -425,7 +420,7 @@ class ConnectionHandler:
         it asked for, so a stream never piles up big answers it did not want)."""
         return (
             self._stream_left > 0
-            and self._queued_others == 0
+            and True not in self._queued_kinds
             and not self.broker.shutting_down
             and 0 < reply.payload_length <= INLINE_REGION_BYTES_MAX
             and not any_fetch_error(reply.body)
