@@ -438,3 +438,20 @@ def raw_client() -> Iterator[Callable[..., RawClient]]:
     yield connect
     for client in opened:
         client.close()
+
+
+@pytest.fixture
+def streamed_answers(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The payload sizes of the fetch-stream answers flagged MORE that consumers
+    in this test process handled (Consumer._fetch_more), as they arrive."""
+    from client import Consumer
+
+    sizes: list[int] = []
+    real_fetch_more = Consumer._fetch_more
+
+    def counting_fetch_more(self: Consumer, chain: Any, epochs: Any, response: Any) -> None:
+        sizes.append(len(response.payload))
+        real_fetch_more(self, chain, epochs, response)
+
+    monkeypatch.setattr(Consumer, "_fetch_more", counting_fetch_more)
+    return sizes

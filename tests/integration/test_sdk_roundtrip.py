@@ -116,20 +116,12 @@ async def test_long_poll_sees_a_record_produced_later(broker: Any) -> None:
 
 
 async def test_live_tail_on_trio_comes_through_fetch_streams(
-    broker: Any, monkeypatch: pytest.MonkeyPatch
+    broker: Any, streamed_answers: list[int]
 ) -> None:
     """Proves a trio consumer following a partition written one record at a time
     gets every record once and in order, across a seek back while its stream is
     open, part of them as answers flagged MORE of its fetch stream (no request
     of its own per answer)."""
-    streamed: list[int] = []
-    real_fetch_more = Consumer._fetch_more
-
-    def counting_fetch_more(self: Consumer, chain: Any, epochs: Any, response: Any) -> None:
-        streamed.append(len(response.payload))
-        real_fetch_more(self, chain, epochs, response)
-
-    monkeypatch.setattr(Consumer, "_fetch_more", counting_fetch_more)
     total = 200
     with trio.fail_after(60):
         await create(broker.address, "tail", 1)
@@ -161,7 +153,7 @@ async def test_live_tail_on_trio_comes_through_fetch_streams(
                 rest = await take(total - 50)
     expected = [f"r{index}".encode() for index in range(total)]
     assert first == expected[:100] and rest == expected[50:]
-    assert streamed and all(size > 0 for size in streamed)
+    assert streamed_answers and all(size > 0 for size in streamed_answers)
 
 
 class Reading(msgspec.Struct):

@@ -179,21 +179,28 @@ async def test_a_request_behind_a_long_poll_ends_it(state: Broker) -> None:
             nursery.cancel_scope.cancel()
 
 
-async def test_an_early_answer_the_socket_takes_in_part_is_completed(
-    state: Broker, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """An answer sent from inside an append that fills the socket half-way is
-    finished by the connection's writer, whole and in order."""
-    big = bytes(range(256)) * 48  # 12 KiB: sent in one piece, over the tiny buffer
-    finished: list[int] = []
+@pytest.fixture
+def finished(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of the torn answers the connections' writers finished
+    (ConnectionHandler._finish_unsent), as they happen."""
+    sizes: list[int] = []
     real_finish = ConnectionHandler._finish_unsent
 
     async def finish(self: ConnectionHandler) -> None:
         if self._unsent is not None:
-            finished.append(len(self._unsent))
+            sizes.append(len(self._unsent))
         await real_finish(self)
 
     monkeypatch.setattr(ConnectionHandler, "_finish_unsent", finish)
+    return sizes
+
+
+async def test_an_early_answer_the_socket_takes_in_part_is_completed(
+    state: Broker, finished: list[int]
+) -> None:
+    """An answer sent from inside an append that fills the socket half-way is
+    finished by the connection's writer, whole and in order."""
+    big = bytes(range(256)) * 48  # 12 KiB: sent in one piece, over the tiny buffer
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
             peer = await serve(state, nursery, send_buffer=4096)
@@ -365,20 +372,11 @@ async def test_a_big_answer_sends_a_cached_append_beside_file_regions(state: Bro
 
 
 async def test_a_stream_goes_on_after_an_answer_the_socket_took_in_part(
-    state: Broker, monkeypatch: pytest.MonkeyPatch
+    state: Broker, finished: list[int]
 ) -> None:
     """A stream's answer flagged MORE that fills the socket half-way is finished
     by the connection's writer, and the stream then answers the next append."""
     big = bytes(range(256)) * 48  # 12 KiB: a stream answer, over the tiny buffer
-    finished: list[int] = []
-    real_finish = ConnectionHandler._finish_unsent
-
-    async def finish(self: ConnectionHandler) -> None:
-        if self._unsent is not None:
-            finished.append(len(self._unsent))
-        await real_finish(self)
-
-    monkeypatch.setattr(ConnectionHandler, "_finish_unsent", finish)
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
             peer = await serve(state, nursery, send_buffer=4096)

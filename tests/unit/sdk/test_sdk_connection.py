@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import anyio
 import anyio.abc
 import pytest
 import trio
 
-from client._io.connection import PendingResponse, open_connection
+from client._io.connection import BrokerConnection, PendingResponse, open_connection
 from client.errors import BrokerUnavailableError, ConnectionClosedError, RequestTimedOutError
 from client.protocol.connection import BadRequest, IncomingRequest, ServerConnection
 from client.protocol.messages import HelloRequest, HelloResponse, MetadataRequest
@@ -37,16 +38,31 @@ async def serve_hello_then_close(stream: anyio.abc.ByteStream, answer: int, igno
                     )
 
 
+async def serve_and_connect(
+    group: anyio.abc.TaskGroup,
+    handler: Callable[[Any], Awaitable[None]],
+    *,
+    request_timeout_ms: int = 5000,
+) -> BrokerConnection:
+    """A listener on 127.0.0.1 serving each client with ``handler`` in ``group``,
+    and a connection to it."""
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    group.start_soon(listener.serve, handler)
+    return await open_connection(
+        "127.0.0.1",
+        port,
+        group,
+        connect_timeout_ms=2000,
+        request_timeout_ms=request_timeout_ms,
+    )
+
+
 async def test_pipelined_requests_resolve_and_loss_fails_waiters_typed() -> None:
     """Proves responses match by correlation id and a dropped connection fails waiters typed."""
     with trio.fail_after(10):
-        listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
-        port = listener.extra(anyio.abc.SocketAttribute.local_port)
         async with anyio.create_task_group() as group:
-            group.start_soon(listener.serve, lambda s: serve_hello_then_close(s, 2, 3))
-            connection = await open_connection(
-                "127.0.0.1", port, group, connect_timeout_ms=2000, request_timeout_ms=5000
-            )
+            connection = await serve_and_connect(group, lambda s: serve_hello_then_close(s, 2, 3))
             first = await connection.send(HelloRequest("a"))
             second = await connection.send(HelloRequest("b"))
             assert first is not None and second is not None
@@ -109,13 +125,8 @@ def on_asyncio(scenario: Callable[[], Awaitable[None]]) -> None:
 
 async def pipelined_requests_and_callbacks() -> None:
     with anyio.fail_after(10):
-        listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
-        port = listener.extra(anyio.abc.SocketAttribute.local_port)
         async with anyio.create_task_group() as group:
-            group.start_soon(listener.serve, lambda s: serve_hello_then_close(s, 2, 2))
-            connection = await open_connection(
-                "127.0.0.1", port, group, connect_timeout_ms=2000, request_timeout_ms=5000
-            )
+            connection = await serve_and_connect(group, lambda s: serve_hello_then_close(s, 2, 2))
             done: list[PendingResponse] = []
             answered = await connection.send(HelloRequest("a"), on_done=done.append)
             waited = await connection.send(HelloRequest("b"))
@@ -225,12 +236,9 @@ def test_send_nowait_and_writable_now_on_asyncio() -> None:
 
     async def scenario() -> None:
         with anyio.fail_after(10):
-            listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
-            port = listener.extra(anyio.abc.SocketAttribute.local_port)
             async with anyio.create_task_group() as group:
-                group.start_soon(listener.serve, lambda s: serve_hello_then_close(s, 1, 1))
-                connection = await open_connection(
-                    "127.0.0.1", port, group, connect_timeout_ms=2000, request_timeout_ms=5000
+                connection = await serve_and_connect(
+                    group, lambda s: serve_hello_then_close(s, 1, 1)
                 )
                 assert connection.writable_now
                 done: list[PendingResponse] = []
