@@ -214,13 +214,7 @@ class Cluster:
         leader = self._leaders.get((topic, partition))
         if leader is None or leader < 0:
             return None
-        address = self.brokers.get(leader)
-        if address is None:
-            return None
-        connection = self._connections.get(address)
-        if connection is None or connection.closed:
-            return None
-        return connection
+        return self.open_connection_for_node(leader)
 
     async def any_connection(self) -> BrokerConnection:
         """A connection to any broker: a live one if there is one, else the first
