@@ -56,6 +56,8 @@ from client.protocol.messages import (
     FetchRequest,
     FetchResponse,
     FetchTopicResponse,
+    FindCoordinatorRequest,
+    FindCoordinatorResponse,
     HelloRequest,
     HelloResponse,
     ListGroupsRequest,
@@ -145,7 +147,19 @@ async def handle_group_request(broker: Broker, body: Request) -> Reply:
         return Reply(group_handlers.handle_describe_groups(groups, body))
     if isinstance(body, DeleteGroupsRequest):
         return Reply(await group_handlers.handle_delete_groups(groups, body))
+    if isinstance(body, FindCoordinatorRequest):
+        return Reply(handle_find_coordinator(broker, body))
     raise AssertionError(f"no handler for {type(body).__name__}")
+
+
+def handle_find_coordinator(
+    broker: Broker, body: FindCoordinatorRequest
+) -> FindCoordinatorResponse:
+    """The broker that coordinates ``body.group_id``: the leader of the group's
+    ``__consumer_offsets`` partition, which on one node is this broker."""
+    return FindCoordinatorResponse(
+        node_id=broker.config.node_id, host=broker.advertised_host, port=broker.advertised_port
+    )
 
 
 # -- Hello and Metadata -----------------------------------------------------------------

@@ -57,6 +57,7 @@ class ErrorCode(enum.IntEnum):
     COORDINATOR_NOT_AVAILABLE = 55
     # Idempotent produce.
     OUT_OF_ORDER_SEQUENCE = 60
+    UNKNOWN_PRODUCER_ID = 61
 
 
 class DistributaryError(Exception):
@@ -291,6 +292,18 @@ class OutOfOrderSequenceError(DistributaryError):
     """
 
     code = ErrorCode.OUT_OF_ORDER_SEQUENCE
+    retriable = True
+
+
+class UnknownProducerIdError(DistributaryError):
+    """The partition has no state for this producer id and the batch does not start at sequence 0.
+
+    The partition forgot the producer (its batches were truncated away, fell out of
+    the remembered window or predate a restart's rebuild): the producer bumps its
+    epoch and resends its unacknowledged batches from sequence 0.
+    """
+
+    code = ErrorCode.UNKNOWN_PRODUCER_ID
     retriable = True
 
 

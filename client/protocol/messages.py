@@ -31,13 +31,14 @@ class ApiKey(enum.IntEnum):
     PRODUCE = 5
     FETCH = 6
     LIST_OFFSETS = 7
-    # Consumer groups: 20-29 (20-25 used).  Replication: 30-39.
+    # Consumer groups: 20-29 (20-26 used).  Replication: 30-39.
     CONSUMER_GROUP_HEARTBEAT = 20
     OFFSET_COMMIT = 21
     OFFSET_FETCH = 22
     LIST_GROUPS = 23
     DESCRIBE_GROUPS = 24
     DELETE_GROUPS = 25
+    FIND_COORDINATOR = 26
 
 
 class Acks(enum.IntEnum):
@@ -516,6 +517,21 @@ class DeleteGroupsResponse(_Message, tag=int(ApiKey.DELETE_GROUPS)):
     results: list[DeleteGroupResult] = []
 
 
+# -- FindCoordinator ----------------------------------------------------------------------
+
+
+class FindCoordinatorRequest(_Message, tag=int(ApiKey.FIND_COORDINATOR)):
+    group_id: str = ""
+
+
+class FindCoordinatorResponse(_Message, tag=int(ApiKey.FIND_COORDINATOR)):
+    error_code: int = 0
+    error_message: str = ""
+    node_id: int = -1
+    host: str = ""
+    port: int = 0
+
+
 # -- whole-request error ----------------------------------------------------------------
 
 
@@ -542,6 +558,7 @@ Request = (
     | ListGroupsRequest
     | DescribeGroupsRequest
     | DeleteGroupsRequest
+    | FindCoordinatorRequest
 )
 Response = (
     HelloResponse
@@ -558,6 +575,7 @@ Response = (
     | ListGroupsResponse
     | DescribeGroupsResponse
     | DeleteGroupsResponse
+    | FindCoordinatorResponse
     | ErrorResponse
 )
 
@@ -579,6 +597,7 @@ REQUEST_TYPES: Final[dict[ApiKey, type[msgspec.Struct]]] = {
     ApiKey.LIST_GROUPS: ListGroupsRequest,
     ApiKey.DESCRIBE_GROUPS: DescribeGroupsRequest,
     ApiKey.DELETE_GROUPS: DeleteGroupsRequest,
+    ApiKey.FIND_COORDINATOR: FindCoordinatorRequest,
 }
 RESPONSE_TYPES: Final[dict[ApiKey, type[msgspec.Struct]]] = {
     ApiKey.HELLO: HelloResponse,
@@ -595,6 +614,7 @@ RESPONSE_TYPES: Final[dict[ApiKey, type[msgspec.Struct]]] = {
     ApiKey.LIST_GROUPS: ListGroupsResponse,
     ApiKey.DESCRIBE_GROUPS: DescribeGroupsResponse,
     ApiKey.DELETE_GROUPS: DeleteGroupsResponse,
+    ApiKey.FIND_COORDINATOR: FindCoordinatorResponse,
 }
 
 request_decoder: Final[msgspec.msgpack.Decoder[Request]] = msgspec.msgpack.Decoder(Request)
