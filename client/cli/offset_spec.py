@@ -12,6 +12,15 @@ Accepted forms (case-insensitive keywords)::
     @-1h  @-30m  @-10s  @-2d  a time relative to now (units ms, s, m, h, d, w;
                               combinable: @-1h30m)
 
+A range ``START:END`` also says where to stop, in each partition (as rpk's
+``-o``; an empty START is ``beginning``)::
+
+    :end  or  START:end       the log end as it is when tail starts (what -e does)
+    START:N                   stop before offset N
+    START:+N                  stop after N records from where the partition starts
+    START:@TIME               stop at the first record with timestamp >= TIME
+                              (any @ form above); waits for it when following
+
 Parsing is pure: the clock is an argument (``now_ms``), so relative times are
 resolved to an absolute :class:`AtTimestamp` at parse time and tests are exact.
 A bad spec raises :class:`click.BadParameter` with a one-line message.
@@ -74,6 +83,43 @@ class AtTimestamp:
 OffsetSpec = Beginning | End | Absolute | FromEnd | AtTimestamp
 
 
+@dataclass(frozen=True, slots=True)
+class StopAtEnd:
+    """Stop at each partition's log end as it is when reading starts."""
+
+
+@dataclass(frozen=True, slots=True)
+class StopAtOffset:
+    """Stop before this offset (exclusive)."""
+
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class StopAfter:
+    """Stop after ``count`` records of each partition."""
+
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class StopAtTimestamp:
+    """Stop at the first record whose timestamp is >= ``timestamp_ms`` (not printed)."""
+
+    timestamp_ms: int
+
+
+StopSpec = StopAtEnd | StopAtOffset | StopAfter | StopAtTimestamp
+
+
+@dataclass(frozen=True, slots=True)
+class OffsetRange:
+    """Where to start and, optionally, where to stop."""
+
+    start: OffsetSpec
+    stop: StopSpec | None = None
+
+
 def _bad(text: str, why: str) -> click.BadParameter:
     return click.BadParameter(f"bad offset spec {text!r}: {why}; {_HELP}")
 
@@ -129,10 +175,48 @@ def parse_offset_spec(text: str, *, now_ms: int | None = None) -> OffsetSpec:
     raise _bad(text, "not a keyword, offset or time")
 
 
+def _parse_stop(text: str, body: str, now_ms: int | None) -> StopSpec:
+    """The END of a range.  Raises click.BadParameter."""
+    lowered = body.strip().lower()
+    if lowered in ("end", "latest", "last"):
+        return StopAtEnd()
+    if lowered.startswith("+") and _DIGITS.fullmatch(lowered[1:]):
+        return StopAfter(int(lowered[1:]))
+    if _DIGITS.fullmatch(lowered):
+        return StopAtOffset(int(lowered))
+    if lowered.startswith("@"):
+        if now_ms is None:
+            now_ms = time.time_ns() // 1_000_000
+        return StopAtTimestamp(_parse_time(text, body.strip()[1:], now_ms).timestamp_ms)
+    raise _bad(text, f"range end {body!r} is not end, N, +N or @TIME")
+
+
+def parse_offset_range(text: str, *, now_ms: int | None = None) -> OffsetRange:
+    """Parse ``START`` or ``START:END`` (see the module docstring).  ISO times hold
+    colons too, so the whole text is tried as a start first, then each colon in turn
+    as the separator until both sides parse.  Raises click.BadParameter."""
+    try:
+        return OffsetRange(parse_offset_spec(text, now_ms=now_ms))
+    except click.BadParameter as whole_error:
+        error = whole_error
+    for index, char in enumerate(text):
+        if char != ":":
+            continue
+        left, right = text[:index], text[index + 1 :]
+        try:
+            start = parse_offset_spec(left, now_ms=now_ms) if left.strip() else Beginning()
+            return OffsetRange(start, _parse_stop(text, right, now_ms))
+        except click.BadParameter as split_error:
+            error = split_error
+    raise error
+
+
 if TYPE_CHECKING:  # click >= 8.2 types ParamType as a generic; 8.1 does not subscript
     _OffsetParamBase = click.ParamType[OffsetSpec, object]
+    _RangeParamBase = click.ParamType[OffsetRange, object]
 else:
     _OffsetParamBase = click.ParamType
+    _RangeParamBase = click.ParamType
 
 
 class OffsetSpecType(_OffsetParamBase):
@@ -147,5 +231,21 @@ class OffsetSpecType(_OffsetParamBase):
             return value
         try:
             return parse_offset_spec(str(value))
+        except click.BadParameter as error:
+            self.fail(error.message, param, ctx)
+
+
+class OffsetRangeType(_RangeParamBase):
+    """click parameter type for ``tail -o``: ``START`` or ``START:END``."""
+
+    name = "range"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> OffsetRange:
+        if isinstance(value, OffsetRange):
+            return value
+        try:
+            return parse_offset_range(str(value))
         except click.BadParameter as error:
             self.fail(error.message, param, ctx)

@@ -7,6 +7,13 @@ Tokens::
     %h headers as name=value,name=value               %% a literal percent sign
     \\n newline     \\t tab           \\r carriage return \\\\ a backslash
 
+Modifiers in braces right after a token::
+
+    %T{iso}         the timestamp in ISO 8601, UTC, with milliseconds
+    %T{%Y-%m-%d}    the timestamp through a strftime pattern (UTC)
+    %k{hex} %s{hex}         key / value as lowercase hex
+    %k{base64} %s{base64}   key / value as base64
+
 :func:`compile_format` parses the format once; ``for_partition(topic, partition)``
 then turns it into one bytes template (``%t`` and ``%p`` baked in as text,
 ``%b`` / ``%d`` slots for the rest) and a tuple of small field getters, so
@@ -17,6 +24,9 @@ Output is bytes: keys and values are written to stdout exactly as stored.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import datetime
 from collections.abc import Callable, Sequence
 from operator import attrgetter
 from typing import TYPE_CHECKING, Final, Protocol
@@ -47,12 +57,50 @@ Getter = Callable[[RecordView], object]
 
 _ESCAPES: Final = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
 _TOKENS: Final = "tpoTksKSh"
-_FORMAT_HELP: Final = "tokens are %t %p %o %T %k %s %K %S %h %%, escapes \\n \\t \\r \\\\"
+# Tokens that take a {modifier}, and the modifiers they take (None: any strftime pattern).
+_MODIFIERS: Final[dict[str, tuple[str, ...] | None]] = {
+    "T": None,
+    "k": ("hex", "base64"),
+    "s": ("hex", "base64"),
+}
+_FORMAT_HELP: Final = (
+    "tokens are %t %p %o %T %k %s %K %S %h %%, modifiers %T{iso} %T{STRFTIME} "
+    "%k{hex} %s{base64} ..., escapes \\n \\t \\r \\\\"
+)
 
 
 def render_headers(headers: Sequence[tuple[str, bytes]]) -> bytes:
     """``name=value,name=value`` (names UTF-8, values as stored)."""
     return b",".join([name.encode() + b"=" + value for name, value in headers])
+
+
+def _timestamp_text(pattern: str) -> Callable[[int], bytes]:
+    """Milliseconds since the epoch -> bytes, in ISO 8601 (``iso``) or a strftime pattern (UTC)."""
+    utc = datetime.UTC
+    if pattern == "iso":
+        return lambda ms: (
+            datetime.datetime.fromtimestamp(ms / 1000, utc)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z")
+            .encode()
+        )
+    return lambda ms: datetime.datetime.fromtimestamp(ms / 1000, utc).strftime(pattern).encode()
+
+
+def _encoded(encoding: str) -> Callable[[bytes], bytes]:
+    return binascii.hexlify if encoding == "hex" else base64.b64encode
+
+
+def _modified_getter(token: str, modifier: str, null: bytes) -> tuple[bytes, Getter]:
+    """The template slot and getter for a token with a ``{modifier}``."""
+    if token == "T":
+        text = _timestamp_text(modifier)
+        return b"%b", lambda record: text(record.timestamp_ms)
+    encode = _encoded(modifier)
+    if token == "k":
+        return b"%b", lambda record: null if record.key is None else encode(record.key)
+    assert token == "s", token
+    return b"%b", lambda record: null if record.value is None else encode(record.value)
 
 
 def _getter(token: str, null: bytes) -> tuple[bytes, Getter]:
@@ -77,8 +125,27 @@ def _bad(text: str, why: str) -> click.BadParameter:
     return click.BadParameter(f"bad format {text!r}: {why}; {_FORMAT_HELP}")
 
 
+def _modifier(text: str, token: str, index: int) -> tuple[str, int]:
+    """The ``{...}`` modifier of ``token`` starting at ``index`` ("" if none) and the
+    index after it.  Raises click.BadParameter."""
+    allowed = _MODIFIERS.get(token, ())
+    if index >= len(text) or text[index] != "{" or allowed == ():
+        return "", index
+    close = text.find("}", index)
+    if close < 0:
+        raise _bad(text, f"'%{token}{{' has no closing brace")
+    modifier = text[index + 1 : close]
+    if allowed is None:
+        if not modifier:
+            raise _bad(text, f"'%{token}{{}}' is empty: use iso or a strftime pattern")
+    elif modifier not in allowed:
+        raise _bad(text, f"'%{token}{{{modifier}}}': use one of {', '.join(allowed)}")
+    return modifier, close + 1
+
+
 def _parse(text: str) -> list[tuple[bool, str]]:
-    """The format as parts: ``(False, literal text)`` or ``(True, token letter)``."""
+    """The format as parts: ``(False, literal text)`` or ``(True, token letter)``, a
+    token with a modifier as ``(True, "T{iso}")``."""
     parts: list[tuple[bool, str]] = []
     literal: list[str] = []
     index = 0
@@ -103,7 +170,8 @@ def _parse(text: str) -> list[tuple[bool, str]]:
             if literal:
                 parts.append((False, "".join(literal)))
                 literal = []
-            parts.append((True, follower))
+            modifier, index = _modifier(text, follower, index)
+            parts.append((True, f"{follower}{{{modifier}}}" if modifier else follower))
         else:
             raise _bad(text, f"unknown token '%{follower}'")
     if literal:
@@ -141,7 +209,10 @@ class CompiledFormat:
             elif part == "p":
                 template += str(partition).encode()
             else:
-                slot, getter = _getter(part, self.null)
+                if len(part) > 1:  # "T{iso}": a token with a modifier
+                    slot, getter = _modified_getter(part[0], part[2:-1], self.null)
+                else:
+                    slot, getter = _getter(part, self.null)
                 template += slot
                 getters.append(getter)
         return _bind(bytes(template), tuple(getters))

@@ -13,7 +13,13 @@ from client.cli.offset_spec import (
     Beginning,
     End,
     FromEnd,
+    OffsetRange,
     OffsetSpecType,
+    StopAfter,
+    StopAtEnd,
+    StopAtOffset,
+    StopAtTimestamp,
+    parse_offset_range,
     parse_offset_spec,
 )
 
@@ -124,3 +130,41 @@ def test_param_type_converts_and_fails_with_usage_error() -> None:
     bad = runner.invoke(command, ["-o", "sideways"])
     assert bad.exit_code == 2
     assert "bad offset spec 'sideways'" in bad.output
+
+
+# -- ranges (START:END) -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("10:20", OffsetRange(Absolute(10), StopAtOffset(20))),
+        (":end", OffsetRange(Beginning(), StopAtEnd())),
+        ("beginning:latest", OffsetRange(Beginning(), StopAtEnd())),
+        ("-5:+3", OffsetRange(FromEnd(5), StopAfter(3))),
+        (
+            "@-1h:@-30m",
+            OffsetRange(AtTimestamp(NOW_MS - 3_600_000), StopAtTimestamp(NOW_MS - 1_800_000)),
+        ),
+        ("end", OffsetRange(End())),
+    ],
+)
+def test_range_forms(text: str, expected: OffsetRange) -> None:
+    """Proves START:END parses both sides, an empty START is the beginning, and a plain
+    spec has no end."""
+    assert parse_offset_range(text, now_ms=NOW_MS) == expected
+
+
+def test_range_with_iso_times_on_both_sides() -> None:
+    """Proves the colons inside ISO 8601 times are not taken for the range separator."""
+    parsed = parse_offset_range("@2024-05-01T00:00:00Z:@2024-05-02T00:00:00+00:00")
+    assert parsed == OffsetRange(AtTimestamp(1_714_521_600_000), StopAtTimestamp(1_714_608_000_000))
+    assert parse_offset_range("@2024-05-01T00:00:00Z").stop is None
+
+
+@pytest.mark.parametrize("text", ["10:x", "10:-3", "a:b", ":"])
+def test_bad_range_is_one_line(text: str) -> None:
+    """Proves a range whose end is not end, N, +N or @TIME is refused with one line."""
+    with pytest.raises(click.BadParameter) as raised:
+        parse_offset_range(text, now_ms=NOW_MS)
+    assert "\n" not in raised.value.message

@@ -112,3 +112,36 @@ def test_renderers_are_cached_per_partition() -> None:
     assert compiled.for_partition("t", 0)(Record()) == b"0:42"
     assert compiled.for_partition("t", 9)(Record()) == b"9:42"
     assert compiled.for_partition("t", 0) is compiled.for_partition("t", 0)
+
+
+def test_timestamp_modifiers() -> None:
+    """Proves %T{iso} prints ISO 8601 UTC with milliseconds and %T{PATTERN} a strftime
+    pattern (UTC), while a bare %T stays milliseconds."""
+    record = Record(timestamp_ms=1_714_564_800_123)
+    assert compile_for("%T{iso}|%T{%Y/%m/%d %H}|%T")(record) == (
+        b"2024-05-01T12:00:00.123Z|2024/05/01 12|1714564800123"
+    )
+
+
+def test_hex_and_base64_modifiers() -> None:
+    """Proves %k{hex}, %s{hex}, %k{base64} and %s{base64} encode the bytes, and a null
+    key or value still prints the null marker."""
+    record = Record(key=b"\x00\xff", value=b"hi")
+    assert compile_for("%k{hex} %s{hex} %k{base64} %s{base64}")(record) == b"00ff 6869 AP8= aGk="
+    nulls = Record(key=None, value=None)
+    assert compile_for("%k{hex}|%s{base64}", null=b"-")(nulls) == b"-|-"
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [("%T{", "no closing brace"), ("%T{}", "is empty"), ("%s{rot13}", "use one of hex, base64")],
+)
+def test_bad_modifier_is_refused(text: str, why: str) -> None:
+    """Proves an unclosed, empty or unknown modifier is a one-line format error."""
+    with pytest.raises(click.BadParameter, match=why):
+        compile_format(text)
+
+
+def test_tokens_without_modifiers_keep_a_literal_brace() -> None:
+    """Proves a brace after a token that takes no modifier (%o) is literal text."""
+    assert compile_for("%o{x}")(Record(offset=7)) == b"7{x}"
