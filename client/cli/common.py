@@ -217,6 +217,11 @@ class Terminal:
         return Console(file=self.stream, highlight=False, soft_wrap=True)
 
 
+def plural(count: int, noun: str) -> str:
+    """``plural(1, "record")`` -> "1 record", ``plural(1200, "record")`` -> "1,200 records"."""
+    return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
+
+
 def format_bytes(count: float) -> str:
     """1536 -> '1.5 KiB'."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):

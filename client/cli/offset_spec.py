@@ -151,6 +151,21 @@ def _parse_time(text: str, body: str, now_ms: int) -> AtTimestamp:
     return AtTimestamp(round(moment.timestamp() * 1000))
 
 
+def parse_time_ms(text: str, *, now_ms: int | None = None) -> int:
+    """A point in time (an ``@`` form without the ``@``: ISO 8601, epoch
+    milliseconds, or ``-1h`` relative to now) -> milliseconds since the epoch.
+    Raises click.BadParameter."""
+    if now_ms is None:
+        now_ms = time.time_ns() // 1_000_000
+    try:
+        return _parse_time(text, text.strip(), now_ms).timestamp_ms
+    except click.BadParameter:
+        raise click.BadParameter(
+            f"bad time {text!r}: use an ISO 8601 time, milliseconds since the epoch "
+            "or -DURATION (e.g. -1h)"
+        ) from None
+
+
 def parse_offset_spec(text: str, *, now_ms: int | None = None) -> OffsetSpec:
     """Parse an offset spec.  ``now_ms`` defaults to the wall clock.
 

@@ -2,11 +2,20 @@
 
 The input is read in chunks (``os.read``: whatever is available, so a slow pipe
 such as ``tail -f app.log | distributary publish logs`` is sent line by line
-as it arrives, and a file moves at disk speed), cut into lines, and each line
-is turned into a record by one compiled splitter call (publish_input.py) or
-one envelope decode (``--json``).  Records go to ``Producer.enqueue``; their
-handles wait in a deque that is trimmed from the left as acknowledgements
-arrive, so memory stays bounded by what is in flight.
+as it arrives, and a file moves at disk speed), cut at the delimiter (``\\n``,
+or ``-D``), and each piece is turned into a record by one compiled splitter call
+(publish_input.py) or one envelope decode (``--json``).  ``--whole`` makes the
+whole input one record instead.  Records go to ``Producer.enqueue``; their
+handles wait in a deque, with their input line numbers, trimmed from the left as
+acknowledgements arrive, so memory stays bounded by what is in flight.
+
+The rule for bad input (delivery.py has the reports): the first line that
+cannot become a record (malformed ``--json``, a record over the size limit)
+stops the reading; everything before it is still published and acknowledged,
+and the error names the line.  A record the broker did not acknowledge is
+reported with its line number (the first such line is where a rerun resumes),
+and the exit code is 1; ``--report`` writes one JSON line per record (its
+partition and offset, or its error).
 
 Ctrl-C stops reading; what was already read is flushed and acknowledged, the
 summary printed, and the exit code is 130.  A second Ctrl-C abandons the flush.
@@ -16,16 +25,16 @@ from __future__ import annotations
 
 import os
 import signal
-import time
-from collections import deque
 from collections.abc import Callable
 from typing import IO, Final
 
 import anyio
 import click
 
-from client.cli.common import EXIT_INTERRUPTED, CommandError, client_options, format_bytes, run
+from client.cli.common import EXIT_INTERRUPTED, client_options, run
+from client.cli.delivery import DeliveryTracker, Stop
 from client.cli.envelope import EnvelopeError, decode_record
+from client.cli.offset_spec import parse_time_ms
 from client.cli.publish_input import (
     PublishRecord,
     Splitter,
@@ -33,9 +42,13 @@ from client.cli.publish_input import (
     parse_header,
     unescape_option,
 )
-from client.producer import Producer, RecordHandle
+from client.errors import RecordBatchError
+from client.producer import Producer
 
-READ_BYTES: Final = 256 * 1024  # per read1 call: large enough for file speed
+READ_BYTES: Final = 256 * 1024  # per read call: large enough for file speed
+# --whole reads the input into memory: at most this much (the default frame limit,
+# which no single record can exceed anyway).
+WHOLE_INPUT_BYTES_MAX: Final = 64 * 1024 * 1024
 ACKS_CHOICES: Final = ("none", "leader", "all")
 COMPRESSION_CHOICES: Final = ("none", "gzip", "lz4", "zstd")
 
@@ -45,18 +58,11 @@ Examples:
   seq 1 1000 | distributary publish numbers
   distributary publish orders orders.txt --key-separator '\\t' -H source=import
   echo 'user-9:NULL' | distributary publish users -K : --null-marker NULL
+  printf 'a;b;c' | distributary publish letters -D ';'
+  distributary publish images photo.jpg --whole -k photo.jpg
+  distributary publish events old.log -T 2024-05-01T00:00:00Z --report delivery.jsonl
   distributary tail orders -o beginning -e --json | distributary publish copy --json
 """
-
-
-class _Counters:
-    __slots__ = ("bytes", "interrupted", "line_number", "records")
-
-    def __init__(self) -> None:
-        self.records = 0
-        self.bytes = 0
-        self.line_number = 0
-        self.interrupted = False
 
 
 def _json_splitter(keep_partition: bool, partition: int | None) -> Splitter:
@@ -71,10 +77,8 @@ def _json_splitter(keep_partition: bool, partition: int | None) -> Splitter:
     return decode
 
 
-def _check_acknowledged(handles: deque[RecordHandle]) -> None:
-    """Drop acknowledged handles from the left; raise the first failure."""
-    while handles and handles[0].done():
-        handles.popleft().result()
+def _with_timestamp(split: Splitter, timestamp_ms: int) -> Splitter:
+    return lambda line: split(line)._replace(timestamp_ms=timestamp_ms)
 
 
 async def _publish_stream(
@@ -83,22 +87,20 @@ async def _publish_stream(
     stream: IO[bytes],
     split: Splitter,
     partition: int | None,
-    counters: _Counters,
+    delimiter: bytes | None,
+    tracker: DeliveryTracker,
     read_scope: anyio.CancelScope,
-) -> deque[RecordHandle]:
-    handles: deque[RecordHandle] = deque()
-    append = handles.append
+) -> None:
+    """Read, split and enqueue until the input ends, Ctrl-C, or the first bad line.
+    ``delimiter`` None: the whole input is one record."""
     enqueue = producer.enqueue
 
-    async def publish_lines(lines: list[bytes]) -> None:
-        for line in lines:
-            counters.line_number += 1
+    async def publish_pieces(pieces: list[bytes]) -> None:
+        for piece in pieces:
+            line_number = tracker.line_number + 1
             try:
-                record = split(line)
-            except EnvelopeError as error:
-                raise CommandError(f"line {counters.line_number}: {error}") from None
-            append(
-                await enqueue(
+                record = split(piece)
+                handle = await enqueue(
                     topic,
                     record.value,
                     record.key,
@@ -106,24 +108,41 @@ async def _publish_stream(
                     record.partition if partition is None else partition,
                     record.timestamp_ms,
                 )
-            )
-            counters.records += 1
-            counters.bytes += len(line)
+            except (EnvelopeError, RecordBatchError) as error:
+                raise Stop(line_number, str(error)) from None
+            tracker.add(handle, len(piece))
 
     read = _chunk_reader(stream)
+    if delimiter is None:
+        data = await anyio.to_thread.run_sync(_read_all, read, abandon_on_cancel=True)
+        await publish_pieces([data])
+        return
     remainder = b""
     with read_scope:
         while True:
             chunk: bytes = await anyio.to_thread.run_sync(read, READ_BYTES, abandon_on_cancel=True)
             if not chunk:
                 break
-            lines = (remainder + chunk).split(b"\n")
-            remainder = lines.pop()
-            await publish_lines(lines)
-            _check_acknowledged(handles)
-    if remainder and not read_scope.cancelled_caught:  # a last line without "\n"
-        await publish_lines([remainder])
-    return handles
+            pieces = (remainder + chunk).split(delimiter)
+            remainder = pieces.pop()
+            await publish_pieces(pieces)
+            tracker.trim()
+    if remainder and not read_scope.cancelled_caught:  # a last piece without a delimiter
+        await publish_pieces([remainder])
+
+
+def _read_all(read: Callable[[int], bytes]) -> bytes:
+    """The whole input.  Raises Stop when it is over WHOLE_INPUT_BYTES_MAX."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = read(READ_BYTES)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > WHOLE_INPUT_BYTES_MAX:
+            raise Stop(1, f"--whole input is over {WHOLE_INPUT_BYTES_MAX:,} bytes")
+        chunks.append(chunk)
 
 
 def _chunk_reader(stream: IO[bytes]) -> Callable[[int], bytes]:
@@ -139,19 +158,10 @@ def _chunk_reader(stream: IO[bytes]) -> Callable[[int], bytes]:
     return lambda size: os.read(descriptor, size)
 
 
-def _summary(topic: str, counters: _Counters, elapsed_s: float) -> str:
-    elapsed = max(elapsed_s, 1e-9)
-    return (
-        f"published {counters.records:,} records ({format_bytes(counters.bytes)}) to "
-        f"{topic!r} in {elapsed_s:.2f} s: {counters.records / elapsed:,.0f} records/s, "
-        f"{counters.bytes / elapsed / 1_000_000:,.2f} MB/s"
-    )
-
-
 @click.command(epilog=EXAMPLES)
 @click.argument("topic")
 @click.argument("input_file", metavar="[FILE|-]", type=click.File("rb"), default="-")
-@click.option("-k", "--key", help="Fixed key for every record.")
+@click.option("-k", "--key", metavar="KEY", help="Fixed key for every record.")
 @click.option(
     "-K",
     "--key-separator",
@@ -161,7 +171,30 @@ def _summary(topic: str, counters: _Counters, elapsed_s: float) -> str:
 @click.option(
     "-H", "--header", "headers", multiple=True, metavar="NAME=VALUE", help="Header (repeatable)."
 )
-@click.option("-p", "--partition", type=click.IntRange(min=0), help="Write to this partition.")
+@click.option(
+    "-p", "--partition", type=click.IntRange(min=0), metavar="N", help="Write to partition N."
+)
+@click.option(
+    "-D",
+    "--delimiter",
+    metavar="SEP",
+    default="\\n",
+    show_default=True,
+    help="What separates records in the input (\\n \\t \\r \\\\ escapes work).",
+)
+@click.option("--whole", is_flag=True, help="The whole input is one record (a file, an image ...).")
+@click.option(
+    "-T",
+    "--timestamp",
+    metavar="TIME",
+    help="Timestamp of every record: ISO 8601, ms since the epoch, or -1h (default: now).",
+)
+@click.option(
+    "--report",
+    type=click.File("w"),
+    metavar="FILE|-",
+    help="Write a JSON line per record: its line, partition and offset, or its error.",
+)
 @click.option("--acks", type=click.Choice(ACKS_CHOICES), default="all", show_default=True)
 @click.option(
     "--compression", type=click.Choice(COMPRESSION_CHOICES), default="none", show_default=True
@@ -169,7 +202,7 @@ def _summary(topic: str, counters: _Counters, elapsed_s: float) -> str:
 @click.option("--json", "json_input", is_flag=True, help="Input is the JSON-lines envelope.")
 @click.option("--keep-partition", is_flag=True, help="With --json: use each record's 'partition'.")
 @click.option("--null-marker", metavar="M", help="A value or key equal to M is null.")
-@click.option("--linger-ms", type=click.IntRange(min=0), default=5, show_default=True)
+@click.option("--linger-ms", type=click.IntRange(min=0), default=5, show_default=True, metavar="MS")
 @client_options
 def publish(
     topic: str,
@@ -178,6 +211,10 @@ def publish(
     key_separator: str | None,
     headers: tuple[str, ...],
     partition: int | None,
+    delimiter: str,
+    whole: bool,
+    timestamp: str | None,
+    report: IO[str] | None,
     acks: str,
     compression: str,
     json_input: bool,
@@ -190,13 +227,19 @@ def publish(
     """Publish each line of FILE (default: stdin) as one record to TOPIC.
 
     Exits once the input ends and every record is acknowledged; a summary
-    (records, bytes, rate) goes to stderr.
+    (records, bytes, rate) goes to stderr.  The first bad input line stops the
+    reading (what came before it is published) and is named in the error.
     """
     try:
         header_list = [parse_header(text) for text in headers]
+        separator = unescape_option(delimiter)
+        if not separator:
+            raise click.BadParameter("-D/--delimiter must not be empty")
         if json_input:
             if key is not None or key_separator is not None or null_marker is not None:
                 raise click.BadParameter("--json takes keys and values from the input")
+            if whole or timestamp is not None:
+                raise click.BadParameter("--json takes records and timestamps from the input")
             split = _json_splitter(keep_partition, partition)
         else:
             split = compile_splitter(
@@ -205,13 +248,14 @@ def publish(
                 null_marker=None if null_marker is None else null_marker.encode(),
                 headers=header_list,
             )
+        if timestamp is not None:
+            split = _with_timestamp(split, parse_time_ms(timestamp))
     except click.BadParameter as error:
         raise click.UsageError(error.message) from None
 
     async def body() -> int:
-        counters = _Counters()
+        tracker = DeliveryTracker(topic, report)
         read_scope = anyio.CancelScope()
-        started = time.perf_counter()
         async with (
             Producer(
                 bootstrap,
@@ -226,21 +270,29 @@ def publish(
             async def on_interrupt() -> None:
                 with anyio.open_signal_receiver(signal.SIGINT) as signals:
                     async for _ in signals:
-                        if counters.interrupted:  # second Ctrl-C: give up on flushing
+                        if tracker.interrupted:  # second Ctrl-C: give up on flushing
                             raise KeyboardInterrupt
-                        counters.interrupted = True
+                        tracker.interrupted = True
                         read_scope.cancel()
                         click.echo("interrupted: flushing what was read", err=True)
 
             task_group.start_soon(on_interrupt)
-            handles = await _publish_stream(
-                producer, topic, input_file, split, partition, counters, read_scope
-            )
+            try:
+                await _publish_stream(
+                    producer,
+                    topic,
+                    input_file,
+                    split,
+                    partition,
+                    None if whole else separator,
+                    tracker,
+                    read_scope,
+                )
+            except Stop as stop:
+                tracker.stopped = stop
             await producer.flush()
-            for handle in handles:
-                handle.result()
+            await tracker.wait_all()
             task_group.cancel_scope.cancel()
-        click.echo(_summary(topic, counters, time.perf_counter() - started), err=True)
-        return EXIT_INTERRUPTED if counters.interrupted else 0
+        return tracker.finish(EXIT_INTERRUPTED if tracker.interrupted else 0)
 
     run(body, bootstrap=bootstrap, debug=debug, topic=topic)
