@@ -18,7 +18,7 @@ import click
 
 from broker.config import ENV_CONFIG_FILE, ConfigError, load_config, read_toml
 from client.cli import register as register_client_commands
-from client.cli.common import OneLineErrors
+from client.cli.common import BOOTSTRAP_ENV, OneLineErrors
 from client.errors import DistributaryError
 
 EXAMPLES = """\b
@@ -33,8 +33,18 @@ Examples:
 
 @click.group(cls=OneLineErrors, epilog=EXAMPLES)
 @click.version_option(package_name="distributary", prog_name="distributary")
-def main() -> None:
+@click.option(
+    "-b",
+    "--bootstrap",
+    metavar="HOST:PORT",
+    help="Broker address(es) for every client command (also accepted after the command).",
+)
+def main(bootstrap: str | None) -> None:
     """Distributary: a commit-log message broker (Kafka's model, in Python)."""
+    if bootstrap is not None:
+        # Each client command reads its --bootstrap default from this variable; a
+        # --bootstrap given after the command still wins.
+        os.environ[BOOTSTRAP_ENV] = bootstrap
 
 
 @main.command()

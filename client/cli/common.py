@@ -138,7 +138,7 @@ def describe(error: BaseException, bootstrap: str, topic: str | None = None) -> 
         return f"broker unreachable at {bootstrap} ({detail or 'connection refused'})"
     if isinstance(error, UnknownTopicOrPartitionError):
         if topic is not None and "partition" in text:
-            return f"topic {topic!r}: {text}"
+            return text if repr(topic) in text else f"topic {topic!r}: {text}"
         if topic is not None:
             return f"unknown topic {topic!r} at {bootstrap}"
         return f"unknown topic or partition: {text}"
@@ -149,7 +149,11 @@ def describe(error: BaseException, bootstrap: str, topic: str | None = None) -> 
     if isinstance(error, InvalidTopicError | InvalidPartitionsError | InvalidConfigError):
         return text
     if isinstance(error, DistributaryError):
-        return f"{type(error).__name__}: {text}" if text else type(error).__name__
+        # The wire code's name in words ("offset out of range: ..."), never a class name.
+        words = error.code.name.lower().replace("_", " ")
+        return f"{words}: {text}" if text and not text.startswith(words) else text or words
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.strerror}: {error.filename}" if error.filename else error.strerror
     return f"{type(error).__name__}: {text}"
 
 

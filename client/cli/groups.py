@@ -3,7 +3,11 @@
 Listings are data, so they go to stdout (a table on a terminal, plain columns
 when piped, one JSON document with ``--json``); confirmations go to stderr.
 
-``reset-offsets`` computes each partition's new offset on the client
+``reset-offsets`` works on chosen partitions (``--topic orders:0,2``), on every
+topic the group has commits for (``--all-topics``), or on the lines of a file
+that ``export-offsets`` wrote (``--from-file``: also how a new group is seeded;
+a group that does not exist yet is created by the reset).  It computes each
+partition's new offset on the client
 (ListOffsets for earliest / latest / a time, the committed offset for
 ``--shift-by``), clamps it into the partition's ``[log start, log end]``, and
 commits the result as an admin commit, which the broker accepts only while the
@@ -24,6 +28,7 @@ from client.admin import Admin
 from client.cli.common import Terminal, client_options, fail, run
 from client.cli.offset_spec import AtTimestamp, parse_offset_spec
 from client.consumer import Consumer
+from client.errors import UnknownGroupError
 from client.protocol.messages import EARLIEST_TIMESTAMP, LATEST_TIMESTAMP
 from client.types import GroupDescription, TopicPartition
 
@@ -39,6 +44,9 @@ Examples:
   distributary groups reset-offsets billing --topic orders --to-earliest --dry-run
   distributary groups reset-offsets billing --topic orders --to-datetime 2024-05-01T00:00:00Z
   distributary groups reset-offsets billing --topic orders --shift-by -100
+  distributary groups reset-offsets billing --topic orders:0,1 --to-offset 500
+  distributary groups reset-offsets billing --all-topics --to-latest
+  distributary groups reset-offsets new-group --from-file billing.csv   # seed a new group
 """
 
 
@@ -190,63 +198,173 @@ def describe(group: str, as_json: bool, bootstrap: str, debug: bool) -> None:
     run(body, bootstrap=bootstrap, debug=debug)
 
 
+def parse_topic_partitions(text: str) -> tuple[str, tuple[int, ...]]:
+    """``orders`` (every partition) or ``orders:0,2`` (those partitions) ->
+    (topic, partitions).  Raises click.BadParameter."""
+    topic, colon, listed = text.rpartition(":") if ":" in text else (text, "", "")
+    if not colon:
+        return text, ()
+    try:
+        numbers = tuple(int(item) for item in listed.split(","))
+    except ValueError:
+        raise click.BadParameter(
+            f"bad --topic {text!r}: expected TOPIC or TOPIC:P[,P...]", param_hint="--topic"
+        ) from None
+    if not topic or any(number < 0 for number in numbers):
+        raise click.BadParameter(
+            f"bad --topic {text!r}: expected TOPIC or TOPIC:P[,P...]", param_hint="--topic"
+        )
+    return topic, numbers
+
+
+def read_offsets_file(path: str) -> dict[TopicPartition, int]:
+    """``topic,partition,offset`` lines (what export-offsets writes).  Raises
+    click.BadParameter naming the first bad line."""
+    offsets: dict[TopicPartition, int] = {}
+    try:
+        if path == "-":
+            text = sys.stdin.read()
+        else:
+            with open(path, encoding="utf-8") as file:
+                text = file.read()
+    except (OSError, UnicodeDecodeError) as error:
+        raise click.BadParameter(f"cannot read {path!r}: {error}") from None
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        topic, _, rest = line.rpartition(",")
+        topic, _, partition = topic.rpartition(",")
+        try:
+            offsets[TopicPartition(topic, int(partition))] = int(rest)
+        except ValueError:
+            raise click.BadParameter(
+                f"{path}:{number}: expected topic,partition,offset, not {line!r}"
+            ) from None
+    return offsets
+
+
+async def _group_members(admin: Admin, group: str) -> int:
+    """How many active members ``group`` has (0 for a group that does not exist yet:
+    resetting its offsets seeds it)."""
+    try:
+        description = await admin.describe_group(group)
+    except UnknownGroupError:
+        return 0
+    return len(description.members)
+
+
+async def _chosen_partitions(
+    admin: Admin, group: str, topics: tuple[str, ...], all_topics: bool
+) -> list[TopicPartition]:
+    """The partitions --topic (with optional partition lists) or --all-topics name."""
+    if all_topics:
+        committed = await admin.committed_offsets(group)
+        names = sorted({tp.topic for tp in committed})
+        if not names:
+            fail(f"group {group!r} has no committed offsets: name the topics with --topic")
+        selected: list[tuple[str, tuple[int, ...]]] = [(name, ()) for name in names]
+    else:
+        selected = [parse_topic_partitions(text) for text in topics]
+    metadata = await admin.cluster_metadata(sorted({name for name, _ in selected}))
+    existing = {topic.name: {p.partition for p in topic.partitions} for topic in metadata.topics}
+    partitions: list[TopicPartition] = []
+    for name, numbers in selected:
+        if not existing.get(name):  # absent, or answered with an error and no partitions
+            fail(f"unknown topic {name!r}")
+        for number in numbers or sorted(existing[name]):
+            if number not in existing[name]:
+                fail(f"topic {name!r} has no partition {number}")
+            partitions.append(TopicPartition(name, number))
+    return sorted(set(partitions))
+
+
 @groups.command(name="reset-offsets", epilog=RESET_EXAMPLES)
 @click.argument("group")
-@click.option("--topic", "topics", multiple=True, required=True, help="Topic (repeatable).")
+@click.option(
+    "--topic",
+    "topics",
+    multiple=True,
+    metavar="TOPIC[:P,...]",
+    help="Topic, or some of its partitions (topic:0,2); repeatable.",
+)
+@click.option("--all-topics", is_flag=True, help="Every topic the group has committed offsets for.")
 @click.option("--to-earliest", is_flag=True, help="The log start of each partition.")
 @click.option("--to-latest", is_flag=True, help="The log end of each partition.")
-@click.option("--to-offset", type=int, help="This offset (clamped into each log).")
-@click.option("--to-datetime", metavar="ISO", help="The first record at or after this time.")
-@click.option("--shift-by", type=int, help="The committed offset plus N (N may be negative).")
+@click.option("--to-offset", type=int, metavar="N", help="This offset (clamped into each log).")
+@click.option(
+    "--to-datetime",
+    metavar="TIME",
+    help="The first record at or after TIME (ISO 8601, epoch ms, -1h; as tail -o @TIME).",
+)
+@click.option(
+    "--shift-by", type=int, metavar="N", help="The committed offset plus N (N may be negative)."
+)
+@click.option(
+    "--from-file",
+    metavar="FILE|-",
+    help="The offsets in FILE (topic,partition,offset lines, as export-offsets writes).",
+)
 @click.option("--dry-run", is_flag=True, help="Show the new offsets; change nothing.")
 @client_options
 def reset_offsets(
     group: str,
     topics: tuple[str, ...],
+    all_topics: bool,
     to_earliest: bool,
     to_latest: bool,
     to_offset: int | None,
     to_datetime: str | None,
     shift_by: int | None,
+    from_file: str | None,
     dry_run: bool,
     bootstrap: str,
     debug: bool,
 ) -> None:
-    """Set GROUP's committed offsets on every partition of the topics.  Refused
-    while the group has active members (stop its consumers first)."""
-    chosen = [to_earliest, to_latest, to_offset is not None, to_datetime is not None]
-    if sum(chosen) + (shift_by is not None) != 1:
+    """Set GROUP's committed offsets on the chosen partitions.  Refused while the
+    group has active members (stop its consumers first); a group that does not
+    exist yet is created with these offsets (seeded)."""
+    targets = [to_earliest, to_latest, to_offset is not None, to_datetime is not None]
+    targets += [shift_by is not None, from_file is not None]
+    if sum(targets) != 1:
         raise click.UsageError(
-            "choose one of --to-earliest, --to-latest, --to-offset, --to-datetime, --shift-by"
+            "choose one of --to-earliest, --to-latest, --to-offset, --to-datetime, "
+            "--shift-by, --from-file"
         )
+    if from_file is None and bool(topics) == all_topics:
+        raise click.UsageError("choose the partitions: --topic (repeatable) or --all-topics")
+    if from_file is not None and (topics or all_topics):
+        raise click.UsageError("--from-file names its own partitions: drop --topic/--all-topics")
     timestamp_ms: int | None = None
-    if to_datetime is not None:
-        spec = parse_offset_spec("@" + to_datetime)
-        assert isinstance(spec, AtTimestamp)
-        timestamp_ms = max(0, spec.timestamp_ms)
+    try:
+        for text in topics:
+            parse_topic_partitions(text)
+        if to_datetime is not None:
+            spec = parse_offset_spec("@" + to_datetime.removeprefix("@"))
+            assert isinstance(spec, AtTimestamp)
+            timestamp_ms = max(0, spec.timestamp_ms)
+        from_lines = None if from_file is None else read_offsets_file(from_file)
+    except click.BadParameter as error:
+        raise click.UsageError(error.message) from None
 
     async def body() -> None:
         async with Admin(bootstrap) as admin, Consumer(bootstrap) as consumer:
-            description = await admin.describe_group(group)
-            if description.members:
+            members = await _group_members(admin, group)
+            if members:
                 fail(
-                    f"group {group!r} has {len(description.members)} active members; "
+                    f"group {group!r} has {members} active member{'s' if members > 1 else ''}; "
                     "stop them before resetting its offsets"
                 )
-            metadata = await admin.cluster_metadata(list(topics))
-            partitions = [
-                TopicPartition(topic.name, p.partition)
-                for topic in metadata.topics
-                for p in topic.partitions
-            ]
-            missing = set(topics) - {tp.topic for tp in partitions}
-            if missing:
-                fail(f"unknown topic {sorted(missing)[0]!r}")
+            if from_lines is not None:
+                partitions = sorted(from_lines)
+            else:
+                partitions = await _chosen_partitions(admin, group, topics, all_topics)
             starts = await consumer.list_offsets({tp: EARLIEST_TIMESTAMP for tp in partitions})
             ends = await consumer.list_offsets({tp: LATEST_TIMESTAMP for tp in partitions})
             current = await admin.committed_offsets(group, partitions)
             wanted: dict[TopicPartition, int] = {}
-            if to_earliest:
+            if from_lines is not None:
+                wanted = from_lines
+            elif to_earliest:
                 wanted = dict(starts)
             elif to_latest:
                 wanted = dict(ends)
@@ -275,7 +393,32 @@ def reset_offsets(
                 click.echo("dry run: nothing changed", err=True)
                 return
             await admin.set_offsets(group, new)
-        click.echo(f"reset {len(new)} offsets of group {group!r}", err=True)
+        count = len(new)
+        click.echo(f"reset {count} offset{'s' if count != 1 else ''} of group {group!r}", err=True)
+
+    run(body, bootstrap=bootstrap, debug=debug)
+
+
+@groups.command(name="export-offsets")
+@click.argument("group")
+@client_options
+def export_offsets(group: str, bootstrap: str, debug: bool) -> None:
+    """Print GROUP's committed offsets as topic,partition,offset lines (what
+    reset-offsets --from-file reads back, e.g. to seed a new group).
+
+    \b
+    Examples:
+      distributary groups export-offsets billing > billing.csv
+      distributary groups reset-offsets billing-replay --from-file billing.csv
+    """
+
+    async def body() -> None:
+        async with Admin(bootstrap) as admin:
+            await admin.describe_group(group)  # an unknown group is an error here
+            committed = await admin.committed_offsets(group)
+        sys.stdout.write(
+            "".join(f"{tp.topic},{tp.partition},{committed[tp]}\n" for tp in sorted(committed))
+        )
 
     run(body, bootstrap=bootstrap, debug=debug)
 

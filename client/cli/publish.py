@@ -262,6 +262,8 @@ def publish(
                 acks=acks,  # type: ignore[arg-type]
                 compression=compression,  # type: ignore[arg-type]
                 linger_ms=linger_ms,
+                # As Kafka's producers do: the broker's auto_create_topics decides.
+                allow_auto_create_topics=True,
             ) as producer,
             anyio.create_task_group() as task_group,
         ):

@@ -318,7 +318,6 @@ def test_perf_produce_and_consume_json_summaries(cli: Cli) -> None:
     ("args", "needles"),
     [
         (("tail", "missing", "-e"), ("unknown topic 'missing'",)),
-        (("publish", "missing"), ("unknown topic 'missing'",)),
         (("topics", "describe", "missing"), ("missing",)),
         (("topics", "delete", "missing"), ("missing",)),
         (("tail", "exists", "-o", "sideways"), ("bad offset spec 'sideways'",)),

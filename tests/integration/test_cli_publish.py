@@ -88,3 +88,15 @@ def test_json_refuses_options_it_takes_from_the_input(cli: Cli) -> None:
     cli.ok("topics", "create", "usage")
     assert_one_line_error(cli.run("publish", "usage", "--json", "--whole"), "--json takes")
     assert_one_line_error(cli.run("publish", "usage", "-D", ""), "must not be empty")
+
+
+def test_publish_to_an_unknown_topic_follows_auto_create_topics(
+    cli: Cli, broker_factory: Any
+) -> None:
+    """Proves publish asks the broker to create an unknown topic (the docs' own
+    `seq 1 100 | distributary publish numbers`), and a broker with auto_create_topics
+    off refuses it with one line."""
+    cli.ok("publish", "numbers", input=b"".join(b"%d\n" % n for n in range(100)))
+    assert len(values(cli, "numbers")) == 100
+    strict = Cli(broker_factory(config={"auto_create_topics": False}).address)
+    assert_one_line_error(strict.run("publish", "numbers", input=b"1\n"), "unknown topic 'numbers'")

@@ -7,6 +7,8 @@ import trio
 from client.cli.common import describe, format_bytes, single_error
 from client.errors import (
     BrokerUnavailableError,
+    GroupNotEmptyError,
+    OffsetOutOfRangeError,
     TopicAlreadyExistsError,
     UnknownTopicOrPartitionError,
 )
@@ -35,6 +37,26 @@ def test_describe_unknown_topic_and_partition() -> None:
     )
     detail = describe(UnknownTopicOrPartitionError("no partition orders-7"), "h:1", "orders")
     assert detail == "topic 'orders': no partition orders-7"
+
+
+def test_describe_does_not_repeat_the_topic() -> None:
+    """Proves a partition error whose text already names the topic is not prefixed again."""
+    error = UnknownTopicOrPartitionError("topic 'j' has no partition 7")
+    assert describe(error, "h:1", "j") == "topic 'j' has no partition 7"
+
+
+def test_describe_uses_words_not_class_names() -> None:
+    """Proves other typed errors read as the error code in words, never a Python class
+    name, and a text that already starts with those words is not repeated."""
+    message = describe(GroupNotEmptyError("group 'billing' has 2 members"), "h:1")
+    assert message == "group not empty: group 'billing' has 2 members"
+    assert "Error" not in describe(OffsetOutOfRangeError("offset 9 past 5"), "h:1")
+    assert describe(OffsetOutOfRangeError("offset out of range: 9"), "h:1") == (
+        "offset out of range: 9"
+    )
+    assert describe(FileNotFoundError(2, "No such file or directory", "in.txt"), "h:1") == (
+        "No such file or directory: in.txt"
+    )
 
 
 def test_describe_is_one_line() -> None:
