@@ -65,6 +65,9 @@ class GroupMetadataValue(msgspec.Struct, array_like=True, frozen=True, tag=GROUP
 
 RecordKey = OffsetCommitKey | GroupMetadataKey
 RecordValue = OffsetCommitValue | GroupMetadataValue
+# One record to append to the offsets topic: (encoded key, encoded value or None
+# for a tombstone).
+Record = tuple[bytes, bytes | None]
 
 _encoder: Final = msgspec.msgpack.Encoder()
 _key_decoder: Final = msgspec.msgpack.Decoder(RecordKey)
