@@ -360,37 +360,6 @@ def test_coordinator_modules_do_no_io() -> None:
     assert {"coordinator.py", "membership.py", "assignment.py", "offsets.py"} <= set(checked)
 
 
-def test_catastrophic_regex_cannot_stall_the_coordinator() -> None:
-    """A subscription regex that makes a backtracking engine take exponential time
-    (``(a+)+`` against a long topic name that almost matches) resolves at once:
-    RE2 matches in linear time.  With Python's re this test would run for hours."""
-    near_miss = "a" * 48 + "-x"
-    harness = Harness({near_miss: 1, "aaaa": 2})
-    member = harness.join(topics=(), subscribed_topic_regex="(a+)+")
-    assert member.owned == {TopicPartition("aaaa", 0), TopicPartition("aaaa", 1)}
-    harness.coordinator.check_invariants()
-
-
-def test_regex_keeps_python_re_syntax() -> None:
-    """Common Python re syntax (classes, escapes, named groups, alternation, inline
-    flags) means the same thing to the broker's RE2 engine."""
-    harness = Harness({"orders-eu": 1, "orders-us": 1, "Orders-7": 1, "audit.log": 1, "x": 1})
-    member = harness.join(
-        topics=(), subscribed_topic_regex=r"(?P<kind>orders)-(eu|us)|(?i:orders)-\d+|\w+\.log"
-    )
-    assert {tp.topic for tp in member.owned} == {"orders-eu", "orders-us", "Orders-7", "audit.log"}
-
-
-@pytest.mark.parametrize("regex", [r"(a)\1", r"(?=orders)orders.*", r"(?<!x)orders", r"(?!__)\w+"])
-def test_regex_re2_does_not_support_is_an_invalid_request(regex: str) -> None:
-    """A pattern RE2 refuses (backreference, lookaround) is INVALID_REQUEST naming
-    RE2, and the member is not added."""
-    harness = Harness()
-    with pytest.raises(InvalidRequestError, match="RE2"):
-        harness.coordinator.heartbeat(HeartbeatRequest("g", subscribed_topic_regex=regex))
-    assert harness.coordinator.group("g") is None
-
-
 def test_refused_heartbeat_changes_nothing() -> None:
     """A heartbeat refused for its subscription or assignor leaves the group as it
     was: a refused join adds no member, a refused update keeps the old subscription."""
