@@ -26,7 +26,6 @@ partitions that do not move, and nobody stops for a rebalance.
 from __future__ import annotations
 
 import enum
-import re
 from dataclasses import dataclass, field
 
 from client.types import TopicPartition
@@ -88,11 +87,6 @@ class Member:
     def owned(self) -> set[TopicPartition]:
         return self.assigned | self.revoking
 
-    def subscribes(self, topic: str, pattern: re.Pattern[str] | None) -> bool:
-        if topic in self.subscribed_topic_names:
-            return True
-        return pattern is not None and not topic.startswith("__") and bool(pattern.fullmatch(topic))
-
 
 class Group:
     """See the module docstring.  Mutated only by the coordinator."""
@@ -101,7 +95,7 @@ class Group:
         self.group_id = group_id
         self.group_epoch = 0
         self.assignment_epoch = 0
-        # The last group epoch handed to the log (see GroupCoordinator records).
+        # The last group epoch handed to the log (assignment.epoch_records).
         self.persisted_epoch = 0
         self.assignor_name = ""
         self.members: dict[str, Member] = {}

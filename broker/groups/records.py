@@ -1,7 +1,7 @@
 """The records of ``__consumer_offsets``: keys, values, and which partition a group uses.
 
 Every piece of group state that must survive a restart is a record in the
-internal topic, so the same log (and later replication) carries it and the
+internal topic, so the log (and any replica of it) carries it and the
 cleaner compacts it (the newest record per key wins; a ``None`` value, a
 tombstone, deletes the key):
 
@@ -65,6 +65,9 @@ class GroupMetadataValue(msgspec.Struct, array_like=True, frozen=True, tag=GROUP
 
 RecordKey = OffsetCommitKey | GroupMetadataKey
 RecordValue = OffsetCommitValue | GroupMetadataValue
+# One record to append to the offsets topic: (encoded key, encoded value or None
+# for a tombstone).
+Record = tuple[bytes, bytes | None]
 
 _encoder: Final = msgspec.msgpack.Encoder()
 _key_decoder: Final = msgspec.msgpack.Decoder(RecordKey)

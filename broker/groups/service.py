@@ -30,8 +30,8 @@ from typing import Any, Final
 import trio
 
 from broker.groups.config import OFFSETS_TOPIC, GroupConfig
-from broker.groups.coordinator import GroupCoordinator, Record
-from broker.groups.records import BadOffsetsRecord, partition_for_group
+from broker.groups.coordinator import GroupCoordinator
+from broker.groups.records import BadOffsetsRecord, Record, partition_for_group
 from broker.logging import get_logger
 from broker.topics import Topic, TopicManager
 from client.errors import DistributaryError

@@ -4,23 +4,28 @@ from __future__ import annotations
 
 import signal
 import socket
-import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from broker.storage.checkpoint import CLEAN_SHUTDOWN_FILE
 from client.protocol.connection import ClientConnection
+from client.protocol.frames import FRAME_HEADER_BYTES
 from client.protocol.messages import (
     LATEST_TIMESTAMP,
     FetchPartition,
     FetchRequest,
     FetchResponse,
     FetchTopic,
+    HelloRequest,
+    HelloResponse,
 )
 from client.records.builder import build_batch
 from client.records.header import CRC_AT, iter_batches
 
 RawFactory = Callable[..., Any]
+
+# The long poll that a graceful shutdown must answer early.
+POLL_WAIT_MS: Final = 90_000
 
 
 def produce_batches(
@@ -93,20 +98,27 @@ def test_sigkill_then_restart_keeps_every_acknowledged_record(
 
 
 def test_sigterm_answers_a_waiting_long_poll_and_exits_promptly(
-    broker: Any, raw_client: RawFactory
+    broker_factory: Any, raw_client: RawFactory
 ) -> None:
-    """A fetch long-polling for 30 s is answered at shutdown and the broker exits 0 well
-    before the poll would have ended."""
+    """A fetch long-polling for 90 s is answered at shutdown and the broker exits 0
+    well before the poll would have ended."""
+    # request_timeout_ms also caps a long poll: raise it above the poll.
+    broker = broker_factory(config={"limits": {"request_timeout_ms": 2 * POLL_WAIT_MS}})
     client = raw_client(broker.address)
     client.create_topic("quiet", 1)
-    correlation_id = client.send_fetch("quiet", {0: 0}, max_wait_ms=30_000)
-    time.sleep(0.2)
-    started = time.monotonic()
+    # A hello and the long poll behind it in one write: the broker reads both in one
+    # go, so once the hello is answered the fetch has been read and is waiting.
+    hello_id, hello_head = client.connection.send_request(HelloRequest(), 0)
+    fetch = FetchRequest(POLL_WAIT_MS, 1, 1 << 20, [FetchTopic("quiet", [FetchPartition(0, 0)])])
+    fetch_id, fetch_head = client.connection.send_request(fetch, 0)
+    client.sock.sendall(hello_head + fetch_head)
+    assert isinstance(client.receive(hello_id).body, HelloResponse)
+    # Deadlines of a third of the poll: a broker that let the poll run out misses them.
+    client.sock.settimeout(POLL_WAIT_MS / 3000)
     broker.process.send_signal(signal.SIGTERM)
-    response = client.receive(correlation_id)
+    response = client.receive(fetch_id)
     assert isinstance(response.body, FetchResponse)
-    assert broker.process.wait(timeout=15) == 0
-    assert time.monotonic() - started < 10
+    assert broker.process.wait(timeout=POLL_WAIT_MS / 3000) == 0
 
 
 def test_restart_on_the_same_address(broker: Any, raw_client: RawFactory) -> None:
@@ -133,13 +145,14 @@ def test_second_signal_exits_immediately(broker_factory: Any, raw_client: RawFac
     stuck.connect((broker.host, broker.port))
     fetch = FetchRequest(0, 1, 20 << 20, [FetchTopic("bulk", [FetchPartition(0, 0, 20 << 20)])])
     stuck.sendall(ClientConnection().send_request(fetch)[1])
-    time.sleep(0.3)  # the response is now stuck in the socket buffers
+    # The broker is answering once the first bytes arrive; the rest of the 12 MiB
+    # cannot fit in the socket buffers, so the response stays stuck.
+    stuck.settimeout(30)
+    assert len(stuck.recv(FRAME_HEADER_BYTES, socket.MSG_WAITALL)) == FRAME_HEADER_BYTES
     broker.process.send_signal(signal.SIGTERM)
     broker.wait_for_log("shutting down")
-    time.sleep(0.2)
     assert broker.process.poll() is None, "the graceful shutdown should still be waiting"
-    started = time.monotonic()
     broker.process.send_signal(signal.SIGTERM)
-    assert broker.process.wait(timeout=10) == 128 + signal.SIGTERM
-    assert time.monotonic() - started < 3
+    # Far below the 60 s graceful deadline: only the second signal ends it this soon.
+    assert broker.process.wait(timeout=30) == 128 + signal.SIGTERM
     stuck.close()

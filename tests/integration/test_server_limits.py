@@ -15,6 +15,8 @@ from client.errors import ErrorCode
 from client.protocol.connection import ClientConnection
 from client.protocol.frames import FRAME_HEADER, FRAME_HEADER_BYTES, LENGTH_PREFIX_BYTES
 from client.protocol.messages import (
+    ConsumerGroupHeartbeatRequest,
+    ConsumerGroupHeartbeatResponse,
     ErrorResponse,
     FetchPartition,
     FetchRequest,
@@ -42,7 +44,7 @@ def raw_socket(address: str) -> socket.socket:
     return socket.create_connection((host, int(port)), timeout=10)
 
 
-def closed_by_peer(sock: socket.socket, timeout_s: float = 5.0) -> bool:
+def closed_by_peer(sock: socket.socket, timeout_s: float = 30.0) -> bool:
     sock.settimeout(timeout_s)
     try:
         for _ in range(1000):
@@ -134,15 +136,15 @@ def test_connections_max_refuses_extra_connections(
     assert log_events(broker, "connection refused")[0]["reason"] == "connections_max"
     produce_ok(clients[0])
     clients[2].close()
-    for _ in range(100):  # the broker notices the close asynchronously
+    deadline = time.monotonic() + 30
+    while True:  # the broker notices the close asynchronously: retry until it has
         replacement = raw_client(broker.address)
         try:
             replacement.hello()
             break
         except (ConnectionError, OSError):
+            assert time.monotonic() < deadline, "no slot freed after a client left"
             time.sleep(0.05)
-    else:
-        raise AssertionError("no slot freed after a client left")
     produce_ok(replacement)
 
 
@@ -168,22 +170,25 @@ def test_inflight_requests_max_refuses_the_excess(
 
 
 def test_idle_connections_are_closed(broker_factory: Any, raw_client: RawFactory) -> None:
-    """A connection silent for idle_connection_timeout_ms is closed; a busy one, or one
-    waiting on a long poll longer than the timeout, is not."""
-    broker = broker_factory(config={"limits": {"idle_connection_timeout_ms": 400}})
+    """A connection silent for idle_connection_timeout_ms is closed, not earlier; a busy
+    one, or one waiting on a long poll longer than the timeout, is not."""
+    idle_s = 2.0
+    broker = broker_factory(config={"limits": {"idle_connection_timeout_ms": int(idle_s * 1000)}})
     idle = raw_client(broker.address)
     busy = raw_client(broker.address)
     polling = raw_client(broker.address)
     polling.create_topic("slow", 1)
-    poll_id = polling.send_fetch("slow", {0: 0}, max_wait_ms=1_000)
+    # Twice the idle timeout, on a topic nobody writes to.
+    poll_id = polling.send_fetch("slow", {0: 0}, max_wait_ms=int(2 * idle_s * 1000))
+    started = time.monotonic()  # before idle's last request: a lower bound on its silence
     idle.hello()
-    started = time.monotonic()
-    for _ in range(8):  # 1.2 s of activity, three idle timeouts long
-        busy.hello()
-        time.sleep(0.15)
-    assert idle.is_closed_by_peer(timeout_s=0.5)
-    assert time.monotonic() - started >= 0.4
+    # busy sends a request every 0.1 s (a twentieth of the timeout) until idle is closed.
+    while not idle.is_closed_by_peer(timeout_s=0.1):
+        assert isinstance(busy.hello().body, HelloResponse)
+        assert time.monotonic() - started < 10 * idle_s, "the idle connection stayed open"
+    assert time.monotonic() - started >= idle_s, "closed before it was idle for the timeout"
     assert isinstance(busy.hello().body, HelloResponse)
+    busy.close()  # from here it would be idle itself
     assert isinstance(polling.receive(poll_id).body, FetchResponse)
     assert isinstance(polling.hello().body, HelloResponse)
     assert len(log_events(broker, "idle connection closed")) == 1
@@ -284,3 +289,23 @@ def test_default_broker_serves_more_connections_than_the_usual_descriptor_limit(
         for sock in idle:
             sock.close()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_subscription_regex_cannot_freeze_the_broker(broker: Any, raw_client: RawFactory) -> None:
+    """A group heartbeat subscribing with ``(a+)+`` while a topic name almost matches it
+    (hours of backtracking for Python's re) is answered at once and other clients keep
+    working; a pattern RE2 does not support (a backreference) is INVALID_REQUEST."""
+    client = raw_client(broker.address)
+    client.create_topic("a" * 48 + "-x", 1)
+    client.create_topic("aaaa", 2)
+    joined = client.call(
+        ConsumerGroupHeartbeatRequest("hostile", subscribed_topic_regex="(a+)+")
+    ).body
+    assert isinstance(joined, ConsumerGroupHeartbeatResponse) and joined.error_code == 0, joined
+    assert [(t.topic, t.partitions) for t in joined.assignment] == [("aaaa", [0, 1])]
+    produce_ok(raw_client(broker.address))
+    refused = client.call(
+        ConsumerGroupHeartbeatRequest("other", subscribed_topic_regex=r"(a)\1")
+    ).body
+    assert isinstance(refused, ConsumerGroupHeartbeatResponse)
+    assert refused.error_code == ErrorCode.INVALID_REQUEST and "RE2" in refused.error_message

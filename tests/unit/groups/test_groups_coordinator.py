@@ -335,11 +335,16 @@ def test_next_deadline_tracks_sessions() -> None:
 
 
 def test_coordinator_modules_do_no_io() -> None:
-    """The state machine, assignors and record codec never import trio, anyio or sockets
-    (only service.py, the trio shell, does I/O)."""
+    """The state machine and everything it uses (every module of broker/groups but the
+    trio shell service.py and the request handlers) never import trio, anyio, sockets
+    or time."""
     root = Path(__file__).resolve().parents[3] / "broker" / "groups"
-    for name in ("coordinator.py", "group.py", "assignors.py", "records.py", "config.py"):
-        tree = ast.parse((root / name).read_text())
+    shells = {"service.py", "handlers.py"}
+    checked = []
+    for path in sorted(root.glob("*.py")):
+        if path.name in shells:
+            continue
+        tree = ast.parse(path.read_text())
         imported = {
             alias.name.split(".")[0]
             for node in ast.walk(tree)
@@ -350,4 +355,23 @@ def test_coordinator_modules_do_no_io() -> None:
             for node in ast.walk(tree)
             if isinstance(node, ast.ImportFrom) and node.module
         }
-        assert not imported & {"trio", "anyio", "asyncio", "socket", "time"}, (name, imported)
+        assert not imported & {"trio", "anyio", "asyncio", "socket", "time"}, (path, imported)
+        checked.append(path.name)
+    assert {"coordinator.py", "membership.py", "assignment.py", "offsets.py"} <= set(checked)
+
+
+def test_refused_heartbeat_changes_nothing() -> None:
+    """A heartbeat refused for its subscription or assignor leaves the group as it
+    was: a refused join adds no member, a refused update keeps the old subscription."""
+    harness = Harness()
+    member = harness.join()
+    before = harness.coordinator.describe_group("g")
+    for fields in ({"subscribed_topic_regex": "("}, {"assignor": "nope"}):
+        with pytest.raises(InvalidRequestError):
+            harness.coordinator.heartbeat(HeartbeatRequest("g", **fields))  # type: ignore[arg-type]
+        with pytest.raises(InvalidRequestError):
+            harness.coordinator.heartbeat(
+                HeartbeatRequest("g", member.member_id, member.epoch, **fields)  # type: ignore[arg-type]
+            )
+    assert harness.coordinator.describe_group("g") == before
+    harness.coordinator.check_invariants()

@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 import trio
+import trio.testing
 
 from broker.groups.config import OFFSETS_TOPIC, GroupConfig
 from broker.groups.handlers import (
@@ -19,6 +20,7 @@ from broker.groups.handlers import (
 from broker.groups.service import GroupService
 from broker.storage.config import CleanupPolicy, LogConfig
 from broker.topics import TopicManager
+from client.errors import ErrorCode
 from client.protocol.messages import (
     ConsumerGroupHeartbeatRequest,
     DeleteGroupsRequest,
@@ -128,10 +130,25 @@ async def test_expiry_task_expels_silent_members(tmp_path: Path) -> None:
         clock.now_ms += 1_001
         service.deadlines_changed()
         with trio.fail_after(5):
-            while service.coordinator.group("g").members:  # type: ignore[union-attr]
-                await trio.sleep(0.01)
+            await trio.testing.wait_all_tasks_blocked()  # the expiry task has run
+        group = service.coordinator.group("g")
+        assert group is not None and not group.members
         nursery.cancel_scope.cancel()
     described = handle_describe_groups(service, DescribeGroupsRequest(["g", "missing"]))
     assert described.groups[0].state == "empty"
     assert described.groups[1].error_code == 53  # UNKNOWN_GROUP
+    await topics.close()
+
+
+async def test_unsupported_regex_is_answered_invalid_request(tmp_path: Path) -> None:
+    """A heartbeat whose regex RE2 does not support (a backreference) is answered
+    INVALID_REQUEST with a message naming RE2; no group is created."""
+    topics, service = await open_service(tmp_path, Clock())
+    await topics.create("orders", 1, {})
+    response = await handle_heartbeat(
+        service, ConsumerGroupHeartbeatRequest("g", subscribed_topic_regex=r"(or)\1ders")
+    )
+    assert response.error_code == ErrorCode.INVALID_REQUEST
+    assert "RE2" in response.error_message
+    assert service.coordinator.group("g") is None
     await topics.close()
