@@ -42,6 +42,8 @@ class ApiKey(enum.IntEnum):
 
 
 class Acks(enum.IntEnum):
+    """How many replicas must have a batch before the broker answers a Produce."""
+
     NONE = 0  # fire and forget: the broker sends no response at all
     LEADER = 1  # acknowledged once the leader has appended
     ALL = -1  # every in-sync replica (with replication; equals LEADER on one node)
