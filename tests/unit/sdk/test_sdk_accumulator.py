@@ -194,7 +194,8 @@ def test_idempotent_order_holds_across_broker_restarts(seed: int) -> None:
 
 def test_sequence_numbers_count_records_and_restart_after_a_failure() -> None:
     """Proves base_sequence advances by record count, and that a sequenced batch
-    failing for good bumps the partition's epoch and restarts sequences at 0."""
+    failing for good bumps the partition's epoch and restarts sequences at 0 once
+    the batches in flight beside it are done."""
     acc = RecordAccumulator(
         batch_bytes_max=10_000,
         linger_ms=0,
@@ -203,20 +204,24 @@ def test_sequence_numbers_count_records_and_restart_after_a_failure() -> None:
         producer_id=9,
     )
     sequences = []
+    batches = []
     for count in (3, 2):
         for _ in range(count):
             acc.append("t", 0, b"v", None, (), 0, now_ms=0)
         (batch,) = acc.drain(0)
+        batches.append(batch)
         header = iter_batches(acc.build(batch))[0]
         sequences.append((header.producer_id, header.producer_epoch, header.base_sequence))
     assert sequences == [(9, 0, 0), (9, 0, 3)]
-    acc.fail(batch, InvalidRequestError("refused"))
-    assert acc.is_stale(batch)
+    first, second = batches
+    acc.fail(second, InvalidRequestError("refused"))
     acc.append("t", 0, b"v", None, (), 0, now_ms=0)
+    assert acc.drain(0) == []  # the first batch, in flight, is not done yet
+    acc.complete(first, base_offset=0)
     (batch,) = acc.drain(0)
     header = iter_batches(acc.build(batch))[0]
     assert (header.producer_epoch, header.base_sequence) == (1, 0)
-    assert not acc.is_stale(batch)
+    acc.check_invariants()
 
 
 def test_retry_respects_backoff_time() -> None:
