@@ -155,15 +155,15 @@ class Producer(ClusterClient):
       errors are retried this many times with exponential backoff, keeping order.
     - ``idempotent``: sequence each batch so the broker drops retried duplicates
       (exactly once per partition for this producer's lifetime, across broker
-      restarts) and refuses gaps.  Default (None): on when acks is "leader" or
+      restarts) and refuses gaps; see docs/sdk.md for what each idempotence
+      error does.  Default (None): on when acks is "leader" or
       "all" and ``retries_max > 0``; True requires both.
     - ``inflight_batches_per_partition_max``: batches of one partition in flight
       at once.  Default 1.  Up to 5 when idempotent (order is still kept): a
       lower median latency and fewer stalls behind a slow ack, at the price of
-      more, smaller requests -- on the 2-core reference machine, with the broker
-      on the same cores, p99 latency at 5,000 records/s rose from ~2.1 to ~3.5 ms
-      with 5 (docs/benchmarks.md).  Without idempotence and with retries it must
-      be 1, or a retry could reorder records.
+      more, smaller requests and a higher tail latency when the broker shares the
+      producer's cores (docs/benchmarks.md).  Without idempotence and with
+      retries it must be 1, or a retry could reorder records.
     - ``allow_auto_create_topics``: ask the broker to create unknown topics (it
       may still refuse if its own auto-create setting is off).
     """

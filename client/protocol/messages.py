@@ -261,7 +261,7 @@ class FetchRequest(_Message, tag=int(ApiKey.FETCH)):
     min_bytes: int = 1
     max_bytes: int = 50 << 20
     topics: list[FetchTopic] = []
-    replica_id: int = -1  # -1: a consumer; a node id: a follower (replication issue)
+    replica_id: int = -1  # -1: a consumer; a node id: a follower replica fetching
     # > 1: the broker may keep answering (frames flagged MORE) while records keep
     # arriving, each answer continuing where the previous one ended.
     responses_max: int = 1
