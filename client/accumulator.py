@@ -16,35 +16,54 @@ batches reach the log in the order they were appended even across retries.
 Without idempotence the producer allows 1 in flight when retries are enabled,
 and a retried batch may be written twice (at least once).
 
-Idempotence (``producer_id >= 0``): each batch gets its partition's next
-sequence number when it is built (first sent): ``base_sequence`` counts records,
-wrapping at 2^31 as in Kafka, and a retry resends the same bytes.  The broker
-drops a retried batch it already has and refuses one whose sequence does not
-follow (OutOfOrderSequenceError, retriable), so up to 5 batches may be in flight
-per partition.  A retried batch is resent only when nothing else of its
-partition is in flight, and nothing newer leaves while it is in flight, so a
-broker that lost its producer state (restart) cannot see a gap.  When a
-sequenced batch fails for good, the partition's producer epoch goes up and its
-sequence restarts at 0 (the broker accepts a newer epoch as a fresh start);
-batches of the old epoch still queued then fail with out-of-order errors.
+Idempotence (``producer_id >= 0``): each batch gets its partition's producer
+epoch and next sequence number when it is built (first sent): ``base_sequence``
+counts records, wrapping at 2^31 as in Kafka, and a retry resends the same
+bytes.  The broker drops a retried batch it already has, so up to 5 batches may
+be in flight per partition.  A retried batch is resent only when nothing else
+of its partition is in flight, and nothing newer leaves while it is in flight,
+so the broker sees a partition's sequences in order.  What each idempotence
+error does:
+
+- OUT_OF_ORDER_SEQUENCE (an earlier batch is missing on the broker): retried
+  like any retriable error; the earlier batches, queued ahead, are resent first.
+- UNKNOWN_PRODUCER_ID (the partition forgot this producer):
+  :meth:`RecordAccumulator.restart_sequence` bumps the partition's producer
+  epoch and restarts its sequence at 0; every unacknowledged batch of the
+  partition is then re-stamped with the new epoch and the next sequence when it
+  is resent (:meth:`RecordAccumulator.build`), in send order, before any new
+  batch.
+- A sequenced batch that fails for good (retries exhausted, or an error that is
+  not retriable): the partition's epoch goes up and its sequence restarts at 0,
+  and every batch queued behind it (and the open batch) fails with
+  OutOfOrderSequenceError, so no record is written after an earlier record of
+  the same partition failed.  The partition's batches still in flight are
+  marked ``no_resend``: acknowledged, they stand (a batch sent after the failed
+  one is acknowledged only if the broker wrote the failed one too); any error
+  fails them, and what was queued behind them meanwhile.  Nothing else of the
+  partition leaves until they are done, so no batch of the old epoch is ever
+  resent among the new epoch's.
 
 Buffer bound: ``buffer_bytes_used`` counts the estimated bytes of every record
 not yet acknowledged (or failed); the shell makes ``enqueue`` wait while it is at
 ``buffer_bytes_max``.
 
 Invariants (:meth:`check_invariants`): a partition has no more in-flight batches
-than allowed; ``buffer_bytes_used`` equals the sum over unfinished batches.
+than allowed; ``buffer_bytes_used`` equals the sum over unfinished batches; a
+queued batch is not ``no_resend``, and one that was built has been sent
+(``attempts > 0``).
 """
 
 from __future__ import annotations
 
+import struct
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Final, Protocol
 
-from client.errors import DistributaryError
+from client.errors import DistributaryError, OutOfOrderSequenceError
 from client.records.builder import RECORD_OVERHEAD_BYTES, BatchBuilder, Header
-from client.records.header import HEADER_BYTES, Compression
+from client.records.header import CRC_AT, CRC_FROM, HEADER_BYTES, Compression, crc32c
 
 PartitionKey = tuple[str, int]
 
@@ -82,6 +101,7 @@ class ProducerBatch:
         "created_ms",
         "done",
         "error",
+        "no_resend",
         "partition",
         "payload",
         "record_count",
@@ -106,6 +126,9 @@ class ProducerBatch:
         self.base_offset = -1
         self.error: DistributaryError | None = None
         self.waiter: Waiter | None = None
+        # A batch of the partition failed for good while this one was in flight:
+        # it is never resent (acknowledged, it stands; an error fails it).
+        self.no_resend = False
 
     def build(self, batch_bytes_max: int | None = None) -> bytearray:
         """The wire bytes of this batch (built on first use, then cached).
@@ -124,16 +147,45 @@ class ProducerBatch:
 
 SEQUENCE_MODULUS: Final = 1 << 31  # base_sequence is an i32 that wraps (Kafka)
 PRODUCER_EPOCH_MAX: Final = (1 << 15) - 1
+# producer_epoch (i16) then base_sequence (i32), at byte 51 of the batch header
+# (client/records/header.py): re-stamped in place when a batch is re-sequenced.
+PRODUCER_EPOCH_AT: Final = 51
+_EPOCH_AND_SEQUENCE = struct.Struct(">hi")
+_CRC_PACK = struct.Struct(">I")
+assert struct.calcsize(">qiibIhiqqq") == PRODUCER_EPOCH_AT
 
 
-class _PartitionState:
-    __slots__ = ("epoch", "inflight", "next_sequence", "open", "queue", "retry_inflight", "sent")
+def restamp_sequence(payload: bytearray, producer_epoch: int, base_sequence: int) -> None:
+    """Rewrite a built batch's producer epoch and base sequence in place and
+    re-checksum it (the CRC covers the producer fields).  Per batch: one CRC-32C
+    pass over its bytes, in C."""
+    assert 0 <= producer_epoch <= PRODUCER_EPOCH_MAX and 0 <= base_sequence < SEQUENCE_MODULUS
+    _EPOCH_AND_SEQUENCE.pack_into(payload, PRODUCER_EPOCH_AT, producer_epoch, base_sequence)
+    _CRC_PACK.pack_into(payload, CRC_AT, crc32c(memoryview(payload)[CRC_FROM:]))
+
+
+class _PartitionSendState:
+    """One partition's batches on their way out: the open one, the queue, the
+    in-flight counts, and (with idempotence) the producer epoch and sequence."""
+
+    __slots__ = (
+        "epoch",
+        "inflight",
+        "next_sequence",
+        "no_resend_inflight",
+        "open",
+        "queue",
+        "retry_inflight",
+        "sent",
+    )
 
     def __init__(self) -> None:
         self.open: ProducerBatch | None = None
         self.queue: deque[ProducerBatch] = deque()
         self.inflight = 0
         self.retry_inflight = 0  # retried batches in flight (at most 1, alone)
+        # In-flight batches marked no_resend: nothing else leaves until they are done.
+        self.no_resend_inflight = 0
         self.sent = 0  # batches built so far: the next send_order
         self.epoch = 0  # producer epoch of new batches (idempotence)
         self.next_sequence = 0  # base_sequence of the next batch built
@@ -166,7 +218,7 @@ class RecordAccumulator:
         self.buffer_bytes_used = 0
         self.closed = False
         self.flushing = 0  # > 0 while a flush wants open batches sent now
-        self._partitions: dict[PartitionKey, _PartitionState] = {}
+        self._partitions: dict[PartitionKey, _PartitionSendState] = {}
         # The open batch of each partition that has one (read on the hot path).
         self.open_batches: dict[PartitionKey, ProducerBatch] = {}
         # A batch takes records while its records' estimated bytes stay within this.
@@ -224,7 +276,7 @@ class RecordAccumulator:
     def _open(self, key_tp: PartitionKey, now_ms: int) -> ProducerBatch:
         state = self._partitions.get(key_tp)
         if state is None:
-            state = self._partitions[key_tp] = _PartitionState()
+            state = self._partitions[key_tp] = _PartitionSendState()
         assert state.open is None
         batch = ProducerBatch(key_tp[0], key_tp[1], BatchBuilder(self.compression), now_ms)
         state.open = batch
@@ -255,7 +307,11 @@ class RecordAccumulator:
         linger_ms = self.linger_ms
         flushing = self.flushing > 0
         for key_tp, state in self._partitions.items():
-            if state.inflight >= self.inflight_batches_per_partition_max or state.retry_inflight:
+            if (
+                state.inflight >= self.inflight_batches_per_partition_max
+                or state.retry_inflight
+                or state.no_resend_inflight
+            ):
                 continue
             if state.queue:
                 batch = state.queue[0]
@@ -285,7 +341,11 @@ class RecordAccumulator:
         earliest: int | None = None
         flushing = self.flushing > 0
         for state in self._partitions.values():
-            if state.inflight >= self.inflight_batches_per_partition_max or state.retry_inflight:
+            if (
+                state.inflight >= self.inflight_batches_per_partition_max
+                or state.retry_inflight
+                or state.no_resend_inflight
+            ):
                 continue
             if state.queue:
                 if state.queue[0].attempts and state.inflight:
@@ -304,10 +364,15 @@ class RecordAccumulator:
     def build(self, batch: ProducerBatch, batch_bytes_max: int | None = None) -> bytearray:
         """The batch's wire bytes; the first call (the first send) gives it its
         send order and, with idempotence, its producer epoch and base sequence.
-        The sender builds a partition's batches in drain order.
-        Raises BatchTooLargeError (then no sequence number is used up)."""
-        if batch.payload is not None:
-            return batch.payload
+        A batch built under an older epoch of its partition (the partition was
+        re-sequenced, see :meth:`restart_sequence`) is re-stamped with the current
+        epoch and the next sequence.  The sender builds a partition's batches in
+        drain order.  Raises BatchTooLargeError (then no sequence number is used up)."""
+        payload = batch.payload
+        if payload is not None:
+            if self.producer_id >= 0:
+                self._resequence_if_stale(batch, payload)
+            return payload
         state = self._partitions[(batch.topic, batch.partition)]
         builder = batch.builder
         if self.producer_id >= 0:
@@ -323,12 +388,31 @@ class RecordAccumulator:
         state.sent += 1
         return payload
 
-    def is_stale(self, batch: ProducerBatch) -> bool:
-        """True if ``batch`` carries a producer epoch older than its partition's
-        (an earlier batch failed for good): it can never be appended."""
+    def _resequence_if_stale(self, batch: ProducerBatch, payload: bytearray) -> None:
         state = self._partitions[(batch.topic, batch.partition)]
-        producer_epoch = batch.builder.producer_epoch
-        return batch.payload is not None and 0 <= producer_epoch != state.epoch
+        builder = batch.builder
+        if builder.producer_epoch == state.epoch:
+            return
+        assert not batch.no_resend, "a batch behind a failure is never resent"
+        builder.producer_epoch = state.epoch
+        builder.base_sequence = state.next_sequence
+        restamp_sequence(payload, state.epoch, state.next_sequence)
+        state.next_sequence = (state.next_sequence + batch.record_count) % SEQUENCE_MODULUS
+
+    def restart_sequence(self, batch: ProducerBatch) -> None:
+        """The broker does not know this producer on ``batch``'s partition
+        (UNKNOWN_PRODUCER_ID): bump the partition's producer epoch and restart its
+        sequence at 0, unless an earlier answer already did for this epoch.  The
+        caller then retries ``batch``; it and the partition's other unacknowledged
+        batches are re-stamped as they are resent, in send order."""
+        state = self._partitions[(batch.topic, batch.partition)]
+        if self.producer_id >= 0 and batch.builder.producer_epoch == state.epoch:
+            self._bump_epoch(state)
+
+    @staticmethod
+    def _bump_epoch(state: _PartitionSendState) -> None:
+        state.epoch = (state.epoch + 1) % (PRODUCER_EPOCH_MAX + 1)
+        state.next_sequence = 0
 
     # -- completion ---------------------------------------------------------------------
 
@@ -342,19 +426,67 @@ class RecordAccumulator:
         if waiter is not None:
             waiter.set()
 
-    def fail(self, batch: ProducerBatch, error: DistributaryError) -> None:
-        """The batch failed for good: every record's handle raises ``error``."""
+    def fail(self, batch: ProducerBatch, error: DistributaryError) -> list[ProducerBatch]:
+        """The batch failed for good: every record's handle raises ``error``.
+
+        With idempotence, a batch that was sent leaves a gap in its partition's
+        sequence: the epoch goes up, the sequence restarts at 0, every queued
+        batch of the partition and its open batch fail with
+        OutOfOrderSequenceError, and its batches in flight are marked
+        ``no_resend``.  A ``no_resend`` batch failing fails what was queued
+        behind it in the same way (the epoch went up when it was marked).
+        Returns the batches failed with it."""
         if self.closed:
-            return
+            return []
         self._finish(batch)
         batch.error = error
-        state = self._partitions[(batch.topic, batch.partition)]
-        sequenced = self.producer_id >= 0 and batch.payload is not None
-        if sequenced and batch.builder.producer_epoch == state.epoch:
-            # A gap in the sequence: start over under a newer epoch.
-            state.epoch = (state.epoch + 1) % (PRODUCER_EPOCH_MAX + 1)
-            state.next_sequence = 0
+        key_tp = (batch.topic, batch.partition)
+        state = self._partitions[key_tp]
+        failed: list[ProducerBatch] = []
+        if self.producer_id >= 0 and batch.payload is not None:
+            if not batch.no_resend:  # otherwise the epoch went up when it was marked
+                self._bump_epoch(state)
+            failed = self._fail_behind(key_tp, state, batch, error)
         _notify(batch)
+        return failed
+
+    def _fail_behind(
+        self,
+        key_tp: PartitionKey,
+        state: _PartitionSendState,
+        failed_batch: ProducerBatch,
+        error: DistributaryError,
+    ) -> list[ProducerBatch]:
+        """Fail what waits behind ``failed_batch`` on its partition; mark what is in
+        flight.  Rare (a batch failed for good): walks every unfinished batch."""
+        reason = OutOfOrderSequenceError(
+            f"not written: an earlier batch of {key_tp[0]}-{key_tp[1]} failed ({error.message})"
+        )
+        waiting = list(state.queue)
+        state.queue.clear()
+        if state.open is not None:
+            waiting.append(state.open)
+            state.open = None
+            del self.open_batches[key_tp]
+        self.waiting_batches -= len(waiting)
+        for queued in waiting:
+            queued.done = True
+            queued.error = reason
+            self._unfinished.discard(queued)
+            self.buffer_bytes_used -= queued.buffer_bytes
+            _notify(queued)
+        assert failed_batch not in waiting and failed_batch not in self._unfinished
+        # What is left of the partition is in flight under the old epoch.  Resent,
+        # it would need a sequence of the new epoch after batches built since.
+        for unfinished in self._unfinished:
+            if (
+                unfinished.partition == key_tp[1]
+                and unfinished.topic == key_tp[0]
+                and not unfinished.no_resend
+            ):
+                unfinished.no_resend = True
+                state.no_resend_inflight += 1
+        return waiting
 
     def retry(self, batch: ProducerBatch, retry_at_ms: int) -> None:
         """Put an in-flight batch back in its partition's queue, ahead of every
@@ -363,6 +495,7 @@ class RecordAccumulator:
             return
         state = self._partitions[(batch.topic, batch.partition)]
         assert state.inflight > 0 and not batch.done
+        assert not batch.no_resend, "a batch behind a failure is never resent"
         state.inflight -= 1
         if batch.attempts:
             state.retry_inflight -= 1
@@ -387,6 +520,8 @@ class RecordAccumulator:
         state.inflight -= 1
         if batch.attempts:
             state.retry_inflight -= 1
+        if batch.no_resend:
+            state.no_resend_inflight -= 1
         batch.done = True
         self._unfinished.discard(batch)
         self.buffer_bytes_used -= batch.buffer_bytes
@@ -412,6 +547,7 @@ class RecordAccumulator:
             state.queue.clear()
             state.inflight = 0
             state.retry_inflight = 0
+            state.no_resend_inflight = 0
         self.waiting_batches = 0
         for batch in list(self._unfinished):
             batch.done = True
@@ -430,11 +566,19 @@ class RecordAccumulator:
             assert 0 <= state.inflight <= self.inflight_batches_per_partition_max, key_tp
             assert 0 <= state.retry_inflight <= 1, key_tp
             assert not state.retry_inflight or state.inflight == 1, key_tp
+            marked = sum(
+                1
+                for batch in self._unfinished
+                if batch.no_resend and (batch.topic, batch.partition) == key_tp
+            )
+            assert marked == state.no_resend_inflight <= state.inflight, key_tp
             orders = [batch.send_order for batch in state.queue if batch.send_order >= 0]
             assert orders == sorted(orders), key_tp
             assert (state.open is None) == (key_tp not in self.open_batches), key_tp
             for batch in state.queue:
                 assert not batch.done and batch in self._unfinished
+                assert not batch.no_resend, batch
+                assert batch.payload is None or batch.attempts > 0, batch
         for batch in self._unfinished:
             assert not batch.done
             total += batch.buffer_bytes

@@ -7,26 +7,21 @@ open :class:`~client.records.builder.BatchBuilder` (client/accumulator.py).  It
 returns a :class:`RecordHandle` -- the batch plus the record's index in it -- so
 there is no per-record future: the batch is the future of all its records.
 
-A background sender task drains ready batches (full, ``linger_ms`` old, or
-flushing), groups them by leader into Produce requests of several partitions,
-writes them pipelined on one connection per broker, and resolves each batch
-from the response.  On asyncio, where a write never waits, a batch that is
-ready at once (``linger_ms=0``) leaves from ``enqueue`` itself, and the next
-batch of a partition leaves from the callback that handles the previous one's
-acknowledgement (``_send_now``): no trip through the sender task, as long as it
-is idle so nothing it holds is overtaken.  Retriable errors (connection lost, broker restarting, not
-leader, timeouts) put a batch back in its partition's queue, ahead of the
-batches sent after it, after an exponential backoff, at most ``retries_max``
-times, so retries never reorder records.
+The sender (client/sender.py) drains ready batches, groups them by leader into
+pipelined Produce requests, resolves each batch from its response, and retries
+retriable errors in order, at most ``retries_max`` times.
 
 Idempotence (the default with acks leader/all and retries): the producer picks
-a random 63-bit producer id, each batch carries a per-partition sequence number
-(client/accumulator.py), and the broker drops a retried batch it already
-appended (broker/producer_state.py).  Up to 5 batches per partition are then in
-flight.  Without idempotence a partition has one batch in flight when retries
-are enabled, and delivery is at least once: a batch whose connection died after
-the broker appended it is sent again.  The broker rebuilds producer state from
-its log tail on restart, so a retry across a restart is recognized too.
+a random 63-bit producer id, each batch carries a per-partition producer epoch
+and sequence number (client/accumulator.py), and the broker drops a retried
+batch it already appended (broker/producer_state.py).  Up to 5 batches per
+partition are then in flight.  What the producer does on each idempotence error
+(out-of-order sequence, unknown producer id, a batch that fails for good) is
+described in client/accumulator.py and docs/sdk.md.  Without idempotence a
+partition has one batch in flight when retries are enabled, and delivery is at
+least once: a batch whose connection died after the broker appended it is sent
+again.  The broker rebuilds producer state from its log tail on restart, so a
+retry across a restart is recognized too.
 """
 
 from __future__ import annotations
@@ -34,7 +29,6 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Generator, Iterable, Sequence
-from functools import partial
 from types import TracebackType
 from typing import Any, Final, Literal, cast
 
@@ -42,14 +36,8 @@ import anyio
 import anyio.abc
 import msgspec
 
-from client._io.cluster import Cluster, ClusterClient, backoff_ms
-from client._io.connection import (
-    BrokerConnection,
-    EventLoopTools,
-    LoopEvent,
-    PendingResponse,
-)
-from client._logging import get_logger
+from client._io.cluster import Cluster, ClusterClient
+from client._io.connection import EventLoopTools, LoopEvent
 from client.accumulator import (
     RECORD_BYTES_OVERHEAD,
     ProducerBatch,
@@ -58,27 +46,14 @@ from client.accumulator import (
 )
 from client.errors import (
     ConnectionClosedError,
-    DistributaryError,
-    NotLeaderError,
-    OutOfOrderSequenceError,
-    ProtocolError,
     TooManyRequestsError,
     UnknownTopicOrPartitionError,
-    error_for_code,
 )
 from client.partitioner import StickyPartitioner, partition_for_key
-from client.protocol.messages import (
-    ProducePartition,
-    ProducePartitionResponse,
-    ProduceRequest,
-    ProduceResponse,
-    ProduceTopic,
-)
 from client.records.builder import Header
 from client.records.header import BATCH_BYTES_MAX_DEFAULT, Compression
+from client.sender import Sender
 from client.types import MiB, RecordMetadata
-
-log = get_logger("client.producer")
 
 CompressionName = Literal["none", "gzip", "lz4", "zstd"]
 AcksSetting = Literal["none", "leader", "all", 0, 1, -1]
@@ -180,15 +155,15 @@ class Producer(ClusterClient):
       errors are retried this many times with exponential backoff, keeping order.
     - ``idempotent``: sequence each batch so the broker drops retried duplicates
       (exactly once per partition for this producer's lifetime, across broker
-      restarts) and refuses gaps.  Default (None): on when acks is "leader" or
+      restarts) and refuses gaps; see docs/sdk.md for what each idempotence
+      error does.  Default (None): on when acks is "leader" or
       "all" and ``retries_max > 0``; True requires both.
     - ``inflight_batches_per_partition_max``: batches of one partition in flight
       at once.  Default 1.  Up to 5 when idempotent (order is still kept): a
       lower median latency and fewer stalls behind a slow ack, at the price of
-      more, smaller requests -- on the 2-core reference machine, with the broker
-      on the same cores, p99 latency at 5,000 records/s rose from ~2.1 to ~3.5 ms
-      with 5 (docs/benchmarks.md).  Without idempotence and with retries it must
-      be 1, or a retry could reorder records.
+      more, smaller requests and a higher tail latency when the broker shares the
+      producer's cores (docs/benchmarks.md).  Without idempotence and with
+      retries it must be 1, or a retry could reorder records.
     - ``allow_auto_create_topics``: ask the broker to create unknown topics (it
       may still refuse if its own auto-create setting is off).
     """
@@ -267,33 +242,29 @@ class Producer(ClusterClient):
             on_batch_closed=self._batch_closed,
             producer_id=self.producer_id,
         )
+        self._sender = Sender(
+            self._accumulator,
+            acks=self.acks,
+            request_timeout_ms=request_timeout_ms,
+            request_bytes_max=self.request_bytes_max,
+            retries_max=retries_max,
+            retry_backoff_ms=retry_backoff_ms,
+            retry_backoff_max_ms=retry_backoff_max_ms,
+            clock_ms=clock_ms,
+            rng=self._random,
+            on_woken=self._sender_was_woken,
+        )
         self._task_group: anyio.abc.TaskGroup | None = None
         self._cluster: Cluster | None = None
-        self._wake: LoopEvent | None = None
-        self._space: anyio.Event | None = None
         self._metadata_lock: anyio.Lock | None = None
-        self._stale_topics: set[str] = set()
         self._closing = False
         self._closed = False
         # Hot-path alias of the cluster's partition-count cache (filled on start).
         self._partition_counts: dict[str, int] = {}
-        # With retries a partition has one batch in flight; the last one sent per
-        # partition tells whether a new batch could leave now (see send_nowait).
-        self._last_sent: dict[tuple[str, int], ProducerBatch] = {}
-        self._wake_on_new_batch = self._accumulator.inflight_batches_per_partition_max > 1
-        # With linger_ms=0 a batch is ready the moment it opens: send it at once.
-        self._send_on_open = linger_ms == 0
-        # True while the sender task is parked on _wake: only then may batches be
-        # sent from outside it (_send_now), so they never overtake batches it holds.
-        self._sender_parked = False
-        # Batches _send_now drained but could not write (no connection yet, write
-        # buffer full): the sender sends them first, before draining more.
-        self._handoff: list[ProducerBatch] = []
         # Set when the sender is woken: enqueue then yields so it runs soon.
         self._sender_woken = False
         self._enqueued = 0  # enqueue calls, for the periodic checkpoint
         self._tools: EventLoopTools | None = None
-        self._writes_nowait = False  # connections can write synchronously (asyncio)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -310,11 +281,10 @@ class Producer(ClusterClient):
         same task (``async with`` does both)."""
         cluster = await self._open_cluster(inflight_requests_max=self.inflight_requests_max)
         self._tools = EventLoopTools()
-        self._writes_nowait = self._tools.is_asyncio
-        task_group = cluster.task_group
+        self._sender.start(cluster, self._tools)
         self._partition_counts = cluster.partition_counts
         self._metadata_lock = anyio.Lock()
-        task_group.start_soon(self._sender_loop)
+        cluster.task_group.start_soon(self._sender.run)
 
     async def close(self, *, flush: bool = True) -> None:
         """Flush (unless ``flush=False``), stop the sender and close connections.
@@ -327,9 +297,7 @@ class Producer(ClusterClient):
                 await self.flush()
         finally:
             self._closed = self._closing = True
-            self._accumulator.fail_all(lambda: ConnectionClosedError("the producer is closed"))
-            self._wake_sender()
-            self._signal_space()
+            self._sender.stop()
             await self._cluster.shutdown()
 
     # -- sending --------------------------------------------------------------------------
@@ -372,7 +340,7 @@ class Producer(ClusterClient):
             try:
                 handle = self.send_nowait(topic, value, key, headers, partition, timestamp_ms)
             except TooManyRequestsError:
-                await self._wait_for_space()
+                await self._sender.wait_for_space()
                 continue
             except UnknownTopicOrPartitionError:
                 # No metadata yet (first use) or a partition beyond what we know:
@@ -458,22 +426,14 @@ class Producer(ClusterClient):
         batch, delta, _wake = accumulator.append(
             topic, partition, value, key, encoded_headers, timestamp_ms, now_ms, size
         )
-        last_sent = self._last_sent.get((topic, partition))
-        if last_sent is None or last_sent.done or self._wake_on_new_batch:
-            # Otherwise (one batch in flight per partition) the partition's batch
-            # in flight or waiting to be retried holds this one back, and its
-            # outcome wakes the sender anyway.
-            if self._send_on_open:
-                self._send_now(now_ms)
-            else:
-                self._wake_sender()
+        self._sender.batch_opened(topic, partition, now_ms)
         return RecordHandle(batch, delta)
 
     async def wait_for_space(self) -> None:
         """Wait until the buffer has room (and let the sender run meanwhile).
         Raises ConnectionClosedError if the producer closes."""
         await anyio.sleep(0)
-        await self._wait_for_space()
+        await self._sender.wait_for_space()
 
     async def enqueue_many(
         self,
@@ -534,7 +494,7 @@ class Producer(ClusterClient):
             return
         accumulator.flushing += 1
         try:
-            self._wake_sender()
+            self._sender.wake()
             for batch in batches:
                 await wait_for_batch(batch)
         finally:
@@ -565,6 +525,9 @@ class Producer(ClusterClient):
                 f"topic {topic!r} has {count} partitions; there is no partition {partition}"
             )
 
+    def _sender_was_woken(self) -> None:
+        self._sender_woken = True
+
     def _batch_closed(self, topic: str, partition: int) -> None:
         # StickyPartitioner.batch_closed, checked here first: most closed batches
         # are not of the sticky partition (records sent to a chosen partition).
@@ -573,333 +536,6 @@ class Producer(ClusterClient):
         count = self._partition_counts.get(topic)
         if count:
             self._sticky.batch_closed(topic, partition, count)
-
-    # -- buffer space -------------------------------------------------------------------------
-
-    async def _wait_for_space(self) -> None:
-        accumulator = self._accumulator
-        for _ in range(1 << 30):  # bounded: every wake re-checks
-            if self._closing:
-                raise ConnectionClosedError("the producer is closed")
-            if accumulator.buffer_bytes_used < accumulator.buffer_bytes_max:
-                return
-            if self._space is None:
-                self._space = anyio.Event()
-            self._wake_sender()
-            await self._space.wait()
-
-    def _signal_space(self) -> None:
-        space = self._space
-        if space is not None:
-            self._space = None
-            space.set()
-
-    def _wake_sender(self) -> None:
-        wake = self._wake
-        if wake is not None:
-            self._wake = None
-            self._sender_woken = True
-            wake.set()
-
-    # -- the sender task ------------------------------------------------------------------------
-
-    async def _sender_loop(self) -> None:
-        accumulator = self._accumulator
-        new_event = EventLoopTools().event
-        while not self._closed:
-            if self._stale_topics:
-                await self._refresh_stale_topics()
-            now_ms = self._clock_ms()
-            if self._handoff:
-                # Drained by _send_now (at most one per partition): they go first,
-                # in their own requests (a request lists a partition once).
-                batches, self._handoff = self._handoff, []
-            else:
-                batches = accumulator.drain(now_ms)
-            if batches:
-                await self._send_batches(batches)
-                continue
-            wait_ms = accumulator.next_ready_ms(now_ms)
-            self._wake = wake = new_event()
-            self._sender_parked = True
-            try:
-                if wait_ms is None:  # nothing lingers: only a new batch or a response wakes us
-                    await wake.wait()
-                else:
-                    with anyio.move_on_after(wait_ms / 1000):
-                        await wake.wait()
-            finally:
-                self._sender_parked = False
-
-    def _send_now(self, now_ms: int | None = None) -> None:
-        """Send the batches ready now from right here (an enqueue, or the response
-        callback that freed their partition), with no trip through the sender
-        task: a plain call that writes each request synchronously.  ``now_ms``:
-        the clock, when the caller has just read it.
-
-        Only while the sender is parked, so nothing it holds can be overtaken;
-        batches that need awaiting (no live connection, a full write buffer) are
-        handed to it, and it is woken whenever something is left for it (such as
-        a lingering batch, a retry backoff or a metadata refresh)."""
-        if self._closed:
-            return
-        accumulator = self._accumulator
-        if not (accumulator.waiting_batches or self._handoff or self._stale_topics):
-            return  # nothing to send or to wake the sender for (an idle acknowledgement)
-        if not (self._sender_parked and self._writes_nowait) or self._handoff or self._stale_topics:
-            self._wake_sender()
-            return
-        cluster = self._cluster
-        assert cluster is not None
-        if now_ms is None:
-            now_ms = self._clock_ms()
-        batches = accumulator.drain(now_ms)
-        if len(batches) == 1 and self._send_one_now(batches[0]):
-            pass  # the usual case, without the grouping below
-        elif batches:
-            for leader, group in self._group_by_leader(batches).items():
-                connection = cluster.open_connection_for_node(leader)
-                if connection is None:
-                    self._handoff.extend(group)
-                    continue
-                for request_batches in self._split_requests(group):
-                    if self._handoff or not connection.writable_now:
-                        self._handoff.extend(request_batches)
-                    else:
-                        self._send_request_nowait(connection, request_batches)
-        if (
-            self._handoff
-            or self._stale_topics
-            or (accumulator.waiting_batches and accumulator.next_ready_ms(now_ms) is not None)
-        ):
-            self._wake_sender()
-
-    async def _refresh_stale_topics(self) -> None:
-        topics = sorted(self._stale_topics)
-        self._stale_topics.clear()
-        assert self._cluster is not None
-        try:
-            await self._cluster.refresh_metadata(topics)
-        except DistributaryError as error:
-            log.info("metadata refresh failed", topics=topics, error=str(error))
-
-    def _send_one_now(self, batch: ProducerBatch) -> bool:
-        """_send_now for one drained batch whose leader's connection is writable
-        now; False (nothing done) otherwise."""
-        cluster = self._cluster
-        assert cluster is not None
-        connection = cluster.open_leader_connection(batch.topic, batch.partition)
-        if connection is None or not connection.writable_now:
-            return False
-        self._last_sent[(batch.topic, batch.partition)] = batch
-        try:
-            self._accumulator.build(batch, BATCH_BYTES_MAX_DEFAULT)
-        except DistributaryError as error:
-            self._accumulator.fail(batch, error)
-            self._signal_space()
-            return True
-        self._send_request_nowait(connection, [batch])
-        return True
-
-    def _group_by_leader(self, batches: list[ProducerBatch]) -> dict[int, list[ProducerBatch]]:
-        """Drained batches per leader; a batch without a known leader is retried."""
-        cluster = self._cluster
-        assert cluster is not None
-        by_leader: dict[int, list[ProducerBatch]] = {}
-        for batch in batches:
-            leader = cluster.leader_for(batch.topic, batch.partition)
-            if leader is None:
-                self._handle_error(
-                    batch, NotLeaderError(f"no known leader for {batch.topic}-{batch.partition}")
-                )
-                continue
-            group = by_leader.get(leader)
-            if group is None:
-                by_leader[leader] = [batch]
-            else:
-                group.append(batch)
-            self._last_sent[(batch.topic, batch.partition)] = batch
-        return by_leader
-
-    async def _send_batches(self, batches: list[ProducerBatch]) -> None:
-        cluster = self._cluster
-        assert cluster is not None
-        for leader, group in self._group_by_leader(batches).items():
-            try:
-                connection = await cluster.connection_for_node(leader)
-            except DistributaryError as error:
-                for batch in group:
-                    self._handle_error(batch, error)
-                continue
-            for request_batches in self._split_requests(group):
-                await self._send_request(connection, request_batches)
-
-    def _split_requests(self, batches: list[ProducerBatch]) -> list[list[ProducerBatch]]:
-        """Build each batch's bytes and cut the list into requests of at most
-        ``request_bytes_max`` bytes.  A batch that cannot be built fails."""
-        requests: list[list[ProducerBatch]] = []
-        current: list[ProducerBatch] = []
-        current_bytes = 0
-        for batch in batches:
-            try:
-                size = len(self._accumulator.build(batch, BATCH_BYTES_MAX_DEFAULT))
-            except DistributaryError as error:
-                self._accumulator.fail(batch, error)
-                self._signal_space()
-                continue
-            if current and current_bytes + size > self.request_bytes_max:
-                requests.append(current)
-                current, current_bytes = [], 0
-            current.append(batch)
-            current_bytes += size
-        if current:
-            requests.append(current)
-        return requests
-
-    def _produce_request(
-        self, batches: list[ProducerBatch]
-    ) -> tuple[ProduceRequest, list[bytearray], list[ProducerBatch]]:
-        """The request for built batches, its payload, and the batches in payload
-        order (the body's order: topics as listed, partitions within)."""
-        if len(batches) == 1:
-            batch = batches[0]
-            payload = batch.payload
-            assert payload is not None
-            topics = [ProduceTopic(batch.topic, [ProducePartition(batch.partition, len(payload))])]
-            request = ProduceRequest(self.acks, self.request_timeout_ms, topics)
-            return request, [payload], batches
-        by_topic: dict[str, list[ProducerBatch]] = {}
-        for batch in batches:
-            by_topic.setdefault(batch.topic, []).append(batch)
-        ordered = [batch for group in by_topic.values() for batch in group]
-        request = ProduceRequest(
-            acks=self.acks,
-            timeout_ms=self.request_timeout_ms,
-            topics=[
-                ProduceTopic(
-                    name,
-                    [ProducePartition(b.partition, len(b.payload or b"")) for b in group],
-                )
-                for name, group in by_topic.items()
-            ],
-        )
-        payloads = [batch.payload or bytearray() for batch in ordered]
-        return request, payloads, ordered
-
-    async def _send_request(
-        self, connection: BrokerConnection, batches: list[ProducerBatch]
-    ) -> None:
-        request, payload, ordered = self._produce_request(batches)
-        try:
-            pending = await connection.send(
-                request,
-                payload,
-                wants_response=self.acks != 0,
-                timeout_ms=self.request_timeout_ms + 5_000,
-                on_done=partial(self._produce_done, ordered),
-                checked=False,  # valid by construction (acks and timeout checked in __init__)
-            )
-        except DistributaryError as error:
-            for batch in ordered:
-                self._handle_error(batch, error)
-            return
-        if pending is None:  # acks=none: nothing will come back
-            self._complete_unacknowledged(ordered)
-
-    def _send_request_nowait(
-        self, connection: BrokerConnection, batches: list[ProducerBatch]
-    ) -> None:
-        """:meth:`_send_request` on a connection that is ``writable_now``."""
-        request, payload, ordered = self._produce_request(batches)
-        try:
-            pending = connection.send_nowait(
-                request,
-                payload,
-                wants_response=self.acks != 0,
-                timeout_ms=self.request_timeout_ms + 5_000,
-                on_done=partial(self._produce_done, ordered),
-                checked=False,
-            )
-        except DistributaryError as error:
-            for batch in ordered:
-                self._handle_error(batch, error)
-            return
-        if pending is None:
-            self._complete_unacknowledged(ordered)
-
-    def _complete_unacknowledged(self, batches: list[ProducerBatch]) -> None:
-        """acks=none: nothing will come back; the batches are done once written."""
-        for batch in batches:
-            self._accumulator.complete(batch, -1)
-        self._signal_space()
-
-    def _produce_done(self, batches: list[ProducerBatch], pending: PendingResponse) -> None:
-        """The response (or the error) of a Produce request: complete, retry or fail
-        each batch.  Runs inside the connection's dispatch: no awaiting here."""
-        try:
-            response = pending.result()
-        except DistributaryError as error:
-            for batch in batches:
-                self._handle_error(batch, error)
-            self._send_now()
-            return
-        body = response.body
-        assert isinstance(body, ProduceResponse)
-        topics = body.topics
-        if len(topics) == 1 and len(topics[0].partitions) == 1 and len(batches) == 1:
-            # The common case (one partition per request, acknowledged): no lookup table.
-            batch = batches[0]
-            only = topics[0].partitions[0]
-            matches = topics[0].name == batch.topic and only.partition == batch.partition
-            if matches and not only.error_code:
-                self._accumulator.complete(batch, only.base_offset)
-            else:
-                self._complete(batch, only if matches else None)
-        else:
-            results = {
-                (topic.name, part.partition): part for topic in topics for part in topic.partitions
-            }
-            for batch in batches:
-                self._complete(batch, results.get((batch.topic, batch.partition)))
-        if self._space is not None:
-            self._signal_space()
-        # The next batches of these partitions may leave now: send them from here.
-        self._send_now()
-
-    def _complete(self, batch: ProducerBatch, result: ProducePartitionResponse | None) -> None:
-        if result is None:
-            self._handle_error(
-                batch, ProtocolError(f"no produce result for {batch.topic}-{batch.partition}")
-            )
-        elif result.error_code:
-            self._handle_error(batch, error_for_code(result.error_code, result.error_message))
-        else:
-            self._accumulator.complete(batch, result.base_offset)
-
-    def _handle_error(self, batch: ProducerBatch, error: DistributaryError) -> None:
-        """Retry ``batch`` later if the error allows it, else fail its records."""
-        if isinstance(error, NotLeaderError | UnknownTopicOrPartitionError):
-            self._stale_topics.add(batch.topic)
-            if self._cluster is not None:
-                self._cluster.invalidate(batch.topic)
-        retriable = error.retriable
-        if isinstance(error, OutOfOrderSequenceError) and self._accumulator.is_stale(batch):
-            retriable = False  # an earlier batch failed for good: a gap for ever
-        if retriable and batch.attempts < self.retries_max and not self._closed:
-            delay_ms = backoff_ms(
-                batch.attempts, self.retry_backoff_ms, self.retry_backoff_max_ms, self._random
-            )
-            log.info(
-                "retrying batch",
-                topic=batch.topic,
-                partition=batch.partition,
-                attempt=batch.attempts + 1,
-                error=str(error),
-            )
-            self._accumulator.retry(batch, self._clock_ms() + int(delay_ms))
-        else:
-            self._accumulator.fail(batch, error)
-            self._signal_space()
 
 
 def _encode_headers(headers: Sequence[tuple[str, KeyOrValue]]) -> tuple[Header, ...]:

@@ -9,6 +9,9 @@ from __future__ import annotations
 import enum
 from typing import Final, NamedTuple
 
+# Defined with the wire messages (the Produce request carries it); public from here.
+from client.protocol.messages import Acks as Acks
+
 MiB: Final = 1024 * 1024
 
 
@@ -42,14 +45,6 @@ class OffsetReset(enum.Enum):
     EARLIEST = "earliest"
     LATEST = "latest"
     ERROR = "error"
-
-
-class Acks(enum.IntEnum):
-    """How many replicas must have a batch before the broker answers."""
-
-    NONE = 0
-    LEADER = 1
-    ALL = -1
 
 
 class PartitionInfo(NamedTuple):

@@ -42,6 +42,8 @@ class ApiKey(enum.IntEnum):
 
 
 class Acks(enum.IntEnum):
+    """How many replicas must have a batch before the broker answers a Produce."""
+
     NONE = 0  # fire and forget: the broker sends no response at all
     LEADER = 1  # acknowledged once the leader has appended
     ALL = -1  # every in-sync replica (with replication; equals LEADER on one node)
@@ -259,7 +261,7 @@ class FetchRequest(_Message, tag=int(ApiKey.FETCH)):
     min_bytes: int = 1
     max_bytes: int = 50 << 20
     topics: list[FetchTopic] = []
-    replica_id: int = -1  # -1: a consumer; a node id: a follower (replication issue)
+    replica_id: int = -1  # -1: a consumer; a node id: a follower replica fetching
     # > 1: the broker may keep answering (frames flagged MORE) while records keep
     # arriving, each answer continuing where the previous one ended.
     responses_max: int = 1

@@ -118,3 +118,33 @@ def test_consumer_follows_a_live_partition_through_a_crash_on_asyncio(broker: An
     records produced while it polls, in order and once, honours getmany timeouts,
     and carries on after a broker crash."""
     asyncio.run(asyncio.wait_for(_live_consume(broker), 60))
+
+
+async def _send_restart_send(broker: Any) -> None:
+    tp = TopicPartition("again", 0)
+    async with Admin(broker.address) as admin:
+        await admin.create_topics([NewTopic("again", 1)])
+    async with Producer(
+        broker.address,
+        linger_ms=0,
+        batch_bytes_max=2_000,
+        retries_max=30,
+        retry_backoff_ms=50,
+        inflight_batches_per_partition_max=5,
+    ) as producer:
+        assert producer.idempotent
+        first = await producer.send_many("again", [f"a{i}".encode() for i in range(300)])
+        await asyncio.to_thread(broker.kill)
+        await asyncio.to_thread(broker.start)
+        second = await producer.send_many("again", [f"b{i}".encode() for i in range(300)])
+    assert [metadata.offset for metadata in first + second] == list(range(600))
+    expected = [f"a{i}".encode() for i in range(300)] + [f"b{i}".encode() for i in range(300)]
+    assert await _consume(broker.address, tp, 600) == expected
+
+
+def test_idempotent_producer_sends_again_after_a_crash_exactly_once_on_asyncio(
+    broker: Any,
+) -> None:
+    """Proves one idempotent producer on asyncio that sends, sees the broker crash and
+    come back, then sends again, has every record written once, in order."""
+    asyncio.run(asyncio.wait_for(_send_restart_send(broker), 60))

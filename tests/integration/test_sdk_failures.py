@@ -212,3 +212,36 @@ async def test_idempotent_producer_pipelines_batches_and_keeps_order_through_a_r
         assert values == list(range(count))
         for metadata, index in zip(acknowledged, range(count), strict=True):
             assert values[metadata.offset] == index
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGKILL])
+async def test_idempotent_producer_sends_again_after_a_restart_exactly_once(
+    broker: Any, stop_signal: int
+) -> None:
+    """Proves one idempotent producer that sends, sees the broker restart, then sends
+    again (same producer id and sequences going on) has every record written once, in
+    order, at the offsets its handles report."""
+    with trio.fail_after(60):
+        tp = TopicPartition("again", 0)
+        async with Admin(broker.address) as admin:
+            await admin.create_topics([NewTopic("again", 1)])
+        async with Producer(
+            broker.address,
+            linger_ms=0,
+            batch_bytes_max=2_000,
+            retries_max=30,
+            retry_backoff_ms=50,
+            inflight_batches_per_partition_max=5,
+        ) as producer:
+            assert producer.idempotent
+            first = await producer.send_many("again", [f"a{i}".encode() for i in range(300)])
+            if stop_signal == signal.SIGKILL:
+                await trio.to_thread.run_sync(broker.kill)
+            else:
+                assert await trio.to_thread.run_sync(broker.stop, stop_signal) == 0
+            await trio.to_thread.run_sync(broker.start)
+            second = await producer.send_many("again", [f"b{i}".encode() for i in range(300)])
+        assert [m.offset for m in first + second] == list(range(600))
+        records = await consume_all(broker.address, tp, 600)
+        expected = [f"a{i}".encode() for i in range(300)] + [f"b{i}".encode() for i in range(300)]
+        assert records == list(enumerate(expected))

@@ -8,7 +8,12 @@ import pytest
 
 from broker.producer_state import ProducerStateTable, Verdict
 from client.accumulator import ProducerBatch, RecordAccumulator
-from client.errors import ConnectionClosedError, InvalidRequestError, OutOfOrderSequenceError
+from client.errors import (
+    ConnectionClosedError,
+    InvalidRequestError,
+    OutOfOrderSequenceError,
+    UnknownProducerIdError,
+)
 from client.records.decoder import RecordDecoder
 from client.records.header import iter_batches
 
@@ -101,11 +106,35 @@ def test_retry_goes_first_and_keeps_partition_order() -> None:
     assert sent_order == list(range(20))
 
 
-def run_idempotent_model(seed: int, restart_chance: float) -> list[int]:
+class KafkaRulesTable:
+    """The broker's producer state table with Kafka's rules for what it does not
+    know: a new producer must start at sequence 0 (else UNKNOWN_PRODUCER_ID), a
+    newer epoch too (else OUT_OF_ORDER_SEQUENCE)."""
+
+    def __init__(self) -> None:
+        self.table = ProducerStateTable()
+        self.epochs: dict[int, int] = {}
+
+    def check(self, producer_id: int, epoch: int, sequence: int) -> tuple[Verdict, object]:
+        known = self.epochs.get(producer_id)
+        if known is None and sequence != 0:
+            raise UnknownProducerIdError(f"producer {producer_id} unknown")
+        if known is not None and epoch > known and sequence != 0:
+            raise OutOfOrderSequenceError(f"epoch {epoch} starts at {sequence}")
+        return self.table.check(producer_id, epoch, sequence)
+
+    def record(self, producer_id: int, epoch: int, *rest: int) -> None:
+        self.epochs[producer_id] = max(epoch, self.epochs.get(producer_id, epoch))
+        self.table.record(producer_id, epoch, *rest)
+
+
+def run_idempotent_model(
+    seed: int, restart_chance: float, *, kafka_rules: bool = False
+) -> list[int]:
     """60 records through an accumulator with 5 batches in flight, over one ordered
     connection that drops (before or after the broker appends the front batch) and
-    a broker (broker/producer_state.py rules) that may restart and forget its
-    producer state.  Returns the log's values."""
+    a broker (broker/producer_state.py rules, or :class:`KafkaRulesTable`) that may
+    restart and forget its producer state.  Returns the log's values."""
     acc = RecordAccumulator(
         batch_bytes_max=500,
         linger_ms=0,
@@ -115,7 +144,9 @@ def run_idempotent_model(seed: int, restart_chance: float) -> list[int]:
     )
     for index in range(60):
         acc.append("t", 0, str(index).encode().ljust(100), None, (), 0, now_ms=0)
-    table = ProducerStateTable()
+    table: ProducerStateTable | KafkaRulesTable = (
+        KafkaRulesTable() if kafka_rules else ProducerStateTable()
+    )
     log: list[int] = []
     network: list[ProducerBatch] = []  # in flight on the connection, in send order
     rng = random.Random(seed)
@@ -143,7 +174,7 @@ def run_idempotent_model(seed: int, restart_chance: float) -> list[int]:
             drop_connection()
             continue
         if roll < 0.1 + restart_chance:
-            table = ProducerStateTable()
+            table = KafkaRulesTable() if kafka_rules else ProducerStateTable()
             drop_connection()
             continue
         batch = network.pop(0)
@@ -153,6 +184,10 @@ def run_idempotent_model(seed: int, restart_chance: float) -> list[int]:
                 header.producer_id, header.producer_epoch, header.base_sequence
             )
         except OutOfOrderSequenceError:
+            acc.retry(batch, retry_at_ms=now + 3)
+            continue
+        except UnknownProducerIdError:
+            acc.restart_sequence(batch)
             acc.retry(batch, retry_at_ms=now + 3)
             continue
         if verdict is Verdict.APPEND:
@@ -192,9 +227,20 @@ def test_idempotent_order_holds_across_broker_restarts(seed: int) -> None:
     assert list(dict.fromkeys(log)) == list(range(60))
 
 
+@pytest.mark.parametrize("seed", range(40))
+def test_resequencing_keeps_order_when_the_broker_forgets_the_producer(seed: int) -> None:
+    """Proves that against a broker that answers UNKNOWN_PRODUCER_ID after forgetting
+    the producer, re-sequencing under a new epoch writes every record, and first
+    occurrences come in order (a batch appended before the loss and resent may
+    appear twice)."""
+    log = run_idempotent_model(seed, restart_chance=0.03, kafka_rules=True)
+    assert list(dict.fromkeys(log)) == list(range(60))
+
+
 def test_sequence_numbers_count_records_and_restart_after_a_failure() -> None:
     """Proves base_sequence advances by record count, and that a sequenced batch
-    failing for good bumps the partition's epoch and restarts sequences at 0."""
+    failing for good bumps the partition's epoch and restarts sequences at 0 once
+    the batches in flight beside it are done."""
     acc = RecordAccumulator(
         batch_bytes_max=10_000,
         linger_ms=0,
@@ -203,20 +249,24 @@ def test_sequence_numbers_count_records_and_restart_after_a_failure() -> None:
         producer_id=9,
     )
     sequences = []
+    batches = []
     for count in (3, 2):
         for _ in range(count):
             acc.append("t", 0, b"v", None, (), 0, now_ms=0)
         (batch,) = acc.drain(0)
+        batches.append(batch)
         header = iter_batches(acc.build(batch))[0]
         sequences.append((header.producer_id, header.producer_epoch, header.base_sequence))
     assert sequences == [(9, 0, 0), (9, 0, 3)]
-    acc.fail(batch, InvalidRequestError("refused"))
-    assert acc.is_stale(batch)
+    first, second = batches
+    acc.fail(second, InvalidRequestError("refused"))
     acc.append("t", 0, b"v", None, (), 0, now_ms=0)
+    assert acc.drain(0) == []  # the first batch, in flight, is not done yet
+    acc.complete(first, base_offset=0)
     (batch,) = acc.drain(0)
     header = iter_batches(acc.build(batch))[0]
     assert (header.producer_epoch, header.base_sequence) == (1, 0)
-    assert not acc.is_stale(batch)
+    acc.check_invariants()
 
 
 def test_retry_respects_backoff_time() -> None:
