@@ -346,6 +346,8 @@ class EtcdWatch:
                 continue
             line = await self._lines.next_line()
             if line is None:
+                # A watch stream only ends when its endpoint goes away: try another.
+                self._store._gateway.rotate(self._lines.endpoint)
                 await self.disconnect()
                 continue
             message = decode(line, WatchMessage)
