@@ -266,11 +266,17 @@ class EtcdGateway:
         request = self._http.build_request(
             "POST", endpoint + path, content=_encoder.encode(body), timeout=timeout
         )
+        response: httpx.Response | None = None
         try:
-            response = await self._http.send(request, stream=True)
+            # The stream may stay quiet for long, but its headers come at once.
+            with trio.move_on_after(self._request_timeout_s):
+                response = await self._http.send(request, stream=True)
         except httpx.TransportError as error:
             self.rotate(endpoint)
             raise StoreUnavailableError(f"{endpoint}: cannot open a stream ({error!r})") from error
+        if response is None:
+            self.rotate(endpoint)
+            raise StoreUnavailableError(f"{endpoint}: no answer to a stream request")
         try:
             if response.status_code != 200:
                 await response.aread()

@@ -336,7 +336,8 @@ class EtcdWatch:
         return self
 
     async def __anext__(self) -> WatchBatch:
-        """The next batch.  Raises RevisionCompactedError, EtcdRequestError."""
+        """The next batch.  Raises RevisionCompactedError, EtcdRequestError (etcd
+        refused to open the watch), MetadataStoreError (an unreadable answer)."""
         while True:
             if self._pending:
                 await trio.lowlevel.checkpoint()
@@ -357,16 +358,27 @@ class EtcdWatch:
                 self._store._gateway.rotate(self._lines.endpoint)
                 await self.disconnect()
                 continue
+            if message.result.canceled:
+                if message.result.compact_revision:
+                    raise RevisionCompactedError(
+                        self._next_revision, message.result.compact_revision
+                    )
+                # Any other cancel (etcd shutting down, a member without a leader):
+                # reopen, pausing as after a failed open.
+                _logger.info(
+                    "etcd cancelled a watch",
+                    endpoint=self._lines.endpoint,
+                    reason=message.result.cancel_reason,
+                )
+                self._store._gateway.rotate(self._lines.endpoint)
+                await self.disconnect()
+                continue
             self._take(message.result)
 
     def _take(self, response: WatchResponse) -> None:
         """Queue the batches of one watch answer; advance the resume revision."""
         if response.created:
             self._failed_opens = 0
-        if response.canceled:
-            if response.compact_revision:
-                raise RevisionCompactedError(self._next_revision, response.compact_revision)
-            raise EtcdRequestError(0, f"etcd cancelled the watch: {response.cancel_reason}")
         if response.events:
             for batch in self._store._batches(response.events):
                 if batch.revision >= self._next_revision:

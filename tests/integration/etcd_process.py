@@ -12,7 +12,8 @@ an :class:`EtcdProcess`:
     .client_url ("http://127.0.0.1:PORT"), .address ("127.0.0.1:PORT"),
     .cluster_url(prefix) -> "etcd://127.0.0.1:PORT/prefix"
     .stop() (SIGTERM, then SIGKILL after 5 s), .kill() (SIGKILL), .start() again
-    with the same ports and data, .compact(revision)
+    with the same ports and data, .pause() / .resume() (SIGSTOP / SIGCONT),
+    .compact(revision), .post(path, body) (a raw gateway request)
 
 Start waits (at most 15 s) until a gateway request succeeds.  The flags make a
 one-node etcd ready in about 50 ms (heartbeat 10 ms, election 100 ms, no fsync on
@@ -21,6 +22,7 @@ one-node etcd ready in about 50 ms (heartbeat 10 ms, election 100 ms, no fsync o
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -60,6 +62,7 @@ def find_etcd_binary() -> Path | None:
     return debian if debian.is_file() else None
 
 
+@functools.cache
 def etcd_version(binary: Path) -> tuple[int, int]:
     """(major, minor) from ``etcd --version``."""
     output = subprocess.run(
@@ -158,11 +161,21 @@ class EtcdProcess:
         """SIGTERM, then SIGKILL after STOP_TIMEOUT_S."""
         if self.process is None or self.process.poll() is not None:
             return
+        self.process.send_signal(signal.SIGCONT)
         self.process.send_signal(signal.SIGTERM)
         try:
             self.process.wait(timeout=STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             self.kill()
+
+    def pause(self) -> None:
+        """SIGSTOP: etcd keeps its sockets but answers nothing until resume()."""
+        assert self.process is not None and self.process.poll() is None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
 
     def kill(self) -> None:
         if self.process is None or self.process.poll() is not None:

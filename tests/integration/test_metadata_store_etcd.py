@@ -14,7 +14,7 @@ from broker.cluster.etcd_store import EtcdStore, open_etcd_store
 from broker.cluster.etcd_url import parse_etcd_url
 from broker.cluster.local_store import LocalStore
 from broker.cluster.open_store import open_metadata_store
-from broker.cluster.store import StoreUnavailableError, WatchBatch
+from broker.cluster.store import StoreUnavailableError, WatchBatch, WriteOutcomeUnknownError
 from client.errors import InvalidConfigError
 
 WAIT_S = 15.0
@@ -104,3 +104,35 @@ async def test_the_factory_picks_the_store_from_the_url(
     with pytest.raises(InvalidConfigError, match="scheme"):
         async with open_metadata_store("http://127.0.0.1:1/x", tmp_path):
             pass
+
+
+async def test_a_paused_etcd_fails_requests_fast_and_a_watch_waits_it_out(
+    etcd_server: EtcdProcess,
+) -> None:
+    """Proves that while etcd answers nothing (SIGSTOP) a read fails with
+    StoreUnavailableError and a CAS with WriteOutcomeUnknownError after the client
+    timeout, a watch opened meanwhile keeps retrying, and all work once it resumes."""
+    async with open_etcd_store(parse_etcd_url(etcd_server.cluster_url("pause"))) as store:
+        start = await store.current_revision() + 1
+        etcd_server.pause()
+        try:
+            with trio.fail_after(WAIT_S):
+                with pytest.raises(StoreUnavailableError):
+                    await store.get("k")
+                with pytest.raises(WriteOutcomeUnknownError):
+                    await store.put("k", b"v", expected_version=0)
+            async with store.watch("", start) as batches:
+                stream = aiter(batches)
+                with trio.move_on_after(1.5):
+                    await stream.__anext__()
+                    pytest.fail("a watch on a paused etcd delivered a batch")
+                etcd_server.resume()
+                written = await put_when_back(etcd_server.cluster_url("pause"), "after", b"a")
+                received = [await next_batch(stream)]
+                if received[0].events[0].key == "k":
+                    # The CAS whose outcome was unknown did land (after the resume).
+                    received.append(await next_batch(stream))
+        finally:
+            etcd_server.resume()
+    assert received[-1].revision == written
+    assert [event.key for batch in received[:-1] for event in batch.events] in ([], ["k"])

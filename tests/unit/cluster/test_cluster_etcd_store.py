@@ -258,3 +258,31 @@ async def test_a_watch_from_a_compacted_revision_raises(fake: FakeEtcd, store: E
         with trio.fail_after(5), pytest.raises(RevisionCompactedError) as compacted:
             await aiter(batches).__anext__()
     assert (compacted.value.start_revision, compacted.value.compact_revision) == (2, 4)
+
+
+async def test_a_watch_cancelled_for_another_reason_is_reopened(
+    fake: FakeEtcd, store: EtcdStore
+) -> None:
+    """Proves a cancel without a compact revision (etcd shutting down) reopens the
+    watch on the next endpoint from where it was, instead of failing the consumer."""
+    fake.on(
+        A,
+        "/v3/watch",
+        lines(
+            {"result": {**HEADER, "created": True}},
+            watch_result([{"kv": kv("t/a", "1", 4, 4)}]),
+            {"result": {**HEADER, "canceled": True, "cancel_reason": "server closing"}},
+        ),
+    )
+    fake.on(B, "/v3/watch", lines(watch_result([{"kv": kv("t/b", "2", 6, 6)}])))
+    async with store.watch("t/", 2) as batches:
+        stream = aiter(batches)
+        with trio.fail_after(5):
+            received = [await stream.__anext__(), await stream.__anext__()]
+    assert [batch.revision for batch in received] == [4, 6]
+    starts = [
+        body["create_request"]["start_revision"]  # type: ignore[index]
+        for _, path, body in fake.requests
+        if path == "/v3/watch"
+    ]
+    assert starts == [2, 5]
