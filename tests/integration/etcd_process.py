@@ -7,7 +7,9 @@ package (installed by the dev extras), else ``etcd`` on PATH, else /usr/bin/etcd
 reason -- except under CI (``CI`` set), where they fail: CI must test etcd.
 
 Fixture ``etcd_server`` (import ``etcd_server_fixture`` into the test module) yields
-an :class:`EtcdProcess`:
+an :class:`EtcdProcess`; ``etcd_cluster`` (``etcd_cluster_fixture``) an
+:class:`EtcdCluster` of three members (``.members``, ``.leader()``,
+``.cluster_url(prefix)`` naming every member).  An EtcdProcess has:
 
     .client_url ("http://127.0.0.1:PORT"), .address ("127.0.0.1:PORT"),
     .cluster_url(prefix) -> "etcd://127.0.0.1:PORT/prefix"
@@ -82,11 +84,14 @@ def free_port() -> int:
 class EtcdProcess:
     """One etcd process (module docstring)."""
 
-    def __init__(self, binary: Path, data_dir: Path) -> None:
+    def __init__(self, binary: Path, data_dir: Path, name: str = "test") -> None:
         self.binary = binary
         self.data_dir = data_dir
+        self.name = name
         self.client_port = free_port()
         self.peer_port = free_port()
+        # "name=peer-url,..." of every member; a one-node cluster by default.
+        self.initial_cluster = f"{name}={self.peer_url}"
         self.log_path = data_dir.with_name(data_dir.name + ".log")
         self.process: subprocess.Popen[bytes] | None = None
         self._version = etcd_version(binary)
@@ -99,20 +104,23 @@ class EtcdProcess:
     def client_url(self) -> str:
         return f"http://{self.address}"
 
+    @property
+    def peer_url(self) -> str:
+        return f"http://127.0.0.1:{self.peer_port}"
+
     def cluster_url(self, prefix: str = "distributary-test") -> str:
         return f"etcd://{self.address}/{prefix}"
 
     def _command(self) -> list[str]:
-        peer_url = f"http://127.0.0.1:{self.peer_port}"
         command = [
             str(self.binary),
-            "--name=test",
+            f"--name={self.name}",
             f"--data-dir={self.data_dir}",
             f"--listen-client-urls={self.client_url}",
             f"--advertise-client-urls={self.client_url}",
-            f"--listen-peer-urls={peer_url}",
-            f"--initial-advertise-peer-urls={peer_url}",
-            f"--initial-cluster=test={peer_url}",
+            f"--listen-peer-urls={self.peer_url}",
+            f"--initial-advertise-peer-urls={self.peer_url}",
+            f"--initial-cluster={self.initial_cluster}",
             "--heartbeat-interval=10",
             "--election-timeout=100",
             "--logger=zap",
@@ -122,13 +130,18 @@ class EtcdProcess:
             command.append("--unsafe-no-fsync")
         return command
 
-    def start(self) -> None:
-        """Start etcd and wait until it answers.  Fails the test if it does not."""
+    def launch(self) -> None:
+        """Start the process without waiting (a member of a new cluster answers only
+        once a quorum runs)."""
         assert self.process is None or self.process.poll() is not None
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 self._command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
             )
+
+    def wait_ready(self) -> None:
+        """Wait until etcd answers.  Fails the test if it does not in time."""
+        assert self.process is not None
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -138,6 +151,19 @@ class EtcdProcess:
             time.sleep(READY_POLL_S)
         self.kill()
         pytest.fail(f"etcd did not answer within {START_TIMEOUT_S} s: {self.logs()}")
+
+    def start(self) -> None:
+        """Start etcd and wait until it answers."""
+        self.launch()
+        self.wait_ready()
+
+    def is_leader(self) -> bool:
+        """Whether this member is the Raft leader now."""
+        status = self.post("/v3/maintenance/status", {}, timeout_s=2.0)
+        assert isinstance(status, dict)
+        return bool(status.get("leader")) and status.get("leader") == status.get("header", {}).get(
+            "member_id"
+        )
 
     def _answers(self) -> bool:
         try:
@@ -207,6 +233,47 @@ def require_etcd_binary() -> Path:
     return binary
 
 
+class EtcdCluster:
+    """Three (or ``size``) etcd members on loopback, one cluster."""
+
+    def __init__(self, binary: Path, directory: Path, size: int = 3) -> None:
+        self.members = [
+            EtcdProcess(binary, directory / f"etcd-{i}", name=f"m{i}") for i in range(size)
+        ]
+        initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+        for member in self.members:
+            member.initial_cluster = initial
+
+    def cluster_url(self, prefix: str = "distributary-test") -> str:
+        addresses = ",".join(member.address for member in self.members)
+        return f"etcd://{addresses}/{prefix}"
+
+    def start(self) -> None:
+        for member in self.members:
+            member.launch()
+        for member in self.members:
+            member.wait_ready()
+
+    def leader(self) -> EtcdProcess:
+        """The member that leads now (waits, bounded, for an election to settle)."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            for member in self.members:
+                if member.process is not None and member.process.poll() is None:
+                    try:
+                        if member.is_leader():
+                            return member
+                    except (OSError, urllib.error.URLError):
+                        continue
+            time.sleep(READY_POLL_S)
+        pytest.fail(f"no etcd leader within {START_TIMEOUT_S} s")
+
+    def stop(self) -> None:
+        for member in self.members:
+            member.stop()
+            member.remove_data()
+
+
 @pytest.fixture(name="etcd_server")
 def etcd_server_fixture(tmp_path: Path) -> Iterator[EtcdProcess]:
     """A running one-node etcd on free loopback ports; stopped and deleted after."""
@@ -217,3 +284,14 @@ def etcd_server_fixture(tmp_path: Path) -> Iterator[EtcdProcess]:
     finally:
         etcd.stop()
         etcd.remove_data()
+
+
+@pytest.fixture(name="etcd_cluster")
+def etcd_cluster_fixture(tmp_path: Path) -> Iterator[EtcdCluster]:
+    """A running three-member etcd cluster on loopback; stopped and deleted after."""
+    cluster = EtcdCluster(require_etcd_binary(), tmp_path)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()

@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 import trio
-from etcd_process import EtcdProcess, etcd_server_fixture, free_port  # noqa: F401 (a fixture)
+from etcd_process import (  # noqa: F401 (fixtures)
+    EtcdCluster,
+    EtcdProcess,
+    etcd_cluster_fixture,
+    etcd_server_fixture,
+    free_port,
+)
 
 from broker.cluster.etcd_store import EtcdStore, open_etcd_store
 from broker.cluster.etcd_url import parse_etcd_url
@@ -136,3 +142,32 @@ async def test_a_paused_etcd_fails_requests_fast_and_a_watch_waits_it_out(
             etcd_server.resume()
     assert received[-1].revision == written
     assert [event.key for batch in received[:-1] for event in batch.events] in ([], ["k"])
+
+
+async def test_killing_the_etcd_leader_loses_no_event_and_no_write(
+    etcd_cluster: EtcdCluster,
+) -> None:
+    """Proves that with three etcd members, SIGKILLing the one the store talks to (the
+    Raft leader) costs no acknowledged write and no watch event: requests and the
+    watch move to the survivors."""
+    leader = await trio.to_thread.run_sync(etcd_cluster.leader)
+    others = [member for member in etcd_cluster.members if member is not leader]
+    addresses = ",".join(member.address for member in [leader, *others])
+    async with open_etcd_store(parse_etcd_url(f"etcd://{addresses}/ha")) as store:
+        start = await store.current_revision() + 1
+        async with store.watch("k/", start) as batches:
+            stream = aiter(batches)
+            first = await store.put("k/1", b"1")
+            assert (await next_batch(stream)).revision == first
+            await trio.to_thread.run_sync(leader.kill)
+            with trio.fail_after(WAIT_S):
+                while True:
+                    try:
+                        second = await store.put("k/2", b"2")
+                        break
+                    except StoreUnavailableError:
+                        await trio.sleep(0.05)
+            batch = await next_batch(stream)
+        item = await store.get("k/1")
+    assert (batch.revision, batch.events[0].key) == (second, "k/2")
+    assert item is not None and item.mod_revision == first

@@ -24,6 +24,8 @@ from broker.cluster.store import (
 )
 from client.errors import StorageError
 
+WAIT_S = 5.0
+
 
 async def test_keys_and_revisions_survive_a_reopen(tmp_path: Path) -> None:
     """Proves the file keeps every key with its revisions and the store revision, so
@@ -46,7 +48,8 @@ async def test_keys_and_revisions_survive_a_reopen(tmp_path: Path) -> None:
             async with store.watch("", last) as batches:
                 await aiter(batches).__anext__()
         async with store.watch("", last + 1) as batches:
-            batch = await aiter(batches).__anext__()
+            with trio.fail_after(WAIT_S):
+                batch = await aiter(batches).__anext__()
         assert batch.revision == last + 1
         store.check_invariants()
 
@@ -140,15 +143,18 @@ async def test_a_watch_that_falls_behind_the_history_is_compacted(tmp_path: Path
     async with open_local_store(path, durable=False, history_revisions_max=3) as store:
         async with follow_prefix(store, "k/") as updates:
             view = PrefixView()
-            view.apply(await updates.__anext__())
+            with trio.fail_after(WAIT_S):
+                view.apply(await updates.__anext__())
             for i in range(5):
                 await store.put(f"k/{i}", b"v")
-            update = await updates.__anext__()
+            with trio.fail_after(WAIT_S):
+                update = await updates.__anext__()
             assert isinstance(update, Snapshot) and updates.resyncs == 1
             view.apply(update)
             assert len(view.items) == 5
             last = await store.put("k/9", b"w")
-            update = await updates.__anext__()
+            with trio.fail_after(WAIT_S):
+                update = await updates.__anext__()
             assert isinstance(update, WatchBatch) and update.revision == last
             view.apply(update)
             view.check_invariants()
@@ -195,8 +201,9 @@ async def test_a_watch_ends_when_the_store_closes(tmp_path: Path) -> None:
                 except StoreUnavailableError as error:
                     errors.append(error)
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(consume)
-            await trio.testing.wait_all_tasks_blocked()
-            store.close()
+        with trio.fail_after(WAIT_S):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(consume)
+                await trio.testing.wait_all_tasks_blocked()
+                store.close()
     assert len(errors) == 1
