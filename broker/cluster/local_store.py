@@ -109,6 +109,8 @@ def _load(path: Path) -> _StoreFile:
         raise StorageError(f"metadata store {path} is not valid: {error}") from error
     if stored.version != LOCAL_STORE_FILE_VERSION:
         raise StorageError(f"metadata store {path} has unknown version {stored.version}")
+    if stored.revision < 1:
+        raise StorageError(f"metadata store {path} has bad revision {stored.revision}")
     seen: set[str] = set()
     for item in stored.keys:
         if not 1 <= item.create_revision <= item.mod_revision <= stored.revision:
