@@ -242,8 +242,12 @@ class LocalStore:
             raise LeaseLostError(lease_id)
         return lease
 
-    async def _end_lease(self, lease_id: int) -> None:
+    async def _end_lease(self, lease_id: int, *, expiring: bool = False) -> None:
+        """Delete the lease's keys (one revision) and forget it.  ``expiring``: the
+        expiry task's call, which does nothing once the store is closed."""
         async with self._write_lock:
+            if expiring and self._closed:
+                return
             self._check_usable()
             lease = self._leases.get(lease_id)
             if lease is None:
@@ -253,15 +257,13 @@ class LocalStore:
             del self._leases[lease_id]
 
     async def run_lease_expiry(self) -> None:
-        """Expire leases whose deadline passed; runs until cancelled."""
+        """Expire leases whose deadline passed; runs until cancelled.  A lease past
+        its deadline can no longer be renewed, so no keepalive races this."""
         while True:
             now = trio.current_time()
             for lease_id in [i for i, lease in self._leases.items() if lease.deadline <= now]:
-                # Re-check: a keepalive may have renewed it while we waited for the lock.
-                lease = self._leases.get(lease_id)
-                if lease is not None and lease.deadline <= trio.current_time():
-                    _logger.info("metadata lease expired", lease=f"{lease_id:x}")
-                    await self._end_lease(lease_id)
+                _logger.info("metadata lease expired", lease=f"{lease_id:x}")
+                await self._end_lease(lease_id, expiring=True)
             next_deadline = min(
                 (lease.deadline for lease in self._leases.values()), default=math.inf
             )
