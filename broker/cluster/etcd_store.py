@@ -76,6 +76,10 @@ from broker.logging import get_logger
 WATCH_RETRY_FIRST_S: Final = 0.05
 WATCH_RETRY_MAX_S: Final = 1.0
 _LEASE_NOT_FOUND: Final = "requested lease not found"
+# Each open watch holds one HTTP connection; requests share the rest.  A broker
+# needs a handful of watches and a few requests in flight.
+HTTP_CONNECTIONS_MAX: Final = 64
+HTTP_IDLE_CONNECTIONS_MAX: Final = 16
 
 _logger = get_logger()
 
@@ -422,8 +426,9 @@ async def open_etcd_store(
     """An EtcdStore for ``url`` (no request is made: the first call finds out whether
     etcd is reachable)."""
     gateway_timeout_s = REQUEST_TIMEOUT_S if request_timeout_s is None else request_timeout_s
-    # Each open watch holds one connection; requests share the rest.
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=16)
+    limits = httpx.Limits(
+        max_connections=HTTP_CONNECTIONS_MAX, max_keepalive_connections=HTTP_IDLE_CONNECTIONS_MAX
+    )
     async with httpx.AsyncClient(limits=limits, trust_env=False) as http:
         gateway = EtcdGateway(http, url.base_urls(), request_timeout_s=gateway_timeout_s)
         yield EtcdStore(gateway, url.prefix)
