@@ -5,8 +5,8 @@ over HTTP, and httpx runs on trio through anyio.  This module does the transport
 which endpoint to ask, timeouts, retries, and the typed messages (msgspec Structs).
 :mod:`broker.cluster.etcd_store` builds the MetadataStore on it.
 
-The gateway's quirks (../shared/cluster.md): keys and values are base64 (msgspec
-does that for ``bytes`` fields); 64-bit integers come back as strings (decoded with
+The gateway's quirks: keys and values are base64 (msgspec does that for
+``bytes`` fields); 64-bit integers come back as strings (decoded with
 ``strict=False``); default values are omitted (so every field has a default);
 streaming answers (watch, keepalive) are newline-separated ``{"result": ...}`` or
 ``{"error": ...}`` objects.
@@ -38,8 +38,8 @@ from broker.cluster.store import (
 )
 from broker.logging import get_logger
 
-# cluster.md: long enough for a loaded etcd (p99 of a CAS is a few ms), short
-# enough that a request stuck on a dead leader moves on well before etcd's own 7 s.
+# Long enough for a loaded etcd (p99 of a CAS is a few ms), short enough that a
+# request stuck on a dead leader moves on well before etcd's own 7 s.
 REQUEST_TIMEOUT_S: Final = 1.0
 # Pause between two rounds over every endpoint, so a restarting etcd gets a moment.
 ROUND_PAUSE_S: Final = 0.1
