@@ -21,9 +21,10 @@ Every seek bumps the partition's ``seek_count``; a request remembers the
 counts it was built with, and an answer for an older count is dropped (its
 records belong to a position the owner has left).
 
-The owner (the Consumer's fetch loop today, a follower fetcher later) does the
-I/O: it sends what the Fetcher builds, asks ListOffsets, refreshes metadata,
-and takes the chunks.
+The owner (client/fetch_loop.py for the Consumer) does the I/O: it sends
+what the Fetcher builds, asks ListOffsets, refreshes metadata, and takes the
+chunks.  Nothing here is consumer-only (groups, iteration), so a follower's
+fetcher can drive the same class.
 """
 
 from __future__ import annotations
@@ -139,6 +140,7 @@ class Fetcher:
         partition_bytes_max: int,
         auto_offset_reset: OffsetReset,
         buffered_chunks_max: int = BUFFERED_CHUNKS_MAX,
+        replica_id: int = -1,
     ) -> None:
         assert max_wait_ms >= 0 and min_bytes >= 0
         assert max_bytes > 0 and partition_bytes_max > 0 and buffered_chunks_max > 0
@@ -149,6 +151,8 @@ class Fetcher:
         self.partition_bytes_max = partition_bytes_max
         self.auto_offset_reset = auto_offset_reset
         self.buffered_chunks_max = buffered_chunks_max
+        # Sent in every request: -1 for a consumer, the node id for a follower.
+        self.replica_id = replica_id
         self.states: dict[TopicPartition, PartitionFetchState] = {}
         # Bumped whenever a partition's fetch_bytes_max changes or partitions come
         # and go: continuations built before then must be rebuilt.
@@ -350,6 +354,7 @@ class Fetcher:
             max_bytes=self.max_bytes,
             topics=[FetchTopic(name, parts) for name, parts in by_topic.items()],
             responses_max=responses_max,
+            replica_id=self.replica_id,
         )
 
     def seek_counts_unchanged(self, seek_counts: SeekCounts) -> bool:

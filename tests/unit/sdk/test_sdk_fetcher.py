@@ -89,7 +89,7 @@ def test_fetch_request_asks_each_partition_from_its_position() -> None:
         ("audit", 0): (0, 1 << 20),
     }
     assert [topic.name for topic in request.topics] == ["orders", "audit"]
-    assert request.responses_max == 4
+    assert (request.responses_max, request.replica_id) == (4, -1)
     assert seek_counts == {tp: fetcher.states[tp].seek_count for tp in (TP, TP1, OTHER)}
     continuation = fetcher.continuation_request([TP, TP1], 64)
     assert [p.fetch_offset for p in continuation.topics[0].partitions] == [
