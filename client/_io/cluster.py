@@ -411,6 +411,17 @@ class Cluster:
         )
         self.partition_counts[name] = len(partitions)
 
+    def check_invariants(self) -> None:
+        """The cached topics, partition counts and leaders agree, and no cached
+        partition names a leader epoch above the highest one seen."""
+        assert set(self.topics) == set(self.partition_counts)
+        for name, topic in self.topics.items():
+            assert len(topic.partitions) == self.partition_counts[name]
+            for partition in topic.partitions:
+                key = (name, partition.partition)
+                assert self._leaders[key] == partition.leader, key
+                assert partition.leader_epoch <= self._leader_epochs.get(key, -1), key
+
     def leader_epoch_for(self, topic: str, partition: int) -> int | None:
         """The highest leader epoch seen for the partition (None: never seen)."""
         return self._leader_epochs.get((topic, partition))

@@ -39,6 +39,7 @@ async def test_an_older_leader_epoch_does_not_overwrite_a_newer_one() -> None:
     async with anyio.create_task_group() as task_group:
         cluster = Cluster("127.0.0.1:1", task_group)
         cluster._apply_metadata(metadata({0: (1, 5), 1: (1, 5)}), ["orders"])
+        cluster.check_invariants()
         cluster._apply_metadata(metadata({0: (2, 4), 1: (2, 6)}), ["orders"])
         assert cluster.leader_for("orders", 0) == 1
         assert cluster.leader_epoch_for("orders", 0) == 5
@@ -56,12 +57,16 @@ async def test_invalidating_a_topic_keeps_its_epochs() -> None:
     async with anyio.create_task_group() as task_group:
         cluster = Cluster("127.0.0.1:1", task_group)
         cluster._apply_metadata(metadata({0: (1, 5)}), ["orders"])
+        cluster.check_invariants()
         cluster.invalidate("orders")
+        cluster.check_invariants()
         assert cluster.leader_for("orders", 0) is None
         cluster._apply_metadata(metadata({0: (2, 3)}), ["orders"])
+        cluster.check_invariants()
         assert cluster.leader_for("orders", 0) is None
         assert cluster.partition_counts["orders"] == 1
         cluster._apply_metadata(metadata({0: (3, 7)}), ["orders"])
+        cluster.check_invariants()
         assert (cluster.leader_for("orders", 0), cluster.leader_epoch_for("orders", 0)) == (3, 7)
 
 
@@ -71,12 +76,15 @@ async def test_a_deleted_topic_forgets_its_epochs() -> None:
     async with anyio.create_task_group() as task_group:
         cluster = Cluster("127.0.0.1:1", task_group)
         cluster._apply_metadata(metadata({0: (1, 5)}), ["orders"])
+        cluster.check_invariants()
         gone = MetadataResponse(
             topics=[TopicMetadata("orders", error_code=ErrorCode.UNKNOWN_TOPIC_OR_PARTITION)]
         )
         cluster._apply_metadata(gone, ["orders"])
+        cluster.check_invariants()
         assert cluster.leader_epoch_for("orders", 0) is None
         cluster._apply_metadata(metadata({0: (2, 0)}), ["orders"])
+        cluster.check_invariants()
         assert cluster.leader_for("orders", 0) == 2
 
 
