@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ast
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -278,31 +276,3 @@ def test_fetchable_skips_paused_full_and_other_leaders() -> None:
     assert len(fetcher.states[TP].chunks) == fetcher.buffered_chunks_max
     assert fetcher.fetchable(NODE, lambda t, p: leaders[t], unresolved_stops=False) == []
     fetcher.check_invariants()
-
-
-def test_fetcher_imports_no_event_loop_or_socket() -> None:
-    """Proves client/fetcher.py (and the client modules it imports) stay sans-I/O."""
-    root = Path(__file__).resolve().parents[3]
-    forbidden = {"anyio", "trio", "asyncio", "socket", "sniffio"}
-    seen: set[str] = set()
-    todo = ["client.fetcher"]
-    while todo:
-        module = todo.pop()
-        if module in seen:
-            continue
-        seen.add(module)
-        path = root / (module.replace(".", "/") + ".py")
-        if not path.exists():
-            path = root / module.replace(".", "/") / "__init__.py"
-        tree = ast.parse(path.read_text())
-        for node in ast.walk(tree):
-            names: list[str] = []
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                assert node.level == 0, f"{module}: relative import"
-                names = [node.module]
-            for name in names:
-                assert name.split(".")[0] not in forbidden, f"{module} imports {name}"
-                if name.startswith("client.") and name != "client":
-                    todo.append(name)
