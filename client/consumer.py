@@ -293,7 +293,8 @@ class Consumer(RecordHandout, ClusterClient):
 
     def _forget_handed_out(self, tp: TopicPartition) -> None:
         """``tp`` moves: what was handed out of it is no longer the position."""
-        self._processed[tp] = None  # known again at the next getmany / iteration step
+        if self._group is not None:
+            self._processed[tp] = None  # known again at the next getmany / iteration step
         if self._iter_tp == tp:
             self._drop_iterator_chunk()
 
