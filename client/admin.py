@@ -228,8 +228,17 @@ class Admin(ClusterClient):
             lambda: cluster.request_any(body), attempts_max=self.reconnect_attempts_max
         )
 
+    async def _request_coordinator(self, group_id: str, body: Request) -> object:
+        """``body`` (about ``group_id`` alone) to that group's coordinator."""
+        cluster = self._require_cluster()
+        return await cluster.call_with_retries(
+            lambda: cluster.request_coordinator(group_id, body),
+            attempts_max=self.reconnect_attempts_max,
+        )
+
     async def list_groups(self, states: Iterable[str] | None = None) -> list[GroupListing]:
-        """Every consumer group (optionally only in these states), sorted by id."""
+        """Every consumer group (optionally only in these states), sorted by id.
+        Asks one broker (what it lists: the groups it coordinates, on one node all)."""
         body = await self._request(ListGroupsRequest(None if states is None else list(states)))
         assert isinstance(body, ListGroupsResponse)
         if body.error_code:
@@ -242,13 +251,14 @@ class Admin(ClusterClient):
     async def describe_groups(self, group_ids: Iterable[str]) -> list[GroupDescription]:
         """State, members, assignment, and per partition the committed offset, log
         end offset and lag.  Raises UnknownGroupError for a missing group."""
-        body = await self._request(DescribeGroupsRequest(list(group_ids)))
-        assert isinstance(body, DescribeGroupsResponse)
         descriptions = []
-        for group in body.groups:
-            if group.error_code:
-                raise error_for_code(group.error_code, group.error_message or group.group_id)
-            descriptions.append(_group_description(group))
+        for group_id in group_ids:
+            body = await self._request_coordinator(group_id, DescribeGroupsRequest([group_id]))
+            assert isinstance(body, DescribeGroupsResponse)
+            for group in body.groups:
+                if group.error_code:
+                    raise error_for_code(group.error_code, group.error_message or group.group_id)
+                descriptions.append(_group_description(group))
         return descriptions
 
     async def describe_group(self, group_id: str) -> GroupDescription:
@@ -258,11 +268,12 @@ class Admin(ClusterClient):
     async def delete_groups(self, group_ids: Iterable[str]) -> None:
         """Delete groups and their committed offsets.  Raises GroupNotEmptyError (it
         has members), UnknownGroupError."""
-        body = await self._request(DeleteGroupsRequest(list(group_ids)))
-        assert isinstance(body, DeleteGroupsResponse)
-        for result in body.results:
-            if result.error_code:
-                raise error_for_code(result.error_code, result.error_message or result.group_id)
+        for group_id in group_ids:
+            body = await self._request_coordinator(group_id, DeleteGroupsRequest([group_id]))
+            assert isinstance(body, DeleteGroupsResponse)
+            for result in body.results:
+                if result.error_code:
+                    raise error_for_code(result.error_code, result.error_message or result.group_id)
 
     async def committed_offsets(
         self, group_id: str, partitions: Iterable[TopicPartition] | None = None

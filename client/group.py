@@ -30,6 +30,10 @@ reconciles.  :class:`GroupMembership` runs in the consumer's task group:
 
 Callbacks may be plain functions or coroutines; they run in the consumer's
 background task or inside ``getmany`` and must not call ``getmany`` themselves.
+
+The membership sees its consumer only through :class:`GroupMember` (the
+partitions it fetches and the positions it has handed out), and sends every
+request to the group's coordinator (``Cluster.request_coordinator``).
 """
 
 from __future__ import annotations
@@ -37,9 +41,9 @@ from __future__ import annotations
 import inspect
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import Final, Protocol
 
 import anyio
 
@@ -69,9 +73,6 @@ from client.protocol.messages import (
 )
 from client.types import TopicPartition
 
-if TYPE_CHECKING:
-    from client.consumer import Consumer
-
 log = get_logger("client.group")
 
 PartitionsCallback = Callable[[set[TopicPartition]], Awaitable[None] | None]
@@ -82,6 +83,54 @@ HEARTBEAT_INTERVAL_MS_DEFAULT: Final = 1_000
 SESSION_TIMEOUT_MS_DEFAULT: Final = 10_000
 # close() waits at most this long for the final commit and the leave heartbeat.
 LEAVE_TIMEOUT_MS: Final = 5_000
+
+
+class GroupMember(Protocol):
+    """What a group membership needs from its consumer."""
+
+    @property
+    def client_id(self) -> str: ...
+
+    @property
+    def request_timeout_ms(self) -> int: ...
+
+    @property
+    def reconnect_attempts_max(self) -> int: ...
+
+    @property
+    def busy(self) -> bool:
+        """True from handing records out until the application asks for more (it
+        may be processing them, so a revocation waits)."""
+        ...
+
+    def report_error(self, error: BaseException) -> None:
+        """Hand an error to the application's next getmany / iteration."""
+
+    async def add_partitions(self, partitions: Mapping[TopicPartition, int | None]) -> None:
+        """Start fetching newly assigned partitions from these committed offsets
+        (None: by ``auto_offset_reset``)."""
+
+    def freeze_partitions(
+        self, partitions: Collection[TopicPartition]
+    ) -> dict[TopicPartition, int]:
+        """Stop handing out partitions being released; the processed positions to
+        commit."""
+        ...
+
+    def remove_partitions(self, partitions: Collection[TopicPartition]) -> None:
+        """Stop fetching these partitions and forget them."""
+
+    def processed_positions(
+        self, partitions: Collection[TopicPartition]
+    ) -> dict[TopicPartition, int]:
+        """The positions as of the application's last getmany / iteration step."""
+        ...
+
+    def current_positions(
+        self, partitions: Collection[TopicPartition]
+    ) -> dict[TopicPartition, int]:
+        """The position of each partition (everything handed out counts as processed)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -135,7 +184,7 @@ async def commit_offsets(
         [OffsetCommitTopic(name, parts) for name, parts in by_topic.items()],
     )
     body = await cluster.call_with_retries(
-        lambda: cluster.request_any(request), attempts_max=attempts_max
+        lambda: cluster.request_coordinator(group_id, request), attempts_max=attempts_max
     )
     assert isinstance(body, OffsetCommitResponse)
     if body.error_code:
@@ -165,7 +214,7 @@ async def fetch_committed(
         topics = [OffsetFetchTopic(name, numbers) for name, numbers in by_topic.items()]
     request = OffsetFetchRequest(group_id, topics)
     body = await cluster.call_with_retries(
-        lambda: cluster.request_any(request), attempts_max=attempts_max
+        lambda: cluster.request_coordinator(group_id, request), attempts_max=attempts_max
     )
     assert isinstance(body, OffsetFetchResponse)
     if body.error_code:
@@ -184,7 +233,7 @@ class GroupMembership:
     """One consumer's membership of one group (see the module docstring)."""
 
     def __init__(
-        self, consumer: Consumer, cluster: Cluster, options: GroupOptions, rng: random.Random
+        self, consumer: GroupMember, cluster: Cluster, options: GroupOptions, rng: random.Random
     ) -> None:
         self.consumer = consumer
         self.cluster = cluster
@@ -210,6 +259,11 @@ class GroupMembership:
         self._stopped = False
         # Set after each answer: tests and tools wait on "an assignment arrived".
         self.assignment_changed = anyio.Event()
+
+    @property
+    def running(self) -> bool:
+        """True once :meth:`run` started."""
+        return self._running
 
     # -- subscription -------------------------------------------------------------------
 
@@ -249,7 +303,7 @@ class GroupMembership:
                     response = await self._send_heartbeat(self.member_epoch)
             except (DistributaryError, TimeoutError) as error:
                 if isinstance(error, DistributaryError) and not error.retriable:
-                    self.consumer._report_error(error)
+                    self.consumer.report_error(error)
                     return
                 failures += 1
                 log.info("heartbeat failed", group=self.group_id, error=str(error))
@@ -297,7 +351,7 @@ class GroupMembership:
             heartbeat_interval_ms=options.heartbeat_interval_ms or -1,
             client_id=self.consumer.client_id,
         )
-        body = await self.cluster.request_any(request)
+        body = await self.cluster.request_coordinator(self.group_id, request)
         assert isinstance(body, ConsumerGroupHeartbeatResponse)
         return body
 
@@ -314,7 +368,7 @@ class GroupMembership:
         if error.retriable:
             await self._sleep_ms(RETRY_BACKOFF_MAX_MS)
             return True
-        self.consumer._report_error(error)
+        self.consumer.report_error(error)
         return False
 
     async def _apply(self, response: ConsumerGroupHeartbeatResponse) -> bool:
@@ -331,7 +385,7 @@ class GroupMembership:
         changed = bool(to_release - self.revoking or added)
         self.revoking |= to_release
         released = False
-        if self.revoking and not self.consumer._busy:
+        if self.revoking and not self.consumer.busy:
             released = await self.complete_revocation()
         if added:
             await self._assign(added)
@@ -347,7 +401,7 @@ class GroupMembership:
         except DistributaryError as error:
             # Start them by auto_offset_reset rather than not at all; log loudly.
             log.warning("could not fetch committed offsets", group=self.group_id, error=str(error))
-        await self.consumer._group_add({tp: committed.get(tp) for tp in added})
+        await self.consumer.add_partitions({tp: committed.get(tp) for tp in added})
         self.owned |= added
         for tp, offset in committed.items():
             self._last_committed[tp] = offset
@@ -364,11 +418,11 @@ class GroupMembership:
             if not partitions:
                 self.revoking.clear()
                 return False
-            positions = self.consumer._group_freeze(partitions)
+            positions = self.consumer.freeze_partitions(partitions)
             if self.options.enable_auto_commit:
                 await self._commit_quietly(positions)
             await self._callback(self.options.on_revoke, set(partitions))
-            self.consumer._group_remove(partitions)
+            self.consumer.remove_partitions(partitions)
             self.owned -= partitions
             self.revoking -= partitions
             for tp in partitions:
@@ -387,8 +441,8 @@ class GroupMembership:
         self._last_committed.clear()
         if not lost:
             return
-        self.consumer._group_freeze(lost)
-        self.consumer._group_remove(lost)
+        self.consumer.freeze_partitions(lost)
+        self.consumer.remove_partitions(lost)
         log.warning("partitions lost", group=self.group_id, reason=reason, count=len(lost))
         await self._callback(self.options.on_lost or self.options.on_revoke, lost)
 
@@ -403,7 +457,7 @@ class GroupMembership:
                 await result
         except Exception as error:  # the application's code: report it, keep the group alive
             log.error("partition callback failed", group=self.group_id, error=repr(error))
-            self.consumer._report_error(error)
+            self.consumer.report_error(error)
 
     # -- commits ------------------------------------------------------------------------
 
@@ -441,7 +495,7 @@ class GroupMembership:
                     await self._sleep_ms(self.options.auto_commit_interval_ms, self._commit_wake)
                     if self._stopped:
                         break
-                    positions = self.consumer._processed_positions(self.owned - self.revoking)
+                    positions = self.consumer.processed_positions(self.owned - self.revoking)
                     await self._commit_quietly(positions)
         finally:
             done.set()
@@ -461,7 +515,7 @@ class GroupMembership:
             scope.cancel()
         with anyio.move_on_after(LEAVE_TIMEOUT_MS / 1000):
             if self.owned:
-                positions = self.consumer._current_positions(self.owned)
+                positions = self.consumer.current_positions(self.owned)
                 if self.options.enable_auto_commit and self.member_id:
                     await self._commit_quietly(positions)
                 await self._callback(self.options.on_revoke, set(self.owned))

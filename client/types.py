@@ -40,11 +40,17 @@ class RecordMetadata(NamedTuple):
 
 
 class OffsetReset(enum.Enum):
-    """What a consumer does when its position is unknown or out of range."""
+    """What a consumer does when its position is unknown or out of range: move to
+    the log start, to the log end, or (``NONE``) raise OffsetOutOfRangeError.
+    ``"error"`` is accepted as another spelling of ``"none"``."""
 
     EARLIEST = "earliest"
     LATEST = "latest"
-    ERROR = "error"
+    NONE = "none"
+
+    @classmethod
+    def _missing_(cls, value: object) -> OffsetReset | None:
+        return cls.NONE if value == "error" else None
 
 
 class PartitionInfo(NamedTuple):

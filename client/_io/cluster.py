@@ -7,6 +7,17 @@ of attempts, and a cache of topic metadata (partition count, leaders) that is
 refreshed on demand -- callers ask for a refresh after NOT_LEADER or
 UNKNOWN_TOPIC_OR_PARTITION.
 
+The cache keeps (leader, leader epoch) per partition and never goes back: a
+metadata answer that names an older leader epoch for a partition than the one
+already known (a broker that has not heard of the new leader yet) leaves that
+partition's leader as it was.  Dropping a topic from the cache (``invalidate``)
+keeps its epochs, so the next answer is held to them too; only a topic the
+cluster says is gone forgets them.
+
+Group requests go to the group's coordinator, found with FindCoordinator and
+cached per group until a request to it fails on the connection or is answered
+COORDINATOR_NOT_AVAILABLE.
+
 Raises only typed errors: BrokerUnavailableError when no broker answers,
 UnknownTopicOrPartitionError for topics the cluster does not have.
 """
@@ -14,6 +25,7 @@ UnknownTopicOrPartitionError for topics the cluster does not have.
 from __future__ import annotations
 
 import abc
+import contextlib
 import random
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
@@ -21,6 +33,7 @@ from typing import Any, Final, Self, TypeVar
 
 import anyio
 import anyio.abc
+import msgspec
 
 from client._io.connection import (
     INFLIGHT_REQUESTS_MAX_DEFAULT,
@@ -30,11 +43,16 @@ from client._io.connection import (
 from client._logging import get_logger
 from client.errors import (
     BrokerUnavailableError,
+    ConnectionClosedError,
     DistributaryError,
+    ErrorCode,
+    RequestTimedOutError,
     UnknownTopicOrPartitionError,
     error_for_code,
 )
 from client.protocol.messages import (
+    FindCoordinatorRequest,
+    FindCoordinatorResponse,
     HelloRequest,
     HelloResponse,
     MetadataRequest,
@@ -111,6 +129,8 @@ class Cluster:
         self.inflight_requests_max = inflight_requests_max
         self.random = rng if rng is not None else random.Random()
         self._task_group = task_group
+        # Leaves the task group entered by open() (None: the caller owns it).
+        self._exit_stack: contextlib.AsyncExitStack | None = None
         self._connections: dict[tuple[str, int], BrokerConnection] = {}
         self._connect_locks: dict[tuple[str, int], anyio.Lock] = {}
         self.brokers: dict[int, tuple[str, int]] = {}
@@ -120,6 +140,10 @@ class Cluster:
         # Partition counts, read on the producer's hot path.
         self.partition_counts: dict[str, int] = {}
         self._leaders: dict[tuple[str, int], int] = {}
+        # The highest leader epoch seen per partition (see the module docstring).
+        self._leader_epochs: dict[tuple[str, int], int] = {}
+        # Each group's coordinator's address, as FindCoordinator answered.
+        self._coordinators: dict[str, tuple[str, int]] = {}
         self._closed = False
 
     # -- connections ----------------------------------------------------------------
@@ -244,6 +268,54 @@ class Cluster:
         response = await connection.request(body, timeout_ms=timeout_ms)
         return response.body
 
+    # -- group coordinators -----------------------------------------------------------
+
+    async def coordinator_address(self, group_id: str) -> tuple[str, int]:
+        """The address of ``group_id``'s coordinator: cached, or asked with
+        FindCoordinator.  Raises the answer's typed error (e.g.
+        CoordinatorNotAvailableError) or BrokerUnavailableError."""
+        address = self._coordinators.get(group_id)
+        if address is not None:
+            return address
+        body = await self.request_any(FindCoordinatorRequest(group_id))
+        assert isinstance(body, FindCoordinatorResponse)
+        if body.error_code:
+            raise error_for_code(body.error_code, body.error_message or group_id)
+        address = (body.host, body.port)
+        self._coordinators[group_id] = address
+        if body.node_id >= 0:
+            self.brokers.setdefault(body.node_id, address)
+        return address
+
+    def forget_coordinator(self, group_id: str) -> None:
+        """Look ``group_id``'s coordinator up again before its next request."""
+        self._coordinators.pop(group_id, None)
+
+    async def request_coordinator(
+        self, group_id: str, body: Request, *, timeout_ms: int | None = None
+    ) -> object:
+        """Send ``body`` to ``group_id``'s coordinator, retrying once (after a fresh
+        lookup) if the connection dies under it.  Returns the response body; an
+        answer COORDINATOR_NOT_AVAILABLE makes the next request look the
+        coordinator up again.  Raises the typed error of a failed request."""
+        return await self.call_with_retries(
+            lambda: self._request_coordinator_once(group_id, body, timeout_ms), attempts_max=2
+        )
+
+    async def _request_coordinator_once(
+        self, group_id: str, body: Request, timeout_ms: int | None
+    ) -> object:
+        address = await self.coordinator_address(group_id)
+        try:
+            connection = await self.connection_to(address)
+            response = await connection.request(body, timeout_ms=timeout_ms)
+        except (ConnectionClosedError, BrokerUnavailableError, RequestTimedOutError):
+            self.forget_coordinator(group_id)
+            raise
+        if getattr(response.body, "error_code", 0) == ErrorCode.COORDINATOR_NOT_AVAILABLE:
+            self.forget_coordinator(group_id)
+        return response.body
+
     async def call_with_retries(
         self,
         operation: Callable[[], Awaitable[T]],
@@ -293,23 +365,77 @@ class Cluster:
         for topic in body.topics:
             seen.add(topic.name)
             if topic.error_code or not topic.partitions:
-                self._forget(topic.name)
+                self._forget(
+                    topic.name,
+                    epochs=topic.error_code == ErrorCode.UNKNOWN_TOPIC_OR_PARTITION,
+                )
                 continue
-            partitions = sorted(topic.partitions, key=_partition_number)
-            self.topics[topic.name] = topic
-            self.partition_counts[topic.name] = len(partitions)
-            for partition in partitions:
-                self._leaders[(topic.name, partition.partition)] = partition.leader
+            self._apply_topic(topic)
         if requested is None:
             for name in list(self.topics):
                 if name not in seen:
-                    self._forget(name)
+                    self._forget(name, epochs=True)
 
-    def _forget(self, topic: str) -> None:
+    def _apply_topic(self, topic: TopicMetadata) -> None:
+        """Cache ``topic``, keeping a partition's known leader where the answer
+        names an older leader epoch for it (see the module docstring)."""
+        name = topic.name
+        partitions = sorted(topic.partitions, key=_partition_number)
+        kept_any = False
+        for index, partition in enumerate(partitions):
+            key = (name, partition.partition)
+            known_epoch = self._leader_epochs.get(key, -1)
+            if partition.leader_epoch < known_epoch:
+                cached = self.topics.get(name)
+                previous = _find_partition(cached, partition.partition)
+                log.debug(
+                    "older metadata ignored",
+                    topic=name,
+                    partition=partition.partition,
+                    leader_epoch=partition.leader_epoch,
+                    known_leader_epoch=known_epoch,
+                )
+                if previous is not None:
+                    partitions[index] = previous
+                else:  # invalidated meanwhile: the leader is unknown until a newer answer
+                    partitions[index] = msgspec.structs.replace(
+                        partition, leader=-1, leader_epoch=known_epoch
+                    )
+                kept_any = True
+                continue
+            self._leader_epochs[key] = partition.leader_epoch
+        for partition in partitions:
+            self._leaders[(name, partition.partition)] = partition.leader
+        self.topics[name] = (
+            msgspec.structs.replace(topic, partitions=partitions) if kept_any else topic
+        )
+        self.partition_counts[name] = len(partitions)
+
+    def check_invariants(self) -> None:
+        """The cached topics, partition counts and leaders agree, and no cached
+        partition names a leader epoch above the highest one seen."""
+        assert set(self.topics) == set(self.partition_counts)
+        for name, topic in self.topics.items():
+            assert len(topic.partitions) == self.partition_counts[name]
+            for partition in topic.partitions:
+                key = (name, partition.partition)
+                assert self._leaders[key] == partition.leader, key
+                assert partition.leader_epoch <= self._leader_epochs.get(key, -1), key
+
+    def leader_epoch_for(self, topic: str, partition: int) -> int | None:
+        """The highest leader epoch seen for the partition (None: never seen)."""
+        return self._leader_epochs.get((topic, partition))
+
+    def _forget(self, topic: str, *, epochs: bool = False) -> None:
+        """Drop ``topic`` from the cache; ``epochs``: its leader epochs too (the
+        cluster says it is gone)."""
         self.topics.pop(topic, None)
         count = self.partition_counts.pop(topic, 0)
         for partition in range(count):
             self._leaders.pop((topic, partition), None)
+        if epochs:
+            for key in [key for key in self._leader_epochs if key[0] == topic]:
+                del self._leader_epochs[key]
 
     async def topic_metadata(
         self, topic: str, *, allow_auto_create: bool = False, attempts_max: int = 5
@@ -356,24 +482,45 @@ class Cluster:
     async def open(cls, bootstrap: str | Sequence[str], **options: Any) -> Cluster:
         """Enter a new task group for a client's background tasks (reader,
         watchdog, sender, fetchers) and make a Cluster on it.  The caller must
-        :meth:`shutdown` from the same task.  ``options`` as for the constructor."""
-        task_group = anyio.create_task_group()
-        await task_group.__aenter__()
-        return cls(bootstrap, task_group, **options)
+        :meth:`shutdown` from the same task.  ``options`` as for the constructor.
+
+        The task group is entered through an AsyncExitStack that the Cluster
+        owns: if anything between entering it and returning fails, the stack
+        leaves it at once, so no task group stays entered without an owner."""
+        async with contextlib.AsyncExitStack() as stack:
+            task_group = await stack.enter_async_context(anyio.create_task_group())
+            cluster = cls(bootstrap, task_group, **options)
+            cluster._exit_stack = stack.pop_all()
+        return cluster
 
     @property
     def task_group(self) -> anyio.abc.TaskGroup:
         return self._task_group
 
     async def shutdown(self) -> None:
-        """Cancel the background tasks, close every connection, leave the task group."""
+        """Cancel the background tasks, close every connection, leave the task
+        group (a background task's error is raised from here)."""
+        stack = self._exit_stack
+        assert stack is not None, "shutdown() of a Cluster not made by open()"
+        self._exit_stack = None
         self._task_group.cancel_scope.cancel()
-        await self.aclose()
-        await self._task_group.__aexit__(None, None, None)
+        try:
+            await self.aclose()
+        finally:
+            await stack.aclose()
 
 
 def _partition_number(partition: PartitionMetadata) -> int:
     return partition.partition
+
+
+def _find_partition(topic: TopicMetadata | None, number: int) -> PartitionMetadata | None:
+    if topic is None:
+        return None
+    for partition in topic.partitions:
+        if partition.partition == number:
+            return partition
+    return None
 
 
 class ClusterClient(abc.ABC):

@@ -259,15 +259,15 @@ def raw_client() -> Iterator[Callable[..., RawClient]]:
 @pytest.fixture
 def streamed_answers(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The payload sizes of the fetch-stream answers flagged MORE that consumers
-    in this test process handled (Consumer._fetch_more), as they arrive."""
-    from client import Consumer
+    in this test process handled (FetchLoop._fetch_more), as they arrive."""
+    from client.fetch_loop import FetchLoop
 
     sizes: list[int] = []
-    real_fetch_more = Consumer._fetch_more
+    real_fetch_more = FetchLoop._fetch_more
 
-    def counting_fetch_more(self: Consumer, chain: Any, epochs: Any, response: Any) -> None:
+    def counting_fetch_more(self: FetchLoop, chain: Any, seek_counts: Any, response: Any) -> None:
         sizes.append(len(response.payload))
-        real_fetch_more(self, chain, epochs, response)
+        real_fetch_more(self, chain, seek_counts, response)
 
-    monkeypatch.setattr(Consumer, "_fetch_more", counting_fetch_more)
+    monkeypatch.setattr(FetchLoop, "_fetch_more", counting_fetch_more)
     return sizes
