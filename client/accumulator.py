@@ -61,7 +61,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Final, Protocol
 
-from client.errors import DistributaryError, OutOfOrderSequenceError
+from client.errors import BatchTooLargeError, DistributaryError, OutOfOrderSequenceError
 from client.records.builder import RECORD_OVERHEAD_BYTES, BatchBuilder, Header
 from client.records.header import CRC_AT, CRC_FROM, HEADER_BYTES, Compression, crc32c
 
@@ -246,6 +246,8 @@ class RecordAccumulator:
         batch builder reads the wall clock).  ``size``: the record's
         :func:`record_size` when the caller has it already.
 
+        Raises BatchTooLargeError when the record alone is over the batch limit.
+
         Returns ``(batch, offset_delta, wake)``: ``wake`` is true when a batch was
         opened or a full one closed, i.e. when the sender should look again.
 
@@ -258,6 +260,13 @@ class RecordAccumulator:
         assert not self.closed, "append after the producer closed"
         if size is None:
             size = record_size(value, key, headers)
+        if size > self.fit_bytes:
+            # Refused here, at enqueue, not when the batch is built: the caller learns
+            # which record it was, and no later record is written in its place.
+            raise BatchTooLargeError(
+                f"a record of about {size:,} bytes does not fit a batch of "
+                f"batch_bytes_max {self.fit_bytes + HEADER_BYTES:,} bytes"
+            )
         key_tp = (topic, partition)
         batch = self.open_batches.get(key_tp)
         wake = False

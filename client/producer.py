@@ -332,7 +332,8 @@ class Producer(ClusterClient):
 
         Waits only for buffer space (``buffer_bytes_max``) and, the first time a
         topic is used, for its metadata.  ``str`` keys, values and header values
-        are encoded as UTF-8.  Raises UnknownTopicOrPartitionError (topic absent,
+        are encoded as UTF-8.  Raises BatchTooLargeError (the record alone is over
+        ``batch_bytes_max``), UnknownTopicOrPartitionError (topic absent,
         or ``partition`` out of range), BrokerUnavailableError (no metadata),
         ConnectionClosedError (producer closed).
         """

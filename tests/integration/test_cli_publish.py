@@ -83,6 +83,16 @@ def test_bad_json_line_publishes_everything_before_it(cli: Cli) -> None:
     assert report[-1]["line"] == 3 and report[-1]["error"] == "BAD_INPUT"
 
 
+def test_oversized_record_stops_the_input_at_its_line(cli: Cli) -> None:
+    """Proves a record over the producer's batch limit (16 MiB) is not skipped: the input
+    stops at its line, the record before it is published and the one after it is not."""
+    cli.ok("topics", "create", "big")
+    data = b"before\n" + b"x" * (17 << 20) + b"\nafter\n"
+    result = cli.run("publish", "big", input=data)
+    assert_one_line_error(result, "stopped at line 2", "published before it: 1 record)")
+    assert values(cli, "big") == [b"before"]
+
+
 def test_json_refuses_options_it_takes_from_the_input(cli: Cli) -> None:
     """Proves --json with --whole or -T, and an empty delimiter, are usage errors."""
     cli.ok("topics", "create", "usage")

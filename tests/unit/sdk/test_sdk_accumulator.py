@@ -9,6 +9,7 @@ import pytest
 from broker.producer_state import ProducerStateTable, Verdict
 from client.accumulator import ProducerBatch, RecordAccumulator
 from client.errors import (
+    BatchTooLargeError,
     ConnectionClosedError,
     InvalidRequestError,
     OutOfOrderSequenceError,
@@ -36,6 +37,19 @@ def test_batch_waits_for_linger_then_drains() -> None:
     (batch,) = acc.drain(1005)
     assert len(batch.builder) == 2
     assert acc.next_ready_ms(1005) is None
+    acc.check_invariants()
+
+
+def test_record_over_the_batch_limit_is_refused_at_append() -> None:
+    """Proves a record that alone cannot fit a batch is refused when it is appended (so the
+    caller knows which one), leaving the open batch and the buffer count untouched."""
+    acc = make(batch_bytes_max=1_000)
+    batch, _, _ = acc.append("t", 0, b"small", None, (), 1000, now_ms=1000)
+    used = acc.buffer_bytes_used
+    with pytest.raises(BatchTooLargeError, match="does not fit a batch"):
+        acc.append("t", 0, b"x" * 1_000, None, (), 1000, now_ms=1000)
+    assert acc.open_batches[("t", 0)] is batch and len(batch.builder) == 1
+    assert acc.buffer_bytes_used == used
     acc.check_invariants()
 
 
