@@ -10,7 +10,8 @@ import pytest
 from broker.storage import file_handle
 from broker.storage.config import FlushPolicy
 from broker.storage.file_handle import CachedRegion
-from broker.storage.log import RECENT_APPEND_BYTES_MAX, Log
+from broker.storage.last_append import LAST_APPEND_BYTES_MAX
+from broker.storage.log import Log
 from client.errors import (
     CorruptBatchError,
     InvalidBatchError,
@@ -330,7 +331,7 @@ def test_the_latest_small_append_is_read_from_memory(
         log.roll()
         assert not isinstance(log.read(2, 1 << 20), CachedRegion)
 
-        big = build_batch([bytes(RECENT_APPEND_BYTES_MAX)])
+        big = build_batch([bytes(LAST_APPEND_BYTES_MAX)])
         log.append(big)
         assert not isinstance(log.read(3, 1 << 20), CachedRegion)
         assert read_all(log)[-1][0] == 3
