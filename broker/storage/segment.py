@@ -222,7 +222,7 @@ class LogSegment:
         """
         start_offset = self.base_offset if start_offset is None else start_offset
         assert 0 <= start_position <= self.size_bytes, (start_position, self.size_bytes)
-        self._reset_state_to(
+        start_position, start_offset = self._reset_state_to(
             start_position, start_offset, max_timestamp_ms, offset_of_max_timestamp
         )
         batches = scan_batches(
@@ -268,8 +268,10 @@ class LogSegment:
         offset: int,
         max_timestamp_ms: int,
         offset_of_max_timestamp: int | None,
-    ) -> None:
-        """Load whatever index prefix is usable below ``position`` and drop the rest."""
+    ) -> tuple[int, int]:
+        """Load whatever index prefix is usable below ``position`` and drop the rest.
+        Returns the (position, offset) the caller's scan must start from: the ones
+        given, or the segment's start when an index is unusable and both are rebuilt."""
         loaded_offsets = OffsetIndex.load(self.offset_index.path, self.base_offset)
         loaded_times = TimeIndex.load(self.time_index.path, self.base_offset)
         if position == 0 or loaded_offsets is None or loaded_times is None:
@@ -305,6 +307,7 @@ class LogSegment:
         self.rolling_timestamp_ms = None
         if position > 0:
             self._load_rolling_timestamp()
+        return position, offset
 
     # -- appending ----------------------------------------------------------------------
 
