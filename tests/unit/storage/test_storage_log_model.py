@@ -21,7 +21,7 @@ from .conftest import START_MS, ManualClock, crash, decode_pairs, power_cut, rea
 from .simulated_disk import SimulatedDisk
 
 CONFIG = small_config(
-    segment_bytes=2048, retention_bytes=3000, retention_ms=60_000, segment_ms=30_000
+    segment_bytes=1024, retention_bytes=3000, retention_ms=60_000, segment_ms=30_000
 )
 
 
@@ -62,7 +62,7 @@ class LogModel(RuleBasedStateMachine):
         count=st.integers(1, 6),
         jitter_ms=st.integers(-500, 500),
         size=st.integers(0, 200),
-        durably=st.booleans(),
+        durably=st.sampled_from([False, False, False, True]),
     )
     def append(self, count: int, jitter_ms: int, size: int, durably: bool) -> None:
         """Append a batch; ``durably`` acknowledges it as the every-append policy does
@@ -77,8 +77,21 @@ class LogModel(RuleBasedStateMachine):
             assert self.log.flush() == self.end
             self.durable_end = self.end
 
-    @rule(data=st.data(), max_bytes=st.integers(1, 3000))
-    def read(self, data: st.DataObject, max_bytes: int) -> None:
+    @rule(
+        data=st.data(),
+        max_bytes=st.integers(1, 3000),
+        below=st.integers(1, 5),
+        above=st.integers(1, 5),
+    )
+    def read(self, data: st.DataObject, max_bytes: int, below: int, above: int) -> None:
+        """A read returns whole batches from the one holding the offset; outside
+        [start, end] it raises."""
+        for outside in (self.start - below, self.end + above):
+            try:
+                self.log.read(outside, 100)
+            except OffsetOutOfRangeError:
+                continue
+            raise AssertionError(f"read at {outside} did not raise")
         offset = data.draw(st.integers(self.start, self.end))
         with self.log.read(offset, max_bytes) as region:
             pairs = decode_pairs(region.read_bytes())
@@ -97,15 +110,6 @@ class LogModel(RuleBasedStateMachine):
             for base, values, _ in self._visible()
             for index, value in enumerate(values)
         }
-
-    @rule(below=st.integers(1, 5), above=st.integers(1, 5))
-    def read_out_of_range(self, below: int, above: int) -> None:
-        for offset in (self.start - below, self.end + above):
-            try:
-                self.log.read(offset, 100)
-            except OffsetOutOfRangeError:
-                continue
-            raise AssertionError(f"read at {offset} did not raise")
 
     @rule(delta_ms=st.integers(-1000, 40_000))
     def offset_for_timestamp(self, delta_ms: int) -> None:
@@ -128,9 +132,10 @@ class LogModel(RuleBasedStateMachine):
         assert any(base == start for base, _, _ in self.batches) or start == self.end
         self.start = start
 
-    @rule(data=st.data())
-    def truncate(self, data: st.DataObject) -> None:
-        """Truncation cuts at a batch boundary and is durable when it returns."""
+    @rule(data=st.data(), then_power_cut=st.booleans())
+    def truncate(self, data: st.DataObject, then_power_cut: bool) -> None:
+        """Truncation cuts at a batch boundary and is durable when it returns: a power
+        cut right after it keeps every batch below the cut and none above."""
         offset = data.draw(st.integers(self.start, self.end))
         new_end = self.log.truncate_to(offset)
         if offset < self.end:
@@ -139,33 +144,41 @@ class LogModel(RuleBasedStateMachine):
             self.end = max(self.start, kept_end)
             self.durable_end = self.end
         assert new_end == self.end
+        if then_power_cut:
+            power_cut(self.log, self.disk)
+            self._reopen()
+            self._check_power_cut_contract()
 
     @rule()
     def flush(self) -> None:
         assert self.log.flush() == self.end
         self.durable_end = self.end
 
-    @rule()
-    def reopen_clean(self) -> None:
-        self.log.close()
-        self.durable_end = self.end
-        self._reopen()
-
-    @rule(flush_first=st.booleans())
-    def reopen_after_process_crash(self, flush_first: bool) -> None:
-        """A process crash loses nothing that was written (the page cache survives)."""
+    @rule(
+        kind=st.sampled_from(["clean", "process crash", "power cut"]),
+        flush_first=st.booleans(),
+        torn_seed=st.none() | st.integers(0, 2**32 - 1),
+    )
+    def reopen(self, kind: str, flush_first: bool, torn_seed: int | None) -> None:
+        """Close cleanly, crash the process (nothing written is lost: the page cache
+        survives) or cut the power, then reopen."""
         if flush_first:
-            self.log.flush()
-        crash(self.log)
+            self.flush()
+        if kind == "clean":
+            self.log.close()
+            self.durable_end = self.end
+        elif kind == "process crash":
+            crash(self.log)
+        else:
+            power_cut(self.log, self.disk, torn_seed=torn_seed)
         self._reopen()
+        if kind == "power cut":
+            self._check_power_cut_contract()
 
-    @rule(torn_seed=st.none() | st.integers(0, 2**32 - 1))
-    def reopen_after_power_cut(self, torn_seed: int | None) -> None:
-        """The power-cut contract: every flushed offset is still there, nothing but
-        the written batches appears, and the log ends at a batch boundary in between
-        (retention's removals may come back: the start only moves back)."""
-        power_cut(self.log, self.disk, torn_seed=torn_seed)
-        self._reopen()
+    def _check_power_cut_contract(self) -> None:
+        """Every flushed offset is still there, nothing but the written batches
+        appears, and the log ends at a batch boundary in between (retention's
+        removals may come back: the start only moves back)."""
         start, end = self.log.start_offset, self.log.end_offset
         boundaries = {base for base, _, _ in self.batches} | {self.end}
         assert start <= self.start and start in boundaries, (start, self.start)
@@ -195,8 +208,8 @@ class LogModel(RuleBasedStateMachine):
 
 
 LogModel.TestCase.settings = settings(
-    max_examples=60,
-    stateful_step_count=30,
+    max_examples=100,
+    stateful_step_count=50,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
