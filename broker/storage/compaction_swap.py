@@ -145,10 +145,14 @@ def complete_interrupted_swaps(directory: Path, batch_bytes_max: int) -> int:
         names = os.listdir(directory)
     except OSError as error:
         raise StorageError(f"cannot list {directory}: {error}") from error
-    swaps = sorted(name for name in names if name.endswith(LOG_SUFFIX + SWAP_SUFFIX))
+    suffix = LOG_SUFFIX + SWAP_SUFFIX
+    swaps = sorted(
+        name
+        for name in names
+        if name.endswith(suffix) and len(name) == 20 + len(suffix) and name[:20].isdigit()
+    )
     for name in swaps:
-        stem = name[: -len(LOG_SUFFIX + SWAP_SUFFIX)]
-        assert len(stem) == 20 and stem.isdigit(), name
+        stem = name[:20]
         base_offset = int(stem)
         swap_path = directory / name
         end_offset = _swap_end_offset(swap_path, base_offset, batch_bytes_max)

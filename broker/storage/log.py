@@ -57,16 +57,7 @@ from client.errors import (
 )
 from client.records.header import BatchHeader, iter_batches
 
-__all__ = [
-    "Clock",
-    "FlushTicket",
-    "Log",
-    "LogAppend",
-    "RetentionResult",
-    "delete_files",
-    "sync_to_disk",
-    "wall_clock_ms",
-]
+__all__ = ["Clock", "Log", "LogAppend", "RetentionResult", "delete_files", "sync_to_disk"]
 
 Clock = Callable[[], int]
 
@@ -417,9 +408,8 @@ class Log:
         return self._flush.begin(self.directory, self._segments, self._recovery)
 
     def finish_flush(self, ticket: FlushTicket) -> int:
-        """Adopt a synced ticket's recovery point (or, if syncing failed, forget the
-        ticket) and release its files.  Returns the recovery offset.
-        Raises StorageError if releasing a file fails."""
+        """Adopt a synced ticket's recovery point (a failed one is forgotten) and
+        release its files; returns the recovery offset.  Raises StorageError."""
         if self._flush.finish(ticket, self._clock_ms()):
             assert ticket.checkpoint.offset <= self.end_offset, "log truncated during a flush"
             self._recovery = ticket.checkpoint
@@ -439,9 +429,9 @@ class Log:
     # -- retention and truncation -------------------------------------------------------
 
     def detach_expired_segments(self) -> RetentionResult:
-        """Remove sealed segments past retention (see retention), oldest first, never
-        the active one.  Their files are renamed to ``*.deleted``; unlink them with
-        :func:`delete_files` (off the event loop).  Raises StorageError."""
+        """Remove sealed segments past retention (see retention); their files are
+        renamed to ``*.deleted``: unlink them with :func:`delete_files` (off the event
+        loop).  Raises StorageError."""
         self._check_usable()
         result = detach_expired_segments(self._segments, self.config, self._clock_ms())
         if result.segments_deleted:

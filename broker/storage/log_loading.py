@@ -107,7 +107,8 @@ def list_segments(directory: Path) -> list[int]:
         names = os.listdir(directory)
     except OSError as error:
         raise StorageError(f"cannot list {directory}: {error}") from error
-    assert len(names) < _DIRECTORY_ENTRIES_MAX, f"{directory} has {len(names)} entries"
+    if len(names) >= _DIRECTORY_ENTRIES_MAX:
+        raise StorageError(f"{directory} has {len(names)} entries: not a partition directory")
     stems = {name[: -len(LOG_SUFFIX)] for name in names if name.endswith(LOG_SUFFIX)}
     base_offsets = sorted(int(stem) for stem in stems if len(stem) == 20 and stem.isdigit())
     leftovers = [
