@@ -9,7 +9,7 @@ rebuilds one whenever it is missing or fails its sanity check.
 
 Entries are added to memory first and written by :meth:`IndexFile.write_pending`
 (one write per append call); :meth:`truncate_entries` rolls both back.  Between
-appends, ``entry_count * entry_bytes == file_bytes``.
+appends, ``entry_count * ENTRY.size == file_bytes``.
 
 Concurrency: the owning segment calls everything from the event-loop thread.  A
 flush fsyncs index files by path from a worker thread, through a descriptor of its
@@ -29,7 +29,7 @@ from client.errors import StorageError
 
 
 class IndexFile(abc.ABC):
-    """A sparse index file: ``entry_bytes``-sized entries, first field the search key."""
+    """A sparse index file: ``ENTRY``-sized entries, first field the search key."""
 
     ENTRY: struct.Struct = struct.Struct(">II")  # overridden by subclasses
 
@@ -67,10 +67,6 @@ class IndexFile(abc.ABC):
     @abc.abstractmethod
     def is_well_formed(self) -> bool:
         """Whether the entries satisfy the subclass's ordering rules (checked in C)."""
-
-    @property
-    def entry_bytes(self) -> int:
-        return self.ENTRY.size
 
     @property
     def entry_count(self) -> int:

@@ -54,7 +54,6 @@ class LogSegment:
         "base_offset",
         "bytes_since_index_entry",
         "config",
-        "directory",
         "handle",
         "max_timestamp_ms",
         "next_offset",
@@ -71,7 +70,6 @@ class LogSegment:
         self, directory: Path, base_offset: int, handle: FileHandle, config: LogConfig
     ) -> None:
         stem = directory / file_stem(base_offset)
-        self.directory = directory
         self.base_offset = base_offset
         self.handle = handle
         self.config = config
