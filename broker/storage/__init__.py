@@ -6,15 +6,15 @@
 from broker.storage.async_log import AsyncLog
 from broker.storage.config import CleanupPolicy, FlushPolicy, LogConfig
 from broker.storage.file_handle import FileRegion
-from broker.storage.log import AppendResult, Log, RetentionResult, wall_clock_ms
+from broker.storage.log import Log, LogAppend, RetentionResult, wall_clock_ms
 
 __all__ = [
-    "AppendResult",
     "AsyncLog",
     "CleanupPolicy",
     "FileRegion",
     "FlushPolicy",
     "Log",
+    "LogAppend",
     "LogConfig",
     "RetentionResult",
     "wall_clock_ms",

@@ -24,9 +24,9 @@ from broker.storage import compaction
 from broker.storage.config import CleanupPolicy, FlushPolicy, LogConfig
 from broker.storage.file_handle import FileRegion
 from broker.storage.log import (
-    AppendResult,
     Clock,
     Log,
+    LogAppend,
     RetentionResult,
     delete_files,
     sync_to_disk,
@@ -84,7 +84,7 @@ class AsyncLog:
 
     async def append(
         self, batches: bytes | bytearray | memoryview, *, leader_epoch: int | None = None
-    ) -> AppendResult:
+    ) -> LogAppend:
         """Append (see :meth:`Log.append`); with the every-append policy, returns only
         once the batches are fsynced.  Raises like Log.append and :meth:`flush`."""
         result = self.log.append(batches, leader_epoch=leader_epoch)

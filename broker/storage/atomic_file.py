@@ -7,38 +7,20 @@ the rename itself survive a power loss.  Used for the recovery checkpoint, the
 clean-shutdown marker and any other small metadata file of the storage layer.
 
 Callers run these from a worker thread when they are on the event loop: every
-function here blocks on fsync.
+function here blocks on fsync.  The fsyncs go through :mod:`disk` (a simulated
+power cut in tests sees them).
 """
 
 from __future__ import annotations
 
-import errno
 import os
 from pathlib import Path
 from typing import Final
 
+from broker.storage import disk, file_handle
 from client.errors import StorageError
 
 TEMP_SUFFIX: Final = ".tmp"
-
-
-def fsync_directory(directory: Path) -> None:
-    """Make the directory's entries (creations, renames, unlinks) durable.
-
-    Raises StorageError when the directory cannot be opened or synced.
-    """
-    try:
-        descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError as error:
-        raise StorageError(f"cannot open directory {directory}: {error}") from error
-    try:
-        os.fsync(descriptor)
-    except OSError as error:
-        # Some file systems refuse fsync on a directory; that is not a lost write.
-        if error.errno not in (errno.EINVAL, errno.EBADF):
-            raise StorageError(f"cannot fsync directory {directory}: {error}") from error
-    finally:
-        os.close(descriptor)
 
 
 def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
@@ -52,14 +34,9 @@ def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
     try:
         descriptor = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            view = memoryview(data)
-            written = 0
-            for _ in range(len(data) + 1):  # each write makes progress or raises
-                if written >= len(data):
-                    break
-                written += os.write(descriptor, view[written:])
+            file_handle.write_all(descriptor, data)
             if durable:
-                os.fsync(descriptor)
+                disk.current.fsync(descriptor)
         finally:
             os.close(descriptor)
         os.replace(temp_path, path)
@@ -72,7 +49,7 @@ def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
             error.add_note(f"also failed to remove {temp_path}: {cleanup_error}")
         raise StorageError(f"cannot write {path}: {error}") from error
     if durable:
-        fsync_directory(path.parent)
+        disk.current.fsync_directory(path.parent)
 
 
 def remove_durably(path: Path, *, durable: bool = True) -> bool:
@@ -87,5 +64,5 @@ def remove_durably(path: Path, *, durable: bool = True) -> bool:
     except OSError as error:
         raise StorageError(f"cannot remove {path}: {error}") from error
     if durable:
-        fsync_directory(path.parent)
+        disk.current.fsync_directory(path.parent)
     return True

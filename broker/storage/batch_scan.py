@@ -27,7 +27,7 @@ SCAN_CHUNK_BYTES: Final = 8 * 1024 * 1024
 HEADER_CHUNK_BYTES: Final = 16 * 1024
 
 
-class BatchInfo(NamedTuple):
+class ScannedBatch(NamedTuple):
     """What the storage layer needs from one batch header, with its file position."""
 
     position: int
@@ -59,7 +59,7 @@ def scan_batches(
     expected_offset: int | None,
     batch_bytes_max: int,
     verify_crc: bool = True,
-) -> Iterator[BatchInfo]:
+) -> Iterator[ScannedBatch]:
     """Yield every valid batch in ``[start_position, end_position)``.
 
     Raises BadBatch at the first batch that is truncated, malformed, fails its CRC
@@ -98,7 +98,7 @@ def scan_batches(
                     f"base offset {header.base_offset}, expected {next_offset}",
                 )
             next_offset = header.next_offset
-            yield BatchInfo(
+            yield ScannedBatch(
                 position + offset_in_chunk,
                 header.base_offset,
                 header.next_offset,
@@ -111,12 +111,12 @@ def scan_batches(
     raise AssertionError("scan_batches did not make progress")  # pragma: no cover
 
 
-def walk_headers(descriptor: int, start_position: int, end_position: int) -> Iterator[BatchInfo]:
+def walk_headers(descriptor: int, start_position: int, end_position: int) -> Iterator[ScannedBatch]:
     """Yield the headers of valid batches from ``start_position`` (a batch start) up
     to ``end_position``, without checking CRCs.  Raises StorageError on an I/O error;
     asserts that the bytes look like batches (they were validated when written)."""
     for position, fields in walk_header_fields(descriptor, start_position, end_position):
-        yield BatchInfo(
+        yield ScannedBatch(
             position, fields[0], fields[0] + fields[6] + 1, fields[1] + 12, fields[7], fields[8]
         )
 

@@ -29,16 +29,8 @@ references on every segment up to the active one's current end.
 each key to its newest offset, then writes one new segment per group into
 ``<partition>/cleaner/`` (with its indexes), fsyncs it and renames its ``.log``
 to ``<partition>/<base>.log.swap``: that rename is the commit point.
-``Log.finish_compaction`` (event loop) swaps each new segment in for its group:
-the old segments' files are renamed to ``*.deleted``, the swap file becomes
-``<base>.log`` and the indexes move beside it.
-
-**Crash safety.**  Opening a log calls :func:`complete_interrupted_swaps` first:
-a ``.swap`` file means the new segment was complete, so every old segment whose
-base offset lies in the swap's offset range is deleted and the swap is renamed
-into place (its indexes are rebuilt by the usual recovery if missing).  Without
-a ``.swap`` file the old segments are intact; the ``cleaner/`` directory is
-removed either way.
+``Log.finish_compaction`` (event loop) swaps each new segment in for its group
+(compaction_swap.py, which also completes a swap a crash interrupted).
 
 Memory: the key map holds every distinct key of the log (bounded by
 ``COMPACTION_KEYS_MAX``: past it the cleaner gives up with a warning rather than
@@ -48,7 +40,6 @@ grow without bound), and the writer holds at most one run of records.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,10 +47,15 @@ from typing import Final
 
 import structlog
 
-from broker.storage import offset_index, time_index
-from broker.storage.atomic_file import fsync_directory
-from broker.storage.batch_scan import BadBatch, BatchInfo, scan_batches
-from broker.storage.config import SEGMENT_BYTES_LIMIT, LogConfig
+from broker.storage import disk
+from broker.storage.batch_scan import ScannedBatch
+from broker.storage.compaction_swap import (
+    SWAP_SUFFIX,
+    WORK_DIRECTORY,
+    CompactedSegment,
+    remove_work_directory,
+)
+from broker.storage.config import SEGMENT_BYTES_LIMIT, CleanupPolicy, LogConfig
 from broker.storage.file_handle import FileHandle, read_exactly
 from broker.storage.segment import LOG_SUFFIX, LogSegment, file_stem
 from client.errors import LogCorruptError, RecordBatchError, StorageError
@@ -73,8 +69,6 @@ from client.records.header import (
     batch_size_at,
 )
 
-SWAP_SUFFIX: Final = ".swap"
-WORK_DIRECTORY: Final = "cleaner"
 # Read segments 8 MiB at a time (as recovery does).
 READ_CHUNK_BYTES: Final = 8 * 1024 * 1024
 # A run of kept records becomes one batch of at most about this many bytes
@@ -127,19 +121,6 @@ class CompactionPlan:
 
 
 @dataclass
-class CompactedSegment:
-    """One new segment, written and renamed to its swap name, not yet in the log."""
-
-    base_offset: int
-    next_offset: int
-    swap_path: Path
-    index_paths: list[Path]  # in the work directory; moved beside the .log on swap
-    size_bytes: int
-    records_kept: int
-    records_removed: int
-
-
-@dataclass
 class CompactionResult:
     segments_before: int = 0
     segments_after: int = 0
@@ -160,6 +141,7 @@ def plan_compaction(
 ) -> CompactionPlan | None:
     """Choose what to compact (see the module docstring), or None if nothing can be.
     Takes a file reference on every source segment."""
+    assert config.cleanup_policy is CleanupPolicy.COMPACT, "not a compacted log"
     active = segments[-1]
     eligible = [
         segment
@@ -206,7 +188,7 @@ def build_compacted_segments(plan: CompactionPlan) -> list[CompactedSegment]:
     decoder: RecordDecoder[bytes] = RecordDecoder(batch_bytes_max=plan.config.batch_bytes_max)
     latest = _map_newest_offsets(plan, decoder)
     work = plan.directory / WORK_DIRECTORY
-    _remove_work_directory(plan.directory)
+    remove_work_directory(plan.directory)
     try:
         work.mkdir()
     except OSError as error:
@@ -217,7 +199,7 @@ def build_compacted_segments(plan: CompactionPlan) -> list[CompactedSegment]:
         output = _rewrite_group(plan, group, latest, decoder, horizon_ms, work)
         if output is not None:
             outputs.append(output)
-    fsync_directory(plan.directory)
+    disk.current.fsync_directory(plan.directory)
     return outputs
 
 
@@ -352,7 +334,7 @@ class _SegmentWriter:
         self._gap_count = 0
         self._gap_max_timestamp_ms = -1
         self._pending = bytearray()
-        self._pending_infos: list[BatchInfo] = []
+        self._pending_infos: list[ScannedBatch] = []
         self._finished = False
 
     def keep(self, offset: int, record: Record[bytes], epoch: int, codec: Compression) -> None:
@@ -409,7 +391,7 @@ class _SegmentWriter:
         header.verify_crc()
         header.stamp(base_offset, epoch)
         self._pending_infos.append(
-            BatchInfo(
+            ScannedBatch(
                 len(self._pending),
                 base_offset,
                 header.next_offset,
@@ -438,13 +420,10 @@ class _SegmentWriter:
         assert segment.next_offset == next_offset, (segment, next_offset)
         segment.seal()
         try:
-            os.fsync(segment.handle.descriptor)
-            for path in (segment.offset_index.path, segment.time_index.path):
-                descriptor = os.open(path, os.O_RDONLY)
-                try:
-                    os.fsync(descriptor)
-                finally:
-                    os.close(descriptor)
+            syncer = disk.current
+            syncer.fsync(segment.handle.descriptor)
+            syncer.fsync_path(segment.offset_index.path)
+            syncer.fsync_path(segment.time_index.path)
         except OSError as error:
             raise StorageError(f"cannot fsync {segment.path}: {error}") from error
         segment.close()
@@ -456,116 +435,6 @@ class _SegmentWriter:
         if not self._finished:
             self._finished = True
             self.segment.close()
-
-
-def _remove_work_directory(directory: Path) -> None:
-    work = directory / WORK_DIRECTORY
-    try:
-        shutil.rmtree(work)
-    except FileNotFoundError:
-        return
-    except OSError as error:
-        raise StorageError(f"cannot remove {work}: {error}") from error
-
-
-# -- swapping in (event loop) and crash completion (open) ----------------------------
-
-
-def install_swap(directory: Path, output: CompactedSegment) -> None:
-    """Rename a swap file to its segment name and move its indexes beside it (the old
-    segments must already be detached).  Raises StorageError."""
-    stem = file_stem(output.base_offset)
-    try:
-        os.replace(output.swap_path, directory / (stem + LOG_SUFFIX))
-        for path in output.index_paths:
-            os.replace(path, directory / path.name)
-    except OSError as error:
-        raise StorageError(f"cannot install compacted segment {stem}: {error}") from error
-
-
-def discard_output(output: CompactedSegment) -> None:
-    """Delete an output that will not be swapped in.  Raises StorageError."""
-    for path in [output.swap_path, *output.index_paths]:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            continue
-        except OSError as error:
-            raise StorageError(f"cannot remove {path}: {error}") from error
-
-
-def finish_work_directory(directory: Path) -> None:
-    """Remove the work directory after a pass.  Raises StorageError."""
-    _remove_work_directory(directory)
-
-
-def complete_interrupted_swaps(directory: Path, batch_bytes_max: int) -> int:
-    """Finish any swap a crash interrupted (see the module docstring); returns how
-    many.  Called before a log lists its segments.  Raises StorageError,
-    LogCorruptError (a swap file that does not scan: it was fsynced before being
-    named, so that is corruption)."""
-    try:
-        names = os.listdir(directory)
-    except OSError as error:
-        raise StorageError(f"cannot list {directory}: {error}") from error
-    swaps = sorted(name for name in names if name.endswith(LOG_SUFFIX + SWAP_SUFFIX))
-    for name in swaps:
-        stem = name[: -len(LOG_SUFFIX + SWAP_SUFFIX)]
-        assert len(stem) == 20 and stem.isdigit(), name
-        base_offset = int(stem)
-        swap_path = directory / name
-        end_offset = _swap_end_offset(swap_path, base_offset, batch_bytes_max)
-        for other in names:
-            if not other.endswith(LOG_SUFFIX) or not other[:20].isdigit() or len(other) != 24:
-                continue
-            other_base = int(other[:20])
-            if base_offset <= other_base < end_offset:
-                _unlink_segment_files(directory, other[:20])
-        try:
-            os.replace(swap_path, directory / (stem + LOG_SUFFIX))
-        except OSError as error:
-            raise StorageError(f"cannot rename {swap_path}: {error}") from error
-        _logger.warning(
-            "completed an interrupted compaction swap",
-            directory=str(directory),
-            base_offset=base_offset,
-            end_offset=end_offset,
-        )
-    _remove_work_directory(directory)
-    if swaps:
-        fsync_directory(directory)
-    return len(swaps)
-
-
-def _swap_end_offset(path: Path, base_offset: int, batch_bytes_max: int) -> int:
-    try:
-        descriptor = os.open(path, os.O_RDONLY)
-    except OSError as error:
-        raise StorageError(f"cannot open {path}: {error}") from error
-    try:
-        size = os.fstat(descriptor).st_size
-        end = base_offset
-        for batch in scan_batches(
-            descriptor, 0, size, expected_offset=base_offset, batch_bytes_max=batch_bytes_max
-        ):
-            end = batch.next_offset
-        return end
-    except BadBatch as bad:
-        raise LogCorruptError(f"{path}: compacted segment is corrupt: {bad}") from bad
-    except OSError as error:
-        raise StorageError(f"cannot read {path}: {error}") from error
-    finally:
-        os.close(descriptor)
-
-
-def _unlink_segment_files(directory: Path, stem: str) -> None:
-    for suffix in (LOG_SUFFIX, offset_index.SUFFIX, time_index.SUFFIX):
-        try:
-            os.unlink(directory / (stem + suffix))
-        except FileNotFoundError:
-            continue
-        except OSError as error:
-            raise StorageError(f"cannot remove {directory / (stem + suffix)}: {error}") from error
 
 
 def summarize(plan: CompactionPlan, outputs: list[CompactedSegment]) -> CompactionResult:

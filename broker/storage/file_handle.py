@@ -27,31 +27,25 @@ import os
 import threading
 import weakref
 from pathlib import Path
-from typing import Final
 
 from client.errors import StorageError
-
-# A single os.write may be short; each retry writes at least one byte or raises, so
-# this bounds the loop far above anything a real kernel does.
-_WRITE_ATTEMPTS_MAX: Final = 1 << 16
 
 
 def write_all(descriptor: int, data: bytes | bytearray | memoryview) -> None:
     """Write every byte of ``data`` at the descriptor's position (O_APPEND: the end).
 
-    Raises OSError (the caller turns it into StorageError after rolling back).
+    A single ``os.write`` may be short; each one writes at least a byte or raises, so
+    the loop runs at most ``len(data)`` times.  Raises OSError (the caller turns it
+    into StorageError after rolling back).
     """
     view = memoryview(data)
     written = 0
     total = len(view)
-    for _ in range(_WRITE_ATTEMPTS_MAX):
-        if written >= total:
-            return
+    while written < total:
         count = os.write(descriptor, view[written:])
         if count <= 0:
             raise OSError(f"write returned {count}")
         written += count
-    raise OSError(f"write made no progress after {_WRITE_ATTEMPTS_MAX} attempts")
 
 
 def read_exactly(descriptor: int, position: int, size: int) -> bytes:
@@ -205,17 +199,16 @@ class FileRegion:
             )
         return data
 
-    def send_blocking(self, out_descriptor: int, *, calls_max: int = 1 << 16) -> int:
+    def send_blocking(self, out_descriptor: int) -> int:
         """``os.sendfile`` the whole region to a *blocking* descriptor; returns bytes
         sent (short only if the file was truncated).  For tools, tests and benches;
-        the server drives sendfile itself on its non-blocking sockets.
+        the server drives sendfile itself on its non-blocking sockets.  Each call
+        sends at least a byte or ends the loop, so it runs at most ``length`` times.
 
         Raises StorageError on an I/O error.
         """
         sent = 0
-        for _ in range(calls_max):
-            if sent >= self.length:
-                break
+        while sent < self.length:
             try:
                 count = os.sendfile(
                     out_descriptor, self.descriptor, self.position + sent, self.length - sent

@@ -9,10 +9,11 @@ rebuilds one whenever it is missing or fails its sanity check.
 
 Entries are added to memory first and written by :meth:`IndexFile.write_pending`
 (one write per append call); :meth:`truncate_entries` rolls both back.  Between
-appends, ``entry_count * entry_bytes == file_bytes``.
+appends, ``entry_count * ENTRY.size == file_bytes``.
 
-Concurrency: the owning segment calls everything from the event-loop thread, except
-:meth:`fsync`, which a flush runs in a worker thread on a descriptor it holds.
+Concurrency: the owning segment calls everything from the event-loop thread.  A
+flush fsyncs index files by path from a worker thread, through a descriptor of its
+own (flush.sync_to_disk), so the writer here may close meanwhile.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from client.errors import StorageError
 
 
 class IndexFile(abc.ABC):
-    """A sparse index file: ``entry_bytes``-sized entries, first field the search key."""
+    """A sparse index file: ``ENTRY``-sized entries, first field the search key."""
 
     ENTRY: struct.Struct = struct.Struct(">II")  # overridden by subclasses
 
@@ -66,10 +67,6 @@ class IndexFile(abc.ABC):
     @abc.abstractmethod
     def is_well_formed(self) -> bool:
         """Whether the entries satisfy the subclass's ordering rules (checked in C)."""
-
-    @property
-    def entry_bytes(self) -> int:
-        return self.ENTRY.size
 
     @property
     def entry_count(self) -> int:
@@ -129,11 +126,6 @@ class IndexFile(abc.ABC):
         with open(self.path, "wb") as index_file:
             index_file.write(self.entries)
         self.file_bytes = len(self.entries)
-
-    def fsync(self) -> None:
-        """Make written entries durable.  Raises OSError."""
-        if self._descriptor is not None:
-            os.fsync(self._descriptor)
 
     def close(self) -> None:
         """Close the append descriptor (entries stay in memory; reopened on demand)."""

@@ -2,29 +2,30 @@
 
 ``<data_dir>/<topic>-<partition>/`` holds the segments (see segment) plus
 ``recovery-checkpoint.json`` and, between a clean close and the next open,
-``clean-shutdown`` (see checkpoint).
+``clean-shutdown`` (see checkpoint).  :class:`Log` coordinates; each step lives in
+the module named for it:
 
-* Append: validate every batch (header + CRC, per batch, in C), stamp base offset
-  and leader epoch in place, write the bytes to the active segment's file (page
-  cache), index them.  Roll first when the active segment is full or old.
-* Read: a :class:`FileRegion` of whole batches starting at the batch holding the
-  offset, for ``os.sendfile``.  Regions own a file reference (deferred close).
-* Flush: fsync everything after the recovery point, then write the checkpoint.
-  Split into begin (event loop) / sync (worker thread) / finish (event loop) so the
-  async shell can keep fsync off the loop.
-* Recovery on open: clean marker -> trust the files; otherwise trust what precedes
-  the checkpoint and re-validate the rest (torn tail of the last segment truncated,
-  a bad batch in a sealed segment refused with LogCorruptError).
-* Retention deletes whole sealed segments by age/size; ``truncate_to`` cuts the log
-  at a batch boundary (replication).  A compacted log (``CleanupPolicy.COMPACT``)
-  has no retention; compaction (compaction.py) rewrites its sealed segments,
-  split like a flush: begin (event loop) / build (worker thread) / finish.
+* Open (log_loading): a clean marker -> trust the files; otherwise trust what
+  precedes the checkpoint and re-validate the rest.
+* Append (here): validate every batch (header + CRC, per batch, in C), stamp base
+  offset and leader epoch in place, write the bytes to the active segment's file
+  (page cache), index them; roll first when the active segment is full or old
+  (segments).  A small append is also kept in memory (last_append).
+* Read (here): a :class:`FileRegion` of whole batches starting at the batch holding
+  the offset, for ``os.sendfile``; regions own a file reference (deferred close).
+* Flush (flush): fsync everything after the recovery point, write the checkpoint.
+* Retention (retention), truncation (truncation), compaction (compaction,
+  compaction_swap; a compacted log has no retention).
+
+Invariants (``check_invariants``): the segments are contiguous and only the last is
+unsealed; start <= recovery point <= end; the last-append cache, if any, ends at the
+log end in the active segment's file.
 
 Concurrency: one owner, the event-loop thread.  The only work done elsewhere is
 what :meth:`begin_flush` / :func:`sync_to_disk` and :meth:`detach_expired_segments`
 / :func:`delete_files` hand to a worker thread, and reading handed-out regions.
 AsyncLog serialises flush, retention, truncation and close with a lock; appends and
-reads may interleave with them.
+reads may interleave with a flush or retention in progress.
 """
 
 from __future__ import annotations
@@ -32,33 +33,31 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, NamedTuple
+from typing import Any, NamedTuple
 
 import structlog
 
-from broker.storage import checkpoint, compaction
-from broker.storage.atomic_file import TEMP_SUFFIX, fsync_directory
-from broker.storage.batch_scan import BadBatch, BatchInfo, scan_batches, walk_header_fields
-from broker.storage.config import SEGMENT_BYTES_LIMIT, CleanupPolicy, FlushPolicy, LogConfig
-from broker.storage.file_handle import CachedRegion, FileHandle, FileRegion
-from broker.storage.offset_index import SUFFIX as INDEX_SUFFIX
-from broker.storage.segment import DELETED_SUFFIX, LOG_SUFFIX, LogSegment
+from broker.storage import checkpoint, compaction, compaction_swap
+from broker.storage.batch_scan import ScannedBatch
+from broker.storage.config import SEGMENT_BYTES_LIMIT, LogConfig
+from broker.storage.file_handle import CachedRegion, FileRegion
+from broker.storage.flush import FlushTicket, FlushTracker, checkpoint_at_end, sync_to_disk
+from broker.storage.last_append import LAST_APPEND_BYTES_MAX, LastAppend
+from broker.storage.log_loading import load_directory, verify_segments
+from broker.storage.retention import RetentionResult, delete_files, detach_expired_segments
+from broker.storage.segment import LogSegment
 from broker.storage.segments import LogSegments
-from broker.storage.time_index import SUFFIX as TIME_INDEX_SUFFIX
+from broker.storage.truncation import truncate_segments
 from client.errors import (
     BatchTooLargeError,
     InvalidBatchError,
-    LogCorruptError,
     OffsetOutOfRangeError,
     StorageError,
 )
 from client.records.header import BatchHeader, iter_batches
 
-_RELATIVE_OFFSET_MAX: Final = (1 << 31) - 1
-# A directory holds a few files per segment; this bounds the listing walk.
-_DIRECTORY_ENTRIES_MAX: Final = 1 << 22
+__all__ = ["Clock", "Log", "LogAppend", "RetentionResult", "delete_files", "sync_to_disk"]
 
 Clock = Callable[[], int]
 
@@ -68,14 +67,8 @@ def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-# Appends of at most this many bytes (a live producer's) are kept in memory until
-# the next one, for the live consumers' next read (Log.read); the size of a fetch
-# answer the broker sends in one write.
-RECENT_APPEND_BYTES_MAX: Final = 16 * 1024
-
-
-class AppendResult(NamedTuple):
-    """Where an append landed."""
+class LogAppend(NamedTuple):
+    """Where an append landed in the log."""
 
     base_offset: int  # offset of the first record appended
     last_offset: int  # offset of the last record appended
@@ -83,70 +76,6 @@ class AppendResult(NamedTuple):
     max_timestamp_ms: int  # largest batch max_timestamp among the appended batches
     batch_count: int
     size_bytes: int
-
-
-class RetentionResult(NamedTuple):
-    """Segments removed from the log; ``paths`` still need unlinking (delete_files)."""
-
-    segments_deleted: int
-    bytes_deleted: int
-    start_offset: int
-    paths: list[Path]
-
-
-@dataclass
-class FlushTicket:
-    """What a flush must sync, captured on the event loop.  The handles are
-    references owned by the ticket (released by :meth:`Log.finish_flush`)."""
-
-    checkpoint: checkpoint.RecoveryCheckpoint
-    directory: Path
-    handles: list[FileHandle]
-    index_paths: list[Path]
-    sync_directory: bool
-    appends_covered: int
-    done: bool = field(default=False)
-
-
-def sync_to_disk(ticket: FlushTicket) -> None:
-    """fsync the ticket's files and write its checkpoint.  Blocking; thread-safe
-    (touches no log state).  Raises StorageError."""
-    try:
-        for handle in ticket.handles:
-            os.fsync(handle.descriptor)
-        for path in ticket.index_paths:
-            _fsync_path(path)
-    except OSError as error:
-        raise StorageError(f"fsync in {ticket.directory} failed: {error}") from error
-    if ticket.sync_directory:
-        fsync_directory(ticket.directory)
-    checkpoint.write_checkpoint(ticket.directory, ticket.checkpoint)
-    ticket.done = True
-
-
-def _fsync_path(path: Path) -> None:
-    # Index writers may be closed (sealed) or closing concurrently; fsync through a
-    # descriptor of our own.  A file renamed away meanwhile is being deleted.
-    try:
-        descriptor = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def delete_files(paths: list[Path]) -> None:
-    """Unlink detached segment files.  Blocking on big files: run it off the event
-    loop.  Raises StorageError."""
-    for path in paths:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            continue
-        except OSError as error:
-            raise StorageError(f"cannot delete {path}: {error}") from error
 
 
 class Log:
@@ -167,16 +96,11 @@ class Log:
         self._recovery = recovery
         self._clock_ms = clock_ms
         self._logger = logger
-        self._unflushed_appends = 0
-        self._last_flush_ms = clock_ms()
-        self._directory_dirty = False
-        self._flush_in_progress = False
+        self._flush = FlushTracker(clock_ms())
         self._closed = False
         self._failure: str | None = None
-        # The latest append, if small: (base offset, next offset, its bytes, the
-        # segment file, that file's truncation count then).  A live consumer's
-        # next fetch reads it from here (see read).
-        self._recent: tuple[int, int, bytes, FileHandle, int] | None = None
+        # The latest append, if small (see last_append and read).
+        self._last_append: LastAppend | None = None
 
     # -- opening ------------------------------------------------------------------------
 
@@ -192,8 +116,8 @@ class Log:
         initial_offset: int = 0,
     ) -> Log:
         """Open (creating if needed) the log in ``directory``, recovering it if the
-        last shutdown was not clean.  ``initial_offset`` is the base offset of a new,
-        empty log.
+        last shutdown was not clean (see log_loading).  ``initial_offset`` is the
+        base offset of a new, empty log.
 
         Raises LogCorruptError (a sealed segment holds a bad batch, or segments do
         not line up) and StorageError (I/O errors).  Blocking: the async shell runs
@@ -209,52 +133,15 @@ class Log:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise StorageError(f"cannot create {path}: {error}") from error
-        compaction.complete_interrupted_swaps(path, config.batch_bytes_max)
-        base_offsets = _list_segments(path)
-        clean = checkpoint.clean_shutdown_marker_exists(path)
-        stored = checkpoint.read_checkpoint(path)
-        segments = LogSegments()
-        checkpoint_used = False
-        try:
-            if not base_offsets:
-                segments.add(LogSegment.create(path, initial_offset, config))
-                fsync_directory(path)
-            else:
-                checkpoint_used = _load_segments(
-                    path, config, base_offsets, clean, stored, segments, logger
-                )
-        except BaseException:
-            for segment in segments:
-                segment.close()
-            raise
-        active = segments.active
-        if active.rolling_timestamp_ms is not None:
-            active.rolling_timestamp_ms = min(active.rolling_timestamp_ms, clock_ms())
-        if checkpoint_used:
-            assert stored is not None
-            recovery = stored
-        elif clean:  # everything was flushed by close
-            recovery = checkpoint.RecoveryCheckpoint(
-                offset=active.next_offset,
-                segment_base_offset=active.base_offset,
-                position=active.size_bytes,
-                max_timestamp_ms=active.max_timestamp_ms,
-                offset_of_max_timestamp=active.offset_of_max_timestamp,
-            )
-        else:
-            first = segments.first
-            recovery = checkpoint.RecoveryCheckpoint(
-                offset=first.base_offset, segment_base_offset=first.base_offset, position=0
-            )
-        checkpoint.remove_clean_shutdown_marker(path)
-        log = cls(path, config, segments, recovery, clock_ms, logger)
+        loaded = load_directory(path, config, initial_offset, clock_ms(), logger)
+        log = cls(path, config, loaded.segments, loaded.recovery, clock_ms, logger)
         logger.info(
             "log opened",
-            clean=clean,
+            clean=loaded.clean,
             start_offset=log.start_offset,
             end_offset=log.end_offset,
-            segments=len(segments),
-            recovery_offset=recovery.offset,
+            segments=len(loaded.segments),
+            recovery_offset=loaded.recovery.offset,
             elapsed_ms=(time.perf_counter_ns() - started_ns) // 1_000_000,
         )
         return log
@@ -270,10 +157,6 @@ class Log:
     def end_offset(self) -> int:
         """The offset the next appended record will get (log end offset)."""
         return self._segments.active.next_offset
-
-    # Kafka's names, for callers that prefer them.
-    log_start_offset = start_offset
-    log_end_offset = end_offset
 
     @property
     def recovery_offset(self) -> int:
@@ -293,15 +176,11 @@ class Log:
         return [segment.base_offset for segment in self._segments]
 
     @property
-    def unflushed_appends(self) -> int:
-        return self._unflushed_appends
-
-    @property
     def has_unflushed_changes(self) -> bool:
         """Whether a flush would sync anything."""
         return (
-            self._unflushed_appends > 0
-            or self._directory_dirty
+            self._flush.appends_unflushed > 0
+            or self._flush.directory_dirty
             or self._recovery.offset != self.end_offset
         )
 
@@ -323,7 +202,7 @@ class Log:
         *,
         leader_epoch: int | None = None,
         headers: list[BatchHeader] | None = None,
-    ) -> AppendResult:
+    ) -> LogAppend:
         """Validate, stamp and write one or more whole batches; returns the offsets
         they got.  A ``bytearray`` or a writable byte ``memoryview`` (a Produce
         payload cut out of the request's buffer) is stamped in place; other buffers
@@ -365,17 +244,21 @@ class Log:
             if len(headers) == 1
             else sum(header.record_count for header in headers)
         )
-        self._maybe_roll(payload_bytes, incoming_offsets, now_ms)
+        roll_reason = self._segments.roll_reason(
+            self.config, payload_bytes, incoming_offsets, now_ms
+        )
+        if roll_reason is not None:
+            self._roll(roll_reason)
         active = self._segments.active
         was_empty = active.is_empty
         offset = base_offset = active.next_offset
         max_timestamp_ms = -1
-        infos: list[BatchInfo] = []
+        scanned: list[ScannedBatch] = []
         for header in headers:
             header.stamp(offset, leader_epoch)
             next_offset = header.next_offset
-            infos.append(
-                BatchInfo(
+            scanned.append(
+                ScannedBatch(
                     header.position,
                     offset,
                     next_offset,
@@ -388,21 +271,23 @@ class Log:
             offset = next_offset
         del headers  # release the views on the caller's buffer
         try:
-            active.append(buffer, infos)
+            active.append(buffer, scanned)
         except StorageError as error:
             self._note_failed_write(active, error)
             raise
         if was_empty:
             active.rolling_timestamp_ms = now_ms  # segment age counts from its first append
-        if payload_bytes <= RECENT_APPEND_BYTES_MAX:
+        if payload_bytes <= LAST_APPEND_BYTES_MAX:
             handle = active.handle
-            self._recent = (base_offset, offset, bytes(buffer), handle, handle.truncations)
+            self._last_append = LastAppend(
+                base_offset, offset, bytes(buffer), handle, handle.truncations
+            )
         else:
-            self._recent = None
-        self._unflushed_appends += 1
+            self._last_append = None
+        self._flush.appends_unflushed += 1
         assert active.next_offset == offset > base_offset
-        return AppendResult(
-            base_offset, offset - 1, now_ms, max_timestamp_ms, len(infos), payload_bytes
+        return LogAppend(
+            base_offset, offset - 1, now_ms, max_timestamp_ms, len(scanned), payload_bytes
         )
 
     def _note_failed_write(self, segment: LogSegment, error: StorageError) -> None:
@@ -414,21 +299,6 @@ class Log:
         if not consistent:
             self._failure = str(error)
 
-    def _maybe_roll(self, incoming_bytes: int, incoming_offsets: int, now_ms: int) -> None:
-        active = self._segments.active
-        if active.is_empty:
-            return
-        rolling_ms = active.rolling_timestamp_ms
-        reason = None
-        if active.size_bytes + incoming_bytes > self.config.segment_bytes:
-            reason = "size"
-        elif rolling_ms is not None and now_ms - rolling_ms >= self.config.segment_ms:
-            reason = "age"
-        elif active.next_offset + incoming_offsets - active.base_offset > _RELATIVE_OFFSET_MAX:
-            reason = "offsets"
-        if reason is not None:
-            self._roll(reason)
-
     def roll(self) -> None:
         """Seal the active segment and start a new one (no-op if it is empty).
         Raises StorageError."""
@@ -437,16 +307,9 @@ class Log:
             self._roll("requested")
 
     def _roll(self, reason: str) -> None:
-        self._recent = None  # only the active segment's latest append is kept
-        old = self._segments.active
-        new = LogSegment.create(self.directory, old.next_offset, self.config)
-        try:
-            old.seal()
-        except StorageError:
-            delete_files(new.detach())
-            raise
-        self._segments.add(new)
-        self._directory_dirty = True
+        self._last_append = None  # only the active segment's latest append is kept
+        new = self._segments.roll(self.directory, self.config)
+        self._flush.directory_dirty = True
         self._logger.info("segment rolled", reason=reason, base_offset=new.base_offset)
 
     # -- reading ------------------------------------------------------------------------
@@ -468,17 +331,17 @@ class Log:
         limit_offset = end if end_offset_max is None else min(end, end_offset_max)
         if offset >= limit_offset:
             return FileRegion.empty(offset)
-        recent = self._recent
+        last = self._last_append
         if (
-            recent is not None
-            and recent[0] == offset
-            and recent[1] <= limit_offset
-            and len(recent[2]) <= max_bytes
-            and recent[3].truncations == recent[4]
+            last is not None
+            and last.base_offset == offset
+            and last.next_offset <= limit_offset
+            and len(last.data) <= max_bytes
+            and last.handle.truncations == last.truncations
         ):
             # A live consumer reading what was just appended: the same batches
             # the file holds, without a read of it.
-            return CachedRegion(recent[2], offset, recent[1], recent[3], recent[4])
+            return CachedRegion(last.data, offset, last.next_offset, last.handle, last.truncations)
         segment = self._segments.floor(offset)
         assert segment is not None and offset < segment.next_offset, (offset, segment)
         end_position = None
@@ -497,29 +360,13 @@ class Log:
 
     def tail_header_fields(self, bytes_max: int) -> Iterator[tuple[int, ...]]:
         """The header fields (client.records.header.HEADER order) of the batches in
-        about the last ``bytes_max`` bytes of the log, oldest first, from an indexed
-        batch start (so a little more).  Per batch, headers only.  For rebuilding
-        idempotent-producer state on open.  Raises StorageError."""
-        assert bytes_max > 0
+        about the last ``bytes_max`` bytes of the log, oldest first (see
+        LogSegments.tail_header_fields).  For rebuilding idempotent-producer state on
+        open.  Raises StorageError."""
         self._check_usable()
-        chosen: list[LogSegment] = []
-        remaining = bytes_max
-        for segment in reversed(list(self._segments)):  # few segments reach the budget
-            chosen.append(segment)
-            remaining -= segment.size_bytes
-            if remaining <= 0:
-                break
-        chosen.reverse()
-        for index, segment in enumerate(chosen):
-            start = 0
-            if index == 0 and remaining < 0:
-                _offset, start = segment.offset_index.lookup_by_position(-remaining)
-            for _position, fields in walk_header_fields(
-                segment.handle.descriptor, start, segment.size_bytes
-            ):
-                yield fields
+        return self._segments.tail_header_fields(bytes_max)
 
-    def batch_at(self, offset: int) -> BatchInfo:
+    def batch_at(self, offset: int) -> ScannedBatch:
         """The batch holding ``offset`` (header fields and position).
         Raises OffsetOutOfRangeError (not in [start, end)), StorageError."""
         self._check_usable()
@@ -543,71 +390,29 @@ class Log:
                 return found
         return None
 
-    # -- flushing -----------------------------------------------------------------------
+    # -- flushing (see flush) -----------------------------------------------------------
 
     def needs_flush(self) -> bool:
         """Whether the flush policy asks for a flush now."""
-        if self._unflushed_appends == 0 and not self._directory_dirty:
-            return False
-        policy = self.config.flush_policy
-        if policy is FlushPolicy.EVERY_APPEND:
-            return True
-        if policy is FlushPolicy.INTERVAL:
-            return self._clock_ms() - self._last_flush_ms >= self.config.flush_interval_ms
-        return False
+        return self._flush.needs_flush(self.config, self._clock_ms)
 
     def flush_due_in_ms(self) -> int | None:
         """How long until the interval policy wants a flush (None: no timer needed)."""
-        if self.config.flush_policy is not FlushPolicy.INTERVAL:
-            return None
-        elapsed_ms = self._clock_ms() - self._last_flush_ms
-        return max(0, self.config.flush_interval_ms - elapsed_ms)
+        return self._flush.due_in_ms(self.config, self._clock_ms())
 
     def begin_flush(self) -> FlushTicket:
         """Capture what must be synced (event loop).  Pass the ticket to
-        :func:`sync_to_disk` (any thread), then :meth:`finish_flush` (event loop)."""
+        :func:`sync_to_disk` (any thread), then :meth:`finish_flush` (event loop).
+        Raises StorageError (the log is closed or offline)."""
         self._check_usable()
-        assert not self._flush_in_progress, "flushes must not overlap"
-        active = self._segments.active
-        segments = self._segments.from_offset(self._recovery.segment_base_offset)
-        ticket = FlushTicket(
-            checkpoint=checkpoint.RecoveryCheckpoint(
-                offset=active.next_offset,
-                segment_base_offset=active.base_offset,
-                position=active.size_bytes,
-                max_timestamp_ms=active.max_timestamp_ms,
-                offset_of_max_timestamp=active.offset_of_max_timestamp,
-            ),
-            directory=self.directory,
-            handles=[segment.handle.acquire() for segment in segments],
-            index_paths=[
-                path
-                for segment in segments
-                for path in (segment.offset_index.path, segment.time_index.path)
-            ],
-            sync_directory=self._directory_dirty,
-            appends_covered=self._unflushed_appends,
-        )
-        self._directory_dirty = False
-        self._flush_in_progress = True
-        return ticket
+        return self._flush.begin(self.directory, self._segments, self._recovery)
 
     def finish_flush(self, ticket: FlushTicket) -> int:
-        """Adopt a synced ticket's recovery point (or, if syncing failed, forget the
-        ticket) and release its files.  Returns the recovery offset.
-        Raises StorageError if releasing a file fails."""
-        assert self._flush_in_progress
-        self._flush_in_progress = False
-        for handle in ticket.handles:
-            handle.release()
-        if not ticket.done:
-            self._directory_dirty = self._directory_dirty or ticket.sync_directory
-            return self._recovery.offset
-        assert ticket.checkpoint.offset <= self.end_offset, "log truncated during a flush"
-        self._recovery = ticket.checkpoint
-        self._unflushed_appends -= ticket.appends_covered
-        self._last_flush_ms = self._clock_ms()
-        assert self._unflushed_appends >= 0
+        """Adopt a synced ticket's recovery point (a failed one is forgotten) and
+        release its files; returns the recovery offset.  Raises StorageError."""
+        if self._flush.finish(ticket, self._clock_ms()):
+            assert ticket.checkpoint.offset <= self.end_offset, "log truncated during a flush"
+            self._recovery = ticket.checkpoint
         return self._recovery.offset
 
     def flush(self) -> int:
@@ -624,40 +429,20 @@ class Log:
     # -- retention and truncation -------------------------------------------------------
 
     def detach_expired_segments(self) -> RetentionResult:
-        """Remove sealed segments past retention (by age: newest timestamp older than
-        retention_ms; by size: while the log exceeds retention_bytes), oldest first,
-        never the active one.  Their files are renamed to ``*.deleted``; unlink them
-        with :func:`delete_files` (off the event loop).  Raises StorageError."""
+        """Remove sealed segments past retention (see retention); their files are
+        renamed to ``*.deleted``: unlink them with :func:`delete_files` (off the event
+        loop).  Raises StorageError."""
         self._check_usable()
-        if self.config.cleanup_policy is CleanupPolicy.COMPACT:
-            return RetentionResult(0, 0, self.start_offset, [])
-        now_ms = self._clock_ms()
-        retention_ms = self.config.retention_ms
-        retention_bytes = self.config.retention_bytes
-        excess_bytes = -1 if retention_bytes is None else self.size_bytes - retention_bytes
-        deleted = 0
-        deleted_bytes = 0
-        paths: list[Path] = []
-        for segment in list(self._segments):
-            if segment is self._segments.active:
-                break
-            too_old = retention_ms is not None and segment.max_timestamp_ms < now_ms - retention_ms
-            too_big = segment.size_bytes <= excess_bytes - deleted_bytes
-            if not (too_old or too_big):
-                break
-            self._segments.remove(segment)
-            paths.extend(segment.detach())
-            deleted += 1
-            deleted_bytes += segment.size_bytes
-        if deleted:
-            self._directory_dirty = True
+        result = detach_expired_segments(self._segments, self.config, self._clock_ms())
+        if result.segments_deleted:
+            self._flush.directory_dirty = True
             self._logger.info(
                 "retention deleted segments",
-                segments=deleted,
-                bytes=deleted_bytes,
-                start_offset=self.start_offset,
+                segments=result.segments_deleted,
+                bytes=result.bytes_deleted,
+                start_offset=result.start_offset,
             )
-        return RetentionResult(deleted, deleted_bytes, self.start_offset, paths)
+        return result
 
     def enforce_retention(self) -> RetentionResult:
         """Detach and delete expired segments (blocking).  Raises StorageError."""
@@ -666,52 +451,47 @@ class Log:
         return result
 
     def truncate_to(self, offset: int) -> int:
-        """Drop every batch at or after ``offset``; a batch *containing* ``offset`` is
-        dropped whole, so the new end may be below ``offset``.  Returns the new log
-        end.  A no-op when ``offset >= end``.  The cut is fsynced and the checkpoint
-        rewritten before returning (blocking, but rare: replication after a leader
-        change).  Regions handed out before may see their bytes cut
-        (``FileRegion.is_intact``).
+        """Drop every batch at or after ``offset`` (see truncation; a batch
+        *containing* ``offset`` goes whole) and the last-append cache; returns the new
+        log end.  A no-op when ``offset >= end``.  Then flushes (blocking), so the
+        cut and everything below it are durable, and the checkpoint names the new
+        end, before this returns.
 
-        Raises OffsetOutOfRangeError (offset below the log start), StorageError.
+        Raises OffsetOutOfRangeError (offset below the log start), StorageError (the
+        log is then offline if the cut could not be made durable).
         """
         self._check_usable()
-        assert not self._flush_in_progress, "truncate_to during a flush"
-        self._recent = None
-        if offset >= self.end_offset:
-            return self.end_offset
+        assert not self._flush.in_progress, "truncate_to during a flush"
+        end_before = self.end_offset
+        if offset >= end_before:
+            return end_before
         if offset < self.start_offset:
             raise OffsetOutOfRangeError(
                 f"cannot truncate to {offset}: below log start {self.start_offset}"
             )
-        segment = self._segments.floor(offset)
-        assert segment is not None
-        paths: list[Path] = []
-        for later in reversed(self._segments.from_offset(segment.next_offset)):
-            if later is segment:
-                break
-            self._segments.remove(later)
-            paths.extend(later.detach())
-        delete_files(paths)
-        new_end = segment.truncate_to(offset)
+        self._last_append = None
+        cut = truncate_segments(self._segments, offset)
+        if cut.segments_deleted:
+            self._flush.directory_dirty = True
+        delete_files(cut.paths)
+        new_end = cut.end_offset
+        if self._recovery.offset > new_end:
+            # Everything below the cut was already durable: only the cut segment
+            # needs syncing, and the checkpoint must not name offsets that are gone.
+            self._recovery = checkpoint_at_end(self._segments)
         try:
-            os.fsync(segment.handle.descriptor)
-        except OSError as error:
-            self._failure = f"fsync after truncation failed: {error}"
-            raise StorageError(f"cannot fsync {segment.path}: {error}") from error
-        fsync_directory(self.directory)
-        if self._recovery.offset > new_end or self._recovery.segment_base_offset > (
-            segment.base_offset
-        ):
-            self._recovery = checkpoint.RecoveryCheckpoint(
-                offset=new_end,
-                segment_base_offset=segment.base_offset,
-                position=segment.size_bytes,
-                max_timestamp_ms=segment.max_timestamp_ms,
-                offset_of_max_timestamp=segment.offset_of_max_timestamp,
-            )
-            checkpoint.write_checkpoint(self.directory, self._recovery)
-        self._logger.warning("log truncated", offset=offset, end_offset=new_end)
+            self.flush()
+        except StorageError as error:
+            self._failure = f"truncation could not be made durable: {error}"
+            raise
+        self._logger.warning(
+            "log truncated",
+            offset=offset,
+            end_offset=new_end,
+            offsets_dropped=end_before - new_end,
+            bytes_dropped=cut.bytes_dropped,
+            segments_deleted=cut.segments_deleted,
+        )
         return new_end
 
     # -- compaction ---------------------------------------------------------------------
@@ -729,10 +509,9 @@ class Log:
         """Plan a compaction pass (event loop); None if no sealed segment lies before
         the recovery point (flush first to move it).  Pass the plan to
         :func:`compaction.build_compacted_segments` (worker thread), then to
-        :meth:`finish_compaction`.  Compaction must not overlap truncation or
-        retention (AsyncLog's lock).  Raises StorageError."""
+        :meth:`finish_compaction`; never during truncation or retention (AsyncLog's
+        lock).  Raises StorageError."""
         self._check_usable()
-        assert self.config.cleanup_policy is CleanupPolicy.COMPACT, "not a compacted log"
         return compaction.plan_compaction(
             self.directory,
             self.config,
@@ -742,49 +521,17 @@ class Log:
         )
 
     def finish_compaction(
-        self, plan: compaction.CompactionPlan, outputs: list[compaction.CompactedSegment]
+        self, plan: compaction.CompactionPlan, outputs: list[compaction_swap.CompactedSegment]
     ) -> list[Path]:
-        """Swap each compacted segment in for the segments it replaces (event loop) and
-        release the plan; returns the old files (``*.deleted``) to unlink with
-        :func:`delete_files`.  Raises StorageError, LogCorruptError."""
-        paths: list[Path] = []
+        """Swap each compacted segment in for the segments it replaces (event loop, see
+        compaction_swap) and release the plan; returns the old files (``*.deleted``)
+        to unlink with :func:`delete_files`.  Raises StorageError, LogCorruptError."""
         try:
-            for output in outputs:
-                paths.extend(self._swap_in(output))
-            compaction.finish_work_directory(self.directory)
+            return compaction_swap.swap_in_all(
+                self.directory, self.config, self._segments, outputs, self._logger
+            )
         finally:
             plan.release()
-        if outputs:
-            fsync_directory(self.directory)
-            self._logger.info(
-                "log compacted",
-                segments_written=len(outputs),
-                segments=len(self._segments),
-                records_removed=sum(output.records_removed for output in outputs),
-            )
-        return paths
-
-    def _swap_in(self, output: compaction.CompactedSegment) -> list[Path]:
-        old = self._segments.from_offset(output.base_offset)
-        old = [segment for segment in old if segment.base_offset < output.next_offset]
-        assert old and old[0].base_offset == output.base_offset, (output, old)
-        assert old[-1].next_offset == output.next_offset, (output, old)
-        assert all(segment.sealed for segment in old), old
-        paths: list[Path] = []
-        for segment in old:
-            self._segments.remove(segment)
-            paths.extend(segment.detach())
-        compaction.install_swap(self.directory, output)
-        segment = LogSegment.open(self.directory, output.base_offset, self.config)
-        if not segment.load(output.next_offset):
-            self._logger.warning("compacted segment index rebuilt", file=segment.path.name)
-            segment.recover(is_last=False)
-        if segment.next_offset != output.next_offset:
-            raise LogCorruptError(f"{segment.path}: compacted segment ends at the wrong offset")
-        segment.seal()
-        self._segments.add(segment)
-        self._directory_dirty = True
-        return paths
 
     def compact(self) -> compaction.CompactionResult:
         """One whole compaction pass, blocking (tests and tools; the server uses
@@ -810,7 +557,7 @@ class Log:
         closed anyway; without the marker the next open recovers)."""
         if self._closed:
             return
-        self._recent = None
+        self._last_append = None
         try:
             if self._failure is None:
                 self._segments.active.write_final_time_entry()
@@ -827,22 +574,7 @@ class Log:
         checker.  Reads the whole log.  Raises LogCorruptError naming file and
         position, StorageError."""
         self._check_usable()
-        for segment in self._segments:
-            batches = scan_batches(
-                segment.handle.descriptor,
-                0,
-                segment.size_bytes,
-                expected_offset=segment.base_offset,
-                batch_bytes_max=self.config.batch_bytes_max,
-            )
-            try:
-                last_next = segment.base_offset
-                for batch in batches:
-                    last_next = batch.next_offset
-            except BadBatch as bad:
-                raise LogCorruptError(f"{segment.path}: {bad}") from bad
-            if last_next != segment.next_offset:
-                raise LogCorruptError(f"{segment.path}: ends at {last_next}, expected end")
+        verify_segments(self._segments, self.config.batch_bytes_max)
 
     def check_invariants(self) -> None:
         """Assert the log's invariants (tests call this after every step)."""
@@ -852,89 +584,16 @@ class Log:
             segment.check_invariants()
         assert self.start_offset <= self.end_offset, (self.start_offset, self.end_offset)
         assert self._recovery.offset <= self.end_offset, (self._recovery, self.end_offset)
-        assert self._unflushed_appends >= 0
+        self._flush.check_invariants()
+        last = self._last_append
+        if last is not None:
+            active = self._segments.active
+            assert last.next_offset == self.end_offset, (last.next_offset, self.end_offset)
+            assert last.handle is active.handle and last.truncations == active.handle.truncations
+            assert len(last.data) <= LAST_APPEND_BYTES_MAX
 
     def __repr__(self) -> str:
         return (
             f"Log({self.directory}, offsets=[{self.start_offset}, {self.end_offset}), "
             f"segments={len(self._segments)})"
         )
-
-
-def _list_segments(directory: Path) -> list[int]:
-    """Base offsets of the segments in ``directory``; removes leftovers of interrupted
-    deletes and writes (``*.deleted``, ``*.tmp``) and indexes without a log.
-    Raises StorageError."""
-    try:
-        names = os.listdir(directory)
-    except OSError as error:
-        raise StorageError(f"cannot list {directory}: {error}") from error
-    assert len(names) < _DIRECTORY_ENTRIES_MAX, f"{directory} has {len(names)} entries"
-    stems = {name[: -len(LOG_SUFFIX)] for name in names if name.endswith(LOG_SUFFIX)}
-    base_offsets = sorted(int(stem) for stem in stems if len(stem) == 20 and stem.isdigit())
-    leftovers = [
-        name
-        for name in names
-        if name.endswith((DELETED_SUFFIX, TEMP_SUFFIX))
-        or (name.endswith((INDEX_SUFFIX, TIME_INDEX_SUFFIX)) and name.split(".")[0] not in stems)
-    ]
-    for name in leftovers:
-        try:
-            os.unlink(directory / name)
-        except FileNotFoundError:
-            continue
-        except OSError as error:
-            raise StorageError(f"cannot remove leftover {directory / name}: {error}") from error
-    return base_offsets
-
-
-def _load_segments(
-    directory: Path,
-    config: LogConfig,
-    base_offsets: list[int],
-    clean: bool,
-    stored: checkpoint.RecoveryCheckpoint | None,
-    segments: LogSegments,
-    logger: Any,
-) -> bool:
-    """Open every segment; trust or recover each (see the module docstring).
-    Returns whether recovery started from the stored checkpoint."""
-    checkpoint_used = False
-    recovery_base = None
-    if not clean and stored is not None and stored.segment_base_offset in base_offsets:
-        recovery_base = stored.segment_base_offset
-    for number, base_offset in enumerate(base_offsets):
-        is_last = number == len(base_offsets) - 1
-        next_base = None if is_last else base_offsets[number + 1]
-        segment = LogSegment.open(directory, base_offset, config)
-        segments.add(segment)
-        trusted = clean or (recovery_base is not None and base_offset < recovery_base)
-        if trusted and segment.load(next_base):
-            pass
-        elif (
-            stored is not None
-            and base_offset == recovery_base
-            and stored.position <= segment.size_bytes
-        ):
-            dropped = segment.recover(
-                start_position=stored.position,
-                start_offset=stored.offset,
-                max_timestamp_ms=stored.max_timestamp_ms,
-                offset_of_max_timestamp=stored.offset_of_max_timestamp,
-                is_last=is_last,
-            )
-            checkpoint_used = True
-            logger.info("segment recovered", file=segment.path.name, bytes_dropped=dropped)
-        else:
-            if trusted:
-                logger.warning("index missing or inconsistent, rebuilding", file=segment.path.name)
-            dropped = segment.recover(is_last=is_last)
-            logger.info("segment recovered", file=segment.path.name, bytes_dropped=dropped)
-        if not is_last:
-            if segment.next_offset != next_base:
-                raise LogCorruptError(
-                    f"{segment.path}: ends at offset {segment.next_offset} but the next "
-                    f"segment starts at {next_base}; refusing to open the partition"
-                )
-            segment.seal()
-    return checkpoint_used

@@ -12,8 +12,8 @@ position is below the .log size.  A lookup finds the last entry at or before the
 target and the segment scans batch headers forward from there (at most about one
 index interval of bytes).
 
-Concurrency: owned by one LogSegment, called from the event-loop thread (fsync
-excepted, see index_file).
+Concurrency: owned by one LogSegment, called from the event-loop thread (a flush
+fsyncs the file by path from a worker thread, see index_file).
 """
 
 from __future__ import annotations
@@ -65,6 +65,13 @@ class OffsetIndex(IndexFile):
         if number < 0:
             return self.base_offset, 0
         relative, position = self.entry(number)
+        return self.base_offset + relative, position
+
+    def last_entry(self) -> tuple[int, int]:
+        """(offset, position) of the last indexed batch; (base offset, 0) if none."""
+        if not self.entry_count:
+            return self.base_offset, 0
+        relative, position = self.entry(self.entry_count - 1)
         return self.base_offset + relative, position
 
     def lookup_by_position(self, position: int) -> tuple[int, int]:

@@ -29,7 +29,7 @@ from typing import Final
 import structlog
 
 from broker.storage import file_handle, offset_index, time_index
-from broker.storage.batch_scan import BadBatch, BatchInfo, scan_batches, walk_headers
+from broker.storage.batch_scan import BadBatch, ScannedBatch, scan_batches, walk_headers
 from broker.storage.config import LogConfig
 from broker.storage.file_handle import FileHandle, FileRegion
 from broker.storage.offset_index import OffsetIndex
@@ -54,7 +54,6 @@ class LogSegment:
         "base_offset",
         "bytes_since_index_entry",
         "config",
-        "directory",
         "handle",
         "max_timestamp_ms",
         "next_offset",
@@ -71,7 +70,6 @@ class LogSegment:
         self, directory: Path, base_offset: int, handle: FileHandle, config: LogConfig
     ) -> None:
         stem = directory / file_stem(base_offset)
-        self.directory = directory
         self.base_offset = base_offset
         self.handle = handle
         self.config = config
@@ -92,7 +90,7 @@ class LogSegment:
         # known (None after opening, a rollback or a truncation, until the next
         # index entry): a live consumer's fetch finds its batch here instead of
         # reading headers from the file.  At most one index interval of batches.
-        self.tail: list[BatchInfo] | None = []
+        self.tail: list[ScannedBatch] | None = []
 
     # -- creating and opening -----------------------------------------------------------
 
@@ -151,7 +149,7 @@ class LogSegment:
         loaded_times = TimeIndex.load(self.time_index.path, self.base_offset)
         if loaded_offsets is None or loaded_times is None:
             return False
-        indexed_offset, indexed_position = loaded_offsets.lookup(1 << 62)
+        indexed_offset, indexed_position = loaded_offsets.last_entry()
         if indexed_position >= max(self.size_bytes, 1) and loaded_offsets.entry_count:
             return False
         if self.size_bytes == 0:
@@ -161,7 +159,7 @@ class LogSegment:
             self.tail = None
             self.next_offset = self.base_offset if next_offset is None else next_offset
             return next_offset is None or next_offset == self.base_offset
-        last: BatchInfo | None = None
+        last: ScannedBatch | None = None
         # Walk from the last indexed batch to the end (about one index interval): it
         # checks that the entry points at a batch and yields the segment's end.
         batches = scan_batches(
@@ -222,7 +220,7 @@ class LogSegment:
         """
         start_offset = self.base_offset if start_offset is None else start_offset
         assert 0 <= start_position <= self.size_bytes, (start_position, self.size_bytes)
-        self._reset_state_to(
+        start_position, start_offset = self._reset_state_to(
             start_position, start_offset, max_timestamp_ms, offset_of_max_timestamp
         )
         batches = scan_batches(
@@ -268,8 +266,10 @@ class LogSegment:
         offset: int,
         max_timestamp_ms: int,
         offset_of_max_timestamp: int | None,
-    ) -> None:
-        """Load whatever index prefix is usable below ``position`` and drop the rest."""
+    ) -> tuple[int, int]:
+        """Load whatever index prefix is usable below ``position`` and drop the rest.
+        Returns the (position, offset) the caller's scan must start from: the ones
+        given, or the segment's start when an index is unusable and both are rebuilt."""
         loaded_offsets = OffsetIndex.load(self.offset_index.path, self.base_offset)
         loaded_times = TimeIndex.load(self.time_index.path, self.base_offset)
         if position == 0 or loaded_offsets is None or loaded_times is None:
@@ -305,10 +305,11 @@ class LogSegment:
         self.rolling_timestamp_ms = None
         if position > 0:
             self._load_rolling_timestamp()
+        return position, offset
 
     # -- appending ----------------------------------------------------------------------
 
-    def _account(self, batch: BatchInfo) -> None:
+    def _account(self, batch: ScannedBatch) -> None:
         """Advance the in-memory state over one written batch and index it if due
         (the same rule for appends, recovery and rebuilds)."""
         assert batch.base_offset == self.next_offset, (batch.base_offset, self.next_offset)
@@ -327,7 +328,7 @@ class LogSegment:
         self.bytes_since_index_entry += batch.batch_bytes
         self.next_offset = batch.next_offset
 
-    def append(self, data: bytes | bytearray | memoryview, batches: Sequence[BatchInfo]) -> None:
+    def append(self, data: bytes | bytearray | memoryview, batches: Sequence[ScannedBatch]) -> None:
         """Write ``data`` (the stamped batches described by ``batches``, positions
         relative to ``data``) at the end of the file and index them.
 
@@ -353,7 +354,7 @@ class LogSegment:
             file_handle.write_all(self.handle.descriptor, data)
             for batch in batches:
                 if start:
-                    batch = BatchInfo(start + batch.position, *batch[1:])
+                    batch = ScannedBatch(start + batch.position, *batch[1:])
                 self._account(batch)
             self.size_bytes = start + len(data)
             self.offset_index.write_pending()
@@ -419,7 +420,7 @@ class LogSegment:
                 return index
         return None
 
-    def locate(self, offset: int) -> BatchInfo:
+    def locate(self, offset: int) -> ScannedBatch:
         """The batch containing ``offset`` (base_offset <= offset < next_offset)."""
         assert self.base_offset <= offset < self.next_offset, (offset, self.base_offset)
         index = self._tail_index(offset)
@@ -443,7 +444,7 @@ class LogSegment:
         limit_position = self.size_bytes if end_position is None else end_position
         assert first.position < limit_position <= self.size_bytes
         limit_position = min(limit_position, first.position + max(max_bytes, first.batch_bytes))
-        later: Iterable[BatchInfo]
+        later: Iterable[ScannedBatch]
         if first_index is not None and tail is not None:
             later = islice(tail, first_index + 1, None)  # in memory, bounded by the tail
         else:
@@ -481,7 +482,7 @@ class LogSegment:
                 return batch.base_offset
         return None
 
-    # -- truncating, flushing, deleting -------------------------------------------------
+    # -- truncating, deleting -------------------------------------------------
 
     def truncate_to(self, offset: int) -> int:
         """Drop the batch containing ``offset`` and everything after it; returns the
@@ -518,13 +519,6 @@ class LogSegment:
             self.rolling_timestamp_ms = None
             self.offset_of_max_timestamp = self.base_offset
         return self.next_offset
-
-    def fsync(self) -> None:
-        """Make the log and index bytes durable.  Blocking: run it off the event loop
-        (the descriptor is protected by a reference the caller holds).  Raises OSError."""
-        os.fsync(self.handle.descriptor)
-        self.offset_index.fsync()
-        self.time_index.fsync()
 
     def detach(self) -> list[Path]:
         """Rename the files to ``*.deleted`` (fast, metadata only) and drop the

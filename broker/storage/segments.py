@@ -1,7 +1,9 @@
 """The ordered set of a log's segments: a SortedDict from base offset to segment.
 
 Like Kafka's LogSegments: the last segment is the active one (appended to), all
-others are sealed.  Lookups are O(log n) bisections of the sorted keys.
+others are sealed.  Lookups are O(log n) bisections of the sorted keys.  Rolling
+(sealing the active segment and starting the next) and walking the headers of the
+log's last bytes across segments are done here too.
 
 Invariants (``check_invariants``): at least one segment; keys are the segments'
 base offsets, strictly increasing; segments are contiguous (each one's next offset
@@ -13,10 +15,18 @@ Concurrency: owned by one Log, used from the event-loop thread only.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Final
 
 from sortedcontainers import SortedDict
 
+from broker.storage.batch_scan import walk_header_fields
+from broker.storage.config import LogConfig
 from broker.storage.segment import LogSegment
+from client.errors import StorageError
+
+# Offsets are stored relative to the segment's base offset in a u32 kept below 2**31.
+_RELATIVE_OFFSET_MAX: Final = (1 << 31) - 1
 
 
 class LogSegments:
@@ -71,16 +81,65 @@ class LogSegments:
         start = max(self._by_base_offset.bisect_right(offset) - 1, 0)
         return list(self._by_base_offset.values()[start:])
 
-    def after(self, segment: LogSegment) -> LogSegment | None:
-        """The segment following ``segment``, or None if it is the active one."""
-        index = self._by_base_offset.index(segment.base_offset) + 1
-        if index >= len(self._by_base_offset):
-            return None
-        return self._by_base_offset.peekitem(index)[1]
-
     @property
     def size_bytes(self) -> int:
         return sum(segment.size_bytes for segment in self)
+
+    def roll_reason(
+        self, config: LogConfig, incoming_bytes: int, incoming_offsets: int, now_ms: int
+    ) -> str | None:
+        """Why the active segment must roll before an append of ``incoming_bytes``
+        holding ``incoming_offsets`` offsets, or None (an empty segment never rolls)."""
+        active = self.active
+        if active.is_empty:
+            return None
+        rolling_ms = active.rolling_timestamp_ms
+        if active.size_bytes + incoming_bytes > config.segment_bytes:
+            return "size"
+        if rolling_ms is not None and now_ms - rolling_ms >= config.segment_ms:
+            return "age"
+        if active.next_offset + incoming_offsets - active.base_offset > _RELATIVE_OFFSET_MAX:
+            return "offsets"
+        return None
+
+    def roll(self, directory: Path, config: LogConfig) -> LogSegment:
+        """Seal the active segment and add a new, empty one after it; returns it.
+        Raises StorageError (the log is then unchanged)."""
+        old = self.active
+        new = LogSegment.create(directory, old.next_offset, config)
+        try:
+            old.seal()
+        except StorageError as error:
+            for path in new.detach():
+                try:
+                    path.unlink()
+                except OSError as cleanup_error:
+                    error.add_note(f"also failed to remove {path}: {cleanup_error}")
+            raise
+        self.add(new)
+        return new
+
+    def tail_header_fields(self, bytes_max: int) -> Iterator[tuple[int, ...]]:
+        """The header fields (client.records.header.HEADER order) of the batches in
+        about the last ``bytes_max`` bytes, oldest first, from an indexed batch start
+        (so a little more).  Per batch, headers only.  Raises StorageError."""
+        assert bytes_max > 0
+        chosen: list[LogSegment] = []
+        remaining = bytes_max
+        for segment in reversed(self._by_base_offset.values()):  # few reach the budget
+            chosen.append(segment)
+            remaining -= segment.size_bytes
+            if remaining <= 0:
+                break
+        chosen.reverse()
+        for index, segment in enumerate(chosen):
+            start = 0
+            if index == 0 and remaining < 0:
+                _offset, start = segment.offset_index.lookup_by_position(-remaining)
+            for _position, fields in walk_header_fields(
+                segment.handle.descriptor, start, segment.size_bytes
+            ):
+                yield fields
 
     def check_invariants(self) -> None:
         assert self._by_base_offset, "a log always has a segment"

@@ -14,8 +14,8 @@ entry's batch has max_timestamp <= the entry's timestamp.  To find the first bat
 with max_timestamp >= T, start at the last entry whose timestamp is < T and scan
 batch headers forward.
 
-Concurrency: owned by one LogSegment, called from the event-loop thread (fsync
-excepted, see index_file).
+Concurrency: owned by one LogSegment, called from the event-loop thread (a flush
+fsyncs the file by path from a worker thread, see index_file).
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ import pytest
 from broker.storage import file_handle
 from broker.storage.config import FlushPolicy
 from broker.storage.file_handle import CachedRegion
-from broker.storage.log import RECENT_APPEND_BYTES_MAX, Log
+from broker.storage.last_append import LAST_APPEND_BYTES_MAX
+from broker.storage.log import Log
 from client.errors import (
     CorruptBatchError,
     InvalidBatchError,
@@ -330,9 +331,49 @@ def test_the_latest_small_append_is_read_from_memory(
         log.roll()
         assert not isinstance(log.read(2, 1 << 20), CachedRegion)
 
-        big = build_batch([bytes(RECENT_APPEND_BYTES_MAX)])
+        big = build_batch([bytes(LAST_APPEND_BYTES_MAX)])
         log.append(big)
         assert not isinstance(log.read(3, 1 << 20), CachedRegion)
         assert read_all(log)[-1][0] == 3
+    finally:
+        log.close()
+
+
+def test_reads_after_truncation_never_return_cut_bytes(log_dir: Path, clock: ManualClock) -> None:
+    """After truncate_to, no read -- from the file, the indexes or the last-append
+    cache -- returns a byte of the cut range; lookups by time forget the cut batches;
+    new appends at the same offsets are read back, not the old bytes."""
+    config = small_config(segment_bytes=2048, index_interval_bytes=64)
+    log = Log.open(log_dir, config, clock_ms=clock)
+    try:
+        for number in range(30):
+            log.append(make_batch(number * 2, 2, START_MS + number))
+        cached = log.read(58, 1 << 20)
+        assert isinstance(cached, CachedRegion)
+        cut_at = log.segment_base_offsets[-1] + 3  # inside a batch of the last segment
+        new_end = log.truncate_to(cut_at)
+        assert new_end == cut_at - 1 and log.end_offset == new_end
+        log.check_invariants()  # no index or time-index entry at or past the end
+        with pytest.raises(StorageError):
+            cached.read_bytes()
+        for offset in range(new_end):
+            with log.read(offset, 1 << 20) as region:
+                offsets = [got for got, _ in decode_pairs(region.read_bytes())]
+            assert offsets and max(offsets) < new_end and region.next_offset <= new_end
+        assert log.read(new_end, 1 << 20).length == 0
+        last_kept_ms = START_MS + new_end // 2 - 1
+        assert log.offset_for_timestamp(last_kept_ms) == new_end - 2
+        assert log.offset_for_timestamp(last_kept_ms + 1) is None
+        log.append(build_batch([b"new-a", b"new-b"], timestamp_ms=START_MS))
+        assert decode_pairs(log.read_bytes(new_end, 1 << 20)) == [
+            (new_end, b"new-a"),
+            (new_end + 1, b"new-b"),
+        ]
+        assert read_all(log)[new_end - 1 :] == [
+            (new_end - 1, b"v%d" % (new_end - 1)),
+            (new_end, b"new-a"),
+            (new_end + 1, b"new-b"),
+        ]
+        log.check_invariants()
     finally:
         log.close()

@@ -207,3 +207,24 @@ def test_full_disk_on_index_write_is_rolled_back(
     reopened = Log.open(log_dir, small_config(index_interval_bytes=1), clock_ms=clock)
     assert read_all(reopened) == [(0, b"v0"), (1, b"v1")]
     reopened.close()
+
+
+@pytest.mark.parametrize("suffix", [".index", ".timeindex"])
+def test_torn_index_of_the_checkpoint_segment_is_rebuilt(
+    log_dir: Path, clock: ManualClock, suffix: str
+) -> None:
+    """An index torn mid-entry in the segment the checkpoint points into (a power cut
+    during its write) is rebuilt from the segment's start, and recovery scans from
+    there too: the log ends where its batches end, not at the segment's base."""
+    log = _fill(log_dir, clock, 8)
+    assert log.flush() == 16
+    crash(log)
+    index = log_dir / f"{0:020d}{suffix}"
+    with open(index, "ab") as torn:
+        torn.write(b"\x01\x02\x03")
+    reopened = Log.open(log_dir, small_config(), clock_ms=clock)
+    reopened.check_invariants()
+    assert reopened.end_offset == 16
+    assert read_all(reopened) == [(offset, b"v%d" % offset) for offset in range(16)]
+    assert reopened.append(make_batch(16, 1)).base_offset == 16
+    reopened.close()
