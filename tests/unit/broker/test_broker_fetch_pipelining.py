@@ -10,13 +10,16 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 import broker.connection as connection_module
 from broker.config import load_config
 from broker.connection import ConnectionHandler
-from broker.handlers import Reply, handle
+from broker.handlers import handle
+from broker.response_slots import Frame
 from broker.state import Broker
-from client.errors import ErrorCode, InvalidRequestError
+from broker.waiting import PendingFetch
+from client.errors import ErrorCode
 from client.protocol.connection import ClientConnection, IncomingRequest, IncomingResponse
 from client.protocol.messages import (
     FETCH_OFFSET_CONTINUE,
@@ -25,11 +28,9 @@ from client.protocol.messages import (
     CreateTopicsRequest,
     ErrorResponse,
     FetchPartition,
-    FetchPartitionResponse,
     FetchRequest,
     FetchResponse,
     FetchTopic,
-    FetchTopicResponse,
     HelloRequest,
     HelloResponse,
     ProducePartition,
@@ -172,7 +173,7 @@ async def test_a_request_behind_a_long_poll_ends_it(state: Broker) -> None:
         async with trio.open_nursery() as nursery:
             peer = await serve(state, nursery)
             await peer.request(fetch(0, max_wait_ms=10_000))
-            await trio.sleep(0.1)  # parked by now
+            await trio.testing.wait_all_tasks_blocked()  # parked by now
             await peer.request(HelloRequest())
             assert await peer.values() == []
             assert isinstance((await peer.response()).body, HelloResponse)
@@ -181,70 +182,38 @@ async def test_a_request_behind_a_long_poll_ends_it(state: Broker) -> None:
 
 @pytest.fixture
 def finished(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The sizes of the torn answers the connections' writers finished
-    (ConnectionHandler._finish_unsent), as they happen."""
+    """The sizes of the answers the socket took in part, as the connections'
+    writers finish them (broker.sending.send_frame on a started frame)."""
     sizes: list[int] = []
-    real_finish = ConnectionHandler._finish_unsent
+    real_send_frame = connection_module.send_frame
 
-    async def finish(self: ConnectionHandler) -> None:
-        if self._unsent is not None:
-            sizes.append(len(self._unsent))
-        await real_finish(self)
+    async def send_frame(sock: Any, frame: Frame) -> None:
+        if frame.started:
+            sizes.append(len(frame.data))
+        await real_send_frame(sock, frame)
 
-    monkeypatch.setattr(ConnectionHandler, "_finish_unsent", finish)
+    monkeypatch.setattr(connection_module, "send_frame", send_frame)
     return sizes
 
 
 async def test_an_early_answer_the_socket_takes_in_part_is_completed(
     state: Broker, finished: list[int]
 ) -> None:
-    """An answer sent from inside an append that fills the socket half-way is
-    finished by the connection's writer, whole and in order."""
+    """A woken fetch's answer that fills the socket half-way is finished by the
+    connection's writer, whole and in order."""
     big = bytes(range(256)) * 48  # 12 KiB: sent in one piece, over the tiny buffer
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
             peer = await serve(state, nursery, send_buffer=4096)
             producer = await serve(state, nursery)
             await peer.request(fetch(0))
-            await trio.sleep(0.1)  # parked by now
+            await trio.testing.wait_all_tasks_blocked()  # parked by now
             await producer.produce(big)  # answered right after the ack; not read yet
             await peer.request(HelloRequest())
             assert await peer.values() == [big]
             assert isinstance((await peer.response()).body, HelloResponse)
             assert finished and finished[0] > 0  # the writer did complete a torn answer
             nursery.cancel_scope.cancel()
-
-
-async def test_fetch_positions_per_connection_are_bounded(state: Broker) -> None:
-    """A connection remembers at most FETCH_POSITIONS_MAX partitions' positions,
-    the most recently fetched; continuing a forgotten one is refused."""
-    server_socket, _client_socket = trio.socket.socketpair()
-    handler = ConnectionHandler(state, trio.SocketStream(server_socket), "test-peer")
-    count = connection_module.FETCH_POSITIONS_MAX + 5
-    body = FetchRequest(
-        topics=[FetchTopic("many", [FetchPartition(index, 7) for index in range(count)])]
-    )
-    response = FetchResponse(
-        [
-            FetchTopicResponse(
-                "many", [FetchPartitionResponse(index, high_watermark=7) for index in range(count)]
-            )
-        ]
-    )
-    handler._note_fetch_positions(body, Reply(response))
-    positions = handler._fetch_positions
-    assert len(positions) == connection_module.FETCH_POSITIONS_MAX
-    assert ("many", 0) not in positions and positions[("many", count - 1)] == 7
-    forgotten = FetchRequest(
-        topics=[FetchTopic("many", [FetchPartition(0, FETCH_OFFSET_CONTINUE)])]
-    )
-    with pytest.raises(InvalidRequestError):
-        handler._resolve_fetch_offsets(forgotten)
-    kept = FetchRequest(
-        topics=[FetchTopic("many", [FetchPartition(count - 1, FETCH_OFFSET_CONTINUE)])]
-    )
-    handler._resolve_fetch_offsets(kept)
-    assert kept.topics[0].partitions[0].fetch_offset == 7
 
 
 def stream(offset: int, responses_max: int, max_wait_ms: int = 5000) -> FetchRequest:
@@ -267,20 +236,20 @@ async def test_a_stream_answers_each_append_until_its_last_answer(
     flagged MORE (the request stays in flight), each continuing after the last --
     all from the appends, the fetch's long poll never restarted in between."""
     long_polls: list[int] = []
-    real_handle_fetch = connection_module.handle_fetch
+    real_pending_fetch = connection_module.PendingFetch
 
-    async def counting_handle_fetch(*args: Any) -> Reply | None:
+    def counting_pending_fetch(*args: Any) -> PendingFetch:
         long_polls.append(1)
-        return await real_handle_fetch(*args)
+        return real_pending_fetch(*args)
 
-    monkeypatch.setattr(connection_module, "handle_fetch", counting_handle_fetch)
+    monkeypatch.setattr(connection_module, "PendingFetch", counting_pending_fetch)
     await append(state, b"old")
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
             peer = await serve(state, nursery)
             producer = await serve(state, nursery)
             await peer.request(stream(1, responses_max=3))
-            await trio.sleep(0.1)  # parked by now
+            await trio.testing.wait_all_tasks_blocked()  # parked by now
             for value, more in ((b"x1", True), (b"x2", True), (b"x3", False)):
                 await producer.produce(value)
                 assert await stream_answer(peer) == ([value], more)
@@ -303,7 +272,7 @@ async def test_a_stream_ends_empty_when_max_wait_passes(state: Broker) -> None:
             peer = await serve(state, nursery)
             producer = await serve(state, nursery)
             await peer.request(stream(0, responses_max=10, max_wait_ms=200))
-            await trio.sleep(0.1)
+            await trio.testing.wait_all_tasks_blocked()
             await producer.produce(b"x1")
             assert await stream_answer(peer) == ([b"x1"], True)
             started = trio.current_time()
@@ -321,7 +290,7 @@ async def test_a_request_behind_a_stream_ends_it_a_continuation_does_not(state: 
             producer = await serve(state, nursery)
             await peer.request(stream(0, responses_max=10, max_wait_ms=10_000))
             await peer.request(stream(FETCH_OFFSET_CONTINUE, responses_max=10, max_wait_ms=10_000))
-            await trio.sleep(0.1)
+            await trio.testing.wait_all_tasks_blocked()
             await producer.produce(b"x1")
             assert await stream_answer(peer) == ([b"x1"], True)
             await peer.request(HelloRequest())
@@ -382,9 +351,9 @@ async def test_a_stream_goes_on_after_an_answer_the_socket_took_in_part(
             peer = await serve(state, nursery, send_buffer=4096)
             producer = await serve(state, nursery)
             await peer.request(stream(0, responses_max=5))
-            await trio.sleep(0.1)  # parked by now
+            await trio.testing.wait_all_tasks_blocked()  # parked by now
             await producer.produce(big)  # answered right after the ack; not read yet
-            await trio.sleep(0.1)
+            await trio.testing.wait_all_tasks_blocked()
             assert await stream_answer(peer) == ([big], True)
             await producer.produce(b"next")
             assert await stream_answer(peer) == ([b"next"], True)

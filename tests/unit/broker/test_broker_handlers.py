@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from broker.config import load_config
 from broker.handlers import Reply, handle
@@ -149,7 +150,7 @@ async def test_long_poll_wakes_on_append(broker: Broker) -> None:
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(poll)
-            await trio.sleep(0.05)
+            await trio.testing.wait_all_tasks_blocked()  # parked
             assert results == []
             await produce(broker, "poll", {0: bytes(build_batch([b"x"]))})
     assert results[0].payload_length > 0
@@ -165,7 +166,7 @@ async def test_long_poll_times_out_empty_and_shutdown_ends_it(broker: Broker) ->
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(call, broker, fetch_request("idle", {0: 0}, max_wait_ms=60_000))
-            await trio.sleep(0.05)
+            await trio.testing.wait_all_tasks_blocked()  # parked
             broker.begin_shutdown()
 
 
