@@ -80,12 +80,12 @@ class LocalMetadataView:
         return self._node_id
 
     def leadership(self, topic: str, partition: int) -> PartitionLeadership | None:
-        found = self._topics.get(topic)
-        if found is None or not 0 <= partition < len(found.partitions):
-            return None
         explicit = self._leaderships.get((topic, partition))
         if explicit is not None:
             return explicit
+        found = self._topics.get(topic)
+        if found is None or not 0 <= partition < len(found.partitions):
+            return None
         node = (self._node_id,)
         return PartitionLeadership(
             self._node_id, found.partitions[partition].leader_epoch, node, node

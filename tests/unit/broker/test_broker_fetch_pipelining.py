@@ -360,3 +360,66 @@ async def test_a_stream_goes_on_after_an_answer_the_socket_took_in_part(
             assert peer.protocol.inflight_count == 1
             assert finished and finished[0] > 0  # the writer did complete a torn answer
             nursery.cancel_scope.cancel()
+
+
+async def test_a_produce_behind_a_long_poll_on_the_same_connection_is_handled_at_once(
+    state: Broker,
+) -> None:
+    """A Produce pipelined behind a parked fetch on the same connection is
+    appended at once (another connection reads it) and ends the long poll
+    early with its records; the acknowledgement, completed first, is sent
+    after the fetch's answer (responses leave in request order)."""
+    with trio.fail_after(2):  # far below the fetch's 10 s max_wait_ms
+        async with trio.open_nursery() as nursery:
+            peer = await serve(state, nursery)
+            other = await serve(state, nursery)
+            fetch_id = await peer.request(fetch(0, max_wait_ms=10_000))
+            await trio.testing.wait_all_tasks_blocked()  # parked
+            data = bytes(build_batch([b"mine"]))
+            body = ProduceRequest(topics=[ProduceTopic("t", [ProducePartition(0, len(data))])])
+            produce_id, head = peer.protocol.send_request(body, len(data))
+            await peer.stream.send_all(head + data)
+            await other.request(fetch(0, max_wait_ms=0))
+            assert await other.values() == [b"mine"]  # appended, visible elsewhere
+            first = await peer.response()
+            second = await peer.response()
+            assert (first.correlation_id, second.correlation_id) == (fetch_id, produce_id)
+            assert isinstance(first.body, FetchResponse)
+            assert [r.value for r in decode_fetch(first.payload).records] == [b"mine"]
+            assert not isinstance(second.body, ErrorResponse)
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_request_behind_a_slow_one_waits_its_turn(
+    state: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests are handled in arrival order: a Produce behind a Hello still
+    being handled is not appended before it, and is answered after it."""
+    release = trio.Event()
+    real_handle = connection_module.handle
+
+    async def slow_hello(broker: Broker, request: Any) -> Any:
+        if isinstance(request.body, HelloRequest):
+            await release.wait()
+        return await real_handle(broker, request)
+
+    monkeypatch.setattr(connection_module, "handle", slow_hello)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            peer = await serve(state, nursery)
+            other = await serve(state, nursery)
+            hello_id = await peer.request(HelloRequest())
+            data = bytes(build_batch([b"early"]))
+            body = ProduceRequest(topics=[ProduceTopic("t", [ProducePartition(0, len(data))])])
+            produce_id, head = peer.protocol.send_request(body, len(data))
+            await peer.stream.send_all(head + data)
+            await trio.testing.wait_all_tasks_blocked()
+            await other.request(fetch(0, max_wait_ms=0))
+            assert await other.values() == []  # not appended yet
+            release.set()
+            first = await peer.response()
+            second = await peer.response()
+            assert (first.correlation_id, second.correlation_id) == (hello_id, produce_id)
+            await other.request(fetch(0, max_wait_ms=0))
+            assert await other.values() == [b"early"]
+            nursery.cancel_scope.cancel()
