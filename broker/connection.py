@@ -111,6 +111,7 @@ class ConnectionHandler:
         self._reading_done = False
         self._sending = False  # the writer is waiting for the socket mid-frame
         self._writer_wakeup = trio.Event()
+        self._writer_sleep: trio.CancelScope | None = None  # while the writer sleeps
         # Refusals of excess requests, sent ahead of the slots (between frames).
         self._refusals: deque[bytes] = deque()
         self._refusals_sent = trio.Event()
@@ -406,7 +407,9 @@ class ConnectionHandler:
                 continue
             if reply is None:
                 pending.register(fetch_partitions(broker, body))
-                self._wake_writer()  # it sleeps until this fetch's deadline at most
+                sleep = self._writer_sleep
+                if sleep is not None and pending.deadline < sleep.deadline:
+                    sleep.deadline = pending.deadline  # the writer answers it then
                 return
             if self._answer_fetch(pending, reply):
                 pending.deadline = now + self._wait_s(body)
@@ -463,8 +466,10 @@ class ConnectionHandler:
                 deadline = math.inf
                 if self.fetches and self.fetches[0].started:
                     deadline = self.fetches[0].deadline
-                with trio.move_on_at(deadline):
+                # A fetch parked meanwhile moves this deadline (no wake-up needed).
+                with trio.CancelScope(deadline=deadline) as self._writer_sleep:
                     await self._writer_wakeup.wait()
+                self._writer_sleep = None
             self._writer_wakeup = trio.Event()
         connection_scope.cancel()
 
