@@ -16,9 +16,10 @@ import broker.connection as connection_module
 from broker.config import load_config
 from broker.connection import ConnectionHandler
 from broker.handlers import handle
+from broker.metadata_view import LocalMetadataView, PartitionLeadership
 from broker.response_slots import Frame
 from broker.state import Broker
-from broker.waiting import PendingFetch
+from broker.waiting import PendingFetch, WakeReason
 from client.errors import ErrorCode
 from client.protocol.connection import ClientConnection, IncomingRequest, IncomingResponse
 from client.protocol.messages import (
@@ -422,4 +423,39 @@ async def test_a_request_behind_a_slow_one_waits_its_turn(
             assert (first.correlation_id, second.correlation_id) == (hello_id, produce_id)
             await other.request(fetch(0, max_wait_ms=0))
             assert await other.values() == [b"early"]
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_parked_fetch_is_answered_when_leadership_moves(state: Broker) -> None:
+    """A long poll woken for a leadership change answers at once, NOT_LEADER for
+    the partition now led by another node."""
+    view = state.metadata
+    assert isinstance(view, LocalMetadataView)
+    with trio.fail_after(2):  # far below the fetch's 10 s max_wait_ms
+        async with trio.open_nursery() as nursery:
+            peer = await serve(state, nursery)
+            await peer.request(fetch(0, max_wait_ms=10_000))
+            await trio.testing.wait_all_tasks_blocked()  # parked
+            view.set_leadership("t", 0, PartitionLeadership(5, 1, (5,), (5,)))
+            state.topics.partition("t", 0).wake_waiters(WakeReason.LEADERSHIP)
+            response = await peer.response()
+            assert isinstance(response.body, FetchResponse)
+            assert response.body.topics[0].partitions[0].error_code == ErrorCode.NOT_LEADER
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_continuation_after_a_truncation_is_refused(state: Broker) -> None:
+    """A fetch position taken before the partition's log was truncated is not
+    continued: the continuation is refused and the client fetches from an offset."""
+    await append(state, b"a")
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            peer = await serve(state, nursery)
+            await peer.request(fetch(0))
+            assert await peer.values() == [b"a"]
+            state.topics.partition("t", 0).truncations += 1
+            await peer.request(fetch(FETCH_OFFSET_CONTINUE, max_wait_ms=0))
+            response = await peer.response()
+            assert isinstance(response.body, ErrorResponse)
+            assert response.body.error_code == ErrorCode.INVALID_REQUEST
             nursery.cancel_scope.cancel()
