@@ -17,6 +17,7 @@ from broker.config import load_config
 from broker.connection import ConnectionHandler
 from broker.handlers import handle
 from broker.metadata_view import LocalMetadataView, PartitionLeadership
+from broker.partition import Partition
 from broker.response_slots import Frame
 from broker.state import Broker
 from broker.waiting import PendingFetch, WakeReason
@@ -444,7 +445,9 @@ async def test_a_parked_fetch_is_answered_when_leadership_moves(state: Broker) -
             nursery.cancel_scope.cancel()
 
 
-async def test_a_continuation_after_a_truncation_is_refused(state: Broker) -> None:
+async def test_a_continuation_after_a_truncation_is_refused(
+    state: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A fetch position taken before the partition's log was truncated is not
     continued: the continuation is refused and the client fetches from an offset."""
     await append(state, b"a")
@@ -453,7 +456,7 @@ async def test_a_continuation_after_a_truncation_is_refused(state: Broker) -> No
             peer = await serve(state, nursery)
             await peer.request(fetch(0))
             assert await peer.values() == [b"a"]
-            state.topics.partition("t", 0).truncations += 1
+            monkeypatch.setattr(Partition, "truncations", property(lambda self: 1), raising=False)
             await peer.request(fetch(FETCH_OFFSET_CONTINUE, max_wait_ms=0))
             response = await peer.response()
             assert isinstance(response.body, ErrorResponse)
