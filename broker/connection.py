@@ -121,6 +121,15 @@ class ConnectionHandler:
         """Requests read but not yet answered (slots open)."""
         return len(self.slots)
 
+    def check_invariants(self) -> None:
+        """Slots bounded and in order, fetches started one at a time, in order."""
+        self.slots.check_invariants()
+        self.session.check_invariants()
+        assert self._backlog >= 0, self._backlog
+        assert len(self.fetches) <= len(self.slots), (len(self.fetches), len(self.slots))
+        for later in list(self.fetches)[1:]:
+            assert not later.started, later.request.correlation_id
+
     def stop_reading(self) -> None:
         """Graceful shutdown: take no new requests, finish the ones already read."""
         self._reader_scope.cancel()
@@ -303,11 +312,19 @@ class ConnectionHandler:
         )
         if not item.wants_response:
             return
-        with trio.CancelScope(shield=True):  # the request is taken: never lose its answer
+        # The request is taken: its answer is never lost to the idle deadline or a
+        # shutdown, only to a client that does not read for request_timeout_ms.
+        deadline = trio.current_time() + self.limits.request_timeout_ms / 1000
+        with trio.CancelScope(shield=True, deadline=deadline) as scope:
             while len(self._refusals) >= self.limits.inflight_requests_max:
                 self._refusals_sent = trio.Event()
                 self._wake_writer()
                 await self._refusals_sent.wait()
+        if scope.cancelled_caught:
+            self.logger.warning(
+                "client is not reading, closing", request_timeout_ms=self.limits.request_timeout_ms
+            )
+            raise ClientGone()
         self._refusals.append(ServerConnection.encode_error(item, error))
         self._flush_now()
 

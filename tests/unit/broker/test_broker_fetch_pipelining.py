@@ -70,9 +70,10 @@ def fetch(offset: int, max_wait_ms: int = 5000, partition_max_bytes: int = 1 << 
 class Peer:
     """The client end of a socketpair, with a ConnectionHandler on the other."""
 
-    def __init__(self, stream: trio.SocketStream) -> None:
+    def __init__(self, stream: trio.SocketStream, handler: ConnectionHandler) -> None:
         self.stream = stream
         self.protocol = ClientConnection()
+        self.handler = handler  # the broker's end
 
     async def request(self, body: Any) -> int:
         correlation_id, data = self.protocol.send_request(body)
@@ -81,6 +82,7 @@ class Peer:
 
     async def response(self) -> IncomingResponse:
         while True:  # bounded by fail_after in the tests
+            self.handler.check_invariants()
             response = self.protocol.next_response()
             if response is not None:
                 return response
@@ -110,7 +112,7 @@ async def serve(state: Broker, nursery: trio.Nursery, *, send_buffer: int = 0) -
         server_socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
     handler = ConnectionHandler(state, trio.SocketStream(server_socket), "test-peer")
     nursery.start_soon(handler.run)
-    return Peer(trio.SocketStream(client_socket))
+    return Peer(trio.SocketStream(client_socket), handler)
 
 
 async def test_continuation_resumes_where_the_previous_fetch_ended(state: Broker) -> None:
