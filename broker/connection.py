@@ -423,7 +423,8 @@ class ConnectionHandler:
                 self._complete_with_error(pending.slot, error)
                 continue
             if reply is None:
-                pending.register(fetch_partitions(broker, body))
+                # A stream waits on the same partitions again: no new lookups.
+                pending.register(pending.partitions or fetch_partitions(broker, body))
                 sleep = self._writer_sleep
                 if sleep is not None and pending.deadline < sleep.deadline:
                     sleep.deadline = pending.deadline  # the writer answers it then

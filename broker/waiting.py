@@ -107,7 +107,8 @@ class PendingFetch:
 
     def register(self, partitions: list[Partition]) -> None:
         """Wait on ``partitions`` (again): the next change to one wakes it."""
-        self.unregister()
+        for partition in self.partitions:
+            partition.remove_waiter(self)
         self.woken = False
         self.woken_by = None
         self.partitions = partitions
