@@ -111,7 +111,7 @@ class ConnectionHandler:
         self._reading_done = False
         self._sending = False  # the writer is waiting for the socket mid-frame
         self._writer_wakeup = trio.Event()
-        self._writer_sleep: trio.CancelScope | None = None  # while the writer sleeps
+        self._writer_sleep: trio.CancelScope | None = None  # the writer's deadline scope
         # Refusals of excess requests, sent ahead of the slots (between frames).
         self._refusals: deque[bytes] = deque()
         self._refusals_sent = trio.Event()
@@ -426,7 +426,7 @@ class ConnectionHandler:
                 # A stream waits on the same partitions again: no new lookups.
                 pending.register(pending.partitions or fetch_partitions(broker, body))
                 sleep = self._writer_sleep
-                if sleep is not None and pending.deadline < sleep.deadline:
+                if sleep is not None and not self._sending and pending.deadline < sleep.deadline:
                     sleep.deadline = pending.deadline  # the writer answers it then
                 return
             if self._answer_fetch(pending, reply):
@@ -475,21 +475,35 @@ class ConnectionHandler:
         self._writer_wakeup.set()
 
     async def _write_loop(self, connection_scope: trio.CancelScope) -> None:
-        while True:  # one pass per wake-up, until the reader is done and all is sent
+        # One cancel scope per fetch deadline reached, not per wake-up (a scope
+        # costs about as much as the wake-up itself): its deadline is the first
+        # parked fetch's, moved as fetches park and answer.
+        while True:  # one pass per fetch deadline reached
+            with trio.CancelScope() as sleep:
+                self._writer_sleep = sleep
+                await self._write(sleep)
+                break  # the reader is done and everything is sent
+            # A fetch's max_wait_ms passed: the next pass answers it.
+        self._writer_sleep = None
+        connection_scope.cancel()
+
+    async def _write(self, sleep: trio.CancelScope) -> None:
+        """Answer fetches and send frames, sleeping between wake-ups until
+        ``sleep``'s deadline (the first parked fetch's).  Returns once the reader
+        is done and every request is answered."""
+        while True:  # one pass per wake-up
             self._service_fetches()
             await self._send_ready()
             if self._reading_done and not self._backlog and not self.slots and not self._refusals:
-                break  # EOF or shutdown, and every request is answered
+                return  # EOF or shutdown, and every request is answered
             if not self._writer_wakeup.is_set():
                 deadline = math.inf
                 if self.fetches and self.fetches[0].started:
                     deadline = self.fetches[0].deadline
-                # A fetch parked meanwhile moves this deadline (no wake-up needed).
-                with trio.CancelScope(deadline=deadline) as self._writer_sleep:
-                    await self._writer_wakeup.wait()
-                self._writer_sleep = None
+                if sleep.deadline != deadline:
+                    sleep.deadline = deadline  # a fetch parked meanwhile moves it on
+                await self._writer_wakeup.wait()
             self._writer_wakeup = trio.Event()
-        connection_scope.cancel()
 
     def _flush_now(self) -> None:
         """Send refusals and completed frames, in order, as far as the socket
@@ -541,6 +555,9 @@ class ConnectionHandler:
                 return
             deadline = trio.current_time() + self.limits.request_timeout_ms / 1000
             self._sending = True
+            if self._writer_sleep is not None:
+                # No fetch deadline may cut a frame (set again before the next sleep).
+                self._writer_sleep.deadline = math.inf
             try:
                 with trio.CancelScope(deadline=deadline) as scope:
                     await send_frame(self.socket, frame)
