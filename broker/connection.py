@@ -1,21 +1,31 @@
 """The trio shell around one client connection.
 
-Two tasks in one nursery, joined by a bounded channel:
+Every request read gets a response slot, in arrival order
+(broker/response_slots.py); handlers complete slots whenever they are ready and
+frames leave strictly in slot order.  Three tasks in one nursery:
 
-- the *reader* receives bytes, feeds the sans-I/O ServerConnection and puts each
-  request on the channel.  It enforces frame_bytes_max (the decoder refuses a
-  declared length above it), inflight_requests_max (the excess request is
-  answered at once with TOO_MANY_REQUESTS) and idle_connection_timeout_ms.
-- the *writer* takes requests in order, runs each handler under
-  request_timeout_ms (plus a Fetch's own max_wait_ms) and sends the response:
-  header and body with ``send``, then the payload's file regions with
-  ``os.sendfile`` straight from the segment files, all while holding the send
-  lock so no other bytes interleave.
+- the *reader* receives bytes, feeds the sans-I/O ServerConnection and opens a
+  slot per request.  What needs no waiting it handles on the spot -- a Produce
+  through :func:`broker.produce.produce_now`, any Fetch (answered now or
+  parked) -- and, when its slot is at the front, writes the answer at once: no
+  trip through the scheduler for a producer's acknowledgement or a fetch that
+  finds data.  It enforces frame_bytes_max, inflight_requests_max (the excess
+  request is answered TOO_MANY_REQUESTS at once) and idle_connection_timeout_ms.
+- the *handler* runs, in order, what must await (a Produce that waits for the
+  append lock or a flush, topic administration, group requests) under
+  request_timeout_ms.  Once a request is handed to it, the ones behind go
+  through it too, so requests are always handled in arrival order.
+- the *writer* drives the parked fetches (broker/waiting.py): a partition's
+  change wakes it, it collects the answer, completes the slot and sends what is
+  sendable; a fetch's max_wait_ms passing wakes it too.  It sends frames that
+  must wait for the socket, and large payloads with ``os.sendfile``.
 
-Requests on one connection are answered in order, one at a time, like Kafka: a
-long-polling Fetch delays the requests behind it *on the same connection*
-(clients that fetch and produce at once use two connections).  Other
-connections are never affected.
+A parked Fetch never stalls the requests behind it: they are handled at once,
+and any request other than a continuation fetch ends the long poll (or a fetch
+stream) early, so its answer -- which must leave first -- is not held for
+max_wait_ms.  Fetches are started one at a time, in order, so a continuation
+(FETCH_OFFSET_CONTINUE) resolves where the fetch before it ended
+(broker/fetch_session.py).  Only this connection's tasks write on its socket.
 
 A protocol violation (garbage, a frame over the limit, a truncated frame at
 EOF), a client that stops reading for request_timeout_ms, or a crash inside a
@@ -24,34 +34,26 @@ handler closes this connection, with a log line; the server keeps running.
 
 from __future__ import annotations
 
-import errno
+import math
 import os
 from collections import deque
-from functools import partial
 from typing import Final
 
 import trio
 
-from broker.handlers import (
-    Answered,
-    FetchWaker,
-    Reply,
-    answer_ready_fetches,
-    any_fetch_error,
-    fetch_now,
-    handle,
-    handle_fetch,
-    produce_now,
-)
+from broker.fetch import any_fetch_error, collect_fetch, fetch_now, fetch_partitions
+from broker.fetch_session import FETCH_POSITIONS_MAX, FetchSession
+from broker.handlers import handle
 from broker.logging import get_logger
+from broker.produce import produce_now
+from broker.response_slots import Frame, Item, Reply, ResponseSlots, Slot
+from broker.sending import ClientGone, reply_frame, send_frame, write_now
 from broker.state import Broker
-from broker.storage.file_handle import CachedRegion, FileRegion
+from broker.waiting import PendingFetch
 from client.errors import (
     DistributaryError,
-    InvalidRequestError,
     ProtocolError,
     RequestTimedOutError,
-    StorageError,
     TooManyRequestsError,
 )
 from client.protocol.connection import BadRequest, IncomingRequest, ServerConnection
@@ -62,24 +64,13 @@ from client.protocol.messages import (
     ProduceRequest,
 )
 
+__all__ = ["FETCH_POSITIONS_MAX", "ClientGone", "ConnectionHandler", "continues_fetch"]
+
 # One receive reads at most 256 KiB: a few syscalls per MiB of produce traffic.
 RECEIVE_BYTES_MAX: Final = 256 * 1024
 # Reads that found bytes waiting, in a row, before the reader yields to the
 # scheduler anyway (fairness towards the other connections).
 RECEIVES_WITHOUT_YIELD_MAX: Final = 16
-# os.sendfile calls per region; each sends >= 1 byte or waits for writability, so
-# this is a safety bound far above need (1 GiB at one page per call).
-SENDFILE_CALLS_MAX: Final = 1 << 18
-# Fetch responses with at most this many record bytes are read into Python and
-# sent with their head in one send() (one segment, one wake-up on the client);
-# larger ones go out by os.sendfile.  16 KiB: a copy that small costs less than
-# the second system call and the second wake-up it saves.
-INLINE_REGION_BYTES_MAX: Final = 16 * 1024
-# Partitions whose fetch position one connection remembers (for continuations);
-# far more than a consumer assigns, a bound on what a client can make us keep.
-FETCH_POSITIONS_MAX: Final = 10_000
-
-Item = IncomingRequest | BadRequest
 
 # One receive buffer per event loop, shared by every connection's reader: each
 # read's bytes are copied into that connection's frame decoder before the reader
@@ -100,10 +91,6 @@ def receive_buffer() -> tuple[list[bytearray], memoryview]:
         return shared
 
 
-class ClientGone(Exception):
-    """Internal: the connection must close now (logged where raised)."""
-
-
 class ConnectionHandler:
     """One accepted connection; :meth:`run` returns when it is closed."""
 
@@ -114,26 +101,34 @@ class ConnectionHandler:
         self.socket = stream.socket
         self.protocol = ServerConnection(frame_bytes_max=self.limits.frame_bytes_max)
         self.logger = get_logger(peer=peer)
-        self.inflight = 0
         self.last_activity = trio.current_time()
+        self.slots = ResponseSlots(self.limits.inflight_requests_max)
+        self.session = FetchSession()
+        self.fetches: deque[PendingFetch] = deque()  # in order; the first is being answered
         self._descriptor = self.socket.fileno()
-        # Held while a frame is being written.  A semaphore, not a Lock: a parked
-        # fetch answered from another connection's append takes it in that task
-        # and, if the write stops half-way, this connection's writer releases it.
-        self._send_lock = trio.Semaphore(1, max_value=1)
-        self._unsent: memoryview | None = None  # such an answer's tail, for the writer
-        self._frame_torn = False
         self._reader_scope = trio.CancelScope()
-        # Where each partition's last fetch on this connection ended (continuations).
-        self._fetch_positions: dict[tuple[str, int], int] = {}
-        self._parked_fetch: FetchWaker | None = None  # the writer's long poll, if any
-        # For each queued request, in order: whether it is anything but a
-        # continuation fetch.  While one such waits, a long poll or a fetch
-        # stream ends at its next answer (requests are answered in order).
-        self._queued_kinds: deque[bool] = deque()
-        # The fetch being answered may answer this many more times (a stream).
-        self._stream_left = 0
-        self._sent_more = False  # the parked fetch's answer was flagged MORE
+        self._backlog = 0  # requests given to the handler task, not yet handled
+        self._reading_done = False
+        self._sending = False  # the writer is waiting for the socket mid-frame
+        self._writer_wakeup = trio.Event()
+        self._writer_sleep: trio.CancelScope | None = None  # the writer's deadline scope
+        # Refusals of excess requests, sent ahead of the slots (between frames).
+        self._refusals: deque[bytes] = deque()
+        self._refusals_sent = trio.Event()
+
+    @property
+    def inflight(self) -> int:
+        """Requests read but not yet answered (slots open)."""
+        return len(self.slots)
+
+    def check_invariants(self) -> None:
+        """Slots bounded and in order, fetches started one at a time, in order."""
+        self.slots.check_invariants()
+        self.session.check_invariants()
+        assert self._backlog >= 0, self._backlog
+        assert len(self.fetches) <= len(self.slots), (len(self.fetches), len(self.slots))
+        for later in list(self.fetches)[1:]:
+            assert not later.started, later.request.correlation_id
 
     def stop_reading(self) -> None:
         """Graceful shutdown: take no new requests, finish the ones already read."""
@@ -143,13 +138,14 @@ class ConnectionHandler:
         """Serve until the client leaves, a limit or a violation closes us, or a
         shutdown drains us.  Never raises an error of this connection's making."""
         self.logger.debug("connection opened")
-        send_channel, receive_channel = trio.open_memory_channel[Item](
+        send_channel, receive_channel = trio.open_memory_channel[tuple[Item, Slot]](
             self.limits.inflight_requests_max
         )
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._read_loop, send_channel, nursery.cancel_scope)
-                nursery.start_soon(self._write_loop, receive_channel, nursery.cancel_scope)
+                nursery.start_soon(self._handle_loop, receive_channel)
+                nursery.start_soon(self._write_loop, nursery.cancel_scope)
         except* ClientGone:
             pass
         except* (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as group:
@@ -158,6 +154,10 @@ class ConnectionHandler:
             # A bug in a handler: close this connection loudly, keep the server.
             self.logger.error("connection failed", exc_info=group)
         finally:
+            for pending in self.fetches:
+                pending.unregister()
+            self.fetches.clear()
+            self.slots.release_all()
             with trio.CancelScope(shield=True):
                 await self.stream.aclose()
             self.logger.debug("connection closed")
@@ -165,14 +165,22 @@ class ConnectionHandler:
     # -- reader -----------------------------------------------------------------------
 
     async def _read_loop(
-        self, channel: trio.MemorySendChannel[Item], connection_scope: trio.CancelScope
+        self,
+        channel: trio.MemorySendChannel[tuple[Item, Slot]],
+        connection_scope: trio.CancelScope,
     ) -> None:
-        async with channel:
-            with self._reader_scope:
-                await self._read_requests(channel, connection_scope)
+        try:
+            async with channel:
+                with self._reader_scope:
+                    await self._read_requests(channel, connection_scope)
+        finally:
+            self._reading_done = True
+            self._wake_writer()
 
     async def _read_requests(
-        self, channel: trio.MemorySendChannel[Item], connection_scope: trio.CancelScope
+        self,
+        channel: trio.MemorySendChannel[tuple[Item, Slot]],
+        connection_scope: trio.CancelScope,
     ) -> None:
         idle_s = self.limits.idle_connection_timeout_ms / 1000
         while True:  # one pass per idle deadline reached, until EOF, a violation or idleness
@@ -182,7 +190,7 @@ class ConnectionHandler:
                 await self._receive_requests(channel, connection_scope)
                 return
             assert idle_scope.cancelled_caught
-            if self.inflight > 0:  # a long poll or a slow response: busy, not idle
+            if self.slots or self._backlog:  # a long poll or a slow response: busy
                 self.last_activity = trio.current_time()
             elif trio.current_time() >= self.last_activity + idle_s:
                 self.logger.info(
@@ -193,11 +201,14 @@ class ConnectionHandler:
             # else: traffic or the writer moved last_activity on: wait for the new deadline
 
     async def _receive_requests(
-        self, channel: trio.MemorySendChannel[Item], connection_scope: trio.CancelScope
+        self,
+        channel: trio.MemorySendChannel[tuple[Item, Slot]],
+        connection_scope: trio.CancelScope,
     ) -> None:
-        """Receive and queue requests until EOF or a violation.  Its only cancellation
-        points are the receive and (rarely) the shielded refusal of an excess request,
-        so the idle deadline never interrupts a request half-taken."""
+        """Receive and take requests until EOF or a violation.  Its only
+        cancellation points are the receive and (rarely) the shielded refusal of
+        an excess request, so the idle deadline never interrupts a request
+        half-taken."""
         descriptor = self._descriptor
         wait_readable = trio.lowlevel.wait_readable
         buffers, view = receive_buffer()
@@ -217,13 +228,11 @@ class ConnectionHandler:
                 drained = True
                 continue
             if not count:
-                if self.protocol_buffered_bytes():
-                    self.logger.warning(
-                        "truncated frame at end of stream",
-                        buffered_bytes=self.protocol_buffered_bytes(),
-                    )
+                buffered = self.protocol_buffered_bytes()
+                if buffered:
+                    self.logger.warning("truncated frame at end of stream", buffered_bytes=buffered)
                     connection_scope.cancel()
-                return  # EOF: the writer answers what was read, then we close
+                return  # EOF: the requests read are answered, then we close
             drained = count < RECEIVE_BYTES_MAX
             self.last_activity = trio.current_time()
             try:
@@ -242,6 +251,27 @@ class ConnectionHandler:
                 ready_in_a_row = 0
                 await trio.lowlevel.checkpoint()
 
+    async def _take_requests(self, channel: trio.MemorySendChannel[tuple[Item, Slot]]) -> None:
+        """Open a slot for every complete request in the buffer and handle it now
+        or hand it to the handler task.  Raises ProtocolError."""
+        while True:  # bounded by the bytes received
+            item = self.protocol.next_request()
+            if item is None:
+                return
+            if self.slots.full:
+                await self._refuse_excess(item)
+                continue
+            slot = self.slots.open(item)
+            if self.fetches and not continues_fetch(item):
+                # A long poll (or a stream) must not hold up the answer of the
+                # request behind it; a pipelined continuation is the next long poll.
+                for pending in self.fetches:
+                    pending.interrupt()
+            if self._backlog == 0 and self._handle_now(item, slot):
+                continue
+            self._backlog += 1
+            channel.send_nowait((item, slot))  # never blocks: capacity == slots_max
+
     def protocol_buffered_bytes(self) -> int:
         # Bytes of a frame not yet complete.  ServerConnection does not expose this
         # (yet); its frame decoder does.
@@ -250,70 +280,26 @@ class ConnectionHandler:
             return buffered
         return int(self.protocol._frames.buffered_bytes)
 
-    async def _take_requests(self, channel: trio.MemorySendChannel[Item]) -> None:
-        """Queue every complete request in the buffer.  Raises ProtocolError."""
-        while True:  # bounded by the bytes received
-            item = self.protocol.next_request()
-            if item is None:
-                return
-            if self.inflight >= self.limits.inflight_requests_max:
-                await self._refuse_excess(item)
-                continue
-            self.inflight += 1
-            if self.inflight == 1 and await self._answer_at_once(item):
-                continue
-            other = not continues_fetch(item)
-            if other and self._parked_fetch is not None:
-                # A long poll (or a fetch stream) must not hold up the request
-                # behind it.  A pipelined continuation fetch is the exception: it
-                # is the next long poll.
-                self._parked_fetch.interrupt()
-            self._queued_kinds.append(other)
-            channel.send_nowait(item)  # never blocks: capacity == inflight_requests_max
-
-    async def _answer_at_once(self, item: Item) -> bool:
-        """Answer ``item`` here in the reader when that needs no waiting, and
-        return True; False leaves it to the writer (a Fetch that must long-poll).
-
-        Only called when nothing is queued or being answered (``inflight`` is 1:
-        this item), so the order of responses holds.  It saves the hop to the
-        writer task: a scheduler pass per request.  The handler runs shielded
-        from the reader's idle deadline and from a graceful shutdown (which stops
-        the reader): only request_timeout_ms cuts it short."""
-        ready: Reply | None = None
-        error: DistributaryError | None = None
-        if isinstance(item, IncomingRequest):
-            body = item.body
+    def _handle_now(self, item: Item, slot: Slot) -> bool:
+        """Handle ``item`` here if that needs no waiting and return True; False
+        leaves it to the handler task.  Sends what is sendable."""
+        if isinstance(item, BadRequest):
+            self.logger.info("bad request", api_key=item.api_key, error=item.error.message)
+            self._complete_with_error(slot, item.error)
+        elif isinstance(item.body, FetchRequest):
+            self._add_fetch(item, slot)
+        elif isinstance(item.body, ProduceRequest):
             try:
-                if isinstance(body, FetchRequest):
-                    if body.responses_max > 1:
-                        return False  # a stream: the writer's job
-                    self._resolve_fetch_offsets(body)
-                    ready = fetch_now(self.broker, body)
-                    if ready is None:
-                        return False  # it must long-poll: the writer's job
-                    self._note_fetch_positions(body, ready)
-                elif isinstance(body, ProduceRequest):
-                    # Nothing to wait for (the usual case): no cancel scope needed.
-                    produced = produce_now(self.broker, body, item.payload)
-                    if produced is not None:
-                        ready = Reply(produced)
-            except DistributaryError as raised:
-                error = raised
-        try:
-            if error is not None:
-                assert isinstance(item, IncomingRequest)
-                await self._refuse(item, error)
-            elif ready is None:
-                await self._answer(item, shield=True)
-            elif isinstance(item, IncomingRequest) and item.wants_response:
-                await self._send_reply(item, ready, shield=True)
-        finally:
-            # Consumers waiting for what it appended (their long polls sleep on
-            # until this: see FetchWaker), even when this response failed.
-            answer_ready_fetches()
-            self.inflight -= 1
-            self.last_activity = trio.current_time()
+                produced = produce_now(self.broker, item.body, item.payload)
+            except DistributaryError as error:
+                self._complete_with_error(slot, error)
+            else:
+                if produced is None:
+                    return False  # it would wait: the handler task's job
+                self._complete(slot, Reply(produced))
+        else:
+            return False
+        self._flush_now()
         return True
 
     async def _refuse_excess(self, item: Item) -> None:
@@ -324,112 +310,47 @@ class ConnectionHandler:
         self.logger.warning(
             "request refused", reason="inflight_requests_max", correlation_id=item.correlation_id
         )
-        if item.wants_response:
-            # Shielded from the reader's idle deadline (a half-sent frame would be
-            # fatal); _send bounds its own wait by request_timeout_ms.
-            with trio.CancelScope(shield=True):
-                await self._send(ServerConnection.encode_error(item, error), [])
+        if not item.wants_response:
+            return
+        # The request is taken: its answer is never lost to the idle deadline or a
+        # shutdown, only to a client that does not read for request_timeout_ms.
+        deadline = trio.current_time() + self.limits.request_timeout_ms / 1000
+        with trio.CancelScope(shield=True, deadline=deadline) as scope:
+            while len(self._refusals) >= self.limits.inflight_requests_max:
+                self._refusals_sent = trio.Event()
+                self._wake_writer()
+                await self._refusals_sent.wait()
+        if scope.cancelled_caught:
+            self.logger.warning(
+                "client is not reading, closing", request_timeout_ms=self.limits.request_timeout_ms
+            )
+            raise ClientGone()
+        self._refusals.append(ServerConnection.encode_error(item, error))
+        self._flush_now()
 
-    # -- writer -----------------------------------------------------------------------
+    # -- handler ----------------------------------------------------------------------
 
-    async def _write_loop(
-        self, channel: trio.MemoryReceiveChannel[Item], connection_scope: trio.CancelScope
-    ) -> None:
+    async def _handle_loop(self, channel: trio.MemoryReceiveChannel[tuple[Item, Slot]]) -> None:
         async with channel:
-            async for item in channel:
-                self._queued_kinds.popleft()
+            async for item, slot in channel:
                 try:
-                    await self._answer(item)
-                    answer_ready_fetches()  # consumers waiting for what it appended
+                    if self._handle_now(item, slot):
+                        continue
+                    assert isinstance(item, IncomingRequest)
+                    reply = await self._run_handler(item)
+                    self._complete(slot, reply)
+                    self._flush_now()
                 finally:
-                    self.inflight -= 1
-                    assert self.inflight >= 0, self.inflight
-                    self.last_activity = trio.current_time()
-        # The reader is done (EOF or shutdown) and every request is answered.
-        connection_scope.cancel()
+                    self._backlog -= 1
+                    assert self._backlog >= 0, self._backlog
+                    if not self._backlog:
+                        self._wake_writer()
 
-    async def _answer(self, item: Item, *, shield: bool = False) -> None:
-        """Run ``item``'s handler and send its response.  ``shield``: the reader
-        answers, so neither its idle deadline nor a graceful shutdown (which stops
-        the reader) may cut the request short; only request_timeout_ms can."""
-        if isinstance(item, BadRequest):
-            self.logger.info("bad request", api_key=item.api_key, error=item.error.message)
-            if item.wants_response:
-                await self._send(ServerConnection.encode_error(item, item.error), [])
-            return
-        if isinstance(item.body, FetchRequest):
-            await self._answer_fetch(item, item.body)
-            return
-        reply = await self._run_handler(item, shield)
-        if reply is not None:
-            await self._send_reply(item, reply, shield=shield)
-
-    async def _send_reply(
-        self, request: IncomingRequest, reply: Reply, *, shield: bool, more: bool = False
-    ) -> None:
-        try:
-            await self._send(response_head(request, reply, more), reply.regions, shield=shield)
-        finally:
-            reply.release()
-
-    async def _answer_fetch(self, request: IncomingRequest, body: FetchRequest) -> None:
-        """Answer a Fetch: once, or -- a stream, ``responses_max`` > 1 -- again
-        and again, each answer flagged MORE and continuing where the previous one
-        ended, while they are small live answers (see :meth:`_may_continue`).
-
-        No scope of its own: each long poll ends by its own deadline
-        (max_wait_ms, at most request_timeout_ms) and collecting never blocks."""
-        self._stream_left = body.responses_max - 1  # answers allowed after the next one
-        for _ in range(body.responses_max):  # each pass sends at least one answer
-            self._sent_more = False
-            waker = FetchWaker(self.broker, body, partial(self._answer_parked, request, body))
-            if True in self._queued_kinds:
-                # A request other than a continuation waits behind this one (it
-                # interrupted the fetch before it): answer with what is there.
-                waker.interrupt()
-            try:
-                self._resolve_fetch_offsets(body)
-                self._parked_fetch = waker
-                try:
-                    reply = await handle_fetch(self.broker, body, waker)
-                finally:
-                    self._parked_fetch = None
-            except DistributaryError as raised:
-                await self._refuse(request, raised)
-                return
-            if reply is None:  # answered from an append (see _answer_parked)
-                await self._finish_unsent()
-                more = self._sent_more
-            else:
-                more = self._may_continue(reply)
-                if more:
-                    self._stream_left -= 1
-                self._note_fetch_positions(body, reply)
-                await self._send_reply(request, reply, shield=False, more=more)
-            if not more:
-                return
-            for fetch_topic in body.topics:  # the next answer continues this one
-                for wanted in fetch_topic.partitions:
-                    wanted.fetch_offset = FETCH_OFFSET_CONTINUE
-
-    def _may_continue(self, reply: Reply) -> bool:
-        """Whether the fetch being answered with ``reply`` keeps streaming: it may
-        answer again, nothing but continuations waits behind it, the broker is
-        not shutting down, and this is a small live answer without errors (a
-        consumer catching up fetches with single answers, each bounded by what
-        it asked for, so a stream never piles up big answers it did not want)."""
-        return (
-            self._stream_left > 0
-            and True not in self._queued_kinds
-            and not self.broker.shutting_down
-            and 0 < reply.payload_length <= INLINE_REGION_BYTES_MAX
-            and not any_fetch_error(reply.body)
-        )
-
-    async def _run_handler(self, request: IncomingRequest, shield: bool) -> Reply | None:
+    async def _run_handler(self, request: IncomingRequest) -> Reply | DistributaryError | None:
+        """``request``'s reply (None: no response wanted) or the error to answer."""
         error: DistributaryError
         timeout_s = self.limits.request_timeout_ms / 1000
-        with trio.CancelScope(deadline=trio.current_time() + timeout_s, shield=shield) as scope:
+        with trio.move_on_after(timeout_s) as scope:
             try:
                 return await handle(self.broker, request)
             except DistributaryError as raised:
@@ -439,192 +360,220 @@ class ConnectionHandler:
                 f"{request.api_key.name} took longer than request_timeout_ms="
                 f"{self.limits.request_timeout_ms}"
             )
-        await self._refuse(request, error)
-        return None
+        return error
 
-    def _answer_parked(
-        self, request: IncomingRequest, body: FetchRequest, reply: Reply
-    ) -> Answered:
-        """Send a parked fetch's answer now, synchronously, right after the
-        response of the append that made it ready (see FetchWaker).  Only a small
-        answer, only when no frame is being written; NOT_SENT leaves it to the
-        fetch's task.  SENT_MORE: a stream's answer flagged MORE, sent whole; the
-        fetch now continues after it (its offsets moved on) and its task sleeps
-        on.  SENT: the task takes over -- the fetch is answered, or a stream
-        continues after the task has written what the socket did not take
-        (:meth:`_finish_unsent`).  Never raises."""
-        lock = self._send_lock
-        if reply.payload_length > INLINE_REGION_BYTES_MAX or lock.value == 0 or self._frame_torn:
-            return Answered.NOT_SENT
-        more = self._may_continue(reply)
-        try:
-            head = response_head(request, reply, more)
-            data = b"".join([head, *(region.read_bytes() for region in reply.regions)])
-        except StorageError:
-            return Answered.NOT_SENT  # the task tries again (and closes if the file was cut)
-        self._sent_more = more
-        if more:
-            self._stream_left -= 1
-        lock.acquire_nowait()
-        self._frame_torn = True
-        try:
-            sent = write_now(self._descriptor, data)
-        except OSError:
-            sent = 0  # the peer is gone: the task's write fails and closes
-        self._note_fetch_positions(body, reply)
-        reply.release()
-        if sent != len(data):
-            self._unsent = memoryview(data)[sent:]
-            return Answered.SENT
-        self._frame_torn = False
-        lock.release()
-        if not more:
-            return Answered.SENT
-        positions = self._fetch_positions
-        for fetch_topic in body.topics:  # the stream's next answer continues this one
-            for wanted in fetch_topic.partitions:
-                wanted.fetch_offset = positions[(fetch_topic.name, wanted.partition)]
-        return Answered.SENT_MORE
+    # -- completing slots -------------------------------------------------------------
 
-    async def _finish_unsent(self) -> None:
-        """Write what :meth:`_answer_parked` could not, then release the send lock
-        it holds.  Raises ClientGone (client not reading), OSError (peer gone)."""
-        unsent = self._unsent
-        if unsent is None:
-            return
-        self._unsent = None
-        try:
-            deadline = trio.current_time() + self.limits.request_timeout_ms / 1000
-            with trio.CancelScope(deadline=deadline) as scope:
-                await send_all(self.socket, unsent)
-                self._frame_torn = False
-        finally:
-            self._send_lock.release()
-        if scope.cancelled_caught:
-            self.logger.warning(
-                "client is not reading, closing", request_timeout_ms=self.limits.request_timeout_ms
+    def _complete(self, slot: Slot, reply: Reply | DistributaryError | None) -> None:
+        item = slot.item
+        if isinstance(reply, DistributaryError):
+            self._complete_with_error(slot, reply)
+        elif reply is None or not item.wants_response:
+            if reply is not None:
+                reply.release()
+            self.slots.add(slot, None, last=True)
+        else:
+            assert isinstance(item, IncomingRequest)
+            self.slots.add(slot, reply_frame(item, reply), last=True)
+
+    def _complete_with_error(self, slot: Slot, error: DistributaryError) -> None:
+        item = slot.item
+        if isinstance(item, IncomingRequest):
+            self.logger.info(
+                "request failed", api=item.api_key.name, error=error.message, code=error.code.name
             )
-            raise ClientGone()
+        frame = None
+        if item.wants_response:
+            frame = Frame(ServerConnection.encode_error(item, error), [])
+        self.slots.add(slot, frame, last=True)
 
-    # -- fetch positions (FETCH_OFFSET_CONTINUE) ----------------------------------------
+    # -- fetches ----------------------------------------------------------------------
 
-    def _resolve_fetch_offsets(self, body: FetchRequest) -> None:
-        """Replace each FETCH_OFFSET_CONTINUE in ``body`` (in place) by where this
-        connection's previous fetch of that partition ended.  Called when the
-        request's turn comes, so every earlier response is already decided.
-        Raises InvalidRequestError for a partition this connection has not fetched
-        (or whose last fetch failed)."""
-        positions = self._fetch_positions
-        for fetch_topic in body.topics:
-            for wanted in fetch_topic.partitions:
-                if wanted.fetch_offset != FETCH_OFFSET_CONTINUE:
-                    continue
-                position = positions.get((fetch_topic.name, wanted.partition))
-                if position is None:
-                    raise InvalidRequestError(
-                        f"{fetch_topic.name}/{wanted.partition}: fetch_offset "
-                        f"{FETCH_OFFSET_CONTINUE} (continue) needs an earlier successful "
-                        "fetch of it on this connection"
-                    )
-                wanted.fetch_offset = position
+    def _add_fetch(self, request: IncomingRequest, slot: Slot) -> None:
+        self.fetches.append(PendingFetch(request, slot, self._wake_writer))
+        self._service_fetches()
 
-    def _note_fetch_positions(self, body: FetchRequest, reply: Reply) -> None:
-        """Remember where each partition of an answered fetch ends: after the last
-        batch sent, or where it started when nothing was; forgotten on an error."""
-        positions = self._fetch_positions
-        for fetch_topic in body.topics:
-            for wanted in fetch_topic.partitions:
-                positions[(fetch_topic.name, wanted.partition)] = wanted.fetch_offset
-        response = reply.body
-        assert isinstance(response, FetchResponse)
-        regions = iter(reply.regions)
-        for topic in response.topics:
-            for result in topic.partitions:
-                key = (topic.name, result.partition)
-                if result.error_code:
-                    positions.pop(key, None)
-                elif result.records_bytes:
-                    positions[key] = next(regions).next_offset
-        if len(positions) > FETCH_POSITIONS_MAX:
-            # A client cycling through more partitions than that on one connection:
-            # it keeps what it fetched last (insertion order), and a continuation of
-            # a forgotten one is refused (it then fetches from an offset).
-            for key in list(positions)[: len(positions) - FETCH_POSITIONS_MAX]:
-                del positions[key]
+    def _service_fetches(self) -> None:
+        """Move the fetches on, in order: start the first (resolve its offsets),
+        answer it if it is ready, woken, interrupted or expired, else leave it
+        registered with its partitions; then the next.  Never awaits."""
+        broker = self.broker
+        session = self.session
+        fetches = self.fetches
+        now = trio.current_time()
+        while fetches:
+            pending = fetches[0]
+            body = pending.body
+            try:
+                if not pending.started:
+                    session.resolve(body, self._truncations_of)
+                    session.start_stream(body.responses_max)
+                    pending.started = True
+                    pending.deadline = now + self._wait_s(body)
+                    pending.woken = True  # look now
+                if pending.interrupted or now >= pending.deadline:
+                    reply: Reply | None = collect_fetch(broker, body)
+                elif pending.woken:
+                    reply = fetch_now(broker, body)
+                else:
+                    return  # still waiting
+            except DistributaryError as error:
+                pending.unregister()
+                fetches.popleft()
+                self._complete_with_error(pending.slot, error)
+                continue
+            if reply is None:
+                # A stream waits on the same partitions again: no new lookups.
+                pending.register(pending.partitions or fetch_partitions(broker, body))
+                sleep = self._writer_sleep
+                if sleep is not None and not self._sending and pending.deadline < sleep.deadline:
+                    sleep.deadline = pending.deadline  # the writer answers it then
+                return
+            if self._answer_fetch(pending, reply):
+                pending.deadline = now + self._wait_s(body)
+                pending.woken = True  # the stream's next answer: look now
+                continue
+            pending.unregister()
+            fetches.popleft()
 
-    async def _refuse(self, request: IncomingRequest, error: DistributaryError) -> None:
-        """Answer ``request`` with ``error`` (an ErrorResponse), logged."""
-        self.logger.info(
-            "request failed", api=request.api_key.name, error=error.message, code=error.code.name
+    def _answer_fetch(self, pending: PendingFetch, reply: Reply) -> bool:
+        """Add ``reply`` to the fetch's slot; True when the fetch is a stream that
+        answers again (this answer flagged MORE), continuing after this one."""
+        body = pending.body
+        session = self.session
+        more = session.may_continue(
+            reply.payload_length,
+            any_fetch_error(reply.body),
+            others_waiting=pending.interrupted,
+            shutting_down=self.broker.shutting_down,
         )
-        if request.wants_response:
-            await self._send(ServerConnection.encode_error(request, error), [])
+        next_offsets = [region.next_offset for region in reply.regions]
+        response = reply.body
+        assert isinstance(response, FetchResponse), response
+        session.note(body, response, next_offsets, self._truncations_of)
+        request = pending.request
+        frame = reply_frame(request, reply, more=more) if request.wants_response else None
+        if frame is None:
+            reply.release()
+        self.slots.add(pending.slot, frame, last=not more)
+        if more:
+            session.continue_after(body)
+        return more
 
-    # -- sending ----------------------------------------------------------------------
+    def _wait_s(self, body: FetchRequest) -> float:
+        return min(body.max_wait_ms, self.limits.request_timeout_ms) / 1000
 
-    async def _send(self, head: bytes, regions: list[FileRegion], *, shield: bool = False) -> None:
-        """Send a frame: ``head`` then each region, none interleaved with another
-        frame.  Raises ClientGone when the client does not take it within
-        request_timeout_ms, OSError when the peer is gone.  ``shield``: only that
-        timeout may interrupt a send that has to wait (the reader's idle deadline
-        and a graceful shutdown may not).
+    def _truncations_of(self, topic: str, index: int) -> int | None:
+        found = self.broker.topics.get(topic)
+        if found is None or not 0 <= index < len(found.partitions):
+            return None
+        return found.partitions[index].truncations
 
-        Fast path (an uncontended lock, a socket with room, a response without file
-        regions or a small one): one non-blocking write and no await at all, so an
-        answer costs no extra trip through the scheduler.
-        """
-        lock = self._send_lock
-        try:
-            lock.acquire_nowait()
-        except trio.WouldBlock:
-            await lock.acquire()
-        try:
-            if self._frame_torn:
-                raise ClientGone()
-            data = head
-            if regions and sum([region.length for region in regions]) <= INLINE_REGION_BYTES_MAX:
-                # A small response (a live consumer's usual fetch): read the record
-                # bytes and send one buffer, so it leaves as one segment and the
-                # client wakes once.  (Corking the head with MSG_MORE before
-                # sendfile stalled large responses by 200 ms.)
-                data = b"".join([head, *(read_region(region) for region in regions)])
-                regions = []
-            # Until the frame is complete, a cancellation or an error would leave a
-            # partial frame on the stream: the connection is then unusable.
-            self._frame_torn = True
-            sent = write_now(self._descriptor, data)
-            if sent == len(data) and not regions:
-                self._frame_torn = False
+    # -- writer -----------------------------------------------------------------------
+
+    def _wake_writer(self) -> None:
+        self._writer_wakeup.set()
+
+    async def _write_loop(self, connection_scope: trio.CancelScope) -> None:
+        # One cancel scope per fetch deadline reached, not per wake-up (a scope
+        # costs about as much as the wake-up itself): its deadline is the first
+        # parked fetch's, moved as fetches park and answer.
+        while True:  # one pass per fetch deadline reached
+            with trio.CancelScope() as sleep:
+                self._writer_sleep = sleep
+                await self._write(sleep)
+                break  # the reader is done and everything is sent
+            # A fetch's max_wait_ms passed: the next pass answers it.
+        self._writer_sleep = None
+        connection_scope.cancel()
+
+    async def _write(self, sleep: trio.CancelScope) -> None:
+        """Answer fetches and send frames, sleeping between wake-ups until
+        ``sleep``'s deadline (the first parked fetch's).  Returns once the reader
+        is done and every request is answered."""
+        while True:  # one pass per wake-up
+            self._service_fetches()
+            await self._send_ready()
+            if self._reading_done and not self._backlog and not self.slots and not self._refusals:
+                return  # EOF or shutdown, and every request is answered
+            if not self._writer_wakeup.is_set():
+                deadline = math.inf
+                if self.fetches and self.fetches[0].started:
+                    deadline = self.fetches[0].deadline
+                if sleep.deadline != deadline:
+                    sleep.deadline = deadline  # a fetch parked meanwhile moves it on
+                await self._writer_wakeup.wait()
+            self._writer_wakeup = trio.Event()
+
+    def _flush_now(self) -> None:
+        """Send refusals and completed frames, in order, as far as the socket
+        takes them now and without reading files; wakes the writer for the rest.
+        Never awaits.  Raises OSError (peer gone)."""
+        if self._sending:
+            return
+        descriptor = self._descriptor
+        refusals = self._refusals
+        while True:  # bounded by the frames ready
+            frame = self.slots.peek_frame()
+            if refusals and (frame is None or not frame.started):
+                frame = Frame(refusals.popleft(), [])
+                self._refusals_sent.set()
+                sent = write_now(descriptor, frame.data)
+                if sent < len(frame.data):
+                    # Rare: finished by the writer ahead of the slots.
+                    refusals.appendleft(bytes(memoryview(frame.data)[sent:]))
+                    self._wake_writer()
+                    return
+                continue
+            if frame is None:
+                return
+            if frame.regions:
+                self._wake_writer()  # sendfile: the writer's job
+                return
+            sent = write_now(descriptor, frame.data)
+            if sent < len(frame.data):
+                if sent:
+                    frame.started = True
+                    frame.data = memoryview(frame.data)[sent:]
+                self._wake_writer()
+                return
+            self.slots.pop_frame(frame)
+            self.last_activity = trio.current_time()
+
+    async def _send_ready(self) -> None:
+        """Send refusals and completed frames, in order, waiting for the socket as
+        needed (each frame within request_timeout_ms).  Raises ClientGone (client
+        not reading), OSError (peer gone)."""
+        self._flush_now()
+        while True:  # bounded by the frames ready
+            frame = self.slots.peek_frame()
+            refusal = bool(self._refusals) and (frame is None or not frame.started)
+            if refusal:
+                frame = Frame(self._refusals.popleft(), [])
+                self._refusals_sent.set()
+            if frame is None:
                 return
             deadline = trio.current_time() + self.limits.request_timeout_ms / 1000
-            with trio.CancelScope(deadline=deadline, shield=shield) as scope:
-                await send_all(self.socket, memoryview(data)[sent:])
-                for region in regions:
-                    if isinstance(region, CachedRegion):  # in memory, no file to send from
-                        await send_all(self.socket, read_region(region))
-                    else:
-                        await sendfile_all(self.socket, region)
-                self._frame_torn = False
-        finally:
-            lock.release()
-        if scope.cancelled_caught:
-            self.logger.warning(
-                "client is not reading, closing", request_timeout_ms=self.limits.request_timeout_ms
-            )
-            raise ClientGone()
-
-
-def response_head(request: IncomingRequest, reply: Reply, more: bool = False) -> bytes:
-    """The frame header and body answering ``request``; the payload follows.
-    ``more``: another answer to the same request follows (a fetch stream)."""
-    return ServerConnection.encode_response(
-        int(request.api_key),
-        request.api_version,
-        request.correlation_id,
-        reply.body,
-        reply.payload_length,
-        more=more,
-    )
+            self._sending = True
+            if self._writer_sleep is not None:
+                # No fetch deadline may cut a frame (set again before the next sleep).
+                self._writer_sleep.deadline = math.inf
+            try:
+                with trio.CancelScope(deadline=deadline) as scope:
+                    await send_frame(self.socket, frame)
+            finally:
+                self._sending = False
+            if scope.cancelled_caught:
+                self.logger.warning(
+                    "client is not reading, closing",
+                    request_timeout_ms=self.limits.request_timeout_ms,
+                )
+                raise ClientGone()
+            if not refusal:
+                self.slots.pop_frame(frame)
+                frame.release()
+            self.last_activity = trio.current_time()
+            self._flush_now()
 
 
 def continues_fetch(item: Item) -> bool:
@@ -636,59 +585,3 @@ def continues_fetch(item: Item) -> bool:
         for fetch_topic in item.body.topics
         for wanted in fetch_topic.partitions
     )
-
-
-def read_region(region: FileRegion) -> bytes:
-    """A small region's bytes (from the page cache).  Raises ClientGone when the
-    file was truncated under it (the frame can no longer be completed)."""
-    try:
-        return region.read_bytes()
-    except StorageError as error:
-        raise ClientGone(str(error)) from error
-
-
-def write_now(descriptor: int, data: bytes) -> int:
-    """Write what the socket takes without waiting: the bytes written (0 when its
-    buffer is full).  Raises OSError (peer gone)."""
-    try:
-        return os.write(descriptor, data)
-    except BlockingIOError:
-        return 0
-
-
-async def send_all(sock: trio.socket.SocketType, data: bytes | memoryview) -> None:
-    """Send every byte of ``data``.  Raises OSError (peer gone)."""
-    view = memoryview(data)
-    sent = 0
-    for _ in range(len(view) + 1):  # every send moves >= 1 byte
-        if sent >= len(view):
-            return
-        sent += await sock.send(view[sent:])
-    raise AssertionError("send made no progress")
-
-
-async def sendfile_all(sock: trio.socket.SocketType, region: FileRegion) -> None:
-    """``os.sendfile`` a file region to a non-blocking socket, waiting for
-    writability on EAGAIN.  Raises OSError (peer gone), ClientGone when the file
-    was truncated under the region (the frame can no longer be completed)."""
-    sent = 0
-    out_descriptor = sock.fileno()
-    for _ in range(SENDFILE_CALLS_MAX):
-        if sent >= region.length:
-            return
-        try:
-            count = os.sendfile(
-                out_descriptor, region.descriptor, region.position + sent, region.length - sent
-            )
-        except BlockingIOError:
-            await trio.lowlevel.wait_writable(sock)
-            continue
-        except OSError as error:
-            if error.errno == errno.EINTR:
-                continue
-            raise
-        if count == 0:
-            raise ClientGone(f"segment file ended {region.length - sent} bytes early")
-        sent += count
-        await trio.lowlevel.checkpoint()
-    raise AssertionError("sendfile made no progress")

@@ -20,7 +20,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import trio
 
@@ -29,6 +28,7 @@ from broker.producer_state import REBUILD_SCAN_BYTES_MAX, ProducerStateTable, Ve
 from broker.storage.async_log import AsyncLog
 from broker.storage.config import FlushPolicy, LogConfig
 from broker.storage.file_handle import FileRegion
+from broker.waiting import Waiter, WakeReason
 from client.errors import (
     InvalidBatchError,
     OffsetOutOfRangeError,
@@ -60,14 +60,6 @@ def partition_directory(data_dir: Path, topic: str, partition: int) -> Path:
     return data_dir / f"{topic}-{partition}"
 
 
-class Waiter(Protocol):
-    """What a long poll leaves with the partitions it waits on (a trio.Event, or
-    broker.handlers.FetchWaker).  ``set`` runs synchronously right after an
-    append, a close or at shutdown, and must not raise."""
-
-    def set(self) -> None: ...
-
-
 class Partition:
     """A leader partition on this node (every partition, on one node)."""
 
@@ -80,6 +72,10 @@ class Partition:
         # Idempotent produce (broker/producer_state.py), rebuilt by open().
         self.producer_states = ProducerStateTable()
         self._waiters: set[Waiter] = set()
+        # Raised by leader elections (replication); read by the metadata view.
+        self.leader_epoch = 0
+        # Counts truncations of the log: a fetch position taken before one is stale.
+        self.truncations = 0
         self.closed = False
         self.logger = get_logger(topic=topic, partition=index)
 
@@ -309,12 +305,14 @@ class Partition:
     def remove_waiter(self, waiter: Waiter) -> None:
         self._waiters.discard(waiter)
 
-    def wake_waiters(self) -> None:
+    def wake_waiters(self, reason: WakeReason = WakeReason.HIGH_WATERMARK) -> None:
+        """Wake (and forget) every waiter: the high watermark advanced, the
+        leadership changed, the log was truncated or closed (``reason``)."""
         if not self._waiters:
             return
         waiters, self._waiters = self._waiters, set()
         for waiter in waiters:
-            waiter.set()
+            waiter.wake(reason)
 
     # -- maintenance ------------------------------------------------------------------
 

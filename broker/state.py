@@ -1,4 +1,5 @@
-"""The broker's state: config, topics, groups, identity, clock.  What every handler reads.
+"""The broker's state: config, topics, groups, metadata view, identity, clock.
+What every handler reads.
 
 ``Broker.open`` takes the data directory's lock (a second process on the same
 directory would corrupt it), loads the topics and opens their logs, then
@@ -23,7 +24,9 @@ import trio
 from broker.config import BrokerConfig, ConfigError
 from broker.groups.service import GroupService
 from broker.logging import get_logger
+from broker.metadata_view import LocalMetadataView, MetadataView
 from broker.topics import TopicManager
+from broker.waiting import WakeReason
 
 LOCK_FILE: Final = ".lock"
 
@@ -60,6 +63,10 @@ class Broker:
         self.advertised_host = config.host
         self.advertised_port = config.port
         self.shutting_down = False
+        # Who leads what (broker/metadata_view.py): handlers ask it, never assume.
+        self.metadata: MetadataView = LocalMetadataView(
+            config.node_id, topics, lambda: (self.advertised_host, self.advertised_port)
+        )
         self._lock_descriptor = lock_descriptor
         self.logger = get_logger(node=config.node_id)
 
@@ -92,7 +99,7 @@ class Broker:
         """Answer every long poll now; handlers see ``shutting_down``."""
         self.shutting_down = True
         for partition in self.topics.all_partitions():
-            partition.wake_waiters()
+            partition.wake_waiters(WakeReason.SHUTDOWN)
 
     async def close(self) -> None:
         """Flush and close every log, then release the data directory.

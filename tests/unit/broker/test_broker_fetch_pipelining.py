@@ -10,13 +10,18 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 import broker.connection as connection_module
 from broker.config import load_config
 from broker.connection import ConnectionHandler
-from broker.handlers import Reply, handle
+from broker.handlers import handle
+from broker.metadata_view import LocalMetadataView, PartitionLeadership
+from broker.partition import Partition
+from broker.response_slots import Frame
 from broker.state import Broker
-from client.errors import ErrorCode, InvalidRequestError
+from broker.waiting import PendingFetch, WakeReason
+from client.errors import ErrorCode
 from client.protocol.connection import ClientConnection, IncomingRequest, IncomingResponse
 from client.protocol.messages import (
     FETCH_OFFSET_CONTINUE,
@@ -25,11 +30,9 @@ from client.protocol.messages import (
     CreateTopicsRequest,
     ErrorResponse,
     FetchPartition,
-    FetchPartitionResponse,
     FetchRequest,
     FetchResponse,
     FetchTopic,
-    FetchTopicResponse,
     HelloRequest,
     HelloResponse,
     ProducePartition,
@@ -67,9 +70,10 @@ def fetch(offset: int, max_wait_ms: int = 5000, partition_max_bytes: int = 1 << 
 class Peer:
     """The client end of a socketpair, with a ConnectionHandler on the other."""
 
-    def __init__(self, stream: trio.SocketStream) -> None:
+    def __init__(self, stream: trio.SocketStream, handler: ConnectionHandler) -> None:
         self.stream = stream
         self.protocol = ClientConnection()
+        self.handler = handler  # the broker's end
 
     async def request(self, body: Any) -> int:
         correlation_id, data = self.protocol.send_request(body)
@@ -78,6 +82,7 @@ class Peer:
 
     async def response(self) -> IncomingResponse:
         while True:  # bounded by fail_after in the tests
+            self.handler.check_invariants()
             response = self.protocol.next_response()
             if response is not None:
                 return response
@@ -107,7 +112,7 @@ async def serve(state: Broker, nursery: trio.Nursery, *, send_buffer: int = 0) -
         server_socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
     handler = ConnectionHandler(state, trio.SocketStream(server_socket), "test-peer")
     nursery.start_soon(handler.run)
-    return Peer(trio.SocketStream(client_socket))
+    return Peer(trio.SocketStream(client_socket), handler)
 
 
 async def test_continuation_resumes_where_the_previous_fetch_ended(state: Broker) -> None:
@@ -172,7 +177,7 @@ async def test_a_request_behind_a_long_poll_ends_it(state: Broker) -> None:
         async with trio.open_nursery() as nursery:
             peer = await serve(state, nursery)
             await peer.request(fetch(0, max_wait_ms=10_000))
-            await trio.sleep(0.1)  # parked by now
+            await trio.testing.wait_all_tasks_blocked()  # parked by now
             await peer.request(HelloRequest())
             assert await peer.values() == []
             assert isinstance((await peer.response()).body, HelloResponse)
@@ -181,70 +186,38 @@ async def test_a_request_behind_a_long_poll_ends_it(state: Broker) -> None:
 
 @pytest.fixture
 def finished(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The sizes of the torn answers the connections' writers finished
-    (ConnectionHandler._finish_unsent), as they happen."""
+    """The sizes of the answers the socket took in part, as the connections'
+    writers finish them (broker.sending.send_frame on a started frame)."""
     sizes: list[int] = []
-    real_finish = ConnectionHandler._finish_unsent
+    real_send_frame = connection_module.send_frame
 
-    async def finish(self: ConnectionHandler) -> None:
-        if self._unsent is not None:
-            sizes.append(len(self._unsent))
-        await real_finish(self)
+    async def send_frame(sock: Any, frame: Frame) -> None:
+        if frame.started:
+            sizes.append(len(frame.data))
+        await real_send_frame(sock, frame)
 
-    monkeypatch.setattr(ConnectionHandler, "_finish_unsent", finish)
+    monkeypatch.setattr(connection_module, "send_frame", send_frame)
     return sizes
 
 
 async def test_an_early_answer_the_socket_takes_in_part_is_completed(
     state: Broker, finished: list[int]
 ) -> None:
-    """An answer sent from inside an append that fills the socket half-way is
-    finished by the connection's writer, whole and in order."""
+    """A woken fetch's answer that fills the socket half-way is finished by the
+    connection's writer, whole and in order."""
     big = bytes(range(256)) * 48  # 12 KiB: sent in one piece, over the tiny buffer
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
             peer = await serve(state, nursery, send_buffer=4096)
             producer = await serve(state, nursery)
             await peer.request(fetch(0))
-            await trio.sleep(0.1)  # parked by now
+            await trio.testing.wait_all_tasks_blocked()  # parked by now
             await producer.produce(big)  # answered right after the ack; not read yet
             await peer.request(HelloRequest())
             assert await peer.values() == [big]
             assert isinstance((await peer.response()).body, HelloResponse)
             assert finished and finished[0] > 0  # the writer did complete a torn answer
             nursery.cancel_scope.cancel()
-
-
-async def test_fetch_positions_per_connection_are_bounded(state: Broker) -> None:
-    """A connection remembers at most FETCH_POSITIONS_MAX partitions' positions,
-    the most recently fetched; continuing a forgotten one is refused."""
-    server_socket, _client_socket = trio.socket.socketpair()
-    handler = ConnectionHandler(state, trio.SocketStream(server_socket), "test-peer")
-    count = connection_module.FETCH_POSITIONS_MAX + 5
-    body = FetchRequest(
-        topics=[FetchTopic("many", [FetchPartition(index, 7) for index in range(count)])]
-    )
-    response = FetchResponse(
-        [
-            FetchTopicResponse(
-                "many", [FetchPartitionResponse(index, high_watermark=7) for index in range(count)]
-            )
-        ]
-    )
-    handler._note_fetch_positions(body, Reply(response))
-    positions = handler._fetch_positions
-    assert len(positions) == connection_module.FETCH_POSITIONS_MAX
-    assert ("many", 0) not in positions and positions[("many", count - 1)] == 7
-    forgotten = FetchRequest(
-        topics=[FetchTopic("many", [FetchPartition(0, FETCH_OFFSET_CONTINUE)])]
-    )
-    with pytest.raises(InvalidRequestError):
-        handler._resolve_fetch_offsets(forgotten)
-    kept = FetchRequest(
-        topics=[FetchTopic("many", [FetchPartition(count - 1, FETCH_OFFSET_CONTINUE)])]
-    )
-    handler._resolve_fetch_offsets(kept)
-    assert kept.topics[0].partitions[0].fetch_offset == 7
 
 
 def stream(offset: int, responses_max: int, max_wait_ms: int = 5000) -> FetchRequest:
@@ -267,20 +240,20 @@ async def test_a_stream_answers_each_append_until_its_last_answer(
     flagged MORE (the request stays in flight), each continuing after the last --
     all from the appends, the fetch's long poll never restarted in between."""
     long_polls: list[int] = []
-    real_handle_fetch = connection_module.handle_fetch
+    real_pending_fetch = connection_module.PendingFetch
 
-    async def counting_handle_fetch(*args: Any) -> Reply | None:
+    def counting_pending_fetch(*args: Any) -> PendingFetch:
         long_polls.append(1)
-        return await real_handle_fetch(*args)
+        return real_pending_fetch(*args)
 
-    monkeypatch.setattr(connection_module, "handle_fetch", counting_handle_fetch)
+    monkeypatch.setattr(connection_module, "PendingFetch", counting_pending_fetch)
     await append(state, b"old")
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
             peer = await serve(state, nursery)
             producer = await serve(state, nursery)
             await peer.request(stream(1, responses_max=3))
-            await trio.sleep(0.1)  # parked by now
+            await trio.testing.wait_all_tasks_blocked()  # parked by now
             for value, more in ((b"x1", True), (b"x2", True), (b"x3", False)):
                 await producer.produce(value)
                 assert await stream_answer(peer) == ([value], more)
@@ -303,7 +276,7 @@ async def test_a_stream_ends_empty_when_max_wait_passes(state: Broker) -> None:
             peer = await serve(state, nursery)
             producer = await serve(state, nursery)
             await peer.request(stream(0, responses_max=10, max_wait_ms=200))
-            await trio.sleep(0.1)
+            await trio.testing.wait_all_tasks_blocked()
             await producer.produce(b"x1")
             assert await stream_answer(peer) == ([b"x1"], True)
             started = trio.current_time()
@@ -321,7 +294,7 @@ async def test_a_request_behind_a_stream_ends_it_a_continuation_does_not(state: 
             producer = await serve(state, nursery)
             await peer.request(stream(0, responses_max=10, max_wait_ms=10_000))
             await peer.request(stream(FETCH_OFFSET_CONTINUE, responses_max=10, max_wait_ms=10_000))
-            await trio.sleep(0.1)
+            await trio.testing.wait_all_tasks_blocked()
             await producer.produce(b"x1")
             assert await stream_answer(peer) == ([b"x1"], True)
             await peer.request(HelloRequest())
@@ -382,12 +355,112 @@ async def test_a_stream_goes_on_after_an_answer_the_socket_took_in_part(
             peer = await serve(state, nursery, send_buffer=4096)
             producer = await serve(state, nursery)
             await peer.request(stream(0, responses_max=5))
-            await trio.sleep(0.1)  # parked by now
+            await trio.testing.wait_all_tasks_blocked()  # parked by now
             await producer.produce(big)  # answered right after the ack; not read yet
-            await trio.sleep(0.1)
+            await trio.testing.wait_all_tasks_blocked()
             assert await stream_answer(peer) == ([big], True)
             await producer.produce(b"next")
             assert await stream_answer(peer) == ([b"next"], True)
             assert peer.protocol.inflight_count == 1
             assert finished and finished[0] > 0  # the writer did complete a torn answer
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_produce_behind_a_long_poll_on_the_same_connection_is_handled_at_once(
+    state: Broker,
+) -> None:
+    """A Produce pipelined behind a parked fetch on the same connection is
+    appended at once (another connection reads it) and ends the long poll
+    early with its records; the acknowledgement, completed first, is sent
+    after the fetch's answer (responses leave in request order)."""
+    with trio.fail_after(2):  # far below the fetch's 10 s max_wait_ms
+        async with trio.open_nursery() as nursery:
+            peer = await serve(state, nursery)
+            other = await serve(state, nursery)
+            fetch_id = await peer.request(fetch(0, max_wait_ms=10_000))
+            await trio.testing.wait_all_tasks_blocked()  # parked
+            data = bytes(build_batch([b"mine"]))
+            body = ProduceRequest(topics=[ProduceTopic("t", [ProducePartition(0, len(data))])])
+            produce_id, head = peer.protocol.send_request(body, len(data))
+            await peer.stream.send_all(head + data)
+            await other.request(fetch(0, max_wait_ms=0))
+            assert await other.values() == [b"mine"]  # appended, visible elsewhere
+            first = await peer.response()
+            second = await peer.response()
+            assert (first.correlation_id, second.correlation_id) == (fetch_id, produce_id)
+            assert isinstance(first.body, FetchResponse)
+            assert [r.value for r in decode_fetch(first.payload).records] == [b"mine"]
+            assert not isinstance(second.body, ErrorResponse)
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_request_behind_a_slow_one_waits_its_turn(
+    state: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests are handled in arrival order: a Produce behind a Hello still
+    being handled is not appended before it, and is answered after it."""
+    release = trio.Event()
+    real_handle = connection_module.handle
+
+    async def slow_hello(broker: Broker, request: Any) -> Any:
+        if isinstance(request.body, HelloRequest):
+            await release.wait()
+        return await real_handle(broker, request)
+
+    monkeypatch.setattr(connection_module, "handle", slow_hello)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            peer = await serve(state, nursery)
+            other = await serve(state, nursery)
+            hello_id = await peer.request(HelloRequest())
+            data = bytes(build_batch([b"early"]))
+            body = ProduceRequest(topics=[ProduceTopic("t", [ProducePartition(0, len(data))])])
+            produce_id, head = peer.protocol.send_request(body, len(data))
+            await peer.stream.send_all(head + data)
+            await trio.testing.wait_all_tasks_blocked()
+            await other.request(fetch(0, max_wait_ms=0))
+            assert await other.values() == []  # not appended yet
+            release.set()
+            first = await peer.response()
+            second = await peer.response()
+            assert (first.correlation_id, second.correlation_id) == (hello_id, produce_id)
+            await other.request(fetch(0, max_wait_ms=0))
+            assert await other.values() == [b"early"]
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_parked_fetch_is_answered_when_leadership_moves(state: Broker) -> None:
+    """A long poll woken for a leadership change answers at once, NOT_LEADER for
+    the partition now led by another node."""
+    view = state.metadata
+    assert isinstance(view, LocalMetadataView)
+    with trio.fail_after(2):  # far below the fetch's 10 s max_wait_ms
+        async with trio.open_nursery() as nursery:
+            peer = await serve(state, nursery)
+            await peer.request(fetch(0, max_wait_ms=10_000))
+            await trio.testing.wait_all_tasks_blocked()  # parked
+            view.set_leadership("t", 0, PartitionLeadership(5, 1, (5,), (5,)))
+            state.topics.partition("t", 0).wake_waiters(WakeReason.LEADERSHIP)
+            response = await peer.response()
+            assert isinstance(response.body, FetchResponse)
+            assert response.body.topics[0].partitions[0].error_code == ErrorCode.NOT_LEADER
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_continuation_after_a_truncation_is_refused(
+    state: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fetch position taken before the partition's log was truncated is not
+    continued: the continuation is refused and the client fetches from an offset."""
+    await append(state, b"a")
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            peer = await serve(state, nursery)
+            await peer.request(fetch(0))
+            assert await peer.values() == [b"a"]
+            monkeypatch.setattr(Partition, "truncations", property(lambda self: 1), raising=False)
+            await peer.request(fetch(FETCH_OFFSET_CONTINUE, max_wait_ms=0))
+            response = await peer.response()
+            assert isinstance(response.body, ErrorResponse)
+            assert response.body.error_code == ErrorCode.INVALID_REQUEST
             nursery.cancel_scope.cancel()

@@ -7,9 +7,15 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from broker.config import load_config
+from broker.fetch import caught_up, fetch_now
+from broker.groups.config import OFFSETS_TOPIC
+from broker.groups.records import partition_for_group
 from broker.handlers import Reply, handle
+from broker.metadata_view import LocalMetadataView, PartitionLeadership
+from broker.partition import Partition
 from broker.state import Broker
 from client.errors import ErrorCode, InvalidRequestError
 from client.protocol.connection import IncomingRequest
@@ -29,6 +35,8 @@ from client.protocol.messages import (
     FetchRequest,
     FetchResponse,
     FetchTopic,
+    FindCoordinatorRequest,
+    FindCoordinatorResponse,
     HelloRequest,
     HelloResponse,
     ListGroupsRequest,
@@ -149,7 +157,7 @@ async def test_long_poll_wakes_on_append(broker: Broker) -> None:
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(poll)
-            await trio.sleep(0.05)
+            await trio.testing.wait_all_tasks_blocked()  # parked
             assert results == []
             await produce(broker, "poll", {0: bytes(build_batch([b"x"]))})
     assert results[0].payload_length > 0
@@ -165,7 +173,7 @@ async def test_long_poll_times_out_empty_and_shutdown_ends_it(broker: Broker) ->
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(call, broker, fetch_request("idle", {0: 0}, max_wait_ms=60_000))
-            await trio.sleep(0.05)
+            await trio.testing.wait_all_tasks_blocked()  # parked
             broker.begin_shutdown()
 
 
@@ -321,3 +329,74 @@ async def test_idempotent_state_survives_a_reopen(tmp_path: Path) -> None:
         assert (after.error_code, after.base_offset) == (0, 3)
     finally:
         await state.close()
+
+
+async def test_a_partition_led_elsewhere_answers_not_leader(broker: Broker) -> None:
+    """With the metadata view saying node 7 leads t/1, Produce, Fetch and
+    ListOffsets of t/1 answer NOT_LEADER while t/0 works, and Metadata names
+    node 7 with its epoch, replicas and ISR."""
+    await call(broker, CreateTopicsRequest([CreatableTopic("t", 2)]))
+    view = broker.metadata
+    assert isinstance(view, LocalMetadataView)
+    view.add_broker(7, "10.0.0.7", 9392)
+    view.set_leadership("t", 1, PartitionLeadership(7, 3, (7, 0), (7,)))
+    batch = bytes(build_batch([b"x"]))
+    produced = await produce(broker, "t", {0: batch, 1: batch})
+    codes = [p.error_code for p in produced.topics[0].partitions]
+    assert codes == [0, ErrorCode.NOT_LEADER]
+    reply = await call(broker, fetch_request("t", {0: 0, 1: 0}, max_wait_ms=0))
+    assert isinstance(reply.body, FetchResponse)
+    assert [p.error_code for p in reply.body.topics[0].partitions] == [0, ErrorCode.NOT_LEADER]
+    reply.release()
+    listed = await call(
+        broker, ListOffsetsRequest([ListOffsetsTopic("t", [ListOffsetsPartition(1, -1)])])
+    )
+    assert isinstance(listed.body, ListOffsetsResponse)
+    assert listed.body.topics[0].partitions[0].error_code == ErrorCode.NOT_LEADER
+    metadata = await call(broker, MetadataRequest(["t"]))
+    assert isinstance(metadata.body, MetadataResponse)
+    assert [b.node_id for b in metadata.body.brokers] == [broker.config.node_id, 7]
+    led = metadata.body.topics[0].partitions[1]
+    assert (led.leader, led.leader_epoch, led.replicas, led.isr) == (7, 3, [7, 0], [7])
+
+
+async def test_consumers_see_records_up_to_the_high_watermark(
+    broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fetch, its high_watermark field, the long-poll check and ListOffsets
+    latest read the high watermark, not the log end: with the watermark held one
+    batch behind, a fetch there finds nothing and latest is the watermark."""
+    await produce(broker, "hw", {0: bytes(build_batch([b"a"]))})
+    await produce(broker, "hw", {0: bytes(build_batch([b"b"]))})
+    partition = broker.topics.partition("hw", 0)
+    assert partition.log_end_offset == 2
+    monkeypatch.setattr(Partition, "high_watermark", property(lambda self: 1))
+    reply = await call(broker, fetch_request("hw", {0: 1}, max_wait_ms=0))
+    assert isinstance(reply.body, FetchResponse)
+    result = reply.body.topics[0].partitions[0]
+    assert (result.error_code, result.records_bytes, result.high_watermark) == (0, 0, 1)
+    body = fetch_request("hw", {0: 1}, max_wait_ms=60_000)
+    assert caught_up(broker, body)
+    assert fetch_now(broker, body) is None  # it would wait for the watermark
+    listed = await call(
+        broker,
+        ListOffsetsRequest([ListOffsetsTopic("hw", [ListOffsetsPartition(0, LATEST_TIMESTAMP)])]),
+    )
+    assert isinstance(listed.body, ListOffsetsResponse)
+    assert listed.body.topics[0].partitions[0].offset == 1
+
+
+async def test_find_coordinator_names_the_offsets_partition_leader(broker: Broker) -> None:
+    """FindCoordinator answers with the leader of the group's __consumer_offsets
+    partition, as the metadata view has it."""
+    view = broker.metadata
+    assert isinstance(view, LocalMetadataView)
+    reply = await call(broker, FindCoordinatorRequest("g"))
+    assert isinstance(reply.body, FindCoordinatorResponse)
+    assert reply.body.node_id == broker.config.node_id
+    view.add_broker(9, "10.0.0.9", 9000)
+    index = partition_for_group("g", broker.config.groups.offsets_topic_partitions)
+    view.set_leadership(OFFSETS_TOPIC, index, PartitionLeadership(9, 1, (9,), (9,)))
+    reply = await call(broker, FindCoordinatorRequest("g"))
+    assert isinstance(reply.body, FindCoordinatorResponse)
+    assert (reply.body.node_id, reply.body.host, reply.body.port) == (9, "10.0.0.9", 9000)
