@@ -379,8 +379,8 @@ class Partition:
         whole, so the new end may be lower -- and return the new log end (a no-op at
         or past the end).  One operation under the append lock: the log (segments,
         indexes, its last-append cache; the fsyncs and unlinks in a worker thread),
-        the producer state (batches past the new end forgotten; a producer left
-        without any rebuilt from the log's tail), the high watermark (clamped), the
+        the producer state (each producer with a batch past the new end rebuilt
+        from the log's remaining tail), the high watermark (clamped), the
         truncation count (bumped); waiters are woken.  Reads meanwhile find nothing.
 
         Raises OffsetOutOfRangeError (below the log start),

@@ -15,8 +15,9 @@ shell (broker/partition.py) does the I/O and reports to it what the log did:
 - ``truncations``: how many truncations this replica went through, so a position
   remembered before one (a connection's fetch position) can be recognized as
   stale;
-- ``producers``: the idempotent-produce table (broker/producer_state.py), kept
-  consistent with the log by :meth:`truncated`.
+- ``producers``: the idempotent-produce table (broker/producer_state.py); after
+  a truncation (:meth:`truncated`) the shell rebuilds the producers it names
+  from the log.
 
 Invariants (:meth:`check_invariants`): 0 <= log start <= high watermark <= log
 end; every remembered producer batch lies below the log end.  One owner: the
@@ -78,9 +79,9 @@ class PartitionState:
 
     def truncated(self, log_end_offset: int) -> list[int]:
         """The log was cut to end at ``log_end_offset``: clamp the high watermark,
-        drop the producer batches past the new end and count the truncation.
-        Returns the producer ids left without a remembered batch (see
-        ProducerStateTable.truncate: the shell may rebuild them from the log)."""
+        forget the producers with a batch past the new end and count the
+        truncation.  Returns the forgotten producer ids, for the shell to rebuild
+        from the log (see ProducerStateTable.truncate)."""
         assert self.log_start_offset <= log_end_offset <= self.log_end_offset, (
             self.log_start_offset,
             log_end_offset,

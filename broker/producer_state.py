@@ -24,12 +24,13 @@ The caller appends, then calls :meth:`ProducerStateTable.record` with the
 offsets the log assigned.  One owner (the partition, under its append lock).
 
 The table follows the log: every remembered batch lies below the log end
-(:meth:`check_invariants`).  After the log is truncated, :meth:`truncate` drops
-the batches at or past the new end; a producer left with none is forgotten and
-returned, so the partition can rebuild it from the log's headers
-(:meth:`replay` with ``producer_ids``) -- its earlier batches, if any, hold its
-last sequence.  Trimming keeps every other producer exactly as it was (a
-rebuild of the whole table would forget producers whose batches lie further
+(:meth:`check_invariants`), and the table holds what replaying the log's batch
+headers would give (:meth:`replay`: each producer's last batches of its newest
+epoch).  After the log is truncated, :meth:`truncate` forgets every producer
+with a batch at or past the new end and returns them; the partition rebuilds
+those from the headers still in the log (:meth:`replay` with ``producer_ids``),
+so a truncation leaves them as a restart would.  Other producers keep their
+state (rebuilding the whole table would forget those whose batches lie further
 back than the rebuild reads).
 
 State lives in memory; on open the partition rebuilds it from the headers of
@@ -169,21 +170,19 @@ class ProducerStateTable:
             del self._producers[next(iter(self._producers))]
 
     def truncate(self, end_offset: int) -> list[int]:
-        """Forget every remembered batch at or past ``end_offset`` (the log's new
-        end after a truncation).  Returns the producer ids left without a batch:
-        they are forgotten, and :meth:`replay` with ``producer_ids`` may rebuild
-        them from the batches still in the log."""
+        """Forget every producer with a remembered batch at or past ``end_offset``
+        (the log's new end after a truncation) and return their ids: replaying the
+        log's headers with ``producer_ids`` (:meth:`replay`) restores their batches
+        still in the log."""
         assert end_offset >= 0
-        emptied: list[int] = []
-        for producer_id, entry in self._producers.items():
-            batches = entry.batches
-            while batches and batches[-1].last_offset >= end_offset:
-                batches.pop()
-            if not batches:
-                emptied.append(producer_id)
-        for producer_id in emptied:
+        forgotten = [
+            producer_id
+            for producer_id, entry in self._producers.items()
+            if entry.batches[-1].last_offset >= end_offset
+        ]
+        for producer_id in forgotten:
             del self._producers[producer_id]
-        return emptied
+        return forgotten
 
     def replay(
         self, fields: Iterable[tuple[int, ...]], producer_ids: Collection[int] | None = None

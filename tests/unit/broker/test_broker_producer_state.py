@@ -158,34 +158,35 @@ def test_replay_can_rebuild_chosen_producers_only() -> None:
     assert table.check(8, 0, 1) == (Verdict.APPEND, None)
 
 
-def test_truncation_forgets_batches_past_the_new_end() -> None:
-    """After the log is cut at offset 2, a retry of the batch that was at offset 2
-    is appended again (not a duplicate at an offset that no longer exists), and
-    earlier batches are still recognized."""
+def test_truncation_forgets_producers_with_batches_past_the_new_end() -> None:
+    """After the log is cut at offset 2, a producer with a batch there is forgotten
+    and rebuilt from the headers left in the log: a retry of the batch that was at
+    offset 2 is appended again (not a duplicate at an offset that no longer
+    exists), earlier batches are still recognized, other producers are kept."""
     table = ProducerStateTable()
-    table.record(42, 0, 0, 2, 0, 1)  # sequences 0-1 at offsets 0-1
-    table.record(42, 0, 2, 1, 2, 2)  # sequence 2 at offset 2
-    assert table.truncate(2) == []
-    table.check_invariants(log_end_offset=2)
-    assert table.check(42, 0, 2) == (Verdict.APPEND, None)
-    assert table.check(42, 0, 0) == (Verdict.DUPLICATE, AppendedBatch(0, 1, 0, 1))
-
-
-def test_truncation_returns_producers_left_without_a_batch() -> None:
-    """A producer whose every remembered batch is cut away is forgotten and returned
-    (the partition rebuilds it from the log); producers below the cut are kept."""
-    table = ProducerStateTable()
-    table.record(1, 0, 0, 1, 0, 0)
-    for sequence in range(REMEMBERED_BATCHES_MAX + 2):
-        table.record(PRODUCER, 0, sequence, 1, 1 + sequence, 1 + sequence)
-    assert table.truncate(1 + 2) == [PRODUCER]  # its remembered batches were 2.. 6
-    assert PRODUCER not in table and 1 in table
+    table.record(8, 0, 0, 1, 0, 0)  # another producer, below the cut
+    table.record(42, 0, 0, 2, 1, 2)  # sequences 0-1 at offsets 1-2
+    table.record(42, 0, 2, 1, 3, 3)  # sequence 2 at offset 3
+    assert table.truncate(3) == [42]
+    assert 42 not in table and 8 in table
     table.check_invariants(log_end_offset=3)
-    table.replay(
-        [header_fields(1 + sequence, 1, PRODUCER, 0, sequence) for sequence in range(2)],
-        producer_ids=[PRODUCER],
-    )
-    assert table.check(PRODUCER, 0, 2) == (Verdict.APPEND, None)
+    table.replay([header_fields(0, 1, 8, 0, 0), header_fields(1, 2, 42, 0, 0)], producer_ids=[42])
+    assert table.check(42, 0, 2) == (Verdict.APPEND, None)
+    assert table.check(42, 0, 0) == (Verdict.DUPLICATE, AppendedBatch(0, 1, 1, 2))
+    assert table.check(8, 0, 1) == (Verdict.APPEND, None)
+
+
+def test_truncation_rebuilds_older_batches_from_the_log() -> None:
+    """A producer whose remembered batches are all cut away gets its last
+    sequence back from older batches still in the log (beyond the remembered 5)."""
+    table = ProducerStateTable()
+    fields = [header_fields(sequence, 1, PRODUCER, 0, sequence) for sequence in range(8)]
+    table.replay(fields)
+    assert table.truncate(3) == [PRODUCER]  # the remembered batches were at 3..7
+    table.replay(fields[:3], producer_ids=[PRODUCER])
+    table.check_invariants(log_end_offset=3)
+    assert table.check(PRODUCER, 0, 3) == (Verdict.APPEND, None)
+    assert table.check(PRODUCER, 0, 0)[0] is Verdict.DUPLICATE
 
 
 def test_invariant_ties_remembered_batches_to_the_log_end() -> None:
