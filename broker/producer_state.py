@@ -57,9 +57,9 @@ SEQUENCE_MODULUS: Final = 1 << 31
 PRODUCERS_PER_PARTITION_MAX: Final = 10_000
 
 
-# Header bytes scanned on open to rebuild the table: a producer's last 5 batches
-# are normally near the log end; 8 MiB of headers walk in well under a second
-# even for small batches.
+# Header bytes scanned to rebuild the table (on open, and after a truncation for
+# the producers it touched): a producer's last 5 batches are normally near the
+# log end; 8 MiB of headers walk in well under a second even for small batches.
 REBUILD_SCAN_BYTES_MAX: Final = 8 * 1024 * 1024
 
 
