@@ -1,38 +1,50 @@
-"""One partition as the request handlers see it: a storage log plus the trio plumbing
-around it (an append lock, long-poll waiters, the maintenance schedule).
+"""One partition as the request handlers see it: a replica's state around its log.
 
-Every call into broker/storage's log is in this module, so the rest of the broker
-does not depend on the storage API's details.  An append validates each batch's
-header and CRC (client.records.header.iter_batches), lets the log stamp offsets,
-and wakes every Fetch waiting on the partition.  Batches of an idempotent producer
-first pass the partition's producer-state check (broker/producer_state.py): a
+Three layers, each with one job:
+
+- :class:`broker.partition_state.PartitionState` (sans-I/O) holds the numbers
+  replication reasons about: log start and end, the high watermark, the leader
+  epoch, a truncation count, and the idempotent-produce table
+  (broker/producer_state.py);
+- :class:`broker.storage.async_log.AsyncLog` is the only door to the storage log;
+- :class:`Partition` (this module, trio) does the I/O and keeps the state in step
+  with the log: it appends, reads, truncates and runs the maintenance round.
+
+An append validates each batch's header and CRC (client.records.header.iter_batches),
+lets the log stamp offsets and the leader epoch, and records the new log end in the
+state.  Batches of an idempotent producer first pass the producer-state check: a
 retried duplicate is answered with its first offsets instead of being appended.
-No per-record work anywhere.
+With one replica everything appended is committed: after the append (and its fsync
+under FlushPolicy.EVERY_APPEND) the high watermark advances to the log end and every
+Fetch waiting on the partition is woken.  Reads serve what lies below the high
+watermark.  No per-record work anywhere.
 
-Concurrency: one trio task at a time appends (``_append_lock``), because the log
-assigns offsets; reads may run concurrently with an append (the log hands out
-reference-counted file regions).  Everything runs on the event-loop thread except
-what the log itself sends to worker threads.
+Concurrency: one trio task at a time appends or truncates (``_append_lock``),
+because the log assigns offsets; reads may run concurrently with an append (the log
+hands out reference-counted file regions), but not with a truncation, which runs in
+a worker thread: reads meanwhile find nothing new.  Everything else runs on the
+event-loop thread.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
 import trio
 
 from broker.logging import get_logger
-from broker.producer_state import REBUILD_SCAN_BYTES_MAX, ProducerStateTable, Verdict
+from broker.partition_state import PartitionState
+from broker.producer_state import REBUILD_SCAN_BYTES_MAX, Verdict
 from broker.storage.async_log import AsyncLog
 from broker.storage.config import FlushPolicy, LogConfig
 from broker.storage.file_handle import FileRegion
 from broker.waiting import Waiter, WakeReason
 from client.errors import (
     InvalidBatchError,
+    NotLeaderError,
     OffsetOutOfRangeError,
-    OutOfOrderSequenceError,
     UnknownTopicOrPartitionError,
 )
 from client.records.header import BatchHeader, iter_batches
@@ -68,14 +80,14 @@ class Partition:
         self.index = index
         self.config = config
         self._log = log
+        self._state = PartitionState(log.start_offset, log.end_offset)
+        self._flush_every_append = config.flush_policy is FlushPolicy.EVERY_APPEND
         self._append_lock = trio.Lock()
-        # Idempotent produce (broker/producer_state.py), rebuilt by open().
-        self.producer_states = ProducerStateTable()
+        # While a truncation runs in a worker thread, reads keep off the log and
+        # stats() answers with this snapshot taken before it.
+        self._truncating = False
+        self._stats_before_truncation: PartitionStats | None = None
         self._waiters: set[Waiter] = set()
-        # Raised by leader elections (replication); read by the metadata view.
-        self.leader_epoch = 0
-        # Counts truncations of the log: a fetch position taken before one is stale.
-        self.truncations = 0
         self.closed = False
         self.logger = get_logger(topic=topic, partition=index)
 
@@ -88,8 +100,9 @@ class Partition:
         config: LogConfig,
         clock_ms: Callable[[], int],
     ) -> Partition:
-        """Open (or create, or recover) the partition's log in a worker thread.
-        Raises LogCorruptError, StorageError."""
+        """Open (or create, or recover) the partition's log in a worker thread and
+        rebuild its producer state from the log's tail.  Raises LogCorruptError,
+        StorageError."""
         log = await AsyncLog.open(
             partition_directory(data_dir, topic, index),
             config,
@@ -98,45 +111,79 @@ class Partition:
             partition=index,
         )
         partition = cls(topic, index, log, config)
-        states = partition.producer_states
-        await trio.to_thread.run_sync(
-            lambda: states.replay(log.log.tail_header_fields(REBUILD_SCAN_BYTES_MAX))
-        )
+        await partition._rebuild_producers(None)
+        # One replica: everything in the log was committed.
+        partition._state.advance_high_watermark(log.end_offset)
         return partition
 
     # -- reads ------------------------------------------------------------------------
 
     @property
     def log_start_offset(self) -> int:
-        return self._log.start_offset
+        return self._state.log_start_offset
 
     @property
     def log_end_offset(self) -> int:
-        return self._log.end_offset
+        return self._state.log_end_offset
 
     @property
     def high_watermark(self) -> int:
-        # One node: everything appended is committed.
-        return self._log.end_offset
+        """Consumers see the offsets below this one."""
+        return self._state.high_watermark
+
+    @property
+    def leader_epoch(self) -> int:
+        return self._state.leader_epoch
+
+    @property
+    def truncations(self) -> int:
+        """How many truncations the partition went through since it was opened: a
+        position remembered with an older count may point past the log end, or at
+        records replaced since."""
+        return self._state.truncations
+
+    def set_leader_epoch(self, leader_epoch: int) -> None:
+        """Stamp ``leader_epoch`` into every batch appended from now on.  Epochs never
+        go back (the caller refuses a stale one first)."""
+        self._state.set_leader_epoch(leader_epoch)
 
     def stats(self) -> PartitionStats:
+        if self._stats_before_truncation is not None:
+            return self._stats_before_truncation
+        state = self._state
         return PartitionStats(
-            self._log.start_offset,
-            self._log.end_offset,
-            self._log.log.size_bytes,
-            self._log.log.segment_count,
+            state.log_start_offset,
+            state.log_end_offset,
+            self._log.size_bytes,
+            self._log.segment_count,
         )
 
-    def read(self, offset: int, max_bytes: int, *, whole_batch: bool) -> FileRegion:
-        """Whole batches from ``offset`` up to ``max_bytes``; with ``whole_batch``
-        at least the first batch even when it is bigger.  The caller releases the
-        region.  Raises OffsetOutOfRangeError, UnknownTopicOrPartitionError."""
+    def read(
+        self,
+        offset: int,
+        max_bytes: int,
+        *,
+        whole_batch: bool,
+        end_offset_max: int | None = None,
+    ) -> FileRegion:
+        """Whole batches from ``offset`` up to ``max_bytes``; with ``whole_batch`` at
+        least the first batch even when it is bigger.  Never past ``end_offset_max``
+        (exclusive), which is the high watermark unless given: a consumer's fetch
+        reads only committed records (a replica's fetch would pass the log end).
+        Empty at the bound, and while a truncation runs.  The caller releases the
+        region.  Raises OffsetOutOfRangeError (``offset`` outside [log start, log
+        end]), UnknownTopicOrPartitionError."""
         self._check_open()
-        if not self.log_start_offset <= offset <= self.log_end_offset:
+        state = self._state
+        if not state.log_start_offset <= offset <= state.log_end_offset:
             raise OffsetOutOfRangeError(
-                f"offset {offset} is outside [{self.log_start_offset}, {self.log_end_offset}]"
+                f"offset {offset} is outside [{state.log_start_offset}, {state.log_end_offset}]"
             )
-        region = self._log.read(offset, max_bytes)
+        if self._truncating:
+            return FileRegion.empty(offset)
+        if end_offset_max is None:
+            end_offset_max = state.high_watermark
+        region = self._log.read(offset, max_bytes, end_offset_max=end_offset_max)
         if region.length > max_bytes and not whole_batch:
             region.release()
             return FileRegion.empty(offset)
@@ -145,12 +192,16 @@ class Partition:
     def offset_for_timestamp(self, timestamp_ms: int) -> tuple[int, int] | None:
         """``(offset, timestamp_ms)``: the base offset of the first batch whose max
         timestamp is >= ``timestamp_ms`` and the timestamp of its first record
-        (batch granularity: records are not decoded), or None."""
+        (batch granularity: records are not decoded), or None.  Raises
+        UnknownTopicOrPartitionError, NotLeaderError (retriable: a truncation
+        runs)."""
         self._check_open()
+        if self._truncating:
+            raise NotLeaderError(f"{self.topic}-{self.index} is being truncated")
         offset = self._log.offset_for_timestamp(timestamp_ms)
         if offset is None:
             return None
-        return offset, self._log.log.batch_at(offset).first_timestamp_ms
+        return offset, self._log.batch_at(offset).first_timestamp_ms
 
     # -- appends ----------------------------------------------------------------------
 
@@ -164,8 +215,9 @@ class Partition:
         appended again and answers with its remembered offsets.
 
         Raises RecordBatchError subclasses (bad header, CRC, size: nothing is
-        appended), OutOfOrderSequenceError (batches before the offending one are
-        appended), UnknownTopicOrPartitionError (deleted meanwhile), StorageError.
+        appended), UnknownProducerIdError and OutOfOrderSequenceError (batches
+        before the offending one are appended), UnknownTopicOrPartitionError
+        (deleted meanwhile), StorageError.
         """
         headers = self._checked_headers(payload)
         lock = self._append_lock
@@ -175,39 +227,46 @@ class Partition:
             await lock.acquire()
         try:
             self._check_open()
+            end_before = self._state.log_end_offset
             try:
                 result = self._append_batches(payload, headers)
             finally:
                 # With the every-append policy the acknowledgement waits for the
-                # disk -- also for the batches before an out-of-order one.
-                if self._log.log.needs_flush():
+                # disk -- also for the batches before a refused one.
+                if self._log.needs_flush():
                     await self._log.flush()
+                if self._state.log_end_offset != end_before:
+                    self._commit_appended()
         finally:
             lock.release()
-        self.check_invariants()
-        self.wake_waiters()
         return result
 
     def can_append_now(self) -> bool:
-        """Whether :meth:`append_now` may be used: no append in progress and the
-        acknowledgement need not wait for the disk (any policy but every-append;
-        an interval flush falling due is then done by the maintenance task, within
-        its 100 ms tick)."""
-        return (
-            not self._append_lock.locked()
-            and not self.closed
-            and self._log.log.config.flush_policy is not FlushPolicy.EVERY_APPEND
-        )
+        """Whether :meth:`append_now` may be used: no append or truncation in
+        progress and the acknowledgement need not wait for the disk (any policy but
+        every-append; an interval flush falling due is then done by the maintenance
+        task, within its 100 ms tick)."""
+        return not self._append_lock.locked() and not self.closed and not self._flush_every_append
 
     def append_now(self, payload: memoryview) -> AppendResult:
         """:meth:`append` without any wait, for when :meth:`can_append_now` said so
         (checked again, as a programmer error).  Raises like :meth:`append`."""
         assert not self._append_lock.locked() and not self.closed, (self.topic, self.index)
         headers = self._checked_headers(payload)
-        result = self._append_batches(payload, headers)
-        self.check_invariants()
+        state = self._state
+        end_before = state.log_end_offset
+        try:
+            return self._append_batches(payload, headers)
+        finally:
+            if state.log_end_offset != end_before:
+                self._commit_appended()
+
+    def _commit_appended(self) -> None:
+        """One replica: what is appended is committed.  Advance the high watermark
+        to the log end and wake the fetches waiting for it."""
+        state = self._state
+        state.advance_high_watermark(state.log_end_offset)
         self.wake_waiters()
-        return result
 
     def _checked_headers(self, payload: memoryview) -> list[BatchHeader]:
         """Every header and CRC, checked once here (the log takes the parsed
@@ -215,14 +274,15 @@ class Partition:
         written.  Raises RecordBatchError subclasses."""
         if payload.nbytes == 0:
             raise InvalidBatchError("produce payload for a partition holds no batch")
-        return iter_batches(payload, batch_bytes_max=self._log.log.config.batch_bytes_max)
+        return iter_batches(payload, batch_bytes_max=self.config.batch_bytes_max)
 
     def _append_batches(self, payload: memoryview, headers: list[BatchHeader]) -> AppendResult:
         """Append (no flush); batches with a producer id go through the idempotence
         check one by one, in order, and a retried batch already in the log is not
         appended again: it answers with its remembered offsets.  The result spans
         the first to the last batch, duplicates included.  Raises
-        OutOfOrderSequenceError (the batches before are appended), StorageError."""
+        UnknownProducerIdError, OutOfOrderSequenceError (the batches before are
+        appended), StorageError."""
         if len(headers) == 1:
             if headers[0].producer_id < 0:
                 return self._append_to_log(payload, headers)
@@ -236,17 +296,12 @@ class Partition:
             if header.producer_id < 0:
                 result = self._append_to_log(batch, None)
             else:
-                try:
-                    result = self._append_sequenced(batch, header, None)
-                except OutOfOrderSequenceError:
-                    if base_offset >= 0:
-                        self.wake_waiters()  # earlier batches of the payload went in
-                    raise
+                result = self._append_sequenced(batch, header, None)
             if base_offset < 0:
                 base_offset = result.base_offset
                 append_time_ms = result.log_append_time_ms
             last_offset = result.last_offset
-        return AppendResult(base_offset, last_offset, self._log.start_offset, append_time_ms)
+        return AppendResult(base_offset, last_offset, self._state.log_start_offset, append_time_ms)
 
     def _append_sequenced(
         self, batch: memoryview, header: BatchHeader, headers: list[BatchHeader] | None
@@ -254,7 +309,8 @@ class Partition:
         """One batch with a producer id, through the idempotence check: appended
         and remembered, or -- a retry already in the log -- answered with its
         remembered offsets.  ``headers``: ``batch``'s, if already parsed.  Raises
-        InvalidBatchError, OutOfOrderSequenceError (nothing appended), StorageError."""
+        InvalidBatchError, UnknownProducerIdError, OutOfOrderSequenceError (nothing
+        appended), StorageError."""
         producer_id = header.producer_id
         epoch, sequence = header.producer_epoch, header.base_sequence
         if epoch < 0 or sequence < 0:
@@ -262,16 +318,16 @@ class Partition:
                 f"producer {producer_id}: epoch {epoch} and base sequence "
                 f"{sequence} must not be negative"
             )
-        states = self.producer_states
-        verdict, remembered = states.check(producer_id, epoch, sequence)
+        producers = self._state.producers
+        verdict, remembered = producers.check(producer_id, epoch, sequence)
         if verdict is Verdict.DUPLICATE:
             assert remembered is not None
             self.logger.info("duplicate batch", producer_id=producer_id, base_sequence=sequence)
             return AppendResult(
-                remembered.base_offset, remembered.last_offset, self._log.start_offset, -1
+                remembered.base_offset, remembered.last_offset, self._state.log_start_offset, -1
             )
         result = self._append_to_log(batch, headers)
-        states.record(
+        producers.record(
             producer_id,
             epoch,
             sequence,
@@ -284,18 +340,76 @@ class Partition:
     def _append_to_log(
         self, payload: memoryview, headers: list[BatchHeader] | None
     ) -> AppendResult:
-        """``headers``: ``payload``'s, already validated (None: the log parses them)."""
-        log = self._log.log
-        end_before = log.end_offset
-        appended = log.append(payload, headers=headers)
-        assert appended.base_offset == end_before, (appended, end_before)
+        """``headers``: ``payload``'s, already validated (None: the log parses them).
+        Records the new log end in the state."""
+        state = self._state
+        appended = self._log.append_now(payload, headers=headers, leader_epoch=state.leader_epoch)
+        assert appended.base_offset == state.log_end_offset, (appended, state.log_end_offset)
         assert appended.last_offset >= appended.base_offset >= 0, appended
+        state.log_end_offset = appended.last_offset + 1
         return AppendResult(
             appended.base_offset,
             appended.last_offset,
-            log.start_offset,
+            state.log_start_offset,
             appended.log_append_time_ms,
         )
+
+    async def _rebuild_producers(self, producer_ids: Collection[int] | None) -> None:
+        """Replay the headers of the log's last REBUILD_SCAN_BYTES_MAX bytes into the
+        producer table (for every producer, or only ``producer_ids``), in a worker
+        thread.  The caller keeps appends and truncations off.  Raises StorageError."""
+        producers = self._state.producers
+        log = self._log
+        await trio.to_thread.run_sync(
+            lambda: producers.replay(log.tail_header_fields(REBUILD_SCAN_BYTES_MAX), producer_ids)
+        )
+
+    # -- truncation -------------------------------------------------------------------
+
+    async def truncate_to(self, offset: int) -> int:
+        """Cut the log so that it ends at ``offset`` -- a batch holding ``offset`` goes
+        whole, so the new end may be lower -- and return the new log end (a no-op at
+        or past the end).  One operation under the append lock: the log (segments,
+        indexes, its last-append cache; the fsyncs and unlinks in a worker thread),
+        the producer state (each producer with a batch past the new end rebuilt
+        from the log's remaining tail), the high watermark (clamped), the
+        truncation count (bumped); waiters are woken.  Reads meanwhile find nothing.
+
+        Raises OffsetOutOfRangeError (below the log start),
+        UnknownTopicOrPartitionError (closed), StorageError.
+        """
+        async with self._append_lock:
+            self._check_open()
+            state = self._state
+            if offset >= state.log_end_offset:
+                return state.log_end_offset
+            if offset < state.log_start_offset:
+                raise OffsetOutOfRangeError(
+                    f"cannot truncate {self.topic}-{self.index} to {offset}: "
+                    f"below the log start {state.log_start_offset}"
+                )
+            self._stats_before_truncation = self.stats()
+            self._truncating = True
+            try:
+                try:
+                    await self._log.truncate_to(offset)
+                finally:
+                    # Also after a failure: the log may have been cut before it.
+                    end = self._log.end_offset
+                    forgotten = state.truncated(end) if end < state.log_end_offset else []
+                if forgotten:
+                    await self._rebuild_producers(forgotten)
+            finally:
+                self._truncating = False
+                self._stats_before_truncation = None
+                self.wake_waiters(WakeReason.TRUNCATED)
+            self.logger.info(
+                "partition truncated",
+                offset=offset,
+                log_end_offset=state.log_end_offset,
+                producers_rebuilt=len(forgotten),
+            )
+            return state.log_end_offset
 
     # -- long-poll waiters ------------------------------------------------------------
 
@@ -321,10 +435,11 @@ class Partition:
         the schedule).  Raises StorageError."""
         if self.closed:
             return
-        start_before = self._log.start_offset
         await self._log.maintain()
-        if self._log.start_offset != start_before:
-            self.logger.info("retention", log_start_offset=self._log.start_offset)
+        start = self._log.start_offset
+        if start != self._state.log_start_offset:
+            self._state.log_start_advanced(start)
+            self.logger.info("retention", log_start_offset=start)
 
     async def close(self) -> None:
         """Flush and close the log (writing its clean-shutdown marker); wakes
@@ -333,15 +448,24 @@ class Partition:
             return
         async with self._append_lock:
             self.closed = True
-            self.wake_waiters()
+            self.wake_waiters(WakeReason.CLOSED)
             await self._log.close()
 
     def check_invariants(self) -> None:
-        """0 <= log start <= high watermark <= log end."""
+        """The state's invariants (0 <= log start <= high watermark <= log end; every
+        remembered producer batch below the log end) and the log's, and the state
+        agrees with the log.  Walks the producer table and the segments: for tests."""
         if self.closed:
             return
-        start, end = self._log.start_offset, self._log.end_offset
-        assert 0 <= start <= self.high_watermark <= end, (self.topic, self.index, start, end)
+        state = self._state
+        state.check_invariants()
+        if self._truncating:
+            return
+        assert (state.log_start_offset, state.log_end_offset) == (
+            self._log.start_offset,
+            self._log.end_offset,
+        ), (self.topic, self.index, state.log_start_offset, state.log_end_offset)
+        self._log.check_invariants()
 
     def _check_open(self) -> None:
         if self.closed:

@@ -1,26 +1,30 @@
-"""The trio shell around :class:`Log`: what the server calls.
+"""The trio shell around :class:`Log`: the partition's only door to its log.
 
 Appends and reads run on the event loop (a write to the page cache or a few header
 preads); everything that can block for long runs in ``trio.to_thread.run_sync``:
-opening (recovery), fsync plus checkpoint, and unlinking deleted segments.  One
-``trio.Lock`` serialises flush, retention, truncation and close with each other;
-appends and reads do not take it, and the core is written so they may interleave
-with a flush or retention in progress (see log.py).
+opening (recovery), fsync plus checkpoint, unlinking deleted segments, and a
+truncation.  One ``trio.Lock`` serialises flush, retention, compaction, truncation
+and close with each other; appends and reads do not take it, and the core is
+written so they may interleave with a flush or retention in progress (see log.py).
+A truncation is the exception: it runs whole in a worker thread, so its caller
+keeps every other use of the log off meanwhile (broker/partition.py does).
 
-The server runs :meth:`AsyncLog.run_maintenance` in the partition's nursery to get
-interval flushes and periodic retention (or, for a compacted log, compaction when
-enough of it was written since the last pass; see compaction.py).  Compaction holds
-the lock for its whole pass (its decoding runs in a worker thread), so it never
-overlaps truncation or retention.
+The broker's maintenance task calls :meth:`AsyncLog.maintain` on every tick: an
+interval flush when due, retention when its check interval passed (or, for a
+compacted log, compaction when enough of it was written since the last pass; see
+compaction.py).  Compaction holds the lock for its whole pass (its decoding runs
+in a worker thread), so it never overlaps truncation or retention.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import trio
 
 from broker.storage import compaction
+from broker.storage.batch_scan import ScannedBatch
 from broker.storage.config import CleanupPolicy, FlushPolicy, LogConfig
 from broker.storage.file_handle import FileRegion
 from broker.storage.log import (
@@ -32,10 +36,7 @@ from broker.storage.log import (
     sync_to_disk,
     wall_clock_ms,
 )
-
-# Without an interval flush policy the maintenance task still wakes this often at
-# most, to notice a retention check falling due.
-_MAINTENANCE_SLEEP_MS_MAX = 60_000
+from client.records.header import BatchHeader
 
 
 class AsyncLog:
@@ -82,6 +83,26 @@ class AsyncLog:
     def end_offset(self) -> int:
         return self.log.end_offset
 
+    @property
+    def size_bytes(self) -> int:
+        return self.log.size_bytes
+
+    @property
+    def segment_count(self) -> int:
+        return self.log.segment_count
+
+    def append_now(
+        self,
+        batches: bytes | bytearray | memoryview,
+        *,
+        headers: list[BatchHeader] | None = None,
+        leader_epoch: int | None = None,
+    ) -> LogAppend:
+        """Append without flushing (see :meth:`Log.append`, ``headers`` included);
+        the caller flushes when :meth:`needs_flush` says so.  Raises like
+        Log.append."""
+        return self.log.append(batches, headers=headers, leader_epoch=leader_epoch)
+
     async def append(
         self, batches: bytes | bytearray | memoryview, *, leader_epoch: int | None = None
     ) -> LogAppend:
@@ -92,21 +113,28 @@ class AsyncLog:
             await self.flush()
         return result
 
+    def needs_flush(self) -> bool:
+        """Whether the flush policy asks for a flush now (see :meth:`Log.needs_flush`)."""
+        return self.log.needs_flush()
+
     def read(self, offset: int, max_bytes: int, *, end_offset_max: int | None = None) -> FileRegion:
         """A region to sendfile (see :meth:`Log.read`); not async: it does not block
         on more than a few cached header reads."""
         return self.log.read(offset, max_bytes, end_offset_max=end_offset_max)
 
-    async def read_bytes(
-        self, offset: int, max_bytes: int, *, end_offset_max: int | None = None
-    ) -> bytes:
-        """The bytes of :meth:`read`'s region, read in a worker thread."""
-        with self.log.read(offset, max_bytes, end_offset_max=end_offset_max) as region:
-            return await trio.to_thread.run_sync(region.read_bytes)
+    def batch_at(self, offset: int) -> ScannedBatch:
+        """See :meth:`Log.batch_at`."""
+        return self.log.batch_at(offset)
 
     def offset_for_timestamp(self, timestamp_ms: int) -> int | None:
         """See :meth:`Log.offset_for_timestamp`."""
         return self.log.offset_for_timestamp(timestamp_ms)
+
+    def tail_header_fields(self, bytes_max: int) -> Iterator[tuple[int, ...]]:
+        """See :meth:`Log.tail_header_fields`.  Blocking (it reads headers from the
+        files): iterate it in a worker thread, with appends and truncation kept off
+        meanwhile."""
+        return self.log.tail_header_fields(bytes_max)
 
     async def flush(self) -> int:
         """fsync (in a worker thread) and advance the recovery point; returns it.
@@ -173,13 +201,13 @@ class AsyncLog:
             return result
 
     async def truncate_to(self, offset: int) -> int:
-        """See :meth:`Log.truncate_to` (blocks the loop for its fsyncs: it is rare)."""
+        """See :meth:`Log.truncate_to`; returns the new log end.  The whole cut --
+        segments detached and unlinked, the last one shortened, fsyncs, checkpoint
+        -- runs in a worker thread, so the caller must not append to or read from
+        the log until this returns (flush, retention, compaction and close wait for
+        the lock).  Raises OffsetOutOfRangeError, StorageError."""
         async with self._lock:
-            return self.log.truncate_to(offset)
-
-    async def roll(self) -> None:
-        """Seal the active segment and start a new one."""
-        self.log.roll()
+            return await trio.to_thread.run_sync(self.log.truncate_to, offset)
 
     async def close(self) -> None:
         """Flush (in a worker thread), then close and mark the shutdown clean.
@@ -189,17 +217,6 @@ class AsyncLog:
                 return
             await self._flush_locked()
             await trio.to_thread.run_sync(self.log.close)
-
-    def next_maintenance_in_ms(self) -> int:
-        """Time until a flush or retention check is due."""
-        retention_due_ms = self.log.config.retention_check_interval_ms - (
-            self._clock_ms() - self._last_retention_ms
-        )
-        candidates = [retention_due_ms, _MAINTENANCE_SLEEP_MS_MAX]
-        flush_due_ms = self.log.flush_due_in_ms()
-        if flush_due_ms is not None:
-            candidates.append(flush_due_ms)
-        return max(0, min(candidates))
 
     async def maintain(self) -> None:
         """One maintenance round: flush if the interval policy wants it, enforce
@@ -213,19 +230,6 @@ class AsyncLog:
             if self.compaction_due():
                 await self.compact()
 
-    async def run_maintenance(
-        self,
-        *,
-        rounds_max: int | None = None,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Run :meth:`maintain` whenever it is due, until cancelled (or ``rounds_max``
-        rounds, for tests).  Start it with ``nursery.start``.  Raises StorageError."""
-        task_status.started()
-        rounds = 0
-        while rounds_max is None or rounds < rounds_max:  # runs until cancelled
-            await trio.sleep(self.next_maintenance_in_ms() / 1000)
-            if self.log.closed:
-                return
-            await self.maintain()
-            rounds += 1
+    def check_invariants(self) -> None:
+        """See :meth:`Log.check_invariants`."""
+        self.log.check_invariants()

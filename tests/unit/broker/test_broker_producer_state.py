@@ -1,4 +1,5 @@
-"""The idempotent-produce table: duplicates, in-order, out-of-order, unknown producers, wrap-around."""
+"""The idempotent-produce table: duplicates, in-order, out-of-order, unknown producers,
+wrap-around, truncation and rebuilding from log headers."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from broker.producer_state import (
     Verdict,
     last_sequence_of,
 )
-from client.errors import OutOfOrderSequenceError
+from client.errors import ErrorCode, OutOfOrderSequenceError, UnknownProducerIdError
 
 PRODUCER = 7
 
@@ -23,11 +24,16 @@ def appended(table: ProducerStateTable, base_sequence: int, count: int, base_off
     table.record(PRODUCER, 0, base_sequence, count, base_offset, base_offset + count - 1)
 
 
-def test_unknown_producer_appends_at_any_sequence() -> None:
-    """A producer id the partition never saw (or forgot in a restart) is appended."""
+def test_unknown_producer_appends_only_from_sequence_zero() -> None:
+    """A producer id the partition does not know appends at sequence 0 (any epoch);
+    at any other sequence it is UnknownProducerIdError, retriable, code 61."""
     table = ProducerStateTable()
     assert table.check(PRODUCER, 0, 0) == (Verdict.APPEND, None)
-    assert table.check(PRODUCER, 3, 12345) == (Verdict.APPEND, None)
+    assert table.check(PRODUCER, 3, 0) == (Verdict.APPEND, None)
+    with pytest.raises(UnknownProducerIdError) as caught:
+        table.check(PRODUCER, 0, 12345)
+    assert caught.value.retriable and caught.value.code is ErrorCode.UNKNOWN_PRODUCER_ID
+    assert len(table) == 0
 
 
 def test_in_order_batches_append() -> None:
@@ -36,7 +42,7 @@ def test_in_order_batches_append() -> None:
     appended(table, 0, 3, 0)
     appended(table, 3, 2, 3)
     appended(table, 5, 1, 5)
-    table.check_invariants_of(PRODUCER)
+    table.check_invariants(log_end_offset=6)
 
 
 def test_retried_batch_is_a_duplicate_with_its_offsets() -> None:
@@ -77,7 +83,7 @@ def test_sequence_wraps_at_two_to_the_31() -> None:
     table = ProducerStateTable()
     start = SEQUENCE_MODULUS - 2
     assert last_sequence_of(start, 4) == 1
-    appended(table, start, 4, 0)  # sequences 2^31-2, 2^31-1, 0, 1
+    table.record(PRODUCER, 0, start, 4, 0, 3)  # sequences 2^31-2, 2^31-1, 0, 1
     with pytest.raises(OutOfOrderSequenceError):
         table.check(PRODUCER, 0, 0)
     appended(table, 2, 1, 4)
@@ -85,10 +91,13 @@ def test_sequence_wraps_at_two_to_the_31() -> None:
 
 
 def test_epochs_newer_start_over_older_are_refused() -> None:
-    """A newer producer epoch appends at any sequence; an older one is out of order."""
+    """A newer producer epoch appends from sequence 0 only (else out of order); an
+    older one is out of order."""
     table = ProducerStateTable()
     table.record(PRODUCER, 1, 0, 5, 0, 4)
     assert table.check(PRODUCER, 2, 0) == (Verdict.APPEND, None)
+    with pytest.raises(OutOfOrderSequenceError):
+        table.check(PRODUCER, 2, 5)
     with pytest.raises(OutOfOrderSequenceError):
         table.check(PRODUCER, 0, 5)
     table.record(PRODUCER, 2, 0, 1, 5, 5)
@@ -107,7 +116,8 @@ def test_producers_are_independent_and_bounded() -> None:
     table.record(1, 0, 1, 1, 2, 2)  # 1 is now the most recent
     table.record(3, 0, 0, 1, 3, 3)  # evicts 2
     assert len(table) == 2
-    assert table.check(2, 0, 40) == (Verdict.APPEND, None)
+    with pytest.raises(UnknownProducerIdError):
+        table.check(2, 0, 1)
     assert table.check(1, 0, 1)[0] is Verdict.DUPLICATE
 
 
@@ -136,3 +146,53 @@ def test_replay_rebuilds_from_log_headers() -> None:
     assert table.check(8, 2, 0)[0] is Verdict.DUPLICATE
     with pytest.raises(OutOfOrderSequenceError):
         table.check(8, 1, 40)
+
+
+def test_replay_can_rebuild_chosen_producers_only() -> None:
+    """Replay with ``producer_ids`` restores those producers and leaves others unknown."""
+    table = ProducerStateTable()
+    table.replay(
+        [header_fields(0, 2, PRODUCER, 0, 0), header_fields(2, 1, 8, 0, 0)], producer_ids=[8]
+    )
+    assert PRODUCER not in table and 8 in table
+    assert table.check(8, 0, 1) == (Verdict.APPEND, None)
+
+
+def test_truncation_forgets_producers_with_batches_past_the_new_end() -> None:
+    """After the log is cut at offset 2, a producer with a batch there is forgotten
+    and rebuilt from the headers left in the log: a retry of the batch that was at
+    offset 2 is appended again (not a duplicate at an offset that no longer
+    exists), earlier batches are still recognized, other producers are kept."""
+    table = ProducerStateTable()
+    table.record(8, 0, 0, 1, 0, 0)  # another producer, below the cut
+    table.record(42, 0, 0, 2, 1, 2)  # sequences 0-1 at offsets 1-2
+    table.record(42, 0, 2, 1, 3, 3)  # sequence 2 at offset 3
+    assert table.truncate(3) == [42]
+    assert 42 not in table and 8 in table
+    table.check_invariants(log_end_offset=3)
+    table.replay([header_fields(0, 1, 8, 0, 0), header_fields(1, 2, 42, 0, 0)], producer_ids=[42])
+    assert table.check(42, 0, 2) == (Verdict.APPEND, None)
+    assert table.check(42, 0, 0) == (Verdict.DUPLICATE, AppendedBatch(0, 1, 1, 2))
+    assert table.check(8, 0, 1) == (Verdict.APPEND, None)
+
+
+def test_truncation_rebuilds_older_batches_from_the_log() -> None:
+    """A producer whose remembered batches are all cut away gets its last
+    sequence back from older batches still in the log (beyond the remembered 5)."""
+    table = ProducerStateTable()
+    fields = [header_fields(sequence, 1, PRODUCER, 0, sequence) for sequence in range(8)]
+    table.replay(fields)
+    assert table.truncate(3) == [PRODUCER]  # the remembered batches were at 3..7
+    table.replay(fields[:3], producer_ids=[PRODUCER])
+    table.check_invariants(log_end_offset=3)
+    assert table.check(PRODUCER, 0, 3) == (Verdict.APPEND, None)
+    assert table.check(PRODUCER, 0, 0)[0] is Verdict.DUPLICATE
+
+
+def test_invariant_ties_remembered_batches_to_the_log_end() -> None:
+    """check_invariants fails when a remembered batch lies at or past the log end."""
+    table = ProducerStateTable()
+    table.record(PRODUCER, 0, 0, 3, 0, 2)
+    table.check_invariants(log_end_offset=3)
+    with pytest.raises(AssertionError):
+        table.check_invariants(log_end_offset=2)

@@ -20,10 +20,14 @@ async def test_async_append_flush_read_close(tmp_path: Path) -> None:
     )
     result = await log.append(make_batch(0, 3))
     assert result.base_offset == 0 and log.log.recovery_offset == 3
-    assert await log.read_bytes(0, 1 << 20) == log.log.read_bytes(0, 1 << 20)
+    with log.read(0, 1 << 20) as region:
+        assert region.read_bytes() == log.log.read_bytes(0, 1 << 20)
     with log.read(3, 100) as region:
         assert region.length == 0
     assert log.offset_for_timestamp(START_MS) == 0
+    assert log.batch_at(2).base_offset == 0
+    assert (log.size_bytes, log.segment_count) == (log.log.size_bytes, 1)
+    log.check_invariants()
     await log.close()
     await log.close()
     assert (tmp_path / "t-0" / "clean-shutdown").exists()
@@ -56,7 +60,7 @@ async def test_concurrent_flushes_and_appends(tmp_path: Path) -> None:
 
 
 async def test_maintenance_flushes_on_interval_and_enforces_retention(tmp_path: Path) -> None:
-    """run_maintenance flushes under the interval policy and runs retention when due."""
+    """A maintenance round flushes under the interval policy and runs retention when due."""
     clock = ManualClock()
     config = small_config(
         flush_policy="interval",
@@ -66,21 +70,19 @@ async def test_maintenance_flushes_on_interval_and_enforces_retention(tmp_path: 
     )
     log = await AsyncLog.open(tmp_path / "t-0", config, clock_ms=clock)
     await log.append(make_batch(0, 1))
-    await log.roll()
-    await log.append(make_batch(1, 1))
+    log.log.roll()
+    log.append_now(make_batch(1, 1))
+    assert log.log.recovery_offset == 0 and not log.needs_flush()
     clock.advance(10)
-    assert log.next_maintenance_in_ms() == 0
-    async with trio.open_nursery() as nursery:
-        await nursery.start(
-            lambda task_status: log.run_maintenance(rounds_max=1, task_status=task_status)
-        )
+    assert log.needs_flush()
+    await log.maintain()
     assert log.log.recovery_offset == 2
     assert log.start_offset == 1
     await log.close()
 
 
 async def test_async_truncate_and_reopen(tmp_path: Path) -> None:
-    """truncate_to through the shell is durable across a reopen."""
+    """truncate_to through the shell (in a worker thread) is durable across a reopen."""
     clock = ManualClock()
     log = await AsyncLog.open(tmp_path / "t-0", small_config(), clock_ms=clock)
     for number in range(5):

@@ -1,0 +1,103 @@
+"""A partition replica's offsets, leader epoch and producer state, without I/O.
+
+:class:`PartitionState` holds the numbers replication reasons about; the trio
+shell (broker/partition.py) does the I/O and reports to it what the log did:
+
+- ``log_start_offset`` and ``log_end_offset``: the log's, as of its last append,
+  retention pass or truncation (the log is the truth; the shell updates these
+  right after each change and its ``check_invariants`` compares them);
+- ``high_watermark``: consumers see the offsets below it.  It moves forward only
+  through :meth:`advance_high_watermark` and back only when a truncation cuts
+  the log below it.  Who advances it is the shell's policy: with one replica,
+  everything appended is committed, so the shell advances it to the log end
+  after each append;
+- ``leader_epoch``: stamped into every appended batch; it never goes back;
+- ``truncations``: how many truncations this replica went through, so a position
+  remembered before one (a connection's fetch position) can be recognized as
+  stale;
+- ``producers``: the idempotent-produce table (broker/producer_state.py); after
+  a truncation (:meth:`truncated`) the shell rebuilds the producers it names
+  from the log.
+
+Invariants (:meth:`check_invariants`): 0 <= log start <= high watermark <= log
+end; every remembered producer batch lies below the log end.  One owner: the
+partition, on the event-loop thread.
+"""
+
+from __future__ import annotations
+
+from broker.producer_state import ProducerStateTable
+
+
+class PartitionState:
+    """See the module docstring."""
+
+    __slots__ = (
+        "high_watermark",
+        "leader_epoch",
+        "log_end_offset",
+        "log_start_offset",
+        "producers",
+        "truncations",
+    )
+
+    def __init__(self, log_start_offset: int, log_end_offset: int, leader_epoch: int = 0) -> None:
+        """A replica whose log spans ``[log_start_offset, log_end_offset)``; the
+        high watermark starts at the log start (nothing is known committed until
+        the shell advances it)."""
+        assert 0 <= log_start_offset <= log_end_offset and leader_epoch >= 0
+        self.log_start_offset = log_start_offset
+        self.log_end_offset = log_end_offset
+        self.high_watermark = log_start_offset
+        self.leader_epoch = leader_epoch
+        self.truncations = 0
+        self.producers = ProducerStateTable()
+
+    def advance_high_watermark(self, offset: int) -> None:
+        """Move the high watermark up to ``offset`` (at most the log end; an
+        offset at or below it changes nothing)."""
+        assert offset <= self.log_end_offset, (offset, self.log_end_offset)
+        if offset > self.high_watermark:
+            self.high_watermark = offset
+
+    def set_leader_epoch(self, leader_epoch: int) -> None:
+        """Adopt a leader epoch; epochs never go back (the caller refuses a stale
+        one before it gets here)."""
+        assert leader_epoch >= self.leader_epoch, (leader_epoch, self.leader_epoch)
+        self.leader_epoch = leader_epoch
+
+    def log_start_advanced(self, log_start_offset: int) -> None:
+        """Retention dropped the log's oldest segments: it now starts at
+        ``log_start_offset`` (the high watermark moves up with it if it lagged)."""
+        assert self.log_start_offset <= log_start_offset <= self.log_end_offset, (
+            self.log_start_offset,
+            log_start_offset,
+            self.log_end_offset,
+        )
+        self.log_start_offset = log_start_offset
+        self.high_watermark = max(self.high_watermark, log_start_offset)
+
+    def truncated(self, log_end_offset: int) -> list[int]:
+        """The log was cut to end at ``log_end_offset``: clamp the high watermark,
+        forget the producers with a batch past the new end and count the
+        truncation.  Returns the forgotten producer ids, for the shell to rebuild
+        from the log (see ProducerStateTable.truncate)."""
+        assert self.log_start_offset <= log_end_offset <= self.log_end_offset, (
+            self.log_start_offset,
+            log_end_offset,
+            self.log_end_offset,
+        )
+        self.log_end_offset = log_end_offset
+        self.high_watermark = min(self.high_watermark, log_end_offset)
+        self.truncations += 1
+        return self.producers.truncate(log_end_offset)
+
+    def check_invariants(self) -> None:
+        """See the module docstring (walks the producer table: for tests)."""
+        assert 0 <= self.log_start_offset <= self.high_watermark <= self.log_end_offset, (
+            self.log_start_offset,
+            self.high_watermark,
+            self.log_end_offset,
+        )
+        assert self.leader_epoch >= 0 and self.truncations >= 0
+        self.producers.check_invariants(self.log_end_offset)
