@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import time
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
@@ -27,12 +26,9 @@ from broker.logging import get_logger
 from broker.metadata_view import LocalMetadataView, MetadataView
 from broker.topics import TopicManager
 from broker.waiting import WakeReason
+from client.clock import wall_clock_ms
 
 LOCK_FILE: Final = ".lock"
-
-
-def wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def broker_version() -> str:

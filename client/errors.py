@@ -48,7 +48,7 @@ class ErrorCode(enum.IntEnum):
     BROKER_UNAVAILABLE = 40
     CONNECTION_CLOSED = 41
     TOO_MANY_CONNECTIONS = 42
-    # Consumer groups (used from the groups issue on).
+    # Consumer groups.
     UNKNOWN_MEMBER = 50
     FENCED_MEMBER_EPOCH = 51
     GROUP_NOT_EMPTY = 52

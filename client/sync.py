@@ -476,7 +476,7 @@ class Consumer(_PortalClient[AsyncConsumer]):
         if index < len(self._chunk):
             self._chunk_index = index + 1
             return self._chunk[index]
-        for _ in range(1 << 62):  # bounded: each round waits or returns
+        while True:  # each round returns a record, returns at the deadline, or waits
             if self._buffer:
                 self._chunk_tp, self._chunk = self._buffer.popleft()
                 self._chunk_index = 1
@@ -489,7 +489,6 @@ class Consumer(_PortalClient[AsyncConsumer]):
                 wait_ms = min(wait_ms, left_ms)
             fetched = self._call(None, self._async.getmany, wait_ms)
             self._buffer.extend(fetched.items())
-        raise AssertionError("unreachable")
 
     def __iter__(self) -> Iterator[ConsumerRecord[Any]]:
         return self

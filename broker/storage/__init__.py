@@ -6,7 +6,7 @@
 from broker.storage.async_log import AsyncLog
 from broker.storage.config import CleanupPolicy, FlushPolicy, LogConfig
 from broker.storage.file_handle import FileRegion
-from broker.storage.log import Log, LogAppend, RetentionResult, wall_clock_ms
+from broker.storage.log import Log, LogAppend, RetentionResult
 
 __all__ = [
     "AsyncLog",
@@ -17,5 +17,4 @@ __all__ = [
     "LogAppend",
     "LogConfig",
     "RetentionResult",
-    "wall_clock_ms",
 ]

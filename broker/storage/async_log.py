@@ -34,8 +34,8 @@ from broker.storage.log import (
     RetentionResult,
     delete_files,
     sync_to_disk,
-    wall_clock_ms,
 )
+from client.clock import wall_clock_ms
 from client.records.header import BatchHeader
 
 

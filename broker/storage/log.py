@@ -49,6 +49,7 @@ from broker.storage.retention import RetentionResult, delete_files, detach_expir
 from broker.storage.segment import LogSegment
 from broker.storage.segments import LogSegments
 from broker.storage.truncation import truncate_segments
+from client.clock import wall_clock_ms
 from client.errors import (
     BatchTooLargeError,
     InvalidBatchError,
@@ -60,11 +61,6 @@ from client.records.header import BatchHeader, iter_batches
 __all__ = ["Clock", "Log", "LogAppend", "RetentionResult", "delete_files", "sync_to_disk"]
 
 Clock = Callable[[], int]
-
-
-def wall_clock_ms() -> int:
-    """The default clock: wall time in ms (logic takes the clock as a parameter)."""
-    return time.time_ns() // 1_000_000
 
 
 class LogAppend(NamedTuple):
