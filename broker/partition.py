@@ -192,14 +192,15 @@ class Partition:
     def offset_for_timestamp(self, timestamp_ms: int) -> tuple[int, int] | None:
         """``(offset, timestamp_ms)``: the base offset of the first batch whose max
         timestamp is >= ``timestamp_ms`` and the timestamp of its first record
-        (batch granularity: records are not decoded), or None.  Raises
+        (batch granularity: records are not decoded), or None -- also when that
+        batch is not below the high watermark yet.  Raises
         UnknownTopicOrPartitionError, NotLeaderError (retriable: a truncation
         runs)."""
         self._check_open()
         if self._truncating:
             raise NotLeaderError(f"{self.topic}-{self.index} is being truncated")
         offset = self._log.offset_for_timestamp(timestamp_ms)
-        if offset is None:
+        if offset is None or offset >= self._state.high_watermark:
             return None
         return offset, self._log.batch_at(offset).first_timestamp_ms
 

@@ -193,15 +193,26 @@ async def test_reads_stop_at_the_high_watermark(
     partition: Partition, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A read serves nothing at or past the high watermark unless given a bound of
-    its own (with one replica the watermark follows every append, so it is held
-    back here)."""
+    its own, and a time lookup finds no batch there (with one replica the
+    watermark follows every append, so it is held back here)."""
     monkeypatch.setattr(PartitionState, "advance_high_watermark", lambda self, offset: None)
     partition.append_now(batch(2))
     assert (partition.high_watermark, partition.log_end_offset) == (0, 2)
     assert partition.read(0, 1 << 20, whole_batch=True).length == 0
+    assert partition.offset_for_timestamp(START_MS) is None
     end = partition.log_end_offset
     with partition.read(0, 1 << 20, whole_batch=True, end_offset_max=end) as region:
         assert region.next_offset == 2
+
+
+async def test_time_lookup_answers_below_the_high_watermark(partition: Partition) -> None:
+    """offset_for_timestamp finds the first batch reaching the time, with its first
+    record's timestamp."""
+    partition.append_now(batch(2))
+    partition.append_now(batch(3))
+    assert partition.offset_for_timestamp(START_MS) == (0, START_MS)
+    assert partition.offset_for_timestamp(START_MS + 2) == (2, START_MS)
+    assert partition.offset_for_timestamp(START_MS + 3) is None
 
 
 async def test_leader_epoch_is_stamped_and_never_goes_back(partition: Partition) -> None:
