@@ -2,7 +2,8 @@
 is stopped and started again on the same port: `publish` rides out a restart
 (every line exactly once, in order), fails with the first unacknowledged line and
 no gap when the outage outlasts its delivery timeout, and `tail` following waits
-for the broker and loses nothing.
+for the broker and loses nothing; and a `tail -g` member killed soon after its
+first records has committed them already.
 
 The outages are real time (the broker is down for some seconds); what the tests
 wait for otherwise is a state (records visible, a line on stderr), never a delay.
@@ -10,6 +11,8 @@ wait for otherwise is a state (records visible, a line on stderr), never a delay
 
 from __future__ import annotations
 
+import json
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -153,3 +156,27 @@ def test_tail_follows_through_a_broker_outage(
     assert out_path.read_bytes() == lines(1, 100)
     stderr = err_path.read_bytes().decode()
     assert stderr.count("unreachable") == 1 and stderr.count("reachable again") == 1, stderr
+
+
+def test_group_member_killed_soon_after_its_first_records_has_committed_them(
+    cli: Cli, tmp_path: Any, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    """Proves a `tail -g` member commits soon after its first records (not only after
+    the 5 s auto-commit interval): killed with SIGKILL about two seconds after
+    printing them, its group's committed offset already covers them, so a restart
+    re-delivers none of them."""
+    cli.ok("topics", "create", "early", "-p", "1")
+    cli.ok("publish", "early", input=lines(1, 100))
+    out_path = tmp_path / "tail.out"
+    with out_path.open("wb") as out:
+        tail = cli.popen(
+            "tail", "early", "-g", "early-group", "-o", "beginning", "-f", "%s\\n", stdout=out
+        )
+    processes.append(tail)
+    wait_for(lambda: out_path.read_bytes().count(b"\n") == 100, "the 100 records")
+    time.sleep(2.0)  # the member runs on for two seconds, then crashes
+    tail.send_signal(signal.SIGKILL)
+    tail.wait(timeout=10)
+    described = json.loads(cli.ok("groups", "describe", "early-group", "--json").stdout)
+    committed = [p["committed_offset"] for p in described["partitions"]]
+    assert committed == [100], described
