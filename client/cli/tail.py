@@ -199,7 +199,7 @@ class Outage:
             self.said_unreachable = True
             reason = str(error)
             if not reason.startswith("broker unreachable"):
-                reason = f"broker unreachable ({reason})"
+                reason = f"broker unreachable: {reason}"
             click.echo(f"{reason}; retrying until it is back", err=True)
 
 
