@@ -183,3 +183,47 @@ def test_group_member_killed_soon_after_its_first_records_has_committed_them(
     described = json.loads(cli.ok("groups", "describe", "early-group", "--json").stdout)
     committed = [p["committed_offset"] for p in described["partitions"]]
     assert committed == [100], described
+
+
+def test_group_tail_follows_through_a_broker_outage(
+    cli: Cli, broker: Any, tmp_path: Any, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    """Proves a `tail -g` member keeps running through a broker outage longer than
+    the consumer's reconnect attempts, rejoins its group once the broker is back,
+    and prints the records published before and after exactly once."""
+    cli.ok("topics", "create", "member", "-p", "1")
+    cli.ok("publish", "member", input=lines(1, 50))
+    out_path, err_path = tmp_path / "tail.out", tmp_path / "tail.err"
+    with out_path.open("wb") as out, err_path.open("wb") as err:
+        tail = cli.popen(
+            "tail",
+            "member",
+            "-g",
+            "outlasting",
+            "-o",
+            "beginning",
+            "-f",
+            "%s\\n",
+            stdout=out,
+            stderr=err,
+        )
+    processes.append(tail)
+    wait_for(lambda: out_path.read_bytes().count(b"\n") == 50, "the first 50 records")
+
+    def committed() -> list[int | None]:
+        described = json.loads(cli.ok("groups", "describe", "outlasting", "--json").stdout)
+        return [p["committed_offset"] for p in described["partitions"]]
+
+    wait_for(lambda: committed() == [50], "the commit of the first 50 records")
+    broker.stop()
+    wait_for(lambda: b"unreachable" in err_path.read_bytes(), "the unreachable line")
+    time.sleep(TAIL_OUTAGE_S)
+    assert tail.poll() is None, err_path.read_bytes()
+    broker.start()
+    wait_for(lambda: b"reachable again" in err_path.read_bytes(), "the back line")
+    cli.ok("publish", "member", input=lines(51, 100))
+    wait_for(lambda: out_path.read_bytes().count(b"\n") >= 100, "all 100 records")
+    wait_for(lambda: committed() == [100], "the commit of all 100 records")
+    tail.terminate()
+    tail.wait(timeout=10)
+    assert out_path.read_bytes() == lines(1, 100), err_path.read_bytes()
