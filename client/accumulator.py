@@ -38,12 +38,12 @@ error does:
   OutOfOrderSequenceError, so no record is written after an earlier record of
   the same partition failed -- also when the failed batch was never sent (no
   connection, no leader).  If it was sent (it used sequence numbers), the
-  partition's epoch goes up and its sequence restarts at 0.  The partition's batches still in flight are
-  marked ``no_resend``: acknowledged, they stand (a batch sent after the failed
-  one is acknowledged only if the broker wrote the failed one too); any error
-  fails them, and what was queued behind them meanwhile.  Nothing else of the
-  partition leaves until they are done, so no batch of the old epoch is ever
-  resent among the new epoch's.
+  partition's epoch goes up and its sequence restarts at 0, and the
+  partition's batches still in flight are marked ``no_resend``: acknowledged,
+  they stand (a batch sent after the failed one is acknowledged only if the
+  broker wrote the failed one too); any error fails them, and what was queued
+  behind them meanwhile.  Nothing else of the partition leaves until they are
+  done, so no batch of the old epoch is ever resent among the new epoch's.
 
 Buffer bound: ``buffer_bytes_used`` counts the estimated bytes of every record
 not yet acknowledged (or failed); the shell makes ``enqueue`` wait while it is at

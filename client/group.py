@@ -25,8 +25,8 @@ reconciles.  :class:`GroupMembership` runs in the consumer's task group:
   never skips.  Until the first of these commits after an assignment has
   committed something, it runs every ``FIRST_AUTO_COMMIT_MS`` (when that is
   shorter): a member killed a few seconds after its first records re-delivers
-  about the last second of them, not all.  Commits are serialised (one in flight), so an older commit
-  never lands after a newer one.
+  about the last second of them, not all.  Commits are serialised (one in
+  flight), so an older commit never lands after a newer one.
 * **Leaving** (``close``): commit (with auto-commit), ``on_revoke``, then a
   leave heartbeat (epoch -1; -2 for a static member, which keeps its
   partitions for a restart within its session timeout).

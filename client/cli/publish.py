@@ -16,9 +16,10 @@ and the error names the line.  A record the broker did not acknowledge is
 reported with its line number (the first such line is where a rerun resumes),
 and the exit code is 1.  The producer retries through broker outages for
 ``--delivery-timeout-ms`` per record, and a record that fails fails every later
-record of its partition with it, so a partition never has a gap: everything
-before the reported line is written, and nothing after it in its partition; ``--report`` writes one JSON line per record (its
-partition and offset, or its error).
+record of its partition with it, and reading stops there, so a partition never
+has a gap: everything before the reported line is written, and nothing after it
+in its partition.  ``--report`` writes one JSON line per record (its partition
+and offset, or its error).
 
 Ctrl-C stops reading; what was already read is flushed and acknowledged, the
 summary printed, and the exit code is 130.  A second Ctrl-C abandons the flush.
