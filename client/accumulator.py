@@ -33,16 +33,17 @@ error does:
   partition is then re-stamped with the new epoch and the next sequence when it
   is resent (:meth:`RecordAccumulator.build`), in send order, before any new
   batch.
-- A sequenced batch that fails for good (retries exhausted, or an error that is
-  not retriable): the partition's epoch goes up and its sequence restarts at 0,
-  and every batch queued behind it (and the open batch) fails with
+- A batch that fails for good (its delivery timeout passed, or an error that is
+  not retriable): every batch queued behind it (and the open batch) fails with
   OutOfOrderSequenceError, so no record is written after an earlier record of
-  the same partition failed.  The partition's batches still in flight are
-  marked ``no_resend``: acknowledged, they stand (a batch sent after the failed
-  one is acknowledged only if the broker wrote the failed one too); any error
-  fails them, and what was queued behind them meanwhile.  Nothing else of the
-  partition leaves until they are done, so no batch of the old epoch is ever
-  resent among the new epoch's.
+  the same partition failed -- also when the failed batch was never sent (no
+  connection, no leader).  If it was sent (it used sequence numbers), the
+  partition's epoch goes up and its sequence restarts at 0, and the
+  partition's batches still in flight are marked ``no_resend``: acknowledged,
+  they stand (a batch sent after the failed one is acknowledged only if the
+  broker wrote the failed one too); any error fails them, and what was queued
+  behind them meanwhile.  Nothing else of the partition leaves until they are
+  done, so no batch of the old epoch is ever resent among the new epoch's.
 
 Buffer bound: ``buffer_bytes_used`` counts the estimated bytes of every record
 not yet acknowledged (or failed); the shell makes ``enqueue`` wait while it is at
@@ -452,10 +453,13 @@ class RecordAccumulator:
         key_tp = (batch.topic, batch.partition)
         state = self._partitions[key_tp]
         failed: list[ProducerBatch] = []
-        if self.producer_id >= 0 and batch.payload is not None:
-            if not batch.no_resend:  # otherwise the epoch went up when it was marked
+        if self.producer_id >= 0:
+            sent = batch.payload is not None
+            if sent and not batch.no_resend:  # otherwise the epoch went up when it was marked
                 self._bump_epoch(state)
-            failed = self._fail_behind(key_tp, state, batch, error)
+            # A batch never built used no sequence number, and what is in flight of
+            # its partition was sent before it: only what waits behind it fails.
+            failed = self._fail_behind(key_tp, state, batch, error, mark_inflight=sent)
         _notify(batch)
         return failed
 
@@ -465,9 +469,12 @@ class RecordAccumulator:
         state: _PartitionSendState,
         failed_batch: ProducerBatch,
         error: DistributaryError,
+        *,
+        mark_inflight: bool,
     ) -> list[ProducerBatch]:
-        """Fail what waits behind ``failed_batch`` on its partition; mark what is in
-        flight.  Rare (a batch failed for good): walks every unfinished batch."""
+        """Fail what waits behind ``failed_batch`` on its partition; with
+        ``mark_inflight``, mark what is in flight ``no_resend``.  Rare (a batch
+        failed for good): walks every unfinished batch."""
         reason = OutOfOrderSequenceError(
             f"not written: an earlier batch of {key_tp[0]}-{key_tp[1]} failed ({error.message})"
         )
@@ -485,6 +492,8 @@ class RecordAccumulator:
             self.buffer_bytes_used -= queued.buffer_bytes
             _notify(queued)
         assert failed_batch not in waiting and failed_batch not in self._unfinished
+        if not mark_inflight:
+            return waiting
         # What is left of the partition is in flight under the old epoch.  Resent,
         # it would need a sequence of the new epoch after batches built since.
         for unfinished in self._unfinished:

@@ -233,6 +233,16 @@ class Consumer(RecordHandout, ClusterClient):
     def assignment(self) -> set[TopicPartition]:
         return set(self._fetcher.states)
 
+    @property
+    def fetch_error(self) -> DistributaryError | None:
+        """Why fetching is failing right now (the broker is unreachable, say), or
+        None while it works.  Fetching retries with backoff for as long as the
+        consumer is open; this clears once it has connected again."""
+        loop = self._fetch_loop
+        if loop is None or not loop.failing:
+            return None
+        return next(iter(loop.failing.values()))
+
     def seek(self, tp: TopicPartition, offset: int) -> None:
         """Continue ``tp`` from ``offset`` (the next fetch starts there)."""
         assert offset >= 0, offset

@@ -10,9 +10,11 @@ needs no awaiting (asyncio: a write never waits; no offset to resolve, no
 metadata to refresh), and the owner's ``on_data`` wakes a waiting reader.
 Anything else hands back to the task (see :class:`_FetchChain`).
 
-Connection trouble is retried with backoff; after ``reconnect_attempts_max``
-failures in a row (or a non-retriable error) the error goes to the owner's
-``on_error`` once, and fetching goes on.
+Connection trouble is retried with backoff, for as long as the loop runs; after
+``reconnect_attempts_max`` failures in a row (or a non-retriable error) the error
+goes to the owner's ``on_error`` once, and fetching goes on.  ``failing`` holds
+the last error of each broker whose fetch task has not connected since (what a
+follower reports as "broker unreachable"; empty once every task connected).
 """
 
 from __future__ import annotations
@@ -131,6 +133,8 @@ class FetchLoop:
         self._on_data = on_data
         self._on_error = on_error
         self._nodes: set[int] = set()  # the brokers with a fetch task
+        # Per fetch task (broker): its last error, until it connects again.
+        self.failing: dict[int, DistributaryError] = {}
         # Set (and dropped) by wake(): an idle fetch task waits on it.
         self.room: LoopEvent | None = None
         self.closed = False
@@ -168,6 +172,7 @@ class FetchLoop:
                     await self.resolve(unresolved)
                 partitions = self._fetchable(node, unresolved_stops=False)
                 if not partitions:
+                    self.failing.pop(node, None)  # nothing to fetch here: not failing
                     self.room = room = self.tools.event()
                     await self.tools.wait_or_timeout(room, IDLE_RECHECK_MS / 1000)
                     if self.room is room:
@@ -179,6 +184,7 @@ class FetchLoop:
                 if self._closing():  # the error is our own close() under the fetch
                     return
                 failures += 1
+                self.failing[node] = error
                 if not error.retriable or failures >= self.reconnect_attempts_max:
                     self._on_error(error)
                     failures = 0
@@ -212,6 +218,8 @@ class FetchLoop:
         callbacks (see :class:`_FetchChain`) until that needs the task again.
         Raises the typed error that ended the chain."""
         connection = await self.cluster.connection_for_node(node)
+        if self.failing:
+            self.failing.pop(node, None)
         chain = _FetchChain(node, connection, self.tools.event())
         # Where no continuation can be written from a callback (trio: a write may
         # have to wait half-way), the fetch itself is a stream: the broker keeps

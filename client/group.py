@@ -22,8 +22,11 @@ reconciles.  :class:`GroupMembership` runs in the consumer's task group:
 * **Auto-commit** (``enable_auto_commit``, every ``auto_commit_interval_ms``)
   commits the positions as of the application's last ``getmany`` / iteration
   step, i.e. only records it has finished with, so a crash re-delivers but
-  never skips.  Commits are serialised (one in flight), so an older commit
-  never lands after a newer one.
+  never skips.  Until the first of these commits after an assignment has
+  committed something, it runs every ``FIRST_AUTO_COMMIT_MS`` (when that is
+  shorter): a member killed a few seconds after its first records re-delivers
+  about the last second of them, not all.  Commits are serialised (one in
+  flight), so an older commit never lands after a newer one.
 * **Leaving** (``close``): commit (with auto-commit), ``on_revoke``, then a
   leave heartbeat (epoch -1; -2 for a static member, which keeps its
   partitions for a restart within its session timeout).
@@ -81,6 +84,9 @@ RETRY_BACKOFF_MAX_MS: Final = 1_000
 # Until the broker says otherwise (its first answer carries the real values).
 HEARTBEAT_INTERVAL_MS_DEFAULT: Final = 1_000
 SESSION_TIMEOUT_MS_DEFAULT: Final = 10_000
+# Auto-commit runs at least this often until it first commits something after an
+# assignment (see the module docstring).
+FIRST_AUTO_COMMIT_MS: Final = 1_000
 # close() waits at most this long for the final commit and the leave heartbeat.
 LEAVE_TIMEOUT_MS: Final = 5_000
 
@@ -253,6 +259,8 @@ class GroupMembership:
         self._commit_lock = anyio.Lock()
         self._revocation_lock = anyio.Lock()
         self._last_committed: dict[TopicPartition, int] = {}
+        # True until an auto-commit commits something after the last assignment.
+        self._auto_commit_soon = True
         self._scopes: list[anyio.CancelScope] = []
         self._loops_done: list[anyio.Event] = []
         self._running = False
@@ -403,6 +411,7 @@ class GroupMembership:
             log.warning("could not fetch committed offsets", group=self.group_id, error=str(error))
         await self.consumer.add_partitions({tp: committed.get(tp) for tp in added})
         self.owned |= added
+        self._auto_commit_soon = True
         for tp, offset in committed.items():
             self._last_committed[tp] = offset
         log.info("partitions assigned", group=self.group_id, partitions=sorted(map(str, added)))
@@ -478,12 +487,18 @@ class GroupMembership:
             )
             self._last_committed.update(offsets)
 
-    async def _commit_quietly(self, positions: Mapping[TopicPartition, int]) -> None:
+    async def _commit_quietly(self, positions: Mapping[TopicPartition, int]) -> bool:
+        """Commit what moved since the last commit; False if nothing was committed
+        (nothing moved, or the commit failed: logged)."""
         changed = {tp: o for tp, o in positions.items() if self._last_committed.get(tp) != o}
+        if not changed:
+            return False
         try:
             await self.commit(changed)
         except DistributaryError as error:
             log.warning("commit failed", group=self.group_id, error=str(error))
+            return False
+        return True
 
     async def auto_commit_loop(self) -> None:
         """Commit processed positions every auto_commit_interval_ms (consumer task group)."""
@@ -492,11 +507,15 @@ class GroupMembership:
         try:
             with self._scope():
                 while True:  # until leave() stops it
-                    await self._sleep_ms(self.options.auto_commit_interval_ms, self._commit_wake)
+                    interval_ms = self.options.auto_commit_interval_ms
+                    if self._auto_commit_soon:
+                        interval_ms = min(interval_ms, FIRST_AUTO_COMMIT_MS)
+                    await self._sleep_ms(interval_ms, self._commit_wake)
                     if self._stopped:
                         break
                     positions = self.consumer.processed_positions(self.owned - self.revoking)
-                    await self._commit_quietly(positions)
+                    if await self._commit_quietly(positions):
+                        self._auto_commit_soon = False
         finally:
             done.set()
 

@@ -9,7 +9,15 @@ there is no per-record future: the batch is the future of all its records.
 
 The sender (client/sender.py) drains ready batches, groups them by leader into
 pipelined Produce requests, resolves each batch from its response, and retries
-retriable errors in order, at most ``retries_max`` times.
+retriable errors in order, with backoff, until the batch's delivery deadline
+(``delivery_timeout_ms`` after its first record was enqueued): a broker restart
+shorter than that is ridden out.  A batch that fails for good fails the batches
+of its partition queued behind it, so no record is written after an earlier one
+of its partition failed (client/accumulator.py).
+
+The producer keeps the partition count of each topic it has used (its own copy:
+the cluster's cache forgets a topic after NOT_LEADER), so enqueueing goes on
+without metadata while the broker is unreachable.
 
 Idempotence (the default with acks leader/all and retries): the producer picks
 a random 63-bit producer id, each batch carries a per-partition producer epoch
@@ -72,6 +80,11 @@ REQUEST_BYTES_MAX_DEFAULT: Final = 8 * MiB
 # A tight enqueue loop yields to the event loop every this many records (~0.3 ms
 # of appends): often enough to keep acks and sends flowing, rare enough to be free.
 CHECKPOINT_EVERY_MASK: Final = 512 - 1
+# As Kafka's delivery.timeout.ms: how long a batch may take, from the enqueue of
+# its first record, to be acknowledged, retries included.
+DELIVERY_TIMEOUT_MS_DEFAULT: Final = 120_000
+# As Kafka's retries: no practical bound; the delivery timeout is what bounds them.
+RETRIES_MAX_DEFAULT: Final = 2_147_483_647
 # Batches per partition in flight with idempotence (Kafka's
 # max.in.flight.requests.per.connection limit; the broker remembers as many).
 INFLIGHT_BATCHES_IDEMPOTENT_MAX: Final = 5
@@ -151,8 +164,14 @@ class Producer(ClusterClient):
       ``enqueue``/``send`` wait for space beyond it (backpressure).
     - ``compression``: "none", "gzip", "lz4" or "zstd", per batch.
     - ``acks``: "leader" (1), "all" (-1) or "none" (0: offsets are then -1).
-    - ``retries_max`` / ``retry_backoff_ms`` / ``retry_backoff_max_ms``: retriable
-      errors are retried this many times with exponential backoff, keeping order.
+    - ``delivery_timeout_ms``: a record is acknowledged within this time of its
+      enqueue, or its handle raises (RequestTimedOutError naming the last error).
+      Retriable errors (broker unreachable or restarting, connection lost, not
+      leader, timeouts) are retried until then, keeping order.
+    - ``retry_backoff_ms`` / ``retry_backoff_max_ms``: the exponential backoff
+      between retries of a batch.
+    - ``retries_max``: attempts per batch at most besides the first (default: no
+      practical bound; 0 turns retries off).
     - ``idempotent``: sequence each batch so the broker drops retried duplicates
       (exactly once per partition for this producer's lifetime, across broker
       restarts) and refuses gaps; see docs/sdk.md for what each idempotence
@@ -178,7 +197,8 @@ class Producer(ClusterClient):
         buffer_bytes_max: int = 64 * MiB,
         compression: CompressionName = "none",
         acks: AcksSetting = "leader",
-        retries_max: int = 10,
+        retries_max: int = RETRIES_MAX_DEFAULT,
+        delivery_timeout_ms: int = DELIVERY_TIMEOUT_MS_DEFAULT,
         idempotent: bool | None = None,
         inflight_batches_per_partition_max: int = 1,
         retry_backoff_ms: int = 100,
@@ -199,6 +219,9 @@ class Producer(ClusterClient):
         assert 0 < batch_bytes_max <= BATCH_BYTES_MAX_DEFAULT, batch_bytes_max
         assert buffer_bytes_max >= batch_bytes_max, "buffer_bytes_max < batch_bytes_max"
         assert retries_max >= 0 and linger_ms >= 0 and request_timeout_ms > 0
+        if delivery_timeout_ms <= 0:
+            raise ValueError("delivery_timeout_ms must be positive")
+        self.delivery_timeout_ms = delivery_timeout_ms
         self.bootstrap = bootstrap
         self.client_id = client_id
         self.acks = _ACKS[acks]
@@ -248,6 +271,7 @@ class Producer(ClusterClient):
             request_timeout_ms=request_timeout_ms,
             request_bytes_max=self.request_bytes_max,
             retries_max=retries_max,
+            delivery_timeout_ms=delivery_timeout_ms,
             retry_backoff_ms=retry_backoff_ms,
             retry_backoff_max_ms=retry_backoff_max_ms,
             clock_ms=clock_ms,
@@ -259,7 +283,7 @@ class Producer(ClusterClient):
         self._metadata_lock: anyio.Lock | None = None
         self._closing = False
         self._closed = False
-        # Hot-path alias of the cluster's partition-count cache (filled on start).
+        # Partition counts of the topics used so far (see the module docstring).
         self._partition_counts: dict[str, int] = {}
         # Set when the sender is woken: enqueue then yields so it runs soon.
         self._sender_woken = False
@@ -281,8 +305,7 @@ class Producer(ClusterClient):
         same task (``async with`` does both)."""
         cluster = await self._open_cluster(inflight_requests_max=self.inflight_requests_max)
         self._tools = EventLoopTools()
-        self._sender.start(cluster, self._tools)
-        self._partition_counts = cluster.partition_counts
+        self._sender.start(cluster, self._tools, self._partition_counts)
         self._metadata_lock = anyio.Lock()
         cluster.task_group.start_soon(self._sender.run)
 
@@ -501,6 +524,15 @@ class Producer(ClusterClient):
         finally:
             accumulator.flushing -= 1
 
+    @property
+    def failed_batches(self) -> int:
+        """How many batches have failed for good so far (their records' handles
+        raise).  A caller that must leave no gap after a failed record stops
+        enqueueing once this is above 0: a record enqueued before the failure was
+        failed with it (if it was of the same partition and queued behind it), a
+        record enqueued after it would be written."""
+        return self._sender.failed_batches
+
     async def partitions_for(self, topic: str) -> list[int]:
         """The topic's partition numbers.  Raises UnknownTopicOrPartitionError."""
         return list(range(await self._partition_count(topic)))
@@ -517,6 +549,7 @@ class Producer(ClusterClient):
             if count is None:
                 await cluster.topic_metadata(topic, allow_auto_create=self.allow_auto_create_topics)
                 count = cluster.partition_counts[topic]
+            self._partition_counts[topic] = count
         return count
 
     async def _check_partition(self, topic: str, partition: int) -> None:

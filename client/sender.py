@@ -15,9 +15,16 @@ acknowledgement (:meth:`Sender.send_now`): no trip through the sender task, as
 long as it is parked so nothing it holds is overtaken.
 
 Errors (:meth:`_handle_error`): a retriable one (connection lost, broker
-restarting, not leader, timeout, out-of-order sequence) puts the batch back in
-its partition's queue, ahead of the batches sent after it, after an exponential
-backoff, at most ``retries_max`` times, so retries never reorder records.
+unreachable or restarting, not leader, timeout, out-of-order sequence) puts the
+batch back in its partition's queue, ahead of the batches sent after it, after
+an exponential backoff (``retry_backoff_ms`` doubling up to
+``retry_backoff_max_ms``), so retries never reorder records.  What bounds the
+retries is the batch's delivery deadline: ``delivery_timeout_ms`` after its
+first record was enqueued, a batch still failing fails for good (with
+RequestTimedOutError naming the last error), so a broker restart shorter than
+that is ridden out.  ``retries_max`` bounds the attempts too (Kafka's default:
+no practical bound).  A connection is tried once per attempt (no reconnect loop
+of its own), so the sender never blocks longer than a connect timeout.
 UNKNOWN_PRODUCER_ID first re-sequences the partition under a new producer epoch
 (``RecordAccumulator.restart_sequence``).  A batch that fails for good with
 idempotence fails the batches queued behind it too (``RecordAccumulator.fail``).
@@ -41,6 +48,7 @@ from client.errors import (
     DistributaryError,
     NotLeaderError,
     ProtocolError,
+    RequestTimedOutError,
     UnknownProducerIdError,
     UnknownTopicOrPartitionError,
     error_for_code,
@@ -74,6 +82,7 @@ class Sender:
         request_timeout_ms: int,
         request_bytes_max: int,
         retries_max: int,
+        delivery_timeout_ms: int,
         retry_backoff_ms: int,
         retry_backoff_max_ms: int,
         clock_ms: Callable[[], int],
@@ -85,6 +94,7 @@ class Sender:
         self.request_timeout_ms = request_timeout_ms
         self.request_bytes_max = request_bytes_max
         self.retries_max = retries_max
+        self.delivery_timeout_ms = delivery_timeout_ms
         self.retry_backoff_ms = retry_backoff_ms
         self.retry_backoff_max_ms = retry_backoff_max_ms
         self._clock_ms = clock_ms
@@ -94,7 +104,10 @@ class Sender:
         self._wake: LoopEvent | None = None
         self._space: anyio.Event | None = None
         self._stale_topics: set[str] = set()
+        self._partition_counts: dict[str, int] = {}
         self.closed = False
+        # Batches failed for good so far (those failed behind another included).
+        self.failed_batches = 0
         # With retries a partition has one batch in flight; the last one sent per
         # partition tells whether a new batch could leave now (see batch_opened).
         self._last_sent: dict[tuple[str, int], ProducerBatch] = {}
@@ -109,9 +122,14 @@ class Sender:
         self._handoff: list[ProducerBatch] = []
         self._writes_nowait = False  # connections can write synchronously (asyncio)
 
-    def start(self, cluster: Cluster, tools: EventLoopTools) -> None:
-        """Use ``cluster``'s connections; the caller then runs :meth:`run` as a task."""
+    def start(
+        self, cluster: Cluster, tools: EventLoopTools, partition_counts: dict[str, int]
+    ) -> None:
+        """Use ``cluster``'s connections; the caller then runs :meth:`run` as a task.
+        ``partition_counts``: the producer's counts, updated when a refresh finds
+        more partitions."""
         self._cluster = cluster
+        self._partition_counts = partition_counts
         self._writes_nowait = tools.is_asyncio
 
     def stop(self) -> None:
@@ -244,6 +262,12 @@ class Sender:
             await self._cluster.refresh_metadata(topics)
         except DistributaryError as error:
             log.info("metadata refresh failed", topics=topics, error=str(error))
+            return
+        counts = self._cluster.partition_counts
+        for topic in topics:
+            count = counts.get(topic)
+            if count is not None and count > self._partition_counts.get(topic, 0):
+                self._partition_counts[topic] = count
 
     # -- requests -------------------------------------------------------------------
 
@@ -289,7 +313,7 @@ class Sender:
         assert cluster is not None
         for leader, group in self._group_by_leader(batches).items():
             try:
-                connection = await cluster.connection_for_node(leader)
+                connection = await cluster.connection_for_node(leader, attempts_max=1)
             except DistributaryError as error:
                 for batch in group:
                     self._handle_error(batch, error)
@@ -452,6 +476,17 @@ class Sender:
         if not (retriable and batch.attempts < self.retries_max and not self.closed):
             self._fail(batch, error)
             return
+        now_ms = self._clock_ms()
+        deadline_ms = batch.created_ms + self.delivery_timeout_ms
+        if now_ms >= deadline_ms:
+            self._fail(
+                batch,
+                RequestTimedOutError(
+                    f"not acknowledged within delivery_timeout_ms "
+                    f"({self.delivery_timeout_ms:,} ms); last error: {error.message}"
+                ),
+            )
+            return
         if isinstance(error, UnknownProducerIdError):
             # The partition forgot this producer: a new epoch, sequences from 0.
             self._accumulator.restart_sequence(batch)
@@ -465,11 +500,13 @@ class Sender:
             attempt=batch.attempts + 1,
             error=str(error),
         )
-        self._accumulator.retry(batch, self._clock_ms() + int(delay_ms))
+        # The last attempt comes at the deadline, not after it.
+        self._accumulator.retry(batch, min(now_ms + int(delay_ms), deadline_ms))
 
     def _fail(self, batch: ProducerBatch, error: DistributaryError) -> None:
         """Fail ``batch`` for good; the accumulator fails what must not follow it."""
         failed_behind = self._accumulator.fail(batch, error)
+        self.failed_batches += 1 + len(failed_behind)
         if failed_behind:
             log.warning(
                 "batch failed: failing the batches queued behind it",

@@ -148,10 +148,13 @@ class Cluster:
 
     # -- connections ----------------------------------------------------------------
 
-    async def connection_to(self, address: tuple[str, int]) -> BrokerConnection:
+    async def connection_to(
+        self, address: tuple[str, int], *, attempts_max: int | None = None
+    ) -> BrokerConnection:
         """A live connection to ``address``, connecting (with retries) if needed.
 
-        Raises BrokerUnavailableError after ``reconnect_attempts_max`` failures."""
+        Raises BrokerUnavailableError after ``attempts_max`` failures (default
+        ``reconnect_attempts_max``; 1 for a caller that retries on its own)."""
         connection = self._connections.get(address)
         if connection is not None and not connection.closed:
             return connection
@@ -160,16 +163,16 @@ class Cluster:
             connection = self._connections.get(address)
             if connection is not None and not connection.closed:
                 return connection
-            connection = await self._connect(address)
+            connection = await self._connect(address, attempts_max or self.reconnect_attempts_max)
             self._connections[address] = connection
             return connection
 
-    async def _connect(self, address: tuple[str, int]) -> BrokerConnection:
+    async def _connect(self, address: tuple[str, int], attempts_max: int) -> BrokerConnection:
         if self._closed:
             raise BrokerUnavailableError("the client is closed")
         host, port = address
         last_error: DistributaryError | None = None
-        for attempt in range(self.reconnect_attempts_max):
+        for attempt in range(attempts_max):
             if attempt:
                 delay = backoff_ms(
                     attempt - 1,
@@ -197,9 +200,9 @@ class Cluster:
                     "connect failed", broker=f"{host}:{port}", attempt=attempt, error=str(error)
                 )
         assert last_error is not None
-        raise BrokerUnavailableError(
-            f"{last_error.message}; tried {self.reconnect_attempts_max} times"
-        )
+        if attempts_max == 1:
+            raise BrokerUnavailableError(last_error.message)
+        raise BrokerUnavailableError(f"{last_error.message}; tried {attempts_max} times")
 
     async def _hello(self, connection: BrokerConnection) -> None:
         response = await connection.request(
@@ -212,11 +215,15 @@ class Cluster:
             await connection.aclose()
             raise error_for_code(body.error_code, body.error_message)
 
-    async def connection_for_node(self, node_id: int) -> BrokerConnection:
+    async def connection_for_node(
+        self, node_id: int, *, attempts_max: int | None = None
+    ) -> BrokerConnection:
+        """A live connection to broker ``node_id`` (any broker when it is unknown).
+        Raises BrokerUnavailableError (see :meth:`connection_to`)."""
         address = self.brokers.get(node_id)
         if address is None:
             return await self.any_connection()
-        return await self.connection_to(address)
+        return await self.connection_to(address, attempts_max=attempts_max)
 
     def open_connection_for_node(self, node_id: int) -> BrokerConnection | None:
         """The live connection to a known broker, or None when reaching it needs

@@ -124,8 +124,9 @@ class DeliveryTracker:
             after = (
                 f"; {plural(self.failed - 1, 'later record')} failed too" if self.failed > 1 else ""
             )
+            words = error.code.name.lower().replace("_", " ")  # as common.describe says it
             raise CommandError(
-                f"line {line} was not acknowledged ({error.code.name.lower()}: {error}){after}; "
+                f"line {line} was not acknowledged ({words}: {error}){after}; "
                 f"acknowledged: {plural(self.acknowledged, 'record')}"
             )
         if stopped is not None:

@@ -14,8 +14,12 @@ cannot become a record (malformed ``--json``, a record over the size limit)
 stops the reading; everything before it is still published and acknowledged,
 and the error names the line.  A record the broker did not acknowledge is
 reported with its line number (the first such line is where a rerun resumes),
-and the exit code is 1; ``--report`` writes one JSON line per record (its
-partition and offset, or its error).
+and the exit code is 1.  The producer retries through broker outages for
+``--delivery-timeout-ms`` per record, and a record that fails fails every later
+record of its partition with it, and reading stops there, so a partition never
+has a gap: everything before the reported line is written, and nothing after it
+in its partition.  ``--report`` writes one JSON line per record (its partition
+and offset, or its error).
 
 Ctrl-C stops reading; what was already read is flushed and acknowledged, the
 summary printed, and the exit code is 130.  A second Ctrl-C abandons the flush.
@@ -43,7 +47,7 @@ from client.cli.publish_input import (
     unescape_option,
 )
 from client.errors import RecordBatchError
-from client.producer import Producer
+from client.producer import DELIVERY_TIMEOUT_MS_DEFAULT, Producer
 
 READ_BYTES: Final = 256 * 1024  # per read call: large enough for file speed
 # --whole reads the input into memory: at most this much (the default frame limit,
@@ -63,6 +67,10 @@ Examples:
   distributary publish events old.log -T 2024-05-01T00:00:00Z --report delivery.jsonl
   distributary tail orders -o beginning -e --json | distributary publish copy --json
 """
+
+
+class DeliveryFailed(Exception):
+    """A record failed for good: reading stops, so no later record is written."""
 
 
 def _json_splitter(keep_partition: bool, partition: int | None) -> Splitter:
@@ -91,12 +99,16 @@ async def _publish_stream(
     tracker: DeliveryTracker,
     read_scope: anyio.CancelScope,
 ) -> None:
-    """Read, split and enqueue until the input ends, Ctrl-C, or the first bad line.
-    ``delimiter`` None: the whole input is one record."""
+    """Read, split and enqueue until the input ends, Ctrl-C, the first bad line
+    (raises Stop) or the first record that failed for good (raises
+    DeliveryFailed).  ``delimiter`` None: the whole input is one record."""
     enqueue = producer.enqueue
 
     async def publish_pieces(pieces: list[bytes]) -> None:
         for piece in pieces:
+            if producer.failed_batches:
+                # Records enqueued from now on would be written after a failed one.
+                raise DeliveryFailed
             line_number = tracker.line_number + 1
             try:
                 record = split(piece)
@@ -203,6 +215,15 @@ def _chunk_reader(stream: IO[bytes]) -> Callable[[int], bytes]:
 @click.option("--keep-partition", is_flag=True, help="With --json: use each record's 'partition'.")
 @click.option("--null-marker", metavar="M", help="A value or key equal to M is null.")
 @click.option("--linger-ms", type=click.IntRange(min=0), default=5, show_default=True, metavar="MS")
+@click.option(
+    "--delivery-timeout-ms",
+    type=click.IntRange(min=1),
+    default=DELIVERY_TIMEOUT_MS_DEFAULT,
+    show_default=True,
+    metavar="MS",
+    help="How long a record may take to be acknowledged, retries through broker "
+    "outages included; then it and every later record of its partition fail.",
+)
 @client_options
 def publish(
     topic: str,
@@ -221,6 +242,7 @@ def publish(
     keep_partition: bool,
     null_marker: str | None,
     linger_ms: int,
+    delivery_timeout_ms: int,
     bootstrap: str,
     debug: bool,
 ) -> None:
@@ -262,6 +284,7 @@ def publish(
                 acks=acks,  # type: ignore[arg-type]
                 compression=compression,  # type: ignore[arg-type]
                 linger_ms=linger_ms,
+                delivery_timeout_ms=delivery_timeout_ms,
                 # As Kafka's producers do: the broker's auto_create_topics decides.
                 allow_auto_create_topics=True,
             ) as producer,
@@ -292,6 +315,8 @@ def publish(
                 )
             except Stop as stop:
                 tracker.stopped = stop
+            except DeliveryFailed:
+                pass  # the tracker reports the first record that failed
             await producer.flush()
             await tracker.wait_all()
             task_group.cancel_scope.cancel()

@@ -13,6 +13,13 @@ is when tail starts.  A partition that reached its bound is paused; tail exits
 once every partition did (or after ``-n`` records in all).  Data goes to stdout,
 errors to stderr.
 
+Following (no ``-e``, no range end, no ``-n``) goes on through broker outages:
+the consumer reconnects with backoff for as long as tail runs, positions kept
+(a group member rejoins), and tail says once on stderr that the broker is
+unreachable and why, and once that it is back (:class:`Outage`).  With ``-e``,
+``-n`` or a range end, an outage that outlasts the consumer's reconnect attempts
+(about ten seconds) ends tail with the error, as a command that must finish.
+
 With ``-g GROUP`` tail is a member of that consumer group (docs/groups.md): the
 broker assigns it its share of the partitions (a ``-r`` subscription follows
 topics created later), it starts each at the group's committed offset (``-o
@@ -59,7 +66,7 @@ from client.cli.tail_output import (
     TerminalWriter,
 )
 from client.consumer import Consumer
-from client.errors import UnknownTopicOrPartitionError
+from client.errors import DistributaryError, UnknownTopicOrPartitionError
 from client.protocol.messages import EARLIEST_TIMESTAMP, LATEST_TIMESTAMP
 from client.types import TopicPartition
 
@@ -170,6 +177,32 @@ class StopBounds:
         return self.stop is not None and bool(assigned) and assigned <= self.done
 
 
+class Outage:
+    """What a follower says about the broker on stderr: once that it is unreachable
+    (when fetching has failed on two polls in a row, so a reconnect that succeeds
+    at once says nothing), and once that it is back."""
+
+    def __init__(self) -> None:
+        self.failing_polls = 0
+        self.said_unreachable = False
+
+    def check(self, error: DistributaryError | None) -> None:
+        """``error``: the consumer's ``fetch_error`` after a poll."""
+        if error is None:
+            self.failing_polls = 0
+            if self.said_unreachable:
+                self.said_unreachable = False
+                click.echo("broker reachable again: following on", err=True)
+            return
+        self.failing_polls += 1
+        if self.failing_polls >= 2 and not self.said_unreachable:
+            self.said_unreachable = True
+            reason = str(error)
+            if not reason.startswith("broker unreachable"):
+                reason = f"broker unreachable: {reason}"
+            click.echo(f"{reason}; retrying until it is back", err=True)
+
+
 async def consume(
     consumer: Consumer,
     writer: RecordWriter,
@@ -180,8 +213,16 @@ async def consume(
     were printed; records fetched but not printed are sought back to, so a group
     does not commit them."""
     remaining = count
+    outage = Outage() if bounds.stop is None and count is None else None
     while True:
-        batches = await consumer.getmany(timeout_ms=POLL_TIMEOUT_MS)
+        try:
+            batches = await consumer.getmany(timeout_ms=POLL_TIMEOUT_MS)
+        except DistributaryError as error:
+            if outage is None or not error.retriable:
+                raise
+            batches = {}  # following: the consumer keeps trying; say so once
+        if outage is not None:
+            outage.check(consumer.fetch_error)
         assigned = consumer.assignment()
         starts = {tp: fetched[0].offset for tp, fetched in batches.items() if fetched}
         await bounds.resolve(consumer, sorted(assigned), starts)

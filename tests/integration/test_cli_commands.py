@@ -46,7 +46,7 @@ class Cli:
 
     def argv(self, args: Sequence[str]) -> list[str]:
         command, *rest = args
-        if command in ("topics", "perf"):
+        if command in ("topics", "perf", "groups"):
             sub, *rest = rest
             return [*self.prefix, command, sub, "--bootstrap", self.address, *rest]
         return [*self.prefix, command, "--bootstrap", self.address, *rest]

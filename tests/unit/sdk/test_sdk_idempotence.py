@@ -10,7 +10,13 @@ import pytest
 from client._io.event_loop import LoopEvent
 from client._io.pending_response import PendingResponse
 from client.accumulator import ProducerBatch, RecordAccumulator, restamp_sequence
-from client.errors import ErrorCode, OutOfOrderSequenceError, RequestTimedOutError
+from client.errors import (
+    BrokerUnavailableError,
+    ErrorCode,
+    OutOfOrderSequenceError,
+    RequestTimedOutError,
+)
+from client.producer import RETRIES_MAX_DEFAULT
 from client.protocol.connection import IncomingResponse
 from client.protocol.messages import (
     ApiKey,
@@ -31,7 +37,9 @@ class Harness:
     """An idempotent accumulator (5 batches in flight) and its sender, with no
     cluster: answers are handed to the sender's response callback directly."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, *, retries_max: int = RETRIES_MAX, delivery_timeout_ms: int = 1_000_000
+    ) -> None:
         self.now_ms = 0
         self.accumulator = RecordAccumulator(
             batch_bytes_max=10_000,
@@ -45,7 +53,8 @@ class Harness:
             acks=1,
             request_timeout_ms=1_000,
             request_bytes_max=1 << 20,
-            retries_max=RETRIES_MAX,
+            retries_max=retries_max,
+            delivery_timeout_ms=delivery_timeout_ms,
             retry_backoff_ms=0,
             retry_backoff_max_ms=0,
             clock_ms=lambda: self.now_ms,
@@ -241,3 +250,66 @@ def test_other_partitions_keep_their_sequence(code: int) -> None:
     batches = h.send()
     (later_one,) = [b for b in batches if b.partition == 1]
     assert fields(later_one) == (77, 0, 1)
+
+
+def test_retries_go_on_until_the_delivery_timeout() -> None:
+    """Proves a batch whose broker stays unreachable is retried (many more times
+    than a small attempt count) until its delivery deadline, is acknowledged if
+    the broker answers before it, and fails with RequestTimedOutError naming the
+    last error once the deadline has passed -- failing the batches behind it."""
+    h = Harness(retries_max=RETRIES_MAX_DEFAULT, delivery_timeout_ms=20_000)
+    h.append(b"a")
+    (first,) = h.send()
+    for _ in range(30):  # a broker restart: 30 losses over 15 s
+        h.now_ms += 500
+        h.lose(first)
+        (batch,) = h.send()
+        assert batch is first
+    h.answer(first, base_offset=0)
+    assert first.done and first.error is None
+    h.now_ms = 30_000
+    h.append(b"b")  # created at 0 too (the harness enqueues at time 0)
+    (second,) = h.send()
+    queued = h.append(b"c" * 6_000)
+    open_batch = h.append(b"d" * 6_000)
+    h.lose(second)  # past its deadline: no retry
+    assert second.done and isinstance(second.error, RequestTimedOutError)
+    assert "delivery_timeout_ms" in str(second.error) and "no answer" in str(second.error)
+    for batch in (queued, open_batch):
+        assert batch.done and isinstance(batch.error, OutOfOrderSequenceError)
+
+
+def test_last_retry_comes_at_the_deadline() -> None:
+    """Proves a retry's backoff never reaches past the batch's delivery deadline."""
+    h = Harness(retries_max=RETRIES_MAX_DEFAULT, delivery_timeout_ms=1_000)
+    h.sender.retry_backoff_ms = h.sender.retry_backoff_max_ms = 5_000
+    h.append(b"a")
+    (batch,) = h.send()
+    h.now_ms = 400
+    h.lose(batch)
+    assert batch.retry_at_ms == 1_000
+
+
+def test_a_batch_never_sent_that_fails_fails_the_batches_behind_it() -> None:
+    """Proves a batch that fails for good before it was ever built (the broker was
+    unreachable, so it never got a sequence number) fails the queued and open
+    batches of its partition too: none of them is written after it, and the
+    partition's sequence is not disturbed."""
+    h = Harness(retries_max=RETRIES_MAX_DEFAULT, delivery_timeout_ms=5_000)
+    h.append(b"a")
+    (unsent,) = h.accumulator.drain(h.now_ms)  # drained, then no connection
+    queued = h.append(b"c" * 6_000)
+    open_batch = h.append(b"d" * 6_000)
+    for now_ms in (1_000, 3_000, 6_000):
+        h.now_ms = now_ms
+        h.sender._handle_error(unsent, BrokerUnavailableError("connection refused"))
+        h.accumulator.check_invariants()
+        if not unsent.done:
+            (batch,) = h.accumulator.drain(h.now_ms)
+            assert batch is unsent
+    assert unsent.payload is None and isinstance(unsent.error, RequestTimedOutError)
+    for batch in (queued, open_batch):
+        assert batch.done and isinstance(batch.error, OutOfOrderSequenceError)
+    fresh = h.append(b"e")
+    (batch,) = h.send()
+    assert batch is fresh and fields(batch) == (77, 0, 0)
