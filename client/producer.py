@@ -35,7 +35,6 @@ retry across a restart is recognized too.
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Callable, Generator, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Final, Literal, cast
@@ -52,6 +51,7 @@ from client.accumulator import (
     RecordAccumulator,
     record_size,
 )
+from client.clock import wall_clock_ms
 from client.errors import (
     ConnectionClosedError,
     TooManyRequestsError,
@@ -88,10 +88,6 @@ RETRIES_MAX_DEFAULT: Final = 2_147_483_647
 # Batches per partition in flight with idempotence (Kafka's
 # max.in.flight.requests.per.connection limit; the broker remembers as many).
 INFLIGHT_BATCHES_IDEMPOTENT_MAX: Final = 5
-
-
-def _wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _as_bytes(data: KeyOrValue, what: str) -> bytes:
@@ -209,7 +205,7 @@ class Producer(ClusterClient):
         inflight_requests_max: int = 16,
         request_bytes_max: int = REQUEST_BYTES_MAX_DEFAULT,
         allow_auto_create_topics: bool = False,
-        clock_ms: Callable[[], int] = _wall_clock_ms,
+        clock_ms: Callable[[], int] = wall_clock_ms,
         rng: random.Random | None = None,
     ) -> None:
         if compression not in _COMPRESSION:
@@ -250,7 +246,7 @@ class Producer(ClusterClient):
         self._clock_ms = clock_ms
         # Record timestamps: with the default wall clock the builder reads the time
         # itself (one Python call fewer per record); an injected clock stamps them.
-        self._record_clock_ms = None if clock_ms is _wall_clock_ms else clock_ms
+        self._record_clock_ms = None if clock_ms is wall_clock_ms else clock_ms
         self._random = rng if rng is not None else random.Random()
         self._sticky = StickyPartitioner(self._random)
         # Idempotence: one random producer id per instance (epochs are per
