@@ -27,6 +27,7 @@ from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
+from broker.cluster.etcd_url import parse_etcd_url
 from broker.groups.config import GroupConfig
 from broker.limits import Limits
 from broker.storage.config import LogConfig
@@ -172,11 +173,19 @@ def load_config(
     config = _convert(values, "")
     parse_listen(config.listen)
     if config.advertise is not None:
-        host, port = parse_listen(config.advertise)
-        if not host or port == 0:
+        try:
+            port = parse_listen(config.advertise)[1]
+        except ConfigError:
+            port = 0
+        if port == 0:
             raise ConfigError(
                 f"advertise: expected HOST:PORT with a port, got {config.advertise!r}"
             )
+    if config.cluster is not None:
+        try:
+            parse_etcd_url(config.cluster)
+        except InvalidConfigError as error:
+            raise ConfigError(f"cluster: {error.message}") from error
     try:
         config.limits.check()
     except ValueError as error:
