@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import random
 import secrets
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Final
@@ -130,7 +131,8 @@ class ClusterMember:
         else:
             host, port = broker.advertised_host, broker.advertised_port
         self.registration = BrokerRegistration(config.node_id, host, port, config.rack)
-        self.view = ClusterMetadataView(config.node_id, broker.topics)
+        # Lease validity is on time.monotonic, which the view reads too.
+        self.view = ClusterMetadataView(config.node_id, broker.topics, time.monotonic)
         self.lease_id = 0
         self.metadata = ClusterMetadata()
         self.applied_revision = 0
@@ -216,8 +218,8 @@ class ClusterMember:
     async def _register(self) -> None:
         """Grant a lease, create brokers/<id> with it, stand for controller.
         Raises ClusterJoinError (the id stays registered by a live broker)."""
+        sent_at = time.monotonic()
         lease = await self.store.grant_lease(LEASE_TTL_S)
-        sent_at = trio.current_time()
         key = broker_key(self.node_id)
         deadline = trio.current_time() + REGISTRATION_WAIT_S
         holder: BrokerRegistration | None = None
@@ -270,7 +272,7 @@ class ClusterMember:
 
     async def _keep_alive(self) -> None:
         while True:  # until cancelled
-            sent_at = trio.current_time()
+            sent_at = time.monotonic()
             try:
                 with trio.move_on_after(KEEPALIVE_INTERVAL_S * 2):
                     await self.store.keep_alive(self.lease_id)
@@ -282,7 +284,7 @@ class ClusterMember:
                 continue
             except MetadataStoreError as error:
                 _logger.warning("keepalive failed", error=error.message)
-            await trio.sleep_until(sent_at + KEEPALIVE_INTERVAL_S)
+            await trio.sleep(max(0.0, sent_at + KEEPALIVE_INTERVAL_S - time.monotonic()))
 
     async def _register_again(self) -> None:
         while True:  # until registered (the view leads nothing meanwhile)
@@ -290,7 +292,7 @@ class ClusterMember:
                 self.view.lease_valid_until = 0.0
                 await self._register()
                 self.view.lease_valid_until = 0.0  # not before the re-read below
-                sent_at = trio.current_time()
+                sent_at = time.monotonic()
                 await self.resync()
                 self.view.lease_valid_until = sent_at + LEASE_TTL_S - FENCE_MARGIN_S
                 _logger.info("registered again", node=self.node_id, lease=f"{self.lease_id:x}")

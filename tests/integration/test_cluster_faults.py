@@ -16,6 +16,7 @@ from etcd_process import etcd_server_fixture, free_port
 
 from broker.cluster.member import LEASE_TTL_S
 from broker.testing import BrokerProcess
+from client.errors import ErrorCode
 from client.records.builder import build_batch
 
 __all__ = ["broker_cluster_fixture", "etcd_server_fixture"]
@@ -196,3 +197,32 @@ def test_unreachable_etcd_is_refused(tmp_path: Path) -> None:
 
 def _batch() -> bytearray:
     return build_batch([b"after restart"])
+
+
+def test_brokers_stop_acknowledging_writes_without_etcd_and_recover(
+    broker_cluster: BrokerCluster,
+) -> None:
+    """Proves that while etcd is paused beyond the lease time, a leader refuses
+    produce with NOT_LEADER (it fenced itself) but still answers Metadata, and that
+    it acknowledges writes again once etcd is back."""
+    found = create(broker_cluster, TOPIC, 3)
+    partition = next(p for p, (leader, _) in found.items() if leader == 1)
+    leader = broker_cluster.broker(1)
+
+    def produce_code() -> int:
+        client = RawClient(leader.address)
+        try:
+            response = client.produce(TOPIC, {partition: [_batch()]})
+        finally:
+            client.close()
+        assert response is not None
+        return response.topics[0].partitions[0].error_code
+
+    assert produce_code() == 0
+    broker_cluster.etcd.pause()
+    try:
+        wait_until(lambda: produce_code() == int(ErrorCode.NOT_LEADER), FAILOVER_S, "self-fenced")
+        assert leaders(metadata(leader), TOPIC) is not None
+    finally:
+        broker_cluster.etcd.resume()
+    wait_until(lambda: produce_code() == 0, 15.0, "writes acknowledged again")
