@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Final
 import trio
 
 from broker.cluster.placement import elect_leaders
-from broker.cluster.schema import PartitionState, encode, state_key
+from broker.cluster.schema import PartitionState, controller_key, encode, state_key
 from broker.cluster.snapshot import ClusterMetadata, Controller
 from broker.cluster.store import (
     Compare,
@@ -76,7 +76,7 @@ def my_controller(member: ClusterMember, metadata: ClusterMetadata) -> Controlle
     controller = metadata.controller
     if controller is None or controller.node_id != member.node_id:
         return None
-    if controller.key != f"controller/{member.lease_id:x}" or member.view.is_fenced():
+    if controller.key != controller_key(member.lease_id) or member.view.is_fenced():
         return None
     return controller
 

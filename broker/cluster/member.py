@@ -395,7 +395,15 @@ class ClusterMember:
         """Open the logs of new topics, remove those of deleted ones."""
         topics = self.broker.topics
         for name, assignment in sorted(metadata.topics.items()):
-            if topics.get(name) is not None:
+            local = topics.get(name)
+            if local is not None:
+                if len(local.partitions) != assignment.partitions:
+                    _logger.error(
+                        "local partition count differs from the cluster's; left as it is",
+                        topic=name,
+                        local=len(local.partitions),
+                        cluster=assignment.partitions,
+                    )
                 continue
             try:
                 await topics.create(name, assignment.partitions, assignment.configs)

@@ -33,7 +33,6 @@ from broker.cluster.store import (
     VersionConflictError,
 )
 from broker.groups.config import OFFSETS_TOPIC
-from broker.logging import get_logger
 from broker.topics import TopicManager, log_config_for, validate_topic_name
 from client.errors import (
     InvalidPartitionsError,
@@ -44,8 +43,6 @@ from client.errors import (
 
 # CreateTopics with replication_factor -1 means the default, one replica.
 DEFAULT_REPLICATION_FACTOR = 1
-
-_logger = get_logger()
 
 
 def plan_topic(
