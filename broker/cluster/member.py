@@ -215,8 +215,9 @@ class ClusterMember:
                 f"prefix {self.prefix!r} holds cluster {cluster_id}"
             )
 
-    async def _register(self) -> None:
-        """Grant a lease, create brokers/<id> with it, stand for controller.
+    async def _register(self) -> float:
+        """Grant a lease, create brokers/<id> with it, stand for controller.  Returns
+        when (time.monotonic) the grant was sent: the lease is valid TTL from then.
         Raises ClusterJoinError (the id stays registered by a live broker)."""
         sent_at = time.monotonic()
         lease = await self.store.grant_lease(LEASE_TTL_S)
@@ -253,6 +254,7 @@ class ClusterMember:
         )
         self.lease_id = lease.lease_id
         self.view.lease_valid_until = sent_at + LEASE_TTL_S - FENCE_MARGIN_S
+        return sent_at
 
     async def resync(self) -> None:
         """Read the whole cluster prefix and apply it.  Raises MetadataStoreError."""
@@ -290,9 +292,8 @@ class ClusterMember:
         while True:  # until registered (the view leads nothing meanwhile)
             try:
                 self.view.lease_valid_until = 0.0
-                await self._register()
+                sent_at = await self._register()
                 self.view.lease_valid_until = 0.0  # not before the re-read below
-                sent_at = time.monotonic()
                 await self.resync()
                 self.view.lease_valid_until = sent_at + LEASE_TTL_S - FENCE_MARGIN_S
                 _logger.info("registered again", node=self.node_id, lease=f"{self.lease_id:x}")
