@@ -74,6 +74,7 @@ from broker.cluster.store import (
     WatchBatch,
 )
 from broker.cluster.topic_admin import erase_topic, plan_topic, write_topic
+from broker.cluster.topic_incarnations import TopicIncarnations
 from broker.config import ConfigError, parse_listen
 from broker.groups.config import OFFSETS_TOPIC
 from broker.logging import get_logger
@@ -141,6 +142,7 @@ class ClusterMember:
         self._changed = trio.Event()  # set (and replaced) after each applied change
         self._published: dict[tuple[str, int], PartitionLeadership] = {}
         self._rng = random.Random()
+        self._incarnations = TopicIncarnations(config.data_path)
 
     # -- joining ----------------------------------------------------------------------
 
@@ -149,6 +151,7 @@ class ClusterMember:
         try:
             cluster_id = await self._cluster_id()
             await trio.to_thread.run_sync(self._check_data_dir, cluster_id)
+            await trio.to_thread.run_sync(self._incarnations.load)
             await self._register()
             await self.resync()
         except StoreUnavailableError as error:
@@ -159,6 +162,8 @@ class ClusterMember:
             raise ClusterJoinError(
                 f"etcd refused to join {self.prefix}: {error.message}"
             ) from error
+        except StorageError as error:
+            raise ClusterJoinError(error.message) from error
         self.broker.metadata = self.view
         self.broker.cluster = self
         _logger.info(
@@ -393,10 +398,19 @@ class ClusterMember:
                 del self._published[key]
 
     async def _reconcile_logs(self, metadata: ClusterMetadata) -> None:
-        """Open the logs of new topics, remove those of deleted ones."""
+        """Open the logs of new topics, remove those of deleted ones (and of earlier
+        incarnations of a name: broker/cluster/topic_incarnations.py)."""
         topics = self.broker.topics
         for name, assignment in sorted(metadata.topics.items()):
             local = topics.get(name)
+            incarnation = metadata.topic_incarnations[name]
+            if local is not None and self._incarnations.is_stale(name, incarnation):
+                _logger.info("removing the logs of an earlier topic of that name", topic=name)
+                try:
+                    await topics.delete(name)
+                    local = None
+                except (DistributaryError, StorageError) as error:
+                    _logger.error("cannot remove a deleted topic", topic=name, error=error.message)
             if local is not None:
                 if len(local.partitions) != assignment.partitions:
                     _logger.error(
@@ -417,6 +431,15 @@ class ClusterMember:
                 await topics.delete(name)
             except (DistributaryError, StorageError) as error:
                 _logger.error("cannot remove a deleted topic", topic=name, error=error.message)
+        opened = {
+            name: revision
+            for name, revision in metadata.topic_incarnations.items()
+            if topics.get(name) is not None
+        }
+        try:
+            await trio.to_thread.run_sync(self._incarnations.save, opened)
+        except StorageError as error:
+            _logger.error("cannot remember the topics' incarnations", error=error.message)
 
     # -- topic administration ---------------------------------------------------------
 

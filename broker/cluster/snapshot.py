@@ -43,6 +43,8 @@ class ClusterMetadata:
     topics: dict[str, TopicAssignment] = field(default_factory=dict)
     # The version (mod_revision) of each topic key, for deletes.
     topic_versions: dict[str, int] = field(default_factory=dict)
+    # The create_revision of each topic key: which incarnation of the name it is.
+    topic_incarnations: dict[str, int] = field(default_factory=dict)
     states: dict[tuple[str, int], PartitionState] = field(default_factory=dict)
     # The version (mod_revision) of each state key: a CAS on it changes the state.
     state_versions: dict[tuple[str, int], int] = field(default_factory=dict)
@@ -71,6 +73,7 @@ def decode_metadata(items: Mapping[str, KeyValue]) -> ClusterMetadata:
                 elif parsed[1] is None:
                     found.topics[parsed[0]] = decode(key, item.value, TopicAssignment)
                     found.topic_versions[parsed[0]] = item.mod_revision
+                    found.topic_incarnations[parsed[0]] = item.create_revision
                 else:
                     found.states[(parsed[0], parsed[1])] = decode(key, item.value, PartitionState)
                     found.state_versions[(parsed[0], parsed[1])] = item.mod_revision

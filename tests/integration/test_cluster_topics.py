@@ -142,3 +142,43 @@ def test_deleted_topic_disappears_from_every_broker(broker_cluster: BrokerCluste
 
 def batch() -> bytearray:
     return build_batch([b"record"])
+
+
+def test_topic_recreated_while_a_broker_was_down_starts_empty_there(
+    broker_cluster: BrokerCluster,
+) -> None:
+    """Proves a broker that was down while a topic was deleted and created again
+    under the same name drops its logs of the old topic instead of serving them."""
+    create(broker_cluster, TOPIC, 3)
+    member = broker_cluster.broker(3)
+    found = leaders(metadata(member), TOPIC)
+    assert found is not None
+    led = next(p for p, (leader, _) in found.items() if leader == 3)
+    client = RawClient(member.address)
+    try:
+        response = client.produce(TOPIC, {led: [batch()]})
+        assert response is not None and response.topics[0].partitions[0].error_code == 0
+        assert client.describe(TOPIC).topics[0].partitions[led].log_end_offset == 1
+    finally:
+        client.close()
+    member.stop()
+    client = RawClient(broker_cluster.broker(1).address)
+    try:
+        body = client.call(DeleteTopicsRequest([TOPIC])).body
+        assert isinstance(body, DeleteTopicsResponse) and body.topics[0].error_code == 0
+        assert client.create_topic(TOPIC, 3).topics[0].error_code == 0
+    finally:
+        client.close()
+    member.start()
+
+    def log_ends() -> list[int] | None:
+        client = RawClient(member.address)
+        try:
+            described = client.describe(TOPIC).topics[0]
+        finally:
+            client.close()
+        if described.error_code != 0 or len(described.partitions) < 3:
+            return None
+        return [p.log_end_offset for p in described.partitions]
+
+    assert wait_until(log_ends, 5.0, "the recreated topic on the restarted broker") == [0, 0, 0]
