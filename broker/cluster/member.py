@@ -384,9 +384,11 @@ class ClusterMember:
         controller = NO_CONTROLLER if metadata.controller is None else metadata.controller.node_id
         self.view.update(metadata.brokers, controller, frozenset(metadata.topics), leaderships)
         for key, leadership, partition in changed:
+            known = key in self._published
             self._published[key] = leadership
             partition.wake_waiters(WakeReason.LEADERSHIP)
-            _logger.info(
+            # A new partition's first leader is news only when debugging.
+            (_logger.info if known else _logger.debug)(
                 "partition leadership",
                 topic=key[0],
                 partition=key[1],

@@ -5,6 +5,7 @@ the leader."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from broker_cluster import BrokerCluster, broker_cluster_fixture, leaders, metadata, wait_until
 from conftest import RawClient
@@ -182,3 +183,25 @@ def test_topic_recreated_while_a_broker_was_down_starts_empty_there(
         return [p.log_end_offset for p in described.partitions]
 
     assert wait_until(log_ends, 5.0, "the recreated topic on the restarted broker") == [0, 0, 0]
+
+
+def test_a_broker_registers_its_advertised_address(
+    broker_cluster: BrokerCluster, tmp_path: Path
+) -> None:
+    """Proves a member started with --advertise is listed in Metadata, on every
+    broker, under that address rather than its listen address."""
+    fourth = broker_cluster.new_broker(4, "127.0.0.5", tmp_path / "fourth")
+    fourth.extra_args += ["--advertise", "broker4.example:19392", "--rack", "r2"]
+    fourth.start()
+    try:
+
+        def listed() -> bool:
+            for broker in broker_cluster.brokers:
+                found = {b.node_id: (b.host, b.port) for b in metadata(broker).brokers}
+                if found.get(4) != ("broker4.example", 19392):
+                    return False
+            return True
+
+        wait_until(listed, 5.0, "the fourth broker listed under its advertised address")
+    finally:
+        fourth.stop()
