@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test lint typecheck pytest soak bench clean
+.PHONY: run cluster test lint typecheck pytest soak bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 run: $(STAMP)
 	$(BIN)/distributary serve
+
+# A local etcd and three brokers on 127.0.0.1 (data under ./distributary-cluster/).
+cluster: $(STAMP)
+	$(BIN)/python -m broker.cluster.local_cluster
 
 lint: $(STAMP)
 	$(BIN)/ruff check client broker tests bench examples

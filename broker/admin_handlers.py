@@ -137,6 +137,8 @@ def topic_metadata(broker: Broker, name: str) -> TopicMetadata:
 
 
 async def handle_create_topics(broker: Broker, body: CreateTopicsRequest) -> CreateTopicsResponse:
+    if broker.cluster is not None:
+        return await broker.cluster.create_topics(body)
     results: list[TopicResult] = []
     for creatable in body.topics:
         partitions = creatable.partitions
@@ -159,6 +161,8 @@ async def handle_create_topics(broker: Broker, body: CreateTopicsRequest) -> Cre
 
 
 async def handle_delete_topics(broker: Broker, body: DeleteTopicsRequest) -> DeleteTopicsResponse:
+    if broker.cluster is not None:
+        return await broker.cluster.delete_topics(body)
     results: list[TopicResult] = []
     for name in body.names:
         try:

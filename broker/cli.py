@@ -62,16 +62,43 @@ def main(bootstrap: str | None) -> None:
     type=click.Choice(["auto", "console", "json"]),
     help="Log lines as console text or JSON [auto: console on a terminal].",
 )
+@click.option(
+    "--cluster",
+    metavar="etcd://HOST:PORT[,...]/PREFIX",
+    help="Join the cluster whose metadata is in this etcd, under PREFIX [single node].",
+)
+@click.option("--node-id", type=click.IntRange(min=0), help="This broker's id in the cluster [0].")
+@click.option(
+    "--advertise", metavar="HOST:PORT", help="Address clients use to reach this broker [listen]."
+)
+@click.option("--rack", help="Rack or zone of this broker (replicas spread across racks).")
 def serve(
-    config_file: Path | None, data_dir: str | None, listen: str | None, log_format: str | None
+    config_file: Path | None,
+    data_dir: str | None,
+    listen: str | None,
+    log_format: str | None,
+    cluster: str | None,
+    node_id: int | None,
+    advertise: str | None,
+    rack: str | None,
 ) -> None:
-    """Run a single-node broker until SIGINT/SIGTERM."""
+    """Run a broker (a single node, or a cluster member with --cluster) until
+    SIGINT/SIGTERM."""
+    flags = {
+        "data_dir": data_dir,
+        "listen": listen,
+        "log_format": log_format,
+        "cluster": cluster,
+        "node_id": node_id,
+        "advertise": advertise,
+        "rack": rack,
+    }
     try:
         loaded = load_config(
             file_values=read_toml(config_file) if config_file is not None else None,
             file_name=str(config_file),
             environ=os.environ,
-            flags={"data_dir": data_dir, "listen": listen, "log_format": log_format},
+            flags=flags,
         )
     except ConfigError as error:
         raise click.ClickException(error.message) from error

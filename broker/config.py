@@ -27,6 +27,7 @@ from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
+from broker.cluster.etcd_url import parse_etcd_url
 from broker.groups.config import GroupConfig
 from broker.limits import Limits
 from broker.storage.config import LogConfig
@@ -61,6 +62,16 @@ class BrokerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
     # The node's id in the cluster (a single node is node 0).
     node_id: Annotated[int, msgspec.Meta(ge=0)] = 0
+    # etcd://HOST:PORT[,HOST:PORT...]/PREFIX: be a member of the cluster whose
+    # metadata lives under PREFIX in that etcd.  None: a single node (metadata in the
+    # data dir, no etcd).
+    cluster: str | None = None
+    # HOST:PORT other brokers and clients use to reach this one (cluster mode);
+    # None: the listen address (with the port it got).
+    advertise: str | None = None
+    # The rack (or zone) this broker runs in: replicas of a partition are spread
+    # across racks.  None: no rack.
+    rack: Annotated[str, msgspec.Meta(min_length=1, max_length=255)] | None = None
     # Cluster name reported to clients in Hello/Metadata.
     cluster_id: Annotated[str, msgspec.Meta(min_length=1, max_length=249)] = "distributary"
     # HOST:PORT to listen on; port 0 picks a free port (logged in the "listening" line).
@@ -161,6 +172,20 @@ def load_config(
             sources.append(f"--{key.replace('_', '-')}")
     config = _convert(values, "")
     parse_listen(config.listen)
+    if config.advertise is not None:
+        try:
+            port = parse_listen(config.advertise)[1]
+        except ConfigError:
+            port = 0
+        if port == 0:
+            raise ConfigError(
+                f"advertise: expected HOST:PORT with a port, got {config.advertise!r}"
+            )
+    if config.cluster is not None:
+        try:
+            parse_etcd_url(config.cluster)
+        except InvalidConfigError as error:
+            raise ConfigError(f"cluster: {error.message}") from error
     try:
         config.limits.check()
     except ValueError as error:

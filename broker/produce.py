@@ -141,5 +141,7 @@ async def auto_create(broker: Broker, name: str) -> None:
     if not broker.config.auto_create_topics:
         raise UnknownTopicOrPartitionError(f"unknown topic {name!r} (auto-creation is off)")
     validate_topic_name(name)
-    if broker.topics.get(name) is None:
+    if broker.cluster is not None:
+        await broker.cluster.create_topic_if_absent(name)
+    elif broker.topics.get(name) is None:
         await broker.topics.create(name, broker.config.default_partitions, {})

@@ -23,7 +23,8 @@ import gc
 import os
 import resource
 import signal
-from typing import Final
+from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING, Final
 
 import trio
 
@@ -32,6 +33,9 @@ from broker.connection import ConnectionHandler
 from broker.logging import get_logger
 from broker.state import Broker
 from client.errors import LogCorruptError, StorageError
+
+if TYPE_CHECKING:
+    from broker.cluster.member import ClusterMember
 
 # The maintenance task wakes this often (100 ms) and asks each partition whether a
 # flush or a retention check is due: cheap (one comparison per partition) and
@@ -216,10 +220,16 @@ async def serve(
     host, port = listeners[0].socket.getsockname()[:2]
     broker.advertised_host, broker.advertised_port = str(host), int(port)
     server = Server(broker, listeners)
+    cluster = AsyncExitStack()
     try:
+        member = None
+        if config.cluster is not None:
+            member = await _join_cluster(broker, cluster, listeners)
         async with trio.open_nursery() as nursery:
             if handle_signals:
                 await nursery.start(watch_signals, server)
+            if member is not None:
+                nursery.start_soon(member.run)
             await nursery.start(server.run)
             _logger.info(
                 "listening",
@@ -235,8 +245,25 @@ async def serve(
                 gc.collect()
                 gc.freeze()
             await server.stopped.wait()
-            nursery.cancel_scope.cancel()  # the signal watcher
+            nursery.cancel_scope.cancel()  # the signal watcher (and the cluster member)
     finally:
         with trio.CancelScope(shield=True):
+            await cluster.aclose()
             await broker.close()
         _logger.info("stopped")
+
+
+async def _join_cluster(
+    broker: Broker, stack: AsyncExitStack, listeners: list[trio.SocketListener]
+) -> ClusterMember:
+    """Join the cluster (broker/cluster/member.py); on failure close the listeners.
+    Raises ClusterJoinError, InvalidConfigError."""
+    from broker.cluster.member import join_cluster
+
+    try:
+        return await stack.enter_async_context(join_cluster(broker))
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            for listener in listeners:
+                await listener.aclose()
+        raise

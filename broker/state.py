@@ -16,7 +16,7 @@ import os
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 import trio
 
@@ -27,8 +27,25 @@ from broker.metadata_view import LocalMetadataView, MetadataView
 from broker.topics import TopicManager
 from broker.waiting import WakeReason
 from client.clock import wall_clock_ms
+from client.protocol.messages import (
+    CreateTopicsRequest,
+    CreateTopicsResponse,
+    DeleteTopicsRequest,
+    DeleteTopicsResponse,
+)
 
 LOCK_FILE: Final = ".lock"
+
+
+class ClusterAdmin(Protocol):
+    """Topic administration of a cluster member (broker/cluster/member.py): topics
+    are created and deleted in the cluster metadata, not in this data dir."""
+
+    async def create_topics(self, body: CreateTopicsRequest) -> CreateTopicsResponse: ...
+
+    async def delete_topics(self, body: DeleteTopicsRequest) -> DeleteTopicsResponse: ...
+
+    async def create_topic_if_absent(self, name: str) -> None: ...
 
 
 def broker_version() -> str:
@@ -63,6 +80,8 @@ class Broker:
         self.metadata: MetadataView = LocalMetadataView(
             config.node_id, topics, lambda: (self.advertised_host, self.advertised_port)
         )
+        # Set by a cluster member (--cluster); None on a single node.
+        self.cluster: ClusterAdmin | None = None
         self._lock_descriptor = lock_descriptor
         self.logger = get_logger(node=config.node_id)
 

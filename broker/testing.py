@@ -2,8 +2,9 @@
 plugin in broker/pytest_plugin.py builds its fixtures on it).
 
 :class:`BrokerProcess` starts the broker as a subprocess of the running
-interpreter (``python -m broker serve``) on 127.0.0.1, in a work directory that
-holds its data dir, its log file (JSON lines) and, if given, its TOML config file.
+interpreter (``python -m broker serve``) on 127.0.0.1 (or on ``host``, e.g.
+127.0.0.2 for another broker of a cluster), in a work directory that holds its
+data dir, its log file (JSON lines) and, if given, its TOML config file.
 It listens on port 0 the first time (so parallel tests never collide) and on the
 port it got after that, so clients keep their address across restarts.  ``start``
 waits (at most START_TIMEOUT_S) for the "listening" log line and for the port to
@@ -70,8 +71,9 @@ class BrokerProcess:
         config: Mapping[str, Any] | None = None,
         env: Mapping[str, str] | None = None,
         args: Sequence[str] = (),
+        host: str = "127.0.0.1",
     ) -> None:
-        self.host = "127.0.0.1"
+        self.host = host
         self.port = 0
         self.work_dir = work_dir
         self.data_dir = work_dir / "data"

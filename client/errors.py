@@ -41,6 +41,7 @@ class ErrorCode(enum.IntEnum):
     INVALID_CONFIG = 24
     OFFSET_OUT_OF_RANGE = 25
     NOT_LEADER = 26
+    INVALID_REPLICATION_FACTOR = 27
     # Storage.
     LOG_CORRUPT = 30
     STORAGE_ERROR = 31
@@ -199,6 +200,12 @@ class NotLeaderError(DistributaryError):
 
     code = ErrorCode.NOT_LEADER
     retriable = True
+
+
+class InvalidReplicationFactorError(DistributaryError):
+    """The replication factor is below 1 or above the number of live brokers."""
+
+    code = ErrorCode.INVALID_REPLICATION_FACTOR
 
 
 # -- storage ----------------------------------------------------------------------------

@@ -421,14 +421,16 @@ class EtcdWatch:
 
 @asynccontextmanager
 async def open_etcd_store(
-    url: EtcdUrl, *, request_timeout_s: float | None = None
+    url: EtcdUrl, *, request_timeout_s: float | None = None, local_address: str | None = None
 ) -> AsyncIterator[EtcdStore]:
     """An EtcdStore for ``url`` (no request is made: the first call finds out whether
-    etcd is reachable)."""
+    etcd is reachable).  ``local_address``: bind outgoing connections to this address
+    (a broker's own listen address, so firewall rules can single it out)."""
     gateway_timeout_s = REQUEST_TIMEOUT_S if request_timeout_s is None else request_timeout_s
     limits = httpx.Limits(
         max_connections=HTTP_CONNECTIONS_MAX, max_keepalive_connections=HTTP_IDLE_CONNECTIONS_MAX
     )
-    async with httpx.AsyncClient(limits=limits, trust_env=False) as http:
+    transport = httpx.AsyncHTTPTransport(limits=limits, local_address=local_address)
+    async with httpx.AsyncClient(transport=transport, trust_env=False) as http:
         gateway = EtcdGateway(http, url.base_urls(), request_timeout_s=gateway_timeout_s)
         yield EtcdStore(gateway, url.prefix)

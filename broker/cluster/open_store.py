@@ -18,9 +18,10 @@ from broker.cluster.store import MetadataStore
 
 @asynccontextmanager
 async def open_metadata_store(
-    cluster_url: str | None, data_dir: Path
+    cluster_url: str | None, data_dir: Path, *, local_address: str | None = None
 ) -> AsyncIterator[MetadataStore]:
-    """The store for ``cluster_url`` (None: the local store in ``data_dir``).
+    """The store for ``cluster_url`` (None: the local store in ``data_dir``);
+    ``local_address`` binds the etcd store's outgoing connections.
 
     Raises InvalidConfigError for a bad URL, StorageError when the local store file
     cannot be read.
@@ -30,5 +31,5 @@ async def open_metadata_store(
             yield local_store
         return
     url = parse_etcd_url(cluster_url)
-    async with open_etcd_store(url) as etcd_store:
+    async with open_etcd_store(url, local_address=local_address) as etcd_store:
         yield etcd_store

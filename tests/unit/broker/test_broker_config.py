@@ -122,7 +122,13 @@ def test_env_names_follow_the_scheme() -> None:
     """Top-level keys are DISTRIBUTARY_KEY; table keys DISTRIBUTARY_TABLE__KEY."""
     assert env_name("data_dir") == "DISTRIBUTARY_DATA_DIR"
     assert env_name("limits", "frame_bytes_max") == "DISTRIBUTARY_LIMITS__FRAME_BYTES_MAX"
-    samples = {"listen": "127.0.0.1:1", "log_format": "json", "log_level": "debug"}
+    samples = {
+        "listen": "127.0.0.1:1",
+        "log_format": "json",
+        "log_level": "debug",
+        "advertise": "broker.example:9392",
+        "cluster": "etcd://127.0.0.1:2379/distributary",
+    }
     for field in BrokerConfig.__struct_fields__:
         if field in ("limits", "topic_defaults", "groups"):
             continue
@@ -164,3 +170,17 @@ def test_read_toml_errors(tmp_path: Path) -> None:
     good = tmp_path / "good.toml"
     good.write_text('listen = "127.0.0.1:1"\n[limits]\nconnections_max = 2\n')
     assert read_toml(good) == {"listen": "127.0.0.1:1", "limits": {"connections_max": 2}}
+
+
+def test_cluster_keys_are_checked() -> None:
+    """Proves a bad cluster URL or an advertised address without a port is a
+    ConfigError naming the key, and good ones load."""
+    with pytest.raises(ConfigError, match=r"^cluster: .*unsupported scheme"):
+        load_config(flags={"cluster": "http://127.0.0.1:2379/x"})
+    with pytest.raises(ConfigError, match=r"^advertise: "):
+        load_config(flags={"advertise": "broker.example"})
+    loaded = load_config(
+        flags={"cluster": "etcd://e1:2379,e2:2379/p", "advertise": "b:1", "rack": "r1"}
+    )
+    assert loaded.config.cluster == "etcd://e1:2379,e2:2379/p"
+    assert (loaded.config.advertise, loaded.config.rack) == ("b:1", "r1")
