@@ -141,8 +141,10 @@ class TopicManager:
 
     async def load(self) -> None:
         """Read topics.json and open every partition's log (recovering as needed),
-        before serving.  Raises StorageError (unreadable file), LogCorruptError (a
-        partition refuses to open; the message names it)."""
+        before serving.  A partition whose log is corrupt or unreadable is logged
+        (one "partition is corrupt" line naming it) and kept as a failed partition
+        (:meth:`Partition.failed`): requests for it get its error, every other
+        partition serves.  Raises StorageError (unreadable topics file)."""
         stored = await trio.to_thread.run_sync(self._read_file)
         for name, record in sorted(stored.topics.items()):
             try:
@@ -156,10 +158,21 @@ class TopicManager:
                     partition = await Partition.open(
                         self.data_dir, name, index, config, self._clock_ms
                     )
-                except LogCorruptError as error:
-                    raise LogCorruptError(
-                        f"partition {name}-{index} is corrupt: {error.message}"
-                    ) from error
+                except (LogCorruptError, StorageError) as error:
+                    failure = type(error)(f"partition {name}-{index} is corrupt: {error.message}")
+                    if isinstance(error, StorageError):
+                        failure = StorageError(
+                            f"partition {name}-{index} cannot be opened: {error.message}"
+                        )
+                    _logger.error(
+                        "partition is corrupt"
+                        if isinstance(error, LogCorruptError)
+                        else "partition cannot be opened",
+                        topic=name,
+                        partition=index,
+                        error=error.message,
+                    )
+                    partition = Partition.failed(name, index, config, failure)
                 topic.partitions.append(partition)
         await trio.to_thread.run_sync(self._warn_about_orphans)
 
@@ -209,6 +222,10 @@ class TopicManager:
 
     def all_partitions(self) -> list[Partition]:
         return [p for topic in self._topics.values() for p in topic.partitions]
+
+    def corrupt_partitions(self) -> list[tuple[str, int]]:
+        """(topic, index) of every partition that failed to open."""
+        return [(p.topic, p.index) for p in self.all_partitions() if p.failure is not None]
 
     # -- changes ----------------------------------------------------------------------
 

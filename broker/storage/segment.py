@@ -55,6 +55,7 @@ class LogSegment:
         "bytes_since_index_entry",
         "config",
         "handle",
+        "index_rebuilds",
         "max_timestamp_ms",
         "next_offset",
         "offset_index",
@@ -86,6 +87,7 @@ class LogSegment:
         self.rolling_timestamp_ms: int | None = None
         self.bytes_since_index_entry = 0
         self.sealed = False
+        self.index_rebuilds = 0  # offset index rebuilt after a lookup found it wrong
         # The batches from the last offset-index entry's to the end, in order, while
         # known (None after opening, a rollback or a truncation, until the next
         # index entry): a live consumer's fetch finds its batch here instead of
@@ -421,18 +423,84 @@ class LogSegment:
         return None
 
     def locate(self, offset: int) -> ScannedBatch:
-        """The batch containing ``offset`` (base_offset <= offset < next_offset)."""
+        """The batch containing ``offset`` (base_offset <= offset < next_offset).
+        An index entry that does not lead to it is logged and the index rebuilt.
+        Raises LogCorruptError (a damaged header on the way), StorageError."""
         assert self.base_offset <= offset < self.next_offset, (offset, self.base_offset)
         index = self._tail_index(offset)
         if index is not None:
             assert self.tail is not None
             return self.tail[index]
         indexed_offset, indexed_position = self.offset_index.lookup(offset)
-        for batch in walk_headers(self.handle.descriptor, indexed_position, self.size_bytes):
-            assert batch.position != indexed_position or batch.base_offset == indexed_offset
-            if batch.next_offset > offset:
-                return batch
-        raise AssertionError(f"offset {offset} not found in {self.path}")
+        found = self._walk_to(offset, indexed_offset, indexed_position)
+        if found is not None:
+            return found
+        # The entry does not point at the batch it names (or a header past it is
+        # damaged): rebuild the index from a walk of the whole segment, which also
+        # finds the batch or names the damaged header.
+        _logger.warning(
+            "offset index entry does not point at a batch, rebuilding the index",
+            file=str(self.path),
+            offset=indexed_offset,
+            position=indexed_position,
+        )
+        self.rebuild_offset_index()
+        found = self._walk_to(offset, self.base_offset, 0)
+        if found is None:  # pragma: no cover - the rebuild walked past offset
+            raise LogCorruptError(f"{self.path}: offset {offset} not found")
+        return found
+
+    def _walk_to(self, offset: int, start_offset: int, start_position: int) -> ScannedBatch | None:
+        """The batch containing ``offset``, walking headers from a batch that starts
+        at ``start_position`` with ``start_offset``; None when a header on the way
+        is not the batch expected there (read from disk: never an assertion)."""
+        expected = start_offset
+        try:
+            for batch in walk_headers(self.handle.descriptor, start_position, self.size_bytes):
+                if batch.base_offset != expected:
+                    return None
+                if batch.next_offset > offset:
+                    return batch
+                expected = batch.next_offset
+        except LogCorruptError:
+            return None
+        return None
+
+    def rebuild_offset_index(self) -> None:
+        """Rebuild the offset index from the batch headers (every
+        ``index_interval_bytes``, as appends index) and rewrite its file.  Reads
+        every header of the segment.  Raises LogCorruptError (naming the
+        position) when a header is damaged or out of order, StorageError."""
+        rebuilt = OffsetIndex(self.offset_index.path, self.base_offset, bytearray())
+        expected = self.base_offset
+        since_entry = 0
+        for batch in walk_headers(self.handle.descriptor, 0, self.size_bytes):
+            if batch.base_offset != expected:
+                raise LogCorruptError(
+                    f"{self.path}: batch at position {batch.position} has base offset "
+                    f"{batch.base_offset}, expected {expected}"
+                )
+            if since_entry >= self.config.index_interval_bytes:
+                rebuilt.append(batch.base_offset, batch.position)
+                since_entry = 0
+            since_entry += batch.batch_bytes
+            expected = batch.next_offset
+        if expected != self.next_offset:
+            raise LogCorruptError(
+                f"{self.path}: batches end at offset {expected}, expected {self.next_offset}"
+            )
+        self.offset_index.close()
+        try:
+            rebuilt.rewrite()
+        except OSError as error:
+            raise StorageError(f"cannot rewrite {rebuilt.path}: {error}") from error
+        if self.sealed:
+            rebuilt.close()
+        self.offset_index = rebuilt
+        _, indexed_position = rebuilt.last_entry()
+        self.bytes_since_index_entry = self.size_bytes - indexed_position
+        self.tail = None
+        self.index_rebuilds += 1
 
     def read(self, offset: int, max_bytes: int, end_position: int | None = None) -> FileRegion:
         """Whole batches from the one containing ``offset``, at most ``max_bytes`` of
@@ -454,8 +522,14 @@ class LogSegment:
             number = self.offset_index.floor_entry_number(limit_position - 1, field=1)
             walk_from = first.position
             if number >= 1:
-                walk_from = max(walk_from, self.offset_index.entry(number - 1)[1])
-            later = walk_headers(self.handle.descriptor, walk_from, limit_position)
+                relative, entry_position = self.offset_index.entry(number - 1)
+                if entry_position > walk_from:
+                    later = self._checked_walk(
+                        self.base_offset + relative, entry_position, first, limit_position
+                    )
+                walk_from = max(walk_from, entry_position)
+            if walk_from == first.position:
+                later = walk_headers(self.handle.descriptor, walk_from, limit_position)
         last = first
         for batch in later:
             if batch.end > limit_position:
@@ -468,6 +542,28 @@ class LogSegment:
             first.base_offset,
             last.next_offset,
         )
+
+    def _checked_walk(
+        self, entry_offset: int, entry_position: int, first: ScannedBatch, limit_position: int
+    ) -> list[ScannedBatch]:
+        """The headers from an index entry up to ``limit_position``, checked to start
+        with the batch the entry names; if not, the index is rebuilt (logged) and
+        the headers from ``first`` are returned.  Raises LogCorruptError,
+        StorageError."""
+        try:
+            batches = list(walk_headers(self.handle.descriptor, entry_position, limit_position))
+            if not batches or batches[0].base_offset == entry_offset:
+                return batches
+        except LogCorruptError:
+            pass
+        _logger.warning(
+            "offset index entry does not point at a batch, rebuilding the index",
+            file=str(self.path),
+            offset=entry_offset,
+            position=entry_position,
+        )
+        self.rebuild_offset_index()
+        return list(walk_headers(self.handle.descriptor, first.position, limit_position))
 
     def offset_for_timestamp(self, timestamp_ms: int) -> int | None:
         """Base offset of the first batch whose max timestamp is >= ``timestamp_ms``,
