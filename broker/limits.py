@@ -55,6 +55,23 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     # A connection with no request in flight and no bytes received for this long
     # is closed (10 minutes, Kafka's connections.max.idle.ms).
     idle_connection_timeout_ms: Positive = 600_000
+    # Bytes of unfinished frames and queued requests held by all connections
+    # together (256 MiB, Kafka's queued.max.request.bytes): at the limit, readers
+    # stop reading until memory frees.  Without it, connections_max clients that
+    # stop mid-frame could pin connections_max x frame_bytes_max.  At least
+    # frame_bytes_max, so that one biggest frame always fits.
+    queued_request_bytes_max: Positive = 256 * 1024 * 1024
+    # A frame whose first byte arrived must be complete within this (60 s): a
+    # connection that started a frame and did not finish it in time is closed
+    # (a slowloris client trickling a byte a second holds nothing for long).
+    frame_receive_timeout_ms: Positive = 60_000
+    # Open connections from one client address (1024, Kafka's
+    # max.connections.per.ip): one host cannot take every connection slot.
+    connections_per_address_max: Positive = 1024
+    # At connections_max, a new connection is admitted by closing the connection
+    # idle longest, if it has had no request for at least this long (10 s):
+    # idle or trickling connections cannot lock legitimate clients out.
+    connection_evict_idle_ms: Positive = 10_000
     # On SIGTERM/SIGINT, how long in-flight requests get to finish before their
     # connections are cut (10 s); logs are flushed and closed after that either way.
     shutdown_timeout_ms: Positive = 10_000
@@ -65,6 +82,11 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
             raise ValueError(
                 f"limits.frame_bytes_max={self.frame_bytes_max} is below the "
                 f"{FRAME_HEADER_BYTES}-byte frame header"
+            )
+        if self.queued_request_bytes_max < self.frame_bytes_max:
+            raise ValueError(
+                f"limits.queued_request_bytes_max={self.queued_request_bytes_max} is "
+                f"below limits.frame_bytes_max={self.frame_bytes_max}"
             )
         if self.fetch_bytes_max > self.frame_bytes_max:
             raise ValueError(

@@ -30,6 +30,7 @@ import trio
 from broker.config import BrokerConfig
 from broker.connection import ConnectionHandler
 from broker.logging import get_logger
+from broker.request_memory import RequestMemory
 from broker.state import Broker
 from client.errors import LogCorruptError, StorageError
 
@@ -54,6 +55,10 @@ class Server:
         self.limits = broker.limits
         self.listeners = listeners
         self.handlers: set[ConnectionHandler] = set()
+        # Open connections per client address (connections_per_address_max).
+        self.connections_by_address: dict[str, int] = {}
+        # Unfinished and queued request bytes of every connection together.
+        self.request_memory = RequestMemory(self.limits.queued_request_bytes_max)
         self.shutdown_requested = trio.Event()
         self.stopped = trio.Event()
         self._accept_scopes: list[trio.CancelScope] = []  # one per listener
@@ -104,25 +109,57 @@ class Server:
                     _logger.error("accept failed", error=os.strerror(error.errno or 0))
                     await trio.sleep(ACCEPT_RETRY_DELAY_S)
                     continue
-                peer = _peer_name(stream)
-                if len(self.handlers) >= self.limits.connections_max:
-                    _logger.warning(
-                        "connection refused",
-                        peer=peer,
-                        reason="connections_max",
-                        connections_max=self.limits.connections_max,
-                    )
+                address, peer = _peer_name(stream)
+                refusal = self._admit(address)
+                if refusal is not None:
+                    _logger.warning("connection refused", peer=peer, **refusal)
                     await stream.aclose()
                     continue
-                handler = ConnectionHandler(self.broker, stream, peer)
+                handler = ConnectionHandler(self.broker, stream, peer, self.request_memory)
                 self.handlers.add(handler)
-                nursery.start_soon(self._run_handler, handler)
+                self.connections_by_address[address] = (
+                    self.connections_by_address.get(address, 0) + 1
+                )
+                nursery.start_soon(self._run_handler, handler, address)
 
-    async def _run_handler(self, handler: ConnectionHandler) -> None:
+    def _admit(self, address: str) -> dict[str, object] | None:
+        """Make room for a connection from ``address``: None to admit it (after
+        evicting the connection idle longest when at connections_max), else the
+        reason to refuse it, as log fields."""
+        limits = self.limits
+        if self.connections_by_address.get(address, 0) >= limits.connections_per_address_max:
+            return {
+                "reason": "connections_per_address_max",
+                "connections_per_address_max": limits.connections_per_address_max,
+            }
+        if len(self.handlers) < limits.connections_max:
+            return None
+        # At the limit (rare): one pass over the connections for the one idle longest.
+        idle_since_max = trio.current_time() - limits.connection_evict_idle_ms / 1000
+        oldest: ConnectionHandler | None = None
+        for handler in self.handlers:
+            if (
+                handler.is_idle
+                and handler.last_request_time <= idle_since_max
+                and (oldest is None or handler.last_request_time < oldest.last_request_time)
+            ):
+                oldest = handler
+        if oldest is None:
+            return {"reason": "connections_max", "connections_max": limits.connections_max}
+        oldest.evict("connections_max")
+        self.handlers.discard(oldest)  # its task ends soon; the slot is the new one's
+        return None
+
+    async def _run_handler(self, handler: ConnectionHandler, address: str) -> None:
         try:
             await handler.run()
         finally:
             self.handlers.discard(handler)
+            remaining = self.connections_by_address[address] - 1
+            if remaining:
+                self.connections_by_address[address] = remaining
+            else:
+                del self.connections_by_address[address]
 
     async def _maintain(self) -> None:
         while True:  # until the root nursery is cancelled
@@ -134,12 +171,13 @@ class Server:
                     partition.logger.error("maintenance failed", error=error.message)
 
 
-def _peer_name(stream: trio.SocketStream) -> str:
+def _peer_name(stream: trio.SocketStream) -> tuple[str, str]:
+    """The client's address and ``address:port``."""
     try:
         host, port = stream.socket.getpeername()[:2]
     except OSError:
-        return "?"
-    return f"{host}:{port}"
+        return "?", "?"
+    return str(host), f"{host}:{port}"
 
 
 async def open_listeners(config: BrokerConfig) -> list[trio.SocketListener]:
