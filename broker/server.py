@@ -197,7 +197,11 @@ async def watch_signals(
                 _logger.info("signal received, shutting down gracefully", signal=name)
                 server.request_shutdown()
                 continue
-            _logger.warning("second signal, exiting immediately", signal=name)
+            _logger.warning(
+                "second signal during shutdown, exiting now without closing the logs "
+                "(they are recovered at the next start)",
+                signal=name,
+            )
             os._exit(128 + signum)
 
 
@@ -254,9 +258,13 @@ async def serve(
     host, port = listeners[0].socket.getsockname()[:2]
     broker.advertised_host, broker.advertised_port = str(host), int(port)
     server = Server(broker, listeners)
+    closed = False
+    close_error: StorageError | None = None
     try:
         async with trio.open_nursery() as nursery:
             if handle_signals:
+                # Watches through the whole shutdown, closing the logs included: a
+                # second signal then exits at once, with a line saying so.
                 await nursery.start(watch_signals, server)
             await nursery.start(server.run)
             _logger.info(
@@ -273,8 +281,17 @@ async def serve(
                 gc.collect()
                 gc.freeze()
             await server.stopped.wait()
+            closed = True
+            with trio.CancelScope(shield=True):
+                try:
+                    await broker.close()
+                except StorageError as error:
+                    close_error = error  # raised on its own, not in a group
             nursery.cancel_scope.cancel()  # the signal watcher
     finally:
-        with trio.CancelScope(shield=True):
-            await broker.close()
-        _logger.info("stopped")
+        if not closed:
+            with trio.CancelScope(shield=True):
+                await broker.close()
+    if close_error is not None:
+        raise close_error
+    _logger.info("stopped")

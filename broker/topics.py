@@ -48,6 +48,8 @@ TOPICS_FILE_VERSION: Final = 1
 # Kafka's limit: a topic name becomes a directory name plus "-<partition>".
 TOPIC_NAME_BYTES_MAX: Final = 249
 _TOPIC_NAME: Final = re.compile(r"^[a-zA-Z0-9._-]+$")
+# Partitions named in the one error a failed close raises.
+_CLOSE_FAILURES_NAMED: Final = 5
 
 _logger = get_logger()
 
@@ -289,17 +291,27 @@ class TopicManager:
         _logger.info("topic deleted", topic=name)
 
     async def close(self) -> None:
-        """Flush and close every partition (clean-shutdown markers).  Logs and
-        keeps going past a partition that fails, then raises the first error."""
-        first_error: StorageError | None = None
-        for partition in self.all_partitions():
+        """Flush and close every partition (clean-shutdown markers).  Keeps going
+        past a partition that fails, then raises one StorageError naming how many
+        failed, which, and the first error (a full disk fails them all alike; they
+        are recovered at the next start)."""
+        failed: list[tuple[Partition, StorageError]] = []
+        partitions = self.all_partitions()
+        for partition in partitions:
             try:
                 await partition.close()
             except StorageError as error:
-                partition.logger.error("close failed", error=error.message)
-                first_error = first_error or error
-        if first_error is not None:
-            raise first_error
+                partition.logger.debug("close failed", error=error.message)
+                failed.append((partition, error))
+        if failed:
+            first_error = failed[0][1]
+            names = ", ".join(f"{p.topic}-{p.index}" for p, _ in failed[:_CLOSE_FAILURES_NAMED])
+            if len(failed) > _CLOSE_FAILURES_NAMED:
+                names += ", ..."
+            raise StorageError(
+                f"{len(failed)} of {len(partitions)} partitions not closed cleanly "
+                f"({names}): {first_error.message}; they are recovered at the next start"
+            ) from first_error
 
     def _records(self) -> dict[str, TopicRecord]:
         return {name: topic.record for name, topic in self._topics.items()}
