@@ -25,10 +25,12 @@ from client.protocol.frames import (
 FETCH_RESPONSE_OVERHEAD_BYTES: Final = FRAME_HEADER_BYTES + BODY_BYTES_MAX_DEFAULT
 
 Positive = Annotated[int, msgspec.Meta(ge=1)]
+NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 
 
 class Limits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Per-connection and broker-wide limits.  Every field is a positive integer."""
+    """Per-connection and broker-wide limits.  Every field is a positive integer
+    (scrub_bytes_per_second may be 0: off)."""
 
     # The biggest frame a client may send or receive (64 MiB): a 16 MiB batch plus
     # several 1 MiB partitions fit; Kafka's socket.request.max.bytes is 100 MiB.
@@ -72,6 +74,10 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     # idle longest, if it has had no request for at least this long (10 s):
     # idle or trickling connections cannot lock legitimate clients out.
     connection_evict_idle_ms: Positive = 10_000
+    # Bytes per second the background scrubber re-reads of sealed segments to
+    # re-verify their CRCs (4 MiB/s: a pass over 100 GiB in about 7 hours, little
+    # disk bandwidth); a corrupt batch found is logged and no longer served.  0 = off.
+    scrub_bytes_per_second: NonNegative = 4 * 1024 * 1024
     # On SIGTERM/SIGINT, how long in-flight requests get to finish before their
     # connections are cut (10 s); logs are flushed and closed after that either way.
     shutdown_timeout_ms: Positive = 10_000

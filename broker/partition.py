@@ -148,6 +148,13 @@ class Partition:
         partition._state.advance_high_watermark(log.end_offset)
         return partition
 
+    @property
+    def storage_log(self) -> AsyncLog:
+        """The partition's log, for the scrubber (broker/scrubbing.py); only of an
+        open partition."""
+        assert self.failure is None, (self.topic, self.index)
+        return self._log
+
     # -- reads ------------------------------------------------------------------------
 
     @property

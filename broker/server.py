@@ -5,6 +5,7 @@
         ├── signal watcher      SIGINT/SIGTERM: first starts a graceful shutdown,
         │                       the second exits the process at once
         ├── maintenance         flush (FlushPolicy.INTERVAL), retention and compaction
+        ├── scrubber            re-verifies sealed segments' CRCs at scrub_bytes_per_second
         ├── group expiry        expels group members whose session timed out
         └── connections nursery
             ├── accept loop     one per listener; refuses beyond connections_max
@@ -31,6 +32,7 @@ from broker.config import BrokerConfig
 from broker.connection import ConnectionHandler
 from broker.logging import get_logger
 from broker.request_memory import RequestMemory
+from broker.scrubbing import ScrubStats, scrub_forever
 from broker.state import Broker
 from client.errors import LogCorruptError, StorageError
 
@@ -59,6 +61,7 @@ class Server:
         self.connections_by_address: dict[str, int] = {}
         # Unfinished and queued request bytes of every connection together.
         self.request_memory = RequestMemory(self.limits.queued_request_bytes_max)
+        self.scrub_stats = ScrubStats()
         self.shutdown_requested = trio.Event()
         self.stopped = trio.Event()
         self._accept_scopes: list[trio.CancelScope] = []  # one per listener
@@ -68,6 +71,7 @@ class Server:
         try:
             async with trio.open_nursery() as root:
                 root.start_soon(self._maintain)
+                root.start_soon(scrub_forever, self.broker, self.scrub_stats)
                 await root.start(self.broker.groups.run)
                 async with trio.open_nursery() as connections:
                     for listener in self.listeners:

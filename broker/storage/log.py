@@ -46,6 +46,7 @@ from broker.storage.flush import FlushTicket, FlushTracker, checkpoint_at_end, s
 from broker.storage.last_append import LAST_APPEND_BYTES_MAX, LastAppend
 from broker.storage.log_loading import load_directory, verify_segments
 from broker.storage.retention import RetentionResult, delete_files, detach_expired_segments
+from broker.storage.scrubber import CorruptRange, CorruptRanges, ScrubTicket, StepResult
 from broker.storage.segment import LogSegment
 from broker.storage.segments import LogSegments
 from broker.storage.truncation import truncate_segments
@@ -101,6 +102,11 @@ class Log:
         self._failure: str | None = None
         # The latest append, if small (see last_append and read).
         self._last_append: LastAppend | None = None
+        # Offset ranges found corrupt by the scrubber: reads stop before them.
+        self.corrupt = CorruptRanges()
+        # Where the scrub goes on: (segment base offset, batch position, offset).
+        self._scrub_at: tuple[int, int, int] | None = None
+        self.scrubbed_bytes = 0  # verified by the scrubber since open
 
     # -- opening ------------------------------------------------------------------------
 
@@ -320,7 +326,10 @@ class Log:
         (exclusive; e.g. the high watermark) and never across a segment boundary.
         Release the region when sent.  Empty at the log end.
 
-        Raises OffsetOutOfRangeError (offset outside [start, end]), StorageError.
+        Stops before a range the scrubber found corrupt.  Raises
+        OffsetOutOfRangeError (offset outside [start, end]), CorruptBatchError
+        (``offset`` lies in a corrupt range: the message says where it ends),
+        LogCorruptError (a damaged header met on the way), StorageError.
         """
         self._check_usable()
         end = self.end_offset
@@ -329,6 +338,8 @@ class Log:
                 f"offset {offset} is outside [{self.start_offset}, {end}] in {self.directory}"
             )
         limit_offset = end if end_offset_max is None else min(end, end_offset_max)
+        if self.corrupt:
+            limit_offset = self.corrupt.clip(offset, limit_offset, self.directory.name)
         if offset >= limit_offset:
             return FileRegion.empty(offset)
         last = self._last_append
@@ -470,7 +481,9 @@ class Log:
                 f"cannot truncate to {offset}: below log start {self.start_offset}"
             )
         self._last_append = None
+        self._scrub_at = None
         cut = truncate_segments(self._segments, offset)
+        self.corrupt.forget_from(cut.end_offset)
         if cut.segments_deleted:
             self._flush.directory_dirty = True
         delete_files(cut.paths)
@@ -493,6 +506,82 @@ class Log:
             segments_deleted=cut.segments_deleted,
         )
         return new_end
+
+    # -- scrubbing ----------------------------------------------------------------------
+
+    def begin_scrub_step(self, step_bytes: int) -> ScrubTicket | None:
+        """The next step of the background re-verification of sealed segments
+        (see scrubber), or None when there is no sealed segment.  Run the ticket
+        in a worker thread, then :meth:`finish_scrub_step`.  Event loop."""
+        self._check_usable()
+        sealed = [segment for segment in self._segments if segment.sealed and segment.size_bytes]
+        if not sealed:
+            self._scrub_at = None
+            return None
+        at = self._scrub_at
+        segment = next((s for s in sealed if at is not None and s.base_offset == at[0]), None)
+        if at is None or segment is None or at[1] >= segment.size_bytes:
+            # Start (again) with the first sealed segment at or after the cursor's.
+            after = 0 if at is None else at[0]
+            segment = next((s for s in sealed if s.base_offset >= after), sealed[0])
+            at = (segment.base_offset, 0, segment.base_offset)
+        self._scrub_at = at
+        return ScrubTicket(
+            segment.handle.acquire(),
+            segment.base_offset,
+            at[1],
+            segment.size_bytes,
+            at[2],
+            segment.next_offset,
+            step_bytes,
+            self.config.batch_bytes_max,
+        )
+
+    def finish_scrub_step(self, ticket: ScrubTicket, result: StepResult) -> CorruptRange | None:
+        """Move the scrub on past ``result`` and remember a corrupt range it found
+        (logged and returned when new).  A segment replaced or truncated meanwhile is scrubbed
+        again from its start.  Event loop."""
+        segment = self._segments.floor(ticket.segment_base_offset)
+        if (
+            self._closed
+            or self._scrub_at
+            != (ticket.segment_base_offset, ticket.position, ticket.expected_offset)
+            or segment is None
+            or segment.handle is not ticket.handle
+            or not segment.sealed
+        ):
+            self._scrub_at = None
+            return None
+        self.scrubbed_bytes += result.bytes_read
+        bad = result.bad
+        if bad is None:
+            self._scrub_at = self._scrub_position_after(
+                segment, result.position, result.next_offset
+            )
+            return None
+        known = not self.corrupt.add(bad)
+        if not known:
+            self._logger.error(
+                "corrupt batch found by the scrubber, not served from now on",
+                file=segment.path.name,
+                start_offset=bad.start_offset,
+                end_offset=bad.end_offset,
+                reason=bad.reason,
+            )
+        if result.skip_to is None:
+            self._scrub_at = self._scrub_position_after(segment, segment.size_bytes, bad.end_offset)
+        else:
+            self._scrub_at = self._scrub_position_after(segment, result.skip_to, bad.end_offset)
+        return None if known else bad
+
+    def _scrub_position_after(
+        self, segment: LogSegment, position: int, offset: int
+    ) -> tuple[int, int, int]:
+        """The cursor at ``position`` of ``segment``, or at the start of the next
+        segment once past its end (the first one again after the last sealed)."""
+        if position < segment.size_bytes:
+            return (segment.base_offset, position, offset)
+        return (segment.next_offset, 0, segment.next_offset)
 
     # -- compaction ---------------------------------------------------------------------
 
