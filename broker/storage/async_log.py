@@ -235,13 +235,18 @@ class AsyncLog:
         """Re-verify about ``step_bytes`` of the sealed segments, in a worker thread
         (see scrubber); returns the bytes read (0: nothing sealed) and a corrupt
         range found, which the log no longer serves.  Raises StorageError."""
+        # The lock only around the event-loop parts (a truncation runs in a worker
+        # thread under it): a flush never waits for a scrub read.  The ticket's
+        # handle reference keeps the file readable; finish_scrub_step ignores a
+        # step whose segment changed meanwhile.
         async with self._lock:
             if self.log.closed:
                 return 0, None
             ticket = self.log.begin_scrub_step(step_bytes)
-            if ticket is None:
-                return 0, None
-            result = await trio.to_thread.run_sync(ticket.run)
+        if ticket is None:
+            return 0, None
+        result = await trio.to_thread.run_sync(ticket.run)
+        async with self._lock:  # finish_scrub_step ignores a log closed meanwhile
             return result.bytes_read, self.log.finish_scrub_step(ticket, result)
 
     def check_invariants(self) -> None:
