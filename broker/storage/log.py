@@ -104,6 +104,7 @@ class Log:
         self._last_append: LastAppend | None = None
         # Offset ranges found corrupt by the scrubber: reads stop before them.
         self.corrupt = CorruptRanges()
+        self._corrupt_starts = self.corrupt.starts
         # Where the scrub goes on: (segment base offset, batch position, offset).
         self._scrub_at: tuple[int, int, int] | None = None
         self.scrubbed_bytes = 0  # verified by the scrubber since open
@@ -338,7 +339,7 @@ class Log:
                 f"offset {offset} is outside [{self.start_offset}, {end}] in {self.directory}"
             )
         limit_offset = end if end_offset_max is None else min(end, end_offset_max)
-        if self.corrupt:
+        if self._corrupt_starts:  # a list: no Python call when empty
             limit_offset = self.corrupt.clip(offset, limit_offset, self.directory.name)
         if offset >= limit_offset:
             return FileRegion.empty(offset)
@@ -674,6 +675,8 @@ class Log:
         assert self.start_offset <= self.end_offset, (self.start_offset, self.end_offset)
         assert self._recovery.offset <= self.end_offset, (self._recovery, self.end_offset)
         self._flush.check_invariants()
+        assert self._corrupt_starts is self.corrupt.starts
+        self.corrupt.check_invariants()
         last = self._last_append
         if last is not None:
             active = self._segments.active

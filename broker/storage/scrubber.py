@@ -162,11 +162,15 @@ class CorruptRanges:
     __slots__ = ("_ranges", "_starts")
 
     def __init__(self) -> None:
+        # Sorted by start.  The read path tests ``_starts`` for emptiness directly
+        # (a list's truth value costs no Python call).
         self._ranges: list[CorruptRange] = []
         self._starts: list[int] = []
 
-    def __bool__(self) -> bool:
-        return bool(self._ranges)
+    @property
+    def starts(self) -> list[int]:
+        """The start offsets, sorted (empty: nothing to fence)."""
+        return self._starts
 
     def __len__(self) -> int:
         return len(self._ranges)
@@ -186,12 +190,14 @@ class CorruptRanges:
     def forget_below(self, offset: int) -> None:
         """Drop ranges that end at or below ``offset`` (retention removed them)."""
         keep = [r for r in self._ranges if r.end_offset > offset]
-        self._ranges, self._starts = keep, [r.start_offset for r in keep]
+        self._ranges[:] = keep
+        self._starts[:] = [r.start_offset for r in keep]  # in place: Log holds the list
 
     def forget_from(self, offset: int) -> None:
         """Drop ranges at or past ``offset`` (a truncation removed them)."""
         keep = [r for r in self._ranges if r.start_offset < offset]
-        self._ranges, self._starts = keep, [r.start_offset for r in keep]
+        self._ranges[:] = keep
+        self._starts[:] = [r.start_offset for r in keep]  # in place: Log holds the list
 
     def clip(self, offset: int, limit_offset: int, name: str) -> int:
         """The bound a read from ``offset`` must stop at (at most ``limit_offset``):

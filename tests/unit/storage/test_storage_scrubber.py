@@ -99,5 +99,7 @@ def test_truncation_forgets_corrupt_ranges_it_removes(log_dir: Path, clock: Manu
         log.corrupt.add(CorruptRange(10, 12, "test"))
         log.truncate_to(8)
         assert not log.corrupt
+        log.check_invariants()
+        log.read(0, 1 << 20).release()
     finally:
         log.close()
