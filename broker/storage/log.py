@@ -16,6 +16,8 @@ the module named for it:
 * Flush (flush): fsync everything after the recovery point, write the checkpoint.
 * Retention (retention), truncation (truncation), compaction (compaction,
   compaction_swap; a compacted log has no retention).
+* Scrubbing (scrubber): sealed segments re-verified in steps; reads stop before
+  the ranges found corrupt.
 
 Invariants (``check_invariants``): the segments are contiguous and only the last is
 unsealed; start <= recovery point <= end; the last-append cache, if any, ends at the
@@ -46,7 +48,7 @@ from broker.storage.flush import FlushTicket, FlushTracker, checkpoint_at_end, s
 from broker.storage.last_append import LAST_APPEND_BYTES_MAX, LastAppend
 from broker.storage.log_loading import load_directory, verify_segments
 from broker.storage.retention import RetentionResult, delete_files, detach_expired_segments
-from broker.storage.scrubber import CorruptRange, CorruptRanges, ScrubTicket, StepResult
+from broker.storage.scrubber import CorruptRange, LogScrub, ScrubTicket, StepResult
 from broker.storage.segment import LogSegment
 from broker.storage.segments import LogSegments
 from broker.storage.truncation import truncate_segments
@@ -102,12 +104,11 @@ class Log:
         self._failure: str | None = None
         # The latest append, if small (see last_append and read).
         self._last_append: LastAppend | None = None
-        # Offset ranges found corrupt by the scrubber: reads stop before them.
-        self.corrupt = CorruptRanges()
+        # The background re-verification of sealed segments and the offset ranges
+        # it found corrupt: reads stop before them.
+        self.scrub = LogScrub(segments, config.batch_bytes_max, logger)
+        self.corrupt = self.scrub.corrupt
         self._corrupt_starts = self.corrupt.starts
-        # Where the scrub goes on: (segment base offset, batch position, offset).
-        self._scrub_at: tuple[int, int, int] | None = None
-        self.scrubbed_bytes = 0  # verified by the scrubber since open
 
     # -- opening ------------------------------------------------------------------------
 
@@ -482,9 +483,8 @@ class Log:
                 f"cannot truncate to {offset}: below log start {self.start_offset}"
             )
         self._last_append = None
-        self._scrub_at = None
         cut = truncate_segments(self._segments, offset)
-        self.corrupt.forget_from(cut.end_offset)
+        self.scrub.truncated(cut.end_offset)
         if cut.segments_deleted:
             self._flush.directory_dirty = True
         delete_files(cut.paths)
@@ -511,78 +511,17 @@ class Log:
     # -- scrubbing ----------------------------------------------------------------------
 
     def begin_scrub_step(self, step_bytes: int) -> ScrubTicket | None:
-        """The next step of the background re-verification of sealed segments
-        (see scrubber), or None when there is no sealed segment.  Run the ticket
-        in a worker thread, then :meth:`finish_scrub_step`.  Event loop."""
+        """See :meth:`LogScrub.begin_step`.  Event loop."""
         self._check_usable()
-        sealed = [segment for segment in self._segments if segment.sealed and segment.size_bytes]
-        if not sealed:
-            self._scrub_at = None
-            return None
-        at = self._scrub_at
-        segment = next((s for s in sealed if at is not None and s.base_offset == at[0]), None)
-        if at is None or segment is None or at[1] >= segment.size_bytes:
-            # Start (again) with the first sealed segment at or after the cursor's.
-            after = 0 if at is None else at[0]
-            segment = next((s for s in sealed if s.base_offset >= after), sealed[0])
-            at = (segment.base_offset, 0, segment.base_offset)
-        self._scrub_at = at
-        return ScrubTicket(
-            segment.handle.acquire(),
-            segment.base_offset,
-            at[1],
-            segment.size_bytes,
-            at[2],
-            segment.next_offset,
-            step_bytes,
-            self.config.batch_bytes_max,
-        )
+        return self.scrub.begin_step(step_bytes)
 
     def finish_scrub_step(self, ticket: ScrubTicket, result: StepResult) -> CorruptRange | None:
-        """Move the scrub on past ``result`` and remember a corrupt range it found
-        (logged and returned when new).  A segment replaced or truncated meanwhile is scrubbed
-        again from its start.  Event loop."""
-        segment = self._segments.floor(ticket.segment_base_offset)
-        if (
-            self._closed
-            or self._scrub_at
-            != (ticket.segment_base_offset, ticket.position, ticket.expected_offset)
-            or segment is None
-            or segment.handle is not ticket.handle
-            or not segment.sealed
-        ):
-            self._scrub_at = None
-            return None
-        self.scrubbed_bytes += result.bytes_read
-        bad = result.bad
-        if bad is None:
-            self._scrub_at = self._scrub_position_after(
-                segment, result.position, result.next_offset
-            )
-            return None
-        known = not self.corrupt.add(bad)
-        if not known:
-            self._logger.error(
-                "corrupt batch found by the scrubber, not served from now on",
-                file=segment.path.name,
-                start_offset=bad.start_offset,
-                end_offset=bad.end_offset,
-                reason=bad.reason,
-            )
-        if result.skip_to is None:
-            self._scrub_at = self._scrub_position_after(segment, segment.size_bytes, bad.end_offset)
-        else:
-            self._scrub_at = self._scrub_position_after(segment, result.skip_to, bad.end_offset)
-        return None if known else bad
+        """See :meth:`LogScrub.finish_step` (nothing once the log is closed)."""
+        return None if self._closed else self.scrub.finish_step(ticket, result)
 
-    def _scrub_position_after(
-        self, segment: LogSegment, position: int, offset: int
-    ) -> tuple[int, int, int]:
-        """The cursor at ``position`` of ``segment``, or at the start of the next
-        segment once past its end (the first one again after the last sealed)."""
-        if position < segment.size_bytes:
-            return (segment.base_offset, position, offset)
-        return (segment.next_offset, 0, segment.next_offset)
+    @property
+    def scrubbed_bytes(self) -> int:
+        return self.scrub.scrubbed_bytes
 
     # -- compaction ---------------------------------------------------------------------
 

@@ -11,8 +11,8 @@ fetch at it gets CorruptBatchError naming the offsets to skip.
 
 Split like the rest of storage: :func:`verify_step` is a plain function over a
 file descriptor (run in a worker thread, on a handle reference the caller holds);
-:class:`CorruptRanges` is plain state owned by the log on the event-loop thread
-(which also keeps the scrub's position: Log.begin_scrub_step / finish_scrub_step).  The pace (bytes per second) is the caller's
+:class:`LogScrub` (the scrub's position in a log, and the log's
+:class:`CorruptRanges`) is plain state owned by the log on the event-loop thread.  The pace (bytes per second) is the caller's
 (broker/scrubbing.py).
 """
 
@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from broker.storage.file_handle import FileHandle, read_exactly
+from broker.storage.segment import LogSegment
+from broker.storage.segments import LogSegments
 from client.errors import CorruptBatchError, RecordBatchError
 from client.records.header import HEADER_BYTES, BatchHeader, batch_size_at
 
@@ -220,3 +222,92 @@ class CorruptRanges:
             assert earlier.end_offset <= later.start_offset, (earlier, later)
         for corrupt in self._ranges:
             assert corrupt.start_offset < corrupt.end_offset, corrupt
+
+
+class LogScrub:
+    """One log's scrub: where it goes on, what it verified, what it found corrupt.
+
+    The cursor is (segment base offset, batch position, offset at it); it moves
+    through the sealed segments in order and wraps to the first after the last.
+    Event-loop thread; the owning Log checks that it is open first.
+    """
+
+    __slots__ = ("_at", "_batch_bytes_max", "_logger", "_segments", "corrupt", "scrubbed_bytes")
+
+    def __init__(self, segments: LogSegments, batch_bytes_max: int, logger: Any) -> None:
+        self._segments = segments
+        self._batch_bytes_max = batch_bytes_max
+        self._logger = logger
+        self._at: tuple[int, int, int] | None = None
+        self.corrupt = CorruptRanges()
+        self.scrubbed_bytes = 0  # verified since open
+
+    def begin_step(self, step_bytes: int) -> ScrubTicket | None:
+        """The next step, or None when there is no sealed segment.  Run the ticket
+        in a worker thread, then :meth:`finish_step`."""
+        sealed = [segment for segment in self._segments if segment.sealed and segment.size_bytes]
+        if not sealed:
+            self._at = None
+            return None
+        at = self._at
+        segment = next((s for s in sealed if at is not None and s.base_offset == at[0]), None)
+        if at is None or segment is None or at[1] >= segment.size_bytes:
+            # Start (again) with the first sealed segment at or after the cursor's.
+            after = 0 if at is None else at[0]
+            segment = next((s for s in sealed if s.base_offset >= after), sealed[0])
+            at = (segment.base_offset, 0, segment.base_offset)
+        self._at = at
+        return ScrubTicket(
+            segment.handle.acquire(),
+            segment.base_offset,
+            at[1],
+            segment.size_bytes,
+            at[2],
+            segment.next_offset,
+            step_bytes,
+            self._batch_bytes_max,
+        )
+
+    def finish_step(self, ticket: ScrubTicket, result: StepResult) -> CorruptRange | None:
+        """Move on past ``result`` and remember a corrupt range it found (logged
+        and returned when new).  A segment replaced or truncated meanwhile is
+        scrubbed again from its start."""
+        segment = self._segments.floor(ticket.segment_base_offset)
+        if (
+            self._at != (ticket.segment_base_offset, ticket.position, ticket.expected_offset)
+            or segment is None
+            or segment.handle is not ticket.handle
+            or not segment.sealed
+        ):
+            self._at = None
+            return None
+        self.scrubbed_bytes += result.bytes_read
+        bad = result.bad
+        if bad is None:
+            self._at = _position_after(segment, result.position, result.next_offset)
+            return None
+        known = not self.corrupt.add(bad)
+        if not known:
+            self._logger.error(
+                "corrupt batch found by the scrubber, not served from now on",
+                file=segment.path.name,
+                start_offset=bad.start_offset,
+                end_offset=bad.end_offset,
+                reason=bad.reason,
+            )
+        skip_to = segment.size_bytes if result.skip_to is None else result.skip_to
+        self._at = _position_after(segment, skip_to, bad.end_offset)
+        return None if known else bad
+
+    def truncated(self, end_offset: int) -> None:
+        """The log was cut at ``end_offset``: forget what lay past it, start over."""
+        self._at = None
+        self.corrupt.forget_from(end_offset)
+
+
+def _position_after(segment: LogSegment, position: int, offset: int) -> tuple[int, int, int]:
+    """The cursor at ``position`` of ``segment``, or at the start of the next
+    segment once past its end (the first one again after the last sealed)."""
+    if position < segment.size_bytes:
+        return (segment.base_offset, position, offset)
+    return (segment.next_offset, 0, segment.next_offset)
