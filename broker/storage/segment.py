@@ -32,6 +32,7 @@ from broker.storage import file_handle, offset_index, time_index
 from broker.storage.batch_scan import BadBatch, ScannedBatch, scan_batches, walk_headers
 from broker.storage.config import LogConfig
 from broker.storage.file_handle import FileHandle, FileRegion
+from broker.storage.index_repair import find_batch, rebuild_after_bad_entry, walk_checked
 from broker.storage.offset_index import OffsetIndex
 from broker.storage.time_index import TimeIndex
 from client.errors import LogCorruptError, StorageError
@@ -87,7 +88,7 @@ class LogSegment:
         self.rolling_timestamp_ms: int | None = None
         self.bytes_since_index_entry = 0
         self.sealed = False
-        self.index_rebuilds = 0  # offset index rebuilt after a lookup found it wrong
+        self.index_rebuilds = 0  # offset index rebuilt after a lookup found it wrong (index_repair)
         # The batches from the last offset-index entry's to the end, in order, while
         # known (None after opening, a rollback or a truncation, until the next
         # index entry): a live consumer's fetch finds its batch here instead of
@@ -432,75 +433,16 @@ class LogSegment:
             assert self.tail is not None
             return self.tail[index]
         indexed_offset, indexed_position = self.offset_index.lookup(offset)
-        found = self._walk_to(offset, indexed_offset, indexed_position)
+        descriptor = self.handle.descriptor
+        found = find_batch(descriptor, offset, indexed_offset, indexed_position, self.size_bytes)
         if found is not None:
             return found
-        # The entry does not point at the batch it names (or a header past it is
-        # damaged): rebuild the index from a walk of the whole segment, which also
-        # finds the batch or names the damaged header.
-        _logger.warning(
-            "offset index entry does not point at a batch, rebuilding the index",
-            file=str(self.path),
-            offset=indexed_offset,
-            position=indexed_position,
-        )
-        self.rebuild_offset_index()
-        found = self._walk_to(offset, self.base_offset, 0)
+        # The entry is off (or a header past it damaged): rebuild, walk from the start.
+        rebuild_after_bad_entry(self, indexed_offset, indexed_position)
+        found = find_batch(descriptor, offset, self.base_offset, 0, self.size_bytes)
         if found is None:  # pragma: no cover - the rebuild walked past offset
             raise LogCorruptError(f"{self.path}: offset {offset} not found")
         return found
-
-    def _walk_to(self, offset: int, start_offset: int, start_position: int) -> ScannedBatch | None:
-        """The batch containing ``offset``, walking headers from a batch that starts
-        at ``start_position`` with ``start_offset``; None when a header on the way
-        is not the batch expected there (read from disk: never an assertion)."""
-        expected = start_offset
-        try:
-            for batch in walk_headers(self.handle.descriptor, start_position, self.size_bytes):
-                if batch.base_offset != expected:
-                    return None
-                if batch.next_offset > offset:
-                    return batch
-                expected = batch.next_offset
-        except LogCorruptError:
-            return None
-        return None
-
-    def rebuild_offset_index(self) -> None:
-        """Rebuild the offset index from the batch headers (every
-        ``index_interval_bytes``, as appends index) and rewrite its file.  Reads
-        every header of the segment.  Raises LogCorruptError (naming the
-        position) when a header is damaged or out of order, StorageError."""
-        rebuilt = OffsetIndex(self.offset_index.path, self.base_offset, bytearray())
-        expected = self.base_offset
-        since_entry = 0
-        for batch in walk_headers(self.handle.descriptor, 0, self.size_bytes):
-            if batch.base_offset != expected:
-                raise LogCorruptError(
-                    f"{self.path}: batch at position {batch.position} has base offset "
-                    f"{batch.base_offset}, expected {expected}"
-                )
-            if since_entry >= self.config.index_interval_bytes:
-                rebuilt.append(batch.base_offset, batch.position)
-                since_entry = 0
-            since_entry += batch.batch_bytes
-            expected = batch.next_offset
-        if expected != self.next_offset:
-            raise LogCorruptError(
-                f"{self.path}: batches end at offset {expected}, expected {self.next_offset}"
-            )
-        self.offset_index.close()
-        try:
-            rebuilt.rewrite()
-        except OSError as error:
-            raise StorageError(f"cannot rewrite {rebuilt.path}: {error}") from error
-        if self.sealed:
-            rebuilt.close()
-        self.offset_index = rebuilt
-        _, indexed_position = rebuilt.last_entry()
-        self.bytes_since_index_entry = self.size_bytes - indexed_position
-        self.tail = None
-        self.index_rebuilds += 1
 
     def read(self, offset: int, max_bytes: int, end_position: int | None = None) -> FileRegion:
         """Whole batches from the one containing ``offset``, at most ``max_bytes`` of
@@ -524,10 +466,14 @@ class LogSegment:
             if number >= 1:
                 relative, entry_position = self.offset_index.entry(number - 1)
                 if entry_position > walk_from:
-                    later = self._checked_walk(
-                        self.base_offset + relative, entry_position, first, limit_position
+                    entry_offset = self.base_offset + relative
+                    checked = walk_checked(
+                        self.handle.descriptor, entry_offset, entry_position, limit_position
                     )
-                walk_from = max(walk_from, entry_position)
+                    if checked is None:  # the entry is off: rebuild, walk from ``first``
+                        rebuild_after_bad_entry(self, entry_offset, entry_position)
+                    else:
+                        walk_from, later = entry_position, checked
             if walk_from == first.position:
                 later = walk_headers(self.handle.descriptor, walk_from, limit_position)
         last = first
@@ -542,28 +488,6 @@ class LogSegment:
             first.base_offset,
             last.next_offset,
         )
-
-    def _checked_walk(
-        self, entry_offset: int, entry_position: int, first: ScannedBatch, limit_position: int
-    ) -> list[ScannedBatch]:
-        """The headers from an index entry up to ``limit_position``, checked to start
-        with the batch the entry names; if not, the index is rebuilt (logged) and
-        the headers from ``first`` are returned.  Raises LogCorruptError,
-        StorageError."""
-        try:
-            batches = list(walk_headers(self.handle.descriptor, entry_position, limit_position))
-            if not batches or batches[0].base_offset == entry_offset:
-                return batches
-        except LogCorruptError:
-            pass
-        _logger.warning(
-            "offset index entry does not point at a batch, rebuilding the index",
-            file=str(self.path),
-            offset=entry_offset,
-            position=entry_position,
-        )
-        self.rebuild_offset_index()
-        return list(walk_headers(self.handle.descriptor, first.position, limit_position))
 
     def offset_for_timestamp(self, timestamp_ms: int) -> int | None:
         """Base offset of the first batch whose max timestamp is >= ``timestamp_ms``,
