@@ -46,7 +46,7 @@ from broker.fetch_session import FETCH_POSITIONS_MAX, FetchSession
 from broker.handlers import handle
 from broker.logging import get_logger
 from broker.produce import produce_now
-from broker.request_memory import RequestMemory
+from broker.request_memory import ConnectionCharge, RequestMemory
 from broker.response_slots import Frame, Item, Reply, ResponseSlots, Slot
 from broker.sending import ClientGone, reply_frame, send_frame, write_now
 from broker.state import Broker
@@ -116,14 +116,9 @@ class ConnectionHandler:
         # The broker-wide budget for unfinished and queued request bytes (a private
         # one when none is given: tests of one connection).
         self.memory = memory or RequestMemory(self.limits.queued_request_bytes_max)
-        self._held_bytes = 0  # charged to ``memory``: unfinished frame + queued payloads
-        self._queued_bytes = 0  # payloads of requests handed to the handler task
-        # When the unfinished frame in the decoder began to arrive (None: no
-        # unfinished frame); frame_receive_timeout_ms counts from it.
-        self._frame_started: float | None = None
+        self.charge = ConnectionCharge(self.memory)
         self._connection_scope: trio.CancelScope | None = None
         self._evicted = False
-        self._taken_since_recharge = False  # a request was taken since _recharge
         self.slots = ResponseSlots(self.limits.inflight_requests_max)
         self.session = FetchSession()
         self.fetches: deque[PendingFetch] = deque()  # in order; the first is being answered
@@ -168,21 +163,6 @@ class ConnectionHandler:
         if self._connection_scope is not None:
             self._connection_scope.cancel()
 
-    def _recharge(self) -> None:
-        """Charge ``memory`` with what this connection holds now: the unfinished
-        frame in the decoder and the queued payloads.  One call per read."""
-        buffered = self.protocol_buffered_bytes()
-        held = buffered + self._queued_bytes
-        if held != self._held_bytes:
-            self.memory.charge(held - self._held_bytes)
-            self._held_bytes = held
-        if not buffered:
-            self._frame_started = None
-        elif self._frame_started is None or self._taken_since_recharge:
-            # The unfinished frame began in this read (an earlier one completed).
-            self._frame_started = trio.current_time()
-        self._taken_since_recharge = False
-
     async def run(self) -> None:
         """Serve until the client leaves, a limit or a violation closes us, or a
         shutdown drains us.  Never raises an error of this connection's making."""
@@ -210,8 +190,7 @@ class ConnectionHandler:
                 pending.unregister()
             self.fetches.clear()
             self.slots.release_all()
-            self.memory.charge(-self._held_bytes)
-            self._held_bytes = self._queued_bytes = 0
+            self.charge.release()
             with trio.CancelScope(shield=True):
                 await self.stream.aclose()
             self.logger.debug("connection closed")
@@ -267,6 +246,8 @@ class ConnectionHandler:
         wait_readable = trio.lowlevel.wait_readable
         buffers, view = receive_buffer()
         memory = self.memory
+        charge = self.charge
+        frame_timeout_s = self.limits.frame_receive_timeout_ms / 1000
         ready_in_a_row = 0
         drained = False
         while True:  # until EOF, a violation or cancellation
@@ -275,14 +256,18 @@ class ConnectionHandler:
             # a short read the socket was empty, so we wait first rather than spend
             # a read on EAGAIN.  A started frame must finish by its deadline, also
             # while the broker-wide request memory is full.
-            if drained or memory.full:
+            if drained or memory.used_bytes >= memory.limit_bytes:
                 ready_in_a_row = 0
-                if self._frame_started is None:
-                    await wait_readable(descriptor)
-                    while memory.full:  # until a release; the idle deadline bounds it
-                        await memory.wait_for_room()
-                        await wait_readable(descriptor)
-                elif not await self._wait_within_frame_deadline(descriptor):
+                if charge.frame_started is None and not memory.full:
+                    await wait_readable(descriptor)  # the usual case: no half-received frame
+                if (
+                    charge.frame_started is not None or memory.full
+                ) and not await charge.wait_to_read(descriptor, frame_timeout_s):
+                    self.logger.warning(
+                        "frame not received in time, closing",
+                        frame_receive_timeout_ms=self.limits.frame_receive_timeout_ms,
+                        buffered_bytes=self.protocol_buffered_bytes(),
+                    )
                     connection_scope.cancel()
                     return
             try:
@@ -309,30 +294,12 @@ class ConnectionHandler:
                 connection_scope.cancel()
                 return
             finally:
-                self._recharge()
+                self.charge.recharge(self.protocol_buffered_bytes())
             # A client that always has bytes ready still lets the others run.
             ready_in_a_row += 1
             if ready_in_a_row >= RECEIVES_WITHOUT_YIELD_MAX:
                 ready_in_a_row = 0
                 await trio.lowlevel.checkpoint()
-
-    async def _wait_within_frame_deadline(self, descriptor: int) -> bool:
-        """Wait for room in the request memory and for bytes to read, until the
-        unfinished frame's deadline; False (logged) when it passed."""
-        assert self._frame_started is not None
-        timeout_ms = self.limits.frame_receive_timeout_ms
-        with trio.move_on_at(self._frame_started + timeout_ms / 1000):
-            await trio.lowlevel.wait_readable(descriptor)
-            while self.memory.full:  # until a release or the deadline
-                await self.memory.wait_for_room()
-                await trio.lowlevel.wait_readable(descriptor)
-            return True
-        self.logger.warning(
-            "frame not received in time, closing",
-            frame_receive_timeout_ms=timeout_ms,
-            buffered_bytes=self.protocol_buffered_bytes(),
-        )
-        return False
 
     async def _take_requests(self, channel: trio.MemorySendChannel[tuple[Item, Slot]]) -> None:
         """Open a slot for every complete request in the buffer and handle it now
@@ -341,7 +308,7 @@ class ConnectionHandler:
             item = self.protocol.next_request()
             if item is None:
                 return
-            self._taken_since_recharge = True
+            self.charge.taken = True
             if self.slots.full:
                 await self._refuse_excess(item)
                 continue
@@ -356,7 +323,7 @@ class ConnectionHandler:
                 continue
             self._backlog += 1
             if isinstance(item, IncomingRequest):
-                self._queued_bytes += item.payload.nbytes
+                self.charge.queued_bytes += item.payload.nbytes
             channel.send_nowait((item, slot))  # never blocks: capacity == slots_max
 
     def protocol_buffered_bytes(self) -> int:
@@ -431,8 +398,8 @@ class ConnectionHandler:
                     self._backlog -= 1
                     assert self._backlog >= 0, self._backlog
                     if isinstance(item, IncomingRequest) and item.payload.nbytes:
-                        self._queued_bytes -= item.payload.nbytes
-                        self._recharge()
+                        self.charge.queued_bytes -= item.payload.nbytes
+                        self.charge.recharge(self.protocol_buffered_bytes())
                     if not self._backlog:
                         self._wake_writer()
 

@@ -10,6 +10,9 @@ that already holds part of a frame still waits, so a frame's deadline
 clients that stopped half way.  One read (at most RECEIVE_BYTES_MAX) per
 connection may go over the limit: a read is charged after it happened.
 
+:class:`ConnectionCharge` is one connection's share: what it holds, and when the
+frame it is receiving began (the reader's waits end at that frame's deadline).
+
 Concurrency: event-loop thread only.
 """
 
@@ -55,3 +58,58 @@ class RequestMemory:
 
     def check_invariants(self) -> None:
         assert 0 <= self.used_bytes <= self.peak_bytes, (self.used_bytes, self.peak_bytes)
+
+
+async def _wait_readable_with_room(descriptor: int, memory: RequestMemory) -> None:
+    await trio.lowlevel.wait_readable(descriptor)
+    while memory.full:  # until a release (or the caller's deadline)
+        await memory.wait_for_room()
+        await trio.lowlevel.wait_readable(descriptor)
+
+
+class ConnectionCharge:
+    """What one connection holds in a :class:`RequestMemory`: the unfinished frame
+    in its decoder plus the payloads of requests queued for its handler task."""
+
+    __slots__ = ("frame_started", "held_bytes", "memory", "queued_bytes", "taken")
+
+    def __init__(self, memory: RequestMemory) -> None:
+        self.memory = memory
+        self.held_bytes = 0  # charged to ``memory``
+        self.queued_bytes = 0  # payloads of requests handed to the handler task
+        # When the unfinished frame began to arrive (None: none); its deadline
+        # counts from here.
+        self.frame_started: float | None = None
+        self.taken = False  # a request was taken since the last recharge
+
+    def recharge(self, buffered_bytes: int) -> None:
+        """Charge what the connection holds now, ``buffered_bytes`` of an unfinished
+        frame included.  Once per read."""
+        held = buffered_bytes + self.queued_bytes
+        if held != self.held_bytes:
+            self.memory.charge(held - self.held_bytes)
+            self.held_bytes = held
+        if not buffered_bytes:
+            self.frame_started = None
+        elif self.frame_started is None or self.taken:
+            # The unfinished frame began in this read (an earlier one completed).
+            self.frame_started = trio.current_time()
+        self.taken = False
+
+    def release(self) -> None:
+        """The connection is closed: give everything back."""
+        self.memory.charge(-self.held_bytes)
+        self.held_bytes = self.queued_bytes = 0
+        self.frame_started = None
+
+    async def wait_to_read(self, descriptor: int, frame_timeout_s: float) -> bool:
+        """Wait until ``descriptor`` is readable and the memory has room; False if
+        the unfinished frame's deadline (``frame_timeout_s`` after it began) passed
+        first."""
+        if self.frame_started is None:
+            await _wait_readable_with_room(descriptor, self.memory)
+            return True
+        with trio.move_on_at(self.frame_started + frame_timeout_s):
+            await _wait_readable_with_room(descriptor, self.memory)
+            return True
+        return False
