@@ -1,10 +1,13 @@
 """The broker's resource limits, each named with its unit, and why each default is what it is.
 
 One frozen Struct, the ``[limits]`` table of the config file.  The limits are
-enforced in broker/server.py (connections), broker/connection.py (frames,
-in-flight requests, timeouts) and broker/handlers.py (fetch sizes).  Exceeding a
-limit costs the offending connection an error response or its socket, with a log
-line; it never costs anyone else anything.
+enforced in broker/server.py (connections, per address, idle eviction),
+broker/connection.py (frames, in-flight requests, timeouts, the frame deadline),
+broker/request_memory.py (request bytes held by all connections) and
+broker/handlers.py (fetch sizes); broker/scrubbing.py paces the scrubber.
+Exceeding a limit costs the offending connection an error response or its socket,
+with a log line; at queued_request_bytes_max every reader pauses until memory
+frees.
 """
 
 from __future__ import annotations
