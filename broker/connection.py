@@ -46,6 +46,7 @@ from broker.fetch_session import FETCH_POSITIONS_MAX, FetchSession
 from broker.handlers import handle
 from broker.logging import get_logger
 from broker.produce import produce_now
+from broker.request_memory import ConnectionCharge, RequestMemory
 from broker.response_slots import Frame, Item, Reply, ResponseSlots, Slot
 from broker.sending import ClientGone, reply_frame, send_frame, write_now
 from broker.state import Broker
@@ -94,14 +95,30 @@ def receive_buffer() -> tuple[list[bytearray], memoryview]:
 class ConnectionHandler:
     """One accepted connection; :meth:`run` returns when it is closed."""
 
-    def __init__(self, broker: Broker, stream: trio.SocketStream, peer: str) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        stream: trio.SocketStream,
+        peer: str,
+        memory: RequestMemory | None = None,
+    ) -> None:
         self.broker = broker
         self.limits = broker.limits
         self.stream = stream
         self.socket = stream.socket
         self.protocol = ServerConnection(frame_bytes_max=self.limits.frame_bytes_max)
+        self.peer = peer
         self.logger = get_logger(peer=peer)
         self.last_activity = trio.current_time()
+        # When the last request arrived (or the connection opened): eviction at
+        # connections_max closes the connection that has waited longest.
+        self.last_request_time = self.last_activity
+        # The broker-wide budget for unfinished and queued request bytes (a private
+        # one when none is given: tests of one connection).
+        self.memory = memory or RequestMemory(self.limits.queued_request_bytes_max)
+        self.charge = ConnectionCharge(self.memory)
+        self._connection_scope: trio.CancelScope | None = None
+        self._evicted = False
         self.slots = ResponseSlots(self.limits.inflight_requests_max)
         self.session = FetchSession()
         self.fetches: deque[PendingFetch] = deque()  # in order; the first is being answered
@@ -134,6 +151,18 @@ class ConnectionHandler:
         """Graceful shutdown: take no new requests, finish the ones already read."""
         self._reader_scope.cancel()
 
+    @property
+    def is_idle(self) -> bool:
+        """No request in flight (a trickled, unfinished frame does not count)."""
+        return not self.slots and not self._backlog
+
+    def evict(self, reason: str) -> None:
+        """Close this connection now (the server needs its slot); logged."""
+        self.logger.info("connection evicted", reason=reason)
+        self._evicted = True
+        if self._connection_scope is not None:
+            self._connection_scope.cancel()
+
     async def run(self) -> None:
         """Serve until the client leaves, a limit or a violation closes us, or a
         shutdown drains us.  Never raises an error of this connection's making."""
@@ -143,6 +172,9 @@ class ConnectionHandler:
         )
         try:
             async with trio.open_nursery() as nursery:
+                self._connection_scope = nursery.cancel_scope
+                if self._evicted:
+                    nursery.cancel_scope.cancel()
                 nursery.start_soon(self._read_loop, send_channel, nursery.cancel_scope)
                 nursery.start_soon(self._handle_loop, receive_channel)
                 nursery.start_soon(self._write_loop, nursery.cancel_scope)
@@ -158,6 +190,7 @@ class ConnectionHandler:
                 pending.unregister()
             self.fetches.clear()
             self.slots.release_all()
+            self.charge.release()
             with trio.CancelScope(shield=True):
                 await self.stream.aclose()
             self.logger.debug("connection closed")
@@ -212,16 +245,31 @@ class ConnectionHandler:
         descriptor = self._descriptor
         wait_readable = trio.lowlevel.wait_readable
         buffers, view = receive_buffer()
+        memory = self.memory
+        charge = self.charge
+        frame_timeout_s = self.limits.frame_receive_timeout_ms / 1000
         ready_in_a_row = 0
         drained = False
         while True:  # until EOF, a violation or cancellation
             # A plain non-blocking read, waiting only when the socket is empty: no
             # stream wrapper, no scheduler trip when bytes are already there.  After
             # a short read the socket was empty, so we wait first rather than spend
-            # a read on EAGAIN.
-            if drained:
+            # a read on EAGAIN.  A started frame must finish by its deadline, also
+            # while the broker-wide request memory is full.
+            if drained or memory.used_bytes >= memory.limit_bytes:
                 ready_in_a_row = 0
-                await wait_readable(descriptor)
+                if charge.frame_started is None and not memory.full:
+                    await wait_readable(descriptor)  # the usual case: no half-received frame
+                if (
+                    charge.frame_started is not None or memory.full
+                ) and not await charge.wait_to_read(descriptor, frame_timeout_s):
+                    self.logger.warning(
+                        "frame not received in time, closing",
+                        frame_receive_timeout_ms=self.limits.frame_receive_timeout_ms,
+                        buffered_bytes=self.protocol_buffered_bytes(),
+                    )
+                    connection_scope.cancel()
+                    return
             try:
                 count = os.readv(descriptor, buffers)
             except BlockingIOError:
@@ -245,6 +293,8 @@ class ConnectionHandler:
                 )
                 connection_scope.cancel()
                 return
+            finally:
+                self.charge.recharge(self.protocol_buffered_bytes())
             # A client that always has bytes ready still lets the others run.
             ready_in_a_row += 1
             if ready_in_a_row >= RECEIVES_WITHOUT_YIELD_MAX:
@@ -258,10 +308,12 @@ class ConnectionHandler:
             item = self.protocol.next_request()
             if item is None:
                 return
+            self.charge.taken = True
             if self.slots.full:
                 await self._refuse_excess(item)
                 continue
             slot = self.slots.open(item)
+            self.last_request_time = self.last_activity
             if self.fetches and not continues_fetch(item):
                 # A long poll (or a stream) must not hold up the answer of the
                 # request behind it; a pipelined continuation is the next long poll.
@@ -270,6 +322,8 @@ class ConnectionHandler:
             if self._backlog == 0 and self._handle_now(item, slot):
                 continue
             self._backlog += 1
+            if isinstance(item, IncomingRequest):
+                self.charge.queued_bytes += item.payload.nbytes
             channel.send_nowait((item, slot))  # never blocks: capacity == slots_max
 
     def protocol_buffered_bytes(self) -> int:
@@ -343,6 +397,9 @@ class ConnectionHandler:
                 finally:
                     self._backlog -= 1
                     assert self._backlog >= 0, self._backlog
+                    if isinstance(item, IncomingRequest) and item.payload.nbytes:
+                        self.charge.queued_bytes -= item.payload.nbytes
+                        self.charge.recharge(self.protocol_buffered_bytes())
                     if not self._backlog:
                         self._wake_writer()
 

@@ -42,6 +42,7 @@ from broker.storage.config import FlushPolicy, LogConfig
 from broker.storage.file_handle import FileRegion
 from broker.waiting import Waiter, WakeReason
 from client.errors import (
+    DistributaryError,
     InvalidBatchError,
     NotLeaderError,
     OffsetOutOfRangeError,
@@ -73,14 +74,32 @@ def partition_directory(data_dir: Path, topic: str, partition: int) -> Path:
 
 
 class Partition:
-    """A leader partition on this node (every partition, on one node)."""
+    """A leader partition on this node (every partition, on one node).
 
-    def __init__(self, topic: str, index: int, log: AsyncLog, config: LogConfig) -> None:
+    A partition whose log failed to open (:meth:`failed`) has no log: it is closed
+    from the start, and every request for it raises its ``failure``.
+    """
+
+    _log: AsyncLog
+
+    def __init__(
+        self,
+        topic: str,
+        index: int,
+        log: AsyncLog | None,
+        config: LogConfig,
+        failure: DistributaryError | None = None,
+    ) -> None:
+        assert (log is None) == (failure is not None), (topic, index)
         self.topic = topic
         self.index = index
         self.config = config
-        self._log = log
-        self._state = PartitionState(log.start_offset, log.end_offset)
+        self.failure = failure
+        if log is not None:
+            self._log = log
+            self._state = PartitionState(log.start_offset, log.end_offset)
+        else:
+            self._state = PartitionState(0, 0)
         self._flush_every_append = config.flush_policy is FlushPolicy.EVERY_APPEND
         self._append_lock = trio.Lock()
         # While a truncation runs in a worker thread, reads keep off the log and
@@ -88,8 +107,16 @@ class Partition:
         self._truncating = False
         self._stats_before_truncation: PartitionStats | None = None
         self._waiters: set[Waiter] = set()
-        self.closed = False
+        self.closed = failure is not None
         self.logger = get_logger(topic=topic, partition=index)
+
+    @classmethod
+    def failed(
+        cls, topic: str, index: int, config: LogConfig, failure: DistributaryError
+    ) -> Partition:
+        """A partition whose log could not be opened: requests for it raise
+        ``failure`` (LogCorruptError, StorageError) until the broker restarts."""
+        return cls(topic, index, None, config, failure)
 
     @classmethod
     async def open(
@@ -111,10 +138,22 @@ class Partition:
             partition=index,
         )
         partition = cls(topic, index, log, config)
-        await partition._rebuild_producers(None)
+        try:
+            await partition._rebuild_producers(None)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await log.close()
+            raise
         # One replica: everything in the log was committed.
         partition._state.advance_high_watermark(log.end_offset)
         return partition
+
+    @property
+    def storage_log(self) -> AsyncLog:
+        """The partition's log, for the scrubber (broker/scrubbing.py); only of an
+        open partition."""
+        assert self.failure is None, (self.topic, self.index)
+        return self._log
 
     # -- reads ------------------------------------------------------------------------
 
@@ -148,6 +187,8 @@ class Partition:
         self._state.set_leader_epoch(leader_epoch)
 
     def stats(self) -> PartitionStats:
+        if self.failure is not None:
+            return PartitionStats(0, 0, 0, 0)
         if self._stats_before_truncation is not None:
             return self._stats_before_truncation
         state = self._state
@@ -358,7 +399,8 @@ class Partition:
     async def _rebuild_producers(self, producer_ids: Collection[int] | None) -> None:
         """Replay the headers of the log's last REBUILD_SCAN_BYTES_MAX bytes into the
         producer table (for every producer, or only ``producer_ids``), in a worker
-        thread.  The caller keeps appends and truncations off.  Raises StorageError."""
+        thread.  The caller keeps appends and truncations off.  Raises StorageError,
+        LogCorruptError (the headers do not follow each other)."""
         producers = self._state.producers
         log = self._log
         await trio.to_thread.run_sync(
@@ -470,4 +512,6 @@ class Partition:
 
     def _check_open(self) -> None:
         if self.closed:
+            if self.failure is not None:
+                raise type(self.failure)(self.failure.message)
             raise UnknownTopicOrPartitionError(f"{self.topic}-{self.index} is closed")

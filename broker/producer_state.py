@@ -190,7 +190,8 @@ class ProducerStateTable:
         """Rebuild from batch header fields (client.records.header.HEADER order) of
         appended batches, oldest first: of every producer, or only of
         ``producer_ids``.  Batches without a producer id or of an older epoch than
-        one already seen are skipped."""
+        one already seen are skipped, and so are headers no append could have
+        written (read from disk: damage must not trip the table's assertions)."""
         for header in fields:
             (
                 base_offset,
@@ -207,12 +208,16 @@ class ProducerStateTable:
                 sequence,
                 record_count,
             ) = header
-            if producer_id < 0 or epoch < 0 or sequence < 0:
+            if producer_id < 0 or epoch < 0 or not 0 <= sequence < SEQUENCE_MODULUS:
                 continue
+            if record_count < 1 or last_offset_delta < 0 or base_offset < 0:
+                continue  # not a batch we appended: a damaged header is not replayed
             if producer_ids is not None and producer_id not in producer_ids:
                 continue
             entry = self._producers.get(producer_id)
-            if entry is not None and epoch < entry.epoch:
+            if entry is not None and (
+                epoch < entry.epoch or entry.batches[-1].last_offset >= base_offset
+            ):
                 continue
             self.record(
                 producer_id,

@@ -5,6 +5,7 @@
         ├── signal watcher      SIGINT/SIGTERM: first starts a graceful shutdown,
         │                       the second exits the process at once
         ├── maintenance         flush (FlushPolicy.INTERVAL), retention and compaction
+        ├── scrubber            re-verifies sealed segments' CRCs at scrub_bytes_per_second
         ├── group expiry        expels group members whose session timed out
         └── connections nursery
             ├── accept loop     one per listener; refuses beyond connections_max
@@ -31,6 +32,8 @@ import trio
 from broker.config import BrokerConfig
 from broker.connection import ConnectionHandler
 from broker.logging import get_logger
+from broker.request_memory import RequestMemory
+from broker.scrubbing import ScrubStats, scrub_forever
 from broker.state import Broker
 from client.errors import LogCorruptError, StorageError
 
@@ -58,6 +61,11 @@ class Server:
         self.limits = broker.limits
         self.listeners = listeners
         self.handlers: set[ConnectionHandler] = set()
+        # Open connections per client address (connections_per_address_max).
+        self.connections_by_address: dict[str, int] = {}
+        # Unfinished and queued request bytes of every connection together.
+        self.request_memory = RequestMemory(self.limits.queued_request_bytes_max)
+        self.scrub_stats = ScrubStats()
         self.shutdown_requested = trio.Event()
         self.stopped = trio.Event()
         self._accept_scopes: list[trio.CancelScope] = []  # one per listener
@@ -67,6 +75,7 @@ class Server:
         try:
             async with trio.open_nursery() as root:
                 root.start_soon(self._maintain)
+                root.start_soon(scrub_forever, self.broker, self.scrub_stats)
                 await root.start(self.broker.groups.run)
                 async with trio.open_nursery() as connections:
                     for listener in self.listeners:
@@ -108,25 +117,57 @@ class Server:
                     _logger.error("accept failed", error=os.strerror(error.errno or 0))
                     await trio.sleep(ACCEPT_RETRY_DELAY_S)
                     continue
-                peer = _peer_name(stream)
-                if len(self.handlers) >= self.limits.connections_max:
-                    _logger.warning(
-                        "connection refused",
-                        peer=peer,
-                        reason="connections_max",
-                        connections_max=self.limits.connections_max,
-                    )
+                address, peer = _peer_name(stream)
+                refusal = self._admit(address)
+                if refusal is not None:
+                    _logger.warning("connection refused", peer=peer, **refusal)
                     await stream.aclose()
                     continue
-                handler = ConnectionHandler(self.broker, stream, peer)
+                handler = ConnectionHandler(self.broker, stream, peer, self.request_memory)
                 self.handlers.add(handler)
-                nursery.start_soon(self._run_handler, handler)
+                self.connections_by_address[address] = (
+                    self.connections_by_address.get(address, 0) + 1
+                )
+                nursery.start_soon(self._run_handler, handler, address)
 
-    async def _run_handler(self, handler: ConnectionHandler) -> None:
+    def _admit(self, address: str) -> dict[str, object] | None:
+        """Make room for a connection from ``address``: None to admit it (after
+        evicting the connection idle longest when at connections_max), else the
+        reason to refuse it, as log fields."""
+        limits = self.limits
+        if self.connections_by_address.get(address, 0) >= limits.connections_per_address_max:
+            return {
+                "reason": "connections_per_address_max",
+                "connections_per_address_max": limits.connections_per_address_max,
+            }
+        if len(self.handlers) < limits.connections_max:
+            return None
+        # At the limit (rare): one pass over the connections for the one idle longest.
+        idle_since_max = trio.current_time() - limits.connection_evict_idle_ms / 1000
+        oldest: ConnectionHandler | None = None
+        for handler in self.handlers:
+            if (
+                handler.is_idle
+                and handler.last_request_time <= idle_since_max
+                and (oldest is None or handler.last_request_time < oldest.last_request_time)
+            ):
+                oldest = handler
+        if oldest is None:
+            return {"reason": "connections_max", "connections_max": limits.connections_max}
+        oldest.evict("connections_max")
+        self.handlers.discard(oldest)  # its task ends soon; the slot is the new one's
+        return None
+
+    async def _run_handler(self, handler: ConnectionHandler, address: str) -> None:
         try:
             await handler.run()
         finally:
             self.handlers.discard(handler)
+            remaining = self.connections_by_address[address] - 1
+            if remaining:
+                self.connections_by_address[address] = remaining
+            else:
+                del self.connections_by_address[address]
 
     async def _maintain(self) -> None:
         while True:  # until the root nursery is cancelled
@@ -138,12 +179,13 @@ class Server:
                     partition.logger.error("maintenance failed", error=error.message)
 
 
-def _peer_name(stream: trio.SocketStream) -> str:
+def _peer_name(stream: trio.SocketStream) -> tuple[str, str]:
+    """The client's address and ``address:port``."""
     try:
         host, port = stream.socket.getpeername()[:2]
     except OSError:
-        return "?"
-    return f"{host}:{port}"
+        return "?", "?"
+    return str(host), f"{host}:{port}"
 
 
 async def open_listeners(config: BrokerConfig) -> list[trio.SocketListener]:
@@ -163,7 +205,11 @@ async def watch_signals(
                 _logger.info("signal received, shutting down gracefully", signal=name)
                 server.request_shutdown()
                 continue
-            _logger.warning("second signal, exiting immediately", signal=name)
+            _logger.warning(
+                "second signal during shutdown, exiting now without closing the logs "
+                "(they are recovered at the next start)",
+                signal=name,
+            )
             os._exit(128 + signum)
 
 
@@ -221,15 +267,23 @@ async def serve(
     broker.advertised_host, broker.advertised_port = str(host), int(port)
     server = Server(broker, listeners)
     cluster = AsyncExitStack()
+    closed = False
+    close_error: StorageError | None = None
     try:
         member = None
         if config.cluster is not None:
             member = await _join_cluster(broker, cluster, listeners)
         async with trio.open_nursery() as nursery:
             if handle_signals:
+                # Watches through the whole shutdown, closing the logs included: a
+                # second signal then exits at once, with a line saying so.
                 await nursery.start(watch_signals, server)
+            member_scope = trio.CancelScope()
+            member_done = trio.Event()
             if member is not None:
-                nursery.start_soon(member.run)
+                nursery.start_soon(_run_member, member, member_scope, member_done)
+            else:
+                member_done.set()
             await nursery.start(server.run)
             _logger.info(
                 "listening",
@@ -245,12 +299,34 @@ async def serve(
                 gc.collect()
                 gc.freeze()
             await server.stopped.wait()
-            nursery.cancel_scope.cancel()  # the signal watcher (and the cluster member)
+            closed = True
+            member_scope.cancel()
+            with trio.CancelScope(shield=True):
+                await member_done.wait()
+                await cluster.aclose()  # leave the cluster: its lease is revoked
+                try:
+                    await broker.close()
+                except StorageError as error:
+                    close_error = error  # raised on its own, not in a group
+            nursery.cancel_scope.cancel()  # the signal watcher
     finally:
-        with trio.CancelScope(shield=True):
-            await cluster.aclose()
-            await broker.close()
-        _logger.info("stopped")
+        if not closed:
+            with trio.CancelScope(shield=True):
+                await cluster.aclose()
+                await broker.close()
+    if close_error is not None:
+        raise close_error
+    _logger.info("stopped")
+
+
+async def _run_member(member: ClusterMember, scope: trio.CancelScope, done: trio.Event) -> None:
+    """The cluster member's loop, in a scope of its own: it stops before the broker
+    leaves the cluster and closes its logs (the signal watcher keeps running)."""
+    try:
+        with scope:
+            await member.run()
+    finally:
+        done.set()
 
 
 async def _join_cluster(

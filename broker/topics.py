@@ -48,6 +48,8 @@ TOPICS_FILE_VERSION: Final = 1
 # Kafka's limit: a topic name becomes a directory name plus "-<partition>".
 TOPIC_NAME_BYTES_MAX: Final = 249
 _TOPIC_NAME: Final = re.compile(r"^[a-zA-Z0-9._-]+$")
+# Partitions named in the one error a failed close raises.
+_CLOSE_FAILURES_NAMED: Final = 5
 
 _logger = get_logger()
 
@@ -141,8 +143,10 @@ class TopicManager:
 
     async def load(self) -> None:
         """Read topics.json and open every partition's log (recovering as needed),
-        before serving.  Raises StorageError (unreadable file), LogCorruptError (a
-        partition refuses to open; the message names it)."""
+        before serving.  A partition whose log is corrupt or unreadable is logged
+        (one "partition is corrupt" line naming it) and kept as a failed partition
+        (:meth:`Partition.failed`): requests for it get its error, every other
+        partition serves.  Raises StorageError (unreadable topics file)."""
         stored = await trio.to_thread.run_sync(self._read_file)
         for name, record in sorted(stored.topics.items()):
             try:
@@ -156,10 +160,21 @@ class TopicManager:
                     partition = await Partition.open(
                         self.data_dir, name, index, config, self._clock_ms
                     )
-                except LogCorruptError as error:
-                    raise LogCorruptError(
-                        f"partition {name}-{index} is corrupt: {error.message}"
-                    ) from error
+                except (LogCorruptError, StorageError) as error:
+                    failure = type(error)(f"partition {name}-{index} is corrupt: {error.message}")
+                    if isinstance(error, StorageError):
+                        failure = StorageError(
+                            f"partition {name}-{index} cannot be opened: {error.message}"
+                        )
+                    _logger.error(
+                        "partition is corrupt"
+                        if isinstance(error, LogCorruptError)
+                        else "partition cannot be opened",
+                        topic=name,
+                        partition=index,
+                        error=error.message,
+                    )
+                    partition = Partition.failed(name, index, config, failure)
                 topic.partitions.append(partition)
         await trio.to_thread.run_sync(self._warn_about_orphans)
 
@@ -209,6 +224,10 @@ class TopicManager:
 
     def all_partitions(self) -> list[Partition]:
         return [p for topic in self._topics.values() for p in topic.partitions]
+
+    def corrupt_partitions(self) -> list[tuple[str, int]]:
+        """(topic, index) of every partition that failed to open."""
+        return [(p.topic, p.index) for p in self.all_partitions() if p.failure is not None]
 
     # -- changes ----------------------------------------------------------------------
 
@@ -272,17 +291,27 @@ class TopicManager:
         _logger.info("topic deleted", topic=name)
 
     async def close(self) -> None:
-        """Flush and close every partition (clean-shutdown markers).  Logs and
-        keeps going past a partition that fails, then raises the first error."""
-        first_error: StorageError | None = None
-        for partition in self.all_partitions():
+        """Flush and close every partition (clean-shutdown markers).  Keeps going
+        past a partition that fails, then raises one StorageError naming how many
+        failed, which, and the first error (a full disk fails them all alike; they
+        are recovered at the next start)."""
+        failed: list[tuple[Partition, StorageError]] = []
+        partitions = self.all_partitions()
+        for partition in partitions:
             try:
                 await partition.close()
             except StorageError as error:
-                partition.logger.error("close failed", error=error.message)
-                first_error = first_error or error
-        if first_error is not None:
-            raise first_error
+                partition.logger.debug("close failed", error=error.message)
+                failed.append((partition, error))
+        if failed:
+            first_error = failed[0][1]
+            names = ", ".join(f"{p.topic}-{p.index}" for p, _ in failed[:_CLOSE_FAILURES_NAMED])
+            if len(failed) > _CLOSE_FAILURES_NAMED:
+                names += ", ..."
+            raise StorageError(
+                f"{len(failed)} of {len(partitions)} partitions not closed cleanly "
+                f"({names}): {first_error.message}; they are recovered at the next start"
+            ) from first_error
 
     def _records(self) -> dict[str, TopicRecord]:
         return {name: topic.record for name, topic in self._topics.items()}

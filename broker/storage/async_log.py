@@ -2,8 +2,8 @@
 
 Appends and reads run on the event loop (a write to the page cache or a few header
 preads); everything that can block for long runs in ``trio.to_thread.run_sync``:
-opening (recovery), fsync plus checkpoint, unlinking deleted segments, and a
-truncation.  One ``trio.Lock`` serialises flush, retention, compaction, truncation
+opening (recovery), fsync plus checkpoint, unlinking deleted segments, a
+truncation, and a scrub step (broker/scrubbing.py).  One ``trio.Lock`` serialises flush, retention, compaction, truncation
 and close with each other; appends and reads do not take it, and the core is
 written so they may interleave with a flush or retention in progress (see log.py).
 A truncation is the exception: it runs whole in a worker thread, so its caller
@@ -35,6 +35,7 @@ from broker.storage.log import (
     delete_files,
     sync_to_disk,
 )
+from broker.storage.scrubber import CorruptRange
 from client.clock import wall_clock_ms
 from client.records.header import BatchHeader
 
@@ -229,6 +230,24 @@ class AsyncLog:
             await self.enforce_retention()
             if self.compaction_due():
                 await self.compact()
+
+    async def scrub_step(self, step_bytes: int) -> tuple[int, CorruptRange | None]:
+        """Re-verify about ``step_bytes`` of the sealed segments, in a worker thread
+        (see scrubber); returns the bytes read (0: nothing sealed) and a corrupt
+        range found, which the log no longer serves.  Raises StorageError."""
+        # The lock only around the event-loop parts (a truncation runs in a worker
+        # thread under it): a flush never waits for a scrub read.  The ticket's
+        # handle reference keeps the file readable; finish_scrub_step ignores a
+        # step whose segment changed meanwhile.
+        async with self._lock:
+            if self.log.closed:
+                return 0, None
+            ticket = self.log.begin_scrub_step(step_bytes)
+        if ticket is None:
+            return 0, None
+        result = await trio.to_thread.run_sync(ticket.run)
+        async with self._lock:  # finish_scrub_step ignores a log closed meanwhile
+            return result.bytes_read, self.log.finish_scrub_step(ticket, result)
 
     def check_invariants(self) -> None:
         """See :meth:`Log.check_invariants`."""

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Final, NamedTuple
 
 from broker.storage.file_handle import read_exactly
-from client.errors import RecordBatchError
+from client.errors import LogCorruptError, RecordBatchError
 from client.records.header import HEADER, HEADER_BYTES, BatchHeader, batch_size_at
 
 # Recovery reads 8 MiB at a time: few syscalls per GiB, modest memory.
@@ -112,9 +112,10 @@ def scan_batches(
 
 
 def walk_headers(descriptor: int, start_position: int, end_position: int) -> Iterator[ScannedBatch]:
-    """Yield the headers of valid batches from ``start_position`` (a batch start) up
-    to ``end_position``, without checking CRCs.  Raises StorageError on an I/O error;
-    asserts that the bytes look like batches (they were validated when written)."""
+    """Yield the headers of batches from ``start_position`` (a batch start) up to
+    ``end_position``, without checking CRCs.  Raises StorageError on an I/O error,
+    LogCorruptError where the bytes do not look like a batch header (the file
+    changed since it was validated, or an index pointed off a batch start)."""
     for position, fields in walk_header_fields(descriptor, start_position, end_position):
         yield ScannedBatch(
             position, fields[0], fields[0] + fields[6] + 1, fields[1] + 12, fields[7], fields[8]
@@ -125,7 +126,8 @@ def walk_header_fields(
     descriptor: int, start_position: int, end_position: int
 ) -> Iterator[tuple[int, tuple[int, ...]]]:
     """Like :func:`walk_headers`, but ``(position, all header fields)`` in
-    client.records.header.HEADER order.  Raises StorageError on an I/O error."""
+    client.records.header.HEADER order.  Raises StorageError on an I/O error,
+    LogCorruptError (naming the position) where there is no batch header."""
     position = start_position
     chunk = b""
     chunk_start = position
@@ -137,9 +139,13 @@ def walk_header_fields(
             # A header may straddle end_position (a byte limit, not the file end).
             chunk_bytes = max(HEADER_BYTES, min(HEADER_CHUNK_BYTES, end_position - position))
             chunk = read_exactly(descriptor, position, chunk_bytes)
-            assert len(chunk) >= HEADER_BYTES, f"short header at {position}"
+            if len(chunk) < HEADER_BYTES:
+                raise LogCorruptError(f"short batch header at position {position}")
         fields = HEADER.unpack_from(chunk, position - chunk_start)
         batch_bytes = fields[1] + 12
-        assert batch_bytes >= HEADER_BYTES and fields[3] == 2, f"not a batch at {position}"
+        if batch_bytes < HEADER_BYTES or fields[3] != 2:
+            raise LogCorruptError(
+                f"no batch header at position {position} (length {fields[1]}, magic {fields[3]})"
+            )
         yield position, fields
         position += batch_bytes

@@ -16,6 +16,8 @@ the module named for it:
 * Flush (flush): fsync everything after the recovery point, write the checkpoint.
 * Retention (retention), truncation (truncation), compaction (compaction,
   compaction_swap; a compacted log has no retention).
+* Scrubbing (scrubber): sealed segments re-verified in steps; reads stop before
+  the ranges found corrupt.
 
 Invariants (``check_invariants``): the segments are contiguous and only the last is
 unsealed; start <= recovery point <= end; the last-append cache, if any, ends at the
@@ -46,6 +48,7 @@ from broker.storage.flush import FlushTicket, FlushTracker, checkpoint_at_end, s
 from broker.storage.last_append import LAST_APPEND_BYTES_MAX, LastAppend
 from broker.storage.log_loading import load_directory, verify_segments
 from broker.storage.retention import RetentionResult, delete_files, detach_expired_segments
+from broker.storage.scrubber import CorruptRange, LogScrub, ScrubTicket, StepResult
 from broker.storage.segment import LogSegment
 from broker.storage.segments import LogSegments
 from broker.storage.truncation import truncate_segments
@@ -97,6 +100,11 @@ class Log:
         self._failure: str | None = None
         # The latest append, if small (see last_append and read).
         self._last_append: LastAppend | None = None
+        # The background re-verification of sealed segments and the offset ranges
+        # it found corrupt: reads stop before them.
+        self.scrub = LogScrub(segments, config.batch_bytes_max, logger)
+        self.corrupt = self.scrub.corrupt
+        self._corrupt_starts = self.corrupt.starts
 
     # -- opening ------------------------------------------------------------------------
 
@@ -316,7 +324,10 @@ class Log:
         (exclusive; e.g. the high watermark) and never across a segment boundary.
         Release the region when sent.  Empty at the log end.
 
-        Raises OffsetOutOfRangeError (offset outside [start, end]), StorageError.
+        Stops before a range the scrubber found corrupt.  Raises
+        OffsetOutOfRangeError (offset outside [start, end]), CorruptBatchError
+        (``offset`` lies in a corrupt range: the message says where it ends),
+        LogCorruptError (a damaged header met on the way), StorageError.
         """
         self._check_usable()
         end = self.end_offset
@@ -325,6 +336,8 @@ class Log:
                 f"offset {offset} is outside [{self.start_offset}, {end}] in {self.directory}"
             )
         limit_offset = end if end_offset_max is None else min(end, end_offset_max)
+        if self._corrupt_starts:  # a list: no Python call when empty
+            limit_offset = self.corrupt.clip(offset, limit_offset, self.directory.name)
         if offset >= limit_offset:
             return FileRegion.empty(offset)
         last = self._last_append
@@ -467,6 +480,7 @@ class Log:
             )
         self._last_append = None
         cut = truncate_segments(self._segments, offset)
+        self.scrub.truncated(cut.end_offset)
         if cut.segments_deleted:
             self._flush.directory_dirty = True
         delete_files(cut.paths)
@@ -489,6 +503,21 @@ class Log:
             segments_deleted=cut.segments_deleted,
         )
         return new_end
+
+    # -- scrubbing ----------------------------------------------------------------------
+
+    def begin_scrub_step(self, step_bytes: int) -> ScrubTicket | None:
+        """See :meth:`LogScrub.begin_step`.  Event loop."""
+        self._check_usable()
+        return self.scrub.begin_step(step_bytes)
+
+    def finish_scrub_step(self, ticket: ScrubTicket, result: StepResult) -> CorruptRange | None:
+        """See :meth:`LogScrub.finish_step` (nothing once the log is closed)."""
+        return None if self._closed else self.scrub.finish_step(ticket, result)
+
+    @property
+    def scrubbed_bytes(self) -> int:
+        return self.scrub.scrubbed_bytes
 
     # -- compaction ---------------------------------------------------------------------
 
@@ -581,6 +610,8 @@ class Log:
         assert self.start_offset <= self.end_offset, (self.start_offset, self.end_offset)
         assert self._recovery.offset <= self.end_offset, (self._recovery, self.end_offset)
         self._flush.check_invariants()
+        assert self._corrupt_starts is self.corrupt.starts
+        self.corrupt.check_invariants()
         last = self._last_append
         if last is not None:
             active = self._segments.active

@@ -32,6 +32,7 @@ from broker.storage import file_handle, offset_index, time_index
 from broker.storage.batch_scan import BadBatch, ScannedBatch, scan_batches, walk_headers
 from broker.storage.config import LogConfig
 from broker.storage.file_handle import FileHandle, FileRegion
+from broker.storage.index_repair import find_batch, rebuild_after_bad_entry, walk_checked
 from broker.storage.offset_index import OffsetIndex
 from broker.storage.time_index import TimeIndex
 from client.errors import LogCorruptError, StorageError
@@ -55,6 +56,7 @@ class LogSegment:
         "bytes_since_index_entry",
         "config",
         "handle",
+        "index_rebuilds",
         "max_timestamp_ms",
         "next_offset",
         "offset_index",
@@ -86,6 +88,7 @@ class LogSegment:
         self.rolling_timestamp_ms: int | None = None
         self.bytes_since_index_entry = 0
         self.sealed = False
+        self.index_rebuilds = 0  # offset index rebuilt after a lookup found it wrong (index_repair)
         # The batches from the last offset-index entry's to the end, in order, while
         # known (None after opening, a rollback or a truncation, until the next
         # index entry): a live consumer's fetch finds its batch here instead of
@@ -421,18 +424,25 @@ class LogSegment:
         return None
 
     def locate(self, offset: int) -> ScannedBatch:
-        """The batch containing ``offset`` (base_offset <= offset < next_offset)."""
+        """The batch containing ``offset`` (base_offset <= offset < next_offset).
+        An index entry that does not lead to it is logged and the index rebuilt.
+        Raises LogCorruptError (a damaged header on the way), StorageError."""
         assert self.base_offset <= offset < self.next_offset, (offset, self.base_offset)
         index = self._tail_index(offset)
         if index is not None:
             assert self.tail is not None
             return self.tail[index]
         indexed_offset, indexed_position = self.offset_index.lookup(offset)
-        for batch in walk_headers(self.handle.descriptor, indexed_position, self.size_bytes):
-            assert batch.position != indexed_position or batch.base_offset == indexed_offset
-            if batch.next_offset > offset:
-                return batch
-        raise AssertionError(f"offset {offset} not found in {self.path}")
+        descriptor = self.handle.descriptor
+        found = find_batch(descriptor, offset, indexed_offset, indexed_position, self.size_bytes)
+        if found is not None:
+            return found
+        # The entry is off (or a header past it damaged): rebuild, walk from the start.
+        rebuild_after_bad_entry(self, indexed_offset, indexed_position)
+        found = find_batch(descriptor, offset, self.base_offset, 0, self.size_bytes)
+        if found is None:  # pragma: no cover - the rebuild walked past offset
+            raise LogCorruptError(f"{self.path}: offset {offset} not found")
+        return found
 
     def read(self, offset: int, max_bytes: int, end_position: int | None = None) -> FileRegion:
         """Whole batches from the one containing ``offset``, at most ``max_bytes`` of
@@ -454,8 +464,18 @@ class LogSegment:
             number = self.offset_index.floor_entry_number(limit_position - 1, field=1)
             walk_from = first.position
             if number >= 1:
-                walk_from = max(walk_from, self.offset_index.entry(number - 1)[1])
-            later = walk_headers(self.handle.descriptor, walk_from, limit_position)
+                relative, entry_position = self.offset_index.entry(number - 1)
+                if entry_position > walk_from:
+                    entry_offset = self.base_offset + relative
+                    checked = walk_checked(
+                        self.handle.descriptor, entry_offset, entry_position, limit_position
+                    )
+                    if checked is None:  # the entry is off: rebuild, walk from ``first``
+                        rebuild_after_bad_entry(self, entry_offset, entry_position)
+                    else:
+                        walk_from, later = entry_position, checked
+            if walk_from == first.position:
+                later = walk_headers(self.handle.descriptor, walk_from, limit_position)
         last = first
         for batch in later:
             if batch.end > limit_position:

@@ -23,7 +23,7 @@ from sortedcontainers import SortedDict
 from broker.storage.batch_scan import walk_header_fields
 from broker.storage.config import LogConfig
 from broker.storage.segment import LogSegment
-from client.errors import StorageError
+from client.errors import LogCorruptError, StorageError
 
 # Offsets are stored relative to the segment's base offset in a u32 kept below 2**31.
 _RELATIVE_OFFSET_MAX: Final = (1 << 31) - 1
@@ -122,7 +122,9 @@ class LogSegments:
     def tail_header_fields(self, bytes_max: int) -> Iterator[tuple[int, ...]]:
         """The header fields (client.records.header.HEADER order) of the batches in
         about the last ``bytes_max`` bytes, oldest first, from an indexed batch start
-        (so a little more).  Per batch, headers only.  Raises StorageError."""
+        (so a little more).  Per batch, headers only.  Raises StorageError,
+        LogCorruptError (a header that is not a batch or does not follow the one
+        before)."""
         assert bytes_max > 0
         chosen: list[LogSegment] = []
         remaining = bytes_max
@@ -134,11 +136,19 @@ class LogSegments:
         chosen.reverse()
         for index, segment in enumerate(chosen):
             start = 0
+            expected = segment.base_offset
             if index == 0 and remaining < 0:
-                _offset, start = segment.offset_index.lookup_by_position(-remaining)
-            for _position, fields in walk_header_fields(
+                expected, start = segment.offset_index.lookup_by_position(-remaining)
+            for position, fields in walk_header_fields(
                 segment.handle.descriptor, start, segment.size_bytes
             ):
+                # Read from disk: a damaged header must not reach the caller.
+                if fields[0] != expected or fields[6] < 0:
+                    raise LogCorruptError(
+                        f"{segment.path}: batch at position {position} has base offset "
+                        f"{fields[0]} (expected {expected}), last offset delta {fields[6]}"
+                    )
+                expected = fields[0] + fields[6] + 1
                 yield fields
 
     def check_invariants(self) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from client.errors import ErrorCode
 from client.records.builder import build_batch
 
 RawFactory = Callable[..., Any]
@@ -96,21 +97,35 @@ def test_data_dir_in_use_by_another_broker(broker: Any, tmp_path: Path) -> None:
     assert_one_line_error(result, "in use by another broker")
 
 
-def test_corrupt_partition_stops_startup(broker: Any, raw_client: RawFactory) -> None:
-    """After a crash, a damaged batch in a sealed segment makes startup fail with one line
-    naming the partition, instead of serving corrupt data."""
+def test_corrupt_partition_is_reported_and_the_rest_serve(
+    broker: Any, raw_client: RawFactory
+) -> None:
+    """After a crash, a damaged batch in a sealed segment makes that partition fail to
+    open with one "partition is corrupt" line naming it; the broker starts, other
+    partitions serve, and fetches of the damaged one get LOG_CORRUPT."""
     client = raw_client(broker.address)
     client.create_topic("fragile", 1, {"segment_bytes": "1024"})
+    client.create_topic("sound", 1, {})
+    client.produce("sound", {0: [build_batch([b"fine"])]})
     for index in range(8):
         client.produce("fragile", {0: [build_batch([bytes([index]) * 400])]})
+    client.close()
     broker.kill()
     segments = sorted((broker.data_dir / "fragile-0").glob("*.log"))
     assert len(segments) >= 3
     data = bytearray(segments[0].read_bytes())
     data[200] ^= 0xFF
     segments[0].write_bytes(bytes(data))
-    result = run_serve(*broker.command()[4:], cwd=broker.work_dir)
-    assert_one_line_error(result, "fragile-0", "corrupt")
+    broker.start()
+    logged = broker.wait_for_log("partition is corrupt")
+    assert (logged["topic"], logged["partition"]) == ("fragile", 0)
+    assert "position" in logged["error"]
+    client = raw_client(broker.address)
+    body, data_by_partition = client.fetch("sound", {0: 0})
+    assert body.topics[0].partitions[0].error_code == 0 and data_by_partition[0]
+    body, _ = client.fetch("fragile", {0: 0})
+    assert body.topics[0].partitions[0].error_code == ErrorCode.LOG_CORRUPT
+    assert "fragile-0" in body.topics[0].partitions[0].error_message
 
 
 def test_help_and_version(tmp_path: Path) -> None:

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import socket
-from collections.abc import Callable
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, Final
 
+import pytest
+
 from broker.storage.checkpoint import CLEAN_SHUTDOWN_FILE
+from broker.testing import BrokerProcess
+from client.errors import ErrorCode
 from client.protocol.connection import ClientConnection
 from client.protocol.frames import FRAME_HEADER_BYTES
 from client.protocol.messages import (
@@ -156,3 +164,68 @@ def test_second_signal_exits_immediately(broker_factory: Any, raw_client: RawFac
     # Far below the 60 s graceful deadline: only the second signal ends it this soon.
     assert broker.process.wait(timeout=30) == 128 + signal.SIGTERM
     stuck.close()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A work directory whose ``data`` is a 4 MiB tmpfs (root and mount(8) needed),
+    unmounted at teardown; the broker's log file stays on the ordinary disk."""
+    mount_point = tmp_path / "work" / "data"
+    mount_point.mkdir(parents=True)
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("needs root and mount(8) to mount a small tmpfs")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.strip()}")
+    try:
+        yield mount_point.parent
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_sigterm_on_a_full_disk_exits_1_with_one_line(
+    small_disk: Path, raw_client: RawFactory
+) -> None:
+    """With the data disk full, SIGTERM ends the broker with status 1 and one error
+    line naming how many partitions could not be closed cleanly, not a line per
+    partition."""
+    work_dir = small_disk
+    broker = BrokerProcess(work_dir)
+    broker.start()
+    try:
+        client = raw_client(broker.address)
+        client.create_topic("filling", 11, {})
+        chunk = build_batch([bytes(64 * 1024)])
+        full = False
+        for _ in range(200):  # 4 MiB of disk: full well before 200 x 11 x 64 KiB
+            response = client.produce("filling", {p: [chunk] for p in range(11)})
+            codes = {part.error_code for part in response.topics[0].partitions}
+            if ErrorCode.STORAGE_ERROR in codes:
+                full = True
+                break
+        assert full, "the disk never filled"
+        # Take the last pages too, so that even a small checkpoint cannot be written.
+        filler = os.open(broker.data_dir / "filler", os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            for _ in range(1 << 12):  # 4 MiB in 1 KiB writes: ENOSPC comes first
+                os.write(filler, bytes(1024))
+        except OSError:
+            pass
+        finally:
+            os.close(filler)
+        client.close()
+        status = broker.stop()
+    finally:
+        broker.kill()
+    logs = broker.logs()
+    assert status == 1, logs
+    errors = [line for line in logs.splitlines() if line.startswith("distributary: error:")]
+    assert len(errors) == 1, logs[-3000:]
+    assert "partitions not closed cleanly" in errors[0]
+    assert not [e for e in broker.log_events() if e.get("event") == "close failed"], logs
+    assert "Traceback" not in logs
