@@ -60,7 +60,7 @@ from client.errors import (
     RequestTimedOutError,
 )
 from client.protocol.connection import ClientConnection, IncomingResponse
-from client.protocol.messages import Request
+from client.protocol.messages import HelloRequest, Request
 
 log = get_logger("client.connection")
 
@@ -137,7 +137,13 @@ class BrokerConnection:
         self._transport = transport
         self._tools = tools
         self._clock = tools.clock
-        self._protocol = ClientConnection(inflight_requests_max=inflight_requests_max * 4)
+        self._protocol = ClientConnection(
+            inflight_requests_max=inflight_requests_max * 4, peer=f"{host}:{port}"
+        )
+        # The Hello's slot while nothing has been received: its timeout means that
+        # what accepted the connection is silent, not a broker (see watch_deadlines).
+        self._hello_correlation_id: int | None = None
+        self._received_any = False
         self._waiters: dict[int, PendingResponse] = {}
         self._inflight_requests_max = inflight_requests_max
         self._slot_freed: LoopEvent | None = None
@@ -276,6 +282,8 @@ class BrokerConnection:
                 correlation_id, deadline, timeout_ms, self._tools.event, on_done, on_more
             )
             self._waiters[correlation_id] = pending
+            if not self._received_any and isinstance(body, HelloRequest):
+                self._hello_correlation_id = correlation_id
             if deadline < self._watch_until:
                 self._wake_watchdog()
         if not payload:
@@ -347,6 +355,7 @@ class BrokerConnection:
         complete response.  Raises ProtocolError."""
         protocol = self._protocol
         protocol.receive_data(data)
+        self._received_any = True
         waiters = self._waiters
         while (response := protocol.next_response()) is not None:
             if response.more:  # a fetch stream's answer: its slot stays open
@@ -422,6 +431,12 @@ class BrokerConnection:
                         earliest = pending.deadline
                 for pending in expired:
                     self._forget(pending)
+                    if (
+                        pending.correlation_id == self._hello_correlation_id
+                        and not self._received_any
+                    ):
+                        self._silent_peer(pending)
+                        continue
                     pending.fail(
                         RequestTimedOutError(
                             f"no response from {self.host}:{self.port} within "
@@ -441,6 +456,18 @@ class BrokerConnection:
             self._mark_closed("connection closed")
             with anyio.CancelScope(shield=True):
                 await self._transport.aclose()
+
+    def _silent_peer(self, hello: PendingResponse) -> None:
+        """The peer accepted the connection but never answered the Hello: a broker
+        answers it at once, so this is something else (or a broker frozen solid).
+        Fails the Hello with a ProtocolError (not retried: retrying a silent
+        server only multiplies the wait) and closes the connection."""
+        error = ProtocolError(
+            f"{self.host}:{self.port} accepted the connection but sent no answer to hello "
+            f"within {hello.timeout_ms} ms: is it a Distributary broker?"
+        )
+        hello.fail(error)
+        self._mark_closed(error.message, error)
 
     # -- closing ------------------------------------------------------------------------
 

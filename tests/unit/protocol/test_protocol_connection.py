@@ -462,10 +462,13 @@ def test_inflight_requests_max_is_enforced() -> None:
 
 
 def test_correlation_ids_wrap_and_skip_live_ids() -> None:
-    """Proves ids wrap from 2**32 - 1 to 1 (never 0) and skip an id still in flight."""
+    """Proves ids start at 10 (a line feed, see FIRST_CORRELATION_ID), wrap from
+    2**32 - 1 to 1 (never 0) and skip an id still in flight."""
     client = ClientConnection()
     first, _ = client.send_request(MetadataRequest())
-    assert first == 1
+    assert first == 10
+    client._next_correlation_id = 1
+    assert client.send_request(MetadataRequest())[0] == 1
     client._next_correlation_id = CORRELATION_ID_MODULUS - 1
     last, _ = client.send_request(MetadataRequest())
     wrapped, _ = client.send_request(MetadataRequest())
