@@ -167,7 +167,7 @@ class Admin(ClusterClient):
         assert isinstance(body, AlterConfigsResponse)
         _raise_first(body.topics)
 
-    async def add_partitions(
+    async def create_partitions(
         self, name: str, count: int, *, timeout_ms: int = 30_000, validate_only: bool = False
     ) -> None:
         """Raise a topic's partition count to ``count`` (the new total, as Kafka's

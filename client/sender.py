@@ -52,7 +52,7 @@ from client.protocol.messages import (
     ProduceResponse,
     ProduceTopic,
 )
-from client.records.header import BATCH_BYTES_MAX_DEFAULT
+from client.records.header import BATCH_BYTES_LIMIT
 
 log = get_logger("client.producer")
 
@@ -257,7 +257,7 @@ class Sender:
             return False
         self._last_sent[(batch.topic, batch.partition)] = batch
         try:
-            self._accumulator.build(batch, BATCH_BYTES_MAX_DEFAULT)
+            self._accumulator.build(batch, BATCH_BYTES_LIMIT)
         except DistributaryError as error:
             self._fail(batch, error)
             return True
@@ -305,7 +305,7 @@ class Sender:
         current_bytes = 0
         for batch in batches:
             try:
-                size = len(self._accumulator.build(batch, BATCH_BYTES_MAX_DEFAULT))
+                size = len(self._accumulator.build(batch, BATCH_BYTES_LIMIT))
             except DistributaryError as error:
                 self._fail(batch, error)
                 continue

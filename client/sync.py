@@ -577,7 +577,7 @@ class Admin(_PortalClient[AsyncAdmin]):
             lambda: self._async.alter_topic_configs(name, configs, validate_only=validate_only),
         )
 
-    def add_partitions(
+    def create_partitions(
         self,
         name: str,
         count: int,
@@ -585,9 +585,9 @@ class Admin(_PortalClient[AsyncAdmin]):
         validate_only: bool = False,
         timeout: float | None = None,
     ) -> None:
-        """Raise a topic's partition count to ``count``; see :meth:`Admin.add_partitions`."""
+        """Raise a topic's partition count to ``count``; see :meth:`Admin.create_partitions`."""
         self._call(
-            timeout, lambda: self._async.add_partitions(name, count, validate_only=validate_only)
+            timeout, lambda: self._async.create_partitions(name, count, validate_only=validate_only)
         )
 
     def list_topics(self, *, internal: bool = False, timeout: float | None = None) -> list[str]:

@@ -60,7 +60,7 @@ from client.errors import (
     RequestTimedOutError,
 )
 from client.protocol.connection import ClientConnection, IncomingResponse
-from client.protocol.messages import HelloRequest, Request
+from client.protocol.messages import HelloRequest, HelloResponse, Request
 
 log = get_logger("client.connection")
 
@@ -365,6 +365,8 @@ class BrokerConnection:
                     pending.on_more(response)
                 continue
             pending = waiters.pop(response.correlation_id, None)
+            if response.correlation_id == self._hello_correlation_id:
+                self._hello_answered(response)
             if pending is not None:
                 if self._slot_freed is not None:
                     self._slot_released()
@@ -456,6 +458,14 @@ class BrokerConnection:
             self._mark_closed("connection closed")
             with anyio.CancelScope(shield=True):
                 await self._transport.aclose()
+
+    def _hello_answered(self, response: IncomingResponse) -> None:
+        """Take the broker's frame limit from its Hello answer: responses (a fetch
+        of one batch as big as the broker allows) may be that big."""
+        self._hello_correlation_id = None
+        body = response.body
+        if isinstance(body, HelloResponse) and body.frame_bytes_max > 0:
+            self._protocol.allow_frames_up_to(body.frame_bytes_max)
 
     def _silent_peer(self, hello: PendingResponse) -> None:
         """The peer accepted the connection but never answered the Hello: a broker

@@ -44,6 +44,7 @@ from client.cli.publish_input import (
 )
 from client.errors import RecordBatchError
 from client.producer import Producer
+from client.records.header import BATCH_BYTES_LIMIT
 
 READ_BYTES: Final = 256 * 1024  # per read call: large enough for file speed
 # --whole reads the input into memory: at most this much (the default frame limit,
@@ -203,6 +204,14 @@ def _chunk_reader(stream: IO[bytes]) -> Callable[[int], bytes]:
 @click.option("--keep-partition", is_flag=True, help="With --json: use each record's 'partition'.")
 @click.option("--null-marker", metavar="M", help="A value or key equal to M is null.")
 @click.option("--linger-ms", type=click.IntRange(min=0), default=5, show_default=True, metavar="MS")
+@click.option(
+    "--batch-bytes-max",
+    type=click.IntRange(min=1, max=BATCH_BYTES_LIMIT),
+    default=1024 * 1024,
+    show_default=True,
+    metavar="BYTES",
+    help="Largest batch, so largest record, sent; the topic's batch_bytes_max must allow it.",
+)
 @client_options
 def publish(
     topic: str,
@@ -221,6 +230,7 @@ def publish(
     keep_partition: bool,
     null_marker: str | None,
     linger_ms: int,
+    batch_bytes_max: int,
     bootstrap: str,
     debug: bool,
 ) -> None:
@@ -262,6 +272,8 @@ def publish(
                 acks=acks,  # type: ignore[arg-type]
                 compression=compression,  # type: ignore[arg-type]
                 linger_ms=linger_ms,
+                batch_bytes_max=batch_bytes_max,
+                buffer_bytes_max=max(64 * 1024 * 1024, batch_bytes_max),
                 # As Kafka's producers do: the broker's auto_create_topics decides.
                 allow_auto_create_topics=True,
             ) as producer,

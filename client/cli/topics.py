@@ -304,7 +304,7 @@ def add_partitions(name: str, count: int, dry_run: bool, bootstrap: str, debug: 
 
     async def body() -> None:
         async with Admin(bootstrap) as admin:
-            await admin.add_partitions(name, count, validate_only=dry_run)
+            await admin.create_partitions(name, count, validate_only=dry_run)
         verb = "would now have" if dry_run else "now has"
         click.echo(f"topic {name!r} {verb} {count} partitions", err=True)
 

@@ -47,6 +47,7 @@ from client.protocol.frames import (
     FLAG_NO_RESPONSE,
     FLAG_RESPONSE,
     FRAME_BYTES_MAX_DEFAULT,
+    FRAME_BYTES_MAX_WIRE,
     FRAME_HEADER,
     FRAME_HEADER_BYTES,
     HEADER_AFTER_LENGTH_BYTES,
@@ -357,6 +358,14 @@ class ClientConnection:
             ):
                 self._streams.add(correlation_id)
         return correlation_id, data
+
+    def allow_frames_up_to(self, frame_bytes_max: int) -> None:
+        """Accept responses up to ``frame_bytes_max`` bytes (never less than now):
+        a broker whose frame limit is above ours may send batches that big."""
+        limit = min(frame_bytes_max, FRAME_BYTES_MAX_WIRE)
+        if limit > self._frame_bytes_max:
+            self._frame_bytes_max = limit
+            self._frames.allow_frames_up_to(limit)
 
     def _allocate_correlation_id(self) -> int:
         # Ids run 10, 11, ... 2**32 - 1, then wrap to 1, skipping any still in flight
