@@ -38,6 +38,8 @@ def parse_address(text: str) -> tuple[str, int]:
     item = text.strip()
     if not item:
         raise AddressError("empty broker address")
+    if "://" in item:
+        raise AddressError(f"broker address {item!r}: write HOST:PORT, not a URL")
     if item.startswith("["):
         host, bracket, rest = item[1:].partition("]")
         if not bracket:

@@ -164,3 +164,27 @@ def test_read_toml_errors(tmp_path: Path) -> None:
     good = tmp_path / "good.toml"
     good.write_text('listen = "127.0.0.1:1"\n[limits]\nconnections_max = 2\n')
     assert read_toml(good) == {"listen": "127.0.0.1:1", "limits": {"connections_max": 2}}
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe\x00\x81", b"listen = '\xc3\x28'\n"])
+def test_read_toml_of_bytes_that_are_not_utf8_is_a_config_error(
+    tmp_path: Path, content: bytes
+) -> None:
+    """A config file that is not UTF-8 text is a ConfigError naming the file."""
+    path = tmp_path / "binary.toml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match="not UTF-8 text"):
+        read_toml(path)
+
+
+def test_topic_defaults_batch_must_fit_the_frame_limit() -> None:
+    """topic_defaults.batch_bytes_max above what limits.frame_bytes_max can carry is
+    a ConfigError naming both keys."""
+    with pytest.raises(ConfigError, match=r"topic_defaults\.batch_bytes_max=.*frame_bytes_max"):
+        load_config(
+            file_values={
+                "limits": {"frame_bytes_max": 8 << 20, "fetch_bytes_max": 4 << 20},
+                "topic_defaults": {"batch_bytes_max": 6 << 20},
+            }
+        )
+    load_config(file_values={"limits": {"frame_bytes_max": 64 << 20}})
