@@ -159,16 +159,43 @@ async def _ack_loop(state: _ProduceState) -> None:
                 state.acked += weight
 
 
-@perf.command(name="produce")
+PRODUCE_EXAMPLES: Final = """
+\b
+Examples:
+  distributary perf produce bench --records 1000000 --record-size 100
+  distributary perf produce bench --records 50000 --record-size 1024 --rate 10000 --json
+"""
+CONSUME_EXAMPLES: Final = """
+\b
+Examples:
+  distributary perf consume bench --records 1000000
+  distributary perf consume bench --records 1000000 --json | jq .mb_per_s
+"""
+
+
+@perf.command(name="produce", epilog=PRODUCE_EXAMPLES)
 @click.argument("topic")
-@click.option("--records", type=click.IntRange(min=1), required=True, help="How many records.")
-@click.option("--record-size", type=click.IntRange(min=0), required=True, help="Value bytes.")
-@click.option("--rate", type=click.FloatRange(min=0, min_open=True), help="Records/s at most.")
+@click.option(
+    "--records", type=click.IntRange(min=1), required=True, metavar="N", help="How many records."
+)
+@click.option(
+    "--record-size",
+    type=click.IntRange(min=0),
+    required=True,
+    metavar="BYTES",
+    help="Value bytes per record.",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="N",
+    help="At most N records/s (every record is then timed).",
+)
 @click.option("--acks", type=click.Choice(ACKS_CHOICES), default="all", show_default=True)
 @click.option(
     "--compression", type=click.Choice(COMPRESSION_CHOICES), default="none", show_default=True
 )
-@click.option("--linger-ms", type=click.IntRange(min=0), default=5, show_default=True)
+@click.option("--linger-ms", type=click.IntRange(min=0), default=5, show_default=True, metavar="MS")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary.")
 @client_options
 def perf_produce(
@@ -183,13 +210,11 @@ def perf_produce(
     bootstrap: str,
     debug: bool,
 ) -> None:
-    """Publish RECORDS records of RECORD_SIZE bytes to TOPIC; report rate and ack latency.
+    """Publish N records (--records) of BYTES bytes (--record-size) to TOPIC; report
+    the rate and acknowledgement latency.
 
-    \b
-    Examples:
-      distributary perf produce bench --records 1000000 --record-size 100
-      distributary perf produce bench --records 50000 --record-size 1024 --rate 10000 --json
-    """
+    Ctrl-C stops sending: what was sent is flushed and the summary covers it
+    (exit 130)."""
     pool = os.urandom(record_size + RANDOM_POOL_EXTRA_BYTES)
 
     async def body() -> int:
@@ -298,29 +323,28 @@ async def _wait_drained(state: _ProduceState) -> None:
         await anyio.sleep(0.001)
 
 
-@perf.command(name="consume")
+@perf.command(name="consume", epilog=CONSUME_EXAMPLES)
 @click.argument("topic")
-@click.option("--records", type=click.IntRange(min=1), required=True, help="How many records.")
+@click.option(
+    "--records", type=click.IntRange(min=1), required=True, metavar="N", help="How many records."
+)
 @click.option(
     "--timeout",
     "timeout_s",
     type=click.FloatRange(min=0, min_open=True),
     default=30.0,
     show_default=True,
-    help="Give up after this many seconds without a new record.",
+    metavar="SECONDS",
+    help="Give up after SECONDS without a new record.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary.")
 @client_options
 def perf_consume(
     topic: str, records: int, timeout_s: float, as_json: bool, bootstrap: str, debug: bool
 ) -> None:
-    """Read RECORDS records of TOPIC from the beginning; report the rate.
+    """Read N records (--records) of TOPIC from the beginning; report the rate.
 
-    \b
-    Examples:
-      distributary perf consume bench --records 1000000
-      distributary perf consume bench --records 1000000 --json | jq .mb_per_s
-    """
+    Ctrl-C stops reading; the summary covers what was read (exit 130)."""
 
     async def body() -> int:
         count = 0

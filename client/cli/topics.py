@@ -71,8 +71,23 @@ def topics() -> None:
 
 @topics.command(epilog=CREATE_EXAMPLES)
 @click.argument("name")
-@click.option("-p", "--partitions", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("-c", "--config", "configs", multiple=True, metavar="KEY=VALUE", help="Topic config.")
+@click.option(
+    "-p",
+    "--partitions",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    metavar="N",
+    help="Number of partitions.",
+)
+@click.option(
+    "-c",
+    "--config",
+    "configs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Topic config (repeatable), e.g. retention.ms=86400000.",
+)
 @click.option("--if-not-exists", is_flag=True, help="An existing topic is not an error.")
 @client_options
 def create(
