@@ -438,7 +438,6 @@ class ClientConnection:
         )
         plausible = (
             HEADER_AFTER_LENGTH_BYTES + body_length <= frame_length
-            and frame_length + LENGTH_PREFIX_BYTES <= self._frame_bytes_max
             and not flags & ~KNOWN_FLAGS
             and (api_key in _API_KEY_VALUES or api_key == ERROR_RESPONSE_TAG)
         )

@@ -264,3 +264,33 @@ def test_send_nowait_and_writable_now_on_asyncio() -> None:
                 group.cancel_scope.cancel()
 
     on_asyncio(scenario)
+
+
+async def test_the_brokers_frame_limit_from_hello_is_adopted() -> None:
+    """Proves a Hello answer announcing a frame limit above the client's raises the
+    limit of the connection that received it (so a batch as big as the broker
+    allows can be fetched)."""
+    announced = 200 * 1024 * 1024
+
+    async def announce(stream: anyio.abc.ByteStream) -> None:
+        server = ServerConnection()
+        async with stream:
+            server.receive_data(await stream.receive())
+            request = server.next_request()
+            assert isinstance(request, IncomingRequest)
+            await stream.send(
+                server.encode_response(
+                    request.api_key,
+                    0,
+                    request.correlation_id,
+                    HelloResponse(frame_bytes_max=announced),
+                )
+            )
+            await anyio.sleep(30)
+
+    with trio.fail_after(10):
+        async with anyio.create_task_group() as group:
+            connection = await serve_and_connect(group, announce)
+            await connection.request(HelloRequest())
+            assert connection._protocol._frame_bytes_max == announced
+            group.cancel_scope.cancel()
