@@ -9,7 +9,8 @@ happened.  :func:`watch_deletions` runs next to the consumer: every
 request) and stops tail, with a line on stderr and exit status 1, when one is
 gone, or when a partition's log end offset went backwards or the topic has
 fewer partitions than before (it was deleted and created again between two
-looks).  Connection trouble is not a deletion: the watcher looks again later.
+looks).  Connection trouble is not a deletion: the watcher looks again later;
+nor is a topic it never saw (tail reports an unknown topic itself).
 
 :func:`clamp_start` is the other note: an ``-o`` offset before the log start or
 past its end starts at the nearest end, and says so on stderr.
@@ -62,7 +63,10 @@ async def _watch(admin: Admin, topics: Sequence[str]) -> None:
             descriptions = await admin.describe_topics(topics)
         except UnknownTopicOrPartitionError as error:
             missing = [name for name in topics if repr(name) in str(error)] or list(topics)
-            raise TopicDeletedError(f"topic {missing[0]!r} was deleted") from None
+            if missing[0] in seen:
+                raise TopicDeletedError(f"topic {missing[0]!r} was deleted") from None
+            # Never seen: tail itself reports an unknown topic.
+            descriptions = []
         except DistributaryError as error:
             if not error.retriable:
                 raise
