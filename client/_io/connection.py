@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import socket
 from collections.abc import Callable, Sequence
 from typing import Final
 
@@ -56,6 +57,7 @@ from client.errors import (
     BrokerUnavailableError,
     ConnectionClosedError,
     DistributaryError,
+    InvalidConfigError,
     ProtocolError,
     RequestTimedOutError,
 )
@@ -63,6 +65,13 @@ from client.protocol.connection import ClientConnection, IncomingResponse
 from client.protocol.messages import HelloRequest, HelloResponse, Request
 
 log = get_logger("client.connection")
+
+# getaddrinfo's "no such name" answers (not its temporary failures).
+_UNKNOWN_HOST_ERRNOS: Final = frozenset(
+    code
+    for code in (getattr(socket, "EAI_NONAME", None), getattr(socket, "EAI_NODATA", None))
+    if code is not None
+)
 
 # Small payloads are joined with the header into one write (one syscall).
 JOIN_WRITES_BELOW_BYTES: Final = 64 * 1024
@@ -81,7 +90,8 @@ async def open_connection(
 ) -> BrokerConnection:
     """Connect and start the connection's tasks in ``task_group``.
 
-    Raises BrokerUnavailableError when the broker cannot be reached in time.
+    Raises BrokerUnavailableError when the broker cannot be reached in time,
+    InvalidConfigError when ``host`` is a name that does not exist.
     """
     tools = EventLoopTools()
     try:
@@ -98,6 +108,15 @@ async def open_connection(
         raise BrokerUnavailableError(
             f"broker {host}:{port} did not accept a connection within {connect_timeout_ms} ms"
         ) from None
+    except socket.gaierror as error:
+        reason = error.strerror or str(error)
+        if error.errno in _UNKNOWN_HOST_ERRNOS:
+            # A name that does not exist is a wrong address, not an outage (Kafka's
+            # clients refuse an unresolvable bootstrap as a config error too).
+            raise InvalidConfigError(
+                f"broker address {host}:{port}: unknown host name ({reason})"
+            ) from None
+        raise BrokerUnavailableError(f"cannot resolve broker host {host!r}: {reason}") from None
     except OSError as error:
         raise BrokerUnavailableError(
             f"cannot connect to broker {host}:{port}: {os_error_reason(error)}"

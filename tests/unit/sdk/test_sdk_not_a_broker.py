@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from client.admin import Admin
-from client.errors import ProtocolError
+from client.errors import InvalidConfigError, ProtocolError
 from client.protocol.connection import ClientConnection
 from client.protocol.messages import HelloRequest
 
@@ -123,3 +123,13 @@ def test_http_status_line_is_recognised_in_any_chunking(chunk: int) -> None:
         for start in range(0, len(data), chunk):
             client.receive_data(data[start : start + chunk])
     assert client.dead
+
+
+async def test_an_unknown_host_name_is_a_config_error_at_once() -> None:
+    """A bootstrap host that does not exist (the reserved .invalid domain) is an
+    InvalidConfigError naming it, without a round of retries."""
+    admin = Admin("no-such-broker.invalid:9392", connect_timeout_ms=CONNECT_TIMEOUT_MS)
+    with trio.fail_after(CONNECT_TIMEOUT_MS / 1000 * 4):
+        with pytest.raises(InvalidConfigError, match="unknown host name"):
+            async with admin:
+                await admin.list_topics()
