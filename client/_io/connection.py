@@ -12,7 +12,11 @@ even from an ``on_done`` callback.
 
 Timeouts: every slot has a deadline.  One watchdog task per connection sleeps
 until the earliest one and fails the expired slots with RequestTimedOutError (a
-late response is then dropped); there is no cancel scope per request.
+late response is then dropped); there is no cancel scope per request.  The one
+exception is a Hello sent before anything was received: a peer that stays
+silent past its deadline is not a broker (a broker answers Hello at once), so
+that slot fails with a ProtocolError saying so, which callers do not retry.
+The Hello's answer also raises the connection's frame limit to the broker's.
 
 Failure model: every socket error, end of stream or protocol error closes the
 connection and fails every slot with a typed, retriable

@@ -21,7 +21,11 @@ payload_length)`` returns the bytes.  What can go wrong, and what follows:
   and keeps reading.
 
 On the client every violation is the broker's fault, so ``next_response``
-raises ProtocolError and the connection must be closed.  After a ProtocolError
+raises ProtocolError and the connection must be closed.  The client also looks
+at the first bytes it ever receives before reading them as a frame: an HTTP
+answer, or a head with an unknown API key or flag bits, is a ProtocolError
+naming the peer as "not a Distributary broker" (the first request's correlation
+id, 10, is a line feed, so a line-based server answers at once).  After a ProtocolError
 either state machine is dead: every further call raises ProtocolError.
 """
 
@@ -286,8 +290,8 @@ class ClientConnection:
         assert 1 <= inflight_requests_max < CORRELATION_ID_MODULUS - 1, inflight_requests_max
         # Names the other end in the "not a broker" errors (e.g. "127.0.0.1:9392").
         self.peer = peer
-        # The first FRAME_HEADER_BYTES received, until they are checked to be the
-        # head of a response to one of our requests (see _check_first_bytes).
+        # The first FRAME_HEADER_BYTES received, until they are checked to look
+        # like the head of a broker's response (see _check_first_bytes).
         self._first_bytes: bytearray | None = bytearray()
         self._frames = FrameDecoder(frame_bytes_max, frame_bytes_max)
         self._frame_bytes_max = frame_bytes_max
