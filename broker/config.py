@@ -170,10 +170,12 @@ def load_config(
         config.limits.check()
     except ValueError as error:
         raise ConfigError(str(error)) from error
-    try:
-        check_fits_frame(config.topic_defaults, config.limits.frame_bytes_max)
-    except InvalidConfigError as error:
-        raise ConfigError(f"topic_defaults.{error.message}") from error
+    defaults_set = values.get("topic_defaults")
+    if isinstance(defaults_set, Mapping) and "batch_bytes_max" in defaults_set:
+        try:
+            check_fits_frame(config.topic_defaults, config.limits.frame_bytes_max)
+        except InvalidConfigError as error:
+            raise ConfigError(f"topic_defaults.{error.message}") from error
     return LoadedConfig(config, warnings, sources)
 
 

@@ -14,10 +14,14 @@ overrides); the effective LogConfig is the broker's ``topic_defaults`` with them
 applied, so changing a default in the broker config reaches every topic that did
 not override it.
 
-A topic's ``batch_bytes_max`` must leave room for the frame that carries its
-biggest batch: a batch plus :data:`FRAME_ROOM_BYTES` (frame header and a
-metadata body) must fit under the broker's ``frame_bytes_max``, checked at
-creation, at an alter and at start-up (broker/config.py checks the defaults).
+A ``batch_bytes_max`` that a topic sets must leave room for the frame that
+carries its biggest batch: a batch plus :data:`FRAME_ROOM_BYTES` (frame header
+and a metadata body) must fit under the broker's ``frame_bytes_max``.  It is
+checked where it is set -- at creation and at an alter (INVALID_CONFIG), in the
+config file's ``topic_defaults`` (broker/config.py) -- and a stored topic that no
+longer fits (the frame limit was lowered) is logged at start-up.  The built-in
+default (16 MiB) is not checked: under a smaller frame limit the frame limit is
+simply the tighter of the two.
 
 An alter (:meth:`TopicManager.alter_configs`) replaces the stored overrides and
 hands the new LogConfig to the topic's open partitions at once; an
@@ -189,9 +193,14 @@ class TopicManager:
         for name, record in sorted(stored.topics.items()):
             try:
                 config = log_config_for(self.defaults, record.configs)
-                check_fits_frame(config, self.frame_bytes_max)
             except InvalidConfigError as error:
                 raise StorageError(f"{TOPICS_FILE}: topic {name}: {error.message}") from error
+            try:
+                self._check_set_batch_bytes_max(record.configs, config)
+            except InvalidConfigError as error:
+                _logger.warning(
+                    "topic config does not fit the frame limit", topic=name, error=error.message
+                )
             topic = Topic(name, record, config)
             self._topics[name] = topic
             for index in range(record.partitions):
@@ -266,8 +275,14 @@ class TopicManager:
                 f"partition count {partitions} is outside [1, {self.partitions_max}]"
             )
         config = log_config_for(self.defaults, configs)
-        check_fits_frame(config, self.frame_bytes_max)
+        self._check_set_batch_bytes_max(configs, config)
         return config
+
+    def _check_set_batch_bytes_max(self, overrides: Mapping[str, str], config: LogConfig) -> None:
+        """Raises InvalidConfigError when ``overrides`` set a batch_bytes_max that
+        does not fit the frame limit."""
+        if any(_canonical_key(key) == "batch_bytes_max" for key in overrides):
+            check_fits_frame(config, self.frame_bytes_max)
 
     async def create(self, name: str, partitions: int, configs: Mapping[str, str]) -> Topic:
         """Create a topic and open its partitions.  Raises like :meth:`check_new_topic`,
@@ -333,7 +348,7 @@ class TopicManager:
             if value.strip().lower() != DEFAULT_VALUE:
                 overrides[key] = value
         config = log_config_for(self.defaults, overrides)
-        check_fits_frame(config, self.frame_bytes_max)
+        self._check_set_batch_bytes_max(changes, config)
         return overrides, config
 
     async def alter_configs(self, name: str, changes: Mapping[str, str]) -> Topic:

@@ -178,8 +178,9 @@ def test_read_toml_of_bytes_that_are_not_utf8_is_a_config_error(
 
 
 def test_topic_defaults_batch_must_fit_the_frame_limit() -> None:
-    """topic_defaults.batch_bytes_max above what limits.frame_bytes_max can carry is
-    a ConfigError naming both keys."""
+    """topic_defaults.batch_bytes_max set above what limits.frame_bytes_max can carry
+    is a ConfigError naming both keys; the built-in default is not held against a
+    small frame limit."""
     with pytest.raises(ConfigError, match=r"topic_defaults\.batch_bytes_max=.*frame_bytes_max"):
         load_config(
             file_values={
@@ -188,3 +189,4 @@ def test_topic_defaults_batch_must_fit_the_frame_limit() -> None:
             }
         )
     load_config(file_values={"limits": {"frame_bytes_max": 64 << 20}})
+    load_config(file_values={"limits": {"frame_bytes_max": 65536, "fetch_bytes_max": 32768}})

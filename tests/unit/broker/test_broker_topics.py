@@ -192,7 +192,8 @@ async def test_alter_configs_validates_as_at_creation(tmp_path: Path) -> None:
 
 async def test_batch_bytes_max_must_fit_the_frame_limit(tmp_path: Path) -> None:
     """A topic batch_bytes_max above what frame_bytes_max can carry is refused at
-    creation, naming both limits; a bigger frame limit allows it."""
+    creation, naming both limits; one that fits is accepted, and a topic that sets
+    none takes the built-in default (the frame limit is then the tighter one)."""
     data_dir = tmp_path / "small"
     data_dir.mkdir()
     small = TopicManager(data_dir, LogConfig(), clock, partitions_max=8, frame_bytes_max=8 << 20)
@@ -201,6 +202,7 @@ async def test_batch_bytes_max_must_fit_the_frame_limit(tmp_path: Path) -> None:
         await small.create("big", 1, {"batch_bytes_max": str(6 << 20)})
     assert "limits.frame_bytes_max=8388608" in raised.value.message
     await small.create("fits", 1, {"batch_bytes_max": str(2 << 20)})
+    await small.create("plain", 1, {})
     await small.close()
 
 
