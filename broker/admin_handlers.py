@@ -1,5 +1,6 @@
 """The administrative and metadata requests: Hello, Metadata, CreateTopics,
-DeleteTopics, DescribeTopics, ListOffsets and FindCoordinator.
+DeleteTopics, DescribeTopics, AlterConfigs, CreatePartitions, ListOffsets and
+FindCoordinator.
 
 Plain functions over the Broker state.  Everything they say about leaders,
 replicas and brokers comes from the broker's metadata view
@@ -29,7 +30,11 @@ from client.protocol.messages import (
     API_VERSIONS,
     EARLIEST_TIMESTAMP,
     LATEST_TIMESTAMP,
+    AlterConfigsRequest,
+    AlterConfigsResponse,
     ApiVersionRange,
+    CreatePartitionsRequest,
+    CreatePartitionsResponse,
     CreateTopicsRequest,
     CreateTopicsResponse,
     DeleteTopicsRequest,
@@ -172,6 +177,38 @@ async def handle_delete_topics(broker: Broker, body: DeleteTopicsRequest) -> Del
         except DistributaryError as error:
             results.append(TopicResult(name, int(error.code), error.message))
     return DeleteTopicsResponse(results)
+
+
+async def handle_alter_configs(broker: Broker, body: AlterConfigsRequest) -> AlterConfigsResponse:
+    results: list[TopicResult] = []
+    for alterable in body.topics:
+        try:
+            check_not_internal(alterable.name)
+            if body.validate_only:
+                broker.topics.check_alter(alterable.name, alterable.configs)
+            else:
+                await broker.topics.alter_configs(alterable.name, alterable.configs)
+            results.append(TopicResult(alterable.name))
+        except DistributaryError as error:
+            results.append(TopicResult(alterable.name, int(error.code), error.message))
+    return AlterConfigsResponse(results)
+
+
+async def handle_create_partitions(
+    broker: Broker, body: CreatePartitionsRequest
+) -> CreatePartitionsResponse:
+    results: list[TopicResult] = []
+    for wanted in body.topics:
+        try:
+            check_not_internal(wanted.name)
+            if body.validate_only:
+                broker.topics.check_add_partitions(wanted.name, wanted.count)
+            else:
+                await broker.topics.add_partitions(wanted.name, wanted.count)
+            results.append(TopicResult(wanted.name))
+        except DistributaryError as error:
+            results.append(TopicResult(wanted.name, int(error.code), error.message))
+    return CreatePartitionsResponse(results)
 
 
 def handle_describe_topics(broker: Broker, body: DescribeTopicsRequest) -> DescribeTopicsResponse:

@@ -31,6 +31,7 @@ from broker.cluster.etcd_url import parse_etcd_url
 from broker.groups.config import GroupConfig
 from broker.limits import Limits
 from broker.storage.config import LogConfig
+from broker.topics import check_fits_frame
 from client.errors import DistributaryError, InvalidConfigError
 
 ENV_PREFIX: Final = "DISTRIBUTARY_"
@@ -133,6 +134,10 @@ def read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(file)
     except OSError as error:
         raise ConfigError(f"cannot read config file {path}: {error.strerror}") from error
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {error.start} cannot be decoded)"
+        ) from error
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"config file {path} is not valid TOML: {error}") from error
 
@@ -190,6 +195,12 @@ def load_config(
         config.limits.check()
     except ValueError as error:
         raise ConfigError(str(error)) from error
+    defaults_set = values.get("topic_defaults")
+    if isinstance(defaults_set, Mapping) and "batch_bytes_max" in defaults_set:
+        try:
+            check_fits_frame(config.topic_defaults, config.limits.frame_bytes_max)
+        except InvalidConfigError as error:
+            raise ConfigError(f"topic_defaults.{error.message}") from error
     return LoadedConfig(config, warnings, sources)
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from broker.admin_handlers import (
     DEFAULT_PARTITIONS_SENTINEL,
+    handle_alter_configs,
+    handle_create_partitions,
     handle_create_topics,
     handle_delete_topics,
     handle_describe_topics,
@@ -42,7 +44,9 @@ from broker.response_slots import Reply
 from broker.state import Broker
 from client.protocol.connection import IncomingRequest
 from client.protocol.messages import (
+    AlterConfigsRequest,
     ConsumerGroupHeartbeatRequest,
+    CreatePartitionsRequest,
     CreateTopicsRequest,
     DeleteGroupsRequest,
     DeleteTopicsRequest,
@@ -112,6 +116,10 @@ async def handle_other(broker: Broker, body: Request) -> Reply:
         return Reply(handle_describe_topics(broker, body))
     if isinstance(body, ListOffsetsRequest):
         return Reply(handle_list_offsets(broker, body))
+    if isinstance(body, AlterConfigsRequest):
+        return Reply(await handle_alter_configs(broker, body))
+    if isinstance(body, CreatePartitionsRequest):
+        return Reply(await handle_create_partitions(broker, body))
     if isinstance(body, FindCoordinatorRequest):
         return Reply(handle_find_coordinator(broker, body))
     return await handle_group_request(broker, body)

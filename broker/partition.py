@@ -148,6 +148,14 @@ class Partition:
         partition._state.advance_high_watermark(log.end_offset)
         return partition
 
+    def set_config(self, config: LogConfig) -> None:
+        """Take a topic's altered config: the log reads it from its next append, roll
+        or retention pass; the flush policy decides the next acknowledgement."""
+        self.config = config
+        self._flush_every_append = config.flush_policy is FlushPolicy.EVERY_APPEND
+        if self.failure is None:
+            self._log.set_config(config)
+
     @property
     def storage_log(self) -> AsyncLog:
         """The partition's log, for the scrubber (broker/scrubbing.py); only of an

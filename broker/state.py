@@ -97,7 +97,11 @@ class Broker:
         data_dir = config.data_path
         lock_descriptor = await trio.to_thread.run_sync(lock_data_dir, data_dir)
         topics = TopicManager(
-            data_dir, config.topic_defaults, clock_ms, config.topic_partitions_max
+            data_dir,
+            config.topic_defaults,
+            clock_ms,
+            config.topic_partitions_max,
+            frame_bytes_max=config.limits.frame_bytes_max,
         )
         groups = GroupService(topics, config.groups, clock_ms)
         try:

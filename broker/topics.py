@@ -14,8 +14,24 @@ overrides); the effective LogConfig is the broker's ``topic_defaults`` with them
 applied, so changing a default in the broker config reaches every topic that did
 not override it.
 
-Concurrency: create and delete hold ``_change_lock`` so metadata writes never
-interleave; lookups are plain dict reads on the event-loop thread.
+A ``batch_bytes_max`` that a topic sets must leave room for the frame that
+carries its biggest batch: a batch plus :data:`FRAME_ROOM_BYTES` (frame header
+and a metadata body) must fit under the broker's ``frame_bytes_max``.  It is
+checked where it is set -- at creation and at an alter (INVALID_CONFIG), in the
+config file's ``topic_defaults`` (broker/config.py) -- and a stored topic that no
+longer fits (the frame limit was lowered) is logged at start-up.  The built-in
+default (16 MiB) is not checked: under a smaller frame limit the frame limit is
+simply the tighter of the two.
+
+An alter (:meth:`TopicManager.alter_configs`) replaces the stored overrides and
+hands the new LogConfig to the topic's open partitions at once; an
+add-partitions (:meth:`TopicManager.add_partitions`) raises the count, writes
+the file, then opens the new logs (a crash in between creates them at the next
+start, as for a create).
+
+Concurrency: create, delete, alter and add-partitions hold ``_change_lock`` so
+metadata writes never interleave; lookups are plain dict reads on the
+event-loop thread.
 """
 
 from __future__ import annotations
@@ -42,6 +58,11 @@ from client.errors import (
     TopicAlreadyExistsError,
     UnknownTopicOrPartitionError,
 )
+from client.protocol.frames import (
+    BODY_BYTES_MAX_DEFAULT,
+    FRAME_BYTES_MAX_DEFAULT,
+    FRAME_HEADER_BYTES,
+)
 
 TOPICS_FILE: Final = "topics.json"
 TOPICS_FILE_VERSION: Final = 1
@@ -50,6 +71,11 @@ TOPIC_NAME_BYTES_MAX: Final = 249
 _TOPIC_NAME: Final = re.compile(r"^[a-zA-Z0-9._-]+$")
 # Partitions named in the one error a failed close raises.
 _CLOSE_FAILURES_NAMED: Final = 5
+# What a frame holds besides one batch: its header and a metadata body (bounded
+# by the body limit).  batch_bytes_max + this must fit under frame_bytes_max.
+FRAME_ROOM_BYTES: Final = FRAME_HEADER_BYTES + BODY_BYTES_MAX_DEFAULT
+# The value of an alter that removes an override (the broker default applies).
+DEFAULT_VALUE: Final = "default"
 
 _logger = get_logger()
 
@@ -106,6 +132,24 @@ def log_config_for(defaults: LogConfig, overrides: Mapping[str, str]) -> LogConf
     return defaults.with_changes(**changes) if changes else defaults
 
 
+def batch_bytes_max_limit(frame_bytes_max: int) -> int:
+    """The largest ``batch_bytes_max`` a broker with this ``frame_bytes_max`` can carry."""
+    return frame_bytes_max - FRAME_ROOM_BYTES
+
+
+def check_fits_frame(config: LogConfig, frame_bytes_max: int) -> None:
+    """Raise InvalidConfigError, naming both limits, when a batch of the config's
+    ``batch_bytes_max`` could not travel in a frame of ``frame_bytes_max`` bytes."""
+    limit = batch_bytes_max_limit(frame_bytes_max)
+    if config.batch_bytes_max > limit:
+        raise InvalidConfigError(
+            f"batch_bytes_max={config.batch_bytes_max} does not fit in the broker's "
+            f"limits.frame_bytes_max={frame_bytes_max} (at most {limit}: a frame also "
+            f"holds {FRAME_ROOM_BYTES} bytes of header and body); raise "
+            "limits.frame_bytes_max first"
+        )
+
+
 def config_strings(config: LogConfig) -> dict[str, str]:
     """Every LogConfig field as a string, for DescribeTopics."""
     values = msgspec.to_builtins(config)
@@ -131,10 +175,12 @@ class TopicManager:
         defaults: LogConfig,
         clock_ms: Callable[[], int],
         partitions_max: int,
+        frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT,
     ) -> None:
         self.data_dir = data_dir
         self.defaults = defaults
         self.partitions_max = partitions_max
+        self.frame_bytes_max = frame_bytes_max
         self._clock_ms = clock_ms
         self._topics: dict[str, Topic] = {}
         self._change_lock = trio.Lock()
@@ -153,6 +199,12 @@ class TopicManager:
                 config = log_config_for(self.defaults, record.configs)
             except InvalidConfigError as error:
                 raise StorageError(f"{TOPICS_FILE}: topic {name}: {error.message}") from error
+            try:
+                self._check_set_batch_bytes_max(record.configs, config)
+            except InvalidConfigError as error:
+                _logger.warning(
+                    "topic config does not fit the frame limit", topic=name, error=error.message
+                )
             topic = Topic(name, record, config)
             self._topics[name] = topic
             for index in range(record.partitions):
@@ -241,7 +293,15 @@ class TopicManager:
             raise InvalidPartitionsError(
                 f"partition count {partitions} is outside [1, {self.partitions_max}]"
             )
-        return log_config_for(self.defaults, configs)
+        config = log_config_for(self.defaults, configs)
+        self._check_set_batch_bytes_max(configs, config)
+        return config
+
+    def _check_set_batch_bytes_max(self, overrides: Mapping[str, str], config: LogConfig) -> None:
+        """Raises InvalidConfigError when ``overrides`` set a batch_bytes_max that
+        does not fit the frame limit."""
+        if any(_canonical_key(key) == "batch_bytes_max" for key in overrides):
+            check_fits_frame(config, self.frame_bytes_max)
 
     async def create(self, name: str, partitions: int, configs: Mapping[str, str]) -> Topic:
         """Create a topic and open its partitions.  Raises like :meth:`check_new_topic`,
@@ -290,6 +350,82 @@ class TopicManager:
             await trio.to_thread.run_sync(_remove_directories, directories)
         _logger.info("topic deleted", topic=name)
 
+    def check_alter(
+        self, name: str, changes: Mapping[str, str]
+    ) -> tuple[dict[str, str], LogConfig]:
+        """The topic's overrides after ``changes`` (a value of ``default`` removes
+        one) and the LogConfig they make, validated as at creation.  Raises
+        UnknownTopicOrPartitionError, InvalidConfigError."""
+        topic = self._topics.get(name)
+        if topic is None:
+            raise UnknownTopicOrPartitionError(f"unknown topic {name!r}")
+        overrides = dict(topic.record.configs)
+        for key, value in changes.items():
+            canonical = _canonical_key(key)
+            for existing in [k for k in overrides if _canonical_key(k) == canonical]:
+                del overrides[existing]
+            if value.strip().lower() != DEFAULT_VALUE:
+                overrides[key] = value
+        config = log_config_for(self.defaults, overrides)
+        self._check_set_batch_bytes_max(changes, config)
+        return overrides, config
+
+    async def alter_configs(self, name: str, changes: Mapping[str, str]) -> Topic:
+        """Change a topic's overrides (see :meth:`check_alter`), persist them and
+        give the open partitions the new config.  Raises like :meth:`check_alter`,
+        and StorageError."""
+        async with self._change_lock:
+            overrides, config = self.check_alter(name, changes)
+            topic = self._topics[name]
+            record = TopicRecord(topic.record.partitions, overrides, topic.record.created_ms)
+            await self._write_file({**self._records(), name: record})
+            topic.record = record
+            topic.config = config
+            for partition in topic.partitions:
+                partition.set_config(config)
+        _logger.info("topic config altered", topic=name, configs=overrides)
+        return topic
+
+    def check_add_partitions(self, name: str, count: int) -> Topic:
+        """Validate raising ``name`` to ``count`` partitions in total.  Raises
+        UnknownTopicOrPartitionError, InvalidPartitionsError."""
+        topic = self._topics.get(name)
+        if topic is None:
+            raise UnknownTopicOrPartitionError(f"unknown topic {name!r}")
+        current = len(topic.partitions)
+        if count <= current:
+            raise InvalidPartitionsError(
+                f"topic {name!r} has {current} partitions; the new count {count} must be "
+                "higher (partitions cannot be removed)"
+            )
+        if count > self.partitions_max:
+            raise InvalidPartitionsError(
+                f"partition count {count} is above the broker's topic_partitions_max "
+                f"{self.partitions_max}"
+            )
+        return topic
+
+    async def add_partitions(self, name: str, count: int) -> Topic:
+        """Raise a topic's partition count to ``count``: persist it, then open the
+        new (empty) logs.  Raises like :meth:`check_add_partitions`, and
+        StorageError, LogCorruptError."""
+        async with self._change_lock:
+            topic = self.check_add_partitions(name, count)
+            first_new = len(topic.partitions)
+            stale = [partition_directory(self.data_dir, name, i) for i in range(first_new, count)]
+            await trio.to_thread.run_sync(_remove_directories, stale)
+            record = TopicRecord(count, dict(topic.record.configs), topic.record.created_ms)
+            await self._write_file({**self._records(), name: record})
+            topic.record = record
+            # Appended one by one: lookups see a partition only once its log is open.
+            for index in range(first_new, count):
+                partition = await Partition.open(
+                    self.data_dir, name, index, topic.config, self._clock_ms
+                )
+                topic.partitions.append(partition)
+        _logger.info("partitions added", topic=name, partitions=count)
+        return topic
+
     async def close(self) -> None:
         """Flush and close every partition (clean-shutdown markers).  Keeps going
         past a partition that fails, then raises one StorageError naming how many
@@ -319,6 +455,10 @@ class TopicManager:
     async def _write_file(self, records: dict[str, TopicRecord]) -> None:
         data = msgspec.json.format(msgspec.json.encode(TopicsFile(topics=records)))
         await trio.to_thread.run_sync(write_atomic, self.data_dir / TOPICS_FILE, data)
+
+
+def _canonical_key(key: str) -> str:
+    return key.strip().replace(".", "_").replace("-", "_").lower()
 
 
 def _remove_directories(directories: list[Path]) -> None:

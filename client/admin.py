@@ -20,7 +20,12 @@ from client._io.cluster import Cluster, ClusterClient
 from client.errors import ConnectionClosedError, DistributaryError, error_for_code
 from client.group import commit_offsets, fetch_committed, from_wire
 from client.protocol.messages import (
+    AlterableTopic,
+    AlterConfigsRequest,
+    AlterConfigsResponse,
     CreatableTopic,
+    CreatePartitionsRequest,
+    CreatePartitionsResponse,
     CreateTopicsRequest,
     CreateTopicsResponse,
     DeleteGroupsRequest,
@@ -35,6 +40,7 @@ from client.protocol.messages import (
     ListGroupsRequest,
     ListGroupsResponse,
     MetadataResponse,
+    PartitionCount,
     Request,
     TopicResult,
 )
@@ -147,6 +153,31 @@ class Admin(ClusterClient):
         cluster = self._require_cluster()
         for name in request.names:
             cluster.invalidate(name)
+        _raise_first(body.topics)
+
+    async def alter_topic_configs(
+        self, name: str, configs: dict[str, str], *, validate_only: bool = False
+    ) -> None:
+        """Change a topic's config overrides: the keys named get their new value
+        (validated as at creation), the value ``"default"`` removes an override,
+        other keys keep theirs.  Raises UnknownTopicOrPartitionError,
+        InvalidConfigError, InvalidTopicError (an internal topic)."""
+        request = AlterConfigsRequest([AlterableTopic(name, dict(configs))], validate_only)
+        body = await self._to_controller(request)
+        assert isinstance(body, AlterConfigsResponse)
+        _raise_first(body.topics)
+
+    async def create_partitions(
+        self, name: str, count: int, *, timeout_ms: int = 30_000, validate_only: bool = False
+    ) -> None:
+        """Raise a topic's partition count to ``count`` (the new total, as Kafka's
+        CreatePartitions).  Producers and consumers see the new partitions at
+        their next metadata refresh.  Raises InvalidPartitionsError (not more
+        than today, or above the broker's maximum), UnknownTopicOrPartitionError."""
+        request = CreatePartitionsRequest([PartitionCount(name, count)], timeout_ms, validate_only)
+        body = await self._to_controller(request, timeout_ms=timeout_ms + 5_000)
+        assert isinstance(body, CreatePartitionsResponse)
+        self._require_cluster().invalidate(name)
         _raise_first(body.topics)
 
     async def list_topics(self, *, internal: bool = False) -> list[str]:

@@ -58,6 +58,7 @@ from client.handout import RecordHandout
 from client.offsets import list_offsets
 from client.protocol.messages import LATEST_TIMESTAMP
 from client.records.decoder import Record, RecordDecoder, ValueFormat
+from client.records.header import BATCH_BYTES_LIMIT
 from client.types import MiB, OffsetAndTimestamp, OffsetReset, PartitionLag, TopicPartition
 
 log = get_logger("client.consumer")
@@ -130,7 +131,14 @@ class Consumer(RecordHandout, ClusterClient):
         self.reconnect_attempts_max = reconnect_attempts_max
         self._random = rng if rng is not None else random.Random()
         self._fetcher = Fetcher(
-            RecordDecoder(value_type, value_format=value_format, verify_crc=verify_crc),
+            # Batches are bounded by the frame that brings them (the connection's
+            # frame limit, raised to the broker's), not by a fixed batch size.
+            RecordDecoder(
+                value_type,
+                value_format=value_format,
+                verify_crc=verify_crc,
+                batch_bytes_max=BATCH_BYTES_LIMIT,
+            ),
             max_wait_ms=fetch_max_wait_ms,
             min_bytes=fetch_min_bytes,
             max_bytes=fetch_max_bytes,

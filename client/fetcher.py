@@ -53,7 +53,7 @@ from client.protocol.messages import (
     FetchTopic,
 )
 from client.records.decoder import Record, RecordDecoder
-from client.records.header import BATCH_BYTES_MAX_DEFAULT
+from client.records.header import BATCH_BYTES_LIMIT
 from client.types import OffsetReset, TopicPartition
 
 log = get_logger("client.fetcher")
@@ -425,7 +425,7 @@ class Fetcher:
             self._set_fetch_bytes_max(
                 state,
                 min(
-                    BATCH_BYTES_MAX_DEFAULT,
+                    BATCH_BYTES_LIMIT,
                     max(fetched.partial_batch_bytes * 2, GROWN_FETCH_BYTES_MIN),
                 ),
             )

@@ -59,7 +59,7 @@ from client.errors import (
 )
 from client.partitioner import StickyPartitioner, partition_for_key
 from client.records.builder import Header
-from client.records.header import BATCH_BYTES_MAX_DEFAULT, Compression
+from client.records.header import BATCH_BYTES_LIMIT, Compression
 from client.sender import Sender
 from client.types import MiB, RecordMetadata
 
@@ -212,7 +212,10 @@ class Producer(ClusterClient):
             raise ValueError(f"compression must be one of {sorted(_COMPRESSION)}")
         if acks not in _ACKS:
             raise ValueError("acks must be 'none', 'leader', 'all', 0, 1 or -1")
-        assert 0 < batch_bytes_max <= BATCH_BYTES_MAX_DEFAULT, batch_bytes_max
+        if not 0 < batch_bytes_max <= BATCH_BYTES_LIMIT:
+            raise ValueError(
+                f"batch_bytes_max must be 1..{BATCH_BYTES_LIMIT}, got {batch_bytes_max}"
+            )
         assert buffer_bytes_max >= batch_bytes_max, "buffer_bytes_max < batch_bytes_max"
         assert retries_max >= 0 and linger_ms >= 0 and request_timeout_ms > 0
         if delivery_timeout_ms <= 0:

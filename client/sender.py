@@ -60,7 +60,7 @@ from client.protocol.messages import (
     ProduceResponse,
     ProduceTopic,
 )
-from client.records.header import BATCH_BYTES_MAX_DEFAULT
+from client.records.header import BATCH_BYTES_LIMIT
 
 log = get_logger("client.producer")
 
@@ -281,7 +281,7 @@ class Sender:
             return False
         self._last_sent[(batch.topic, batch.partition)] = batch
         try:
-            self._accumulator.build(batch, BATCH_BYTES_MAX_DEFAULT)
+            self._accumulator.build(batch, BATCH_BYTES_LIMIT)
         except DistributaryError as error:
             self._fail(batch, error)
             return True
@@ -329,7 +329,7 @@ class Sender:
         current_bytes = 0
         for batch in batches:
             try:
-                size = len(self._accumulator.build(batch, BATCH_BYTES_MAX_DEFAULT))
+                size = len(self._accumulator.build(batch, BATCH_BYTES_LIMIT))
             except DistributaryError as error:
                 self._fail(batch, error)
                 continue

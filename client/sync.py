@@ -562,6 +562,33 @@ class Admin(_PortalClient[AsyncAdmin]):
         items = list(names)
         self._call(timeout, self._async.delete_topics, items)
 
+    def alter_topic_configs(
+        self,
+        name: str,
+        configs: dict[str, str],
+        *,
+        validate_only: bool = False,
+        timeout: float | None = None,
+    ) -> None:
+        """Change a topic's config overrides; see :meth:`Admin.alter_topic_configs`."""
+        self._call(
+            timeout,
+            lambda: self._async.alter_topic_configs(name, configs, validate_only=validate_only),
+        )
+
+    def create_partitions(
+        self,
+        name: str,
+        count: int,
+        *,
+        validate_only: bool = False,
+        timeout: float | None = None,
+    ) -> None:
+        """Raise a topic's partition count to ``count``; see :meth:`Admin.create_partitions`."""
+        self._call(
+            timeout, lambda: self._async.create_partitions(name, count, validate_only=validate_only)
+        )
+
     def list_topics(self, *, internal: bool = False, timeout: float | None = None) -> list[str]:
         return self._call(timeout, lambda: self._async.list_topics(internal=internal))
 

@@ -7,7 +7,8 @@ Reads SOURCE from the beginning of every partition and writes each record's
 key, value and headers to the same partition of DESTINATION (which must exist
 and have at least as many partitions), one portal hop per fetched batch.  Stops
 once no new record has arrived for ``--idle-timeout`` seconds, flushes, and
-prints how many records it copied.
+prints how many records it copied.  A failure (an unknown topic, an unreachable
+broker) is one line on stderr and exit status 1.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import sys
 import time
 
+from client.errors import DistributaryError
 from client.sync import Admin, Consumer, Producer
 
 
@@ -59,9 +61,12 @@ def main() -> None:
     )
     parser.add_argument("--idle-timeout", type=float, default=2.0)
     arguments = parser.parse_args()
-    count = copy_topic(
-        arguments.bootstrap, arguments.source, arguments.destination, arguments.idle_timeout
-    )
+    try:
+        count = copy_topic(
+            arguments.bootstrap, arguments.source, arguments.destination, arguments.idle_timeout
+        )
+    except (DistributaryError, ValueError) as error:  # an unknown topic, a bad address ...
+        raise SystemExit(f"copy_topic: {error}") from None
     print(
         f"copied {count} records from {arguments.source!r} to {arguments.destination!r}",
         file=sys.stderr,

@@ -249,6 +249,10 @@ class AsyncLog:
         async with self._lock:  # finish_scrub_step ignores a log closed meanwhile
             return result.bytes_read, self.log.finish_scrub_step(ticket, result)
 
+    def set_config(self, config: LogConfig) -> None:
+        """See Log.set_config."""
+        self.log.set_config(config)
+
     def check_invariants(self) -> None:
         """See :meth:`Log.check_invariants`."""
         self.log.check_invariants()

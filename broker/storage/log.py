@@ -576,6 +576,13 @@ class Log:
 
     # -- closing and checking -----------------------------------------------------------
 
+    def set_config(self, config: LogConfig) -> None:
+        """Take a new config (a topic's config was altered): the log and every segment
+        read it at their next append, roll, retention pass or read."""
+        self.config = config
+        for segment in self._segments:
+            segment.config = config
+
     def close(self) -> None:
         """Flush, record the max timestamp in the time index, write the clean-shutdown
         marker and close every file.  Idempotent.  Raises StorageError (the files are

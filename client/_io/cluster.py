@@ -41,6 +41,7 @@ from client._io.connection import (
     open_connection,
 )
 from client._logging import get_logger
+from client.address import parse_addresses
 from client.errors import (
     BrokerUnavailableError,
     ConnectionClosedError,
@@ -74,25 +75,9 @@ T = TypeVar("T")
 def parse_bootstrap(bootstrap: str | Sequence[str]) -> list[tuple[str, int]]:
     """``"host:port,host2:port"`` or a list of ``host[:port]`` -> addresses.
 
-    Raises ValueError (a programmer error) on an unparsable address."""
-    items = bootstrap.split(",") if isinstance(bootstrap, str) else list(bootstrap)
-    addresses: list[tuple[str, int]] = []
-    for item in items:
-        text = item.strip()
-        if not text:
-            continue
-        if text.startswith("["):  # [ipv6]:port
-            host, _, rest = text[1:].partition("]")
-            port = int(rest[1:]) if rest.startswith(":") else DEFAULT_PORT
-        elif text.count(":") == 1:
-            host, port_text = text.split(":")
-            port = int(port_text)
-        else:
-            host, port = text, DEFAULT_PORT
-        addresses.append((host, port))
-    if not addresses:
-        raise ValueError(f"no broker address in bootstrap {bootstrap!r}")
-    return addresses
+    Raises AddressError (a ValueError saying what is wrong) on an unparsable
+    address (client/address.py)."""
+    return parse_addresses(bootstrap)
 
 
 def backoff_ms(attempt: int, base_ms: int, max_ms: int, rng: random.Random) -> float:
@@ -494,6 +479,7 @@ class Cluster:
         The task group is entered through an AsyncExitStack that the Cluster
         owns: if anything between entering it and returning fails, the stack
         leaves it at once, so no task group stays entered without an owner."""
+        parse_bootstrap(bootstrap)  # a bad address raises here, not in the task group
         async with contextlib.AsyncExitStack() as stack:
             task_group = await stack.enter_async_context(anyio.create_task_group())
             cluster = cls(bootstrap, task_group, **options)

@@ -12,7 +12,11 @@ even from an ``on_done`` callback.
 
 Timeouts: every slot has a deadline.  One watchdog task per connection sleeps
 until the earliest one and fails the expired slots with RequestTimedOutError (a
-late response is then dropped); there is no cancel scope per request.
+late response is then dropped); there is no cancel scope per request.  The one
+exception is a Hello sent before anything was received: a peer that stays
+silent past its deadline is not a broker (a broker answers Hello at once), so
+that slot fails with a ProtocolError saying so, which callers do not retry.
+The Hello's answer also raises the connection's frame limit to the broker's.
 
 Failure model: every socket error, end of stream or protocol error closes the
 connection and fails every slot with a typed, retriable
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import socket
 from collections.abc import Callable, Sequence
 from typing import Final
 
@@ -56,13 +61,21 @@ from client.errors import (
     BrokerUnavailableError,
     ConnectionClosedError,
     DistributaryError,
+    InvalidConfigError,
     ProtocolError,
     RequestTimedOutError,
 )
 from client.protocol.connection import ClientConnection, IncomingResponse
-from client.protocol.messages import Request
+from client.protocol.messages import HelloRequest, HelloResponse, Request
 
 log = get_logger("client.connection")
+
+# getaddrinfo's "no such name" answers (not its temporary failures).
+_UNKNOWN_HOST_ERRNOS: Final = frozenset(
+    code
+    for code in (getattr(socket, "EAI_NONAME", None), getattr(socket, "EAI_NODATA", None))
+    if code is not None
+)
 
 # Small payloads are joined with the header into one write (one syscall).
 JOIN_WRITES_BELOW_BYTES: Final = 64 * 1024
@@ -81,7 +94,8 @@ async def open_connection(
 ) -> BrokerConnection:
     """Connect and start the connection's tasks in ``task_group``.
 
-    Raises BrokerUnavailableError when the broker cannot be reached in time.
+    Raises BrokerUnavailableError when the broker cannot be reached in time,
+    InvalidConfigError when ``host`` is a name that does not exist.
     """
     tools = EventLoopTools()
     try:
@@ -98,6 +112,15 @@ async def open_connection(
         raise BrokerUnavailableError(
             f"broker {host}:{port} did not accept a connection within {connect_timeout_ms} ms"
         ) from None
+    except socket.gaierror as error:
+        reason = error.strerror or str(error)
+        if error.errno in _UNKNOWN_HOST_ERRNOS:
+            # A name that does not exist is a wrong address, not an outage (Kafka's
+            # clients refuse an unresolvable bootstrap as a config error too).
+            raise InvalidConfigError(
+                f"broker address {host}:{port}: unknown host name ({reason})"
+            ) from None
+        raise BrokerUnavailableError(f"cannot resolve broker host {host!r}: {reason}") from None
     except OSError as error:
         raise BrokerUnavailableError(
             f"cannot connect to broker {host}:{port}: {os_error_reason(error)}"
@@ -137,7 +160,13 @@ class BrokerConnection:
         self._transport = transport
         self._tools = tools
         self._clock = tools.clock
-        self._protocol = ClientConnection(inflight_requests_max=inflight_requests_max * 4)
+        self._protocol = ClientConnection(
+            inflight_requests_max=inflight_requests_max * 4, peer=f"{host}:{port}"
+        )
+        # The Hello's slot while nothing has been received: its timeout means that
+        # what accepted the connection is silent, not a broker (see watch_deadlines).
+        self._hello_correlation_id: int | None = None
+        self._received_any = False
         self._waiters: dict[int, PendingResponse] = {}
         self._inflight_requests_max = inflight_requests_max
         self._slot_freed: LoopEvent | None = None
@@ -276,6 +305,8 @@ class BrokerConnection:
                 correlation_id, deadline, timeout_ms, self._tools.event, on_done, on_more
             )
             self._waiters[correlation_id] = pending
+            if not self._received_any and isinstance(body, HelloRequest):
+                self._hello_correlation_id = correlation_id
             if deadline < self._watch_until:
                 self._wake_watchdog()
         if not payload:
@@ -347,6 +378,7 @@ class BrokerConnection:
         complete response.  Raises ProtocolError."""
         protocol = self._protocol
         protocol.receive_data(data)
+        self._received_any = True
         waiters = self._waiters
         while (response := protocol.next_response()) is not None:
             if response.more:  # a fetch stream's answer: its slot stays open
@@ -356,6 +388,8 @@ class BrokerConnection:
                     pending.on_more(response)
                 continue
             pending = waiters.pop(response.correlation_id, None)
+            if response.correlation_id == self._hello_correlation_id:
+                self._hello_answered(response)
             if pending is not None:
                 if self._slot_freed is not None:
                     self._slot_released()
@@ -422,6 +456,12 @@ class BrokerConnection:
                         earliest = pending.deadline
                 for pending in expired:
                     self._forget(pending)
+                    if (
+                        pending.correlation_id == self._hello_correlation_id
+                        and not self._received_any
+                    ):
+                        self._silent_peer(pending)
+                        continue
                     pending.fail(
                         RequestTimedOutError(
                             f"no response from {self.host}:{self.port} within "
@@ -441,6 +481,26 @@ class BrokerConnection:
             self._mark_closed("connection closed")
             with anyio.CancelScope(shield=True):
                 await self._transport.aclose()
+
+    def _hello_answered(self, response: IncomingResponse) -> None:
+        """Take the broker's frame limit from its Hello answer: responses (a fetch
+        of one batch as big as the broker allows) may be that big."""
+        self._hello_correlation_id = None
+        body = response.body
+        if isinstance(body, HelloResponse) and body.frame_bytes_max > 0:
+            self._protocol.allow_frames_up_to(body.frame_bytes_max)
+
+    def _silent_peer(self, hello: PendingResponse) -> None:
+        """The peer accepted the connection but never answered the Hello: a broker
+        answers it at once, so this is something else (or a broker frozen solid).
+        Fails the Hello with a ProtocolError (not retried: retrying a silent
+        server only multiplies the wait) and closes the connection."""
+        error = ProtocolError(
+            f"{self.host}:{self.port} accepted the connection but sent no answer to hello "
+            f"within {hello.timeout_ms} ms: is it a Distributary broker?"
+        )
+        hello.fail(error)
+        self._mark_closed(error.message, error)
 
     # -- closing ------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""The client-side ``distributary`` commands: topics, groups, publish, tail, perf.
+"""The client-side ``distributary`` commands: topics, groups, publish, tail, perf, cluster.
 
 The ``distributary`` executable's click group lives in broker/cli.py (the
 client never imports the broker); it calls :func:`register` to add these
@@ -13,11 +13,12 @@ import click
 
 def register(group: click.Group) -> None:
     """Add the client commands to ``group``."""
+    from client.cli.cluster import cluster
     from client.cli.groups import groups
     from client.cli.perf import perf
     from client.cli.publish import publish
     from client.cli.tail import tail
     from client.cli.topics import topics
 
-    for command in (topics, groups, publish, tail, perf):
+    for command in (topics, groups, publish, tail, perf, cluster):
         group.add_command(command)

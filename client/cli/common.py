@@ -31,6 +31,7 @@ import click
 import structlog
 import trio
 
+from client.address import AddressError, parse_addresses
 from client.errors import (
     BrokerUnavailableError,
     ConnectionClosedError,
@@ -78,6 +79,18 @@ class CommandError(Exception):
     """A failure the command already described in one line (exit code 1)."""
 
 
+def check_bootstrap(
+    context: click.Context | None, parameter: click.Parameter | None, value: str
+) -> str:
+    """The click callback of ``--bootstrap``: a bad address is a usage error in one
+    line (client/address.py says what is wrong), before anything connects."""
+    try:
+        parse_addresses(value)
+    except AddressError as error:
+        raise click.BadParameter(str(error), context, parameter) from None
+    return value
+
+
 def client_options(function: F) -> F:
     """Adds ``--bootstrap`` and ``--debug`` to a client command."""
     function = click.option(
@@ -95,6 +108,7 @@ def client_options(function: F) -> F:
         show_default=True,
         show_envvar=True,
         help="Broker address(es) to bootstrap from, comma-separated.",
+        callback=check_bootstrap,
     )(function)
     return function
 

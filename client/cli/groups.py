@@ -38,6 +38,23 @@ Examples:
   distributary groups describe billing
   distributary groups describe billing --json | jq '.partitions[] | .lag'
 """
+LIST_EXAMPLES: Final = """
+\b
+Examples:
+  distributary groups list
+  distributary groups list --json
+"""
+EXPORT_EXAMPLES: Final = """
+\b
+Examples:
+  distributary groups export-offsets billing > billing.csv
+  distributary groups reset-offsets billing-replay --from-file billing.csv
+"""
+DELETE_EXAMPLES: Final = """
+\b
+Examples:
+  distributary groups delete billing
+"""
 RESET_EXAMPLES: Final = """
 \b
 Examples:
@@ -74,17 +91,11 @@ def _print_table(
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
 
 
-@groups.command(name="list")
+@groups.command(name="list", epilog=LIST_EXAMPLES)
 @click.option("--json", "as_json", is_flag=True, help="One JSON array.")
 @client_options
 def list_groups(as_json: bool, bootstrap: str, debug: bool) -> None:
-    """List consumer groups with their state and member count.
-
-    \b
-    Examples:
-      distributary groups list
-      distributary groups list --json
-    """
+    """List consumer groups with their state and member count."""
 
     async def body() -> None:
         async with Admin(bootstrap) as admin:
@@ -399,18 +410,12 @@ def reset_offsets(
     run(body, bootstrap=bootstrap, debug=debug)
 
 
-@groups.command(name="export-offsets")
+@groups.command(name="export-offsets", epilog=EXPORT_EXAMPLES)
 @click.argument("group")
 @client_options
 def export_offsets(group: str, bootstrap: str, debug: bool) -> None:
     """Print GROUP's committed offsets as topic,partition,offset lines (what
-    reset-offsets --from-file reads back, e.g. to seed a new group).
-
-    \b
-    Examples:
-      distributary groups export-offsets billing > billing.csv
-      distributary groups reset-offsets billing-replay --from-file billing.csv
-    """
+    reset-offsets --from-file reads back, e.g. to seed a new group)."""
 
     async def body() -> None:
         async with Admin(bootstrap) as admin:
@@ -423,16 +428,11 @@ def export_offsets(group: str, bootstrap: str, debug: bool) -> None:
     run(body, bootstrap=bootstrap, debug=debug)
 
 
-@groups.command()
+@groups.command(epilog=DELETE_EXAMPLES)
 @click.argument("group")
 @client_options
 def delete(group: str, bootstrap: str, debug: bool) -> None:
-    """Delete GROUP and its committed offsets (refused while it has members).
-
-    \b
-    Examples:
-      distributary groups delete billing
-    """
+    """Delete GROUP and its committed offsets (refused while it has members)."""
 
     async def body() -> None:
         async with Admin(bootstrap) as admin:

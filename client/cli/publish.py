@@ -48,6 +48,7 @@ from client.cli.publish_input import (
 )
 from client.errors import RecordBatchError
 from client.producer import DELIVERY_TIMEOUT_MS_DEFAULT, Producer
+from client.records.header import BATCH_BYTES_LIMIT
 
 READ_BYTES: Final = 256 * 1024  # per read call: large enough for file speed
 # --whole reads the input into memory: at most this much (the default frame limit,
@@ -224,6 +225,14 @@ def _chunk_reader(stream: IO[bytes]) -> Callable[[int], bytes]:
     help="How long a record may take to be acknowledged, retries through broker "
     "outages included; then it and every later record of its partition fail.",
 )
+@click.option(
+    "--batch-bytes-max",
+    type=click.IntRange(min=1, max=BATCH_BYTES_LIMIT),
+    default=1024 * 1024,
+    show_default=True,
+    metavar="BYTES",
+    help="Largest batch, so largest record, sent; the topic's batch_bytes_max must allow it.",
+)
 @client_options
 def publish(
     topic: str,
@@ -243,6 +252,7 @@ def publish(
     null_marker: str | None,
     linger_ms: int,
     delivery_timeout_ms: int,
+    batch_bytes_max: int,
     bootstrap: str,
     debug: bool,
 ) -> None:
@@ -285,6 +295,8 @@ def publish(
                 compression=compression,  # type: ignore[arg-type]
                 linger_ms=linger_ms,
                 delivery_timeout_ms=delivery_timeout_ms,
+                batch_bytes_max=batch_bytes_max,
+                buffer_bytes_max=max(64 * 1024 * 1024, batch_bytes_max),
                 # As Kafka's producers do: the broker's auto_create_topics decides.
                 allow_auto_create_topics=True,
             ) as producer,

@@ -65,6 +65,7 @@ from client.cli.tail_output import (
     RecordWriter,
     TerminalWriter,
 )
+from client.cli.tail_watch import clamp_start, watch_deletions
 from client.consumer import Consumer
 from client.errors import DistributaryError, UnknownTopicOrPartitionError
 from client.protocol.messages import EARLIEST_TIMESTAMP, LATEST_TIMESTAMP
@@ -110,7 +111,7 @@ async def position_consumer(
         ends = await consumer.list_offsets({tp: LATEST_TIMESTAMP for tp in partitions})
         for tp in partitions:
             if isinstance(spec, Absolute):
-                wanted = spec.offset
+                wanted = clamp_start(tp, spec.offset, starts[tp], ends[tp])
             else:
                 assert isinstance(spec, FromEnd)
                 wanted = ends[tp] - spec.count
@@ -411,7 +412,10 @@ def tail(
 
     async def body() -> None:
         names = await matching_topics(bootstrap, topics) if regex else list(dict.fromkeys(topics))
-        async with Consumer(bootstrap, auto_offset_reset="earliest") as consumer:
+        async with (
+            Consumer(bootstrap, auto_offset_reset="earliest") as consumer,
+            watch_deletions(bootstrap, names),
+        ):
             if partitions:
                 chosen = sorted(set(partitions))
                 await consumer.assign([TopicPartition(t, p) for t in names for p in chosen])

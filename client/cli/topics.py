@@ -1,4 +1,4 @@
-"""``distributary topics``: create, list, describe and delete topics (client.Admin).
+"""``distributary topics``: create, list, describe, alter and delete topics (client.Admin).
 
 Listings are data, so they go to stdout (a table on a terminal, plain columns
 when piped, one JSON document with ``--json``); confirmations go to stderr.
@@ -22,6 +22,29 @@ CREATE_EXAMPLES: Final = """
 Examples:
   distributary topics create orders
   distributary topics create orders --partitions 6 --config retention.ms=604800000
+"""
+LIST_EXAMPLES: Final = """
+\b
+Examples:
+  distributary topics list
+  distributary topics list --json
+"""
+DELETE_EXAMPLES: Final = """
+\b
+Examples:
+  distributary topics delete orders
+  distributary topics delete scratch --if-exists
+"""
+ALTER_CONFIG_EXAMPLES: Final = """
+\b
+Examples:
+  distributary topics alter-config orders -c retention.ms=86400000
+  distributary topics alter-config orders -c batch_bytes_max=33554432 -c segment.bytes=default
+"""
+ADD_PARTITIONS_EXAMPLES: Final = """
+\b
+Examples:
+  distributary topics add-partitions orders --partitions 12
 """
 DESCRIBE_EXAMPLES: Final = """
 \b
@@ -48,8 +71,23 @@ def topics() -> None:
 
 @topics.command(epilog=CREATE_EXAMPLES)
 @click.argument("name")
-@click.option("-p", "--partitions", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("-c", "--config", "configs", multiple=True, metavar="KEY=VALUE", help="Topic config.")
+@click.option(
+    "-p",
+    "--partitions",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    metavar="N",
+    help="Number of partitions.",
+)
+@click.option(
+    "-c",
+    "--config",
+    "configs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Topic config (repeatable), e.g. retention.ms=86400000.",
+)
 @click.option("--if-not-exists", is_flag=True, help="An existing topic is not an error.")
 @client_options
 def create(
@@ -78,18 +116,12 @@ def create(
     run(body, bootstrap=bootstrap, debug=debug, topic=name)
 
 
-@topics.command(name="list")
+@topics.command(name="list", epilog=LIST_EXAMPLES)
 @click.option("--internal", is_flag=True, help="Include internal topics.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON array of names.")
 @client_options
 def list_topics(internal: bool, as_json: bool, bootstrap: str, debug: bool) -> None:
-    """List topic names, one per line.
-
-    \b
-    Examples:
-      distributary topics list
-      distributary topics list --json
-    """
+    """List topic names, one per line."""
 
     async def body() -> None:
         async with Admin(bootstrap) as admin:
@@ -219,18 +251,12 @@ def describe(name: str, as_json: bool, bootstrap: str, debug: bool) -> None:
     run(body, bootstrap=bootstrap, debug=debug, topic=name)
 
 
-@topics.command()
+@topics.command(epilog=DELETE_EXAMPLES)
 @click.argument("name")
 @click.option("--if-exists", is_flag=True, help="A missing topic is not an error.")
 @client_options
 def delete(name: str, if_exists: bool, bootstrap: str, debug: bool) -> None:
-    """Delete topic NAME and all its records.
-
-    \b
-    Examples:
-      distributary topics delete orders
-      distributary topics delete scratch --if-exists
-    """
+    """Delete topic NAME and all its records."""
 
     async def body() -> None:
         async with Admin(bootstrap) as admin:
@@ -242,5 +268,59 @@ def delete(name: str, if_exists: bool, bootstrap: str, debug: bool) -> None:
                 click.echo(f"topic {name!r} does not exist", err=True)
                 return
         click.echo(f"deleted topic {name!r}", err=True)
+
+    run(body, bootstrap=bootstrap, debug=debug, topic=name)
+
+
+@topics.command(name="alter-config", epilog=ALTER_CONFIG_EXAMPLES)
+@click.argument("name")
+@click.option(
+    "-c",
+    "--config",
+    "configs",
+    multiple=True,
+    required=True,
+    metavar="KEY=VALUE",
+    help="A topic config to set; VALUE 'default' removes the override.",
+)
+@click.option("--dry-run", is_flag=True, help="Validate on the broker, change nothing.")
+@client_options
+def alter_config(
+    name: str, configs: tuple[str, ...], dry_run: bool, bootstrap: str, debug: bool
+) -> None:
+    """Change topic NAME's configs (the keys named; the others keep their value)."""
+    config_map = _parse_configs(configs)
+
+    async def body() -> None:
+        async with Admin(bootstrap) as admin:
+            await admin.alter_topic_configs(name, config_map, validate_only=dry_run)
+        changes = ", ".join(f"{key}={value}" for key, value in config_map.items())
+        verb = "would set" if dry_run else "set"
+        click.echo(f"topic {name!r}: {verb} {changes}", err=True)
+
+    run(body, bootstrap=bootstrap, debug=debug, topic=name)
+
+
+@topics.command(name="add-partitions", epilog=ADD_PARTITIONS_EXAMPLES)
+@click.argument("name")
+@click.option(
+    "-p",
+    "--partitions",
+    "count",
+    type=click.IntRange(min=1),
+    required=True,
+    metavar="N",
+    help="The new total number of partitions (more than today).",
+)
+@click.option("--dry-run", is_flag=True, help="Validate on the broker, change nothing.")
+@client_options
+def add_partitions(name: str, count: int, dry_run: bool, bootstrap: str, debug: bool) -> None:
+    """Raise topic NAME's partition count to N (partitions are never removed)."""
+
+    async def body() -> None:
+        async with Admin(bootstrap) as admin:
+            await admin.create_partitions(name, count, validate_only=dry_run)
+        verb = "would now have" if dry_run else "now has"
+        click.echo(f"topic {name!r} {verb} {count} partitions", err=True)
 
     run(body, bootstrap=bootstrap, debug=debug, topic=name)

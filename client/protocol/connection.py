@@ -21,7 +21,11 @@ payload_length)`` returns the bytes.  What can go wrong, and what follows:
   and keeps reading.
 
 On the client every violation is the broker's fault, so ``next_response``
-raises ProtocolError and the connection must be closed.  After a ProtocolError
+raises ProtocolError and the connection must be closed.  The client also looks
+at the first bytes it ever receives before reading them as a frame: an HTTP
+answer, or a head with an unknown API key or flag bits, is a ProtocolError
+naming the peer as "not a Distributary broker" (the first request's correlation
+id, 10, is a line feed, so a line-based server answers at once).  After a ProtocolError
 either state machine is dead: every further call raises ProtocolError.
 """
 
@@ -47,6 +51,7 @@ from client.protocol.frames import (
     FLAG_NO_RESPONSE,
     FLAG_RESPONSE,
     FRAME_BYTES_MAX_DEFAULT,
+    FRAME_BYTES_MAX_WIRE,
     FRAME_HEADER,
     FRAME_HEADER_BYTES,
     HEADER_AFTER_LENGTH_BYTES,
@@ -262,6 +267,12 @@ def _decode_request(frame: RawFrame) -> Request:
 # Request class -> its ApiKey, response class -> its tag, filled on first use.
 _REQUEST_API_KEYS: Final[dict[type, ApiKey]] = {}
 _RESPONSE_TAGS: Final[dict[type, int]] = {}
+_API_KEY_VALUES: Final = frozenset(int(key) for key in ApiKey)
+# The first request's correlation id.  10 is a line feed: the first frame's
+# header then ends a line, so a line-based server at the address (HTTP, SMTP,
+# Redis) answers its "bad request" at once and _check_first_bytes names it,
+# instead of both sides waiting for the rest of a line.
+FIRST_CORRELATION_ID: Final = 0x0A
 
 
 class ClientConnection:
@@ -272,15 +283,22 @@ class ClientConnection:
         self,
         frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT,
         inflight_requests_max: int = INFLIGHT_REQUESTS_MAX_DEFAULT,
+        *,
+        peer: str = "the peer",
     ) -> None:
         # Response bodies (metadata of many topics) may be big: bound them by the frame.
         assert 1 <= inflight_requests_max < CORRELATION_ID_MODULUS - 1, inflight_requests_max
+        # Names the other end in the "not a broker" errors (e.g. "127.0.0.1:9392").
+        self.peer = peer
+        # The first FRAME_HEADER_BYTES received, until they are checked to look
+        # like the head of a broker's response (see _check_first_bytes).
+        self._first_bytes: bytearray | None = bytearray()
         self._frames = FrameDecoder(frame_bytes_max, frame_bytes_max)
         self._frame_bytes_max = frame_bytes_max
         # The one whole frame a read brought (the usual case), cut without the
         # decoder's buffer: (api_key, correlation_id, flags, body, payload).
         self._whole_frame: tuple[int, int, int, bytes, memoryview] | None = None
-        self._next_correlation_id = 1
+        self._next_correlation_id = FIRST_CORRELATION_ID
         self._inflight: dict[int, ApiKey] = {}
         self._streams: set[int] = set()  # in flight with responses_max > 1
         self._dead = False
@@ -326,7 +344,7 @@ class ClientConnection:
             api_key = _REQUEST_API_KEYS[type(body)] = ApiKey(_tag(body))
         if checked:
             check_request(body, payload_length, wants_response)
-        # Ids run 1, 2, ... 2**32 - 1, then wrap to 1, skipping any still in flight.
+        # Ids run 10, 11, ... 2**32 - 1, then wrap to 1, skipping any still in flight.
         correlation_id = self._next_correlation_id
         self._next_correlation_id = (correlation_id + 1) % CORRELATION_ID_MODULUS or 1
         if correlation_id in inflight:
@@ -345,8 +363,16 @@ class ClientConnection:
                 self._streams.add(correlation_id)
         return correlation_id, data
 
+    def allow_frames_up_to(self, frame_bytes_max: int) -> None:
+        """Accept responses up to ``frame_bytes_max`` bytes (never less than now):
+        a broker whose frame limit is above ours may send batches that big."""
+        limit = min(frame_bytes_max, FRAME_BYTES_MAX_WIRE)
+        if limit > self._frame_bytes_max:
+            self._frame_bytes_max = limit
+            self._frames.allow_frames_up_to(limit)
+
     def _allocate_correlation_id(self) -> int:
-        # Ids run 1, 2, ... 2**32 - 1, then wrap to 1, skipping any still in flight
+        # Ids run 10, 11, ... 2**32 - 1, then wrap to 1, skipping any still in flight
         # (at most inflight_requests_max of them, so the loop is bounded).
         for _ in range(len(self._inflight) + 1):
             correlation_id = self._next_correlation_id
@@ -356,9 +382,13 @@ class ClientConnection:
         raise AssertionError("no free correlation id")  # unreachable: ids > in flight
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
-        """Append bytes read from the socket.  Raises ProtocolError if dead."""
+        """Append bytes read from the socket.  Raises ProtocolError if dead, or when
+        the first bytes cannot be the start of a broker's response (see
+        :meth:`_check_first_bytes`)."""
         if self._dead:
             raise ProtocolError("connection used after a protocol error")
+        if self._first_bytes is not None:
+            self._check_first_bytes(data)
         if self._whole_frame is None and not self._frames.buffered_bytes:
             # Usually a read brings exactly one whole frame: cut it right here.
             # Anything else (or anything the decoder would refuse) goes through the
@@ -388,6 +418,41 @@ class ClientConnection:
                         )
                     return
         self._frames.receive_data(data)
+
+    def _check_first_bytes(self, data: bytes | bytearray | memoryview) -> None:
+        """Identify the peer from its first bytes, before they are read as a frame
+        length: a server of another protocol (an HTTP server says "HTTP/1.1 400")
+        would otherwise be "a frame too large" or a wait for gigabytes that never
+        come.  Raises ProtocolError naming what answered."""
+        first = self._first_bytes
+        assert first is not None
+        first += bytes(data[: FRAME_HEADER_BYTES - len(first)])
+        text = bytes(first)
+        if len(text) >= 4 and (text.startswith(b"HTTP/"[: len(text)]) or text[:1] == b"<"):
+            # A status line, or an HTTP/0.9-style answer: the error page itself.
+            self._dead = True
+            raise ProtocolError(
+                f"{self.peer} answered like an HTTP server, not a Distributary broker"
+            )
+        if len(text) < FRAME_HEADER_BYTES:
+            return
+        self._first_bytes = None
+        frame_length, api_key, _version, _correlation_id, flags, body_length = (
+            FRAME_HEADER.unpack_from(text)
+        )
+        plausible = (
+            HEADER_AFTER_LENGTH_BYTES + body_length <= frame_length
+            and not flags & ~KNOWN_FLAGS
+            and (api_key in _API_KEY_VALUES or api_key == ERROR_RESPONSE_TAG)
+        )
+        if not plausible:
+            self._dead = True
+            printable = text[:8].isascii() and text[:8].decode().isprintable()
+            shown = repr(text[:8].decode()) if printable else text[:8].hex(" ")
+            raise ProtocolError(
+                f"{self.peer} is not a Distributary broker: its first bytes ({shown} ...) "
+                "are not the head of a response"
+            )
 
     def next_response(self) -> IncomingResponse | None:
         """The next response, or None.  Raises ProtocolError (the connection must

@@ -157,6 +157,12 @@ class FrameDecoder:
     def frame_bytes_max(self) -> int:
         return self._frame_bytes_max
 
+    def allow_frames_up_to(self, frame_bytes_max: int) -> None:
+        """Raise the frame limit (a peer announced a bigger one); bodies keep theirs.
+        Lowering it is a programmer error: a frame may already be half in."""
+        assert self._frame_bytes_max <= frame_bytes_max <= FRAME_BYTES_MAX_WIRE, frame_bytes_max
+        self._frame_bytes_max = frame_bytes_max
+
     @property
     def body_bytes_max(self) -> int:
         return self._body_bytes_max

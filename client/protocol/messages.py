@@ -31,6 +31,8 @@ class ApiKey(enum.IntEnum):
     PRODUCE = 5
     FETCH = 6
     LIST_OFFSETS = 7
+    ALTER_CONFIGS = 8
+    CREATE_PARTITIONS = 9
     # Consumer groups: 20-29 (20-26 used).  Replication: 30-39.
     CONSUMER_GROUP_HEARTBEAT = 20
     OFFSET_COMMIT = 21
@@ -193,6 +195,43 @@ class DescribeTopicsRequest(_Message, tag=int(ApiKey.DESCRIBE_TOPICS)):
 
 class DescribeTopicsResponse(_Message, tag=int(ApiKey.DESCRIBE_TOPICS)):
     topics: list[TopicDescription] = []
+
+
+# -- AlterConfigs / CreatePartitions ---------------------------------------------------
+
+
+class AlterableTopic(_Message):
+    """A topic's config overrides to set: key=value strings as at creation; the
+    value "default" removes an override (the broker default applies again)."""
+
+    name: str
+    configs: dict[str, str] = {}
+
+
+class AlterConfigsRequest(_Message, tag=int(ApiKey.ALTER_CONFIGS)):
+    topics: list[AlterableTopic] = []
+    validate_only: bool = False
+
+
+class AlterConfigsResponse(_Message, tag=int(ApiKey.ALTER_CONFIGS)):
+    topics: list[TopicResult] = []
+
+
+class PartitionCount(_Message):
+    """A topic's new total partition count (never lower than today's)."""
+
+    name: str
+    count: int
+
+
+class CreatePartitionsRequest(_Message, tag=int(ApiKey.CREATE_PARTITIONS)):
+    topics: list[PartitionCount] = []
+    timeout_ms: int = 30_000
+    validate_only: bool = False
+
+
+class CreatePartitionsResponse(_Message, tag=int(ApiKey.CREATE_PARTITIONS)):
+    topics: list[TopicResult] = []
 
 
 # -- Produce ----------------------------------------------------------------------------
@@ -554,6 +593,8 @@ Request = (
     | ProduceRequest
     | FetchRequest
     | ListOffsetsRequest
+    | AlterConfigsRequest
+    | CreatePartitionsRequest
     | ConsumerGroupHeartbeatRequest
     | OffsetCommitRequest
     | OffsetFetchRequest
@@ -571,6 +612,8 @@ Response = (
     | ProduceResponse
     | FetchResponse
     | ListOffsetsResponse
+    | AlterConfigsResponse
+    | CreatePartitionsResponse
     | ConsumerGroupHeartbeatResponse
     | OffsetCommitResponse
     | OffsetFetchResponse
@@ -593,6 +636,8 @@ REQUEST_TYPES: Final[dict[ApiKey, type[msgspec.Struct]]] = {
     ApiKey.PRODUCE: ProduceRequest,
     ApiKey.FETCH: FetchRequest,
     ApiKey.LIST_OFFSETS: ListOffsetsRequest,
+    ApiKey.ALTER_CONFIGS: AlterConfigsRequest,
+    ApiKey.CREATE_PARTITIONS: CreatePartitionsRequest,
     ApiKey.CONSUMER_GROUP_HEARTBEAT: ConsumerGroupHeartbeatRequest,
     ApiKey.OFFSET_COMMIT: OffsetCommitRequest,
     ApiKey.OFFSET_FETCH: OffsetFetchRequest,
@@ -610,6 +655,8 @@ RESPONSE_TYPES: Final[dict[ApiKey, type[msgspec.Struct]]] = {
     ApiKey.PRODUCE: ProduceResponse,
     ApiKey.FETCH: FetchResponse,
     ApiKey.LIST_OFFSETS: ListOffsetsResponse,
+    ApiKey.ALTER_CONFIGS: AlterConfigsResponse,
+    ApiKey.CREATE_PARTITIONS: CreatePartitionsResponse,
     ApiKey.CONSUMER_GROUP_HEARTBEAT: ConsumerGroupHeartbeatResponse,
     ApiKey.OFFSET_COMMIT: OffsetCommitResponse,
     ApiKey.OFFSET_FETCH: OffsetFetchResponse,

@@ -27,6 +27,7 @@ from client.errors import DistributaryError, InvalidRequestError, ProtocolError
 from client.protocol.messages import (
     FETCH_RESPONSES_MAX,
     Acks,
+    CreatePartitionsRequest,
     CreateTopicsRequest,
     DeleteTopicsRequest,
     FetchRequest,
@@ -156,7 +157,7 @@ def check_request(body: Request, payload_length: int, wants_response: bool) -> N
         _check_non_negative(body.timeout_ms, "timeout_ms")
     else:
         fire_and_forget = False
-        if isinstance(body, CreateTopicsRequest | DeleteTopicsRequest):
+        if isinstance(body, CreateTopicsRequest | DeleteTopicsRequest | CreatePartitionsRequest):
             _check_non_negative(body.timeout_ms, "timeout_ms")
         elif isinstance(body, FetchRequest):
             _check_fetch_request(body)

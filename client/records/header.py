@@ -66,6 +66,10 @@ MAGIC: Final = 2
 # message.max.bytes is ~1 MiB; we allow more because a batch is our unit of
 # throughput, and the broker may lower it per topic.
 BATCH_BYTES_MAX_DEFAULT: Final = 16 * 1024 * 1024
+# The largest batch any limit may allow: what a log segment can index (2 GiB - 1,
+# broker/storage/config.py SEGMENT_BYTES_LIMIT).  A producer's batch_bytes_max
+# may be up to this; a topic's is bounded by its broker's frame_bytes_max.
+BATCH_BYTES_LIMIT: Final = (1 << 31) - 1
 
 _OFFSET_PACK = struct.Struct(">q")
 _EPOCH_PACK = struct.Struct(">i")

@@ -175,3 +175,48 @@ def test_copy_topic_example(broker: Any) -> None:
         assert copied[partition] == [
             (b"k%d" % n, b"v%d-%d" % (partition, n), (("n", b"%d" % n),)) for n in range(300)
         ]
+
+
+@pytest.mark.parametrize(
+    ("source", "bootstrap_of", "needle"),
+    [
+        ("no-such-topic", lambda address: address, "unknown topic 'no-such-topic'"),
+        ("copy-src", lambda address: "127.0.0.1:x", "port 'x' is not a number"),
+    ],
+)
+def test_copy_topic_example_failures_are_one_line(
+    broker: Any, source: str, bootstrap_of: Any, needle: str
+) -> None:
+    """Proves examples/copy_topic.py pointed at a missing topic or a malformed address
+    says so in one line and exits 1 (no traceback)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISTRIBUTARY_")}
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "examples" / "copy_topic.py"),
+            source,
+            "copy-dst",
+            "--bootstrap",
+            bootstrap_of(broker.address),
+        ],
+        capture_output=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    stderr = result.stderr.decode()
+    assert result.returncode == 1, stderr
+    assert stderr.strip().splitlines() == [f"copy_topic: {stderr.strip().split(': ', 1)[1]}"]
+    assert needle in stderr and "Traceback" not in stderr
+
+
+def test_a_malformed_bootstrap_is_a_plain_value_error() -> None:
+    """Proves a bad bootstrap address raises AddressError (a ValueError) that a plain
+    ``except ValueError`` catches, not an exception group out of a task group."""
+    try:
+        Admin("127.0.0.1:99999")
+    except ValueError as error:
+        assert "out of range" in str(error)
+    else:
+        raise AssertionError("no error for port 99999")

@@ -184,3 +184,29 @@ def test_cluster_keys_are_checked() -> None:
     )
     assert loaded.config.cluster == "etcd://e1:2379,e2:2379/p"
     assert (loaded.config.advertise, loaded.config.rack) == ("b:1", "r1")
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe\x00\x81", b"listen = '\xc3\x28'\n"])
+def test_read_toml_of_bytes_that_are_not_utf8_is_a_config_error(
+    tmp_path: Path, content: bytes
+) -> None:
+    """A config file that is not UTF-8 text is a ConfigError naming the file."""
+    path = tmp_path / "binary.toml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match="not UTF-8 text"):
+        read_toml(path)
+
+
+def test_topic_defaults_batch_must_fit_the_frame_limit() -> None:
+    """topic_defaults.batch_bytes_max set above what limits.frame_bytes_max can carry
+    is a ConfigError naming both keys; the built-in default is not held against a
+    small frame limit."""
+    with pytest.raises(ConfigError, match=r"topic_defaults\.batch_bytes_max=.*frame_bytes_max"):
+        load_config(
+            file_values={
+                "limits": {"frame_bytes_max": 8 << 20, "fetch_bytes_max": 4 << 20},
+                "topic_defaults": {"batch_bytes_max": 6 << 20},
+            }
+        )
+    load_config(file_values={"limits": {"frame_bytes_max": 64 << 20}})
+    load_config(file_values={"limits": {"frame_bytes_max": 65536, "fetch_bytes_max": 32768}})

@@ -150,3 +150,81 @@ async def test_unreadable_topics_file_is_a_storage_error(tmp_path: Path) -> None
     (tmp_path / TOPICS_FILE).write_text("{not json")
     with pytest.raises(StorageError, match=TOPICS_FILE):
         await manager(tmp_path).load()
+
+
+async def test_alter_configs_persists_and_reaches_open_partitions(tmp_path: Path) -> None:
+    """An alter changes the named keys (any spelling), 'default' removes an
+    override, the open partitions get the new config, and a reload keeps it."""
+    topics = manager(tmp_path)
+    await topics.load()
+    await topics.create("alpha", 2, {"retention.ms": "5000", "segment_bytes": "65536"})
+    await topics.alter_configs("alpha", {"retention_ms": "9000", "segment.bytes": "default"})
+    topic = topics.get("alpha")
+    assert topic is not None
+    assert topic.record.configs == {"retention_ms": "9000"}
+    assert topic.config.retention_ms == 9000
+    assert topic.config.segment_bytes == LogConfig().segment_bytes
+    assert all(p.config is topic.config for p in topic.partitions)
+    await topics.close()
+    reloaded = manager(tmp_path)
+    await reloaded.load()
+    again = reloaded.get("alpha")
+    assert again is not None and again.config.retention_ms == 9000
+    await reloaded.close()
+
+
+async def test_alter_configs_validates_as_at_creation(tmp_path: Path) -> None:
+    """A bad key or value, a batch_bytes_max over the frame limit, or a missing
+    topic is refused and nothing changes."""
+    topics = manager(tmp_path)
+    await topics.load()
+    await topics.create("alpha", 1, {})
+    with pytest.raises(InvalidConfigError, match="unknown topic config"):
+        await topics.alter_configs("alpha", {"colour": "blue"})
+    with pytest.raises(InvalidConfigError, match="frame_bytes_max"):
+        await topics.alter_configs("alpha", {"batch_bytes_max": str(1 << 30)})
+    with pytest.raises(UnknownTopicOrPartitionError):
+        await topics.alter_configs("beta", {"retention.ms": "1"})
+    topic = topics.get("alpha")
+    assert topic is not None and topic.record.configs == {}
+    await topics.close()
+
+
+async def test_batch_bytes_max_must_fit_the_frame_limit(tmp_path: Path) -> None:
+    """A topic batch_bytes_max above what frame_bytes_max can carry is refused at
+    creation, naming both limits; one that fits is accepted, and a topic that sets
+    none takes the built-in default (the frame limit is then the tighter one)."""
+    data_dir = tmp_path / "small"
+    data_dir.mkdir()
+    small = TopicManager(data_dir, LogConfig(), clock, partitions_max=8, frame_bytes_max=8 << 20)
+    await small.load()
+    with pytest.raises(InvalidConfigError, match="batch_bytes_max=6291456 does not fit") as raised:
+        await small.create("big", 1, {"batch_bytes_max": str(6 << 20)})
+    assert "limits.frame_bytes_max=8388608" in raised.value.message
+    await small.create("fits", 1, {"batch_bytes_max": str(2 << 20)})
+    await small.create("plain", 1, {})
+    await small.close()
+
+
+async def test_add_partitions_opens_new_logs_and_refuses_a_decrease(tmp_path: Path) -> None:
+    """add_partitions raises the total, opens the new logs, persists the count;
+    a count not above today's or above the maximum is InvalidPartitionsError."""
+    topics = manager(tmp_path)
+    await topics.load()
+    await topics.create("alpha", 2, {"retention.ms": "5000"})
+    await topics.add_partitions("alpha", 4)
+    assert [p.index for p in topics.get("alpha").partitions] == [0, 1, 2, 3]  # type: ignore[union-attr]
+    assert topics.partition("alpha", 3).config.retention_ms == 5000
+    for count in (4, 3):
+        with pytest.raises(InvalidPartitionsError, match="cannot be removed"):
+            await topics.add_partitions("alpha", count)
+    with pytest.raises(InvalidPartitionsError, match="topic_partitions_max"):
+        await topics.add_partitions("alpha", 9)
+    with pytest.raises(UnknownTopicOrPartitionError):
+        await topics.add_partitions("beta", 2)
+    await topics.close()
+    reloaded = manager(tmp_path)
+    await reloaded.load()
+    assert len(reloaded.get("alpha").partitions) == 4  # type: ignore[union-attr]
+    assert (tmp_path / "alpha-3").is_dir()
+    await reloaded.close()

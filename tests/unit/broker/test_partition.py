@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import msgspec
 import pytest
 import trio
 import trio.testing
@@ -13,9 +14,10 @@ import trio.testing
 from broker.partition import Partition
 from broker.partition_state import PartitionState
 from broker.storage.async_log import AsyncLog
-from broker.storage.config import LogConfig
+from broker.storage.config import FlushPolicy, LogConfig
 from broker.waiting import WakeReason
 from client.errors import (
+    BatchTooLargeError,
     NotLeaderError,
     OffsetOutOfRangeError,
     OutOfOrderSequenceError,
@@ -238,3 +240,18 @@ async def test_every_append_policy_acknowledges_after_the_flush(tmp_path: Path) 
         partition.check_invariants()
     finally:
         await partition.close()
+
+
+async def test_altered_config_reaches_the_partition_and_its_log(partition: Partition) -> None:
+    """An altered topic config takes effect on an open partition: a flush policy of
+    every-append stops inline (unflushed) acknowledgements, and the log's batch limit
+    refuses a batch the old one allowed."""
+    assert partition.can_append_now()
+    stricter = msgspec.structs.replace(
+        partition.config, flush_policy=FlushPolicy.EVERY_APPEND, batch_bytes_max=1024
+    )
+    partition.set_config(stricter)
+    assert not partition.can_append_now()
+    with pytest.raises(BatchTooLargeError):
+        await partition.append(batch(200))
+    partition.check_invariants()

@@ -158,10 +158,10 @@ def example_response() -> ProduceResponse:
 
 def worked_example() -> tuple[bytes, bytes]:
     """(request header + body, response frame) of the doc's Produce example: the
-    first request on a fresh connection, so correlation id 1."""
+    first request on a fresh connection, so correlation id 10."""
     client = ClientConnection()
     correlation_id, request = client.send_request(example_request(), EXAMPLE_BATCH_BYTES)
-    assert correlation_id == 1
+    assert correlation_id == 10
     response = ServerConnection.encode_response(
         int(ApiKey.PRODUCE), 0, correlation_id, example_response()
     )

@@ -10,6 +10,7 @@ import pytest
 
 from client.errors import (
     ErrorCode,
+    FrameTooLargeError,
     InvalidRequestError,
     NotLeaderError,
     ProtocolError,
@@ -52,6 +53,7 @@ from client.protocol.messages import (
     ProduceRequest,
     ProduceTopic,
     TopicDescription,
+    TopicMetadata,
     encoder,
 )
 
@@ -462,10 +464,13 @@ def test_inflight_requests_max_is_enforced() -> None:
 
 
 def test_correlation_ids_wrap_and_skip_live_ids() -> None:
-    """Proves ids wrap from 2**32 - 1 to 1 (never 0) and skip an id still in flight."""
+    """Proves ids start at 10 (a line feed, see FIRST_CORRELATION_ID), wrap from
+    2**32 - 1 to 1 (never 0) and skip an id still in flight."""
     client = ClientConnection()
     first, _ = client.send_request(MetadataRequest())
-    assert first == 1
+    assert first == 10
+    client._next_correlation_id = 1
+    assert client.send_request(MetadataRequest())[0] == 1
     client._next_correlation_id = CORRELATION_ID_MODULUS - 1
     last, _ = client.send_request(MetadataRequest())
     wrapped, _ = client.send_request(MetadataRequest())
@@ -567,3 +572,24 @@ def test_responses_max_out_of_range_is_refused(responses_max: int) -> None:
     bad.receive_data(head)
     refused = bad.next_request()
     assert isinstance(refused, BadRequest) and "responses_max" in refused.error.message
+
+
+def test_client_accepts_bigger_frames_once_allowed() -> None:
+    """Proves a response over the client's frame limit is refused, and accepted once
+    the limit is raised (as a broker's Hello answer raises it)."""
+    big = MetadataResponse(topics=[TopicMetadata(f"topic-{n:04d}") for n in range(400)])
+    small_client = ClientConnection(frame_bytes_max=4096)
+    first, _ = small_client.send_request(MetadataRequest())
+    with pytest.raises(FrameTooLargeError):
+        small_client.receive_data(
+            ServerConnection.encode_response(int(ApiKey.METADATA), 0, first, big)
+        )
+        small_client.next_response()
+    client = ClientConnection(frame_bytes_max=4096)
+    correlation_id, _ = client.send_request(MetadataRequest())
+    client.allow_frames_up_to(1 << 20)
+    client.receive_data(
+        ServerConnection.encode_response(int(ApiKey.METADATA), 0, correlation_id, big)
+    )
+    response = client.next_response()
+    assert response is not None and response.body == big

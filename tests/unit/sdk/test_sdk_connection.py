@@ -16,7 +16,7 @@ import trio
 from client._io.connection import BrokerConnection, PendingResponse, open_connection
 from client.errors import BrokerUnavailableError, ConnectionClosedError, RequestTimedOutError
 from client.protocol.connection import BadRequest, IncomingRequest, ServerConnection
-from client.protocol.messages import HelloRequest, HelloResponse, MetadataRequest
+from client.protocol.messages import HelloRequest, HelloResponse, MetadataRequest, MetadataResponse
 
 
 async def serve_hello_then_close(stream: anyio.abc.ByteStream, answer: int, ignore: int) -> None:
@@ -96,7 +96,7 @@ async def test_silent_broker_times_out_typed() -> None:
                 "127.0.0.1", port, group, connect_timeout_ms=2000, request_timeout_ms=100
             )
             with pytest.raises(RequestTimedOutError):
-                await connection.request(HelloRequest())
+                await connection.request(MetadataRequest())
             group.cancel_scope.cancel()
 
 
@@ -163,7 +163,12 @@ async def deadline_fails_slot_and_connection_stays_usable() -> None:
                 for request in reversed(requests):  # the first one's answer comes too late
                     await stream.send(
                         server.encode_response(
-                            request.api_key, 0, request.correlation_id, HelloResponse(node_id=3)
+                            request.api_key,
+                            0,
+                            request.correlation_id,
+                            HelloResponse(node_id=3)
+                            if isinstance(request.body, HelloRequest)
+                            else MetadataResponse(),
                         )
                     )
                 await anyio.sleep(30)
@@ -174,7 +179,9 @@ async def deadline_fails_slot_and_connection_stays_usable() -> None:
                 "127.0.0.1", port, group, connect_timeout_ms=2000, request_timeout_ms=5000
             )
             failed: list[PendingResponse] = []
-            slow = await connection.send(HelloRequest("slow"), timeout_ms=1, on_done=failed.append)
+            # (A Hello is the first request and nothing has been received: its
+            # timeout would mean "not a broker"; a Metadata is any request.)
+            slow = await connection.send(MetadataRequest(), timeout_ms=1, on_done=failed.append)
             assert slow is not None
             with pytest.raises(RequestTimedOutError):
                 await connection.wait(slow)
@@ -223,7 +230,7 @@ def test_silent_broker_times_out_typed_on_asyncio() -> None:
                     "127.0.0.1", port, group, connect_timeout_ms=2000, request_timeout_ms=100
                 )
                 with pytest.raises(RequestTimedOutError):
-                    await connection.request(HelloRequest())
+                    await connection.request(MetadataRequest())
                 group.cancel_scope.cancel()
 
     on_asyncio(scenario)
@@ -257,3 +264,33 @@ def test_send_nowait_and_writable_now_on_asyncio() -> None:
                 group.cancel_scope.cancel()
 
     on_asyncio(scenario)
+
+
+async def test_the_brokers_frame_limit_from_hello_is_adopted() -> None:
+    """Proves a Hello answer announcing a frame limit above the client's raises the
+    limit of the connection that received it (so a batch as big as the broker
+    allows can be fetched)."""
+    announced = 200 * 1024 * 1024
+
+    async def announce(stream: anyio.abc.ByteStream) -> None:
+        server = ServerConnection()
+        async with stream:
+            server.receive_data(await stream.receive())
+            request = server.next_request()
+            assert isinstance(request, IncomingRequest)
+            await stream.send(
+                server.encode_response(
+                    request.api_key,
+                    0,
+                    request.correlation_id,
+                    HelloResponse(frame_bytes_max=announced),
+                )
+            )
+            await anyio.sleep(30)
+
+    with trio.fail_after(10):
+        async with anyio.create_task_group() as group:
+            connection = await serve_and_connect(group, announce)
+            await connection.request(HelloRequest())
+            assert connection._protocol._frame_bytes_max == announced
+            group.cancel_scope.cancel()
