@@ -98,6 +98,10 @@ def _as_bytes(data: KeyOrValue, what: str) -> bytes:
     raise TypeError(f"{what} must be bytes or str, not {type(data).__name__}")
 
 
+# Unacknowledged record bytes a producer holds by default (at least one batch).
+BUFFER_BYTES_MAX_DEFAULT: Final = 64 * MiB
+
+
 class RecordHandle(msgspec.Struct, gc=False, frozen=True):
     """The result-to-be of one enqueued record: await it for its RecordMetadata.
 
@@ -157,7 +161,8 @@ class Producer(ClusterClient):
     - ``linger_ms``: how long a batch waits for more records before it is sent.
     - ``batch_bytes_max``: a batch is closed before it would pass this size.
     - ``buffer_bytes_max``: bytes of unacknowledged records held at most;
-      ``enqueue``/``send`` wait for space beyond it (backpressure).
+      ``enqueue``/``send`` wait for space beyond it (backpressure).  Default
+      64 MiB, or one batch when ``batch_bytes_max`` is larger.
     - ``compression``: "none", "gzip", "lz4" or "zstd", per batch.
     - ``acks``: "leader" (1), "all" (-1) or "none" (0: offsets are then -1).
     - ``delivery_timeout_ms``: a record is acknowledged within this time of its
@@ -190,7 +195,7 @@ class Producer(ClusterClient):
         client_id: str = "",
         linger_ms: int = 5,
         batch_bytes_max: int = 1 * MiB,
-        buffer_bytes_max: int = 64 * MiB,
+        buffer_bytes_max: int | None = None,
         compression: CompressionName = "none",
         acks: AcksSetting = "leader",
         retries_max: int = RETRIES_MAX_DEFAULT,
@@ -216,8 +221,19 @@ class Producer(ClusterClient):
             raise ValueError(
                 f"batch_bytes_max must be 1..{BATCH_BYTES_LIMIT}, got {batch_bytes_max}"
             )
-        assert buffer_bytes_max >= batch_bytes_max, "buffer_bytes_max < batch_bytes_max"
-        assert retries_max >= 0 and linger_ms >= 0 and request_timeout_ms > 0
+        # The buffer holds at least one whole batch: a batch above the default buffer
+        # raises the buffer with it; a buffer set smaller than one batch is an error.
+        if buffer_bytes_max is None:
+            buffer_bytes_max = max(BUFFER_BYTES_MAX_DEFAULT, batch_bytes_max)
+        elif buffer_bytes_max < batch_bytes_max:
+            raise ValueError(
+                f"buffer_bytes_max ({buffer_bytes_max}) must be at least "
+                f"batch_bytes_max ({batch_bytes_max})"
+            )
+        if retries_max < 0 or linger_ms < 0 or request_timeout_ms <= 0:
+            raise ValueError(
+                "retries_max and linger_ms must not be negative, request_timeout_ms positive"
+            )
         if delivery_timeout_ms <= 0:
             raise ValueError("delivery_timeout_ms must be positive")
         self.delivery_timeout_ms = delivery_timeout_ms

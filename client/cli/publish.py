@@ -296,7 +296,6 @@ def publish(
                 linger_ms=linger_ms,
                 delivery_timeout_ms=delivery_timeout_ms,
                 batch_bytes_max=batch_bytes_max,
-                buffer_bytes_max=max(64 * 1024 * 1024, batch_bytes_max),
                 # As Kafka's producers do: the broker's auto_create_topics decides.
                 allow_auto_create_topics=True,
             ) as producer,

@@ -321,3 +321,19 @@ def test_producer_refuses_pipelining_that_could_reorder() -> None:
         Producer(inflight_batches_per_partition_max=6)
     assert Producer(idempotent=False, retries_max=0, inflight_batches_per_partition_max=5)
     assert Producer(inflight_batches_per_partition_max=5).idempotent
+
+
+def test_producer_size_options_are_checked_with_clear_errors() -> None:
+    """Proves a batch above the default buffer raises the buffer with it (no bare
+    assertion for a 100 MiB batch), while a buffer set below one batch, a negative
+    linger and an out-of-range batch size are ValueErrors naming the option."""
+    from client import Producer
+
+    big = Producer(batch_bytes_max=100 << 20)
+    assert big.batch_bytes_max == 100 << 20
+    with pytest.raises(ValueError, match="buffer_bytes_max"):
+        Producer(batch_bytes_max=2 << 20, buffer_bytes_max=1 << 20)
+    with pytest.raises(ValueError, match="linger_ms"):
+        Producer(linger_ms=-1)
+    with pytest.raises(ValueError, match="batch_bytes_max must be"):
+        Producer(batch_bytes_max=0)
