@@ -317,12 +317,17 @@ class Cluster:
     ) -> T:
         """Run ``operation``; on a retriable typed error back off and retry, up to
         ``attempts_max`` times in all, refreshing metadata in between when
-        ``refresh_topics`` is given.  Re-raises the last error."""
+        ``refresh_topics`` is given.  Re-raises the last error.
+
+        BrokerUnavailableError is not retried here: it comes from connecting, which
+        already made its own attempts (reconnect_attempts_max, with backoff), and
+        retrying it again at this layer multiplied the wait for an unreachable broker."""
         for attempt in range(attempts_max):
             try:
                 return await operation()
             except DistributaryError as error:
-                if not error.retriable or attempt + 1 >= attempts_max:
+                unreachable = isinstance(error, BrokerUnavailableError)
+                if not error.retriable or unreachable or attempt + 1 >= attempts_max:
                     raise
                 log.debug("retrying", attempt=attempt, error=str(error))
                 delay = backoff_ms(

@@ -106,3 +106,44 @@ def test_reset_offsets_bad_input_is_one_line(broker: Any) -> None:
         result = run_groups(cli, "reset-offsets", "g", *args, input=b"small,zero,1\n")
         assert result.returncode != 0 and needle in result.stderr.decode(), (args, result.stderr)
         assert b"Traceback" not in result.stderr
+
+
+def test_unreachable_broker_is_tried_once_per_connect_attempt() -> None:
+    """Proves a broker that cannot be reached is given up after one round of connect
+    attempts (reconnect_attempts_max, 5), not that round multiplied by the retry
+    layers above it (which made `topics list` take 9 s): a listener that closes
+    every connection at once sees exactly 5 connections."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    accepted: list[int] = []
+    stop = threading.Event()
+
+    def accept_and_close() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            accepted.append(1)
+            connection.close()
+
+    thread = threading.Thread(target=accept_and_close, daemon=True)
+    thread.start()
+    try:
+        address = f"127.0.0.1:{listener.getsockname()[1]}"
+        result = subprocess.run(
+            [*cli_prefix(), "topics", "list", "-b", address],
+            capture_output=True,
+            timeout=60,
+            env=clean_env(),
+            check=False,
+        )
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        listener.close()
+    assert result.returncode == 1 and b"Traceback" not in result.stderr, result.stderr
+    assert len(accepted) == 5, (len(accepted), result.stderr)
