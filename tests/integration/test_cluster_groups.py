@@ -183,3 +183,36 @@ def test_commits_outlive_the_coordinator_sigkill(broker_cluster: BrokerCluster) 
         second.process.wait(10)
     offsets = [offset for _, offset in second.consumed()]
     assert offsets and min(offsets) == RECORDS_PER_PARTITION, "resumed from the commits"
+
+
+def test_member_rides_out_the_coordinator_restart(broker_cluster: BrokerCluster) -> None:
+    """Proves a member that stays up while its coordinator is SIGKILLed and restarted
+    keeps retrying, rejoins once the coordinator is back, and goes on consuming and
+    committing from where it was."""
+    create(broker_cluster)
+    produce(broker_cluster, "first")
+    every = {f"{TOPIC}-{p}" for p in range(PARTITIONS)}
+    coordinator = coordinator_of(broker_cluster, broker_cluster.broker(1))
+    bootstrap = next(b for b in broker_cluster.brokers if b is not coordinator)
+    member = ConsumerProcess(bootstrap, GROUP, TOPIC, "--offset-reset", "earliest")
+    try:
+        member.wait_for(
+            lambda m: all(m.last_commits().get(tp) == RECORDS_PER_PARTITION for tp in every), 30
+        )
+        coordinator.kill()
+        wait_until(
+            lambda: find_coordinator(bootstrap).error_code == ErrorCode.COORDINATOR_NOT_AVAILABLE,
+            FAILOVER_S,
+            "COORDINATOR_NOT_AVAILABLE while it is down",
+        )
+        coordinator.start()
+        assert coordinator_of(broker_cluster, bootstrap) is coordinator
+        produce(broker_cluster, "second")
+        member.wait_for(
+            lambda m: all(m.last_commits().get(tp) == 2 * RECORDS_PER_PARTITION for tp in every),
+            30,
+        )
+    finally:
+        member.process.terminate()
+        member.process.wait(10)
+    assert committed(fetch_offsets(coordinator)) == dict.fromkeys(every, 2 * RECORDS_PER_PARTITION)
