@@ -58,24 +58,36 @@ from client.protocol.messages import (
     TopicResult,
 )
 
+# The leader of a partition that has none (its only replica is down).
+NO_LEADER: Final = -1
 # CreateTopics with partitions=-1 (Kafka's convention) means the broker default.
 DEFAULT_PARTITIONS_SENTINEL: Final = -1
 
 
-def handle_find_coordinator(
+async def handle_find_coordinator(
     broker: Broker, body: FindCoordinatorRequest
 ) -> FindCoordinatorResponse:
     """The broker that coordinates ``body.group_id``: the leader of the group's
-    ``__consumer_offsets`` partition, as the metadata view knows it."""
+    ``__consumer_offsets`` partition, as the metadata view knows it.  In a cluster
+    the offsets topic is created in the store on first use; a partition without a
+    leader (its broker is down) is COORDINATOR_NOT_AVAILABLE."""
     metadata = broker.metadata
-    index = partition_for_group(body.group_id, broker.config.groups.offsets_topic_partitions)
-    leadership = metadata.leadership(OFFSETS_TOPIC, index)
-    # Before the offsets topic exists (it is created at start) this node answers.
-    leader = metadata.node_id if leadership is None else leadership.leader
+    if broker.cluster is not None:
+        await broker.cluster.create_offsets_topic_if_absent()
+        index = broker.groups.offsets_partition(body.group_id)
+        leadership = metadata.leadership(OFFSETS_TOPIC, index)
+        leader = NO_LEADER if leadership is None else leadership.leader
+    else:
+        index = partition_for_group(body.group_id, broker.config.groups.offsets_topic_partitions)
+        leadership = metadata.leadership(OFFSETS_TOPIC, index)
+        # Before the offsets topic exists (it is created at start) this node answers.
+        leader = metadata.node_id if leadership is None else leadership.leader
     for found in metadata.brokers():
         if found.node_id == leader:
             return FindCoordinatorResponse(node_id=leader, host=found.host, port=found.port)
-    error = CoordinatorNotAvailableError(f"coordinator {leader} of {body.group_id!r} is not known")
+    error = CoordinatorNotAvailableError(
+        f"coordinator of {body.group_id!r} (leader of {OFFSETS_TOPIC}-{index}) is not available"
+    )
     return FindCoordinatorResponse(int(error.code), error.message)
 
 

@@ -121,7 +121,7 @@ async def handle_other(broker: Broker, body: Request) -> Reply:
     if isinstance(body, CreatePartitionsRequest):
         return Reply(await handle_create_partitions(broker, body))
     if isinstance(body, FindCoordinatorRequest):
-        return Reply(handle_find_coordinator(broker, body))
+        return Reply(await handle_find_coordinator(broker, body))
     return await handle_group_request(broker, body)
 
 

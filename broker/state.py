@@ -47,6 +47,8 @@ class ClusterAdmin(Protocol):
 
     async def create_topic_if_absent(self, name: str) -> None: ...
 
+    async def create_offsets_topic_if_absent(self) -> None: ...
+
 
 def broker_version() -> str:
     try:
@@ -106,7 +108,9 @@ class Broker:
         groups = GroupService(topics, config.groups, clock_ms)
         try:
             await topics.load()
-            await groups.load()
+            if config.cluster is None:
+                # A cluster member loads each offsets partition when it leads it.
+                await groups.load()
         except BaseException:
             with trio.CancelScope(shield=True):
                 await topics.close()

@@ -9,9 +9,10 @@ and one clock read.  The clock read is the self-fence: the member pushes
 unreachable, or this process was paused) the broker leads nothing until it has
 re-registered and re-read the metadata, whatever its last view said.
 
-Topics that are not in the cluster metadata but open locally (the group
-coordinator's ``__consumer_offsets``, which every member keeps for itself) are
-led by this node, as on a single node.
+Topics that are not in the cluster metadata but open locally (a
+``__consumer_offsets`` a data dir kept from before the cluster created its own)
+are led by this node, as on a single node.  The cluster's ``__consumer_offsets``
+is a cluster topic like any other.
 """
 
 from __future__ import annotations

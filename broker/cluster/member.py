@@ -77,6 +77,7 @@ from broker.cluster.topic_admin import erase_topic, plan_topic, write_topic
 from broker.cluster.topic_incarnations import TopicIncarnations
 from broker.config import ConfigError, parse_listen
 from broker.groups.config import OFFSETS_TOPIC
+from broker.groups.service import offsets_topic_configs
 from broker.logging import get_logger
 from broker.metadata_view import PartitionLeadership
 from broker.produce import check_not_internal
@@ -153,6 +154,7 @@ class ClusterMember:
             await trio.to_thread.run_sync(self._check_data_dir, cluster_id)
             await trio.to_thread.run_sync(self._incarnations.load)
             await self._register()
+            self.broker.groups.coordinate_led_partitions(self.view.leads)
             await self.resync()
         except StoreUnavailableError as error:
             raise ClusterJoinError(
@@ -349,6 +351,7 @@ class ClusterMember:
             self._publish(metadata)
             await self._reconcile_logs(metadata)
             self._publish(metadata)
+            await self._coordinate_groups(metadata)
             self.applied_revision = self._mirror.revision
             changed, self._changed = self._changed, trio.Event()
             changed.set()
@@ -398,6 +401,21 @@ class ClusterMember:
         for key in list(self._published):
             if key not in leaderships:
                 del self._published[key]
+
+    async def _coordinate_groups(self, metadata: ClusterMetadata) -> None:
+        """Serve the groups of exactly the offsets partitions this node leads: load
+        the ones it now leads, drop the groups of the ones it no longer leads."""
+        assignment = metadata.topics.get(OFFSETS_TOPIC)
+        led: set[int] = set()
+        if assignment is not None:
+            for index in range(assignment.partitions):
+                state = metadata.states.get((OFFSETS_TOPIC, index))
+                if state is not None and state.leader == self.node_id:
+                    led.add(index)
+        try:
+            await self.broker.groups.lead_offsets_partitions(led)
+        except StorageError as error:
+            _logger.error("cannot load the committed offsets", error=error.message)
 
     async def _reconcile_logs(self, metadata: ClusterMetadata) -> None:
         """Open the logs of new topics, remove those of deleted ones (and of earlier
@@ -502,6 +520,35 @@ class ClusterMember:
             revision = await write_topic(self.store, name, assignment)
         except TopicAlreadyExistsError:
             revision = await self.store.current_revision()
+        await self.wait_applied(revision)
+
+    async def create_offsets_topic_if_absent(self) -> None:
+        """Create __consumer_offsets in the store (its configured partition count,
+        compacted, one replica each) unless it exists.  Store failures are logged:
+        FindCoordinator then answers COORDINATOR_NOT_AVAILABLE and the client asks
+        again."""
+        if OFFSETS_TOPIC in self.metadata.topics:
+            return
+        groups = self.broker.groups
+        try:
+            try:
+                assignment = plan_topic(
+                    self.metadata,
+                    self.broker.topics,
+                    OFFSETS_TOPIC,
+                    groups.config.offsets_topic_partitions,
+                    1,
+                    offsets_topic_configs(groups.config),
+                    self._rng,
+                    internal=True,
+                )
+                revision = await write_topic(self.store, OFFSETS_TOPIC, assignment)
+                _logger.info("offsets topic created", partitions=assignment.partitions)
+            except TopicAlreadyExistsError:
+                revision = await self.store.current_revision()
+        except DistributaryError as error:
+            _logger.warning("cannot create the offsets topic", error=error.message)
+            return
         await self.wait_applied(revision)
 
     # -- leaving ----------------------------------------------------------------------

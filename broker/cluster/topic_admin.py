@@ -53,12 +53,15 @@ def plan_topic(
     replication_factor: int,
     configs: dict[str, str],
     rng: random.Random,
+    *,
+    internal: bool = False,
 ) -> TopicAssignment:
-    """Validate a create and place its replicas.  Raises InvalidTopicError,
+    """Validate a create and place its replicas (``internal``: the broker's own
+    __consumer_offsets, which clients cannot create).  Raises InvalidTopicError,
     TopicAlreadyExistsError, InvalidPartitionsError, InvalidConfigError,
     InvalidReplicationFactorError."""
     validate_topic_name(name)
-    if name == OFFSETS_TOPIC or name in metadata.topics:
+    if (name == OFFSETS_TOPIC and not internal) or name in metadata.topics:
         raise TopicAlreadyExistsError(f"topic {name!r} already exists")
     if not 1 <= partitions <= topics.partitions_max:
         raise InvalidPartitionsError(

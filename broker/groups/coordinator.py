@@ -204,6 +204,19 @@ class GroupCoordinator:
         if deleted is not None:
             self._seen_group_epochs.pop(deleted, None)
 
+    def drop_groups(self, belongs: Callable[[str], bool]) -> list[str]:
+        """Forget every group for which ``belongs(group_id)`` holds (this broker no
+        longer coordinates them); returns their ids.  Nothing is written."""
+        dropped = [group_id for group_id in self._groups if belongs(group_id)]
+        for group_id in dropped:
+            del self._groups[group_id]
+            self._seen_group_epochs.pop(group_id, None)
+        if dropped:
+            gone = set(dropped)
+            for key in [key for key in self._seen_member_epochs if key[0] in gone]:
+                del self._seen_member_epochs[key]
+        return dropped
+
     # -- listing and describing ---------------------------------------------------------
 
     def list_groups(self) -> list[GroupListing]:

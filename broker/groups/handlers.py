@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 from broker.groups.coordinator import HeartbeatRequest, OffsetCommitInput
 from broker.groups.service import GroupService
-from client.errors import DistributaryError, UnknownGroupError
+from client.errors import DistributaryError
 from client.protocol.messages import (
     ConsumerGroupHeartbeatRequest,
     ConsumerGroupHeartbeatResponse,
@@ -69,6 +69,7 @@ async def handle_heartbeat(
         rebalance_timeout_ms=body.rebalance_timeout_ms,
     )
     try:
+        service.check_coordinator(body.group_id)
         result = service.coordinator.heartbeat(request)
     except DistributaryError as error:
         return ConsumerGroupHeartbeatResponse(int(error.code), error.message)
@@ -95,6 +96,7 @@ async def handle_offset_commit(
         for part in topic.partitions
     }
     try:
+        service.check_coordinator(body.group_id)
         plan = service.coordinator.prepare_commit(
             body.group_id, body.member_id, body.member_epoch, offsets
         )
@@ -120,6 +122,10 @@ async def handle_offset_commit(
 
 
 def handle_offset_fetch(service: GroupService, body: OffsetFetchRequest) -> OffsetFetchResponse:
+    try:
+        service.check_coordinator(body.group_id)
+    except DistributaryError as error:
+        return OffsetFetchResponse(int(error.code), error.message)
     coordinator = service.coordinator
     if body.topics is None:
         committed = coordinator.fetch_offsets(body.group_id)
@@ -165,7 +171,8 @@ def handle_list_groups(service: GroupService, body: ListGroupsRequest) -> ListGr
 
 
 def describe_group(service: GroupService, group_id: str) -> DescribedGroup:
-    """Raises UnknownGroupError."""
+    """Raises UnknownGroupError, CoordinatorNotAvailableError."""
+    service.check_coordinator(group_id)
     description = service.coordinator.describe_group(group_id)
     members = [
         DescribedMember(
@@ -232,7 +239,7 @@ def handle_describe_groups(
     for group_id in body.group_ids:
         try:
             groups.append(describe_group(service, group_id))
-        except UnknownGroupError as error:
+        except DistributaryError as error:
             groups.append(DescribedGroup(group_id, int(error.code), error.message))
     return DescribeGroupsResponse(groups)
 
@@ -243,6 +250,7 @@ async def handle_delete_groups(
     results: list[DeleteGroupResult] = []
     for group_id in body.group_ids:
         try:
+            service.check_coordinator(group_id)
             await service.append(group_id, service.coordinator.prepare_delete(group_id))
             results.append(DeleteGroupResult(group_id))
             service.logger.info("group deleted", group=group_id)

@@ -33,8 +33,9 @@ from broker.groups.config import OFFSETS_TOPIC, GroupConfig
 from broker.groups.coordinator import GroupCoordinator
 from broker.groups.records import BadOffsetsRecord, Record, partition_for_group
 from broker.logging import get_logger
+from broker.partition import Partition
 from broker.topics import Topic, TopicManager
-from client.errors import DistributaryError
+from client.errors import CoordinatorNotAvailableError, DistributaryError
 from client.records.builder import BatchBuilder
 from client.records.decoder import RecordDecoder
 
@@ -80,6 +81,10 @@ class GroupService:
         self._create_lock = trio.Lock()
         self._deadline_moved = trio.Event()
         self.logger: Any = get_logger(component="groups")
+        # On a cluster member: the offsets partitions whose groups this broker serves
+        # (led and loaded).  None on a single node: every group is served.
+        self.coordinated: set[int] | None = None
+        self._leads: Callable[[str, int], bool] = lambda topic, partition: True
 
     def _partition_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -97,31 +102,11 @@ class GroupService:
         topic = self.topics.get(OFFSETS_TOPIC)
         if topic is None:
             return 0
-        decoder: RecordDecoder[bytes] = RecordDecoder()
         replayed = skipped = 0
         for partition in topic.partitions:
-            offset = partition.log_start_offset
-            end = partition.log_end_offset
-            for _ in range(end - offset + 1):  # each read moves past at least one batch
-                if offset >= end:
-                    break
-                with partition.read(offset, LOAD_READ_BYTES, whole_batch=True) as region:
-                    data = await trio.to_thread.run_sync(region.read_bytes)
-                fetched = decoder.decode_fetch(data, offset)
-                for record in fetched.records:
-                    try:
-                        self.coordinator.replay(record.key, record.value, record.offset)
-                        replayed += 1
-                    except BadOffsetsRecord as error:
-                        skipped += 1
-                        self.logger.warning(
-                            "offsets record skipped",
-                            partition=partition.index,
-                            offset=record.offset,
-                            error=str(error),
-                        )
-                assert fetched.next_offset > offset, (fetched.next_offset, offset)
-                offset = fetched.next_offset
+            done, bad = await self._replay_partition(partition)
+            replayed += done
+            skipped += bad
         self.logger.info(
             "groups loaded",
             groups=len(self.coordinator.list_groups()),
@@ -129,6 +114,94 @@ class GroupService:
             skipped=skipped,
         )
         return replayed
+
+    async def _replay_partition(self, partition: Partition) -> tuple[int, int]:
+        """Replay one offsets partition from its start; returns (replayed, skipped).
+        Raises StorageError."""
+        decoder: RecordDecoder[bytes] = RecordDecoder()
+        replayed = skipped = 0
+        offset = partition.log_start_offset
+        end = partition.log_end_offset
+        for _ in range(end - offset + 1):  # each read moves past at least one batch
+            if offset >= end:
+                break
+            with partition.read(offset, LOAD_READ_BYTES, whole_batch=True) as region:
+                data = await trio.to_thread.run_sync(region.read_bytes)
+            fetched = decoder.decode_fetch(data, offset)
+            for record in fetched.records:
+                try:
+                    self.coordinator.replay(record.key, record.value, record.offset)
+                    replayed += 1
+                except BadOffsetsRecord as error:
+                    skipped += 1
+                    self.logger.warning(
+                        "offsets record skipped",
+                        partition=partition.index,
+                        offset=record.offset,
+                        error=str(error),
+                    )
+            assert fetched.next_offset > offset, (fetched.next_offset, offset)
+            offset = fetched.next_offset
+        return replayed, skipped
+
+    # -- coordinating in a cluster ----------------------------------------------------------
+
+    def coordinate_led_partitions(self, leads: Callable[[str, int], bool]) -> None:
+        """Serve only the groups whose offsets partition this broker leads (a cluster
+        member calls this before it serves; ``leads`` is its metadata view's)."""
+        self._leads = leads
+        self.coordinated = set()
+
+    def offsets_partition(self, group_id: str) -> int:
+        """The index of the group's partition of __consumer_offsets (as many
+        partitions as the topic has, the configured count before it exists)."""
+        topic = self.topics.get(OFFSETS_TOPIC)
+        count = self.config.offsets_topic_partitions if topic is None else len(topic.partitions)
+        return partition_for_group(group_id, count)
+
+    def check_coordinator(self, group_id: str) -> None:
+        """On a cluster member: raises CoordinatorNotAvailableError unless this broker
+        leads the group's offsets partition and has loaded it.  On a single node
+        every group is served."""
+        if self.coordinated is None:
+            return
+        index = self.offsets_partition(group_id)
+        if index not in self.coordinated or not self._leads(OFFSETS_TOPIC, index):
+            raise CoordinatorNotAvailableError(
+                f"this broker does not coordinate group {group_id!r} (offsets partition "
+                f"{index}); find its coordinator again"
+            )
+
+    async def lead_offsets_partitions(self, led: set[int]) -> None:
+        """Make the coordinated offsets partitions ``led``: load the committed offsets
+        of each newly led one before its groups are served, drop the groups of each
+        one no longer led.  Raises StorageError (that partition stays unserved)."""
+        assert self.coordinated is not None, "coordinate_led_partitions first"
+        for index in sorted(self.coordinated - led):
+            self.coordinated.discard(index)
+            dropped = self._drop_groups_of(index)
+            self.logger.info(
+                "offsets partition no longer led", partition=index, groups=len(dropped)
+            )
+        topic = self.topics.get(OFFSETS_TOPIC)
+        for index in sorted(led - self.coordinated):
+            if topic is None or index >= len(topic.partitions):
+                continue
+            # Whatever is in memory for these groups is stale: start from the log.
+            self._drop_groups_of(index)
+            replayed, skipped = await self._replay_partition(topic.partitions[index])
+            self.coordinated.add(index)
+            self.logger.info(
+                "offsets partition loaded", partition=index, records=replayed, skipped=skipped
+            )
+
+    def _drop_groups_of(self, index: int) -> list[str]:
+        """Forget the groups of offsets partition ``index``; returns their ids."""
+
+        def belongs(group_id: str) -> bool:
+            return self.offsets_partition(group_id) == index
+
+        return self.coordinator.drop_groups(belongs)
 
     # -- appending ----------------------------------------------------------------------
 
