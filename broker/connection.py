@@ -127,7 +127,10 @@ class ConnectionHandler:
         self._backlog = 0  # requests given to the handler task, not yet handled
         self._reading_done = False
         self._sending = False  # the writer is waiting for the socket mid-frame
-        self._writer_wakeup = trio.Event()
+        # The writer parks itself (no Event per wake-up): ``_writer_task`` while it
+        # is parked, ``_writer_woken`` when a wake-up came while it was busy.
+        self._writer_task: trio.lowlevel.Task | None = None
+        self._writer_woken = False
         self._writer_sleep: trio.CancelScope | None = None  # the writer's deadline scope
         # Refusals of excess requests, sent ahead of the slots (between frames).
         self._refusals: deque[bytes] = deque()
@@ -507,12 +510,14 @@ class ConnectionHandler:
         next_offsets = [region.next_offset for region in reply.regions]
         response = reply.body
         assert isinstance(response, FetchResponse), response
-        session.note(body, response, next_offsets, self._truncations_of)
         request = pending.request
         frame = reply_frame(request, reply, more=more) if request.wants_response else None
         if frame is None:
             reply.release()
         self.slots.add(pending.slot, frame, last=not more)
+        # Sent before the bookkeeping, which only concerns the next answers.
+        self._flush_now()
+        session.note(body, response, next_offsets, self._truncations_of)
         if more:
             session.continue_after(body)
         return more
@@ -529,18 +534,28 @@ class ConnectionHandler:
     # -- writer -----------------------------------------------------------------------
 
     def _wake_writer(self) -> None:
-        self._writer_wakeup.set()
+        task = self._writer_task
+        if task is None:
+            self._writer_woken = True  # busy (or not parked yet): it looks again
+        else:
+            self._writer_task = None
+            trio.lowlevel.reschedule(task)
+
+    def _abort_park(self, _: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+        self._writer_task = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
     async def _write_loop(self, connection_scope: trio.CancelScope) -> None:
         # One cancel scope per fetch deadline reached, not per wake-up (a scope
-        # costs about as much as the wake-up itself): its deadline is the first
-        # parked fetch's, moved as fetches park and answer.
+        # costs about as much as the wake-up itself): its deadline is at or before
+        # the first parked fetch's, moved earlier as fetches park.
         while True:  # one pass per fetch deadline reached
             with trio.CancelScope() as sleep:
                 self._writer_sleep = sleep
                 await self._write(sleep)
                 break  # the reader is done and everything is sent
-            # A fetch's max_wait_ms passed: the next pass answers it.
+            # A fetch's max_wait_ms passed (the next pass answers it), or the
+            # first fetch's deadline moved later (the next pass sleeps on).
         self._writer_sleep = None
         connection_scope.cancel()
 
@@ -548,19 +563,24 @@ class ConnectionHandler:
         """Answer fetches and send frames, sleeping between wake-ups until
         ``sleep``'s deadline (the first parked fetch's).  Returns once the reader
         is done and every request is answered."""
+        task = trio.lowlevel.current_task()
+        fetches = self.fetches
         while True:  # one pass per wake-up
+            self._writer_woken = False
             self._service_fetches()
             await self._send_ready()
             if self._reading_done and not self._backlog and not self.slots and not self._refusals:
                 return  # EOF or shutdown, and every request is answered
-            if not self._writer_wakeup.is_set():
-                deadline = math.inf
-                if self.fetches and self.fetches[0].started:
-                    deadline = self.fetches[0].deadline
-                if sleep.deadline != deadline:
-                    sleep.deadline = deadline  # a fetch parked meanwhile moves it on
-                await self._writer_wakeup.wait()
-            self._writer_wakeup = trio.Event()
+            if self._writer_woken:
+                continue
+            # The deadline only ever moves earlier here (moving a scope's deadline
+            # costs about as much as a wake-up, and a stream moves its fetch's
+            # deadline on with every answer): reached early, it ends this scope
+            # and the next pass finds nothing expired and sleeps on.
+            if fetches and fetches[0].started and fetches[0].deadline < sleep.deadline:
+                sleep.deadline = fetches[0].deadline
+            self._writer_task = task
+            await trio.lowlevel.wait_task_rescheduled(self._abort_park)
 
     def _flush_now(self) -> None:
         """Send refusals and completed frames, in order, as far as the socket
