@@ -168,6 +168,13 @@ def test_commits_outlive_the_coordinator_sigkill(broker_cluster: BrokerCluster) 
     wait_until(unavailable, FAILOVER_S, "COORDINATOR_NOT_AVAILABLE while it is down")
     coordinator.start()
     assert coordinator_of(broker_cluster, observer) is coordinator
+    # Named as coordinator as soon as it leads the offsets partition again, it answers
+    # COORDINATOR_NOT_AVAILABLE (members retry) until it has loaded that partition.
+    wait_until(
+        lambda: fetch_offsets(coordinator).error_code == 0,
+        FAILOVER_S,
+        "the restarted coordinator serving offsets",
+    )
     assert committed(fetch_offsets(coordinator)) == dict.fromkeys(every, RECORDS_PER_PARTITION)
     produce(broker_cluster, "second")
     second = ConsumerProcess(observer, GROUP, TOPIC, "--offset-reset", "earliest")
