@@ -11,6 +11,7 @@ Per-topic and per-partition failures become error codes in the response.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Final
 
 from broker.groups.config import OFFSETS_TOPIC
@@ -22,7 +23,7 @@ from broker.topics import config_strings, validate_topic_name
 from client.errors import (
     CoordinatorNotAvailableError,
     DistributaryError,
-    InvalidPartitionsError,
+    InvalidReplicationFactorError,
     InvalidRequestError,
     UnknownTopicOrPartitionError,
 )
@@ -153,74 +154,81 @@ def topic_metadata(broker: Broker, name: str) -> TopicMetadata:
 # -- topic administration ---------------------------------------------------------------
 
 
+async def topic_results(
+    names: Iterable[str], action: Callable[[str], Awaitable[None]]
+) -> list[TopicResult]:
+    """Run ``action`` for each topic in turn; each gets its own result (its typed
+    error's code and message, or success), and one failure does not stop the rest."""
+    results: list[TopicResult] = []
+    for name in names:
+        try:
+            await action(name)
+            results.append(TopicResult(name))
+        except DistributaryError as error:
+            results.append(TopicResult(name, int(error.code), error.message))
+    return results
+
+
 async def handle_create_topics(broker: Broker, body: CreateTopicsRequest) -> CreateTopicsResponse:
     if broker.cluster is not None:
         return await broker.cluster.create_topics(body)
-    results: list[TopicResult] = []
-    for creatable in body.topics:
+    wanted = {creatable.name: creatable for creatable in body.topics}
+
+    async def create(name: str) -> None:
+        creatable = wanted[name]
         partitions = creatable.partitions
         if partitions == DEFAULT_PARTITIONS_SENTINEL:
             partitions = broker.config.default_partitions
-        try:
-            if creatable.replication_factor not in (-1, 1):
-                raise InvalidPartitionsError(
-                    f"replication factor {creatable.replication_factor} exceeds the 1 broker "
-                    "in this cluster"
-                )
-            if body.validate_only:
-                broker.topics.check_new_topic(creatable.name, partitions, creatable.configs)
-            else:
-                await broker.topics.create(creatable.name, partitions, creatable.configs)
-            results.append(TopicResult(creatable.name))
-        except DistributaryError as error:
-            results.append(TopicResult(creatable.name, int(error.code), error.message))
-    return CreateTopicsResponse(results)
+        if creatable.replication_factor not in (-1, 1):
+            raise InvalidReplicationFactorError(
+                f"replication factor {creatable.replication_factor} exceeds the 1 broker "
+                "in this cluster"
+            )
+        if body.validate_only:
+            broker.topics.check_new_topic(name, partitions, creatable.configs)
+        else:
+            await broker.topics.create(name, partitions, creatable.configs)
+
+    return CreateTopicsResponse(await topic_results([t.name for t in body.topics], create))
 
 
 async def handle_delete_topics(broker: Broker, body: DeleteTopicsRequest) -> DeleteTopicsResponse:
     if broker.cluster is not None:
         return await broker.cluster.delete_topics(body)
-    results: list[TopicResult] = []
-    for name in body.names:
-        try:
-            check_not_internal(name)
-            await broker.topics.delete(name)
-            results.append(TopicResult(name))
-        except DistributaryError as error:
-            results.append(TopicResult(name, int(error.code), error.message))
-    return DeleteTopicsResponse(results)
+
+    async def delete(name: str) -> None:
+        check_not_internal(name)
+        await broker.topics.delete(name)
+
+    return DeleteTopicsResponse(await topic_results(body.names, delete))
 
 
 async def handle_alter_configs(broker: Broker, body: AlterConfigsRequest) -> AlterConfigsResponse:
-    results: list[TopicResult] = []
-    for alterable in body.topics:
-        try:
-            check_not_internal(alterable.name)
-            if body.validate_only:
-                broker.topics.check_alter(alterable.name, alterable.configs)
-            else:
-                await broker.topics.alter_configs(alterable.name, alterable.configs)
-            results.append(TopicResult(alterable.name))
-        except DistributaryError as error:
-            results.append(TopicResult(alterable.name, int(error.code), error.message))
-    return AlterConfigsResponse(results)
+    changes = {alterable.name: alterable.configs for alterable in body.topics}
+
+    async def alter(name: str) -> None:
+        check_not_internal(name)
+        if body.validate_only:
+            broker.topics.check_alter(name, changes[name])
+        else:
+            await broker.topics.alter_configs(name, changes[name])
+
+    return AlterConfigsResponse(await topic_results([t.name for t in body.topics], alter))
 
 
 async def handle_create_partitions(
     broker: Broker, body: CreatePartitionsRequest
 ) -> CreatePartitionsResponse:
-    results: list[TopicResult] = []
-    for wanted in body.topics:
-        try:
-            check_not_internal(wanted.name)
-            if body.validate_only:
-                broker.topics.check_add_partitions(wanted.name, wanted.count)
-            else:
-                await broker.topics.add_partitions(wanted.name, wanted.count)
-            results.append(TopicResult(wanted.name))
-        except DistributaryError as error:
-            results.append(TopicResult(wanted.name, int(error.code), error.message))
-    return CreatePartitionsResponse(results)
+    counts = {wanted.name: wanted.count for wanted in body.topics}
+
+    async def add(name: str) -> None:
+        check_not_internal(name)
+        if body.validate_only:
+            broker.topics.check_add_partitions(name, counts[name])
+        else:
+            await broker.topics.add_partitions(name, counts[name])
+
+    return CreatePartitionsResponse(await topic_results([t.name for t in body.topics], add))
 
 
 def handle_describe_topics(broker: Broker, body: DescribeTopicsRequest) -> DescribeTopicsResponse:

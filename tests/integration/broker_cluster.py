@@ -25,7 +25,7 @@ from conftest import RawClient
 from etcd_process import EtcdProcess
 
 from broker.testing import BrokerProcess
-from client.protocol.messages import MetadataRequest, MetadataResponse
+from client.protocol.messages import MetadataRequest, MetadataResponse, Request
 
 HOSTS: Final = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 PREFIX: Final = "distributary-cluster-test"
@@ -99,13 +99,18 @@ def broker_cluster_fixture(etcd_server: EtcdProcess, tmp_path: Path) -> Iterator
         cluster.stop()
 
 
-def metadata(broker: BrokerProcess, topics: list[str] | None = None) -> MetadataResponse:
-    """One Metadata request to ``broker`` (no auto-creation)."""
+def call(broker: BrokerProcess, request: Request) -> object:
+    """One request to ``broker`` on a fresh raw connection; the response body."""
     client = RawClient(broker.address)
     try:
-        body = client.call(MetadataRequest(topics)).body
+        return client.call(request).body
     finally:
         client.close()
+
+
+def metadata(broker: BrokerProcess, topics: list[str] | None = None) -> MetadataResponse:
+    """One Metadata request to ``broker`` (no auto-creation)."""
+    body = call(broker, MetadataRequest(topics))
     assert isinstance(body, MetadataResponse), body
     return body
 

@@ -7,9 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -113,32 +110,15 @@ def test_malformed_bootstrap_is_one_line(address: str, needle: str) -> None:
     assert len(result.stderr.decode().strip().splitlines()) == 1
 
 
-class _Quiet(BaseHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        return
-
-
-@pytest.fixture
-def http_port() -> Iterator[int]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Quiet)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def test_an_http_server_at_the_bootstrap_address_is_named(http_port: int) -> None:
+def test_an_http_server_at_the_bootstrap_address_is_named(http_server: int) -> None:
     """Pointed at an HTTP server, a command says so in one line, without a hang."""
     result = subprocess.run(
-        [*cli_prefix(), "topics", "list", "--bootstrap", f"127.0.0.1:{http_port}"],
+        [*cli_prefix(), "topics", "list", "--bootstrap", f"127.0.0.1:{http_server}"],
         capture_output=True,
         env=clean_env(),
         timeout=30,
     )
-    assert_one_line_error(result, f"127.0.0.1:{http_port} answered like an HTTP server")
+    assert_one_line_error(result, f"127.0.0.1:{http_server} answered like an HTTP server")
 
 
 @pytest.mark.parametrize("content", [b"\xff\xfe\x00\x81garbage", b"\x00\x01\x02" * 50])

@@ -7,7 +7,14 @@ from __future__ import annotations
 from typing import Final
 
 import pytest
-from broker_cluster import BrokerCluster, broker_cluster_fixture, leaders, metadata, wait_until
+from broker_cluster import (
+    BrokerCluster,
+    broker_cluster_fixture,
+    call,
+    leaders,
+    metadata,
+    wait_until,
+)
 from conftest import RawClient
 from etcd_process import etcd_server_fixture
 from test_groups import ConsumerProcess
@@ -64,21 +71,13 @@ def produce(cluster: BrokerCluster, tag: str) -> None:
 
 
 def find_coordinator(broker: BrokerProcess) -> FindCoordinatorResponse:
-    client = RawClient(broker.address)
-    try:
-        body = client.call(FindCoordinatorRequest(GROUP)).body
-    finally:
-        client.close()
+    body = call(broker, FindCoordinatorRequest(GROUP))
     assert isinstance(body, FindCoordinatorResponse), body
     return body
 
 
 def fetch_offsets(broker: BrokerProcess) -> OffsetFetchResponse:
-    client = RawClient(broker.address)
-    try:
-        body = client.call(OffsetFetchRequest(GROUP)).body
-    finally:
-        client.close()
+    body = call(broker, OffsetFetchRequest(GROUP))
     assert isinstance(body, OffsetFetchResponse), body
     return body
 

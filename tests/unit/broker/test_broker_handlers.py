@@ -233,7 +233,7 @@ async def test_create_topics_validate_only_and_default_partitions(broker: Broker
     assert topic is not None and len(topic.partitions) == 1
     reply = await call(broker, CreateTopicsRequest([CreatableTopic("r", 1, replication_factor=3)]))
     assert isinstance(reply.body, CreateTopicsResponse)
-    assert reply.body.topics[0].error_code == ErrorCode.INVALID_PARTITIONS
+    assert reply.body.topics[0].error_code == ErrorCode.INVALID_REPLICATION_FACTOR
 
 
 async def test_acks_zero_returns_nothing(broker: Broker) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import trio
@@ -20,23 +19,6 @@ from client.protocol.connection import ClientConnection
 from client.protocol.messages import HelloRequest
 
 CONNECT_TIMEOUT_MS = 500
-
-
-class _Quiet(BaseHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        return
-
-
-@pytest.fixture
-def http_server() -> Iterator[int]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Quiet)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _serve_raw(reply: Callable[[socket.socket], None]) -> Iterator[int]:
