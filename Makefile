@@ -10,8 +10,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(STAMP): $(BIN)/python pyproject.toml
+$(STAMP): $(BIN)/python pyproject.toml scripts/install-system-packages.sh
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	sh scripts/install-system-packages.sh
 	touch $(STAMP)
 
 run: $(STAMP)
