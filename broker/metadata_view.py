@@ -58,11 +58,16 @@ class LocalMetadataView:
     """One node's metadata, from the TopicManager; see the module docstring."""
 
     def __init__(
-        self, node_id: int, topics: TopicManager, address: Callable[[], tuple[str, int]]
+        self,
+        node_id: int,
+        topics: TopicManager,
+        address: Callable[[], tuple[str, int]],
+        rack: str | None = None,
     ) -> None:
         self._node_id = node_id
         self._topics = topics
         self._address = address  # this broker's advertised (host, port)
+        self._rack = rack  # this broker's configured rack
         self._leaderships: dict[tuple[str, int], PartitionLeadership] = {}
         self._peers: dict[int, tuple[str, int]] = {}
 
@@ -72,7 +77,7 @@ class LocalMetadataView:
 
     def brokers(self) -> list[BrokerInfo]:
         host, port = self._address()
-        found = [BrokerInfo(self._node_id, host, port)]
+        found = [BrokerInfo(self._node_id, host, port, self._rack)]
         found.extend(BrokerInfo(node, *address) for node, address in sorted(self._peers.items()))
         return found
 

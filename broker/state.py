@@ -80,7 +80,10 @@ class Broker:
         self.shutting_down = False
         # Who leads what (broker/metadata_view.py): handlers ask it, never assume.
         self.metadata: MetadataView = LocalMetadataView(
-            config.node_id, topics, lambda: (self.advertised_host, self.advertised_port)
+            config.node_id,
+            topics,
+            lambda: (self.advertised_host, self.advertised_port),
+            config.rack,
         )
         # Set by a cluster member (--cluster); None on a single node.
         self.cluster: ClusterAdmin | None = None

@@ -229,7 +229,7 @@ class Admin(ClusterClient):
         return ClusterMetadata(
             body.cluster_id,
             body.controller_id,
-            tuple(BrokerNode(b.node_id, b.host, b.port) for b in body.brokers),
+            tuple(BrokerNode(b.node_id, b.host, b.port, b.rack) for b in body.brokers),
             tuple(
                 TopicInfo(
                     t.name,

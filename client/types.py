@@ -73,11 +73,12 @@ class TopicInfo(NamedTuple):
 
 
 class BrokerNode(NamedTuple):
-    """One broker of the cluster."""
+    """One broker of the cluster (``rack``: its rack or zone, None when unset)."""
 
     node_id: int
     host: str
     port: int
+    rack: str | None = None
 
 
 class ClusterMetadata(NamedTuple):

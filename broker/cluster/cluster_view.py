@@ -91,7 +91,7 @@ class ClusterMetadataView:
         """Replace the view with the metadata as now applied: ``cluster_topics`` are
         the topics the store holds, ``leaderships`` their partitions' states."""
         self._brokers = [
-            BrokerInfo(node, registration.host, registration.port)
+            BrokerInfo(node, registration.host, registration.port, registration.rack)
             for node, registration in sorted(brokers.items())
         ]
         self._controller = controller

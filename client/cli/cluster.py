@@ -1,11 +1,12 @@
-"""``distributary cluster describe``: the brokers, the controller, and how many
-partitions each broker leads and holds replicas of (client.Admin, from one
-Metadata request).
+"""``distributary cluster describe``: the brokers with their racks, the
+controller, and how many partitions each broker leads and holds replicas of
+(client.Admin, from one Metadata request).
 
 Like the other listings, the data goes to stdout (a table on a terminal, plain
 columns when piped, one JSON document with ``--json``).  Partition counts
 include internal topics (``__consumer_offsets``), which brokers lead too; a
-partition with no leader (-1) is counted under ``leaderless``.
+partition with no leader (-1) is counted under ``leaderless``.  A broker without
+a rack shows ``-`` in the table and ``null`` in JSON.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ Examples:
   distributary cluster describe --json | jq '.brokers[] | select(.controller)'
 """
 
-_COLUMNS: Final = ("node", "address", "controller", "leads", "replicas")
+_COLUMNS: Final = ("node", "address", "rack", "controller", "leads", "replicas")
+NO_RACK: Final = "-"
 
 
 class BrokerJson(msgspec.Struct):
@@ -38,6 +40,7 @@ class BrokerJson(msgspec.Struct):
     controller: bool
     partitions_led: int
     replicas: int
+    rack: str | None = None
 
 
 class ClusterJson(msgspec.Struct):
@@ -67,6 +70,7 @@ def summarize(metadata: ClusterMetadata) -> ClusterJson:
             broker.node_id == metadata.controller_id,
             led[broker.node_id],
             held[broker.node_id],
+            broker.rack,
         )
         for broker in sorted(metadata.brokers, key=lambda broker: broker.node_id)
     ]
@@ -85,6 +89,7 @@ def _rows(summary: ClusterJson) -> list[tuple[str, ...]]:
         (
             str(broker.node_id),
             f"{broker.host}:{broker.port}",
+            NO_RACK if broker.rack is None else broker.rack,
             "yes" if broker.controller else "",
             str(broker.partitions_led),
             str(broker.replicas),
@@ -135,7 +140,8 @@ def cluster() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 @client_options
 def describe(as_json: bool, bootstrap: str, debug: bool) -> None:
-    """List the brokers with the controller and the partitions each one leads."""
+    """List the brokers with their racks, the controller and the partitions each
+    one leads."""
 
     async def body() -> None:
         async with Admin(bootstrap) as admin:

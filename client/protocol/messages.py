@@ -103,6 +103,7 @@ class BrokerInfo(_Message):
     node_id: int
     host: str
     port: int
+    rack: str | None = None  # the rack or zone the broker runs in (None: no rack)
 
 
 class PartitionMetadata(_Message):

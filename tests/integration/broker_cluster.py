@@ -7,6 +7,7 @@ Fixture ``broker_cluster`` (import ``broker_cluster_fixture`` with
 
     .etcd, .brokers (BrokerProcess list), .url (the --cluster URL),
     .bootstrap ("host:port,..."), .broker(node_id), .new_broker(node_id, work_dir)
+    .extra_args ({node_id: [flags]} added to that broker's command line, e.g. --rack)
     .metadata(broker) -> MetadataResponse, .wait_until(predicate, timeout_s)
 
 Every process is stopped at teardown (SIGCONT first, in case a test paused it).
@@ -40,6 +41,7 @@ class BrokerCluster:
         self.directory = directory
         self.url = etcd.cluster_url(PREFIX)
         self.brokers: list[BrokerProcess] = []
+        self.extra_args: dict[int, list[str]] = {}
 
     def new_broker(
         self, node_id: int, host: str, work_dir: Path | None = None, url: str | None = None
@@ -50,7 +52,13 @@ class BrokerCluster:
         return BrokerProcess(
             work_dir,
             host=host,
-            args=["--cluster", url or self.url, "--node-id", str(node_id)],
+            args=[
+                "--cluster",
+                url or self.url,
+                "--node-id",
+                str(node_id),
+                *self.extra_args.get(node_id, []),
+            ],
         )
 
     def start(self) -> None:

@@ -85,7 +85,8 @@ def test_cluster_describe_lists_the_broker_and_its_partitions(cli: Cli) -> None:
     assert plain.returncode == 0, plain.stderr
     lines = plain.stdout.decode().splitlines()
     assert lines[0].startswith("cluster ") and "1 broker " in lines[0] + " "
-    assert lines[1].split() == ["node", "address", "controller", "leads", "replicas"]
+    assert lines[1].split() == ["node", "address", "rack", "controller", "leads", "replicas"]
+    assert broker["rack"] is None and lines[2].split()[2] == "-"
 
 
 @pytest.mark.parametrize(

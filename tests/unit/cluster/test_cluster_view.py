@@ -48,7 +48,10 @@ def test_leads_only_what_the_metadata_says_and_only_while_the_lease_holds(
     others, and none at all once the lease validity has passed (self-fencing)."""
     clock = Clock()
     view = make_view(tmp_path, clock)
-    brokers = {n: BrokerRegistration(n, "127.0.0.1", 9000 + n) for n in (1, 2)}
+    brokers = {
+        1: BrokerRegistration(1, "127.0.0.1", 9001, "rack-a"),
+        2: BrokerRegistration(2, "127.0.0.1", 9002),
+    }
     leaderships = {
         ("t", 0): PartitionLeadership(2, 3, (2,), (2,)),
         ("t", 1): PartitionLeadership(1, 0, (1,), (1,)),
@@ -59,7 +62,8 @@ def test_leads_only_what_the_metadata_says_and_only_while_the_lease_holds(
     assert view.leads("t", 0) and not view.leads("t", 1) and not view.leads("t", 2)
     assert view.leadership("t", 1) == leaderships[("t", 1)]
     assert view.leadership("t", 5) is None
-    assert [b.node_id for b in view.brokers()] == [1, 2] and view.controller_id() == 1
+    assert [(b.node_id, b.rack) for b in view.brokers()] == [(1, "rack-a"), (2, None)]
+    assert view.controller_id() == 1
     clock.now += 2.5
     assert view.is_fenced() and not view.leads("t", 0)
 
