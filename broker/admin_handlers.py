@@ -17,7 +17,7 @@ from typing import Final
 from broker.groups.config import OFFSETS_TOPIC
 from broker.groups.records import partition_for_group
 from broker.partition import Partition
-from broker.produce import auto_create, check_leader, check_not_internal
+from broker.produce import auto_create, check_not_internal
 from broker.state import Broker
 from broker.topics import config_strings, validate_topic_name
 from client.errors import (
@@ -25,6 +25,7 @@ from client.errors import (
     DistributaryError,
     InvalidReplicationFactorError,
     InvalidRequestError,
+    NotLeaderError,
     UnknownTopicOrPartitionError,
 )
 from client.protocol.messages import (
@@ -275,7 +276,10 @@ def handle_list_offsets(broker: Broker, body: ListOffsetsRequest) -> ListOffsets
         for wanted in wanted_topic.partitions:
             try:
                 partition = broker.topics.partition(wanted_topic.name, wanted.partition)
-                check_leader(broker, wanted_topic.name, wanted.partition)
+                if not broker.metadata.serves_reads(wanted_topic.name, wanted.partition):
+                    raise NotLeaderError(
+                        f"{wanted_topic.name}-{wanted.partition}: this broker is not its leader"
+                    )
                 results.append(list_offset(partition, wanted.timestamp_ms))
             except DistributaryError as error:
                 results.append(

@@ -10,7 +10,8 @@ something new" compares with it, never with the log end.
 Reads take at most ``partition_max_bytes`` per partition and
 ``min(max_bytes, fetch_bytes_max)`` in total, but always the first available
 batch whole, so a consumer behind a huge batch makes progress.  A partition
-this node does not lead answers NOT_LEADER.
+this node does not serve reads of (it does not lead it, nor led it when it was
+fenced from the cluster metadata: broker/metadata_view.py) answers NOT_LEADER.
 
 Waiting is the caller's: a connection parks the fetch (broker/waiting.py) and
 its writer calls :func:`fetch_now` again when a partition wakes it;
@@ -83,7 +84,7 @@ def caught_up(broker: Broker, body: FetchRequest) -> bool:
             if (
                 partition.closed
                 or wanted.fetch_offset != partition.high_watermark
-                or not metadata.leads(fetch_topic.name, wanted.partition)
+                or not metadata.serves_reads(fetch_topic.name, wanted.partition)
             ):
                 return False
     return True
@@ -148,7 +149,7 @@ def fetch_partition(
     """One partition's answer: records from ``offset`` below the high watermark."""
     try:
         partition = broker.topics.partition(topic, index)
-        if not broker.metadata.leads(topic, index):
+        if not broker.metadata.serves_reads(topic, index):
             raise NotLeaderError(f"{topic}-{index}: this broker is not its leader")
         high_watermark = partition.high_watermark
         if offset >= high_watermark:

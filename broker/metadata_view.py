@@ -5,7 +5,9 @@ brokers' addresses.
 Handlers read metadata through the :class:`MetadataView` protocol only --
 Metadata, DescribeTopics and FindCoordinator answers, and the leadership check
 of Produce and Fetch (a partition this node does not lead is answered
-NOT_LEADER).  :class:`LocalMetadataView` is the single-node implementation: it
+NOT_LEADER; ``serves_reads`` answers the same for Fetch and ListOffsets, except
+that a cluster member fenced from its metadata store keeps serving reads of the
+partitions it led).  :class:`LocalMetadataView` is the single-node implementation: it
 is fed by the TopicManager (a partition exists when its topic's log is open
 here) and this node leads every partition, unless a leadership was set
 explicitly with :meth:`LocalMetadataView.set_leadership` (a cluster metadata
@@ -50,7 +52,13 @@ class MetadataView(Protocol):
 
     def leads(self, topic: str, partition: int) -> bool:
         """Whether this node leads the partition (False when it does not exist).
-        On the produce and fetch paths: cheap."""
+        On the produce path: cheap."""
+        ...
+
+    def serves_reads(self, topic: str, partition: int) -> bool:
+        """Whether this node answers Fetch and ListOffsets for the partition: it
+        leads it, or led it when it lost its metadata store (fenced).  On the
+        fetch path: cheap."""
         ...
 
 
@@ -103,6 +111,9 @@ class LocalMetadataView:
                 return explicit.leader == self._node_id
         found = self._topics.get(topic)
         return found is not None and 0 <= partition < len(found.partitions)
+
+    def serves_reads(self, topic: str, partition: int) -> bool:
+        return self.leads(topic, partition)
 
     def set_leadership(self, topic: str, partition: int, leadership: PartitionLeadership) -> None:
         """Record who leads ``topic``/``partition`` (instead of this node)."""

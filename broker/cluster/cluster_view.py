@@ -3,11 +3,17 @@
 :class:`ClusterMetadataView` implements the MetadataView protocol
 (broker/metadata_view.py) from the cluster metadata the member follows
 (broker/cluster/member.py calls :meth:`ClusterMetadataView.update` after each
-change it applies).  ``leads`` is on the produce and fetch paths: one set lookup
-and one clock read.  The clock read is the self-fence: the member pushes
+change it applies).  ``leads`` is on the produce path: one set lookup and one
+clock read.  The clock read is the self-fence: the member pushes
 ``lease_valid_until`` forward after each acknowledged keepalive; past it (etcd
 unreachable, or this process was paused) the broker leads nothing until it has
 re-registered and re-read the metadata, whatever its last view said.
+
+``serves_reads`` is on the fetch and list-offsets paths: the partitions the last
+applied metadata says this node leads, fenced or not.  A fenced broker (etcd
+lost) thus keeps serving consumers what it holds, up to the high watermark, while
+it refuses writes it can no longer own; a read may then be stale (the cluster
+may have moved the partition meanwhile), never a write lost.
 
 Topics that are not in the cluster metadata but open locally (a
 ``__consumer_offsets`` a data dir kept from before the cluster created its own)
@@ -73,6 +79,14 @@ class ClusterMetadataView:
     def leads(self, topic: str, partition: int) -> bool:
         if (topic, partition) in self._led:
             return self._clock_s() < self.lease_valid_until
+        if topic in self._cluster_topics:
+            return False
+        local = self._topics.get(topic)
+        return local is not None and 0 <= partition < len(local.partitions)
+
+    def serves_reads(self, topic: str, partition: int) -> bool:
+        if (topic, partition) in self._led:
+            return True
         if topic in self._cluster_topics:
             return False
         local = self._topics.get(topic)

@@ -68,6 +68,25 @@ def test_leads_only_what_the_metadata_says_and_only_while_the_lease_holds(
     assert view.is_fenced() and not view.leads("t", 0)
 
 
+def test_a_fenced_view_still_serves_reads_of_what_it_led(tmp_path: Path) -> None:
+    """Proves that once the lease has passed the view leads nothing but still serves
+    reads of the partitions it led, and never of those another broker leads."""
+    clock = Clock()
+    view = make_view(tmp_path, clock)
+    brokers = {n: BrokerRegistration(n, "127.0.0.1", 9000 + n) for n in (1, 2)}
+    leaderships = {
+        ("t", 0): PartitionLeadership(2, 3, (2,), (2,)),
+        ("t", 1): PartitionLeadership(1, 0, (1,), (1,)),
+    }
+    view.update(brokers, 1, frozenset({"t"}), leaderships)
+    view.lease_valid_until = clock.now + 1.0
+    assert view.serves_reads("t", 0) and not view.serves_reads("t", 1)
+    clock.now += 5.0
+    assert view.is_fenced() and not view.leads("t", 0)
+    assert view.serves_reads("t", 0)
+    assert not view.serves_reads("t", 1) and not view.serves_reads("t", 2)
+
+
 def test_decode_metadata_picks_the_oldest_candidate_and_skips_bad_values() -> None:
     """Proves the controller is the candidate with the lowest create_revision (its
     epoch), and a value that does not decode is reported, not fatal."""
