@@ -20,6 +20,7 @@ from client._io.cluster import Cluster, ClusterClient
 from client.errors import ConnectionClosedError, DistributaryError, error_for_code
 from client.group import commit_offsets, fetch_committed, from_wire
 from client.protocol.messages import (
+    LATEST_TIMESTAMP,
     AlterableTopic,
     AlterConfigsRequest,
     AlterConfigsResponse,
@@ -39,6 +40,10 @@ from client.protocol.messages import (
     DescribeTopicsResponse,
     ListGroupsRequest,
     ListGroupsResponse,
+    ListOffsetsPartition,
+    ListOffsetsRequest,
+    ListOffsetsResponse,
+    ListOffsetsTopic,
     MetadataResponse,
     PartitionCount,
     Request,
@@ -269,15 +274,30 @@ class Admin(ClusterClient):
 
     async def list_groups(self, states: Iterable[str] | None = None) -> list[GroupListing]:
         """Every consumer group (optionally only in these states), sorted by id.
-        Asks one broker (what it lists: the groups it coordinates, on one node all)."""
-        body = await self._request(ListGroupsRequest(None if states is None else list(states)))
-        assert isinstance(body, ListGroupsResponse)
-        if body.error_code:
-            raise error_for_code(body.error_code, body.error_message)
-        return sorted(
-            (GroupListing(g.group_id, g.state, g.member_count) for g in body.groups),
-            key=lambda listing: listing.group_id,
+        Asks every live broker (each lists the groups it coordinates) and merges
+        the answers; a group listed by two brokers (its coordinator moving) is
+        listed once.  Raises a broker's typed error, BrokerUnavailableError."""
+        cluster = self._require_cluster()
+        await cluster.call_with_retries(
+            lambda: cluster.refresh_metadata([]), attempts_max=self.reconnect_attempts_max
         )
+        request = ListGroupsRequest(None if states is None else list(states))
+        found: dict[str, GroupListing] = {}
+        for node_id in sorted(cluster.brokers) or [-1]:
+
+            async def ask(node_id: int = node_id) -> object:
+                connection = await cluster.connection_for_node(node_id)
+                return (await connection.request(request)).body
+
+            body = await cluster.call_with_retries(ask, attempts_max=self.reconnect_attempts_max)
+            assert isinstance(body, ListGroupsResponse)
+            if body.error_code:
+                raise error_for_code(body.error_code, body.error_message)
+            for group in body.groups:
+                found.setdefault(
+                    group.group_id, GroupListing(group.group_id, group.state, group.member_count)
+                )
+        return [found[group_id] for group_id in sorted(found)]
 
     async def describe_groups(self, group_ids: Iterable[str]) -> list[GroupDescription]:
         """State, members, assignment, and per partition the committed offset, log
@@ -289,8 +309,55 @@ class Admin(ClusterClient):
             for group in body.groups:
                 if group.error_code:
                     raise error_for_code(group.error_code, group.error_message or group.group_id)
-                descriptions.append(_group_description(group))
+                log_ends = await self._log_end_offsets(
+                    {TopicPartition(p.topic, p.partition) for p in group.partitions}
+                )
+                descriptions.append(_group_description(group, log_ends))
         return descriptions
+
+    async def _log_end_offsets(self, partitions: set[TopicPartition]) -> dict[TopicPartition, int]:
+        """Each partition's log end (its high watermark) as its leader answers
+        ListOffsets latest, one request per leader, after a metadata refresh.  A
+        partition whose leader is unknown, unreachable or answers an error is left
+        out (its log end is then unknown: -1)."""
+        cluster = self._require_cluster()
+        if not partitions:
+            return {}
+        topics = sorted({tp.topic for tp in partitions})
+        try:
+            await cluster.call_with_retries(
+                lambda: cluster.refresh_metadata(topics), attempts_max=self.reconnect_attempts_max
+            )
+        except DistributaryError:
+            return {}
+        by_leader: dict[int, dict[str, list[ListOffsetsPartition]]] = {}
+        for tp in sorted(partitions):
+            leader = cluster.leader_for(tp.topic, tp.partition)
+            if leader is not None:
+                wanted = by_leader.setdefault(leader, {}).setdefault(tp.topic, [])
+                wanted.append(ListOffsetsPartition(tp.partition, LATEST_TIMESTAMP))
+        found: dict[TopicPartition, int] = {}
+        for leader, wanted_topics in by_leader.items():
+            request = ListOffsetsRequest(
+                [ListOffsetsTopic(name, parts) for name, parts in wanted_topics.items()]
+            )
+
+            async def ask(leader: int = leader, request: ListOffsetsRequest = request) -> object:
+                connection = await cluster.connection_for_node(leader)
+                return (await connection.request(request)).body
+
+            try:
+                body = await cluster.call_with_retries(
+                    ask, attempts_max=self.reconnect_attempts_max
+                )
+            except DistributaryError:
+                continue
+            assert isinstance(body, ListOffsetsResponse)
+            for topic in body.topics:
+                for part in topic.partitions:
+                    if not part.error_code:
+                        found[TopicPartition(topic.name, part.partition)] = part.offset
+        return found
 
     async def describe_group(self, group_id: str) -> GroupDescription:
         """See :meth:`describe_groups`."""
@@ -332,7 +399,30 @@ class Admin(ClusterClient):
         )
 
 
-def _group_description(group: DescribedGroup) -> GroupDescription:
+def _group_description(
+    group: DescribedGroup, log_ends: dict[TopicPartition, int]
+) -> GroupDescription:
+    """The SDK's description; each partition's log end and lag from ``log_ends``
+    (what its leader answered), not from the coordinator, which holds only the
+    partitions it leads."""
+    rows = []
+    for p in group.partitions:
+        log_end = log_ends.get(TopicPartition(p.topic, p.partition), -1)
+        committed = None if p.committed_offset < 0 else p.committed_offset
+        lag = None if committed is None or log_end < 0 else max(0, log_end - committed)
+        rows.append(
+            GroupPartition(
+                p.topic,
+                p.partition,
+                committed,
+                log_end,
+                lag,
+                p.member_id,
+                p.metadata,
+                p.commit_time_ms,
+            )
+        )
+
     return GroupDescription(
         group.group_id,
         group.state,
@@ -355,19 +445,7 @@ def _group_description(group: DescribedGroup) -> GroupDescription:
             )
             for m in group.members
         ),
-        tuple(
-            GroupPartition(
-                p.topic,
-                p.partition,
-                None if p.committed_offset < 0 else p.committed_offset,
-                p.log_end_offset,
-                None if p.lag < 0 else p.lag,
-                p.member_id,
-                p.metadata,
-                p.commit_time_ms,
-            )
-            for p in group.partitions
-        ),
+        tuple(rows),
     )
 
 

@@ -1,9 +1,12 @@
 """Consumer groups in a cluster of three brokers: one coordinator per group (the
 leader of its ``__consumer_offsets`` partition), whichever broker a member
-bootstrapped from, and committed offsets that outlive the coordinator's SIGKILL."""
+bootstrapped from, committed offsets that outlive the coordinator's SIGKILL, and
+the admin's listing (every broker asked) and lag (every partition's leader asked)."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 from typing import Final
 
 import pytest
@@ -17,6 +20,7 @@ from broker_cluster import (
 )
 from conftest import RawClient
 from etcd_process import etcd_server_fixture
+from test_cli_commands import clean_env, cli_prefix
 from test_groups import ConsumerProcess
 
 from broker.cluster.member import LEASE_TTL_S
@@ -28,7 +32,8 @@ from client.protocol.messages import (
     OffsetFetchRequest,
     OffsetFetchResponse,
 )
-from client.sync import Producer
+from client.sync import Admin, Producer
+from client.types import TopicPartition
 
 __all__ = ["broker_cluster_fixture", "etcd_server_fixture"]
 
@@ -70,8 +75,8 @@ def produce(cluster: BrokerCluster, tag: str) -> None:
         producer.flush()
 
 
-def find_coordinator(broker: BrokerProcess) -> FindCoordinatorResponse:
-    body = call(broker, FindCoordinatorRequest(GROUP))
+def find_coordinator(broker: BrokerProcess, group: str = GROUP) -> FindCoordinatorResponse:
+    body = call(broker, FindCoordinatorRequest(group))
     assert isinstance(body, FindCoordinatorResponse), body
     return body
 
@@ -222,3 +227,70 @@ def test_member_rides_out_the_coordinator_restart(broker_cluster: BrokerCluster)
         member.process.terminate()
         member.process.wait(10)
     assert committed(fetch_offsets(coordinator)) == dict.fromkeys(every, 2 * RECORDS_PER_PARTITION)
+
+
+def groups_on_every_broker(cluster: BrokerCluster) -> dict[int, str]:
+    """One group name per broker that coordinates it: {node id: group}."""
+    through = cluster.broker(1)
+    found: dict[int, str] = {}
+    for number in range(64):
+        name = f"group-{number}"
+        answer = wait_until(
+            lambda name=name: (a := find_coordinator(through, name)).error_code == 0 and a,
+            RESTART_S,
+            "a coordinator",
+        )
+        found.setdefault(answer.node_id, name)
+        if len(found) == len(cluster.brokers):
+            return found
+    pytest.fail(f"64 group names found coordinators on {sorted(found)} only")
+
+
+def test_list_groups_asks_every_broker(broker_cluster: BrokerCluster) -> None:
+    """Proves the admin's list_groups and `groups list`, bootstrapped from one broker,
+    list the groups of all three coordinators, each once."""
+    create(broker_cluster)
+    groups = groups_on_every_broker(broker_cluster)
+    bootstrap = broker_cluster.broker(1).address
+    with Admin(bootstrap) as admin:
+        for group in groups.values():
+            admin.set_offsets(group, {TopicPartition(TOPIC, 0): 1})
+        listed = [listing.group_id for listing in admin.list_groups()]
+    assert listed == sorted(groups.values())
+    run = subprocess.run(
+        [*cli_prefix(), "groups", "list", "--bootstrap", bootstrap, "--json"],
+        capture_output=True,
+        env=clean_env(),
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    assert [g["group_id"] for g in json.loads(run.stdout)] == sorted(groups.values())
+
+
+def test_group_lag_comes_from_each_partitions_leader(broker_cluster: BrokerCluster) -> None:
+    """Proves `describe_group` (and `groups describe --json`) report, for partitions
+    led by three different brokers, the log end their leader holds and lag =
+    produced - committed, whichever broker coordinates the group."""
+    create(broker_cluster)
+    produce(broker_cluster, "first")
+    found = leaders(metadata(broker_cluster.broker(1)), TOPIC)
+    assert found is not None and {leader for leader, _ in found.values()} == {1, 2, 3}
+    commits = {TopicPartition(TOPIC, p): p % RECORDS_PER_PARTITION for p in range(PARTITIONS)}
+    bootstrap = broker_cluster.broker(2).address
+    with Admin(bootstrap) as admin:
+        admin.set_offsets(GROUP, commits)
+        description = admin.describe_group(GROUP)
+    rows = {TopicPartition(p.topic, p.partition): p for p in description.partitions}
+    assert set(rows) == set(commits)
+    for tp, committed_offset in commits.items():
+        assert rows[tp].log_end_offset == RECORDS_PER_PARTITION, tp
+        assert rows[tp].lag == RECORDS_PER_PARTITION - committed_offset, tp
+    run = subprocess.run(
+        [*cli_prefix(), "groups", "describe", GROUP, "--bootstrap", bootstrap, "--json"],
+        capture_output=True,
+        env=clean_env(),
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    lags = {p["partition"]: p["lag"] for p in json.loads(run.stdout)["partitions"]}
+    assert lags == {p: RECORDS_PER_PARTITION - p % RECORDS_PER_PARTITION for p in range(PARTITIONS)}
