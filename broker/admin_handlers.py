@@ -220,6 +220,8 @@ async def handle_alter_configs(broker: Broker, body: AlterConfigsRequest) -> Alt
 async def handle_create_partitions(
     broker: Broker, body: CreatePartitionsRequest
 ) -> CreatePartitionsResponse:
+    if broker.cluster is not None:
+        return await broker.cluster.create_partitions(body)
     counts = {wanted.name: wanted.count for wanted in body.topics}
 
     async def add(name: str) -> None:

@@ -28,6 +28,8 @@ from broker.topics import TopicManager
 from broker.waiting import WakeReason
 from client.clock import wall_clock_ms
 from client.protocol.messages import (
+    CreatePartitionsRequest,
+    CreatePartitionsResponse,
     CreateTopicsRequest,
     CreateTopicsResponse,
     DeleteTopicsRequest,
@@ -44,6 +46,10 @@ class ClusterAdmin(Protocol):
     async def create_topics(self, body: CreateTopicsRequest) -> CreateTopicsResponse: ...
 
     async def delete_topics(self, body: DeleteTopicsRequest) -> DeleteTopicsResponse: ...
+
+    async def create_partitions(
+        self, body: CreatePartitionsRequest
+    ) -> CreatePartitionsResponse: ...
 
     async def create_topic_if_absent(self, name: str) -> None: ...
 

@@ -18,7 +18,8 @@ Joining (:func:`join_cluster`, before the broker serves):
 Running (:meth:`ClusterMember.run`): a keepalive every TTL/3; a follower of the
 cluster prefix (read, then watch; broker/cluster/follow.py) that applies each
 change; the controller task.  Applying a change opens the logs of new topics
-(every partition of every topic: a member may become a partition's leader later),
+and of partitions added to a topic (every partition of every topic: a member
+may become a partition's leader later),
 removes those of deleted topics, stamps the new leader epoch into partitions
 this node now leads, publishes the leaderships in the ClusterMetadataView, and
 wakes the waiters of every partition whose leadership changed.
@@ -73,7 +74,12 @@ from broker.cluster.store import (
     VersionConflictError,
     WatchBatch,
 )
-from broker.cluster.topic_admin import erase_topic, plan_topic, write_topic
+from broker.cluster.topic_admin import (
+    create_partitions,
+    erase_topic,
+    plan_topic,
+    write_topic,
+)
 from broker.cluster.topic_incarnations import TopicIncarnations
 from broker.config import ConfigError, parse_listen
 from broker.groups.config import OFFSETS_TOPIC
@@ -86,6 +92,8 @@ from broker.storage.atomic_file import write_atomic
 from broker.waiting import WakeReason
 from client.errors import DistributaryError, StorageError, TopicAlreadyExistsError
 from client.protocol.messages import (
+    CreatePartitionsRequest,
+    CreatePartitionsResponse,
     CreateTopicsRequest,
     CreateTopicsResponse,
     DeleteTopicsRequest,
@@ -418,8 +426,9 @@ class ClusterMember:
             _logger.error("cannot load the committed offsets", error=error.message)
 
     async def _reconcile_logs(self, metadata: ClusterMetadata) -> None:
-        """Open the logs of new topics, remove those of deleted ones (and of earlier
-        incarnations of a name: broker/cluster/topic_incarnations.py)."""
+        """Open the logs of new topics and of new partitions of a topic, remove those
+        of deleted topics (and of earlier incarnations of a name:
+        broker/cluster/topic_incarnations.py)."""
         topics = self.broker.topics
         for name, assignment in sorted(metadata.topics.items()):
             local = topics.get(name)
@@ -432,9 +441,18 @@ class ClusterMember:
                 except (DistributaryError, StorageError) as error:
                     _logger.error("cannot remove a deleted topic", topic=name, error=error.message)
             if local is not None:
-                if len(local.partitions) != assignment.partitions:
+                if len(local.partitions) < assignment.partitions:
+                    try:
+                        await topics.add_partitions(name, assignment.partitions)
+                    except DistributaryError as error:
+                        _logger.error(
+                            "cannot open the logs of new partitions",
+                            topic=name,
+                            error=error.message,
+                        )
+                elif len(local.partitions) > assignment.partitions:
                     _logger.error(
-                        "local partition count differs from the cluster's; left as it is",
+                        "more local partitions than the cluster's; left as they are",
                         topic=name,
                         local=len(local.partitions),
                         cluster=assignment.partitions,
@@ -493,6 +511,10 @@ class ClusterMember:
             except DistributaryError as error:
                 results.append(TopicResult(creatable.name, int(error.code), error.message))
         return CreateTopicsResponse(results)
+
+    async def create_partitions(self, body: CreatePartitionsRequest) -> CreatePartitionsResponse:
+        """CreatePartitions in a cluster (broker/cluster/topic_admin.py)."""
+        return await create_partitions(self, body)
 
     async def delete_topics(self, body: DeleteTopicsRequest) -> DeleteTopicsResponse:
         """DeleteTopics in a cluster (broker/cluster/topic_admin.py)."""

@@ -1,4 +1,4 @@
-"""Topic creation and deletion in a cluster, on whichever broker is asked.
+"""Topic creation, growth and deletion in a cluster, on whichever broker is asked.
 
 A create validates the request as a single node would (name, partition count,
 configs), places the replicas over the live brokers (broker/cluster/placement.py),
@@ -10,6 +10,15 @@ the topic key still being the one just created.  The answer is sent once this
 broker has applied the new revision, so a Metadata request to it right after
 sees the topic; every other broker sees it when its watch delivers it.
 
+Adding partitions (CreatePartitions) validates the new count as a single node
+would (higher than today, at most the broker's maximum), places the new
+partitions' replicas over the live brokers with the topic's replication factor
+(the first new partition's preferred leader follows the last one's in the
+placement order, so leaders keep going round-robin), and writes the grown topic
+key and the new partitions' states in one transaction conditional on the topic
+key's version (two growths at once cannot both win).  Every member opens the new
+partitions' logs when it applies the change.
+
 A delete removes the topic key and its state keys the same way; every member
 then closes and removes its local logs.
 """
@@ -18,8 +27,11 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Final
 
-from broker.cluster.placement import LiveBroker, initial_state, place_replicas
+import msgspec
+
+from broker.cluster.placement import LiveBroker, broker_order, initial_state, place_replicas
 from broker.cluster.schema import TopicAssignment, encode, state_key, topic_key
 from broker.cluster.snapshot import ClusterMetadata
 from broker.cluster.store import (
@@ -33,16 +45,28 @@ from broker.cluster.store import (
     VersionConflictError,
 )
 from broker.groups.config import OFFSETS_TOPIC
+from broker.logging import get_logger
+from broker.produce import check_not_internal
 from broker.topics import TopicManager, log_config_for, validate_topic_name
 from client.errors import (
+    DistributaryError,
     InvalidPartitionsError,
     InvalidReplicationFactorError,
     TopicAlreadyExistsError,
     UnknownTopicOrPartitionError,
 )
+from client.protocol.messages import CreatePartitionsRequest, CreatePartitionsResponse, TopicResult
+
+if TYPE_CHECKING:
+    from broker.cluster.member import ClusterMember
 
 # CreateTopics with replication_factor -1 means the default, one replica.
 DEFAULT_REPLICATION_FACTOR = 1
+# A partition growth that meets a concurrent change of its topic plans again;
+# this many attempts in all.
+GROW_ATTEMPTS_MAX: Final = 3
+
+_logger = get_logger()
 
 
 def plan_topic(
@@ -72,13 +96,73 @@ def plan_topic(
         replication_factor = DEFAULT_REPLICATION_FACTOR
     if replication_factor < 1:
         raise InvalidReplicationFactorError(f"replication factor {replication_factor} is below 1")
-    live = [
-        LiveBroker(registration.node_id, registration.rack)
-        for registration in metadata.brokers.values()
-    ]
+    live = _live_brokers(metadata)
     start = rng.randrange(max(len(live), 1))
     replicas = place_replicas(live, partitions, replication_factor, start)
     return TopicAssignment(replicas=replicas, configs=dict(configs))
+
+
+def _live_brokers(metadata: ClusterMetadata) -> list[LiveBroker]:
+    return [
+        LiveBroker(registration.node_id, registration.rack)
+        for registration in metadata.brokers.values()
+    ]
+
+
+def plan_partitions(
+    metadata: ClusterMetadata, topics: TopicManager, name: str, count: int
+) -> TopicAssignment:
+    """The topic grown to ``count`` partitions in all, the new ones placed (module
+    docstring).  Raises UnknownTopicOrPartitionError, InvalidPartitionsError,
+    InvalidReplicationFactorError (fewer live brokers than the topic's replication
+    factor)."""
+    assignment = metadata.topics.get(name)
+    if assignment is None:
+        raise UnknownTopicOrPartitionError(f"unknown topic {name!r}")
+    current = assignment.partitions
+    if count <= current:
+        raise InvalidPartitionsError(
+            f"topic {name!r} has {current} partitions; the new count {count} must be "
+            "higher (partitions cannot be removed)"
+        )
+    if count > topics.partitions_max:
+        raise InvalidPartitionsError(
+            f"partition count {count} is above the broker's topic_partitions_max "
+            f"{topics.partitions_max}"
+        )
+    live = _live_brokers(metadata)
+    order = broker_order(live)
+    last_leader = assignment.replicas[-1][0]
+    start = order.index(last_leader) + 1 if last_leader in order else 0
+    added = place_replicas(live, count - current, len(assignment.replicas[0]), start)
+    return msgspec.structs.replace(assignment, replicas=[*assignment.replicas, *added])
+
+
+async def write_partitions(
+    store: MetadataStore, name: str, version: int, first_new: int, grown: TopicAssignment
+) -> int:
+    """Put the grown topic key (if it still has ``version``) and the states of its
+    partitions from ``first_new`` on.  Returns the store revision after the last
+    write.  Raises UnknownTopicOrPartitionError (the topic changed meanwhile: ask
+    again), MetadataStoreError."""
+    key = topic_key(name)
+    states: list[Operation] = [
+        Put(state_key(name, index), encode(initial_state(grown.replicas[index])))
+        for index in range(first_new, grown.partitions)
+    ]
+    first = TXN_OPERATIONS_MAX - 1
+    try:
+        revision = await store.txn(
+            [Compare(key, version)], [Put(key, encode(grown)), *states[:first]]
+        )
+    except VersionConflictError:
+        raise UnknownTopicOrPartitionError(f"topic {name!r} changed meanwhile; retry") from None
+    written = revision
+    for start in range(first, len(states), TXN_OPERATIONS_MAX):
+        revision = await store.txn(
+            [Compare(key, written)], states[start : start + TXN_OPERATIONS_MAX]
+        )
+    return revision
 
 
 async def write_topic(store: MetadataStore, name: str, assignment: TopicAssignment) -> int:
@@ -101,6 +185,53 @@ async def write_topic(store: MetadataStore, name: str, assignment: TopicAssignme
         chunk = states[start : start + TXN_OPERATIONS_MAX]
         revision = await store.txn([Compare(key, created, "create")], chunk)
     return revision
+
+
+async def create_partitions(
+    member: ClusterMember, body: CreatePartitionsRequest
+) -> CreatePartitionsResponse:
+    """CreatePartitions through ``member``: each topic grown (or, validate_only,
+    only checked), answered once ``member`` has applied the growth."""
+    results: list[TopicResult] = []
+    for wanted in body.topics:
+        try:
+            check_not_internal(wanted.name)
+            revision = await _grow_topic(member, wanted.name, wanted.count, body.validate_only)
+            if revision is not None:
+                await member.wait_applied(revision)
+            results.append(TopicResult(wanted.name))
+        except DistributaryError as error:
+            results.append(TopicResult(wanted.name, int(error.code), error.message))
+    return CreatePartitionsResponse(results)
+
+
+async def _grow_topic(
+    member: ClusterMember, name: str, count: int, validate_only: bool
+) -> int | None:
+    """Plan and write one growth; after a conflict (the topic changed meanwhile)
+    catch up with the store and plan again, GROW_ATTEMPTS_MAX times in all.
+    Returns the revision written (None when only validating).  Raises like
+    plan_partitions and write_partitions."""
+    for attempt in range(GROW_ATTEMPTS_MAX):
+        metadata = member.metadata
+        grown = plan_partitions(metadata, member.broker.topics, name, count)
+        if validate_only:
+            return None
+        first_new = metadata.topics[name].partitions
+        try:
+            revision = await write_partitions(
+                member.store, name, metadata.topic_versions[name], first_new, grown
+            )
+        except UnknownTopicOrPartitionError:
+            if attempt + 1 >= GROW_ATTEMPTS_MAX:
+                raise
+            await member.wait_applied(await member.store.current_revision())
+            continue
+        _logger.info(
+            "partitions added", topic=name, partitions=count, replicas=grown.replicas[first_new:]
+        )
+        return revision
+    raise AssertionError("unreachable: the loop returns or raises")
 
 
 async def erase_topic(store: MetadataStore, metadata: ClusterMetadata, name: str) -> int:

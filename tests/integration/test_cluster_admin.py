@@ -1,21 +1,26 @@
 """Administering a cluster of three brokers: racks in the metadata and in
-``cluster describe``."""
+``cluster describe``; partitions added to a topic."""
 
 from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from broker_cluster import BrokerCluster, metadata
+from broker_cluster import BrokerCluster, broker_cluster_fixture, leaders, metadata, wait_until
 from etcd_process import EtcdProcess, etcd_server_fixture
 from test_cli_commands import clean_env, cli_prefix
 
 from broker.testing import BrokerProcess
+from client.sync import Admin, Consumer, Producer
+from client.types import TopicPartition
 
-__all__ = ["etcd_server_fixture"]
+__all__ = ["broker_cluster_fixture", "etcd_server_fixture"]
+
+TOPIC = "orders"
 
 RACKS = {1: "rack-a", 2: "rack-b"}  # broker 3 has no rack
 
@@ -66,3 +71,60 @@ def test_a_single_node_reports_its_configured_rack(
     """Proves a broker without --cluster lists itself with the rack it was started with."""
     broker = broker_factory(args=["--rack", "zone-1"])
     assert [(b.node_id, b.rack) for b in metadata(broker).brokers] == [(0, "zone-1")]
+
+
+def wait_served(cluster: BrokerCluster, topic: str, partitions: int, timeout_s: float) -> None:
+    """Wait until every broker's Metadata lists ``partitions`` partitions of ``topic``,
+    each with a leader."""
+
+    def served() -> bool:
+        for broker in cluster.brokers:
+            found = leaders(metadata(broker), topic)
+            if found is None or len(found) != partitions:
+                return False
+            if any(leader < 0 for leader, _ in found.values()):
+                return False
+        return True
+
+    wait_until(served, timeout_s, f"{partitions} partitions of {topic} on every broker")
+
+
+def test_added_partitions_are_served_by_every_broker(broker_cluster: BrokerCluster) -> None:
+    """Proves `topics add-partitions` through one broker of a cluster grows the topic
+    on every broker within a second, the new partitions' leaders spread over the
+    brokers, and the SDK produces to and consumes from them; shrinking is refused."""
+    bootstrap = broker_cluster.broker(1).address
+    with Admin(bootstrap) as admin:
+        admin.create_topic(TOPIC, 3)
+    wait_served(broker_cluster, TOPIC, 3, 5.0)
+    argv = [*cli_prefix(), "topics", "add-partitions", TOPIC, "--partitions", "9"]
+    run = subprocess.run(
+        [*argv, "--bootstrap", broker_cluster.broker(3).address],
+        capture_output=True,
+        env=clean_env(),
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    wait_served(broker_cluster, TOPIC, 9, 1.0)
+    found = leaders(metadata(broker_cluster.broker(2)), TOPIC)
+    assert found is not None
+    assert {found[p][0] for p in range(3, 9)} == {1, 2, 3}
+    with Producer(bootstrap) as producer:
+        for partition in range(3, 9):
+            producer.send(TOPIC, f"new-{partition}".encode(), partition=partition)
+    with Consumer(broker_cluster.broker(2).address, auto_offset_reset="earliest") as consumer:
+        consumer.assign([TopicPartition(TOPIC, p) for p in range(3, 9)])
+        got: dict[int, list[bytes]] = {}
+        deadline = time.monotonic() + 20
+        while sum(map(len, got.values())) < 6 and time.monotonic() < deadline:
+            for tp, records in consumer.getmany(timeout_ms=500).items():
+                got.setdefault(tp.partition, []).extend(bytes(r.value) for r in records)
+    assert got == {p: [f"new-{p}".encode()] for p in range(3, 9)}
+    refused = subprocess.run(
+        [*argv[:-1], "4", "--bootstrap", bootstrap],
+        capture_output=True,
+        env=clean_env(),
+        timeout=60,
+    )
+    assert refused.returncode == 1 and b"cannot be removed" in refused.stderr
+    assert len(leaders(metadata(broker_cluster.broker(1)), TOPIC) or {}) == 9
