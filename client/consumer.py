@@ -42,7 +42,7 @@ from typing import Any, Literal
 import anyio
 import anyio.abc
 
-from client._io.cluster import Cluster, ClusterClient
+from client._io.cluster import METADATA_MAX_AGE_MS_DEFAULT, Cluster, ClusterClient
 from client._io.connection import EventLoopTools
 from client._logging import get_logger
 from client.errors import (
@@ -77,6 +77,9 @@ class Consumer(RecordHandout, ClusterClient):
     start when no position was chosen (in a group: when nothing is committed) and
     where a position is out of range: "earliest", "latest", or "none" (raise
     OffsetOutOfRangeError; "error" is another spelling of it).
+    ``metadata_max_age_ms``: the cached metadata (leaders, partition counts) is
+    refreshed at least this often (Kafka's metadata.max.age.ms, same default);
+    a group subscription learns of added partitions through its coordinator.
 
     Group options (docs/groups.md): ``group`` joins that consumer group on
     :meth:`subscribe`; ``session_timeout_ms`` / ``heartbeat_interval_ms`` (None:
@@ -103,6 +106,7 @@ class Consumer(RecordHandout, ClusterClient):
         request_timeout_ms: int = 30_000,
         connect_timeout_ms: int = 5_000,
         reconnect_attempts_max: int = 5,
+        metadata_max_age_ms: int = METADATA_MAX_AGE_MS_DEFAULT,
         rng: random.Random | None = None,
         group: str | None = None,
         session_timeout_ms: int | None = None,
@@ -118,6 +122,9 @@ class Consumer(RecordHandout, ClusterClient):
     ) -> None:
         assert auto_commit_interval_ms > 0, auto_commit_interval_ms
         assert assignor in (None, "range", "sticky"), assignor
+        if metadata_max_age_ms <= 0:
+            raise ValueError("metadata_max_age_ms must be positive")
+        self.metadata_max_age_ms = metadata_max_age_ms
         super().__init__()
         self.bootstrap = bootstrap
         self.client_id = client_id
@@ -191,6 +198,9 @@ class Consumer(RecordHandout, ClusterClient):
         )
         if self._group_options is not None:
             self._group = GroupMembership(self, cluster, self._group_options, self._random)
+        cluster.task_group.start_soon(
+            cluster.refresh_metadata_periodically, self.metadata_max_age_ms
+        )
 
     @property
     def closed(self) -> bool:

@@ -43,7 +43,7 @@ import anyio
 import anyio.abc
 import msgspec
 
-from client._io.cluster import Cluster, ClusterClient
+from client._io.cluster import METADATA_MAX_AGE_MS_DEFAULT, Cluster, ClusterClient
 from client._io.connection import EventLoopTools, LoopEvent
 from client.accumulator import (
     RECORD_BYTES_OVERHEAD,
@@ -186,6 +186,9 @@ class Producer(ClusterClient):
       retries it must be 1, or a retry could reorder records.
     - ``allow_auto_create_topics``: ask the broker to create unknown topics (it
       may still refuse if its own auto-create setting is off).
+    - ``metadata_max_age_ms``: the metadata of the topics in use is refreshed at
+      least this often (Kafka's metadata.max.age.ms, same default), so partitions
+      added to a topic get records (keyless and keyed) without an error first.
     """
 
     def __init__(
@@ -210,6 +213,7 @@ class Producer(ClusterClient):
         inflight_requests_max: int = 16,
         request_bytes_max: int = REQUEST_BYTES_MAX_DEFAULT,
         allow_auto_create_topics: bool = False,
+        metadata_max_age_ms: int = METADATA_MAX_AGE_MS_DEFAULT,
         clock_ms: Callable[[], int] = wall_clock_ms,
         rng: random.Random | None = None,
     ) -> None:
@@ -234,8 +238,9 @@ class Producer(ClusterClient):
             raise ValueError(
                 "retries_max and linger_ms must not be negative, request_timeout_ms positive"
             )
-        if delivery_timeout_ms <= 0:
-            raise ValueError("delivery_timeout_ms must be positive")
+        if delivery_timeout_ms <= 0 or metadata_max_age_ms <= 0:
+            raise ValueError("delivery_timeout_ms and metadata_max_age_ms must be positive")
+        self.metadata_max_age_ms = metadata_max_age_ms
         self.delivery_timeout_ms = delivery_timeout_ms
         self.bootstrap = bootstrap
         self.client_id = client_id
@@ -323,6 +328,11 @@ class Producer(ClusterClient):
         self._sender.start(cluster, self._tools, self._partition_counts)
         self._metadata_lock = anyio.Lock()
         cluster.task_group.start_soon(self._sender.run)
+        cluster.task_group.start_soon(
+            cluster.refresh_metadata_periodically,
+            self.metadata_max_age_ms,
+            self._metadata_refreshed,
+        )
 
     async def close(self, *, flush: bool = True) -> None:
         """Flush (unless ``flush=False``), stop the sender and close connections.
@@ -573,6 +583,15 @@ class Producer(ClusterClient):
             raise UnknownTopicOrPartitionError(
                 f"topic {topic!r} has {count} partitions; there is no partition {partition}"
             )
+
+    def _metadata_refreshed(self) -> None:
+        """A periodic refresh ran: topics that gained partitions use them from now on."""
+        assert self._cluster is not None
+        counts = self._cluster.partition_counts
+        for topic, known in self._partition_counts.items():
+            count = counts.get(topic)
+            if count is not None and count > known:
+                self._partition_counts[topic] = count
 
     def _sender_was_woken(self) -> None:
         self._sender_woken = True

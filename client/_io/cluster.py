@@ -7,6 +7,12 @@ of attempts, and a cache of topic metadata (partition count, leaders) that is
 refreshed on demand -- callers ask for a refresh after NOT_LEADER or
 UNKNOWN_TOPIC_OR_PARTITION.
 
+A client may also refresh the cached topics in the background
+(:meth:`Cluster.refresh_metadata_periodically`, Kafka's ``metadata.max.age.ms``):
+whenever the last refresh that covered every cached topic is older than the
+maximum age, so added partitions and moved leaders are learned without an error
+having happened first.
+
 The cache keeps (leader, leader epoch) per partition and never goes back: a
 metadata answer that names an older leader epoch for a partition than the one
 already known (a broker that has not heard of the new leader yet) leaves that
@@ -68,6 +74,10 @@ log = get_logger("client.cluster")
 DEFAULT_PORT: Final = 9392
 CLIENT_SOFTWARE: Final = "distributary-python"
 CLIENT_VERSION: Final = "0.1.0"
+# The background refresh of cached topics: Kafka's metadata.max.age.ms default.
+# Errors (NOT_LEADER, unknown partition) refresh at once; this bounds how long an
+# added partition goes unused when nothing fails.
+METADATA_MAX_AGE_MS_DEFAULT: Final = 300_000
 
 T = TypeVar("T")
 
@@ -129,6 +139,8 @@ class Cluster:
         self._leader_epochs: dict[tuple[str, int], int] = {}
         # Each group's coordinator's address, as FindCoordinator answered.
         self._coordinators: dict[str, tuple[str, int]] = {}
+        # When (anyio.current_time, s) a refresh last covered every cached topic.
+        self._metadata_refreshed_s: float | None = None
         self._closed = False
 
     # -- connections ----------------------------------------------------------------
@@ -350,8 +362,43 @@ class Cluster:
         """Fetch metadata for ``topics`` (None: all) and update the cache."""
         body = await self.request_any(MetadataRequest(topics, allow_auto_create))
         assert isinstance(body, MetadataResponse)
+        covers_cache = topics is None or set(topics) >= self.topics.keys()
         self._apply_metadata(body, topics)
+        if covers_cache:
+            self._metadata_refreshed_s = anyio.current_time()
         return body
+
+    async def refresh_metadata_periodically(
+        self, max_age_ms: int, on_refreshed: Callable[[], None] | None = None
+    ) -> None:
+        """Refresh every cached topic whenever the metadata is ``max_age_ms`` old
+        (a refresh asked for anything else that covered them counts), then call
+        ``on_refreshed``; a failed refresh is tried again after
+        ``reconnect_backoff_max_ms``.  Runs until cancelled (the client's task
+        group is)."""
+        assert max_age_ms > 0, max_age_ms
+        max_age_s = max_age_ms / 1000
+        while True:  # until cancelled
+            now = anyio.current_time()
+            if self._metadata_refreshed_s is None:
+                self._metadata_refreshed_s = now
+            due = self._metadata_refreshed_s + max_age_s
+            if now < due:
+                await anyio.sleep(due - now)
+                continue
+            names = sorted(self.topics)
+            if not names:
+                self._metadata_refreshed_s = now
+                continue
+            try:
+                await self.refresh_metadata(names)
+            except DistributaryError as error:
+                log.info("periodic metadata refresh failed", topics=names, error=str(error))
+                retry_s = self.reconnect_backoff_max_ms / 1000
+                self._metadata_refreshed_s = anyio.current_time() - max_age_s + retry_s
+                continue
+            if on_refreshed is not None:
+                on_refreshed()
 
     def _apply_metadata(self, body: MetadataResponse, requested: list[str] | None) -> None:
         if body.brokers:

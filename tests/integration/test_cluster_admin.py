@@ -1,5 +1,6 @@
 """Administering a cluster of three brokers: racks in the metadata and in
-``cluster describe``; partitions added to a topic."""
+``cluster describe``; partitions added to a topic, which running producers use
+once their metadata is older than ``metadata_max_age_ms``."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from etcd_process import EtcdProcess, etcd_server_fixture
 from test_cli_commands import clean_env, cli_prefix
 
 from broker.testing import BrokerProcess
+from client.partitioner import partition_for_key
 from client.sync import Admin, Consumer, Producer
 from client.types import TopicPartition
 
@@ -128,3 +130,28 @@ def test_added_partitions_are_served_by_every_broker(broker_cluster: BrokerClust
     )
     assert refused.returncode == 1 and b"cannot be removed" in refused.stderr
     assert len(leaders(metadata(broker_cluster.broker(1)), TOPIC) or {}) == 9
+
+
+def test_a_running_producer_spreads_over_added_partitions_without_an_error(
+    broker_cluster: BrokerCluster,
+) -> None:
+    """Proves a producer with a small metadata_max_age_ms, running before partitions
+    are added, sends keyless records to the new partitions too and keyed records to
+    crc32c(key) % the new count, every send acknowledged (no error made it refresh)."""
+    bootstrap = broker_cluster.broker(1).address
+    with Admin(bootstrap) as admin:
+        admin.create_topic(TOPIC, 2)
+    wait_served(broker_cluster, TOPIC, 2, 5.0)
+    with Producer(bootstrap, metadata_max_age_ms=200, linger_ms=0) as producer:
+        assert producer.send(TOPIC, b"before").partition in (0, 1)
+        with Admin(broker_cluster.broker(2).address) as admin:
+            admin.create_partitions(TOPIC, 4)
+        wait_served(broker_cluster, TOPIC, 4, 5.0)
+        seen: set[int] = set()
+        deadline = time.monotonic() + 20
+        while seen != {0, 1, 2, 3} and time.monotonic() < deadline:
+            seen.add(producer.send(TOPIC, b"keyless").partition)
+        assert seen == {0, 1, 2, 3}
+        for number in range(20):
+            key = f"key-{number}".encode()
+            assert producer.send(TOPIC, b"keyed", key=key).partition == partition_for_key(key, 4)

@@ -193,3 +193,41 @@ async def test_open_cluster_leaves_its_task_group_when_shut_down() -> None:
     await trio.testing.wait_all_tasks_blocked()
     await cluster.shutdown()
     assert cancelled.is_set()
+
+
+async def test_cached_topics_are_refreshed_once_the_metadata_is_max_age_old(
+    autojump_clock: Any, monkeypatch: Any
+) -> None:
+    """Proves the periodic refresh asks for every cached topic once the last refresh
+    covering them is max_age_ms old (not before; a refresh asked for meanwhile
+    restarts the age), takes the answer (a grown partition count) and calls back."""
+    asked: list[tuple[float, list[str] | None]] = []
+    refreshed: list[float] = []
+
+    async def request_any(body: Any, *, timeout_ms: int | None = None) -> Any:
+        asked.append((trio.current_time(), body.topics))
+        return metadata({0: (1, 0), 1: (1, 0), 2: (1, 0)})
+
+    async with anyio.create_task_group() as task_group:
+        cluster = Cluster("127.0.0.1:1", task_group)
+        monkeypatch.setattr(cluster, "request_any", request_any)
+        cluster._apply_metadata(metadata({0: (1, 0)}), ["orders"])
+        start = trio.current_time()
+        task_group.start_soon(
+            cluster.refresh_metadata_periodically,
+            1_000,
+            lambda: refreshed.append(trio.current_time()),
+        )
+        await trio.sleep(0.9)
+        assert asked == [] and cluster.partition_counts["orders"] == 1
+        await trio.sleep(0.2)
+        assert asked == [(pytest.approx(start + 1.0), ["orders"])]
+        assert refreshed == [pytest.approx(start + 1.0)]
+        assert cluster.partition_counts["orders"] == 3
+        await trio.sleep(0.4)
+        await cluster.refresh_metadata(["orders"])  # at start + 1.5: the age restarts
+        await trio.sleep(0.9)
+        assert len(asked) == 2
+        await trio.sleep(0.2)
+        assert [when for when, _ in asked] == pytest.approx([start + 1.0, start + 1.5, start + 2.5])
+        task_group.cancel_scope.cancel()
