@@ -30,6 +30,9 @@ single broker (embedded default, no etcd), and measures:
   failover    the controller is SIGKILLed; each survivor's Metadata is asked every
               10 ms until one names another controller.
 
+``--kills N`` runs only a series of N leader kills on one cluster instead (the
+unavailability's p50/p99/max; bench/cluster_kills.py says what is measured).
+
 Medians over ``--reps`` repetitions (each repetition's value printed too), reported,
 not asserted.  The client runs on asyncio in this process, beside the brokers and
 etcd, so the load average is printed at the start and end.  ``--out FILE`` appends
@@ -562,9 +565,17 @@ def main() -> int:
     parser.add_argument("--topics", type=int, default=5, help="timed creations per repetition")
     parser.add_argument("--linger-ms", type=int, default=5)
     parser.add_argument("--out", default=None, help="append JSON lines here")
+    parser.add_argument(
+        "--kills",
+        type=int,
+        default=0,
+        help="only the repeated-kill series (bench/cluster_kills.py)",
+    )
     cfg = parser.parse_args()
     if not (1_000 <= cfg.n <= 50_000_000 and 1 <= cfg.reps <= 50 and 1 <= cfg.topics <= 100):
         parser.error("--n 1,000-50,000,000, --reps 1-50, --topics 1-100")
+    if not 0 <= cfg.kills <= 200:
+        parser.error("--kills 0-200")
     structlog.configure(
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         wrapper_class=structlog.make_filtering_bound_logger(40),
@@ -579,7 +590,11 @@ def main() -> int:
     out = open(cfg.out, "a") if cfg.out else None  # noqa: SIM115
     rows: dict[str, list[dict[str, Any]]] = {"cluster": [], "single": []}
     try:
-        for rep in range(cfg.reps):
+        if cfg.kills:
+            from bench.cluster_kills import run as run_kills
+
+            run_kills(cfg, out)
+        for rep in range(0 if cfg.kills else cfg.reps):
             for setup, run in (("cluster", cluster_rep), ("single", single_rep)):
                 with tempfile.TemporaryDirectory(prefix=f"distributary-bench-{setup}-") as tmp:
                     row = asyncio.run(run(Path(tmp), cfg))
@@ -588,7 +603,8 @@ def main() -> int:
                 print(f"rep {rep} {setup}: {shown}", flush=True)
                 if out is not None:
                     out.write(json.dumps({"setup": setup, "rep": rep, **env, **row}) + "\n")
-        summarize(rows, out)
+        if not cfg.kills:
+            summarize(rows, out)
     finally:
         if out is not None:
             out.close()
