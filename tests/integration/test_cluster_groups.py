@@ -294,3 +294,25 @@ def test_group_lag_comes_from_each_partitions_leader(broker_cluster: BrokerClust
     assert run.returncode == 0, run.stderr
     lags = {p["partition"]: p["lag"] for p in json.loads(run.stdout)["partitions"]}
     assert lags == {p: RECORDS_PER_PARTITION - p % RECORDS_PER_PARTITION for p in range(PARTITIONS)}
+
+
+def test_a_group_member_is_assigned_added_partitions(broker_cluster: BrokerCluster) -> None:
+    """Proves a group member consuming a topic is assigned the partitions added to it
+    through another broker, and consumes the records produced to them."""
+    create(broker_cluster)
+    member = ConsumerProcess(broker_cluster.broker(1), GROUP, TOPIC, "--offset-reset", "earliest")
+    try:
+        every = {f"{TOPIC}-{p}" for p in range(PARTITIONS)}
+        member.wait_for(lambda m: m.owned == every, 30)
+        with Admin(broker_cluster.broker(3).address) as admin:
+            admin.create_partitions(TOPIC, PARTITIONS + 2)
+        grown = {f"{TOPIC}-{p}" for p in range(PARTITIONS + 2)}
+        member.wait_for(lambda m: m.owned == grown, 30)
+        with Producer(broker_cluster.broker(2).address) as producer:
+            for partition in (PARTITIONS, PARTITIONS + 1):
+                producer.send(TOPIC, b"new", partition=partition)
+        added = {f"{TOPIC}-{PARTITIONS}", f"{TOPIC}-{PARTITIONS + 1}"}
+        member.wait_for(lambda m: added <= {tp for tp, _ in m.consumed()}, 30)
+    finally:
+        member.process.terminate()
+        member.process.wait(10)
