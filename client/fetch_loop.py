@@ -220,6 +220,11 @@ class FetchLoop:
         connection = await self.cluster.connection_for_node(node)
         if self.failing:
             self.failing.pop(node, None)
+        # Connecting awaited: the assignment may have changed meanwhile (a group
+        # revoked or lost partitions), so fetch what is fetchable here now.
+        partitions = self._fetchable(node, unresolved_stops=False)
+        if not partitions:
+            return
         chain = _FetchChain(node, connection, self.tools.event())
         # Where no continuation can be written from a callback (trio: a write may
         # have to wait half-way), the fetch itself is a stream: the broker keeps

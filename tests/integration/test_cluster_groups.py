@@ -81,8 +81,8 @@ def find_coordinator(broker: BrokerProcess, group: str = GROUP) -> FindCoordinat
     return body
 
 
-def fetch_offsets(broker: BrokerProcess) -> OffsetFetchResponse:
-    body = call(broker, OffsetFetchRequest(GROUP))
+def fetch_offsets(broker: BrokerProcess, group: str = GROUP) -> OffsetFetchResponse:
+    body = call(broker, OffsetFetchRequest(group))
     assert isinstance(body, OffsetFetchResponse), body
     return body
 
@@ -229,6 +229,16 @@ def test_member_rides_out_the_coordinator_restart(broker_cluster: BrokerCluster)
     assert committed(fetch_offsets(coordinator)) == dict.fromkeys(every, 2 * RECORDS_PER_PARTITION)
 
 
+def wait_serving(coordinator: BrokerProcess, group: str) -> None:
+    """Wait until ``coordinator`` has loaded the offsets partition of ``group`` (it
+    answers COORDINATOR_NOT_AVAILABLE before)."""
+    wait_until(
+        lambda: fetch_offsets(coordinator, group).error_code == 0,
+        RESTART_S,
+        f"the coordinator of {group} serving it",
+    )
+
+
 def groups_on_every_broker(cluster: BrokerCluster) -> dict[int, str]:
     """One group name per broker that coordinates it: {node id: group}."""
     through = cluster.broker(1)
@@ -242,6 +252,8 @@ def groups_on_every_broker(cluster: BrokerCluster) -> dict[int, str]:
         )
         found.setdefault(answer.node_id, name)
         if len(found) == len(cluster.brokers):
+            for node_id, group in found.items():
+                wait_serving(cluster.broker(node_id), group)
             return found
     pytest.fail(f"64 group names found coordinators on {sorted(found)} only")
 
@@ -277,6 +289,7 @@ def test_group_lag_comes_from_each_partitions_leader(broker_cluster: BrokerClust
     assert found is not None and {leader for leader, _ in found.values()} == {1, 2, 3}
     commits = {TopicPartition(TOPIC, p): p % RECORDS_PER_PARTITION for p in range(PARTITIONS)}
     bootstrap = broker_cluster.broker(2).address
+    wait_serving(coordinator_of(broker_cluster, broker_cluster.broker(2)), GROUP)
     with Admin(bootstrap) as admin:
         admin.set_offsets(GROUP, commits)
         description = admin.describe_group(GROUP)
