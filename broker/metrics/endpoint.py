@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Final
 
@@ -67,7 +67,7 @@ SERVER_HEADER: Final = b"distributary"
 _logger = get_logger()
 
 # Renders a scrape: the request's Accept header in, (body, content type) out.
-Render = Callable[[str], tuple[bytes, str]]
+Render = Callable[[str], Awaitable[tuple[bytes, str]]]
 
 
 class MetricsEndpoint:
@@ -168,7 +168,7 @@ class MetricsEndpoint:
             )
             return
         accept = b", ".join(value for name, value in request.headers if name == b"accept")
-        body, content_type = self.render(accept.decode("latin-1"))
+        body, content_type = await self.render(accept.decode("latin-1"))
         self.scrapes += 1
         await self._send(
             stream,

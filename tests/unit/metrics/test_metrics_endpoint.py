@@ -29,7 +29,7 @@ class Renderer:
         self.body = body
         self.accepts: list[str] = []
 
-    def __call__(self, accept: str) -> tuple[bytes, str]:
+    async def __call__(self, accept: str) -> tuple[bytes, str]:
         self.accepts.append(accept)
         return self.body, "text/plain; version=0.0.4; charset=utf-8"
 
