@@ -9,7 +9,8 @@ thread), so it reads the broker's dicts and partitions without locks.  It reads:
   limits, storage) and each partition's traffic, summed per topic;
 - each open partition's offsets, size and segments;
 - each coordinated group's members, state, epoch, committed offsets and lag
-  (broker/metrics/group_lag.py).
+  (broker/metrics/group_lag.py);
+- the free space of the data dir's file system (statvfs).
 
 Its cost is one pass over the partitions and one over the committed offsets
 (plus a batch-header read per lagging partition): see docs/benchmarks.md for
@@ -18,6 +19,7 @@ the scrape time with 1,000 partitions.  docs/monitoring.md lists every metric.
 
 from __future__ import annotations
 
+import os
 import platform
 from collections.abc import Callable, Iterable, Iterator
 
@@ -280,6 +282,7 @@ class BrokerCollector(Collector):
             "Compaction passes over compacted logs.",
             value=STORAGE.compaction_runs,
         )
+        yield from self._disk()
         recovery_s = self.broker.metrics.recovery_duration_s
         if recovery_s is not None:
             yield GaugeMetricFamily(
@@ -287,6 +290,24 @@ class BrokerCollector(Collector):
                 "Time the broker took at start to open and recover its logs and groups.",
                 value=recovery_s,
             )
+
+    def _disk(self) -> Iterator[Metric]:
+        """Free and total bytes of the data dir's file system (one statvfs call;
+        nothing when it fails)."""
+        try:
+            disk = os.statvfs(self.broker.config.data_path)
+        except OSError:
+            return
+        yield GaugeMetricFamily(
+            "distributary_data_dir_free_bytes",
+            "Bytes of the data dir's file system available to the broker.",
+            value=disk.f_bavail * disk.f_frsize,
+        )
+        yield GaugeMetricFamily(
+            "distributary_data_dir_capacity_bytes",
+            "Size of the data dir's file system in bytes.",
+            value=disk.f_blocks * disk.f_frsize,
+        )
 
     def _replication(self) -> Iterator[Metric]:
         # The replication metrics go here once partitions have replicas (names

@@ -240,6 +240,14 @@ async def test_storage_counters_count_flushes(broker: Broker) -> None:
     assert STORAGE.flush_durations.count == value(after, "distributary_log_flushes_total")
 
 
+async def test_data_dir_space(broker: Broker) -> None:
+    """Free and total bytes of the data dir's file system, as statvfs says."""
+    samples = scrape(broker)
+    free = value(samples, "distributary_data_dir_free_bytes")
+    capacity = value(samples, "distributary_data_dir_capacity_bytes")
+    assert 0 < free <= capacity
+
+
 async def test_recovery_duration_once_measured(broker: Broker) -> None:
     """The recovery gauge is exported once the server has measured Broker.open."""
     assert not any(key[0] == "distributary_recovery_duration_seconds" for key in scrape(broker))
