@@ -154,9 +154,9 @@ class BrokerCollector(Collector):
             "(a long-polling Fetch includes its wait).",
             labels=["api"],
         )
-        for api_key, counters in sorted(self.broker.metrics.requests.by_api.items()):
+        for api_key, counters in self.broker.metrics.requests.answered():
             api = api_label(api_key)
-            for code, count in sorted(counters.outcomes.items()):
+            for code, count in counters.outcome_counts().items():
                 requests.add_metric([api, outcome_label(code)], count)
             _add_histogram(durations, [api], counters.durations)
         yield requests
