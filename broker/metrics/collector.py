@@ -118,12 +118,12 @@ class BrokerCollector(Collector):
         families = [
             CounterMetricFamily(
                 "distributary_produced_records_total",
-                "Records appended by Produce requests.",
+                "Records appended to the topic on this broker.",
                 labels=["topic"],
             ),
             CounterMetricFamily(
                 "distributary_produced_bytes_total",
-                "Bytes of the record batches appended by Produce requests.",
+                "Bytes of the record batches appended to the topic on this broker.",
                 labels=["topic"],
             ),
             CounterMetricFamily(
