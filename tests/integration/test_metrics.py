@@ -302,3 +302,52 @@ def test_openmetrics_is_served_when_asked(broker: BrokerProcess) -> None:
     text = scrape_text(broker, accept="application/openmetrics-text; version=1.0.0")
     assert text.rstrip().endswith("# EOF")
     assert "distributary_build_info" in text
+
+
+def _held_port_pair() -> tuple[socket.socket, int]:
+    """A socket holding port P + 1 on 127.0.0.1 while P is free: (holder, P)."""
+    for _ in range(50):  # ephemeral ports: a free neighbour is the usual case
+        holder = socket.socket()
+        holder.bind(("127.0.0.1", 0))
+        port = holder.getsockname()[1] - 1
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                holder.close()
+                continue
+        holder.listen()
+        return holder, port
+    raise AssertionError("no free port next to a held one")
+
+
+def test_a_taken_automatic_address_leaves_the_broker_serving(
+    broker_factory: Callable[..., BrokerProcess],
+) -> None:
+    """When listen port + 1 is taken, the broker logs that it serves no metrics
+    and serves its clients all the same."""
+    holder, port = _held_port_pair()
+    with holder:
+        broker = broker_factory(args=["--listen", f"127.0.0.1:{port}", "--metrics-listen", "auto"])
+        assert broker.metrics_address is None
+        warning = broker.wait_for_log(
+            "metrics endpoint not started: its automatic address is taken "
+            "(set metrics_listen or --metrics-listen)"
+        )
+        assert warning["address"] == f"127.0.0.1:{port + 1}"
+        with Admin(broker.address) as admin:
+            admin.create_topic("served", 1)
+        produce(broker, "served", 5)
+
+
+def test_a_taken_explicit_address_stops_the_broker(
+    broker_factory: Callable[..., BrokerProcess],
+) -> None:
+    """An explicit metrics_listen that cannot be bound stops the broker with one
+    line naming it."""
+    holder, port = _held_port_pair()
+    with holder:
+        taken = f"127.0.0.1:{port + 1}"
+        with pytest.raises(RuntimeError, match="before listening") as failure:
+            broker_factory(args=["--metrics-listen", taken])
+    assert f"metrics_listen {taken}" in str(failure.value)
