@@ -72,6 +72,11 @@ def main(bootstrap: str | None) -> None:
     "--advertise", metavar="HOST:PORT", help="Address clients use to reach this broker [listen]."
 )
 @click.option("--rack", help="Rack or zone of this broker (replicas spread across racks).")
+@click.option(
+    "--metrics-listen",
+    metavar="HOST:PORT|off",
+    help="Where GET /metrics is served [the listen host, port + 1]; off: nowhere.",
+)
 def serve(
     config_file: Path | None,
     data_dir: str | None,
@@ -81,6 +86,7 @@ def serve(
     node_id: int | None,
     advertise: str | None,
     rack: str | None,
+    metrics_listen: str | None,
 ) -> None:
     """Run a broker (a single node, or a cluster member with --cluster) until
     SIGINT/SIGTERM."""
@@ -92,6 +98,7 @@ def serve(
         "node_id": node_id,
         "advertise": advertise,
         "rack": rack,
+        "metrics_listen": metrics_listen,
     }
     try:
         loaded = load_config(

@@ -42,6 +42,8 @@ ENV_SECTION_SEPARATOR: Final = "__"
 DEFAULT_PORT: Final = 9392
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_DATA_DIR: Final = "./distributary-data"
+METRICS_LISTEN_AUTO: Final = "auto"
+METRICS_LISTEN_OFF: Final = "off"
 
 # Kafka's partition-count ceiling per topic is practical, not fixed; ours is a
 # guard against a typo creating a million directories (each partition holds open
@@ -77,6 +79,10 @@ class BrokerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     cluster_id: Annotated[str, msgspec.Meta(min_length=1, max_length=249)] = "distributary"
     # HOST:PORT to listen on; port 0 picks a free port (logged in the "listening" line).
     listen: str = f"{DEFAULT_HOST}:{DEFAULT_PORT}"
+    # HOST:PORT of the metrics endpoint (GET /metrics, docs/monitoring.md); "auto":
+    # the listen host and the listen port + 1 (a free port when that is 0); "off":
+    # no endpoint.
+    metrics_listen: str = METRICS_LISTEN_AUTO
     # Where partitions live: <data_dir>/<topic>-<partition>/ and topics.json.
     data_dir: str = DEFAULT_DATA_DIR
     # "auto": console renderer on a terminal, JSON lines otherwise.
@@ -104,6 +110,23 @@ class BrokerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir)
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """Where the metrics endpoint listens (see ``metrics_listen``), None when
+        it is off.  Raises ConfigError (load_config checked it already)."""
+        if self.metrics_listen == METRICS_LISTEN_OFF:
+            return None
+        if self.metrics_listen == METRICS_LISTEN_AUTO:
+            host, port = self.host, self.port
+            return host, (port + 1 if 0 < port < 65535 else 0)
+        try:
+            return parse_listen(self.metrics_listen)
+        except ConfigError as error:
+            raise ConfigError(
+                f"metrics_listen: expected HOST:PORT, {METRICS_LISTEN_AUTO!r} or "
+                f"{METRICS_LISTEN_OFF!r}, got {self.metrics_listen!r}"
+            ) from error
 
 
 @dataclass(frozen=True)
@@ -177,6 +200,7 @@ def load_config(
             sources.append(f"--{key.replace('_', '-')}")
     config = _convert(values, "")
     parse_listen(config.listen)
+    _ = config.metrics_address  # raises ConfigError for a malformed metrics_listen
     if config.advertise is not None:
         try:
             port = parse_listen(config.advertise)[1]

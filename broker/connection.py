@@ -45,6 +45,7 @@ from broker.fetch import any_fetch_error, collect_fetch, fetch_now, fetch_partit
 from broker.fetch_session import FETCH_POSITIONS_MAX, FetchSession
 from broker.handlers import handle
 from broker.logging import get_logger
+from broker.metrics.traffic import count_fetched
 from broker.produce import produce_now
 from broker.request_memory import ConnectionCharge, RequestMemory
 from broker.response_slots import Frame, Item, Reply, ResponseSlots, Slot
@@ -53,6 +54,7 @@ from broker.state import Broker
 from broker.waiting import PendingFetch
 from client.errors import (
     DistributaryError,
+    ErrorCode,
     ProtocolError,
     RequestTimedOutError,
     TooManyRequestsError,
@@ -266,6 +268,7 @@ class ConnectionHandler:
                 if (
                     charge.frame_started is not None or memory.full
                 ) and not await charge.wait_to_read(descriptor, frame_timeout_s):
+                    self.broker.metrics.connections.limit_hit("frame_receive_timeout_ms")
                     self.logger.warning(
                         "frame not received in time, closing",
                         frame_receive_timeout_ms=self.limits.frame_receive_timeout_ms,
@@ -291,6 +294,8 @@ class ConnectionHandler:
                 self.protocol.receive_data(view[:count])
                 await self._take_requests(channel)
             except ProtocolError as error:
+                if error.code is ErrorCode.FRAME_TOO_LARGE:
+                    self.broker.metrics.connections.limit_hit("frame_bytes_max")
                 self.logger.warning(
                     "protocol violation, closing", error=error.message, code=error.code.name
                 )
@@ -315,7 +320,7 @@ class ConnectionHandler:
             if self.slots.full:
                 await self._refuse_excess(item)
                 continue
-            slot = self.slots.open(item)
+            slot = self.slots.open(item, self.last_activity)
             self.last_request_time = self.last_activity
             if self.fetches and not continues_fetch(item):
                 # A long poll (or a stream) must not hold up the answer of the
@@ -367,6 +372,8 @@ class ConnectionHandler:
         self.logger.warning(
             "request refused", reason="inflight_requests_max", correlation_id=item.correlation_id
         )
+        self.broker.metrics.connections.limit_hit("inflight_requests_max")
+        self.broker.metrics.requests.finished(item.api_key, error.code, 0.0)
         if not item.wants_response:
             return
         # The request is taken: its answer is never lost to the idle deadline or a
@@ -416,6 +423,7 @@ class ConnectionHandler:
             except DistributaryError as raised:
                 error = raised
         if scope.cancelled_caught:
+            self.broker.metrics.connections.limit_hit("request_timeout_ms")
             error = RequestTimedOutError(
                 f"{request.api_key.name} took longer than request_timeout_ms="
                 f"{self.limits.request_timeout_ms}"
@@ -428,7 +436,9 @@ class ConnectionHandler:
         item = slot.item
         if isinstance(reply, DistributaryError):
             self._complete_with_error(slot, reply)
-        elif reply is None or not item.wants_response:
+            return
+        self._count(slot, ErrorCode.NONE)
+        if reply is None or not item.wants_response:
             if reply is not None:
                 reply.release()
             self.slots.add(slot, None, last=True)
@@ -438,6 +448,7 @@ class ConnectionHandler:
 
     def _complete_with_error(self, slot: Slot, error: DistributaryError) -> None:
         item = slot.item
+        self._count(slot, error.code)
         if isinstance(item, IncomingRequest):
             self.logger.info(
                 "request failed", api=item.api_key.name, error=error.message, code=error.code.name
@@ -446,6 +457,11 @@ class ConnectionHandler:
         if item.wants_response:
             frame = Frame(ServerConnection.encode_error(item, error), [])
         self.slots.add(slot, frame, last=True)
+
+    def _count(self, slot: Slot, code: int) -> None:
+        """The request of ``slot`` is answered with ``code``: count it once."""
+        duration_s = trio.current_time() - slot.arrived
+        self.broker.metrics.requests.finished(slot.item.api_key, code, duration_s)
 
     # -- fetches ----------------------------------------------------------------------
 
@@ -510,6 +526,9 @@ class ConnectionHandler:
         next_offsets = [region.next_offset for region in reply.regions]
         response = reply.body
         assert isinstance(response, FetchResponse), response
+        count_fetched(self.broker.topics, body, response, reply.regions)
+        if not more:
+            self._count(pending.slot, ErrorCode.NONE)
         request = pending.request
         frame = reply_frame(request, reply, more=more) if request.wants_response else None
         if frame is None:

@@ -35,6 +35,7 @@ from pathlib import Path
 import trio
 
 from broker.logging import get_logger
+from broker.metrics.counters import PartitionTraffic
 from broker.partition_state import PartitionState
 from broker.producer_state import REBUILD_SCAN_BYTES_MAX, Verdict
 from broker.storage.async_log import AsyncLog
@@ -109,6 +110,7 @@ class Partition:
         self._waiters: set[Waiter] = set()
         self.closed = failure is not None
         self.logger = get_logger(topic=topic, partition=index)
+        self.traffic = PartitionTraffic()  # produced and fetched, for the metrics
 
     @classmethod
     def failed(
@@ -252,6 +254,13 @@ class Partition:
         if offset is None or offset >= self._state.high_watermark:
             return None
         return offset, self._log.batch_at(offset).first_timestamp_ms
+
+    def batch_timestamp_ms(self, offset: int) -> int | None:
+        """The first timestamp of the batch holding ``offset`` (a header read, for
+        the consumer-lag metric), None while a truncation runs.  Raises
+        OffsetOutOfRangeError, StorageError, UnknownTopicOrPartitionError."""
+        self._check_open()
+        return None if self._truncating else self._log.batch_at(offset).first_timestamp_ms
 
     # -- appends ----------------------------------------------------------------------
 
@@ -397,6 +406,7 @@ class Partition:
         assert appended.base_offset == state.log_end_offset, (appended, state.log_end_offset)
         assert appended.last_offset >= appended.base_offset >= 0, appended
         state.log_end_offset = appended.last_offset + 1
+        self.traffic.produced(appended.last_offset - appended.base_offset + 1, payload.nbytes)
         return AppendResult(
             appended.base_offset,
             appended.last_offset,

@@ -70,10 +70,11 @@ class Frame:
 class Slot:
     """The answer to one request: frames ready to send, and whether it is done."""
 
-    __slots__ = ("done", "frames", "item")
+    __slots__ = ("arrived", "done", "frames", "item")
 
-    def __init__(self, item: Item) -> None:
+    def __init__(self, item: Item, arrived: float = 0.0) -> None:
         self.item = item
+        self.arrived = arrived  # when the request was read (for its duration metric)
         self.frames: deque[Frame] = deque()
         self.done = False
 
@@ -93,10 +94,11 @@ class ResponseSlots:
     def full(self) -> bool:
         return len(self._slots) >= self.slots_max
 
-    def open(self, item: Item) -> Slot:
-        """A new slot at the back for ``item`` (the caller checked ``full``)."""
+    def open(self, item: Item, arrived: float = 0.0) -> Slot:
+        """A new slot at the back for ``item``, read at time ``arrived`` (the caller
+        checked ``full``)."""
         assert len(self._slots) < self.slots_max, len(self._slots)
-        slot = Slot(item)
+        slot = Slot(item, arrived)
         self._slots.append(slot)
         return slot
 

@@ -4,6 +4,9 @@
     └── root nursery
         ├── signal watcher      SIGINT/SIGTERM: first starts a graceful shutdown,
         │                       the second exits the process at once
+        ├── metrics endpoint    GET /metrics on a listener of its own (metrics_listen,
+        │                       broker/metrics/endpoint.py); stops once the server has
+        │                       drained, before the logs are closed
         ├── maintenance         flush (FlushPolicy.INTERVAL), retention and compaction
         ├── scrubber            re-verifies sealed segments' CRCs at scrub_bytes_per_second
         ├── group expiry        expels group members whose session timed out
@@ -24,14 +27,18 @@ import gc
 import os
 import resource
 import signal
+import time
 from contextlib import AsyncExitStack
+from functools import partial
 from typing import TYPE_CHECKING, Final
 
 import trio
 
-from broker.config import BrokerConfig
+from broker.config import METRICS_LISTEN_AUTO, BrokerConfig
 from broker.connection import ConnectionHandler
 from broker.logging import get_logger
+from broker.metrics.endpoint import METRICS_PATH, MetricsEndpoint
+from broker.metrics.registry import broker_registry, render
 from broker.request_memory import RequestMemory
 from broker.scrubbing import ScrubStats, scrub_forever
 from broker.state import Broker
@@ -120,9 +127,11 @@ class Server:
                 address, peer = _peer_name(stream)
                 refusal = self._admit(address)
                 if refusal is not None:
+                    self.broker.metrics.connections.limit_hit(str(refusal["reason"]))
                     _logger.warning("connection refused", peer=peer, **refusal)
                     await stream.aclose()
                     continue
+                self.broker.metrics.connections.opened += 1
                 handler = ConnectionHandler(self.broker, stream, peer, self.request_memory)
                 self.handlers.add(handler)
                 self.connections_by_address[address] = (
@@ -256,11 +265,17 @@ async def serve(
             descriptors_max=descriptors,
             connections_max=config.limits.connections_max,
         )
+    opening_started = time.monotonic()
     broker = await Broker.open(config)
+    broker.metrics.recovery_duration_s = time.monotonic() - opening_started
+    listeners: list[trio.SocketListener] = []
     try:
         listeners = await open_listeners(config)
+        metrics_listener = await open_metrics_listener(config)
     except BaseException:
         with trio.CancelScope(shield=True):
+            for listener in listeners:
+                await listener.aclose()
             await broker.close()
         raise
     host, port = listeners[0].socket.getsockname()[:2]
@@ -285,6 +300,9 @@ async def serve(
             else:
                 member_done.set()
             await nursery.start(server.run)
+            metrics_scope = trio.CancelScope()
+            if metrics_listener is not None:
+                await nursery.start(_serve_metrics, server, metrics_listener, metrics_scope)
             _logger.info(
                 "listening",
                 host=broker.advertised_host,
@@ -299,6 +317,7 @@ async def serve(
                 gc.collect()
                 gc.freeze()
             await server.stopped.wait()
+            metrics_scope.cancel()
             closed = True
             member_scope.cancel()
             with trio.CancelScope(shield=True):
@@ -317,6 +336,58 @@ async def serve(
     if close_error is not None:
         raise close_error
     _logger.info("stopped")
+
+
+async def open_metrics_listener(config: BrokerConfig) -> trio.SocketListener | None:
+    """Bind the metrics endpoint's address (``metrics_listen``); None when it is
+    off, or when the automatic address (listen port + 1) is taken: that is logged
+    and the broker serves without metrics.  Raises OSError for an address given
+    explicitly that cannot be bound."""
+    address = config.metrics_address
+    if address is None:
+        return None
+    host, port = address
+    try:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+    except OSError as error:
+        if config.metrics_listen != METRICS_LISTEN_AUTO:
+            raise OSError(
+                error.errno, f"metrics_listen {host}:{port}: {error.strerror or error}"
+            ) from error
+        _logger.warning(
+            "metrics endpoint not started: its automatic address is taken "
+            "(set metrics_listen or --metrics-listen)",
+            address=f"{host}:{port}",
+            error=error.strerror or str(error),
+        )
+        return None
+    for extra in listeners[1:]:  # a host name with several addresses: the first
+        await extra.aclose()
+    return listeners[0]
+
+
+async def _serve_metrics(
+    server: Server,
+    listener: trio.SocketListener,
+    scope: trio.CancelScope,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """The metrics endpoint (broker/metrics/endpoint.py) until ``scope`` is
+    cancelled; logs its address once it accepts."""
+    registry = broker_registry(server.broker, lambda: len(server.handlers))
+    endpoint = MetricsEndpoint(listener, partial(render, registry))
+    host, port = endpoint.address
+    # Bound already: a scrape that comes before run() accepts waits in the backlog.
+    _logger.info(
+        "serving metrics",
+        host=host,
+        port=port,
+        address=f"{host}:{port}",
+        path=METRICS_PATH,
+    )
+    with scope:
+        await endpoint.run(task_status=task_status)
 
 
 async def _run_member(member: ClusterMember, scope: trio.CancelScope, done: trio.Event) -> None:

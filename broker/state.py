@@ -24,6 +24,7 @@ from broker.config import BrokerConfig, ConfigError
 from broker.groups.service import GroupService
 from broker.logging import get_logger
 from broker.metadata_view import LocalMetadataView, MetadataView
+from broker.metrics.counters import BrokerMetrics
 from broker.topics import TopicManager
 from broker.waiting import WakeReason
 from client.clock import wall_clock_ms
@@ -86,6 +87,7 @@ class Broker:
         self.cluster: ClusterAdmin | None = None
         self._lock_descriptor = lock_descriptor
         self.logger = get_logger(node=config.node_id)
+        self.metrics = BrokerMetrics()  # counters the metrics endpoint reads
 
     @classmethod
     async def open(

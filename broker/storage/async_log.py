@@ -18,11 +18,13 @@ in a worker thread), so it never overlaps truncation or retention.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import trio
 
+from broker.metrics.counters import STORAGE
 from broker.storage import compaction
 from broker.storage.batch_scan import ScannedBatch
 from broker.storage.config import CleanupPolicy, FlushPolicy, LogConfig
@@ -147,10 +149,12 @@ class AsyncLog:
         if not self.log.has_unflushed_changes:
             return self.log.recovery_offset
         ticket = self.log.begin_flush()
+        started = time.perf_counter()
         try:
             await trio.to_thread.run_sync(sync_to_disk, ticket)
         finally:
             self.log.finish_flush(ticket)
+        STORAGE.flushed(time.perf_counter() - started)
         return self.log.recovery_offset
 
     async def enforce_retention(self) -> RetentionResult:
@@ -160,6 +164,7 @@ class AsyncLog:
             result = self.log.detach_expired_segments()
             self._last_retention_ms = self._clock_ms()
             if result.paths:
+                STORAGE.retention_deleted(result.segments_deleted, result.bytes_deleted)
                 await trio.to_thread.run_sync(delete_files, result.paths)
             return result
 
@@ -195,6 +200,7 @@ class AsyncLog:
                 plan.release()
                 raise
             result = compaction.summarize(plan, outputs)
+            STORAGE.compaction_runs += 1
             paths = self.log.finish_compaction(plan, outputs)
             self._cleaned_until = result.cleaned_until
             if paths:
