@@ -135,7 +135,11 @@ def top(
         raise click.BadParameter(str(error), param_hint="--metrics") from None
 
     async def body() -> int:
-        async with httpx.AsyncClient() as client:
+        # One connection per scrape (no keep-alive): a scrape a second costs one
+        # connect, and a broker that restarted or dropped an idle connection
+        # never fails a scrape on a stale pooled one.
+        limits = httpx.Limits(max_keepalive_connections=0)
+        async with httpx.AsyncClient(limits=limits) as client:
             session = TopSession(client, address)
             if once:
                 return await _once(session, interval, as_json)
