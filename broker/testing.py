@@ -6,9 +6,11 @@ interpreter (``python -m broker serve``) on 127.0.0.1 (or on ``host``, e.g.
 127.0.0.2 for another broker of a cluster), in a work directory that holds its
 data dir, its log file (JSON lines) and, if given, its TOML config file.
 It listens on port 0 the first time (so parallel tests never collide) and on the
-port it got after that, so clients keep their address across restarts.  ``start``
-waits (at most START_TIMEOUT_S) for the "listening" log line and for the port to
-accept a connection; on failure the error shows the broker's output.  The
+port it got after that, so clients keep their address across restarts; its
+metrics endpoint likewise (``metrics_address``; unless the test sets
+``metrics_listen`` itself).  ``start`` waits (at most START_TIMEOUT_S) for the
+"listening" log line and for the port to accept a connection; on failure the
+error shows the broker's output.  The
 methods block: call them from sync tests, from async tests directly (they only
 sleep briefly), or through a worker thread.
 """
@@ -59,7 +61,8 @@ def to_toml(config: Mapping[str, Any]) -> str:
 class BrokerProcess:
     """One ``distributary serve`` subprocess (see the module docstring).
 
-    .host, .port, .address ("127.0.0.1:PORT"), .data_dir, .process (Popen),
+    .host, .port, .address ("127.0.0.1:PORT"), .metrics_address ("127.0.0.1:PORT"
+    of GET /metrics, None when the broker serves none), .data_dir, .process (Popen),
     .log_path (the broker's stderr and stdout: JSON log lines)
     .start(), .stop(signal=SIGTERM, timeout_s) -> exit code, .kill(), .restart()
     .logs(), .log_events(), .wait_for_log(event)
@@ -75,6 +78,8 @@ class BrokerProcess:
     ) -> None:
         self.host = host
         self.port = 0
+        self.metrics_host = host
+        self.metrics_port: int | None = 0  # None: the broker serves no metrics
         self.work_dir = work_dir
         self.data_dir = work_dir / "data"
         self.log_path = work_dir / "broker.log"
@@ -84,6 +89,12 @@ class BrokerProcess:
             self.config_path.write_text(to_toml(config))
         self.extra_env = dict(env or {})
         self.extra_args = list(args)
+        # The test chose the metrics address (or "off"): leave it to the broker.
+        self._metrics_chosen = (
+            "--metrics-listen" in self.extra_args
+            or "metrics_listen" in (config or {})
+            or "DISTRIBUTARY_METRICS_LISTEN" in self.extra_env
+        )
         self.process: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
 
@@ -91,10 +102,19 @@ class BrokerProcess:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def metrics_address(self) -> str | None:
+        """``HOST:PORT`` of the metrics endpoint (GET /metrics), once started."""
+        if self.metrics_port is None:
+            return None
+        return f"{self.metrics_host}:{self.metrics_port}"
+
     def command(self) -> list[str]:
         command = [sys.executable, "-m", "broker", "serve"]
         command += ["--listen", f"{self.host}:{self.port}", "--data-dir", str(self.data_dir)]
         command += ["--log-format", "json"]
+        if not self._metrics_chosen and self.metrics_port is not None:
+            command += ["--metrics-listen", f"{self.metrics_host}:{self.metrics_port}"]
         if self.config_path is not None:
             command += ["--config", str(self.config_path)]
         return command + self.extra_args
@@ -125,9 +145,15 @@ class BrokerProcess:
                     f"broker exited with {self.process.returncode} before listening:\n"
                     + self.logs(since_start=True)
                 )
-            for event in self.log_events(since_start=True):
+            events = self.log_events(since_start=True)
+            for event in events:
                 if event.get("event") == "listening":
                     self.port = int(event["port"])
+                    # Logged before "listening" when the broker serves metrics.
+                    metrics = [e for e in events if e.get("event") == "serving metrics"]
+                    self.metrics_port = int(metrics[-1]["port"]) if metrics else None
+                    if metrics:
+                        self.metrics_host = str(metrics[-1]["host"])
                     if self._accepts_connections():
                         return
             time.sleep(0.02)

@@ -6,7 +6,9 @@ Everything lives under ``./distributary-cluster/`` (etcd's data dir, each
 broker's data dir and log file), so a second run continues the same cluster.
 etcd listens on 127.0.0.1:ETCD_CLIENT_PORT (peer ETCD_PEER_PORT, ports away from
 the 2379/2380 a system etcd uses); broker N (1, 2, 3) listens on
-127.0.0.1:(BROKER_FIRST_PORT + N - 1) with node id N.  The script prints the
+127.0.0.1:(BROKER_FIRST_PORT + N - 1) with node id N and serves its metrics on
+127.0.0.1:(METRICS_FIRST_PORT + N - 1) (not the default listen port + 1: that is
+the next broker's port).  The script prints the
 bootstrap list once every broker accepts connections; Ctrl-C (or SIGTERM) stops
 the brokers gracefully, then etcd.
 
@@ -32,6 +34,7 @@ from typing import Final
 ETCD_CLIENT_PORT: Final = 23790
 ETCD_PEER_PORT: Final = 23800
 BROKER_FIRST_PORT: Final = 9392
+METRICS_FIRST_PORT: Final = 9492
 PREFIX: Final = "distributary"
 START_TIMEOUT_S: Final = 30.0
 STOP_TIMEOUT_S: Final = 15.0
@@ -109,6 +112,7 @@ def start_broker(directory: Path, node_id: int) -> subprocess.Popen[bytes]:
     command += ["--data-dir", str(directory / f"broker-{node_id}")]
     command += ["--cluster", f"etcd://127.0.0.1:{ETCD_CLIENT_PORT}/{PREFIX}"]
     command += ["--node-id", str(node_id), "--log-format", "json"]
+    command += ["--metrics-listen", f"127.0.0.1:{METRICS_FIRST_PORT + node_id - 1}"]
     log = directory / f"broker-{node_id}.log"
     with log.open("ab") as output:
         process = subprocess.Popen(
@@ -153,6 +157,8 @@ def run(directory: Path, brokers: int) -> None:
         bootstrap = ",".join(f"127.0.0.1:{BROKER_FIRST_PORT + n}" for n in range(brokers))
         print(f"etcd:      http://127.0.0.1:{ETCD_CLIENT_PORT} (prefix {PREFIX}/)")
         print(f"brokers:   {bootstrap} (node ids 1-{brokers})")
+        metrics = ",".join(f"127.0.0.1:{METRICS_FIRST_PORT + n}" for n in range(brokers))
+        print(f"metrics:   {metrics} (GET /metrics)")
         print(f"data, logs: {directory}/")
         print("try:")
         print(f"  export DISTRIBUTARY_BOOTSTRAP={bootstrap}")

@@ -51,6 +51,11 @@ RESPONSE_SEND_TIMEOUT_S: Final = 10.0
 SCRAPES_MAX: Final = 8
 # One receive reads at most this much (a request head is far smaller).
 RECEIVE_BYTES_MAX: Final = 4096
+# Closing a connection, what the client still sends is read and dropped for at
+# most this long and this much (a lingering close, as nginx's lingering_close):
+# closing with unread bytes would reset the connection and lose our answer.
+LINGER_TIMEOUT_S: Final = 1.0
+LINGER_BYTES_MAX: Final = 64 * 1024
 # After accept() fails for lack of descriptors or memory, wait before retrying.
 ACCEPT_RETRY_DELAY_S: Final = 0.1
 _ACCEPT_RESOURCE_ERRORS: Final = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
@@ -113,14 +118,15 @@ class MetricsEndpoint:
                 if request is None:
                     return
                 await self._respond(stream, connection, request)
+                _end_of_request(connection)
                 if connection.our_state is not h11.DONE or connection.their_state is not h11.DONE:
-                    return  # a request body we did not read, or Connection: close
+                    return  # a request body not received yet, or Connection: close
                 connection.start_next_cycle()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as error:
             _logger.debug("metrics connection lost", error=str(error))
         finally:
             self.open_connections -= 1
-            await trio.aclose_forcefully(stream)
+            await _close(stream)
 
     async def _next_request(
         self, stream: trio.SocketStream, connection: h11.Connection
@@ -229,3 +235,33 @@ class MetricsEndpoint:
         if scope.cancelled_caught:
             _logger.debug("metrics response not taken in time, closing")
             raise trio.BrokenResourceError("metrics client did not read the response in time")
+
+
+def _end_of_request(connection: h11.Connection) -> None:
+    """Take the rest of the request from what is already received (usually just
+    its end: a scrape has no body); never reads more."""
+    while connection.their_state is h11.SEND_BODY:  # bounded by the bytes received
+        try:
+            event = connection.next_event()
+        except h11.RemoteProtocolError:
+            return
+        if event is h11.NEED_DATA or isinstance(event, h11.EndOfMessage):
+            return
+
+
+async def _close(stream: trio.SocketStream) -> None:
+    """Close after a lingering read: stop sending, then discard what the client
+    still sends (for at most LINGER_TIMEOUT_S and LINGER_BYTES_MAX), so a client
+    whose request we did not read whole gets our answer instead of a reset."""
+    with trio.move_on_after(LINGER_TIMEOUT_S):
+        try:
+            await stream.send_eof()
+            discarded = 0
+            while discarded < LINGER_BYTES_MAX:
+                data = await stream.receive_some(RECEIVE_BYTES_MAX)
+                if not data:
+                    break
+                discarded += len(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+    await trio.aclose_forcefully(stream)

@@ -124,6 +124,7 @@ def test_env_names_follow_the_scheme() -> None:
     assert env_name("limits", "frame_bytes_max") == "DISTRIBUTARY_LIMITS__FRAME_BYTES_MAX"
     samples = {
         "listen": "127.0.0.1:1",
+        "metrics_listen": "127.0.0.1:2",
         "log_format": "json",
         "log_level": "debug",
         "advertise": "broker.example:9392",

@@ -1,0 +1,247 @@
+"""The collector (broker/metrics/collector.py, group_lag.py, traffic.py) over a real
+Broker state in a temp dir, scraped through the broker's registry and parsed back
+with prometheus-client's parser."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from broker.config import load_config
+from broker.fetch import collect_fetch
+from broker.handlers import handle
+from broker.metrics.counters import STORAGE
+from broker.metrics.registry import broker_registry, render
+from broker.metrics.traffic import count_fetched
+from broker.state import Broker
+from client.errors import ErrorCode
+from client.protocol.connection import IncomingRequest
+from client.protocol.messages import (
+    ApiKey,
+    FetchPartition,
+    FetchRequest,
+    FetchResponse,
+    FetchTopic,
+    OffsetCommitPartition,
+    OffsetCommitRequest,
+    OffsetCommitResponse,
+    OffsetCommitTopic,
+    ProducePartition,
+    ProduceRequest,
+    ProduceResponse,
+    ProduceTopic,
+    Request,
+)
+from client.records.builder import build_batch
+
+START_MS = 1_700_000_000_000
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now_ms = START_MS
+
+    def __call__(self) -> int:
+        return self.now_ms
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def broker(tmp_path: Path, clock: Clock) -> AsyncIterator[Broker]:
+    config = load_config(flags={"data_dir": str(tmp_path / "data")}).config
+    state = await Broker.open(config, clock_ms=clock)
+    await state.topics.create("t", 2, {})
+    yield state
+    await state.close()
+
+
+def scrape(broker: Broker, connections: int = 0) -> Samples:
+    """Every sample of a scrape, by name and labels, parsed from the text format."""
+    body, content_type = render(broker_registry(broker, lambda: connections), "")
+    assert content_type.startswith("text/plain")
+    samples: Samples = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples[(name, frozenset(labels.items()))]
+
+
+async def call(broker: Broker, body: Request, payload: bytes = b"") -> Request | object:
+    api_key = ApiKey(type(body).__struct_config__.tag)  # type: ignore[arg-type]
+    request = IncomingRequest(api_key, 0, 1, True, body, memoryview(bytearray(payload)))
+    reply = await handle(broker, request)
+    assert reply is not None
+    return reply.body
+
+
+async def produce(
+    broker: Broker, partition: int, values: list[bytes], timestamp_ms: int, topic: str = "t"
+) -> int:
+    """Produce one batch; returns its size in bytes."""
+    batch = bytes(build_batch(values, timestamp_ms=timestamp_ms))
+    body = ProduceRequest(topics=[ProduceTopic(topic, [ProducePartition(partition, len(batch))])])
+    response = await call(broker, body, batch)
+    assert isinstance(response, ProduceResponse)
+    assert response.topics[0].partitions[0].error_code == 0
+    return len(batch)
+
+
+async def commit(broker: Broker, group: str, partition: int, offset: int, topic: str = "t") -> None:
+    body = OffsetCommitRequest(
+        group, topics=[OffsetCommitTopic(topic, [OffsetCommitPartition(partition, offset)])]
+    )
+    response = await call(broker, body)
+    assert isinstance(response, OffsetCommitResponse)
+    assert response.topics[0].partitions[0].error_code == 0
+
+
+async def test_produced_counts_equal_what_was_appended(broker: Broker) -> None:
+    """Produced records and bytes per topic are exactly the batches appended."""
+    size = await produce(broker, 0, [b"a", b"b", b"c"], START_MS)
+    size += await produce(broker, 1, [b"d", b"e"], START_MS)
+    samples = scrape(broker)
+    assert value(samples, "distributary_produced_records_total", topic="t") == 5
+    assert value(samples, "distributary_produced_bytes_total", topic="t") == size
+    assert value(samples, "distributary_fetched_records_total", topic="t") == 0
+
+
+async def test_fetched_counts_the_offsets_moved_on(broker: Broker) -> None:
+    """A Fetch answer counts, per partition, its bytes and the offsets from the
+    fetch offset to the region's end (a fetch from inside a batch counts only the
+    records at and after it)."""
+    size = await produce(broker, 0, [b"a", b"b", b"c", b"d"], START_MS)
+    for fetch_offset in (0, 1):
+        body = FetchRequest(
+            max_wait_ms=0, topics=[FetchTopic("t", [FetchPartition(0, fetch_offset)])]
+        )
+        reply = collect_fetch(broker, body)
+        assert isinstance(reply.body, FetchResponse)
+        count_fetched(broker.topics, body, reply.body, reply.regions)
+        reply.release()
+    samples = scrape(broker)
+    assert value(samples, "distributary_fetched_records_total", topic="t") == 4 + 3
+    assert value(samples, "distributary_fetched_bytes_total", topic="t") == 2 * size
+
+
+async def test_partition_gauges_follow_the_log(broker: Broker) -> None:
+    """Log end, log start, high watermark, size and segments per partition."""
+    size = await produce(broker, 1, [b"x"] * 7, START_MS)
+    samples = scrape(broker)
+    labels = {"topic": "t", "partition": "1"}
+    assert value(samples, "distributary_partition_log_end_offset", **labels) == 7
+    assert value(samples, "distributary_partition_high_watermark", **labels) == 7
+    assert value(samples, "distributary_partition_log_start_offset", **labels) == 0
+    assert value(samples, "distributary_log_size_bytes", **labels) == size
+    assert value(samples, "distributary_log_segments", **labels) == 1
+    assert value(samples, "distributary_partition_log_end_offset", topic="t", partition="0") == 0
+
+
+async def test_lag_in_records_and_seconds(broker: Broker, clock: Clock) -> None:
+    """Lag is the high watermark minus the committed offset; its age is now minus
+    the timestamp of the batch holding the committed offset; both 0 once the
+    group has committed the high watermark."""
+    await produce(broker, 0, [b"a", b"b"], START_MS - 30_000)
+    await produce(broker, 0, [b"c", b"d", b"e"], START_MS - 10_000)
+    await commit(broker, "g", 0, 2)  # consumed the first batch
+    clock.now_ms = START_MS + 5_000
+    samples = scrape(broker)
+    labels = {"group": "g", "topic": "t", "partition": "0"}
+    assert value(samples, "distributary_consumer_group_committed_offset", **labels) == 2
+    assert value(samples, "distributary_consumer_group_lag", **labels) == 3
+    assert value(samples, "distributary_consumer_group_lag_seconds", **labels) == 15.0
+    assert value(samples, "distributary_consumer_group_members", group="g") == 0
+    assert value(samples, "distributary_consumer_group_state", group="g", state="empty") == 1
+    assert value(samples, "distributary_consumer_group_state", group="g", state="stable") == 0
+
+    await commit(broker, "g", 0, 5)
+    samples = scrape(broker)
+    assert value(samples, "distributary_consumer_group_lag", **labels) == 0
+    assert value(samples, "distributary_consumer_group_lag_seconds", **labels) == 0
+
+
+async def test_a_record_from_the_future_ages_zero_seconds(broker: Broker) -> None:
+    """A record stamped after now (a producer's clock ahead) counts as 0 s old."""
+    await produce(broker, 0, [b"a"], START_MS + 60_000)
+    await commit(broker, "g", 0, 0)
+    samples = scrape(broker)
+    labels = {"group": "g", "topic": "t", "partition": "0"}
+    assert value(samples, "distributary_consumer_group_lag", **labels) == 1
+    assert value(samples, "distributary_consumer_group_lag_seconds", **labels) == 0
+
+
+async def test_lag_seconds_reads_the_log_start_after_retention(
+    broker: Broker, clock: Clock
+) -> None:
+    """A committed offset below the log start (retention deleted it) ages from the
+    oldest record still there; retention's deletions are counted."""
+    await broker.topics.create("r", 1, {"segment_bytes": "1024", "retention_ms": "600000"})
+    hour_ago = START_MS - 3_600_000
+    for _ in range(4):  # each batch ~600 bytes: a segment each, the last shared
+        await produce(broker, 0, [b"x" * 500], hour_ago, topic="r")
+    await produce(broker, 0, [b"recent"], START_MS - 20_000, topic="r")
+    await commit(broker, "g", 0, 0, topic="r")
+    before = scrape(broker)
+    clock.now_ms += broker.topics.partition("r", 0).config.retention_check_interval_ms
+    await broker.topics.partition("r", 0).maintain()
+    # Three segments expired; the fourth holds the recent batch too.
+    assert broker.topics.partition("r", 0).log_start_offset == 3
+    samples = scrape(broker)
+    labels = {"group": "g", "topic": "r", "partition": "0"}
+    assert value(samples, "distributary_consumer_group_lag", **labels) == 5
+    age_s = (clock.now_ms - hour_ago) / 1000
+    assert value(samples, "distributary_consumer_group_lag_seconds", **labels) == age_s
+    deleted = "distributary_retention_deleted_segments_total"
+    assert value(samples, deleted) == value(before, deleted) + 3
+
+
+async def test_requests_connections_and_build_info(broker: Broker) -> None:
+    """Request outcomes and durations, connections and build info come out of the
+    broker's counters as they are."""
+    broker.metrics.requests.finished(ApiKey.PRODUCE, ErrorCode.NONE, 0.0003)
+    broker.metrics.requests.finished(ApiKey.PRODUCE, ErrorCode.NOT_LEADER, 0.02)
+    broker.metrics.connections.opened = 4
+    broker.metrics.connections.limit_hit("connections_max")
+    samples = scrape(broker, connections=3)
+    assert value(samples, "distributary_requests_total", api="produce", outcome="ok") == 1
+    assert value(samples, "distributary_requests_total", api="produce", outcome="not_leader") == 1
+    name = "distributary_request_duration_seconds"
+    assert value(samples, f"{name}_count", api="produce") == 2
+    assert value(samples, f"{name}_bucket", api="produce", le="0.0005") == 1
+    assert value(samples, f"{name}_bucket", api="produce", le="0.025") == 2
+    assert value(samples, "distributary_connections") == 3
+    assert value(samples, "distributary_connections_opened_total") == 4
+    assert value(samples, "distributary_limit_hits_total", limit="connections_max") == 1
+    assert value(samples, "distributary_limit_hits_total", limit="frame_bytes_max") == 0
+    info = [key for key in samples if key[0] == "distributary_build_info"]
+    assert len(info) == 1 and dict(info[0][1])["version"] == broker.version
+
+
+async def test_storage_counters_count_flushes(broker: Broker) -> None:
+    """A flush of a log adds one to the process's flush count and histogram."""
+    before = scrape(broker)
+    await produce(broker, 0, [b"a"], START_MS)
+    await broker.topics.partition("t", 0).storage_log.flush()
+    after = scrape(broker)
+    for name in ("distributary_log_flushes_total", "distributary_log_flush_duration_seconds_count"):
+        assert value(after, name) == value(before, name) + 1
+    assert STORAGE.flush_durations.count == value(after, "distributary_log_flushes_total")
+
+
+async def test_recovery_duration_once_measured(broker: Broker) -> None:
+    """The recovery gauge is exported once the server has measured Broker.open."""
+    assert not any(key[0] == "distributary_recovery_duration_seconds" for key in scrape(broker))
+    broker.metrics.recovery_duration_s = 0.25
+    assert value(scrape(broker), "distributary_recovery_duration_seconds") == 0.25
