@@ -140,8 +140,9 @@ def test_every_dashboard_query_returns_data_from_a_live_prometheus(
     """Proves every panel query of the dashboard parses and returns at least one series
     from a Prometheus scraping a broker that took traffic, and that Prometheus loaded
     and evaluates every shipped rule without error."""
-    metrics_address = f"127.0.0.1:{free_port()}"
-    broker = broker_factory(args=["--metrics-listen", metrics_address])
+    broker = broker_factory()
+    metrics_address = broker.metrics_address
+    assert metrics_address is not None
     prometheus = prometheus_factory(metrics_address)
     trio.run(traffic, broker.address)
     queries = dashboard_queries(RATE_INTERVAL)

@@ -34,12 +34,6 @@ def free_port_pair() -> int:
     raise AssertionError("no two free ports in a row")
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 async def produce_and_consume(address: str) -> None:
     """300 records to "orders" (2 partitions); group "billing" reads and commits 100."""
     async with Admin(address) as admin:
@@ -63,8 +57,8 @@ async def test_once_json_reports_topics_groups_and_requests(
     prints one view: the topic with its partitions, the group with its lag, rates over
     the interval, and the APIs that were called."""
     port = free_port_pair()
-    broker = broker_factory(args=["--listen", f"127.0.0.1:{port}"])
-    assert broker.port == port
+    broker = broker_factory(args=["--listen", f"127.0.0.1:{port}", "--metrics-listen", "auto"])
+    assert broker.port == port and broker.metrics_address == f"127.0.0.1:{port + 1}"
     with trio.fail_after(60):
         await produce_and_consume(broker.address)
         result = await trio.to_thread.run_sync(
@@ -90,9 +84,9 @@ async def test_once_json_reports_topics_groups_and_requests(
 async def test_top_shows_the_broker_down_and_reconnects(broker_factory: BrokerFactory) -> None:
     """Proves a top session shows the broker DOWN while it is stopped (and `top --once`
     exits 1 saying so), then shows it up again after it restarted on the same address."""
-    metrics_port = free_port()
-    broker = broker_factory(args=["--metrics-listen", f"127.0.0.1:{metrics_port}"])
-    address = f"127.0.0.1:{metrics_port}"
+    broker = broker_factory()
+    address = broker.metrics_address  # kept across restarts
+    assert address is not None
     with trio.fail_after(60):
         limits = httpx.Limits(max_keepalive_connections=0)  # as the top command
         async with httpx.AsyncClient(limits=limits) as client:
