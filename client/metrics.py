@@ -236,7 +236,14 @@ def consumer_metrics(fetcher: Fetcher) -> ConsumerMetrics:
     counters = fetcher.counters
     rows = []
     for (topic, partition), state in sorted(fetcher.states.items()):
-        position, high_watermark = state.position(), state.high_watermark
+        high_watermark = state.high_watermark
+        try:
+            position = state.position()
+        except IndexError:
+            # A scrape on another thread (register_metrics under prometheus-client's
+            # HTTP server) read the buffer while the event loop handed records out:
+            # the fetch position is as good for one sample.
+            position = state.fetch_offset
         known = position is not None and position >= 0 and high_watermark >= 0
         rows.append(
             PartitionMetrics(

@@ -8,8 +8,8 @@ Prometheus practice (base units, ``_total`` counters) under
 ``distributary_client_``; every series carries the constant ``labels`` given to
 ``register_metrics`` (e.g. ``{"client": "ingest"}``), so two clients can share
 one registry.  The scrape runs on whatever thread serves the registry: a
-snapshot is a handful of integer reads, harmless mid-update (at worst one
-batch behind).
+snapshot is a handful of integer reads and dictionary copies (atomic under
+the GIL), harmless mid-update: at worst one batch behind.
 """
 
 from __future__ import annotations

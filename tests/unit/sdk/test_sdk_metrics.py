@@ -217,3 +217,17 @@ def test_register_metrics_exposes_the_snapshot_in_the_applications_registry() ->
     assert samples[("distributary_client_producer_request_duration_seconds_count", ingest)] == 1
     reader = (("client", "reader"),)
     assert samples[("distributary_client_consumer_records_fetched_total", reader)] == 9
+
+
+def test_a_snapshot_taken_mid_handout_falls_back_to_the_fetch_position() -> None:
+    """Proves consumer_metrics does not raise when it reads a buffer the event loop is
+    emptying at that moment (a scrape from prometheus-client's server thread): the
+    partition's fetch position stands in for that sample."""
+    fetcher = make_fetcher()
+    fetcher.assign([TP])
+    fetcher.seek(TP, 13, offset=True)
+    state = fetcher.states[TP]
+    state.high_watermark = 20
+    state.chunks.append([])  # as seen half-way through taking the last records
+    (row,) = consumer_metrics(fetcher).partitions
+    assert (row.position, row.lag) == (13, 7)
