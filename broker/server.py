@@ -29,7 +29,6 @@ import resource
 import signal
 import time
 from contextlib import AsyncExitStack
-from functools import partial
 from typing import TYPE_CHECKING, Final
 
 import trio
@@ -38,7 +37,7 @@ from broker.config import METRICS_LISTEN_AUTO, BrokerConfig
 from broker.connection import ConnectionHandler
 from broker.logging import get_logger
 from broker.metrics.endpoint import METRICS_PATH, MetricsEndpoint
-from broker.metrics.registry import broker_registry, render
+from broker.metrics.registry import MetricsRegistry
 from broker.request_memory import RequestMemory
 from broker.scrubbing import ScrubStats, scrub_forever
 from broker.state import Broker
@@ -375,8 +374,8 @@ async def _serve_metrics(
 ) -> None:
     """The metrics endpoint (broker/metrics/endpoint.py) until ``scope`` is
     cancelled; logs its address once it accepts."""
-    registry = broker_registry(server.broker, lambda: len(server.handlers))
-    endpoint = MetricsEndpoint(listener, partial(render, registry))
+    registry = MetricsRegistry(server.broker, lambda: len(server.handlers))
+    endpoint = MetricsEndpoint(listener, registry.render_in_steps)
     host, port = endpoint.address
     # Bound already: a scrape that comes before run() accepts waits in the backlog.
     _logger.info(

@@ -9,7 +9,8 @@ thread), so it reads the broker's dicts and partitions without locks.  It reads:
   limits, storage) and each partition's traffic, summed per topic;
 - each open partition's offsets, size and segments;
 - each coordinated group's members, state, epoch, committed offsets and lag
-  (broker/metrics/group_lag.py).
+  (broker/metrics/group_lag.py);
+- the free space of the data dir's file system (statvfs).
 
 Its cost is one pass over the partitions and one over the committed offsets
 (plus a batch-header read per lagging partition): see docs/benchmarks.md for
@@ -18,6 +19,7 @@ the scrape time with 1,000 partitions.  docs/monitoring.md lists every metric.
 
 from __future__ import annotations
 
+import os
 import platform
 from collections.abc import Callable, Iterable, Iterator
 
@@ -32,12 +34,41 @@ from prometheus_client.registry import Collector
 from broker.groups.group import GroupState
 from broker.metrics.counters import STORAGE, BucketCounts, api_label, outcome_label
 from broker.metrics.group_lag import coordinated_groups, group_lags
-from broker.partition import Partition
+from broker.partition import Partition, PartitionStats
 from broker.state import Broker
 
 # Group states reported by distributary_consumer_group_state (a deleted group is
 # no longer listed).
 GROUP_STATES = tuple(state for state in GroupState if state is not GroupState.DEAD)
+
+# The per-partition gauges: name, help, value from (stats, high watermark).
+PARTITION_GAUGES: tuple[tuple[str, str, Callable[[PartitionStats, int], int]], ...] = (
+    (
+        "distributary_partition_log_end_offset",
+        "The offset the partition's next appended record gets.",
+        lambda stats, _: stats.log_end_offset,
+    ),
+    (
+        "distributary_partition_log_start_offset",
+        "The first offset still in the partition's log.",
+        lambda stats, _: stats.log_start_offset,
+    ),
+    (
+        "distributary_partition_high_watermark",
+        "The end of the partition's committed records (what consumers may read).",
+        lambda _, high_watermark: high_watermark,
+    ),
+    (
+        "distributary_log_size_bytes",
+        "Bytes of the partition's segment files.",
+        lambda stats, _: stats.size_bytes,
+    ),
+    (
+        "distributary_log_segments",
+        "Segments of the partition's log.",
+        lambda stats, _: stats.segment_count,
+    ),
+)
 
 
 class BrokerCollector(Collector):
@@ -123,52 +154,28 @@ class BrokerCollector(Collector):
             "(a long-polling Fetch includes its wait).",
             labels=["api"],
         )
-        for api_key, counters in sorted(self.broker.metrics.requests.by_api.items()):
+        for api_key, counters in self.broker.metrics.requests.answered():
             api = api_label(api_key)
-            for code, count in sorted(counters.outcomes.items()):
+            for code, count in counters.outcome_counts().items():
                 requests.add_metric([api, outcome_label(code)], count)
             _add_histogram(durations, [api], counters.durations)
         yield requests
         yield durations
 
     def _partitions(self, partitions: list[Partition]) -> Iterator[Metric]:
+        # One pass reads every partition; each family is then built (and, by a
+        # caller rendering in steps, formatted) before the next one.
+        rows = [
+            ([partition.topic, str(partition.index)], partition.stats(), partition.high_watermark)
+            for partition in partitions
+            if not partition.closed
+        ]
         labels = ["topic", "partition"]
-        end = GaugeMetricFamily(
-            "distributary_partition_log_end_offset",
-            "The offset the partition's next appended record gets.",
-            labels=labels,
-        )
-        start = GaugeMetricFamily(
-            "distributary_partition_log_start_offset",
-            "The first offset still in the partition's log.",
-            labels=labels,
-        )
-        high_watermark = GaugeMetricFamily(
-            "distributary_partition_high_watermark",
-            "The end of the partition's committed records (what consumers may read).",
-            labels=labels,
-        )
-        size = GaugeMetricFamily(
-            "distributary_log_size_bytes",
-            "Bytes of the partition's segment files.",
-            labels=labels,
-        )
-        segments = GaugeMetricFamily(
-            "distributary_log_segments",
-            "Segments of the partition's log.",
-            labels=labels,
-        )
-        for partition in partitions:
-            if partition.closed:
-                continue
-            values = [partition.topic, str(partition.index)]
-            stats = partition.stats()
-            end.add_metric(values, stats.log_end_offset)
-            start.add_metric(values, stats.log_start_offset)
-            high_watermark.add_metric(values, partition.high_watermark)
-            size.add_metric(values, stats.size_bytes)
-            segments.add_metric(values, stats.segment_count)
-        yield from (end, start, high_watermark, size, segments)
+        for name, documentation, pick in PARTITION_GAUGES:
+            family = GaugeMetricFamily(name, documentation, labels=labels)
+            for values, stats, high_watermark in rows:
+                family.add_metric(values, pick(stats, high_watermark))
+            yield family
 
     def _connections(self) -> Iterator[Metric]:
         counters = self.broker.metrics.connections
@@ -215,30 +222,39 @@ class BrokerCollector(Collector):
                 state.add_metric([group.group_id, each.value], 1 if each is current else 0)
             rebalances.add_metric([group.group_id], group.group_epoch)
         yield from (members, state, rebalances)
+        # One pass computes every position (a batch-header read per lagging
+        # partition); each family is then built before the next one.
+        rows = [
+            ([position.group, position.topic, str(position.partition)], position)
+            for position in group_lags(self.broker, groups, self.broker.clock_ms())
+        ]
         labels = ["group", "topic", "partition"]
         committed = GaugeMetricFamily(
             "distributary_consumer_group_committed_offset",
             "The consumer group's committed offset.",
             labels=labels,
         )
+        for values, position in rows:
+            committed.add_metric(values, position.committed_offset)
+        yield committed
         lag = GaugeMetricFamily(
             "distributary_consumer_group_lag",
             "High watermark minus the group's committed offset, in records.",
             labels=labels,
         )
+        for values, position in rows:
+            if position.lag_records is not None:
+                lag.add_metric(values, position.lag_records)
+        yield lag
         lag_seconds = GaugeMetricFamily(
             "distributary_consumer_group_lag_seconds",
             "Age of the oldest record the group has not consumed (0 when caught up).",
             labels=labels,
         )
-        for position in group_lags(self.broker, groups, self.broker.clock_ms()):
-            values = [position.group, position.topic, str(position.partition)]
-            committed.add_metric(values, position.committed_offset)
-            if position.lag_records is not None:
-                lag.add_metric(values, position.lag_records)
+        for values, position in rows:
             if position.lag_seconds is not None:
                 lag_seconds.add_metric(values, position.lag_seconds)
-        yield from (committed, lag, lag_seconds)
+        yield lag_seconds
 
     def _storage(self) -> Iterator[Metric]:
         flushes = STORAGE.flush_durations
@@ -266,6 +282,7 @@ class BrokerCollector(Collector):
             "Compaction passes over compacted logs.",
             value=STORAGE.compaction_runs,
         )
+        yield from self._disk()
         recovery_s = self.broker.metrics.recovery_duration_s
         if recovery_s is not None:
             yield GaugeMetricFamily(
@@ -273,6 +290,24 @@ class BrokerCollector(Collector):
                 "Time the broker took at start to open and recover its logs and groups.",
                 value=recovery_s,
             )
+
+    def _disk(self) -> Iterator[Metric]:
+        """Free and total bytes of the data dir's file system (one statvfs call;
+        nothing when it fails)."""
+        try:
+            disk = os.statvfs(self.broker.config.data_path)
+        except OSError:
+            return
+        yield GaugeMetricFamily(
+            "distributary_data_dir_free_bytes",
+            "Bytes of the data dir's file system available to the broker.",
+            value=disk.f_bavail * disk.f_frsize,
+        )
+        yield GaugeMetricFamily(
+            "distributary_data_dir_capacity_bytes",
+            "Size of the data dir's file system in bytes.",
+            value=disk.f_blocks * disk.f_frsize,
+        )
 
     def _replication(self) -> Iterator[Metric]:
         # The replication metrics go here once partitions have replicas (names

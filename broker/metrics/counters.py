@@ -53,6 +53,9 @@ DURATION_BUCKETS_S: Final = (
 # The API key a request with an unknown key is counted under: a label value per
 # key a client can send would be an unbounded label.
 UNKNOWN_API: Final = -1
+# Room in the per-request lists: every API key and every error code is below.
+API_KEY_SLOTS: Final = max(ApiKey) + 1
+ERROR_CODE_SLOTS: Final = max(ErrorCode) + 1
 
 # The limits counted by ConnectionCounters.limit_hits, by config key.
 LIMITS_COUNTED: Final = (
@@ -79,6 +82,7 @@ class BucketCounts:
 
     def observe(self, value: float) -> None:
         # The first bound >= value: Prometheus buckets are "less than or equal".
+        # (RequestCounters.finished does the same inline.)
         self.counts[bisect_left(self.bounds, value)] += 1
         self.sum += value
 
@@ -97,45 +101,63 @@ class BucketCounts:
 
 
 class ApiCounters:
-    """One API's answers: ``outcomes[error code]`` and the duration histogram."""
+    """One API's answers: ``outcomes[error code]`` (a list indexed by the code) and
+    the duration histogram."""
 
     __slots__ = ("durations", "outcomes")
 
     def __init__(self) -> None:
-        self.outcomes: dict[int, int] = {}
+        self.outcomes = [0] * ERROR_CODE_SLOTS
         self.durations = BucketCounts()
+
+    def outcome_counts(self) -> dict[int, int]:
+        """Answers by error code, for the codes that occurred."""
+        return {code: count for code, count in enumerate(self.outcomes) if count}
 
 
 class RequestCounters:
-    """Requests answered, per API key (see :meth:`finished`)."""
+    """Requests answered, per API key (see :meth:`finished`).
+
+    Lists indexed by the API key and the error code (small integers), made
+    whole up front: per request, two index operations and no allocation."""
 
     def __init__(self) -> None:
-        self.by_api: dict[int, ApiCounters] = {}
+        self.by_api: list[ApiCounters | None] = [None] * API_KEY_SLOTS
+        for api_key in ApiKey:
+            self.by_api[api_key] = ApiCounters()
+        self.unknown_api = ApiCounters()  # keys no API has (a client's invention)
 
     def finished(self, api_key: int, code: int, duration_s: float) -> None:
         """A request of ``api_key`` was answered with ``code`` (ErrorCode.NONE: ok)
         ``duration_s`` after it arrived.  Once per request."""
-        counters = self.by_api.get(api_key)
+        try:
+            counters = self.by_api[api_key]
+        except IndexError:  # a key from the wire beyond every API's
+            counters = None
         if counters is None:
-            counters = self._add(api_key)
-        outcomes = counters.outcomes
-        outcomes[code] = outcomes.get(code, 0) + 1
-        counters.durations.observe(duration_s)
+            counters = self.unknown_api
+        counters.outcomes[code] += 1
+        durations = counters.durations
+        durations.counts[bisect_left(DURATION_BUCKETS_S, duration_s)] += 1
+        durations.sum += duration_s
 
-    def _add(self, api_key: int) -> ApiCounters:
-        if api_key not in ApiKey._value2member_map_:
-            api_key = UNKNOWN_API
-            counters = self.by_api.get(api_key)
-            if counters is not None:
-                return counters
-        counters = self.by_api[api_key] = ApiCounters()
-        return counters
+    def answered(self) -> list[tuple[int, ApiCounters]]:
+        """``(api key, counters)`` of every API with answers, in key order;
+        UNKNOWN_API last."""
+        found = [
+            (api_key, counters)
+            for api_key, counters in enumerate(self.by_api)
+            if counters is not None and counters.durations.count
+        ]
+        if self.unknown_api.durations.count:
+            found.append((UNKNOWN_API, self.unknown_api))
+        return found
 
     def check_invariants(self) -> None:
-        for api_key, counters in self.by_api.items():
+        for api_key, counters in self.answered():
             assert api_key == UNKNOWN_API or api_key in ApiKey._value2member_map_, api_key
-            assert sum(counters.outcomes.values()) == counters.durations.count, api_key
-            for code in counters.outcomes:
+            assert sum(counters.outcomes) == counters.durations.count, api_key
+            for code in counters.outcome_counts():
                 assert code in ErrorCode._value2member_map_, code
 
 

@@ -11,8 +11,8 @@ sans-I/O state machine); this module is the thin trio shell around it:
         │                      arrive within REQUEST_HEAD_TIMEOUT_S and fit in
         │                      REQUEST_HEAD_BYTES_MAX (slowloris, oversized heads)
         └── _respond           200 with the scrape, 404 (another path), 405 (another
-                               method), 400/431 (what h11 refuses), sent within
-                               RESPONSE_SEND_TIMEOUT_S
+                               method), 400/431 (what h11 refuses), 500 (a collector
+                               failed: logged), sent within RESPONSE_SEND_TIMEOUT_S
 
 A connection is kept alive for the next scrape when both sides finished the
 exchange cleanly; anything else -- garbage, a timeout, a request with a body,
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Final
 
@@ -67,7 +67,7 @@ SERVER_HEADER: Final = b"distributary"
 _logger = get_logger()
 
 # Renders a scrape: the request's Accept header in, (body, content type) out.
-Render = Callable[[str], tuple[bytes, str]]
+Render = Callable[[str], Awaitable[tuple[bytes, str]]]
 
 
 class MetricsEndpoint:
@@ -125,8 +125,8 @@ class MetricsEndpoint:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as error:
             _logger.debug("metrics connection lost", error=str(error))
         finally:
-            self.open_connections -= 1
             await _close(stream)
+            self.open_connections -= 1
 
     async def _next_request(
         self, stream: trio.SocketStream, connection: h11.Connection
@@ -168,7 +168,13 @@ class MetricsEndpoint:
             )
             return
         accept = b", ".join(value for name, value in request.headers if name == b"accept")
-        body, content_type = self.render(accept.decode("latin-1"))
+        try:
+            body, content_type = await self.render(accept.decode("latin-1"))
+        except Exception:
+            # A bug in a collector: this scrape fails loudly, the broker serves on.
+            _logger.error("metrics scrape failed", exc_info=True)
+            await self._send_simple(stream, connection, 500, b"scrape failed: see the broker log\n")
+            return
         self.scrapes += 1
         await self._send(
             stream,

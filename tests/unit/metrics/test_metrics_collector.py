@@ -14,7 +14,7 @@ from broker.config import load_config
 from broker.fetch import collect_fetch
 from broker.handlers import handle
 from broker.metrics.counters import STORAGE
-from broker.metrics.registry import broker_registry, render
+from broker.metrics.registry import MetricsRegistry
 from broker.metrics.traffic import count_fetched
 from broker.state import Broker
 from client.errors import ErrorCode
@@ -66,7 +66,7 @@ async def broker(tmp_path: Path, clock: Clock) -> AsyncIterator[Broker]:
 
 def scrape(broker: Broker, connections: int = 0) -> Samples:
     """Every sample of a scrape, by name and labels, parsed from the text format."""
-    body, content_type = render(broker_registry(broker, lambda: connections), "")
+    body, content_type = MetricsRegistry(broker, lambda: connections).render("")
     assert content_type.startswith("text/plain")
     samples: Samples = {}
     for family in text_string_to_metric_families(body.decode()):
@@ -240,8 +240,40 @@ async def test_storage_counters_count_flushes(broker: Broker) -> None:
     assert STORAGE.flush_durations.count == value(after, "distributary_log_flushes_total")
 
 
+async def test_data_dir_space(broker: Broker) -> None:
+    """Free and total bytes of the data dir's file system, as statvfs says."""
+    samples = scrape(broker)
+    free = value(samples, "distributary_data_dir_free_bytes")
+    capacity = value(samples, "distributary_data_dir_capacity_bytes")
+    assert 0 < free <= capacity
+
+
 async def test_recovery_duration_once_measured(broker: Broker) -> None:
     """The recovery gauge is exported once the server has measured Broker.open."""
     assert not any(key[0] == "distributary_recovery_duration_seconds" for key in scrape(broker))
     broker.metrics.recovery_duration_s = 0.25
     assert value(scrape(broker), "distributary_recovery_duration_seconds") == 0.25
+
+
+@pytest.mark.parametrize("accept", ["", "application/openmetrics-text; version=1.0.0"])
+async def test_rendering_in_steps_equals_rendering_at_once(broker: Broker, accept: str) -> None:
+    """The endpoint's step-by-step rendering gives the same text as the library's
+    whole-registry rendering, in both formats (OpenMetrics ends with one # EOF)."""
+    await produce(broker, 0, [b"a", b"b"], START_MS)
+    await commit(broker, "g", 0, 1)
+    registry = MetricsRegistry(broker, lambda: 2)
+    whole, whole_type = registry.render(accept)
+    stepped, stepped_type = await registry.render_in_steps(accept)
+    assert stepped_type == whole_type
+
+    def steady(text: bytes) -> list[bytes]:
+        # Process figures (CPU time, memory) and the disk's free bytes move between
+        # two renderings.
+        return [
+            line
+            for line in text.splitlines()
+            if b"process_" not in line and b"data_dir_free_bytes " not in line
+        ]
+
+    assert steady(stepped) == steady(whole)
+    assert stepped.count(b"# EOF") == (1 if accept else 0)

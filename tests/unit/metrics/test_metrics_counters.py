@@ -45,21 +45,25 @@ def test_requests_count_outcomes_per_api() -> None:
     requests.finished(ApiKey.PRODUCE, ErrorCode.NOT_LEADER, 0.0001)
     requests.finished(ApiKey.FETCH, ErrorCode.NONE, 0.4)
     requests.check_invariants()
-    produce = requests.by_api[ApiKey.PRODUCE]
-    assert produce.outcomes == {ErrorCode.NONE: 2, ErrorCode.NOT_LEADER: 1}
+    answered = dict(requests.answered())
+    assert list(answered) == [ApiKey.PRODUCE, ApiKey.FETCH]
+    produce = answered[ApiKey.PRODUCE]
+    assert produce.outcome_counts() == {ErrorCode.NONE: 2, ErrorCode.NOT_LEADER: 1}
     assert produce.durations.count == 3
-    assert requests.by_api[ApiKey.FETCH].durations.cumulative()[-1] == ("+Inf", 1)
+    assert produce.durations.cumulative()[2] == ("0.0005", 3)
+    assert answered[ApiKey.FETCH].durations.cumulative()[-1] == ("+Inf", 1)
 
 
 def test_unknown_api_keys_share_one_label() -> None:
     """API keys a client invents are counted under one "unknown" API: a label
     value per key would be an unbounded label."""
     requests = RequestCounters()
-    for key in (999, 1000, 31_337):
+    for key in (11, 999, 1000, 31_337):  # 11: between two APIs' keys
         requests.finished(key, ErrorCode.UNSUPPORTED_API, 0.0)
     requests.check_invariants()
-    assert list(requests.by_api) == [UNKNOWN_API]
-    assert requests.by_api[UNKNOWN_API].outcomes == {ErrorCode.UNSUPPORTED_API: 3}
+    answered = requests.answered()
+    assert [api_key for api_key, _ in answered] == [UNKNOWN_API]
+    assert answered[0][1].outcome_counts() == {ErrorCode.UNSUPPORTED_API: 4}
     assert api_label(UNKNOWN_API) == "unknown"
 
 
