@@ -39,6 +39,7 @@ def test_dashboard_is_well_formed() -> None:
         "Lag by group (seconds)",
         "Connections open",
         "Log size by topic",
+        "Data dir file system used",
         "CPU",
         "Resident memory",
     ):
