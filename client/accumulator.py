@@ -63,6 +63,7 @@ from collections.abc import Callable, Sequence
 from typing import Final, Protocol
 
 from client.errors import BatchTooLargeError, DistributaryError, OutOfOrderSequenceError
+from client.metrics import ProducerCounters
 from client.records.builder import RECORD_OVERHEAD_BYTES, BatchBuilder, Header
 from client.records.header import CRC_AT, CRC_FROM, HEADER_BYTES, Compression, crc32c
 
@@ -229,6 +230,8 @@ class RecordAccumulator:
         # while it is 0, drain() finds nothing and next_ready_ms() is None, so the
         # producer's per-acknowledgement path can skip both.
         self.waiting_batches = 0
+        # The producer's metrics (client/metrics.py), shared with the sender.
+        self.counters = ProducerCounters()
 
     # -- appending (hot path) ---------------------------------------------------------
 
@@ -432,6 +435,10 @@ class RecordAccumulator:
             return
         self._finish(batch)
         batch.base_offset = base_offset
+        counters = self.counters
+        counters.batches_sent += 1
+        counters.records_sent += batch.record_count
+        counters.bytes_sent += len(batch.payload) if batch.payload is not None else 0
         waiter = batch.waiter  # _notify(batch), inline: once per acknowledged batch
         if waiter is not None:
             waiter.set()

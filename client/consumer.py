@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 import anyio.abc
@@ -55,11 +55,15 @@ from client.fetch_loop import FetchLoop
 from client.fetcher import Fetcher, PartitionFetchState
 from client.group import GroupMembership, GroupOptions, PartitionsCallback, fetch_committed
 from client.handout import RecordHandout
+from client.metrics import ConsumerMetrics, consumer_metrics
 from client.offsets import list_offsets
 from client.protocol.messages import LATEST_TIMESTAMP
 from client.records.decoder import Record, RecordDecoder, ValueFormat
 from client.records.header import BATCH_BYTES_LIMIT
 from client.types import MiB, OffsetAndTimestamp, OffsetReset, PartitionLag, TopicPartition
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import CollectorRegistry
 
 log = get_logger("client.consumer")
 
@@ -401,6 +405,19 @@ class Consumer(RecordHandout, ClusterClient):
         return result
 
     # -- pausing --------------------------------------------------------------------------
+
+    def metrics(self) -> ConsumerMetrics:
+        """Counters and per-partition lag (from the last fetch answers' high
+        watermarks) now: a frozen snapshot, client/metrics.py."""
+        return consumer_metrics(self._fetcher)
+
+    def register_metrics(
+        self, registry: CollectorRegistry, labels: dict[str, str] | None = None
+    ) -> None:
+        """As ``Producer.register_metrics``, for :meth:`metrics`."""
+        from client.metrics_prometheus import ConsumerCollector
+
+        registry.register(ConsumerCollector(self.metrics, labels or {}))
 
     def pause(self, *partitions: TopicPartition) -> None:
         """Stop fetching and handing out these partitions (positions are kept;

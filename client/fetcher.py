@@ -42,6 +42,7 @@ from client.errors import (
     UnknownTopicOrPartitionError,
     error_for_code,
 )
+from client.metrics import ConsumerCounters, error_code_name
 from client.protocol.connection import IncomingResponse
 from client.protocol.messages import (
     EARLIEST_TIMESTAMP,
@@ -157,6 +158,8 @@ class Fetcher:
         # Bumped whenever a partition's fetch_bytes_max changes or partitions come
         # and go: continuations built before then must be rebuilt.
         self.sizes_version = 0
+        # Records, bytes, answers and errors so far (client/metrics.py).
+        self.counters = ConsumerCounters()
 
     # -- partitions and positions -----------------------------------------------------
 
@@ -379,6 +382,9 @@ class Fetcher:
         # The connection checked the payload rule: records_bytes add up, no
         # partition twice, none negative.  Cut it per partition without copying.
         payload = response.payload
+        counters = self.counters
+        counters.fetch_responses += 1
+        counters.bytes_fetched += len(payload)
         position = 0
         got_data = False
         stale = False
@@ -420,6 +426,7 @@ class Fetcher:
             return True
         if fetched.records:
             state.chunks.append(fetched.records)
+            self.counters.records_fetched += len(fetched.records)
         if fetched.bytes_consumed == 0 and fetched.partial_batch_bytes:
             # One batch bigger than the per-partition limit: ask for all of it next time.
             self._set_fetch_bytes_max(
@@ -443,6 +450,7 @@ class Fetcher:
         self, tp: TopicPartition, state: PartitionFetchState, code: int, message: str
     ) -> bool:
         """Apply a partition's fetch error; True when metadata must be refreshed."""
+        self.counters.count_error(error_code_name(code))
         if code == ErrorCode.OFFSET_OUT_OF_RANGE:
             offset = state.fetch_offset
             assert offset is not None

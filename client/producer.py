@@ -37,7 +37,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Generator, Iterable, Sequence
 from types import TracebackType
-from typing import Any, Final, Literal, cast
+from typing import TYPE_CHECKING, Any, Final, Literal, cast
 
 import anyio
 import anyio.abc
@@ -57,11 +57,15 @@ from client.errors import (
     TooManyRequestsError,
     UnknownTopicOrPartitionError,
 )
+from client.metrics import ProducerMetrics, producer_metrics
 from client.partitioner import StickyPartitioner, partition_for_key
 from client.records.builder import Header
 from client.records.header import BATCH_BYTES_LIMIT, Compression
 from client.sender import Sender
 from client.types import MiB, RecordMetadata
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import CollectorRegistry
 
 CompressionName = Literal["none", "gzip", "lz4", "zstd"]
 AcksSetting = Literal["none", "leader", "all", 0, 1, -1]
@@ -557,6 +561,19 @@ class Producer(ClusterClient):
         failed with it (if it was of the same partition and queued behind it), a
         record enqueued after it would be written."""
         return self._sender.failed_batches
+
+    def metrics(self) -> ProducerMetrics:
+        """This producer's counters now (a frozen snapshot, client/metrics.py)."""
+        return producer_metrics(self._accumulator)
+
+    def register_metrics(
+        self, registry: CollectorRegistry, labels: dict[str, str] | None = None
+    ) -> None:
+        """Add a collector of :meth:`metrics` to a prometheus-client ``registry``;
+        ``labels`` go on every series (e.g. ``{"client": "ingest"}``)."""
+        from client.metrics_prometheus import ProducerCollector
+
+        registry.register(ProducerCollector(self.metrics, labels or {}))
 
     async def partitions_for(self, topic: str) -> list[int]:
         """The topic's partition numbers.  Raises UnknownTopicOrPartitionError."""

@@ -121,6 +121,8 @@ class Sender:
         # buffer full): the sender task sends them first, before draining more.
         self._handoff: list[ProducerBatch] = []
         self._writes_nowait = False  # connections can write synchronously (asyncio)
+        self._counters = accumulator.counters  # client/metrics.py
+        self._loop_clock: Callable[[], float] | None = None  # seconds, for request latency
 
     def start(
         self, cluster: Cluster, tools: EventLoopTools, partition_counts: dict[str, int]
@@ -131,6 +133,7 @@ class Sender:
         self._cluster = cluster
         self._partition_counts = partition_counts
         self._writes_nowait = tools.is_asyncio
+        self._loop_clock = tools.clock
 
     def stop(self) -> None:
         """The producer is closing: fail what is unfinished and wake every waiter."""
@@ -347,6 +350,7 @@ class Sender:
     ) -> tuple[ProduceRequest, list[bytearray], list[ProducerBatch]]:
         """The request for built batches, its payload, and the batches in payload
         order (the body's order: topics as listed, partitions within)."""
+        self._counters.requests_sent += 1
         if len(batches) == 1:
             batch = batches[0]
             payload = batch.payload
@@ -424,6 +428,11 @@ class Sender:
     def _produce_done(self, batches: list[ProducerBatch], pending: PendingResponse) -> None:
         """The response (or the error) of a Produce request: complete, retry or fail
         each batch.  Runs inside the connection's dispatch: no awaiting here."""
+        loop_clock = self._loop_clock
+        if loop_clock is not None:
+            # The slot's deadline is its send time plus its timeout.
+            sent_at = pending.deadline - pending.timeout_ms / 1000
+            self._counters.request_latency.observe(max(0.0, loop_clock() - sent_at))
         try:
             response = pending.result()
         except DistributaryError as error:
@@ -467,6 +476,7 @@ class Sender:
     def _handle_error(self, batch: ProducerBatch, error: DistributaryError) -> None:
         """Retry ``batch`` later if the error allows it, else fail its records (and,
         with idempotence, the batches queued behind it)."""
+        self._counters.count_error(error.code.name)
         if isinstance(error, NotLeaderError | UnknownTopicOrPartitionError):
             self._stale_topics.add(batch.topic)
             if self._cluster is not None:
@@ -500,6 +510,7 @@ class Sender:
             attempt=batch.attempts + 1,
             error=str(error),
         )
+        self._counters.retries += 1
         # The last attempt comes at the deadline, not after it.
         self._accumulator.retry(batch, min(now_ms + int(delay_ms), deadline_ms))
 
@@ -507,6 +518,9 @@ class Sender:
         """Fail ``batch`` for good; the accumulator fails what must not follow it."""
         failed_behind = self._accumulator.fail(batch, error)
         self.failed_batches += 1 + len(failed_behind)
+        counters = self._counters
+        counters.batches_failed += 1 + len(failed_behind)
+        counters.records_failed += len(batch.builder) + sum(len(b.builder) for b in failed_behind)
         if failed_behind:
             log.warning(
                 "batch failed: failing the batches queued behind it",

@@ -1,4 +1,4 @@
-"""The client-side ``distributary`` commands: topics, groups, publish, tail, perf, cluster.
+"""The client-side ``distributary`` commands: topics, groups, publish, tail, perf, cluster, top.
 
 The ``distributary`` executable's click group lives in broker/cli.py (the
 client never imports the broker); it calls :func:`register` to add these
@@ -18,7 +18,8 @@ def register(group: click.Group) -> None:
     from client.cli.perf import perf
     from client.cli.publish import publish
     from client.cli.tail import tail
+    from client.cli.top import top
     from client.cli.topics import topics
 
-    for command in (topics, groups, publish, tail, perf, cluster):
+    for command in (topics, groups, publish, tail, perf, cluster, top):
         group.add_command(command)
