@@ -5,6 +5,8 @@ changes nothing anywhere."""
 
 from __future__ import annotations
 
+import subprocess
+
 from broker_cluster import (
     BrokerCluster,
     broker_cluster_fixture,
@@ -15,6 +17,7 @@ from broker_cluster import (
 )
 from conftest import RawClient
 from etcd_process import etcd_server_fixture
+from test_cli_commands import clean_env, cli_prefix
 
 from broker.testing import BrokerProcess
 from client.errors import ErrorCode
@@ -83,7 +86,7 @@ def test_an_alter_through_one_broker_is_described_by_every_broker(
 ) -> None:
     """Proves AlterConfigs sent to one broker answers once that broker describes the
     new overrides, every other broker then describes them too, and a later
-    ``default`` removes one everywhere."""
+    ``default`` through `topics alter-config` removes one everywhere."""
     create(broker_cluster, {"segment.bytes": "65536"})
     asked = broker_cluster.broker(2)
     assert alter(asked, {"retention.ms": "86400000", "segment.bytes": "131072"}) == 0
@@ -91,7 +94,14 @@ def test_an_alter_through_one_broker_is_described_by_every_broker(
     for broker in broker_cluster.brokers:
         wait_described(broker, "segment_bytes", "131072")
         assert describe(broker).configs["retention_ms"] == "86400000"
-    assert alter(broker_cluster.broker(3), {"segment_bytes": "default"}) == 0
+    argv = ["topics", "alter-config", TOPIC, "-c", "segment_bytes=default"]
+    run = subprocess.run(
+        [*cli_prefix(), *argv, "--bootstrap", broker_cluster.broker(3).address],
+        capture_output=True,
+        env=clean_env(),
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
     default_segment_bytes = str(1024 * 1024 * 1024)
     for broker in broker_cluster.brokers:
         wait_described(broker, "segment_bytes", default_segment_bytes)
@@ -143,3 +153,16 @@ def test_an_invalid_alter_is_refused_and_changes_nothing(broker_cluster: BrokerC
     for index, broker in enumerate(broker_cluster.brokers):
         wait_described(broker, "segment_ms", "600000")
         assert describe(broker).configs == {**created[index], "segment_ms": "600000"}
+
+
+def test_a_broker_down_during_an_alter_takes_it_when_it_returns(
+    broker_cluster: BrokerCluster,
+) -> None:
+    """Proves a broker stopped while a topic's configs are altered describes (and so
+    uses) the stored configs after its restart, not those its data dir kept."""
+    create(broker_cluster, {"retention.ms": "5000"})
+    absent = broker_cluster.broker(3)
+    absent.stop()
+    assert alter(broker_cluster.broker(1), {"retention.ms": "9000"}) == 0
+    absent.start()
+    wait_described(absent, "retention_ms", "9000")
