@@ -205,6 +205,8 @@ async def handle_delete_topics(broker: Broker, body: DeleteTopicsRequest) -> Del
 
 
 async def handle_alter_configs(broker: Broker, body: AlterConfigsRequest) -> AlterConfigsResponse:
+    if broker.cluster is not None:
+        return await broker.cluster.alter_configs(body)
     changes = {alterable.name: alterable.configs for alterable in body.topics}
 
     async def alter(name: str) -> None:

@@ -137,7 +137,9 @@ async def handle_group_request(broker: Broker, body: Request) -> Reply:
     if isinstance(body, ListGroupsRequest):
         return Reply(group_handlers.handle_list_groups(groups, body))
     if isinstance(body, DescribeGroupsRequest):
-        return Reply(group_handlers.handle_describe_groups(groups, body))
+        return Reply(
+            group_handlers.handle_describe_groups(groups, body, broker.metadata.serves_reads)
+        )
     if isinstance(body, DeleteGroupsRequest):
         return Reply(await group_handlers.handle_delete_groups(groups, body))
     raise AssertionError(f"no handler for {type(body).__name__}")

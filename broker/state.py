@@ -29,6 +29,8 @@ from broker.topics import TopicManager
 from broker.waiting import WakeReason
 from client.clock import wall_clock_ms
 from client.protocol.messages import (
+    AlterConfigsRequest,
+    AlterConfigsResponse,
     CreatePartitionsRequest,
     CreatePartitionsResponse,
     CreateTopicsRequest,
@@ -51,6 +53,8 @@ class ClusterAdmin(Protocol):
     async def create_partitions(
         self, body: CreatePartitionsRequest
     ) -> CreatePartitionsResponse: ...
+
+    async def alter_configs(self, body: AlterConfigsRequest) -> AlterConfigsResponse: ...
 
     async def create_topic_if_absent(self, name: str) -> None: ...
 

@@ -20,8 +20,9 @@ cluster prefix (read, then watch; broker/cluster/follow.py) that applies each
 change; the controller task.  Applying a change opens the logs of new topics
 and of partitions added to a topic (every partition of every topic: a member
 may become a partition's leader later),
-removes those of deleted topics, stamps the new leader epoch into partitions
-this node now leads, publishes the leaderships in the ClusterMetadataView, and
+removes those of deleted topics, alters the local topics whose stored configs
+changed (broker/cluster/topic_configs.py), stamps the new leader epoch into
+partitions this node now leads, publishes the leaderships in the ClusterMetadataView, and
 wakes the waiters of every partition whose leadership changed.
 
 Self-fencing: the view leads nothing once ``lease_valid_until`` (the send time of
@@ -80,6 +81,7 @@ from broker.cluster.topic_admin import (
     plan_topic,
     write_topic,
 )
+from broker.cluster.topic_configs import alter_configs, apply_topic_configs
 from broker.cluster.topic_incarnations import TopicIncarnations
 from broker.config import ConfigError, parse_listen
 from broker.groups.config import OFFSETS_TOPIC
@@ -92,6 +94,8 @@ from broker.storage.atomic_file import write_atomic
 from broker.waiting import WakeReason
 from client.errors import DistributaryError, StorageError, TopicAlreadyExistsError
 from client.protocol.messages import (
+    AlterConfigsRequest,
+    AlterConfigsResponse,
     CreatePartitionsRequest,
     CreatePartitionsResponse,
     CreateTopicsRequest,
@@ -152,6 +156,8 @@ class ClusterMember:
         self._published: dict[tuple[str, int], PartitionLeadership] = {}
         self._rng = random.Random()
         self._incarnations = TopicIncarnations(config.data_path)
+        # Per topic, the stored configs this broker could not take (topic_configs.py).
+        self._refused_configs: dict[str, dict[str, str]] = {}
 
     # -- joining ----------------------------------------------------------------------
 
@@ -469,6 +475,7 @@ class ClusterMember:
                 await topics.delete(name)
             except (DistributaryError, StorageError) as error:
                 _logger.error("cannot remove a deleted topic", topic=name, error=error.message)
+        await apply_topic_configs(topics, metadata, self._refused_configs)
         opened = {
             name: revision
             for name, revision in metadata.topic_incarnations.items()
@@ -515,6 +522,10 @@ class ClusterMember:
     async def create_partitions(self, body: CreatePartitionsRequest) -> CreatePartitionsResponse:
         """CreatePartitions in a cluster (broker/cluster/topic_admin.py)."""
         return await create_partitions(self, body)
+
+    async def alter_configs(self, body: AlterConfigsRequest) -> AlterConfigsResponse:
+        """AlterConfigs in a cluster (broker/cluster/topic_configs.py)."""
+        return await alter_configs(self, body)
 
     async def delete_topics(self, body: DeleteTopicsRequest) -> DeleteTopicsResponse:
         """DeleteTopics in a cluster (broker/cluster/topic_admin.py)."""
