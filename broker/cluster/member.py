@@ -109,6 +109,8 @@ FOLLOW_RETRY_S: Final = 0.5
 APPLY_WAIT_S: Final = 5.0
 # CreateTopics with partitions=-1 (Kafka's convention) means the broker default.
 DEFAULT_PARTITIONS: Final = -1
+# __consumer_offsets gets this many replicas, or one per live broker if fewer.
+OFFSETS_REPLICATION_FACTOR_MAX: Final = 3
 # Graceful stop: give the lease revocation this long.
 LEAVE_TIMEOUT_S: Final = 2.0
 
@@ -524,7 +526,8 @@ class ClusterMember:
 
     async def create_offsets_topic_if_absent(self) -> None:
         """Create __consumer_offsets in the store (its configured partition count,
-        compacted, one replica each) unless it exists.  Store failures are logged:
+        compacted, min(OFFSETS_REPLICATION_FACTOR_MAX, live brokers) replicas each;
+        min.insync.replicas follows from that as for any topic) unless it exists.  Store failures are logged:
         FindCoordinator then answers COORDINATOR_NOT_AVAILABLE and the client asks
         again."""
         if OFFSETS_TOPIC in self.metadata.topics:
@@ -537,7 +540,7 @@ class ClusterMember:
                     self.broker.topics,
                     OFFSETS_TOPIC,
                     groups.config.offsets_topic_partitions,
-                    1,
+                    min(OFFSETS_REPLICATION_FACTOR_MAX, max(1, len(self.metadata.brokers))),
                     offsets_topic_configs(groups.config),
                     self._rng,
                     internal=True,
