@@ -30,6 +30,7 @@ SANS_IO_MODULES = [
     "broker/groups/assignors.py",
     "broker/groups/records.py",
     "broker/cluster/store.py",
+    "broker/replication/epochs.py",
     "client/fetcher.py",
     "client/accumulator.py",
 ]
