@@ -59,6 +59,13 @@ class ErrorCode(enum.IntEnum):
     # Idempotent produce.
     OUT_OF_ORDER_SEQUENCE = 60
     UNKNOWN_PRODUCER_ID = 61
+    # Replication.
+    NOT_ENOUGH_REPLICAS = 70
+    NOT_ENOUGH_REPLICAS_AFTER_APPEND = 71
+    FENCED_LEADER_EPOCH = 72
+    UNKNOWN_LEADER_EPOCH = 73
+    OFFSET_NOT_AVAILABLE = 74
+    NOT_REPLICA = 75
 
 
 class DistributaryError(Exception):
@@ -312,6 +319,54 @@ class UnknownProducerIdError(DistributaryError):
 
     code = ErrorCode.UNKNOWN_PRODUCER_ID
     retriable = True
+
+
+# -- replication -------------------------------------------------------------------------
+
+
+class NotEnoughReplicasError(DistributaryError):
+    """acks=all: the in-sync replicas are fewer than min.insync.replicas; nothing was appended."""
+
+    code = ErrorCode.NOT_ENOUGH_REPLICAS
+    retriable = True
+
+
+class NotEnoughReplicasAfterAppendError(DistributaryError):
+    """acks=all: the batch was appended, but to fewer in-sync replicas than required.
+
+    The records may become visible: only an idempotent producer's retry is safe
+    from duplicating them.
+    """
+
+    code = ErrorCode.NOT_ENOUGH_REPLICAS_AFTER_APPEND
+    retriable = True
+
+
+class FencedLeaderEpochError(DistributaryError):
+    """The request's leader epoch is older than the partition's: refresh the metadata."""
+
+    code = ErrorCode.FENCED_LEADER_EPOCH
+    retriable = True
+
+
+class UnknownLeaderEpochError(DistributaryError):
+    """The request's leader epoch is newer than this broker knows: it has not caught up yet."""
+
+    code = ErrorCode.UNKNOWN_LEADER_EPOCH
+    retriable = True
+
+
+class OffsetNotAvailableError(DistributaryError):
+    """A new leader does not know its high watermark yet; retry shortly."""
+
+    code = ErrorCode.OFFSET_NOT_AVAILABLE
+    retriable = True
+
+
+class NotReplicaError(DistributaryError):
+    """A replica fetch from a broker that is not an assigned replica of the partition."""
+
+    code = ErrorCode.NOT_REPLICA
 
 
 def _leaf_classes() -> dict[ErrorCode, type[DistributaryError]]:
