@@ -59,6 +59,13 @@ class ErrorCode(enum.IntEnum):
     # Idempotent produce.
     OUT_OF_ORDER_SEQUENCE = 60
     UNKNOWN_PRODUCER_ID = 61
+    # Replication.
+    NOT_ENOUGH_REPLICAS = 70
+    NOT_ENOUGH_REPLICAS_AFTER_APPEND = 71
+    FENCED_LEADER_EPOCH = 72
+    UNKNOWN_LEADER_EPOCH = 73
+    OFFSET_NOT_AVAILABLE = 74
+    NOT_REPLICA = 75
 
 
 class DistributaryError(Exception):
