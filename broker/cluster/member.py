@@ -17,11 +17,13 @@ Joining (:func:`join_cluster`, before the broker serves):
 
 Running (:meth:`ClusterMember.run`): a keepalive every TTL/3; a follower of the
 cluster prefix (read, then watch; broker/cluster/follow.py) that applies each
-change; the controller task.  Applying a change opens the logs of new topics
-(every partition of every topic: a member may become a partition's leader later),
-removes those of deleted topics, stamps the new leader epoch into partitions
-this node now leads, publishes the leaderships in the ClusterMetadataView, and
-wakes the waiters of every partition whose leadership changed.
+change; the controller task; the replica manager (fetchers and ISR writes,
+broker/replication/replica_manager.py).  Applying a change opens the logs of new
+topics (every partition of every topic: a member may become a partition's leader
+later), removes those of deleted topics, makes each local replica leader or
+follower as the partition states say (the replica manager), publishes the
+leaderships in the ClusterMetadataView, and wakes the waiters of every partition
+whose leadership changed.
 
 Self-fencing: the view leads nothing once ``lease_valid_until`` (the send time of
 the last acknowledged keepalive + TTL - FENCE_MARGIN_S) has passed.  A keepalive
@@ -81,6 +83,7 @@ from broker.groups.service import offsets_topic_configs
 from broker.logging import get_logger
 from broker.metadata_view import PartitionLeadership
 from broker.produce import check_not_internal
+from broker.replication.replica_manager import ReplicaManager
 from broker.state import Broker
 from broker.storage.atomic_file import write_atomic
 from broker.waiting import WakeReason
@@ -146,6 +149,7 @@ class ClusterMember:
         self._published: dict[tuple[str, int], PartitionLeadership] = {}
         self._rng = random.Random()
         self._incarnations = TopicIncarnations(config.data_path)
+        self.replicas = ReplicaManager(self, broker.clock_ms)
 
     # -- joining ----------------------------------------------------------------------
 
@@ -280,6 +284,7 @@ class ClusterMember:
             nursery.start_soon(self._keep_alive)
             nursery.start_soon(self._follow)
             nursery.start_soon(run_controller, self)
+            nursery.start_soon(self.replicas.run)
 
     async def _keep_alive(self) -> None:
         while True:  # until cancelled
@@ -352,6 +357,7 @@ class ClusterMember:
             self.metadata = metadata
             self._publish(metadata)
             await self._reconcile_logs(metadata)
+            await self.replicas.apply(metadata)
             self._publish(metadata)
             await self._coordinate_groups(metadata)
             self.applied_revision = self._mirror.revision
@@ -359,8 +365,10 @@ class ClusterMember:
             changed.set()
 
     def _publish(self, metadata: ClusterMetadata) -> None:
-        """Stamp epochs, publish the leaderships, wake who waits on a change.  No awaits:
-        a handler sees the old leadership or the new one, never a mix."""
+        """Publish the leaderships, wake who waits on a change.  No awaits: a handler
+        sees the old leadership or the new one, never a mix.  A partition this node
+        now leads counts as led once the replica manager has made it leader in that
+        epoch (broker/replication/replica_manager.py)."""
         leaderships: dict[tuple[str, int], PartitionLeadership] = {}
         for name, assignment in metadata.topics.items():
             for index, replicas in enumerate(assignment.replicas):
@@ -379,15 +387,18 @@ class ClusterMember:
             local = self.broker.topics.get(key[0])
             if local is None or key[1] >= len(local.partitions):
                 continue  # published once its log is open
-            partition = local.partitions[key[1]]
-            if (
-                leadership.leader == self.node_id
-                and leadership.leader_epoch > partition.leader_epoch
-            ):
-                partition.set_leader_epoch(leadership.leader_epoch)
-            changed.append((key, leadership, partition))
+            changed.append((key, leadership, local.partitions[key[1]]))
+        # Led here once the replica manager put the leadership in place.
+        held = frozenset(
+            key
+            for key, leadership in leaderships.items()
+            if leadership.leader == self.node_id
+            and not self.replicas.leads_in(key, leadership.leader_epoch)
+        )
         controller = NO_CONTROLLER if metadata.controller is None else metadata.controller.node_id
-        self.view.update(metadata.brokers, controller, frozenset(metadata.topics), leaderships)
+        self.view.update(
+            metadata.brokers, controller, frozenset(metadata.topics), leaderships, held
+        )
         for key, leadership, partition in changed:
             known = key in self._published
             self._published[key] = leadership

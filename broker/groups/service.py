@@ -125,7 +125,11 @@ class GroupService:
         for _ in range(end - offset + 1):  # each read moves past at least one batch
             if offset >= end:
                 break
-            with partition.read(offset, LOAD_READ_BYTES, whole_batch=True) as region:
+            # To the log end, not the high watermark: a new leader's log is the
+            # partition's from now on, and its high watermark may lag behind it.
+            with partition.read(
+                offset, LOAD_READ_BYTES, whole_batch=True, end_offset_max=end
+            ) as region:
                 data = await trio.to_thread.run_sync(region.read_bytes)
             fetched = decoder.decode_fetch(data, offset)
             for record in fetched.records:

@@ -9,6 +9,10 @@ Fixture ``broker_cluster`` (import ``broker_cluster_fixture`` with
     .bootstrap ("host:port,..."), .broker(node_id), .new_broker(node_id, work_dir)
     .metadata(broker) -> MetadataResponse, .wait_until(predicate, timeout_s)
 
+``BrokerCluster(etcd, directory, args=[...])`` adds ``serve`` flags to every broker
+(the replication tests shorten ``--replica-lag-time-max-ms``); ``hosts`` picks
+the loopback addresses (one per broker).
+
 Every process is stopped at teardown (SIGCONT first, in case a test paused it).
 """
 
@@ -16,7 +20,7 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Final, TypeVar
 
@@ -35,10 +39,18 @@ T = TypeVar("T")
 
 
 class BrokerCluster:
-    def __init__(self, etcd: EtcdProcess, directory: Path) -> None:
+    def __init__(
+        self,
+        etcd: EtcdProcess,
+        directory: Path,
+        args: Sequence[str] = (),
+        hosts: Sequence[str] = HOSTS,
+    ) -> None:
         self.etcd = etcd
         self.directory = directory
         self.url = etcd.cluster_url(PREFIX)
+        self.args = list(args)
+        self.hosts = tuple(hosts)
         self.brokers: list[BrokerProcess] = []
 
     def new_broker(
@@ -50,11 +62,11 @@ class BrokerCluster:
         return BrokerProcess(
             work_dir,
             host=host,
-            args=["--cluster", url or self.url, "--node-id", str(node_id)],
+            args=["--cluster", url or self.url, "--node-id", str(node_id), *self.args],
         )
 
     def start(self) -> None:
-        for node_id, host in enumerate(HOSTS, start=1):
+        for node_id, host in enumerate(self.hosts, start=1):
             broker = self.new_broker(node_id, host)
             broker.start()
             self.brokers.append(broker)

@@ -1,0 +1,284 @@
+"""Partition replication across three real brokers (etcd on 127.0.0.1, brokers on
+127.0.0.2-4, each with its own data dir): every replica holds the same batches,
+a SIGKILLed leader loses no acknowledged record, a restarted follower catches up
+and rejoins the ISR, min ISR refuses acks=all, and an ex-leader's divergent tail
+is truncated.
+
+Replica logs are compared byte for byte once the brokers are stopped: a follower
+appends its leader's batches as they are, so the segment files of every replica
+of a partition hold the same bytes.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Final
+
+import pytest
+from broker_cluster import BrokerCluster, call, metadata, wait_until
+from conftest import RawClient
+from etcd_process import EtcdProcess, etcd_server_fixture
+
+from broker.cluster.member import LEASE_TTL_S
+from broker.partition import partition_directory
+from broker.testing import BrokerProcess
+from client.errors import DistributaryError, ErrorCode
+from client.protocol.messages import (
+    Acks,
+    CreatableTopic,
+    CreateTopicsRequest,
+    CreateTopicsResponse,
+    PartitionMetadata,
+)
+from client.records.builder import build_batch
+from client.records.header import iter_batches
+from client.sync import Consumer, Producer
+from client.types import TopicPartition
+
+__all__ = ["etcd_server_fixture"]
+
+TOPIC: Final = "replicated"
+# Followers fall out of the ISR after this long without catching up.
+LAG_TIME_MAX_MS: Final = 1000
+# A failure is detected within the lease time; the election and the ISR change
+# that follows take a few seconds more on a busy machine.
+FAILOVER_S: Final = LEASE_TTL_S + 7.0
+TIMEOUT_S: Final = 30.0
+
+
+@pytest.fixture(name="cluster")
+def cluster_fixture(etcd_server: EtcdProcess, tmp_path: Path) -> Iterator[BrokerCluster]:
+    """etcd and three brokers that shrink the ISR after LAG_TIME_MAX_MS."""
+    cluster = BrokerCluster(
+        etcd_server, tmp_path, args=["--replica-lag-time-max-ms", str(LAG_TIME_MAX_MS)]
+    )
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+# -- helpers --------------------------------------------------------------------------
+
+
+def create_replicated(cluster: BrokerCluster, configs: dict[str, str] | None = None) -> int:
+    """Create TOPIC (one partition, three replicas); wait until every broker serves
+    it with all three in sync.  Returns the leader's node id."""
+    body = call(
+        cluster.broker(1),
+        CreateTopicsRequest([CreatableTopic(TOPIC, 1, 3, dict(configs or {}))]),
+    )
+    assert isinstance(body, CreateTopicsResponse) and body.topics[0].error_code == 0, body
+    state = wait_state(cluster, lambda found: len(found.isr) == 3, "topic served, ISR of 3")
+    return state.leader
+
+
+def partition_state(broker: BrokerProcess) -> PartitionMetadata | None:
+    for topic in metadata(broker, [TOPIC]).topics:
+        if topic.name == TOPIC and topic.error_code == 0 and topic.partitions:
+            return topic.partitions[0]
+    return None
+
+
+def wait_state(
+    cluster: BrokerCluster,
+    predicate: Callable[[PartitionMetadata], bool],
+    what: str,
+    observers: list[BrokerProcess] | None = None,
+    timeout_s: float = FAILOVER_S,
+) -> PartitionMetadata:
+    """Wait until every observer (default: all brokers) reports a state of TOPIC's
+    partition 0 that ``predicate`` accepts (and the same one)."""
+    watching = observers or cluster.brokers
+
+    def agreed() -> PartitionMetadata | None:
+        found = [partition_state(broker) for broker in watching]
+        first = found[0]
+        if first is None or any(f != first for f in found) or not predicate(first):
+            return None
+        return first
+
+    return wait_until(agreed, timeout_s, what)
+
+
+def live(cluster: BrokerCluster, *dead: int) -> list[BrokerProcess]:
+    return [b for node, b in enumerate(cluster.brokers, start=1) if node not in dead]
+
+
+def log_bytes(broker: BrokerProcess) -> bytes:
+    """The stopped broker's replica of TOPIC-0: its segment files' bytes in order,
+    checked to hold whole batches."""
+    directory = partition_directory(broker.data_dir, TOPIC, 0)
+    data = b"".join(path.read_bytes() for path in sorted(directory.glob("*.log")))
+    iter_batches(data)
+    return data
+
+
+def consume_all(bootstrap: str) -> list[tuple[int, bytes]]:
+    """Every (offset, value) of TOPIC-0 below the high watermark."""
+    tp = TopicPartition(TOPIC, 0)
+    found: list[tuple[int, bytes]] = []
+    with Consumer(bootstrap) as consumer:
+        consumer.assign([tp], timeout=TIMEOUT_S)
+        consumer.seek_to_end(tp, timeout=TIMEOUT_S)
+        end = consumer.position(tp, timeout=TIMEOUT_S)
+        consumer.seek_to_beginning(tp, timeout=TIMEOUT_S)
+        for record in consumer.records(idle_timeout=TIMEOUT_S, max_records=end):
+            assert record.value is not None
+            found.append((record.offset, bytes(record.value)))
+            if record.offset + 1 >= end:
+                break
+    return found
+
+
+def produce_raw(broker: BrokerProcess, values: list[bytes], acks: int) -> int:
+    """One batch of ``values`` to ``broker``; the answer's error code."""
+    client = RawClient(broker.address)
+    try:
+        response = client.produce(TOPIC, {0: [build_batch(values)]}, acks=acks)
+    finally:
+        client.close()
+    assert response is not None
+    return response.topics[0].partitions[0].error_code
+
+
+# -- tests ----------------------------------------------------------------------------
+
+
+def test_every_replica_holds_the_leaders_batches(cluster: BrokerCluster) -> None:
+    """Proves acks=all records reach every replica byte for byte, and that the new
+    leader after a SIGKILL of the old one serves them all at the same offsets."""
+    leader = create_replicated(cluster)
+    values = [b"v%d" % n for n in range(300)]
+    with Producer(cluster.bootstrap, linger_ms=1) as producer:
+        handles = [producer.enqueue(TOPIC, value, partition=0) for value in values]
+        offsets = [handle.result(timeout=TIMEOUT_S).offset for handle in handles]
+    assert offsets == list(range(len(values)))
+    wait_state(cluster, lambda found: len(found.isr) == 3, "all in sync after the writes")
+    cluster.broker(leader).kill()
+    survivors = live(cluster, leader)
+    wait_state(
+        cluster,
+        lambda found: found.leader not in (leader, -1),
+        "a new leader",
+        observers=survivors,
+    )
+    bootstrap = ",".join(broker.address for broker in survivors)
+    assert consume_all(bootstrap) == list(enumerate(values))
+    for broker in survivors:
+        broker.stop()
+    replicas = [log_bytes(broker) for broker in cluster.brokers]
+    assert replicas[0] and replicas.count(replicas[0]) == 3
+
+
+def test_leader_killed_under_acks_all_load_loses_and_duplicates_nothing(
+    cluster: BrokerCluster,
+) -> None:
+    """Proves that with a SIGKILL of the leader in the middle of an idempotent
+    acks=all stream, every acknowledged record is read back exactly once, in the
+    order it was sent."""
+    leader = create_replicated(cluster)
+    values = [b"load-%d" % n for n in range(2000)]
+    with Producer(cluster.bootstrap, linger_ms=2, delivery_timeout_ms=60_000) as producer:
+        handles = []
+        for number, value in enumerate(values):
+            handles.append(producer.enqueue(TOPIC, value, partition=0))
+            if number == len(values) // 2:
+                cluster.broker(leader).kill()
+        acknowledged = []
+        for value, handle in zip(values, handles, strict=True):
+            try:
+                handle.result(timeout=FAILOVER_S + TIMEOUT_S)
+            except DistributaryError:  # not acknowledged: it may be lost
+                continue
+            acknowledged.append(value)
+    survivors = live(cluster, leader)
+    read = [value for _, value in consume_all(",".join(b.address for b in survivors))]
+    assert len(read) == len(set(read)), "a record was duplicated"
+    assert set(acknowledged) <= set(read), "an acknowledged record was lost"
+    assert read == sorted(read, key=values.index), "records out of order"
+    assert len(acknowledged) > len(values) // 2
+
+
+def test_restarted_follower_catches_up_and_rejoins_the_isr(cluster: BrokerCluster) -> None:
+    """Proves a SIGKILLed follower leaves the ISR, and after its restart copies what
+    it missed and is in the ISR again, with the leader's bytes."""
+    leader = create_replicated(cluster)
+    follower = next(node for node in (1, 2, 3) if node != leader)
+    cluster.broker(follower).kill()
+    with Producer(cluster.bootstrap, linger_ms=1) as producer:
+        for number in range(50):
+            producer.send(TOPIC, b"while-down-%d" % number, partition=0, timeout=FAILOVER_S)
+    wait_state(
+        cluster,
+        lambda found: follower not in found.isr,
+        "the dead follower left the ISR",
+        observers=live(cluster, follower),
+    )
+    cluster.broker(follower).start()
+    wait_state(
+        cluster, lambda found: sorted(found.isr) == [1, 2, 3], "the follower back in the ISR"
+    )
+    for broker in cluster.brokers:
+        broker.stop()
+    replicas = [log_bytes(broker) for broker in cluster.brokers]
+    assert replicas[0] and replicas.count(replicas[0]) == 3
+
+
+def test_min_isr_refuses_acks_all_and_accepts_acks_leader(cluster: BrokerCluster) -> None:
+    """Proves that with two of three replicas down (min ISR 2, the default for three
+    replicas) acks=all is refused with NOT_ENOUGH_REPLICAS while acks=leader is
+    still appended."""
+    leader = create_replicated(cluster)
+    followers = [node for node in (1, 2, 3) if node != leader]
+    for node in followers:
+        cluster.broker(node).kill()
+    wait_state(
+        cluster,
+        lambda found: list(found.isr) == [leader],
+        "the leader alone in the ISR",
+        observers=[cluster.broker(leader)],
+    )
+    assert produce_raw(cluster.broker(leader), [b"all"], Acks.ALL) == ErrorCode.NOT_ENOUGH_REPLICAS
+    assert produce_raw(cluster.broker(leader), [b"leader"], Acks.LEADER) == 0
+
+
+def test_ex_leader_truncates_its_divergent_tail(cluster: BrokerCluster) -> None:
+    """Proves that records only the old leader appended (acks=leader while both
+    followers were paused) are cut from its log when it returns as a follower:
+    afterwards every replica holds the same bytes and nobody reads those records."""
+    leader = create_replicated(cluster)
+    old_leader = cluster.broker(leader)
+    followers = [cluster.broker(node) for node in (1, 2, 3) if node != leader]
+    assert produce_raw(old_leader, [b"committed-%d" % n for n in range(10)], Acks.ALL) == 0
+    for broker in followers:
+        assert broker.process is not None
+        broker.process.send_signal(signal.SIGSTOP)
+    try:
+        for number in range(3):
+            assert produce_raw(old_leader, [b"divergent-%d" % number], Acks.LEADER) == 0
+        old_leader.kill()
+    finally:
+        for broker in followers:
+            assert broker.process is not None
+            broker.process.send_signal(signal.SIGCONT)
+    state = wait_state(
+        cluster,
+        lambda found: found.leader not in (leader, -1),
+        "a follower elected",
+        observers=followers,
+    )
+    new_leader = cluster.broker(state.leader)
+    assert produce_raw(new_leader, [b"after-%d" % n for n in range(10)], Acks.ALL) == 0
+    old_leader.start()
+    wait_state(cluster, lambda found: sorted(found.isr) == [1, 2, 3], "the ex-leader in sync")
+    read = [value for _, value in consume_all(cluster.bootstrap)]
+    assert read == [b"committed-%d" % n for n in range(10)] + [b"after-%d" % n for n in range(10)]
+    for broker in cluster.brokers:
+        broker.stop()
+    replicas = [log_bytes(broker) for broker in cluster.brokers]
+    assert replicas.count(replicas[0]) == 3
+    assert b"divergent" not in replicas[0]
