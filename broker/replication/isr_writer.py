@@ -111,15 +111,19 @@ class IsrWriter:
             with trio.move_on_after(self.check_interval_s):
                 await self._wake.wait()
             self._wake = trio.Event()
-            if self._is_fenced():
+            await self.check()
+
+    async def check(self) -> None:
+        """Write the ISR change each led partition proposes now (none when fenced)."""
+        if self._is_fenced():
+            return
+        now_ms = self._clock_ms()
+        for key, led in list(self.led.items()):
+            if led.writing:
                 continue
-            now_ms = self._clock_ms()
-            for key, led in list(self.led.items()):
-                if led.writing:
-                    continue
-                proposal = led.leader_state.isr_proposal(now_ms)
-                if proposal is not None:
-                    await self._write(key, led, proposal)
+            proposal = led.leader_state.isr_proposal(now_ms)
+            if proposal is not None:
+                await self._write(key, led, proposal)
 
     async def _write(self, key: PartitionKey, led: Led, isr: tuple[int, ...]) -> None:
         """CAS one proposal (module docstring)."""
