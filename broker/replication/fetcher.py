@@ -2,20 +2,19 @@
 broker follows there, the way a consumer fetches, and appends what it gets as it
 is (offsets and leader epochs already stamped by the leader).
 
-Each followed partition starts TRUNCATING (every new leadership, also of the
-same leader in a new epoch): the fetcher asks the leader where this replica's
-latest epoch ends (OffsetsForLeaderEpoch), truncates there
-(:func:`truncation_point`, KIP-279: when the leader names an epoch this replica
-lacks, truncate to the end of the largest one it has below and ask again), and
-then it is FETCHING: every round sends one Fetch holding all its fetching
-partitions (``replica_id`` this node, ``current_leader_epoch``,
-``last_fetched_epoch``, ``max_wait_ms`` FETCH_MAX_WAIT_MS), appends each
-partition's batches with ``Partition.append_replicated`` and sets the follower's
-high watermark to min(leader HW, own log end).  An answer naming a diverging
-epoch sends the partition back to truncation, with the answer as the leader's
-reply.  A partition answered with an error the metadata will resolve (not
-leader, fenced or unknown epoch) waits PARTITION_RETRY_S and is tried again
-until the replica manager moves it.
+Each followed partition has a FollowerState (broker/replication/follower_state.py)
+that decides what to send and what an answer means; this shell does the I/O.  A
+partition starts truncating (every new leadership, also of the same leader in a
+new epoch): the fetcher asks the leader where this replica's last epoch ends
+(OffsetsForLeaderEpoch, one request for every partition that asks) and
+truncates as told, asking again while the state says so (KIP-279).  Then each
+round sends one Fetch holding all its fetching partitions (``replica_id`` this
+node, ``current_leader_epoch``, ``last_fetched_epoch``, ``max_wait_ms``
+FETCH_MAX_WAIT_MS), appends each partition's batches with
+``Partition.append_replicated`` and sets the follower's high watermark.  An
+answer naming a diverging epoch truncates the same way.  A partition answered
+with an error the metadata will resolve (not leader, fenced or unknown epoch)
+waits PARTITION_RETRY_S and is tried again until the replica manager moves it.
 
 The connection is opened from this broker's listen address (so a firewall rule
 on that address cuts replication too); a lost connection or a failed request is
@@ -26,7 +25,6 @@ short, so a new partition is not held behind a long poll.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
@@ -36,11 +34,18 @@ import trio
 
 from broker.logging import get_logger
 from broker.partition import Partition
-from broker.replication.epochs import UNDEFINED_EPOCH, LeaderEpochCache
+from broker.replication.follower_state import (
+    AskLeaderEpoch,
+    FetchFrom,
+    FollowerPhase,
+    FollowerState,
+    FollowerStep,
+)
 from client._io.connection import BrokerConnection, open_connection
 from client.errors import DistributaryError, ErrorCode, ProtocolError, error_for_code
 from client.protocol.messages import (
     FetchPartition,
+    FetchPartitionResponse,
     FetchRequest,
     FetchResponse,
     FetchTopic,
@@ -66,9 +71,9 @@ BACKOFF_MIN_S: Final = 0.05
 BACKOFF_MAX_S: Final = 1.0
 # A partition answered with an error that a metadata change resolves.
 PARTITION_RETRY_S: Final = 0.2
-# KIP-279 rounds of OffsetsForLeaderEpoch at most per truncation (each asks about
-# a lower epoch than the one before, so the loop ends anyway).
-TRUNCATION_ROUNDS_MAX: Final = 64
+# Refusals the metadata resolves are logged at debug this many times in a row,
+# then as warnings.
+ERRORS_LOGGED_QUIETLY: Final = 10
 # The error codes that wait for the metadata to move the partition.
 _WAIT_FOR_METADATA: Final = frozenset(
     {
@@ -83,46 +88,16 @@ _WAIT_FOR_METADATA: Final = frozenset(
 _logger = get_logger()
 
 
-class Phase(enum.Enum):
-    TRUNCATING = "truncating"
-    FETCHING = "fetching"
-
-
 @dataclass(eq=False)
 class Followed:
     """One partition this broker follows, and where it stands."""
 
     key: PartitionKey
     partition: Partition
-    leader_epoch: int
-    phase: Phase = Phase.TRUNCATING
-    # TRUNCATING: the epoch to ask the leader about (None: this replica's latest).
-    ask_epoch: int | None = None
-    truncation_rounds: int = 0
-    # trio.current_time() before which the partition is not fetched.
+    state: FollowerState
+    # trio.current_time() before which the partition is not asked about again.
     retry_at: float = 0.0
     errors: int = field(default=0)
-
-
-def truncation_point(
-    epochs: LeaderEpochCache, log_end_offset: int, leader_epoch: int, leader_end_offset: int
-) -> tuple[int, int | None]:
-    """Where to truncate after the leader said its log holds ``leader_epoch`` up to
-    ``leader_end_offset`` (its answer to OffsetsForLeaderEpoch, or a fetch's
-    diverging epoch): ``(offset, None)`` when that is the divergence point, or
-    ``(offset, epoch)`` when this replica lacks ``leader_epoch`` -- truncate to the
-    end of its largest epoch below and ask again about ``epoch`` (KIP-279).  The
-    leader knowing no such epoch (UNDEFINED_EPOCH) keeps the log as it is."""
-    if leader_epoch == UNDEFINED_EPOCH or leader_end_offset < 0:
-        return log_end_offset, None
-    local = epochs.end_offset_for(leader_epoch, log_end_offset)
-    if local.epoch == UNDEFINED_EPOCH:
-        # The leader's epoch is above every epoch here: the log as it is holds only
-        # what the leader has.
-        return min(leader_end_offset, log_end_offset), None
-    if local.epoch == leader_epoch:
-        return min(leader_end_offset, local.start_offset, log_end_offset), None
-    return min(local.start_offset, log_end_offset), local.epoch
 
 
 class LeaderFetcher:
@@ -149,7 +124,10 @@ class LeaderFetcher:
 
     def follow(self, key: PartitionKey, partition: Partition, leader_epoch: int) -> None:
         """Follow ``partition`` in ``leader_epoch`` from now on: truncate first."""
-        self.followed[key] = Followed(key, partition, leader_epoch)
+        state = FollowerState(
+            leader_id=self.leader_id, leader_epoch=leader_epoch, epochs=partition.epochs
+        )
+        self.followed[key] = Followed(key, partition, state)
         self._wake()
 
     def unfollow(self, key: PartitionKey) -> None:
@@ -225,45 +203,43 @@ class LeaderFetcher:
         while self.followed:
             self._changed = trio.Event()
             now = trio.current_time()
-            truncating = [
-                f
-                for f in self.followed.values()
-                if f.phase is Phase.TRUNCATING and f.retry_at <= now
-            ]
-            if truncating:
-                await self._truncate(connection, truncating)
-                continue
-            fetching = [
-                f for f in self.followed.values() if f.phase is Phase.FETCHING and f.retry_at <= now
-            ]
-            if not fetching:
+            asks: list[tuple[Followed, AskLeaderEpoch]] = []
+            fetches: list[tuple[Followed, FetchFrom]] = []
+            for followed in self.followed.values():
+                if followed.retry_at > now:
+                    continue
+                wanted = followed.state.next_request(followed.partition.log_end_offset)
+                if isinstance(wanted, AskLeaderEpoch):
+                    asks.append((followed, wanted))
+                else:
+                    fetches.append((followed, wanted))
+            if asks:
+                await self._truncate(connection, asks)
+            elif fetches:
+                await self._fetch(connection, fetches)
+                self._backoff_s = BACKOFF_MIN_S
+            else:
                 retry_at = min(f.retry_at for f in self.followed.values())
                 with trio.move_on_at(retry_at):
                     await self._changed.wait()
-                continue
-            await self._fetch(connection, fetching)
-            self._backoff_s = BACKOFF_MIN_S
 
     # -- truncation -------------------------------------------------------------------
 
-    async def _truncate(self, connection: BrokerConnection, truncating: list[Followed]) -> None:
-        """One OffsetsForLeaderEpoch for every truncating partition, then the
-        truncations it calls for.  Raises DistributaryError (the connection)."""
+    async def _truncate(
+        self, connection: BrokerConnection, asks: list[tuple[Followed, AskLeaderEpoch]]
+    ) -> None:
+        """One OffsetsForLeaderEpoch for every partition that asks, then the
+        truncations the answers call for.  Raises DistributaryError (the
+        connection)."""
         by_topic: dict[str, list[OffsetForLeaderEpochPartition]] = {}
         asked: dict[PartitionKey, Followed] = {}
-        for followed in truncating:
-            epochs = followed.partition.epochs
-            epoch = followed.ask_epoch if followed.ask_epoch is not None else epochs.latest_epoch
-            if epoch == UNDEFINED_EPOCH:
-                # Nothing here carries an epoch: nothing to compare, fetch from the end.
-                followed.phase = Phase.FETCHING
-                continue
+        for followed, ask in asks:
             by_topic.setdefault(followed.key[0], []).append(
-                OffsetForLeaderEpochPartition(followed.key[1], epoch, followed.leader_epoch)
+                OffsetForLeaderEpochPartition(
+                    followed.key[1], ask.leader_epoch, ask.current_leader_epoch
+                )
             )
             asked[followed.key] = followed
-        if not asked:
-            return
         request = OffsetsForLeaderEpochRequest(
             [OffsetForLeaderEpochTopic(name, wanted) for name, wanted in by_topic.items()],
             replica_id=self.node_id,
@@ -280,53 +256,61 @@ class LeaderFetcher:
                 if answer.error_code:
                     self._partition_error(asker, answer.error_code, answer.error_message)
                     continue
-                await self._truncate_to_divergence(asker, answer.leader_epoch, answer.end_offset)
+                partition = asker.partition
+                step = asker.state.on_leader_epoch_answer(
+                    answer.leader_epoch,
+                    answer.end_offset,
+                    partition.log_end_offset,
+                    partition.high_watermark,
+                )
+                await self._take_step(asker, step)
 
-    async def _truncate_to_divergence(
-        self, followed: Followed, leader_epoch: int, leader_end_offset: int
-    ) -> None:
-        """Apply the leader's answer about ``leader_epoch`` (:func:`truncation_point`)."""
+    async def _take_step(self, followed: Followed, step: FollowerStep) -> None:
+        """Do what the follower state asked.  Raises DistributaryError (storage)."""
         partition = followed.partition
-        offset, ask_again = truncation_point(
-            partition.epochs, partition.log_end_offset, leader_epoch, leader_end_offset
-        )
-        if offset < partition.log_end_offset:
-            await partition.truncate_to(max(offset, partition.log_start_offset))
-        followed.truncation_rounds += 1
-        if ask_again is not None and followed.truncation_rounds < TRUNCATION_ROUNDS_MAX:
-            followed.phase = Phase.TRUNCATING
-            followed.ask_epoch = ask_again
+        if step.truncate_to is not None and step.truncate_to < partition.log_end_offset:
+            await partition.truncate_to(max(step.truncate_to, partition.log_start_offset))
+            partition.logger.info(
+                "follower truncated to the leader's log",
+                leader=self.leader_id,
+                leader_epoch=followed.state.leader_epoch,
+                log_end_offset=partition.log_end_offset,
+            )
+        if step.restart_at is not None:
+            # The leader's log starts past this one's end: it must start over there.
+            partition.logger.warning(
+                "follower behind the leader's log start; cannot restart the log there",
+                leader=self.leader_id,
+                leader_log_start_offset=step.restart_at,
+                log_end_offset=partition.log_end_offset,
+            )
+            followed.retry_at = trio.current_time() + BACKOFF_MAX_S
             return
-        followed.phase = Phase.FETCHING
-        followed.ask_epoch = None
-        followed.truncation_rounds = 0
-        partition.logger.info(
-            "follower truncated to the leader's log",
-            leader=self.leader_id,
-            leader_epoch=followed.leader_epoch,
-            log_end_offset=partition.log_end_offset,
-        )
+        if step.high_watermark is not None:
+            partition.set_follower_high_watermark(
+                min(step.high_watermark, partition.log_end_offset)
+            )
 
     # -- fetching ---------------------------------------------------------------------
 
-    async def _fetch(self, connection: BrokerConnection, fetching: list[Followed]) -> None:
-        """One Fetch for ``fetching``; appends what it brings.  Raises
+    async def _fetch(
+        self, connection: BrokerConnection, fetches: list[tuple[Followed, FetchFrom]]
+    ) -> None:
+        """One Fetch for ``fetches``; appends what it brings.  Raises
         DistributaryError (the connection)."""
         by_topic: dict[str, list[FetchPartition]] = {}
         sent: dict[PartitionKey, tuple[Followed, int]] = {}
-        for followed in fetching:
-            partition = followed.partition
-            fetch_offset = partition.log_end_offset
+        for followed, wanted in fetches:
             by_topic.setdefault(followed.key[0], []).append(
                 FetchPartition(
                     followed.key[1],
-                    fetch_offset,
+                    wanted.fetch_offset,
                     PARTITION_FETCH_BYTES_MAX,
-                    current_leader_epoch=followed.leader_epoch,
-                    last_fetched_epoch=partition.epochs.latest_epoch,
+                    current_leader_epoch=wanted.current_leader_epoch,
+                    last_fetched_epoch=wanted.last_fetched_epoch,
                 )
             )
-            sent[followed.key] = (followed, fetch_offset)
+            sent[followed.key] = (followed, wanted.fetch_offset)
         request = FetchRequest(
             max_wait_ms=FETCH_MAX_WAIT_MS,
             min_bytes=FETCH_MIN_BYTES,
@@ -357,54 +341,71 @@ class LeaderFetcher:
                 if found is None:
                     continue
                 followed, fetch_offset = found
-                partition = followed.partition
                 if (
                     self.followed.get(followed.key) is not followed
-                    or followed.phase is not Phase.FETCHING
-                    or partition.log_end_offset != fetch_offset
+                    or followed.partition.log_end_offset != fetch_offset
                 ):
                     continue  # moved or truncated while the fetch was out
-                if answer.error_code:
-                    self._partition_error(followed, answer.error_code, answer.error_message)
-                    continue
-                if answer.diverging_epoch >= 0 or answer.diverging_end_offset >= 0:
-                    await self._truncate_to_divergence(
-                        followed, answer.diverging_epoch, answer.diverging_end_offset
-                    )
-                    continue
-                if answer.records_bytes:
-                    try:
-                        await partition.append_replicated(payload[start:position])
-                    except DistributaryError as error:
-                        # Not where this log ends, or refused by the disk: start over
-                        # from the divergence check.
-                        followed.phase = Phase.TRUNCATING
-                        self._partition_error(followed, int(error.code), error.message)
-                        continue
-                followed.errors = 0
-                if answer.high_watermark >= 0:
-                    partition.set_follower_high_watermark(
-                        min(answer.high_watermark, partition.log_end_offset)
-                    )
+                await self._fetched(followed, answer, payload[start:position])
+
+    async def _fetched(
+        self, followed: Followed, answer: FetchPartitionResponse, records: memoryview
+    ) -> None:
+        """One partition's fetch answer.  Raises DistributaryError (storage)."""
+        partition = followed.partition
+        state = followed.state
+        if answer.error_code == ErrorCode.OFFSET_OUT_OF_RANGE:
+            step = state.on_offset_out_of_range(
+                answer.log_start_offset, answer.high_watermark, partition.log_end_offset
+            )
+            await self._take_step(followed, step)
+            self._partition_error(followed, answer.error_code, answer.error_message)
+            return
+        if answer.error_code:
+            self._partition_error(followed, answer.error_code, answer.error_message)
+            return
+        if answer.diverging_epoch >= 0 or answer.diverging_end_offset >= 0:
+            step = state.on_diverging_epoch(
+                answer.diverging_epoch,
+                answer.diverging_end_offset,
+                partition.log_end_offset,
+                partition.high_watermark,
+            )
+            await self._take_step(followed, step)
+            return
+        if records:
+            try:
+                await partition.append_replicated(records)
+            except DistributaryError as error:
+                # Not where this log ends, or refused by the disk: start over from
+                # the divergence check.
+                state.phase = FollowerPhase.TRUNCATING
+                self._partition_error(followed, int(error.code), error.message)
+                return
+        followed.errors = 0
+        if answer.high_watermark >= 0:
+            await self._take_step(
+                followed, state.on_fetch_answer(answer.high_watermark, partition.log_end_offset)
+            )
 
     def _partition_error(self, followed: Followed, code: int, message: str) -> None:
-        """Wait PARTITION_RETRY_S (the metadata may move it meanwhile); an offset
-        past the leader's end sends it back to truncation."""
+        """Wait PARTITION_RETRY_S before asking about it again (the metadata may move
+        it meanwhile)."""
         followed.errors += 1
         followed.retry_at = trio.current_time() + PARTITION_RETRY_S
-        if code == ErrorCode.OFFSET_OUT_OF_RANGE:
-            followed.phase = Phase.TRUNCATING
-            followed.ask_epoch = None
-        log = (
-            _logger.debug
-            if code in _WAIT_FOR_METADATA and followed.errors < 10
-            else _logger.warning
-        )
-        log(
+        quiet = code in _WAIT_FOR_METADATA and followed.errors < ERRORS_LOGGED_QUIETLY
+        (_logger.debug if quiet else _logger.warning)(
             "replica fetch refused",
             topic=followed.key[0],
             partition=followed.key[1],
             leader=self.leader_id,
-            error=ErrorCode(code).name if code in ErrorCode._value2member_map_ else code,
+            error=_code_name(code),
             message=message,
         )
+
+
+def _code_name(code: int) -> str:
+    try:
+        return ErrorCode(code).name
+    except ValueError:
+        return str(code)

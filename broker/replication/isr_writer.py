@@ -17,24 +17,25 @@ and the next check proposes again if still due.
 KIP-966: a shrink that leaves fewer in-sync replicas than the topic's min ISR
 moves the removed ones into the eligible leader replicas (``elr``: they hold every
 committed record, since the high watermark stops below min ISR); an expansion
-takes the joining ones out of it.
+takes the joining ones out of it (broker/replication/election.py
+``apply_isr_change``).
 
 A fenced broker (lease not renewed: the view says so) writes nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-import msgspec
 import trio
 
 from broker.cluster.schema import PartitionState, encode, state_key
 from broker.cluster.store import Compare, MetadataStore, MetadataStoreError, Put
 from broker.logging import get_logger
 from broker.partition import Partition
+from broker.replication.election import apply_isr_change
 from broker.replication.leader_state import LeaderState
 
 PartitionKey = tuple[str, int]
@@ -56,14 +57,6 @@ class Led:
     version: int  # its version in the store
     min_insync_replicas: int
     writing: bool = False
-
-
-def proposed_state(
-    state: PartitionState, isr: Sequence[int], min_insync_replicas: int
-) -> PartitionState:
-    """``state`` with ``isr``."""
-    del min_insync_replicas
-    return msgspec.structs.replace(state, isr=list(isr))
 
 
 class IsrWriter:
@@ -127,7 +120,7 @@ class IsrWriter:
 
     async def _write(self, key: PartitionKey, led: Led, isr: tuple[int, ...]) -> None:
         """CAS one proposal (module docstring)."""
-        state = proposed_state(led.state, isr, led.min_insync_replicas)
+        state = apply_isr_change(led.state, led.leader_state.replicas, isr, led.min_insync_replicas)
         assert state.leader == self.node_id, (key, state)
         name = state_key(*key)
         led.writing = True
@@ -161,6 +154,7 @@ class IsrWriter:
             topic=key[0],
             partition=key[1],
             isr=list(state.isr),
+            elr=list(state.elr),
             leader_epoch=state.leader_epoch,
         )
 

@@ -1,6 +1,5 @@
-"""The replication shell's decisions: where a follower truncates after the leader
-answered (broker/replication/fetcher.py) and the leader's ISR writes by CAS
-(broker/replication/isr_writer.py) against a real metadata store."""
+"""The leader's ISR writes by CAS (broker/replication/isr_writer.py) against a real
+metadata store."""
 
 from __future__ import annotations
 
@@ -8,43 +7,10 @@ from pathlib import Path
 
 from broker.cluster.local_store import open_local_store
 from broker.cluster.schema import PartitionState, decode, encode, state_key
-from broker.replication.epochs import UNDEFINED_EPOCH, EpochEntry, LeaderEpochCache
-from broker.replication.fetcher import truncation_point
 from broker.replication.isr_writer import IsrWriter, Led
 from broker.replication.leader_state import LeaderState
 
 LAG_MS = 1000
-
-# -- truncation_point --------------------------------------------------------------
-
-
-def cache(*entries: tuple[int, int]) -> LeaderEpochCache:
-    return LeaderEpochCache([EpochEntry(e, s) for e, s in entries])
-
-
-def test_same_epoch_truncates_to_the_smaller_end() -> None:
-    """When the leader holds the asked epoch, the log is cut at the lower of the two
-    ends of that epoch (and never lengthened)."""
-    epochs = cache((0, 0), (2, 50))
-    assert truncation_point(epochs, 80, 2, 70) == (70, None)
-    assert truncation_point(epochs, 80, 2, 95) == (80, None)
-    assert truncation_point(epochs, 80, 0, 40) == (40, None)
-    assert truncation_point(epochs, 80, 0, 60) == (50, None)
-
-
-def test_an_epoch_this_replica_lacks_asks_again() -> None:
-    """KIP-279: the leader names epoch 1, which this replica never had: cut at the
-    end of its largest epoch below (0 ends at 50) and ask about that one."""
-    epochs = cache((0, 0), (2, 50))
-    assert truncation_point(epochs, 80, 1, 65) == (50, 0)
-
-
-def test_unknown_answers_keep_the_log() -> None:
-    """A leader that knows no such epoch, or a replica without epochs, keeps the log
-    (the leader's end bounds it when the replica has no epoch at all)."""
-    assert truncation_point(cache((0, 0)), 30, UNDEFINED_EPOCH, -1) == (30, None)
-    assert truncation_point(cache(), 30, 3, 10) == (10, None)
-
 
 # -- IsrWriter ----------------------------------------------------------------------
 
