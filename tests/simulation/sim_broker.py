@@ -96,6 +96,7 @@ class SimBroker:
         self.follower: FollowerState | None = None
         self.known_version = 0
         self.known_state: PartitionState | None = None
+        self.known_brokers: dict[int, int] = {}  # node -> registration revision
         self.registration = 0  # the store revision of our registration; 0: none
         self.lease_valid_until = 0
         self.next_keepalive = 0
@@ -183,7 +184,9 @@ class SimBroker:
                 self.lease_valid_until = 0
                 self.clean_shutdown = True  # the process lost nothing: it was cut off
         elif kind == "state":
-            _, version, state = message
+            _, version, state, registrations = message
+            if version >= self.known_version:
+                self.known_brokers = registrations
             self.apply_metadata(version, state)
         elif kind == "cas_answer":
             # Applied or not, the state as of the answer decides (a conflict may be
@@ -321,7 +324,13 @@ class SimBroker:
         return None
 
     def on_replica_fetch(
-        self, follower: int, request: int, epoch: int, fetch_offset: int, last_fetched_epoch: int
+        self,
+        follower: int,
+        request: int,
+        epoch: int,
+        fetch_offset: int,
+        last_fetched_epoch: int,
+        broker_epoch: int,
     ) -> None:
         error = self.epoch_error(epoch)
         if error is None and follower not in self.world.replicas:
@@ -340,7 +349,7 @@ class SimBroker:
         if fetch_offset > leo:
             self.send(follower, ("out_of_range", request, 0, leo))
             return
-        if leader.on_follower_fetch(follower, fetch_offset, self.world.now):
+        if leader.on_follower_fetch(follower, fetch_offset, self.world.now, broker_epoch):
             self.on_high_watermark()
         end = min(leo, fetch_offset + FETCH_RECORDS_MAX)
         records = list(zip(self.disk.epochs[fetch_offset:end], self.disk.values[fetch_offset:end]))
@@ -370,7 +379,7 @@ class SimBroker:
                 self.isr_cas = (expected, new_state, self.world.now)
                 self.send(STORE, ("cas", self.node_id, expected, new_state))
             return
-        proposal = leader.isr_proposal(self.world.now)
+        proposal = leader.isr_proposal(self.world.now, self.known_brokers)
         if proposal is None:
             return
         new_state = apply_isr_change(state, self.world.replicas, proposal, self.world.min_isr)
@@ -402,7 +411,7 @@ class SimBroker:
         else:
             message = (
                 "fetch", self.node_id, request, plan.current_leader_epoch, plan.fetch_offset,
-                plan.last_fetched_epoch,
+                plan.last_fetched_epoch, self.registration,
             )  # fmt: skip
         self.send(follower.leader_id, message)
 

@@ -197,7 +197,8 @@ class World:
             else:
                 self.send(STORE, source, ("lease_lost", registration))
         elif kind == "read":
-            self.send(STORE, source, ("state", self.version, self.state))
+            brokers = {node: revision for node, (revision, _) in self.registrations.items()}
+            self.send(STORE, source, ("state", self.version, self.state, brokers))
         elif kind == "cas":
             _, node, expected, new_state = message
             if expected == self.version:
