@@ -31,6 +31,7 @@ from broker.admin_handlers import (
     list_offset,
     topic_metadata,
 )
+from broker.elect_leaders import handle_elect_leaders
 from broker.fetch import any_fetch_error, caught_up, collect_fetch, fetch_now, handle_fetch
 from broker.groups import handlers as group_handlers
 from broker.produce import (
@@ -52,6 +53,7 @@ from client.protocol.messages import (
     DeleteTopicsRequest,
     DescribeGroupsRequest,
     DescribeTopicsRequest,
+    ElectLeadersRequest,
     FetchRequest,
     FindCoordinatorRequest,
     HelloRequest,
@@ -122,6 +124,8 @@ async def handle_other(broker: Broker, body: Request) -> Reply:
         return Reply(await handle_create_partitions(broker, body))
     if isinstance(body, FindCoordinatorRequest):
         return Reply(await handle_find_coordinator(broker, body))
+    if isinstance(body, ElectLeadersRequest):
+        return Reply(await handle_elect_leaders(broker, body))
     return await handle_group_request(broker, body)
 
 
