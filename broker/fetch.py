@@ -134,7 +134,10 @@ def any_fetch_error(body: Response) -> bool:
 
 
 def collect_fetch(broker: Broker, body: FetchRequest) -> Reply:
-    """One pass over the requested partitions: what is available now."""
+    """One pass over the requested partitions: what is available now (a replica
+    fetch's: :func:`collect_replica_fetch`)."""
+    if body.replica_id >= 0:
+        return collect_replica_fetch(broker, body)
     budget = min(body.max_bytes, broker.limits.fetch_bytes_max)
     regions: list[FileRegion] = []
     topics: list[FetchTopicResponse] = []

@@ -197,7 +197,7 @@ class Partition:
         state = self._state
         state.epochs = loaded.cache
         state.epochs_dirty = loaded.source != "read"
-        if loaded.source == "rebuilt":
+        if loaded.source == "rebuilt" and len(loaded.cache):
             self.logger.info("leader epochs rebuilt from the log", epochs=len(loaded.cache))
         state.set_leader_epoch(max(state.leader_epoch, loaded.cache.latest_epoch))
         self._epoch_recorded = loaded.cache.latest_epoch

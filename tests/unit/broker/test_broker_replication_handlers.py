@@ -13,7 +13,7 @@ import trio
 import trio.testing
 
 from broker.config import load_config
-from broker.fetch import fetch_now
+from broker.fetch import collect_fetch, fetch_now
 from broker.handlers import Reply, handle
 from broker.metadata_view import LocalMetadataView, PartitionLeadership
 from broker.partition import Partition
@@ -165,9 +165,13 @@ async def test_fetch_epoch_checks(broker: Broker, epoch: int, code: int, replica
 
 async def test_fetch_from_a_broker_that_is_not_a_replica(broker: Broker) -> None:
     """Proves a replica fetch from a broker outside the replica set (or from a single
-    node's partition, which has no followers) is NOT_REPLICA, never a crash."""
+    node's partition, which has no followers) is NOT_REPLICA, never a crash -- also
+    when a connection collects it after its wait (collect_fetch)."""
     answer, _ = await fetched(broker, replica_fetch(0, current_leader_epoch=-1))
     assert answer.error_code == ErrorCode.NOT_REPLICA
+    collected = collect_fetch(broker, replica_fetch(0, current_leader_epoch=-1))
+    assert isinstance(collected.body, FetchResponse)
+    assert collected.body.topics[0].partitions[0].error_code == ErrorCode.NOT_REPLICA
     await lead(broker)
     answer, _ = await fetched(broker, replica_fetch(0, replica_id=STRANGER))
     assert answer.error_code == ErrorCode.NOT_REPLICA
