@@ -31,6 +31,9 @@ SANS_IO_MODULES = [
     "broker/groups/records.py",
     "broker/cluster/store.py",
     "broker/replication/epochs.py",
+    "broker/replication/leader_state.py",
+    "broker/replication/follower_state.py",
+    "broker/replication/election.py",
     "client/fetcher.py",
     "client/accumulator.py",
 ]

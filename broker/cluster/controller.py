@@ -107,7 +107,8 @@ async def _elect(store: MetadataStore, controller: Controller, metadata: Cluster
     """Write every leadership change; True when one failed (retry later)."""
     changes = elect_leaders(metadata.topics, metadata.states, metadata.live())
     failed = False
-    for (topic, partition), state in sorted(changes.items()):
+    for (topic, partition), decision in sorted(changes.items()):
+        state = decision.state
         version = metadata.state_versions[(topic, partition)]
         try:
             await write_state(store, controller, topic, partition, state, version)

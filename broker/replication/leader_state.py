@@ -188,7 +188,7 @@ class LeaderState:
             return ErrorCode.NOT_ENOUGH_REPLICAS
         return None
 
-    def acks_all_outcome(self, end_offset: int) -> ErrorCode | None | Literal["wait"]:
+    def acks_all_outcome(self, end_offset: int) -> ErrorCode | Literal["wait"] | None:
         """For an acks=all write ending at ``end_offset`` (its last offset + 1): None when
         committed, NOT_ENOUGH_REPLICAS_AFTER_APPEND when the HW reached it with fewer
         in-sync replicas than the min ISR, WAIT otherwise."""
