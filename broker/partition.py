@@ -719,6 +719,27 @@ class Partition:
             )
             return state.log_end_offset
 
+    async def truncate_fully_and_start_at(self, offset: int) -> None:
+        """Empty the log and start it at ``offset`` (a follower whose leader's log now
+        starts past this one's end: FollowerStep.restart_at).  Offsets, high
+        watermark, producer state and epoch cache (persisted) start over; the
+        truncation count is bumped and waiters are woken (TRUNCATED).  Reads
+        meanwhile find nothing.  Raises UnknownTopicOrPartitionError (closed),
+        StorageError (the log is then offline)."""
+        async with self._append_lock:
+            self._check_open()
+            self._stats_before_truncation = self.stats()
+            self._truncating = True
+            try:
+                await self._log.truncate_fully_and_start_at(offset)
+                self._state.restarted(offset)
+                await self.write_epochs()
+            finally:
+                self._truncating = False
+                self._stats_before_truncation = None
+                self.wake_waiters(WakeReason.TRUNCATED)
+            self.logger.warning("partition restarted empty", offset=offset)
+
     # -- long-poll waiters ------------------------------------------------------------
 
     def add_waiter(self, waiter: Waiter) -> None:

@@ -277,3 +277,35 @@ async def test_follower_high_watermark_is_capped_and_may_go_back(
     follower.set_follower_high_watermark(1)
     assert follower.high_watermark == 1
     follower.check_invariants()
+
+
+async def test_restart_at_the_leaders_log_start(tmp_path: Path, follower: Partition) -> None:
+    """Proves a follower behind its leader's log start empties its log and starts at
+    that offset (offsets, HW, epochs, producers), takes the leader's batches from
+    there, and reopens there."""
+    leader = await open_partition(tmp_path / "far-leader")
+    try:
+        for _ in range(3):
+            leader.append_now(batch(2))
+        follower_payload = stamped(leader, 0)
+        await follower.append_replicated(follower_payload)
+        await follower.truncate_to(2)
+        truncations = follower.truncations
+        await follower.truncate_fully_and_start_at(4)
+        assert (follower.log_start_offset, follower.log_end_offset) == (4, 4)
+        assert follower.high_watermark == 4 and follower.epochs.entries() == []
+        assert follower.truncations == truncations + 1
+        follower.check_invariants()
+        result = await follower.append_replicated(stamped(leader, 4))
+        assert (result.base_offset, result.last_offset) == (4, 5)
+        assert follower.epochs.entries() == [EpochEntry(0, 4)]
+        follower.check_invariants()
+    finally:
+        await leader.close()
+    await follower.close()
+    reopened = await open_partition(tmp_path / "follower")
+    try:
+        assert (reopened.log_start_offset, reopened.log_end_offset) == (4, 6)
+        assert reopened.epochs.entries() == [EpochEntry(0, 4)]
+    finally:
+        await reopened.close()
