@@ -518,10 +518,10 @@ class Partition:
             self._check_open()
             state = self._state
             self._check_epoch_not_stale(leader_epoch)
-            assert leader_state is None or leader_state.leader_epoch == leader_epoch, (
-                leader_state.leader_epoch,
-                leader_epoch,
-            )
+            assert leader_state is None or (
+                leader_state.leader_epoch == leader_epoch
+                and leader_state.log_end_offset == state.log_end_offset
+            ), (leader_state.leader_epoch, leader_state.log_end_offset, leader_epoch, state)
             state.set_leader_epoch(leader_epoch)
             state.assign_epoch(leader_epoch, state.log_end_offset)
             self._epoch_recorded = leader_epoch

@@ -20,6 +20,8 @@ from broker.partition import Partition
 from broker.produce import produce_now
 from broker.replication.leader_state import LeaderState
 from broker.state import Broker
+from broker.storage.async_log import AsyncLog
+from broker.storage.config import LogConfig
 from client.errors import ErrorCode
 from client.protocol.connection import IncomingRequest
 from client.protocol.messages import (
@@ -340,3 +342,32 @@ async def test_acks_all_without_followers_answers_at_once(broker: Broker) -> Non
     produced = produce_now(broker, produce_body(Acks.ALL, payload), memoryview(bytearray(payload)))
     assert produced is not None and produced.topics[0].partitions[0].error_code == 0
     assert broker.topics.partition(TOPIC, 0).high_watermark == 1
+
+
+async def test_followers_do_not_read_an_append_waiting_for_its_fsync(
+    broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Proves that under the every-append flush policy a follower neither reads nor
+    claims (OFFSET_OUT_OF_RANGE, no crash) a batch whose fsync is still running,
+    and reads it once the append completes."""
+    partition = await lead(broker)
+    partition.set_config(LogConfig.from_mapping({"flush_policy": "every-append"}))
+    release = trio.Event()
+    original_flush = AsyncLog.flush
+
+    async def held_flush(self: AsyncLog) -> int:
+        await release.wait()
+        return await original_flush(self)
+
+    monkeypatch.setattr(AsyncLog, "flush", held_flush)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(produce, broker, 1)
+        await trio.testing.wait_all_tasks_blocked()
+        assert partition.log_end_offset == 1
+        answer, length = await fetched(broker, replica_fetch(0))
+        assert (answer.error_code, length) == (0, 0)
+        answer, _ = await fetched(broker, replica_fetch(1))
+        assert answer.error_code == ErrorCode.OFFSET_OUT_OF_RANGE
+        release.set()
+    answer, length = await fetched(broker, replica_fetch(0))
+    assert answer.error_code == 0 and length > 0
