@@ -23,7 +23,7 @@ the high watermark advances to the log end and every Fetch waiting on the
 partition is woken.  A leader with one (broker/replication/leader_state.py: the
 followers' progress) moves the high watermark only through it: after its own
 appends, on each follower fetch (:meth:`Partition.follower_fetched`) and when an
-ISR change commits (:meth:`Partition.leader_state_changed`).  A follower refuses
+ISR change commits (:meth:`Partition.high_watermark_advanced`).  A follower refuses
 produce appends; it takes batches its leader stamped (:meth:`append_replicated`)
 and the high watermark its leader reports (:meth:`set_follower_high_watermark`).
 
@@ -575,7 +575,7 @@ class Partition:
         if leader_state.on_follower_fetch(replica, fetch_offset, now_ms):
             self._take_leader_high_watermark()
 
-    def leader_state_changed(self) -> None:
+    def high_watermark_advanced(self) -> None:
         """The shell changed the leader state outside an append or a fetch (an ISR
         change committed: ``isr_committed`` returned True): take its high
         watermark and wake the waiters if it moved."""
@@ -674,8 +674,8 @@ class Partition:
 
     async def truncate_to(self, offset: int) -> int:
         """Cut the log so that it ends at ``offset`` -- a batch holding ``offset`` goes
-        whole, so the new end may be lower -- and return the new log end (a no-op at
-        or past the end).  One operation under the append lock: the log (segments,
+        whole, so the new end may be lower -- and return the new log end (at or past
+        the end only epoch-cache entries starting at or past ``offset`` go).  One operation under the append lock: the log (segments,
         indexes, its last-append cache; the fsyncs and unlinks in a worker thread),
         the producer state (each producer with a batch past the new end rebuilt
         from the log's remaining tail), the high watermark (clamped), the
@@ -688,6 +688,11 @@ class Partition:
             self._check_open()
             state = self._state
             if offset >= state.log_end_offset:
+                # The log keeps its batches; an epoch that starts at or past
+                # ``offset`` with none (a leader's, at its log end) still goes.
+                if state.epochs.truncate_from_end(offset):
+                    state.epochs_dirty = True
+                    await self.write_epochs()
                 return state.log_end_offset
             if offset < state.log_start_offset:
                 raise OffsetOutOfRangeError(

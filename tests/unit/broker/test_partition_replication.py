@@ -151,7 +151,7 @@ async def test_leader_state_moves_the_high_watermark(leader: Partition) -> None:
 async def test_isr_of_the_leader_alone_commits_at_append(leader: Partition) -> None:
     """Proves a leader state whose ISR is the leader alone (min ISR 1) lets the HW
     follow the log end at each append, and a committed ISR change is taken up by
-    leader_state_changed."""
+    high_watermark_advanced."""
     state = leader_state(leader, 1, (NODE,))
     await leader.become_leader(1, state)
     leader.append_now(batch(2))
@@ -160,7 +160,7 @@ async def test_isr_of_the_leader_alone_commits_at_append(leader: Partition) -> N
     leader.follower_fetched(FOLLOWER, 2, now_ms=1)
     assert state.isr_proposal(1) == (NODE, FOLLOWER)
     assert not state.isr_committed((NODE, FOLLOWER))
-    leader.leader_state_changed()
+    leader.high_watermark_advanced()
     leader.append_now(batch(1))
     assert leader.high_watermark == 2  # waits for the follower now
     leader.follower_fetched(FOLLOWER, 3, now_ms=2)
@@ -309,3 +309,17 @@ async def test_restart_at_the_leaders_log_start(tmp_path: Path, follower: Partit
         assert reopened.epochs.entries() == [EpochEntry(0, 4)]
     finally:
         await reopened.close()
+
+
+async def test_truncating_at_the_log_end_drops_an_empty_epoch(leader: Partition) -> None:
+    """Proves truncate_to at the log end keeps every batch but drops an epoch that
+    starts there without any (a former leader's), in memory and on disk."""
+    leader.append_now(batch(2))
+    await leader.become_leader(3, None)
+    assert leader.epochs.entries() == [EpochEntry(0, 0), EpochEntry(3, 2)]
+    await leader.become_follower(4)
+    assert await leader.truncate_to(2) == 2
+    assert leader.epochs.entries() == [EpochEntry(0, 0)]
+    directory = leader.storage_log.log.directory
+    assert read_epoch_checkpoint(directory) == [EpochEntry(0, 0)]
+    assert leader.log_end_offset == 2
