@@ -110,7 +110,10 @@ def caught_up(broker: Broker, body: FetchRequest) -> bool:
                 partition.closed
                 or wanted.fetch_offset != partition.high_watermark
                 or not metadata.leads(fetch_topic.name, wanted.partition)
-                or wanted.current_leader_epoch not in (-1, partition.leader_epoch)
+                or (
+                    wanted.current_leader_epoch != -1
+                    and wanted.current_leader_epoch != partition.leader_epoch
+                )
             ):
                 return False
     return True

@@ -371,3 +371,15 @@ async def test_followers_do_not_read_an_append_waiting_for_its_fsync(
         release.set()
     answer, length = await fetched(broker, replica_fetch(0))
     assert answer.error_code == 0 and length > 0
+
+
+async def test_consumer_long_poll_with_a_stale_epoch_answers_at_once(broker: Broker) -> None:
+    """Proves a consumer's long poll at the HW naming an old leader epoch is answered
+    now with FENCED_LEADER_EPOCH, not after its max wait."""
+    await lead(broker)
+    body = replica_fetch(0, replica_id=-1, current_leader_epoch=0, max_wait_ms=60_000)
+    reply = fetch_now(broker, body)
+    assert reply is not None and isinstance(reply.body, FetchResponse)
+    assert reply.body.topics[0].partitions[0].error_code == ErrorCode.FENCED_LEADER_EPOCH
+    current = replica_fetch(0, replica_id=-1, current_leader_epoch=1, max_wait_ms=60_000)
+    assert fetch_now(broker, current) is None
