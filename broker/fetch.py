@@ -110,7 +110,10 @@ def caught_up(broker: Broker, body: FetchRequest) -> bool:
                 partition.closed
                 or wanted.fetch_offset != partition.high_watermark
                 or not metadata.leads(fetch_topic.name, wanted.partition)
-                or wanted.current_leader_epoch not in (-1, partition.leader_epoch)
+                or (
+                    wanted.current_leader_epoch != -1
+                    and wanted.current_leader_epoch != partition.leader_epoch
+                )
             ):
                 return False
     return True
@@ -134,7 +137,10 @@ def any_fetch_error(body: Response) -> bool:
 
 
 def collect_fetch(broker: Broker, body: FetchRequest) -> Reply:
-    """One pass over the requested partitions: what is available now."""
+    """One pass over the requested partitions: what is available now (a replica
+    fetch's: :func:`collect_replica_fetch`)."""
+    if body.replica_id >= 0:
+        return collect_replica_fetch(broker, body)
     budget = min(body.max_bytes, broker.limits.fetch_bytes_max)
     regions: list[FileRegion] = []
     topics: list[FetchTopicResponse] = []
@@ -320,21 +326,26 @@ def replica_fetch_partition(
                 f"{topic}-{index}: broker {replica_id} is not one of its replicas "
                 f"{list(leadership.replicas)}"
             )
+        # Followers read what the leader state counts as appended: under the
+        # every-append flush policy that waits for the fsync, like the HW does.
+        log_end_offset = (
+            partition.log_end_offset if leader_state is None else leader_state.log_end_offset
+        )
         if wanted.last_fetched_epoch != -1:
             epoch, end_offset = partition.epochs.end_offset_for(
-                wanted.last_fetched_epoch, partition.log_end_offset
+                wanted.last_fetched_epoch, log_end_offset
             )
             if epoch < wanted.last_fetched_epoch or end_offset < offset:
                 return diverging_response(partition, epoch, end_offset), None
-        if not partition.log_start_offset <= offset <= partition.log_end_offset:
+        if not partition.log_start_offset <= offset <= log_end_offset:
             raise OffsetOutOfRangeError(
                 f"{topic}-{index}: fetch offset {offset} is outside "
-                f"[{partition.log_start_offset}, {partition.log_end_offset}]"
+                f"[{partition.log_start_offset}, {log_end_offset}]"
             )
         if leader_state is not None:
             partition.follower_fetched(replica_id, offset, now_ms)
         region = partition.read(
-            offset, max_bytes, whole_batch=whole_batch, end_offset_max=partition.log_end_offset
+            offset, max_bytes, whole_batch=whole_batch, end_offset_max=log_end_offset
         )
     except DistributaryError as error:
         response = fetch_error_response(broker, topic, index, error)

@@ -23,7 +23,7 @@ the high watermark advances to the log end and every Fetch waiting on the
 partition is woken.  A leader with one (broker/replication/leader_state.py: the
 followers' progress) moves the high watermark only through it: after its own
 appends, on each follower fetch (:meth:`Partition.follower_fetched`) and when an
-ISR change commits (:meth:`Partition.leader_state_changed`).  A follower refuses
+ISR change commits (:meth:`Partition.high_watermark_advanced`).  A follower refuses
 produce appends; it takes batches its leader stamped (:meth:`append_replicated`)
 and the high watermark its leader reports (:meth:`set_follower_high_watermark`).
 
@@ -197,7 +197,7 @@ class Partition:
         state = self._state
         state.epochs = loaded.cache
         state.epochs_dirty = loaded.source != "read"
-        if loaded.source == "rebuilt":
+        if loaded.source == "rebuilt" and len(loaded.cache):
             self.logger.info("leader epochs rebuilt from the log", epochs=len(loaded.cache))
         state.set_leader_epoch(max(state.leader_epoch, loaded.cache.latest_epoch))
         self._epoch_recorded = loaded.cache.latest_epoch
@@ -518,10 +518,10 @@ class Partition:
             self._check_open()
             state = self._state
             self._check_epoch_not_stale(leader_epoch)
-            assert leader_state is None or leader_state.leader_epoch == leader_epoch, (
-                leader_state.leader_epoch,
-                leader_epoch,
-            )
+            assert leader_state is None or (
+                leader_state.leader_epoch == leader_epoch
+                and leader_state.log_end_offset == state.log_end_offset
+            ), (leader_state.leader_epoch, leader_state.log_end_offset, leader_epoch, state)
             state.set_leader_epoch(leader_epoch)
             state.assign_epoch(leader_epoch, state.log_end_offset)
             self._epoch_recorded = leader_epoch
@@ -575,7 +575,7 @@ class Partition:
         if leader_state.on_follower_fetch(replica, fetch_offset, now_ms):
             self._take_leader_high_watermark()
 
-    def leader_state_changed(self) -> None:
+    def high_watermark_advanced(self) -> None:
         """The shell changed the leader state outside an append or a fetch (an ISR
         change committed: ``isr_committed`` returned True): take its high
         watermark and wake the waiters if it moved."""
@@ -674,8 +674,8 @@ class Partition:
 
     async def truncate_to(self, offset: int) -> int:
         """Cut the log so that it ends at ``offset`` -- a batch holding ``offset`` goes
-        whole, so the new end may be lower -- and return the new log end (a no-op at
-        or past the end).  One operation under the append lock: the log (segments,
+        whole, so the new end may be lower -- and return the new log end (at or past
+        the end only epoch-cache entries starting at or past ``offset`` go).  One operation under the append lock: the log (segments,
         indexes, its last-append cache; the fsyncs and unlinks in a worker thread),
         the producer state (each producer with a batch past the new end rebuilt
         from the log's remaining tail), the high watermark (clamped), the
@@ -688,6 +688,11 @@ class Partition:
             self._check_open()
             state = self._state
             if offset >= state.log_end_offset:
+                # The log keeps its batches; an epoch that starts at or past
+                # ``offset`` with none (a leader's, at its log end) still goes.
+                if state.epochs.truncate_from_end(offset):
+                    state.epochs_dirty = True
+                    await self.write_epochs()
                 return state.log_end_offset
             if offset < state.log_start_offset:
                 raise OffsetOutOfRangeError(
@@ -718,6 +723,27 @@ class Partition:
                 producers_rebuilt=len(forgotten),
             )
             return state.log_end_offset
+
+    async def truncate_fully_and_start_at(self, offset: int) -> None:
+        """Empty the log and start it at ``offset`` (a follower whose leader's log now
+        starts past this one's end: FollowerStep.restart_at).  Offsets, high
+        watermark, producer state and epoch cache (persisted) start over; the
+        truncation count is bumped and waiters are woken (TRUNCATED).  Reads
+        meanwhile find nothing.  Raises UnknownTopicOrPartitionError (closed),
+        StorageError (the log is then offline)."""
+        async with self._append_lock:
+            self._check_open()
+            self._stats_before_truncation = self.stats()
+            self._truncating = True
+            try:
+                await self._log.truncate_fully_and_start_at(offset)
+                self._state.restarted(offset)
+                await self.write_epochs()
+            finally:
+                self._truncating = False
+                self._stats_before_truncation = None
+                self.wake_waiters(WakeReason.TRUNCATED)
+            self.logger.warning("partition restarted empty", offset=offset)
 
     # -- long-poll waiters ------------------------------------------------------------
 

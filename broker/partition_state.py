@@ -120,6 +120,17 @@ class PartitionState:
             self.epochs_dirty = True
         return self.producers.truncate(log_end_offset)
 
+    def restarted(self, offset: int) -> None:
+        """The log was emptied and starts at ``offset`` now (a follower behind its
+        leader's log start): every offset, the producers and the epochs start over;
+        the truncation is counted."""
+        assert offset >= 0, offset
+        self.log_start_offset = self.log_end_offset = self.high_watermark = offset
+        self.producers = ProducerStateTable()
+        self.epochs = LeaderEpochCache()
+        self.epochs_dirty = True
+        self.truncations += 1
+
     def check_invariants(self) -> None:
         """See the module docstring (walks the producer table: for tests)."""
         assert 0 <= self.log_start_offset <= self.high_watermark <= self.log_end_offset, (

@@ -77,11 +77,41 @@ class AwaitedAppend:
     result: ProducePartitionResponse
 
 
+class PendingReplication:
+    """The acks=all appends of one Produce still waiting for their followers, and
+    until when (trio time).  :meth:`wait` settles them: the response they belong
+    to is final once it returns."""
+
+    def __init__(self, broker: Broker, awaited: list[AwaitedAppend], deadline: float) -> None:
+        assert awaited
+        self.broker = broker
+        self.awaited = awaited
+        self.deadline = deadline
+
+    async def wait(self) -> None:
+        await wait_for_replication(self.broker, self.awaited, self.deadline)
+
+
 async def handle_produce(
     broker: Broker, body: ProduceRequest, payload: memoryview
 ) -> ProduceResponse:
-    """Append each partition's batches in request order; per-partition errors.
-    Raises InvalidRequestError when the payload does not match the body."""
+    """Append each partition's batches in request order, and with acks=all wait for
+    the followers; per-partition errors.  Raises InvalidRequestError when the
+    payload does not match the body."""
+    response, pending = await append_produce(broker, body, payload)
+    if pending is not None:
+        await pending.wait()
+    return response
+
+
+async def append_produce(
+    broker: Broker, body: ProduceRequest, payload: memoryview
+) -> tuple[ProduceResponse, PendingReplication | None]:
+    """Append each partition's batches in request order; per-partition errors.  With
+    acks=all on partitions with followers, the response is final only once the
+    returned PendingReplication's ``wait`` returns (a connection waits for it in
+    a task of its own, so the requests behind are handled meanwhile).  Raises
+    InvalidRequestError when the payload does not match the body."""
     started = trio.current_time()
     acks_all = body.acks == Acks.ALL
     by_topic: dict[str, list[ProducePartitionResponse]] = {}
@@ -110,16 +140,17 @@ async def handle_produce(
         except DistributaryError as error:
             result = produce_refused(broker, name, index, error)
         by_topic.setdefault(name, []).append(result)
-    if awaited:
-        wait_s = (
-            min(
-                body.timeout_ms,
-                broker.limits.request_timeout_ms * REPLICATION_WAIT_SHARE_OF_REQUEST_TIMEOUT,
-            )
-            / 1000
+    response = produce_response(by_topic)
+    if not awaited:
+        return response, None
+    wait_s = (
+        min(
+            body.timeout_ms,
+            broker.limits.request_timeout_ms * REPLICATION_WAIT_SHARE_OF_REQUEST_TIMEOUT,
         )
-        await wait_for_replication(broker, awaited, started + wait_s)
-    return produce_response(by_topic)
+        / 1000
+    )
+    return response, PendingReplication(broker, awaited, started + wait_s)
 
 
 async def wait_for_replication(
@@ -132,6 +163,16 @@ async def wait_for_replication(
     while True:  # each pass settles what it can, then waits for a partition to change
         pending = [entry for entry in pending if not settle(broker, entry)]
         if not pending:
+            return
+        if broker.shutting_down:
+            for entry in pending:
+                refuse_in_place(
+                    broker,
+                    entry,
+                    NotLeaderError(
+                        f"{entry.name}-{entry.result.partition}: the broker is shutting down"
+                    ),
+                )
             return
         if trio.current_time() >= deadline:
             for entry in pending:

@@ -13,13 +13,15 @@ import trio
 import trio.testing
 
 from broker.config import load_config
-from broker.fetch import fetch_now
+from broker.fetch import collect_fetch, fetch_now
 from broker.handlers import Reply, handle
 from broker.metadata_view import LocalMetadataView, PartitionLeadership
 from broker.partition import Partition
 from broker.produce import produce_now
 from broker.replication.leader_state import LeaderState
 from broker.state import Broker
+from broker.storage.async_log import AsyncLog
+from broker.storage.config import LogConfig
 from client.errors import ErrorCode
 from client.protocol.connection import IncomingRequest
 from client.protocol.messages import (
@@ -165,9 +167,13 @@ async def test_fetch_epoch_checks(broker: Broker, epoch: int, code: int, replica
 
 async def test_fetch_from_a_broker_that_is_not_a_replica(broker: Broker) -> None:
     """Proves a replica fetch from a broker outside the replica set (or from a single
-    node's partition, which has no followers) is NOT_REPLICA, never a crash."""
+    node's partition, which has no followers) is NOT_REPLICA, never a crash -- also
+    when a connection collects it after its wait (collect_fetch)."""
     answer, _ = await fetched(broker, replica_fetch(0, current_leader_epoch=-1))
     assert answer.error_code == ErrorCode.NOT_REPLICA
+    collected = collect_fetch(broker, replica_fetch(0, current_leader_epoch=-1))
+    assert isinstance(collected.body, FetchResponse)
+    assert collected.body.topics[0].partitions[0].error_code == ErrorCode.NOT_REPLICA
     await lead(broker)
     answer, _ = await fetched(broker, replica_fetch(0, replica_id=STRANGER))
     assert answer.error_code == ErrorCode.NOT_REPLICA
@@ -336,3 +342,44 @@ async def test_acks_all_without_followers_answers_at_once(broker: Broker) -> Non
     produced = produce_now(broker, produce_body(Acks.ALL, payload), memoryview(bytearray(payload)))
     assert produced is not None and produced.topics[0].partitions[0].error_code == 0
     assert broker.topics.partition(TOPIC, 0).high_watermark == 1
+
+
+async def test_followers_do_not_read_an_append_waiting_for_its_fsync(
+    broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Proves that under the every-append flush policy a follower neither reads nor
+    claims (OFFSET_OUT_OF_RANGE, no crash) a batch whose fsync is still running,
+    and reads it once the append completes."""
+    partition = await lead(broker)
+    partition.set_config(LogConfig.from_mapping({"flush_policy": "every-append"}))
+    release = trio.Event()
+    original_flush = AsyncLog.flush
+
+    async def held_flush(self: AsyncLog) -> int:
+        await release.wait()
+        return await original_flush(self)
+
+    monkeypatch.setattr(AsyncLog, "flush", held_flush)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(produce, broker, 1)
+        await trio.testing.wait_all_tasks_blocked()
+        assert partition.log_end_offset == 1
+        answer, length = await fetched(broker, replica_fetch(0))
+        assert (answer.error_code, length) == (0, 0)
+        answer, _ = await fetched(broker, replica_fetch(1))
+        assert answer.error_code == ErrorCode.OFFSET_OUT_OF_RANGE
+        release.set()
+    answer, length = await fetched(broker, replica_fetch(0))
+    assert answer.error_code == 0 and length > 0
+
+
+async def test_consumer_long_poll_with_a_stale_epoch_answers_at_once(broker: Broker) -> None:
+    """Proves a consumer's long poll at the HW naming an old leader epoch is answered
+    now with FENCED_LEADER_EPOCH, not after its max wait."""
+    await lead(broker)
+    body = replica_fetch(0, replica_id=-1, current_leader_epoch=0, max_wait_ms=60_000)
+    reply = fetch_now(broker, body)
+    assert reply is not None and isinstance(reply.body, FetchResponse)
+    assert reply.body.topics[0].partitions[0].error_code == ErrorCode.FENCED_LEADER_EPOCH
+    current = replica_fetch(0, replica_id=-1, current_leader_epoch=1, max_wait_ms=60_000)
+    assert fetch_now(broker, current) is None

@@ -151,7 +151,7 @@ async def test_leader_state_moves_the_high_watermark(leader: Partition) -> None:
 async def test_isr_of_the_leader_alone_commits_at_append(leader: Partition) -> None:
     """Proves a leader state whose ISR is the leader alone (min ISR 1) lets the HW
     follow the log end at each append, and a committed ISR change is taken up by
-    leader_state_changed."""
+    high_watermark_advanced."""
     state = leader_state(leader, 1, (NODE,))
     await leader.become_leader(1, state)
     leader.append_now(batch(2))
@@ -160,7 +160,7 @@ async def test_isr_of_the_leader_alone_commits_at_append(leader: Partition) -> N
     leader.follower_fetched(FOLLOWER, 2, now_ms=1)
     assert state.isr_proposal(1) == (NODE, FOLLOWER)
     assert not state.isr_committed((NODE, FOLLOWER))
-    leader.leader_state_changed()
+    leader.high_watermark_advanced()
     leader.append_now(batch(1))
     assert leader.high_watermark == 2  # waits for the follower now
     leader.follower_fetched(FOLLOWER, 3, now_ms=2)
@@ -277,3 +277,49 @@ async def test_follower_high_watermark_is_capped_and_may_go_back(
     follower.set_follower_high_watermark(1)
     assert follower.high_watermark == 1
     follower.check_invariants()
+
+
+async def test_restart_at_the_leaders_log_start(tmp_path: Path, follower: Partition) -> None:
+    """Proves a follower behind its leader's log start empties its log and starts at
+    that offset (offsets, HW, epochs, producers), takes the leader's batches from
+    there, and reopens there."""
+    leader = await open_partition(tmp_path / "far-leader")
+    try:
+        for _ in range(3):
+            leader.append_now(batch(2))
+        follower_payload = stamped(leader, 0)
+        await follower.append_replicated(follower_payload)
+        await follower.truncate_to(2)
+        truncations = follower.truncations
+        await follower.truncate_fully_and_start_at(4)
+        assert (follower.log_start_offset, follower.log_end_offset) == (4, 4)
+        assert follower.high_watermark == 4 and follower.epochs.entries() == []
+        assert follower.truncations == truncations + 1
+        follower.check_invariants()
+        result = await follower.append_replicated(stamped(leader, 4))
+        assert (result.base_offset, result.last_offset) == (4, 5)
+        assert follower.epochs.entries() == [EpochEntry(0, 4)]
+        follower.check_invariants()
+    finally:
+        await leader.close()
+    await follower.close()
+    reopened = await open_partition(tmp_path / "follower")
+    try:
+        assert (reopened.log_start_offset, reopened.log_end_offset) == (4, 6)
+        assert reopened.epochs.entries() == [EpochEntry(0, 4)]
+    finally:
+        await reopened.close()
+
+
+async def test_truncating_at_the_log_end_drops_an_empty_epoch(leader: Partition) -> None:
+    """Proves truncate_to at the log end keeps every batch but drops an epoch that
+    starts there without any (a former leader's), in memory and on disk."""
+    leader.append_now(batch(2))
+    await leader.become_leader(3, None)
+    assert leader.epochs.entries() == [EpochEntry(0, 0), EpochEntry(3, 2)]
+    await leader.become_follower(4)
+    assert await leader.truncate_to(2) == 2
+    assert leader.epochs.entries() == [EpochEntry(0, 0)]
+    directory = leader.storage_log.log.directory
+    assert read_epoch_checkpoint(directory) == [EpochEntry(0, 0)]
+    assert leader.log_end_offset == 2
