@@ -147,7 +147,7 @@ class IsrWriter:
         if revision > led.version:
             led.state, led.version = state, revision
         if led.leader_state.isr_committed(state.isr):
-            led.partition.leader_state_changed()
+            led.partition.high_watermark_advanced()
         _take_isr(led)  # a newer state seen meanwhile
         _logger.info(
             "isr changed",
@@ -166,4 +166,4 @@ def _take_isr(led: Led) -> None:
     if tuple(isr) == leader_state.isr or leader_state.node_id not in isr:
         return
     if leader_state.isr_committed(isr):
-        led.partition.leader_state_changed()
+        led.partition.high_watermark_advanced()

@@ -19,7 +19,7 @@ class FakePartition:
     def __init__(self) -> None:
         self.changed = 0
 
-    def leader_state_changed(self) -> None:
+    def high_watermark_advanced(self) -> None:
         self.changed += 1
 
 
