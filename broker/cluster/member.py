@@ -137,7 +137,11 @@ class ClusterMember:
             host, port = parse_listen(config.advertise)
         else:
             host, port = broker.advertised_host, broker.advertised_port
-        self.registration = BrokerRegistration(config.node_id, host, port, config.rack)
+        # The controller drops a replica that restarted after an unclean shutdown
+        # (it may have lost unflushed records) from the eligible leaders.
+        self.registration = BrokerRegistration(
+            config.node_id, host, port, config.rack, clean_shutdown=broker.clean_start
+        )
         # Lease validity is on time.monotonic, which the view reads too.
         self.view = ClusterMetadataView(config.node_id, broker.topics, time.monotonic)
         self.lease_id = 0
@@ -303,6 +307,9 @@ class ClusterMember:
             await trio.sleep(max(0.0, sent_at + KEEPALIVE_INTERVAL_S - time.monotonic()))
 
     async def _register_again(self) -> None:
+        # This process lost its lease, not its data: its replicas are as clean as
+        # they were.
+        self.registration = msgspec.structs.replace(self.registration, clean_shutdown=True)
         while True:  # until registered (the view leads nothing meanwhile)
             try:
                 self.view.lease_valid_until = 0.0

@@ -11,6 +11,7 @@ of a partition hold the same bytes.
 
 from __future__ import annotations
 
+import base64
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -18,11 +19,12 @@ from pathlib import Path
 from typing import Final
 
 import pytest
-from broker_cluster import BrokerCluster, call, metadata, wait_until
+from broker_cluster import PREFIX, BrokerCluster, call, metadata, wait_until
 from conftest import RawClient
 from etcd_process import EtcdProcess, etcd_server_fixture
 
 from broker.cluster.member import LEASE_TTL_S
+from broker.cluster.schema import BrokerRegistration, broker_key, decode
 from broker.partition import partition_directory
 from broker.testing import BrokerProcess
 from client.errors import DistributaryError, ErrorCode, error_for_code
@@ -328,3 +330,28 @@ def test_ex_leader_truncates_its_divergent_tail(cluster: BrokerCluster) -> None:
     replicas = [log_bytes(broker) for broker in cluster.brokers]
     assert replicas.count(replicas[0]) == 3
     assert b"divergent" not in replicas[0]
+
+
+def registration(cluster: BrokerCluster, node_id: int) -> BrokerRegistration | None:
+    """Broker ``node_id``'s registration as etcd holds it (None: not registered)."""
+    key = f"{PREFIX}/{broker_key(node_id)}".encode()
+    found = cluster.etcd.post("/v3/kv/range", {"key": base64.b64encode(key).decode()})
+    assert isinstance(found, dict), found
+    kvs = found.get("kvs") or []
+    if not kvs:
+        return None
+    return decode(broker_key(node_id), base64.b64decode(kvs[0]["value"]), BrokerRegistration)
+
+
+def test_registration_says_whether_the_last_stop_was_clean(cluster: BrokerCluster) -> None:
+    """Proves a broker registers clean_shutdown=True after a graceful stop and False
+    after a SIGKILL (the controller then drops it from the eligible leaders)."""
+    broker = cluster.broker(2)
+    assert registration(cluster, 2) is not None
+    broker.restart()
+    found = wait_until(lambda: registration(cluster, 2), TIMEOUT_S, "registered again")
+    assert found.clean_shutdown
+    broker.kill()
+    broker.start()
+    found = wait_until(lambda: registration(cluster, 2), TIMEOUT_S, "registered after a kill")
+    assert not found.clean_shutdown
