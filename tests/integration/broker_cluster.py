@@ -29,7 +29,15 @@ from conftest import RawClient
 from etcd_process import EtcdProcess
 
 from broker.testing import BrokerProcess
-from client.protocol.messages import MetadataRequest, MetadataResponse, Request
+from client.protocol.messages import (
+    ListOffsetsPartition,
+    ListOffsetsRequest,
+    ListOffsetsResponse,
+    ListOffsetsTopic,
+    MetadataRequest,
+    MetadataResponse,
+    Request,
+)
 
 HOSTS: Final = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 PREFIX: Final = "distributary-cluster-test"
@@ -133,3 +141,12 @@ def leaders(response: MetadataResponse, topic: str) -> dict[int, tuple[int, int]
         if found.name == topic and found.error_code == 0:
             return {p.partition: (p.leader, p.leader_epoch) for p in found.partitions}
     return None
+
+
+def leads(broker: BrokerProcess, topic: str, partition: int) -> bool:
+    """Whether ``broker`` answers ListOffsets for the partition: it leads it, with its
+    leadership in place (Metadata may name a leader a moment before)."""
+    request = ListOffsetsRequest([ListOffsetsTopic(topic, [ListOffsetsPartition(partition)])])
+    body = call(broker, request)
+    assert isinstance(body, ListOffsetsResponse), body
+    return body.topics[0].partitions[0].error_code == 0

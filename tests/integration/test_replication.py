@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Final
 
 import pytest
-from broker_cluster import PREFIX, BrokerCluster, call, metadata, wait_until
+from broker_cluster import PREFIX, BrokerCluster, call, leads, metadata, wait_until
 from conftest import RawClient
 from etcd_process import EtcdProcess, etcd_server_fixture
 
@@ -33,10 +33,6 @@ from client.protocol.messages import (
     CreatableTopic,
     CreateTopicsRequest,
     CreateTopicsResponse,
-    ListOffsetsPartition,
-    ListOffsetsRequest,
-    ListOffsetsResponse,
-    ListOffsetsTopic,
     PartitionMetadata,
 )
 from client.records.builder import build_batch
@@ -82,7 +78,7 @@ def create_replicated(cluster: BrokerCluster, configs: dict[str, str] | None = N
     )
     assert isinstance(body, CreateTopicsResponse) and body.topics[0].error_code == 0, body
     state = wait_state(cluster, lambda found: len(found.isr) == 3, "topic served, ISR of 3")
-    wait_until(lambda: leads_now(cluster.broker(state.leader)), TIMEOUT_S, "the leader leading")
+    wait_until(lambda: leads(cluster.broker(state.leader), TOPIC, 0), TIMEOUT_S, "leading")
     return state.leader
 
 
@@ -171,13 +167,6 @@ def produce_until_accepted(broker: BrokerProcess, values: list[bytes], acks: int
         return codes[-1] == 0
 
     wait_until(accepted, FAILOVER_S, f"produce accepted (refused with {codes[-1:]})")
-
-
-def leads_now(broker: BrokerProcess) -> bool:
-    """Whether ``broker`` answers ListOffsets for TOPIC-0 (it leads, in place)."""
-    body = call(broker, ListOffsetsRequest([ListOffsetsTopic(TOPIC, [ListOffsetsPartition(0)])]))
-    assert isinstance(body, ListOffsetsResponse), body
-    return body.topics[0].partitions[0].error_code == 0
 
 
 # -- tests ----------------------------------------------------------------------------
