@@ -277,15 +277,13 @@ class LeaderFetcher:
                 log_end_offset=partition.log_end_offset,
             )
         if step.restart_at is not None:
-            # The leader's log starts past this one's end: it must start over there.
-            partition.logger.warning(
-                "follower behind the leader's log start; cannot restart the log there",
+            # The leader's log starts past this one's end (retention ran ahead).
+            await partition.truncate_fully_and_start_at(step.restart_at)
+            partition.logger.info(
+                "follower log restarted at the leader's log start",
                 leader=self.leader_id,
-                leader_log_start_offset=step.restart_at,
-                log_end_offset=partition.log_end_offset,
+                log_start_offset=step.restart_at,
             )
-            followed.retry_at = trio.current_time() + BACKOFF_MAX_S
-            return
         if step.high_watermark is not None:
             partition.set_follower_high_watermark(
                 min(step.high_watermark, partition.log_end_offset)
