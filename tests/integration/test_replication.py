@@ -29,6 +29,7 @@ from broker.partition import partition_directory
 from broker.testing import BrokerProcess
 from client.errors import DistributaryError, ErrorCode, error_for_code
 from client.protocol.messages import (
+    EARLIEST_TIMESTAMP,
     Acks,
     CreatableTopic,
     CreateTopicsRequest,
@@ -252,6 +253,36 @@ def test_restarted_follower_catches_up_and_rejoins_the_isr(cluster: BrokerCluste
         broker.stop()
     replicas = [log_bytes(broker) for broker in cluster.brokers]
     assert replicas[0] and replicas.count(replicas[0]) == 3
+
+
+def test_follower_behind_the_leaders_log_start_restarts_its_log(
+    cluster: BrokerCluster,
+) -> None:
+    """Proves a follower that was down while retention deleted the leader's oldest
+    segments starts its log over at the leader's log start and rejoins the ISR."""
+    leader = create_replicated(
+        cluster,
+        {"segment.bytes": "1024", "retention.bytes": "2048", "retention.check.interval.ms": "100"},
+    )
+    follower = next(node for node in (1, 2, 3) if node != leader)
+    cluster.broker(follower).kill()
+    with Producer(cluster.bootstrap, linger_ms=0) as producer:
+        for number in range(100):
+            producer.send(TOPIC, b"%03d" % number * 30, partition=0, timeout=FAILOVER_S)
+    client = RawClient(cluster.broker(leader).address)
+    try:
+        wait_until(
+            lambda: client.list_offsets(TOPIC, {0: EARLIEST_TIMESTAMP})[0] > 0,
+            TIMEOUT_S,
+            "the leader's oldest segments deleted",
+        )
+    finally:
+        client.close()
+    cluster.broker(follower).start()
+    wait_state(
+        cluster, lambda found: sorted(found.isr) == [1, 2, 3], "the follower back in the ISR"
+    )
+    assert "follower log restarted" in cluster.broker(follower).logs(since_start=True)
 
 
 def test_min_isr_refuses_acks_all_and_accepts_acks_leader(cluster: BrokerCluster) -> None:
