@@ -34,6 +34,7 @@ SANS_IO_MODULES = [
     "broker/replication/leader_state.py",
     "broker/replication/follower_state.py",
     "broker/replication/election.py",
+    "broker/replication/roles.py",
     "client/fetcher.py",
     "client/accumulator.py",
 ]

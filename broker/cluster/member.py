@@ -371,6 +371,13 @@ class ClusterMember:
             changed, self._changed = self._changed, trio.Event()
             changed.set()
 
+    async def reapply_roles(self) -> None:
+        """Give the replica manager the applied metadata again (a role change of it
+        failed) and publish what it put in place."""
+        async with self._apply_lock:
+            await self.replicas.apply(self.metadata)
+            self._publish(self.metadata)
+
     def _publish(self, metadata: ClusterMetadata) -> None:
         """Publish the leaderships, wake who waits on a change.  No awaits: a handler
         sees the old leadership or the new one, never a mix.  A partition this node

@@ -19,8 +19,8 @@ local partition:
   acks=all waiters are dropped).
 
 A partition whose log is not open yet (a topic the member has not created
-locally) is left for a later apply; so is one whose role change failed (its
-epoch checkpoint could not be written).  The member publishes a partition as
+locally) is left for a later apply; one whose role change failed (its epoch
+checkpoint could not be written) is tried again after ROLE_RETRY_S.  The member publishes a partition as
 led here only once :meth:`ReplicaManager.leads_in` says its leadership of that
 epoch is in place, so a handler never appends to a leader without its leader
 state.
@@ -55,6 +55,8 @@ from client.errors import DistributaryError
 if TYPE_CHECKING:
     from broker.cluster.member import ClusterMember
 
+# A failed role change is tried again after this long.
+ROLE_RETRY_S: Final = 1.0
 # Listen addresses that name no single interface: outgoing sockets are not bound.
 _WILDCARD_HOSTS: Final = frozenset({"", "0.0.0.0", "::"})
 
@@ -77,6 +79,7 @@ class ReplicaManager:
             member.store, self.node_id, self.lag_time_max_ms, clock_ms, member.view.is_fenced
         )
         self._nursery: trio.Nursery | None = None
+        self._retry = trio.Event()  # set when a role change failed
 
     # -- applying the metadata ----------------------------------------------------------
 
@@ -99,7 +102,9 @@ class ReplicaManager:
             try:
                 await self._apply_change(change, partition, metadata)
             except DistributaryError as error:
-                # Left as it was applied: tried again with the next metadata.
+                # Left as it was applied: tried again after ROLE_RETRY_S (or with the
+                # next metadata).
+                self._retry.set()
                 _logger.error(
                     "replica role not applied",
                     topic=key[0],
@@ -218,8 +223,18 @@ class ReplicaManager:
             self._nursery = nursery
             try:
                 nursery.start_soon(self.isr_writer.run)
+                nursery.start_soon(self._retry_failed)
                 for fetcher in self.fetchers.values():
                     nursery.start_soon(fetcher.run)
                 await trio.sleep_forever()
             finally:
                 self._nursery = None
+
+    async def _retry_failed(self) -> None:
+        """Apply the metadata again ROLE_RETRY_S after a role change failed (a disk
+        error writing the epoch checkpoint, say), until cancelled."""
+        while True:  # until cancelled
+            await self._retry.wait()
+            await trio.sleep(ROLE_RETRY_S)
+            self._retry = trio.Event()
+            await self.member.reapply_roles()
