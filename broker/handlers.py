@@ -32,6 +32,7 @@ from broker.admin_handlers import (
     list_offset,
     topic_metadata,
 )
+from broker.elect_leaders import handle_elect_leaders
 from broker.fetch import any_fetch_error, caught_up, collect_fetch, fetch_now, handle_fetch
 from broker.groups import handlers as group_handlers
 from broker.offsets_for_leader_epoch import handle_offsets_for_leader_epoch
@@ -54,6 +55,7 @@ from client.protocol.messages import (
     DeleteTopicsRequest,
     DescribeGroupsRequest,
     DescribeTopicsRequest,
+    ElectLeadersRequest,
     FetchRequest,
     FindCoordinatorRequest,
     HelloRequest,
@@ -127,6 +129,8 @@ async def handle_other(broker: Broker, body: Request) -> Reply:
         return Reply(await handle_find_coordinator(broker, body))
     if isinstance(body, OffsetsForLeaderEpochRequest):
         return Reply(handle_offsets_for_leader_epoch(broker, body))
+    if isinstance(body, ElectLeadersRequest):
+        return Reply(await handle_elect_leaders(broker, body))
     return await handle_group_request(broker, body)
 
 

@@ -42,6 +42,10 @@ class ErrorCode(enum.IntEnum):
     OFFSET_OUT_OF_RANGE = 25
     NOT_LEADER = 26
     INVALID_REPLICATION_FACTOR = 27
+    # Cluster administration.
+    NOT_CONTROLLER = 80
+    ELECTION_NOT_NEEDED = 81
+    PREFERRED_LEADER_NOT_AVAILABLE = 82
     # Storage.
     LOG_CORRUPT = 30
     STORAGE_ERROR = 31
@@ -213,6 +217,26 @@ class InvalidReplicationFactorError(DistributaryError):
     """The replication factor is below 1 or above the number of live brokers."""
 
     code = ErrorCode.INVALID_REPLICATION_FACTOR
+
+
+class NotControllerError(DistributaryError):
+    """This broker is not the controller: ask the one Metadata names."""
+
+    code = ErrorCode.NOT_CONTROLLER
+    retriable = True
+
+
+class ElectionNotNeededError(DistributaryError):
+    """The partition is already led by its preferred replica."""
+
+    code = ErrorCode.ELECTION_NOT_NEEDED
+
+
+class PreferredLeaderNotAvailableError(DistributaryError):
+    """The preferred replica is not live or not in the ISR, so it cannot lead."""
+
+    code = ErrorCode.PREFERRED_LEADER_NOT_AVAILABLE
+    retriable = True
 
 
 # -- storage ----------------------------------------------------------------------------

@@ -28,7 +28,7 @@ Pure: no I/O; the clock comes in as ``now_ms`` arguments.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Final, Literal
 
 from client.errors import ErrorCode
@@ -37,10 +37,13 @@ WAIT: Final[Literal["wait"]] = "wait"
 DEFAULT_LAG_TIME_MAX_MS: Final = 10_000
 # A follower whose LEO is not known yet (no fetch in this epoch).
 UNKNOWN_OFFSET: Final = -1
+# A fetch that does not say which incarnation of its broker sent it.
+UNKNOWN_BROKER_EPOCH: Final = -1
 
 
 class _Follower:
     __slots__ = (
+        "broker_epoch",
         "fetched_in_epoch",
         "last_caught_up_ms",
         "last_fetch_leader_end_offset",
@@ -54,6 +57,7 @@ class _Follower:
         self.last_fetch_ms: int | None = None
         self.last_fetch_leader_end_offset = UNKNOWN_OFFSET
         self.fetched_in_epoch = False
+        self.broker_epoch = UNKNOWN_BROKER_EPOCH
 
 
 class LeaderState:
@@ -121,11 +125,28 @@ class LeaderState:
         self.log_end_offset = log_end_offset
         return self._maybe_advance_high_watermark(None)
 
-    def on_follower_fetch(self, replica: int, fetch_offset: int, now_ms: int) -> bool:
+    def on_follower_fetch(
+        self,
+        replica: int,
+        fetch_offset: int,
+        now_ms: int,
+        broker_epoch: int = UNKNOWN_BROKER_EPOCH,
+    ) -> bool:
         """A valid fetch from follower ``replica`` at ``fetch_offset`` (the shell has
         already answered a stale epoch, a non-replica, a diverging epoch and an
-        offset out of range).  True when the HW advanced."""
+        offset out of range), sent by the incarnation ``broker_epoch`` of its broker
+        (its registration's revision).  A fetch from an earlier incarnation than one
+        already seen is ignored; one from a later incarnation forgets what the
+        earlier one said (KIP-903: it may have lost its tail since).  True when the HW
+        advanced."""
         follower = self._followers[replica]
+        if broker_epoch != follower.broker_epoch:
+            if broker_epoch < follower.broker_epoch:
+                return False
+            if follower.broker_epoch != UNKNOWN_BROKER_EPOCH:
+                in_isr = replica in self.isr
+                follower = self._followers[replica] = _Follower(now_ms if in_isr else None)
+            follower.broker_epoch = broker_epoch
         assert 0 <= fetch_offset <= self.log_end_offset, (fetch_offset, self.log_end_offset)
         if fetch_offset >= self.log_end_offset:
             follower.last_caught_up_ms = now_ms
@@ -140,9 +161,14 @@ class LeaderState:
         follower.fetched_in_epoch = True
         return self._maybe_advance_high_watermark(now_ms)
 
-    def isr_proposal(self, now_ms: int) -> tuple[int, ...] | None:
+    def isr_proposal(
+        self, now_ms: int, broker_epochs: Mapping[int, int] | None = None
+    ) -> tuple[int, ...] | None:
         """An ISR change to write, or None (none due, or one already in flight).  A
-        returned change is in flight until :meth:`isr_committed` / :meth:`isr_rejected`."""
+        returned change is in flight until :meth:`isr_committed` / :meth:`isr_rejected`.
+        With ``broker_epochs`` (the live brokers' registrations), only a follower whose
+        fetches came from its broker's current registration may join (KIP-903 and
+        KIP-841: not a dead broker, nor what an earlier incarnation fetched)."""
         if self.pending_isr is not None:
             return None
         out_of_sync = {
@@ -158,6 +184,10 @@ class LeaderState:
                 for replica, follower in self._followers.items()
                 if replica not in self.isr
                 and follower.fetched_in_epoch
+                and (
+                    broker_epochs is None
+                    or broker_epochs.get(replica, UNKNOWN_BROKER_EPOCH) == follower.broker_epoch
+                )
                 and follower.log_end_offset >= self.high_watermark
                 and follower.log_end_offset >= self.epoch_start_offset
             }

@@ -42,6 +42,7 @@ class ApiKey(enum.IntEnum):
     DESCRIBE_GROUPS = 24
     DELETE_GROUPS = 25
     FIND_COORDINATOR = 26
+    ELECT_LEADERS = 11
 
 
 class Acks(enum.IntEnum):
@@ -233,6 +234,40 @@ class CreatePartitionsRequest(_Message, tag=int(ApiKey.CREATE_PARTITIONS)):
 
 class CreatePartitionsResponse(_Message, tag=int(ApiKey.CREATE_PARTITIONS)):
     topics: list[TopicResult] = []
+
+
+# -- ElectLeaders --------------------------------------------------------------------------
+
+
+class ElectLeadersTopic(_Message):
+    name: str
+    partitions: list[int] | None = None  # None: every partition of the topic
+
+
+class ElectLeadersRequest(_Message, tag=int(ApiKey.ELECT_LEADERS)):
+    """Move each partition's leadership to its preferred replica (the first) now
+    (``topics`` None: every partition).  Only the controller answers; any other
+    broker answers NOT_CONTROLLER, and the client asks the controller Metadata names."""
+
+    topics: list[ElectLeadersTopic] | None = None
+
+
+class ElectLeadersPartitionResult(_Message):
+    partition: int
+    error_code: int = 0  # ELECTION_NOT_NEEDED, PREFERRED_LEADER_NOT_AVAILABLE, ...
+    error_message: str | None = None
+    leader: int = -1  # the leader after the request
+
+
+class ElectLeadersTopicResult(_Message):
+    name: str
+    partitions: list[ElectLeadersPartitionResult] = []
+
+
+class ElectLeadersResponse(_Message, tag=int(ApiKey.ELECT_LEADERS)):
+    topics: list[ElectLeadersTopicResult] = []
+    error_code: int = 0  # NOT_CONTROLLER: the whole request went to the wrong broker
+    error_message: str | None = None
 
 
 # -- Produce ----------------------------------------------------------------------------
@@ -661,6 +696,7 @@ Request = (
     | DescribeGroupsRequest
     | DeleteGroupsRequest
     | FindCoordinatorRequest
+    | ElectLeadersRequest
 )
 Response = (
     HelloResponse
@@ -681,6 +717,7 @@ Response = (
     | DescribeGroupsResponse
     | DeleteGroupsResponse
     | FindCoordinatorResponse
+    | ElectLeadersResponse
     | ErrorResponse
 )
 
@@ -706,6 +743,7 @@ REQUEST_TYPES: Final[dict[ApiKey, type[msgspec.Struct]]] = {
     ApiKey.DESCRIBE_GROUPS: DescribeGroupsRequest,
     ApiKey.DELETE_GROUPS: DeleteGroupsRequest,
     ApiKey.FIND_COORDINATOR: FindCoordinatorRequest,
+    ApiKey.ELECT_LEADERS: ElectLeadersRequest,
 }
 RESPONSE_TYPES: Final[dict[ApiKey, type[msgspec.Struct]]] = {
     ApiKey.HELLO: HelloResponse,
@@ -726,6 +764,7 @@ RESPONSE_TYPES: Final[dict[ApiKey, type[msgspec.Struct]]] = {
     ApiKey.DESCRIBE_GROUPS: DescribeGroupsResponse,
     ApiKey.DELETE_GROUPS: DeleteGroupsResponse,
     ApiKey.FIND_COORDINATOR: FindCoordinatorResponse,
+    ApiKey.ELECT_LEADERS: ElectLeadersResponse,
 }
 
 request_decoder: Final[msgspec.msgpack.Decoder[Request]] = msgspec.msgpack.Decoder(Request)

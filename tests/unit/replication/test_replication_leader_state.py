@@ -189,3 +189,19 @@ def test_high_watermark_never_passes_a_maximal_isr_member(
         if state.high_watermark > before:
             for member in state.maximal_isr():
                 assert leos[member] >= state.high_watermark
+
+
+def test_a_restarted_follower_is_not_readmitted_on_what_it_fetched_before() -> None:
+    """Proves KIP-903: a fetch from a new incarnation of a follower's broker forgets the
+    old one's LEO, a late fetch of the old incarnation is ignored, and only a follower
+    fetching from its broker's registered incarnation may join the ISR."""
+    state = leader(isr=(0, 1))
+    state.on_follower_fetch(1, 10, now_ms=0, broker_epoch=5)
+    state.on_follower_fetch(2, 10, now_ms=0, broker_epoch=7)
+    assert state.isr_proposal(now_ms=0, broker_epochs={1: 5, 2: 9}) is None
+    state.on_follower_fetch(2, 0, now_ms=1, broker_epoch=9)
+    assert not state.on_follower_fetch(2, 10, now_ms=2, broker_epoch=7)
+    assert state.follower_log_end_offset(2) == 0
+    assert state.isr_proposal(now_ms=2, broker_epochs={1: 5, 2: 9}) is None
+    state.on_follower_fetch(2, 10, now_ms=3, broker_epoch=9)
+    assert state.isr_proposal(now_ms=3, broker_epochs={1: 5, 2: 9}) == (0, 1, 2)
