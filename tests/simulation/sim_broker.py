@@ -284,6 +284,8 @@ class SimBroker:
         self.complete_waiters()
 
     def on_high_watermark(self) -> None:
+        if self.leading() is None:
+            return  # the lease lapsed: answer nothing (drop_leadership failed the waiters)
         assert self.leader is not None
         self.hw = self.leader.high_watermark
         self.world.checks.on_high_watermark(self)

@@ -55,7 +55,7 @@ class World:
         self.events = 0
         # Per-seed parameters.
         self.replicas = [0, 1, 2]
-        self.min_isr = rng.choice([1, 2, 2])
+        self.min_isr = rng.choice([1, 2, 2, 3])
         self.flush_every_append = rng.random() < 0.3
         self.flush_probability = rng.choice([0.02, 0.1, 0.3])
         self.drop_rate = rng.choice([0.0, 0.01, 0.05, 0.15])

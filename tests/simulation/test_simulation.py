@@ -11,7 +11,7 @@ import os
 import pytest
 from sim_world import run_seed
 
-SUITE_SEEDS = 1_500
+SUITE_SEEDS = 3_000
 BATCHES = 10
 
 
