@@ -266,24 +266,33 @@ class LeaderFetcher:
                 await self._take_step(asker, step)
 
     async def _take_step(self, followed: Followed, step: FollowerStep) -> None:
-        """Do what the follower state asked.  Raises DistributaryError (storage)."""
+        """Do what the follower state asked.  A storage failure puts the partition
+        back to truncation after PARTITION_RETRY_S."""
         partition = followed.partition
-        if step.truncate_to is not None and step.truncate_to < partition.log_end_offset:
-            await partition.truncate_to(max(step.truncate_to, partition.log_start_offset))
-            partition.logger.info(
-                "follower truncated to the leader's log",
-                leader=self.leader_id,
-                leader_epoch=followed.state.leader_epoch,
-                log_end_offset=partition.log_end_offset,
-            )
-        if step.restart_at is not None:
-            # The leader's log starts past this one's end (retention ran ahead).
-            await partition.truncate_fully_and_start_at(step.restart_at)
-            partition.logger.info(
-                "follower log restarted at the leader's log start",
-                leader=self.leader_id,
-                log_start_offset=step.restart_at,
-            )
+        try:
+            if step.truncate_to is not None:
+                # Also at the log end: it drops epoch entries starting there.
+                end_before = partition.log_end_offset
+                await partition.truncate_to(max(step.truncate_to, partition.log_start_offset))
+                if partition.log_end_offset < end_before:
+                    partition.logger.info(
+                        "follower truncated to the leader's log",
+                        leader=self.leader_id,
+                        leader_epoch=followed.state.leader_epoch,
+                        log_end_offset=partition.log_end_offset,
+                    )
+            if step.restart_at is not None:
+                # The leader's log starts past this one's end (retention ran ahead).
+                await partition.truncate_fully_and_start_at(step.restart_at)
+                partition.logger.info(
+                    "follower log restarted at the leader's log start",
+                    leader=self.leader_id,
+                    log_start_offset=step.restart_at,
+                )
+        except DistributaryError as error:
+            followed.state.phase = FollowerPhase.TRUNCATING
+            self._partition_error(followed, int(error.code), error.message)
+            return
         if step.high_watermark is not None:
             partition.set_follower_high_watermark(
                 min(step.high_watermark, partition.log_end_offset)
@@ -349,7 +358,7 @@ class LeaderFetcher:
     async def _fetched(
         self, followed: Followed, answer: FetchPartitionResponse, records: memoryview
     ) -> None:
-        """One partition's fetch answer.  Raises DistributaryError (storage)."""
+        """One partition's fetch answer (a storage failure sends it back to truncation)."""
         partition = followed.partition
         state = followed.state
         if answer.error_code == ErrorCode.OFFSET_OUT_OF_RANGE:
