@@ -34,6 +34,10 @@ from client.protocol.messages import (
     FetchRequest,
     FetchResponse,
     FetchTopic,
+    ListOffsetsPartition,
+    ListOffsetsRequest,
+    ListOffsetsResponse,
+    ListOffsetsTopic,
     OffsetForLeaderEpochPartition,
     OffsetForLeaderEpochPartitionResponse,
     OffsetForLeaderEpochTopic,
@@ -383,3 +387,21 @@ async def test_consumer_long_poll_with_a_stale_epoch_answers_at_once(broker: Bro
     assert reply.body.topics[0].partitions[0].error_code == ErrorCode.FENCED_LEADER_EPOCH
     current = replica_fetch(0, replica_id=-1, current_leader_epoch=1, max_wait_ms=60_000)
     assert fetch_now(broker, current) is None
+
+
+async def test_list_offsets_latest_waits_for_a_known_high_watermark(broker: Broker) -> None:
+    """Proves ListOffsets latest to a new leader whose HW is below its epoch's start
+    is OFFSET_NOT_AVAILABLE, and the HW once the follower's fetch moved it there."""
+    partition = broker.topics.partition(TOPIC, 0)
+    await produce(broker, 3)
+    await partition.become_follower(0)
+    partition.set_follower_high_watermark(1)
+    await lead(broker)
+    body = ListOffsetsRequest([ListOffsetsTopic(TOPIC, [ListOffsetsPartition(0, -1)])])
+    reply = await call(broker, body)
+    assert isinstance(reply.body, ListOffsetsResponse)
+    assert reply.body.topics[0].partitions[0].error_code == ErrorCode.OFFSET_NOT_AVAILABLE
+    await fetched(broker, replica_fetch(3))
+    reply = await call(broker, body)
+    assert isinstance(reply.body, ListOffsetsResponse)
+    assert reply.body.topics[0].partitions[0].offset == 3
