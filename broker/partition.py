@@ -565,14 +565,17 @@ class Partition:
                 f"{self._state.leader_epoch}"
             )
 
-    def follower_fetched(self, replica: int, fetch_offset: int, now_ms: int) -> None:
-        """A leader's follower ``replica`` fetched at ``fetch_offset`` (checked by the
-        caller: an assigned replica, the current epoch, no divergence, within the
-        log): tell the leader state; when the high watermark moves, take it and
-        wake the waiters (consumers, acks=all produces)."""
+    def follower_fetched(
+        self, replica: int, fetch_offset: int, now_ms: int, broker_epoch: int = -1
+    ) -> None:
+        """A leader's follower ``replica`` (its broker's incarnation ``broker_epoch``;
+        -1: unknown) fetched at ``fetch_offset`` (checked by the caller: an assigned
+        replica, the current epoch, no divergence, within the log): tell the leader
+        state; when the high watermark moves, take it and wake the waiters
+        (consumers, acks=all produces)."""
         leader_state = self.leader_state
         assert leader_state is not None, (self.topic, self.index)
-        if leader_state.on_follower_fetch(replica, fetch_offset, now_ms):
+        if leader_state.on_follower_fetch(replica, fetch_offset, now_ms, broker_epoch):
             self._take_leader_high_watermark()
 
     def high_watermark_advanced(self) -> None:

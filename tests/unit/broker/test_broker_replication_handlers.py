@@ -405,3 +405,23 @@ async def test_list_offsets_latest_waits_for_a_known_high_watermark(broker: Brok
     reply = await call(broker, body)
     assert isinstance(reply.body, ListOffsetsResponse)
     assert reply.body.topics[0].partitions[0].offset == 3
+
+
+async def test_fetch_from_an_earlier_incarnation_is_ignored(broker: Broker) -> None:
+    """Proves the follower's broker epoch reaches the leader state: once a later
+    incarnation of the follower fetched, a late fetch of an earlier one claiming
+    more of the log does not move the HW (KIP-903)."""
+    partition = await lead(broker)
+    await produce(broker, 3)
+    restarted = replica_fetch(0)
+    restarted.replica_epoch = 9
+    await fetched(broker, restarted)
+    assert partition.high_watermark == 0
+    stale = replica_fetch(3)
+    stale.replica_epoch = 8
+    await fetched(broker, stale)
+    assert partition.high_watermark == 0
+    current = replica_fetch(3)
+    current.replica_epoch = 9
+    await fetched(broker, current)
+    assert partition.high_watermark == 3
