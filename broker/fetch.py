@@ -312,6 +312,7 @@ def replica_fetch_partition(
     found: Partition | None = None
     try:
         partition = found = broker.topics.partition(topic, index)
+        partition.check_open()
         leadership = broker.metadata.leadership(topic, index)
         node_id = broker.metadata.node_id
         if leadership is None or leadership.leader != node_id or partition.is_follower:

@@ -425,3 +425,14 @@ async def test_fetch_from_an_earlier_incarnation_is_ignored(broker: Broker) -> N
     current.replica_epoch = 9
     await fetched(broker, current)
     assert partition.high_watermark == 3
+
+
+async def test_closed_partition_answers_its_error(broker: Broker) -> None:
+    """Proves OffsetsForLeaderEpoch and a replica fetch to a closed partition answer
+    UNKNOWN_TOPIC_OR_PARTITION rather than an answer from its leftover epoch cache."""
+    partition = await lead(broker)
+    await produce(broker, 2)
+    await partition.close()
+    assert (await offsets_for(broker, 1)).error_code == ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+    answer, _ = await fetched(broker, replica_fetch(5, last_fetched_epoch=0))
+    assert answer.error_code == ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
