@@ -281,6 +281,7 @@ def collect_replica_fetch(broker: Broker, body: FetchRequest) -> Reply:
                     min(wanted.partition_max_bytes, budget),
                     whole_batch=not regions,
                     now_ms=now_ms,
+                    replica_epoch=body.replica_epoch,
                 )
                 if region is not None:
                     regions.append(region)
@@ -303,13 +304,15 @@ def replica_fetch_partition(
     *,
     whole_batch: bool,
     now_ms: int,
+    replica_epoch: int = -1,
 ) -> tuple[FetchPartitionResponse, FileRegion | None]:
     """One partition's answer to follower ``replica_id`` (checks in Kafka's order,
-    replication.md 1.2)."""
+    replication.md 1.2), sent by its broker's incarnation ``replica_epoch``."""
     index, offset = wanted.partition, wanted.fetch_offset
     found: Partition | None = None
     try:
         partition = found = broker.topics.partition(topic, index)
+        partition.check_open()
         leadership = broker.metadata.leadership(topic, index)
         node_id = broker.metadata.node_id
         if leadership is None or leadership.leader != node_id or partition.is_follower:
@@ -343,7 +346,7 @@ def replica_fetch_partition(
                 f"[{partition.log_start_offset}, {log_end_offset}]"
             )
         if leader_state is not None:
-            partition.follower_fetched(replica_id, offset, now_ms)
+            partition.follower_fetched(replica_id, offset, now_ms, replica_epoch)
         region = partition.read(
             offset, max_bytes, whole_batch=whole_batch, end_offset_max=log_end_offset
         )

@@ -57,6 +57,7 @@ def offset_for_leader_epoch(
     index = asked.partition
     try:
         partition = broker.topics.partition(topic, index)
+        partition.check_open()
         if partition.is_follower or not broker.metadata.leads(topic, index):
             raise NotLeaderError(f"{topic}-{index}: this broker is not its leader")
         if asked.current_leader_epoch != -1:

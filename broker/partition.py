@@ -288,7 +288,7 @@ class Partition:
         Empty at the bound, and while a truncation runs.  The caller releases the
         region.  Raises OffsetOutOfRangeError (``offset`` outside [log start, log
         end]), UnknownTopicOrPartitionError."""
-        self._check_open()
+        self.check_open()
         state = self._state
         if not state.log_start_offset <= offset <= state.log_end_offset:
             raise OffsetOutOfRangeError(
@@ -311,7 +311,7 @@ class Partition:
         batch is not below the high watermark yet.  Raises
         UnknownTopicOrPartitionError, NotLeaderError (retriable: a truncation
         runs)."""
-        self._check_open()
+        self.check_open()
         if self._truncating:
             raise NotLeaderError(f"{self.topic}-{self.index} is being truncated")
         offset = self._log.offset_for_timestamp(timestamp_ms)
@@ -342,7 +342,7 @@ class Partition:
         except trio.WouldBlock:
             await lock.acquire()
         try:
-            self._check_open()
+            self.check_open()
             if self.is_follower:
                 raise NotLeaderError(f"{self.topic}-{self.index} is a follower here")
             end_before = self._state.log_end_offset
@@ -515,7 +515,7 @@ class Partition:
         older than the partition's), UnknownTopicOrPartitionError (closed),
         StorageError (the checkpoint could not be written: do not lead)."""
         async with self._append_lock:
-            self._check_open()
+            self.check_open()
             state = self._state
             self._check_epoch_not_stale(leader_epoch)
             assert leader_state is None or (
@@ -549,7 +549,7 @@ class Partition:
         through replicated batches and truncations.  Raises FencedLeaderEpochError
         (an epoch older than the partition's), UnknownTopicOrPartitionError."""
         async with self._append_lock:
-            self._check_open()
+            self.check_open()
             self._check_epoch_not_stale(leader_epoch)
             self._state.set_leader_epoch(leader_epoch)
             self.leader_state = None
@@ -565,14 +565,17 @@ class Partition:
                 f"{self._state.leader_epoch}"
             )
 
-    def follower_fetched(self, replica: int, fetch_offset: int, now_ms: int) -> None:
-        """A leader's follower ``replica`` fetched at ``fetch_offset`` (checked by the
-        caller: an assigned replica, the current epoch, no divergence, within the
-        log): tell the leader state; when the high watermark moves, take it and
-        wake the waiters (consumers, acks=all produces)."""
+    def follower_fetched(
+        self, replica: int, fetch_offset: int, now_ms: int, broker_epoch: int = -1
+    ) -> None:
+        """A leader's follower ``replica`` (its broker's incarnation ``broker_epoch``;
+        -1: unknown) fetched at ``fetch_offset`` (checked by the caller: an assigned
+        replica, the current epoch, no divergence, within the log): tell the leader
+        state; when the high watermark moves, take it and wake the waiters
+        (consumers, acks=all produces)."""
         leader_state = self.leader_state
         assert leader_state is not None, (self.topic, self.index)
-        if leader_state.on_follower_fetch(replica, fetch_offset, now_ms):
+        if leader_state.on_follower_fetch(replica, fetch_offset, now_ms, broker_epoch):
             self._take_leader_high_watermark()
 
     def high_watermark_advanced(self) -> None:
@@ -609,7 +612,7 @@ class Partition:
         UnknownTopicOrPartitionError, StorageError."""
         headers = self._checked_headers(payload)
         async with self._append_lock:
-            self._check_open()
+            self.check_open()
             if not self.is_follower:
                 raise NotLeaderError(
                     f"{self.topic}-{self.index} leads here: it takes no replicated batches"
@@ -685,7 +688,7 @@ class Partition:
         UnknownTopicOrPartitionError (closed), StorageError.
         """
         async with self._append_lock:
-            self._check_open()
+            self.check_open()
             state = self._state
             if offset >= state.log_end_offset:
                 # The log keeps its batches; an epoch that starts at or past
@@ -732,7 +735,7 @@ class Partition:
         meanwhile find nothing.  Raises UnknownTopicOrPartitionError (closed),
         StorageError (the log is then offline)."""
         async with self._append_lock:
-            self._check_open()
+            self.check_open()
             self._stats_before_truncation = self.stats()
             self._truncating = True
             try:
@@ -807,7 +810,9 @@ class Partition:
         ), (self.topic, self.index, state.log_start_offset, state.log_end_offset)
         self._log.check_invariants()
 
-    def _check_open(self) -> None:
+    def check_open(self) -> None:
+        """Raises the failure of a partition that could not be opened (LogCorruptError,
+        StorageError), UnknownTopicOrPartitionError once closed."""
         if self.closed:
             if self.failure is not None:
                 raise type(self.failure)(self.failure.message)

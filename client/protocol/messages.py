@@ -346,6 +346,9 @@ class FetchRequest(_Message, tag=int(ApiKey.FETCH)):
     # > 1: the broker may keep answering (frames flagged MORE) while records keep
     # arriving, each answer continuing where the previous one ended.
     responses_max: int = 1
+    # A follower: its broker's epoch (the revision of its registration; -1:
+    # unknown), so the leader ignores a fetch from an earlier incarnation (KIP-903).
+    replica_epoch: int = -1
 
 
 class FetchPartitionResponse(_Message):

@@ -34,6 +34,10 @@ from client.protocol.messages import (
     FetchRequest,
     FetchResponse,
     FetchTopic,
+    ListOffsetsPartition,
+    ListOffsetsRequest,
+    ListOffsetsResponse,
+    ListOffsetsTopic,
     OffsetForLeaderEpochPartition,
     OffsetForLeaderEpochPartitionResponse,
     OffsetForLeaderEpochTopic,
@@ -383,3 +387,52 @@ async def test_consumer_long_poll_with_a_stale_epoch_answers_at_once(broker: Bro
     assert reply.body.topics[0].partitions[0].error_code == ErrorCode.FENCED_LEADER_EPOCH
     current = replica_fetch(0, replica_id=-1, current_leader_epoch=1, max_wait_ms=60_000)
     assert fetch_now(broker, current) is None
+
+
+async def test_list_offsets_latest_waits_for_a_known_high_watermark(broker: Broker) -> None:
+    """Proves ListOffsets latest to a new leader whose HW is below its epoch's start
+    is OFFSET_NOT_AVAILABLE, and the HW once the follower's fetch moved it there."""
+    partition = broker.topics.partition(TOPIC, 0)
+    await produce(broker, 3)
+    await partition.become_follower(0)
+    partition.set_follower_high_watermark(1)
+    await lead(broker)
+    body = ListOffsetsRequest([ListOffsetsTopic(TOPIC, [ListOffsetsPartition(0, -1)])])
+    reply = await call(broker, body)
+    assert isinstance(reply.body, ListOffsetsResponse)
+    assert reply.body.topics[0].partitions[0].error_code == ErrorCode.OFFSET_NOT_AVAILABLE
+    await fetched(broker, replica_fetch(3))
+    reply = await call(broker, body)
+    assert isinstance(reply.body, ListOffsetsResponse)
+    assert reply.body.topics[0].partitions[0].offset == 3
+
+
+async def test_fetch_from_an_earlier_incarnation_is_ignored(broker: Broker) -> None:
+    """Proves the follower's broker epoch reaches the leader state: once a later
+    incarnation of the follower fetched, a late fetch of an earlier one claiming
+    more of the log does not move the HW (KIP-903)."""
+    partition = await lead(broker)
+    await produce(broker, 3)
+    restarted = replica_fetch(0)
+    restarted.replica_epoch = 9
+    await fetched(broker, restarted)
+    assert partition.high_watermark == 0
+    stale = replica_fetch(3)
+    stale.replica_epoch = 8
+    await fetched(broker, stale)
+    assert partition.high_watermark == 0
+    current = replica_fetch(3)
+    current.replica_epoch = 9
+    await fetched(broker, current)
+    assert partition.high_watermark == 3
+
+
+async def test_closed_partition_answers_its_error(broker: Broker) -> None:
+    """Proves OffsetsForLeaderEpoch and a replica fetch to a closed partition answer
+    UNKNOWN_TOPIC_OR_PARTITION rather than an answer from its leftover epoch cache."""
+    partition = await lead(broker)
+    await produce(broker, 2)
+    await partition.close()
+    assert (await offsets_for(broker, 1)).error_code == ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+    answer, _ = await fetched(broker, replica_fetch(5, last_fetched_epoch=0))
+    assert answer.error_code == ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
