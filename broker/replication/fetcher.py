@@ -9,8 +9,8 @@ new epoch): the fetcher asks the leader where this replica's last epoch ends
 (OffsetsForLeaderEpoch, one request for every partition that asks) and
 truncates as told, asking again while the state says so (KIP-279).  Then each
 round sends one Fetch holding all its fetching partitions (``replica_id`` this
-node, ``current_leader_epoch``, ``last_fetched_epoch``, ``max_wait_ms``
-FETCH_MAX_WAIT_MS), appends each partition's batches with
+node, ``replica_epoch`` its registration's revision, ``current_leader_epoch``,
+``last_fetched_epoch``, ``max_wait_ms`` FETCH_MAX_WAIT_MS), appends each partition's batches with
 ``Partition.append_replicated`` and sets the follower's high watermark.  An
 answer naming a diverging epoch truncates the same way.  A partition answered
 with an error the metadata will resolve (not leader, fenced or unknown epoch)
@@ -111,10 +111,12 @@ class LeaderFetcher:
         leader_id: int,
         address_of: Callable[[int], tuple[str, int] | None],
         local_host: str | None,
+        own_broker_epoch: Callable[[], int] = lambda: -1,
     ) -> None:
         self.node_id = node_id
         self.leader_id = leader_id
         self._address_of = address_of
+        self._own_broker_epoch = own_broker_epoch
         self._local_host = local_host
         self.followed: dict[PartitionKey, Followed] = {}
         self._changed = trio.Event()
@@ -324,6 +326,7 @@ class LeaderFetcher:
             max_bytes=FETCH_BYTES_MAX,
             topics=[FetchTopic(name, wanted) for name, wanted in by_topic.items()],
             replica_id=self.node_id,
+            replica_epoch=self._own_broker_epoch(),
         )
         pending = await connection.send(request, timeout_ms=FETCH_MAX_WAIT_MS + REQUEST_TIMEOUT_MS)
         assert pending is not None

@@ -20,12 +20,14 @@ committed record, since the high watermark stops below min ISR); an expansion
 takes the joining ones out of it (broker/replication/election.py
 ``apply_isr_change``).
 
-A fenced broker (lease not renewed: the view says so) writes nothing.
+A follower joins only with fetches from its broker's current registration (the
+live brokers' epochs are passed to the proposal: KIP-903, KIP-841).  A fenced
+broker (lease not renewed: the view says so) writes nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -69,12 +71,14 @@ class IsrWriter:
         lag_time_max_ms: int,
         clock_ms: Callable[[], int],
         is_fenced: Callable[[], bool],
+        broker_epochs: Callable[[], Mapping[int, int]] | None = None,
     ) -> None:
         self.store = store
         self.node_id = node_id
         self.check_interval_s = min(lag_time_max_ms / 2, EXPAND_CHECK_MS_MAX) / 1000
         self._clock_ms = clock_ms
         self._is_fenced = is_fenced
+        self._broker_epochs = broker_epochs
         self.led: dict[PartitionKey, Led] = {}
         self._wake = trio.Event()
 
@@ -111,10 +115,11 @@ class IsrWriter:
         if self._is_fenced():
             return
         now_ms = self._clock_ms()
+        epochs = None if self._broker_epochs is None else self._broker_epochs()
         for key, led in list(self.led.items()):
             if led.writing:
                 continue
-            proposal = led.leader_state.isr_proposal(now_ms)
+            proposal = led.leader_state.isr_proposal(now_ms, epochs)
             if proposal is not None:
                 await self._write(key, led, proposal)
 

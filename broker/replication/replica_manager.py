@@ -76,7 +76,12 @@ class ReplicaManager:
         self.roles: dict[PartitionKey, Assignment] = {}
         self.fetchers: dict[int, LeaderFetcher] = {}
         self.isr_writer = IsrWriter(
-            member.store, self.node_id, self.lag_time_max_ms, clock_ms, member.view.is_fenced
+            member.store,
+            self.node_id,
+            self.lag_time_max_ms,
+            clock_ms,
+            member.view.is_fenced,
+            lambda: self.member.metadata.broker_epochs,
         )
         self._nursery: trio.Nursery | None = None
         self._retry = trio.Event()  # set when a role change failed
@@ -199,7 +204,9 @@ class ReplicaManager:
     def _fetcher(self, leader: int) -> LeaderFetcher:
         fetcher = self.fetchers.get(leader)
         if fetcher is None:
-            fetcher = LeaderFetcher(self.node_id, leader, self._address_of, self._local_host)
+            fetcher = LeaderFetcher(
+                self.node_id, leader, self._address_of, self._local_host, self._own_broker_epoch
+            )
             self.fetchers[leader] = fetcher
             if self._nursery is not None:
                 self._nursery.start_soon(fetcher.run)
@@ -208,6 +215,10 @@ class ReplicaManager:
     def _unfollow(self, key: PartitionKey) -> None:
         for fetcher in self.fetchers.values():
             fetcher.unfollow(key)
+
+    def _own_broker_epoch(self) -> int:
+        """This broker's registration revision as the metadata shows it (-1 before)."""
+        return self.member.metadata.broker_epochs.get(self.node_id, -1)
 
     def _address_of(self, node_id: int) -> tuple[str, int] | None:
         registration = self.member.metadata.brokers.get(node_id)
