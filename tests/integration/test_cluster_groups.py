@@ -16,7 +16,6 @@ from broker_cluster import (
     metadata,
     wait_until,
 )
-from conftest import RawClient
 from etcd_process import etcd_server_fixture
 from test_groups import ConsumerProcess
 
@@ -24,6 +23,9 @@ from broker.cluster.member import LEASE_TTL_S
 from broker.testing import BrokerProcess
 from client.errors import ErrorCode
 from client.protocol.messages import (
+    CreatableTopic,
+    CreateTopicsRequest,
+    CreateTopicsResponse,
     FindCoordinatorRequest,
     FindCoordinatorResponse,
     OffsetFetchRequest,
@@ -46,11 +48,10 @@ RESTART_S: Final = 15.0
 
 
 def create(cluster: BrokerCluster) -> None:
-    client = RawClient(cluster.broker(1).address)
-    try:
-        assert client.create_topic(TOPIC, PARTITIONS).topics[0].error_code == 0
-    finally:
-        client.close()
+    """TOPIC with three replicas per partition (a broker's death moves its
+    partitions, as it moves the groups it coordinates)."""
+    body = call(cluster.broker(1), CreateTopicsRequest([CreatableTopic(TOPIC, PARTITIONS, 3)]))
+    assert isinstance(body, CreateTopicsResponse) and body.topics[0].error_code == 0, body
 
     def served() -> bool:
         for broker in cluster.brokers:
@@ -177,7 +178,6 @@ def test_commits_outlive_the_coordinator_sigkill(broker_cluster: BrokerCluster) 
         "the new coordinator serving offsets",
     )
     assert committed(fetch_offsets(successor)) == dict.fromkeys(every, RECORDS_PER_PARTITION)
-    coordinator.start()  # TOPIC has one replica: its partitions there are back with it
     produce(broker_cluster, "second")
     second = ConsumerProcess(observer, GROUP, TOPIC, "--offset-reset", "earliest")
     try:
@@ -217,7 +217,6 @@ def test_member_rides_out_the_coordinator_restart(broker_cluster: BrokerCluster)
             )
 
         wait_until(moved, RESTART_S, "the coordinator moved to a replica")
-        coordinator.start()  # TOPIC has one replica: its partitions there are back with it
         produce(broker_cluster, "second")
         member.wait_for(
             lambda m: all(m.last_commits().get(tp) == 2 * RECORDS_PER_PARTITION for tp in every),
