@@ -35,7 +35,12 @@ from broker.cluster.store import Compare, MetadataStore, Put, VersionConflictErr
 from broker.logging import get_logger
 from broker.produce import check_not_internal
 from broker.topics import DEFAULT_VALUE, TopicManager
-from client.errors import DistributaryError, StorageError, UnknownTopicOrPartitionError
+from client.errors import (
+    DistributaryError,
+    InvalidConfigError,
+    StorageError,
+    UnknownTopicOrPartitionError,
+)
 from client.protocol.messages import AlterConfigsRequest, AlterConfigsResponse, TopicResult
 
 if TYPE_CHECKING:
@@ -52,12 +57,19 @@ def plan_configs(
     metadata: ClusterMetadata, topics: TopicManager, name: str, changes: Mapping[str, str]
 ) -> TopicAssignment:
     """The topic with ``changes`` applied to its stored overrides (a value of
-    ``default`` removes one), validated as on a single node.  Raises
-    UnknownTopicOrPartitionError, InvalidConfigError."""
+    ``default`` removes one), validated as on a single node, and with no
+    ``min.insync.replicas`` above the replication factor (acks=all could never
+    succeed).  Raises UnknownTopicOrPartitionError, InvalidConfigError."""
     assignment = metadata.topics.get(name)
     if assignment is None:
         raise UnknownTopicOrPartitionError(f"unknown topic {name!r}")
-    overrides, _config = topics.altered_overrides(assignment.configs, changes)
+    overrides, config = topics.altered_overrides(assignment.configs, changes)
+    replication_factor = len(assignment.replicas[0]) if assignment.replicas else 1
+    if config.min_insync_replicas > replication_factor:
+        raise InvalidConfigError(
+            f"min.insync.replicas={config.min_insync_replicas} is above the replication "
+            f"factor {replication_factor}"
+        )
     return msgspec.structs.replace(assignment, configs=overrides)
 
 

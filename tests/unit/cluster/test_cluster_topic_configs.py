@@ -129,3 +129,12 @@ async def test_a_member_takes_the_stored_configs_into_its_local_topic(tmp_path: 
     await apply_topic_configs(topics, ClusterMetadata(), refused)
     assert refused == {}
     await topics.close()
+
+
+def test_a_min_insync_above_the_replication_factor_is_refused(tmp_path: Path) -> None:
+    """Proves an alter setting min.insync.replicas above the topic's replication
+    factor (here 1) is INVALID_CONFIG: acks=all could never succeed."""
+    with pytest.raises(InvalidConfigError, match="above the replication factor 1"):
+        plan_configs(cluster_with({}), manager(tmp_path), "t", {"min.insync.replicas": "2"})
+    altered = plan_configs(cluster_with({}), manager(tmp_path), "t", {"min.insync.replicas": "1"})
+    assert altered.configs == {"min.insync.replicas": "1"}
