@@ -9,7 +9,11 @@ was at that previous fetch (it was caught up then), else it stays.
 
 High watermark (1.3).  The smallest LEO over the leader, the followers in the
 *maximal* ISR, and the followers that are caught up but not yet in it (so a
-catching-up follower does not chase the HW forever).  It does not move at all
+catching-up follower does not chase the HW forever).  A follower the metadata
+store removed from the ISR (the controller fencing a dead broker, or this
+leader's own shrink) is not waited for again until a fetch shows it caught up:
+otherwise a dead follower that was caught up when it died would hold the HW for
+``lag_time_max_ms``.  It does not move at all
 while the committed ISR is smaller than the effective min ISR (strict min ISR,
 KIP-966), and never decreases.  An ISR follower's LEO is unknown until its first
 fetch in this epoch, which holds the HW where it is.
@@ -202,6 +206,9 @@ class LeaderState:
         write or the controller's, same leader epoch); it ends any change in flight.
         True when the HW advanced."""
         assert self.node_id in isr, (self.node_id, isr)
+        for replica in self.isr:
+            if replica not in isr:
+                self._followers[replica].last_caught_up_ms = None
         self.isr = tuple(r for r in self.replicas if r in isr)
         self.pending_isr = None
         return self._maybe_advance_high_watermark(None)

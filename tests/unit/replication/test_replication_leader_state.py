@@ -205,3 +205,26 @@ def test_a_restarted_follower_is_not_readmitted_on_what_it_fetched_before() -> N
     assert state.isr_proposal(now_ms=2, broker_epochs={1: 5, 2: 9}) is None
     state.on_follower_fetch(2, 10, now_ms=3, broker_epoch=9)
     assert state.isr_proposal(now_ms=3, broker_epochs={1: 5, 2: 9}) == (0, 1, 2)
+
+
+def test_a_follower_removed_from_the_isr_is_not_waited_for() -> None:
+    """Proves a follower the store removed from the ISR (the controller fencing its
+    dead broker) no longer holds the HW, although it was caught up when it stopped:
+    the HW follows the remaining ISR at once, not after the lag time; a fetch that
+    shows it caught up again makes it waited for again."""
+    state = leader(log_end_offset=10)
+    assert not state.on_follower_fetch(1, 10, now_ms=1)
+    assert state.on_follower_fetch(2, 10, now_ms=1)
+    assert not state.on_append(20)
+    assert not state.on_follower_fetch(1, 20, now_ms=2)  # replica 2 holds it at 10
+    assert state.isr_committed((0, 1))  # replica 2's broker died: the HW moves at once
+    assert state.high_watermark == 20
+    assert not state.on_append(30)
+    assert state.on_follower_fetch(1, 30, now_ms=3)  # replica 2 not waited for
+    assert state.high_watermark == 30
+    assert not state.on_append(40)
+    assert not state.on_follower_fetch(2, 40, now_ms=4)  # back and caught up
+    assert not state.on_append(50)
+    assert state.on_follower_fetch(1, 50, now_ms=5)  # replica 2 holds it at 40 again
+    assert state.high_watermark == 40
+    state.check_invariants()
