@@ -66,6 +66,7 @@ from bench.replication_faults import (
 )
 from broker.cluster.local_cluster import LocalClusterError, find_etcd
 from client import Admin
+from client.errors import DistributaryError
 from client.producer import AcksSetting
 
 FIGURE_NAMES: Final = ("produce", "latency", "kills", "catchup")
@@ -202,6 +203,8 @@ KILL_SERIES: Final = [
     ("partition whose follower died: same", "follower_side_gap_ms"),
     ("kill -> a survivor names a new leader", "kill_to_new_leader_ms"),
     ("killed broker restarted -> all in sync", "restart_to_in_sync_ms"),
+    ("victim partition while it rejoins: longest gap", "victim_rejoin_gap_ms"),
+    ("partition whose follower rejoins: same", "follower_side_rejoin_gap_ms"),
 ]
 
 
@@ -277,27 +280,34 @@ def print_table(document: dict[str, Any]) -> None:
 # -- the run ----------------------------------------------------------------------------
 
 
-def in_temp_dir(
-    prefix: str, run: Callable[[Path], Coroutine[Any, Any, dict[str, Any]]]
+def in_work_dir(
+    cfg: argparse.Namespace,
+    prefix: str,
+    run: Callable[[Path], Coroutine[Any, Any, dict[str, Any]]],
 ) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix=f"distributary-bench-{prefix}-") as tmp:
-        return asyncio.run(run(Path(tmp)))
+    """``run`` in a new directory: a temp dir removed afterwards, or one kept under
+    ``--work-dir`` (data dirs and the processes' logs, to look into)."""
+    if cfg.work_dir is None:
+        with tempfile.TemporaryDirectory(prefix=f"distributary-bench-{prefix}-") as tmp:
+            return asyncio.run(run(Path(tmp)))
+    Path(cfg.work_dir).mkdir(parents=True, exist_ok=True)
+    return asyncio.run(run(Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir=cfg.work_dir))))
 
 
 def measure(cfg: argparse.Namespace, document: dict[str, Any]) -> None:
     runs: list[dict[str, dict[str, Any]]] = []
     if {"produce", "latency"} & set(cfg.figures):
         for number in range(cfg.runs):
-            row = in_temp_dir("replication", lambda d: cluster_run(d, cfg))
-            row.update(in_temp_dir("single", lambda d: single_run(d, cfg)))
+            row = in_work_dir(cfg, "replication", lambda d: cluster_run(d, cfg))
+            row.update(in_work_dir(cfg, "single", lambda d: single_run(d, cfg)))
             runs.append(row)
             log(f"run {number + 1}/{cfg.runs}: {json.dumps(row)}")
     document["runs"] = runs
     document["figures"] = medians(runs)
     if "kills" in cfg.figures and cfg.kills:
-        document["kills"] = in_temp_dir("kills", lambda d: kills(d, cfg.kills, cfg.size))
+        document["kills"] = in_work_dir(cfg, "kills", lambda d: kills(d, cfg.kills, cfg.size))
     if "catchup" in cfg.figures:
-        document["catchup"] = in_temp_dir("catchup", lambda d: catchup(d, cfg))
+        document["catchup"] = in_work_dir(cfg, "catchup", lambda d: catchup(d, cfg))
 
 
 def log(line: str) -> None:
@@ -324,6 +334,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--peers-dir", default=None, help="the latency clients' harness")
     parser.add_argument("--json", action="store_true", help="one JSON document, no table")
+    parser.add_argument(
+        "--work-dir", default=None, help="keep data dirs and logs here (default: a temp dir)"
+    )
     cfg = parser.parse_args(argv)
     cfg.figures = [f for f in cfg.figures.split(",") if f]
     cfg.apis = [a for a in cfg.apis.split(",") if a]
@@ -369,8 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     log(f"load average at start: {os.getloadavg()}; {document['env']}; {settings}")
     try:
         measure(cfg, document)
-    except BenchError as error:
-        log(f"failed: {error}")
+    except (BenchError, DistributaryError) as error:
+        log(f"failed: {error!r}")
         return 1
     finally:
         document["load_average"]["end"] = os.getloadavg()

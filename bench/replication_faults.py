@@ -9,27 +9,30 @@ tasks each send one record at a time (``await send``, 1 ms apart; each value
 different): one to the lowest partition a broker other than the controller leads
 (the *victim* partition: the controller is never killed), one to a partition the
 controller leads (the *follower-side* partition: the killed broker is one of its
-followers, so its acks=all writes wait until the controller fences the dead
-broker out of its ISR).  Each kill: once every broker lists every partition led
-by its preferred replica with all three in sync, and both tasks have
-ACKS_BEFORE_KILL acknowledgements since, the victim partition's leader is
-SIGKILLed; a survivor's Metadata names a new leader (from the ISR) once the
-killed broker's lease expired; the kill is over when both partitions have an
-acknowledgement after that.  The killed broker is started again at once on its
-data dir; it rejoins the ISR, and the controller gives it its preferred
-leadership back, before the next kill.  Per kill:
+followers, so its acks=all writes wait until the dead broker leaves its ISR).
+Settled means: every broker lists every partition led by its preferred replica
+with all three in sync, and both tasks have ACKS_STEADY acknowledgements since.
+Each kill, from settled: the victim partition's leader is SIGKILLed; a
+survivor's Metadata names a new leader (from the ISR) once the killed broker's
+lease expired; the failover is over when both tasks have ACKS_STEADY
+acknowledgements after that.  Then the killed broker is started again on its
+data dir; it rejoins the ISR and the controller gives it its preferred
+leadership back (settled again).  Per kill:
 
   victim gap       the longest interval between two consecutive acknowledgements
-                   on the victim partition, from its last one before the kill to
-                   its first after a new leader was seen (the unavailability:
-                   "last acknowledged write before to first after").  The longest
-                   interval rather than simply last-before to first-after-the-kill:
-                   a reply the old leader sent just before dying can arrive a few
-                   ms after the kill.
+                   on the victim partition from its last one before the kill to
+                   the end of the failover: its unavailability, "last acknowledged
+                   write before to first after" (the longest interval, not simply
+                   last-before to first-after-the-kill: a reply the old leader sent
+                   just before dying can arrive a few ms after the kill, and a
+                   partition may stall again after its first acknowledgement).
   follower-side gap  the same for the follower-side partition.
   kill -> new leader  until a survivor's Metadata names another leader.
   restart -> in sync  from starting the killed broker again until every broker
                    lists all three replicas of every partition in sync.
+  rejoin gaps      the longest interval between acknowledgements on each
+                   partition from that start until settled (the rejoin and the
+                   preferred leader's return).
 
 After the series each partition is read back from offset 0: every acknowledged
 (offset, value) must be there, and the log end (high watermark) is compared with
@@ -56,7 +59,7 @@ import time
 from pathlib import Path
 from typing import Any, Final
 
-from bench.cluster import ACKS_BEFORE_KILL, FAILOVER_POLL_S, log_ends
+from bench.cluster import FAILOVER_POLL_S, log_ends
 from bench.cluster_kills import Sender, percentile
 from bench.cluster_processes import (
     EVENT_TIMEOUT_S,
@@ -78,6 +81,9 @@ KILLS_TOPIC: Final = "bench-kills"
 KILLS_PARTITIONS: Final = 3
 CATCHUP_TOPIC: Final = "bench-catchup"
 SETTLE_POLL_S: Final = 0.05
+# Acknowledgements on each partition that mark it as flowing normally (about 0.5 s
+# of one-at-a-time sends on an idle machine).
+ACKS_STEADY: Final = 200
 # The slowest catch-up waited for: a timeout of at least EVENT_TIMEOUT_S, more for
 # large logs.
 CATCHUP_BYTES_PER_S_MIN: Final = 2_000_000
@@ -112,13 +118,12 @@ async def kills(directory: Path, count: int, size: int) -> dict[str, Any]:
             )
             tasks = [asyncio.create_task(s.run(stopping)) for s in senders]
             try:
+                await settle(cluster, senders)
                 for number in range(count):
-                    await settle(cluster, senders)
                     figures = await one_kill(cluster, victim, senders)
                     per_kill.append(figures)
                     shown = {k: round(v) for k, v in figures.items()}
                     print(f"kill {number + 1}/{count}: {shown}", file=sys.stderr, flush=True)
-                await settle(cluster, senders)
             finally:
                 stopping.set()
                 await asyncio.wait_for(asyncio.gather(*tasks), EVENT_TIMEOUT_S)
@@ -144,24 +149,30 @@ def series(values: list[float]) -> dict[str, Any]:
     }
 
 
-async def settle(cluster: RunningCluster, senders: tuple[Sender, Sender]) -> float:
-    """Every broker lists three brokers and every partition led by its preferred
-    replica with all in sync; both senders have ACKS_BEFORE_KILL acknowledgements
-    from then on.  Returns when the partitions were in sync."""
+async def steady_after(senders: tuple[Sender, Sender], moment: float, what: str) -> list[float]:
+    """Wait until both senders have ACKS_STEADY acknowledgements after ``moment``;
+    the time of each one's ACKS_STEADY-th."""
+
+    async def steady() -> bool:
+        return all(s.acked_since(moment) >= ACKS_STEADY for s in senders)
+
+    await wait_for(what, steady, SETTLE_POLL_S)
+    return [[a for a in s.acks if a > moment][ACKS_STEADY - 1] for s in senders]
+
+
+async def settle(cluster: RunningCluster, senders: tuple[Sender, Sender]) -> list[float]:
+    """Every broker lists every partition led by its preferred replica with all in
+    sync, and both senders have ACKS_STEADY acknowledgements from then on (the time
+    of each one's ACKS_STEADY-th)."""
     synced, _ = await cluster.wait_in_sync(KILLS_TOPIC, KILLS_PARTITIONS, preferred=True)
-
-    async def flowing() -> bool:
-        return all(s.acked_since(synced) >= ACKS_BEFORE_KILL for s in senders)
-
-    await wait_for("both partitions acknowledging", flowing, SETTLE_POLL_S)
-    return synced
+    return await steady_after(senders, synced, "both partitions acknowledging in sync")
 
 
 async def one_kill(
     cluster: RunningCluster, victim: Broker, senders: tuple[Sender, Sender]
 ) -> dict[str, float]:
-    """SIGKILL ``victim``, wait for a new leader and an acknowledgement on both
-    partitions, start ``victim`` again and wait until all are in sync."""
+    """SIGKILL ``victim``; wait for a new leader and ACKS_STEADY acknowledgements on
+    both partitions; start ``victim`` again and settle."""
     follower_side, victim_sender = senders
     survivors = [b for b in cluster.brokers if b is not victim]
 
@@ -176,21 +187,19 @@ async def one_kill(
     killed = time.monotonic()
     victim.kill()
     elected = await wait_for("a new leader", new_leader, FAILOVER_POLL_S)
-
-    async def both_acknowledged() -> bool:
-        return all(s.acked_since(elected) > 0 for s in senders)
-
-    await wait_for("both partitions acknowledged again", both_acknowledged, FAILOVER_POLL_S)
-    served = [min(a for a in s.acks if a > elected) for s in senders]
+    steady = await steady_after(senders, elected, "both partitions acknowledging again")
     restarted = time.monotonic()
     victim.start()
     await victim.wait_listening()
     in_sync, _ = await cluster.wait_in_sync(KILLS_TOPIC, KILLS_PARTITIONS)
+    settled = await settle(cluster, senders)
     return {
-        "victim_gap_ms": victim_sender.longest_gap(killed, served[1]),
-        "follower_side_gap_ms": follower_side.longest_gap(killed, served[0]),
+        "victim_gap_ms": victim_sender.longest_gap(killed, steady[1]),
+        "follower_side_gap_ms": follower_side.longest_gap(killed, steady[0]),
         "kill_to_new_leader_ms": (elected - killed) * 1000,
         "restart_to_in_sync_ms": (in_sync - restarted) * 1000,
+        "victim_rejoin_gap_ms": victim_sender.longest_gap(restarted, settled[1]),
+        "follower_side_rejoin_gap_ms": follower_side.longest_gap(restarted, settled[0]),
     }
 
 
@@ -246,6 +255,7 @@ async def fill(bootstrap: list[str], topic: str, records: int, size: int) -> flo
     async with Producer(
         bootstrap, linger_ms=FILL_LINGER_MS, batch_bytes_max=FILL_BATCH_BYTES_MAX, acks="all"
     ) as producer:
+        await producer.partitions_for(topic)
         send_nowait = producer.send_nowait
         for index in range(records):
             if not index & 0xFFF:
