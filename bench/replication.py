@@ -224,20 +224,20 @@ def print_table(document: dict[str, Any]) -> None:
     figures = {(row["figure"], row["setup"]): row for row in document["figures"]}
     if figures:
         width = 40
-        header = "".join(f"{label:>34}" for _, label in SETUPS)
+        header = "".join(f"{label:>44}" for _, label in SETUPS)
         print(f"\n{'median (each run)':{width}}{header}")
         for label, key, unit, fmt in FIGURES:
             cells = []
             for setup, _ in SETUPS:
                 row = figures.get((key, setup))
                 if row is None:
-                    cells.append(f"{'':>34}")
+                    cells.append(f"{'':>44}")
                     continue
                 each = (
                     "/".join(fmt.format(v) for v in row["values"]) if len(row["values"]) > 1 else ""
                 )
                 text = fmt.format(row["median"]) + (f" ({each})" if each else "")
-                cells.append(f"{text:>34}")
+                cells.append(f"{text:>44}")
             if any(cell.strip() for cell in cells):
                 print(f"{label + ', ' + unit:{width}}{''.join(cells)}")
         print(
