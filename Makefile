@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: run cluster test lint typecheck pytest soak bench bench-cluster bench-replication clean
+.PHONY: run cluster test lint typecheck pytest soak simulate bench bench-cluster bench-replication clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ test: lint typecheck pytest
 
 soak: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+# The replication simulation over many seeds: SEEDS=n (default 100000), START=n, or SEED=n.
+simulate: $(STAMP)
+	$(BIN)/python tests/simulation/run_seeds.py
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.storage

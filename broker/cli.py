@@ -77,6 +77,11 @@ def main(bootstrap: str | None) -> None:
     metavar="HOST:PORT|off",
     help="Where GET /metrics is served [the listen host, port + 1]; off: nowhere.",
 )
+@click.option(
+    "--replica-lag-time-max-ms",
+    type=click.IntRange(min=1),
+    help="A follower this long behind its leader leaves the in-sync replicas [10000].",
+)
 def serve(
     config_file: Path | None,
     data_dir: str | None,
@@ -87,6 +92,7 @@ def serve(
     advertise: str | None,
     rack: str | None,
     metrics_listen: str | None,
+    replica_lag_time_max_ms: int | None,
 ) -> None:
     """Run a broker (a single node, or a cluster member with --cluster) until
     SIGINT/SIGTERM."""
@@ -99,6 +105,7 @@ def serve(
         "advertise": advertise,
         "rack": rack,
         "metrics_listen": metrics_listen,
+        "replica_lag_time_max_ms": replica_lag_time_max_ms,
     }
     try:
         loaded = load_config(

@@ -359,7 +359,16 @@ class TopicManager:
         topic = self._topics.get(name)
         if topic is None:
             raise UnknownTopicOrPartitionError(f"unknown topic {name!r}")
-        overrides = dict(topic.record.configs)
+        return self.altered_overrides(topic.record.configs, changes)
+
+    def altered_overrides(
+        self, current: Mapping[str, str], changes: Mapping[str, str]
+    ) -> tuple[dict[str, str], LogConfig]:
+        """Overrides ``current`` after ``changes`` (a value of ``default`` removes
+        one) and the LogConfig they make, validated as at creation: the check of
+        :meth:`check_alter`, also used by a cluster, whose topics' overrides live in
+        the metadata store.  Raises InvalidConfigError."""
+        overrides = dict(current)
         for key, value in changes.items():
             canonical = _canonical_key(key)
             for existing in [k for k in overrides if _canonical_key(k) == canonical]:

@@ -26,7 +26,7 @@ then closes and removes its local logs.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Final
 
 import msgspec
@@ -47,9 +47,11 @@ from broker.cluster.store import (
 from broker.groups.config import OFFSETS_TOPIC
 from broker.logging import get_logger
 from broker.produce import check_not_internal
+from broker.storage.config import LogConfig
 from broker.topics import TopicManager, log_config_for, validate_topic_name
 from client.errors import (
     DistributaryError,
+    InvalidConfigError,
     InvalidPartitionsError,
     InvalidReplicationFactorError,
     TopicAlreadyExistsError,
@@ -65,6 +67,12 @@ DEFAULT_REPLICATION_FACTOR = 1
 # A partition growth that meets a concurrent change of its topic plans again;
 # this many attempts in all.
 GROW_ATTEMPTS_MAX: Final = 3
+# A topic of at least this replication factor that does not set
+# min.insync.replicas gets MIN_INSYNC_REPLICAS_REPLICATED (so acks=all survives
+# the loss of one replica and still needs two copies).
+REPLICATED_FACTOR_MIN: Final = 3
+MIN_INSYNC_REPLICAS_REPLICATED: Final = 2
+MIN_INSYNC_REPLICAS_KEY: Final = "min.insync.replicas"
 
 _logger = get_logger()
 
@@ -91,15 +99,42 @@ def plan_topic(
         raise InvalidPartitionsError(
             f"partition count {partitions} is outside [1, {topics.partitions_max}]"
         )
-    log_config_for(topics.defaults, configs)
     if replication_factor == -1:
         replication_factor = DEFAULT_REPLICATION_FACTOR
     if replication_factor < 1:
         raise InvalidReplicationFactorError(f"replication factor {replication_factor} is below 1")
+    configs = replication_configs(topics.defaults, configs, replication_factor)
     live = _live_brokers(metadata)
     start = rng.randrange(max(len(live), 1))
     replicas = place_replicas(live, partitions, replication_factor, start)
-    return TopicAssignment(replicas=replicas, configs=dict(configs))
+    return TopicAssignment(replicas=replicas, configs=configs)
+
+
+def replication_configs(
+    defaults: LogConfig, configs: Mapping[str, str], replication_factor: int
+) -> dict[str, str]:
+    """``configs`` validated, with ``min.insync.replicas`` set when the topic has
+    REPLICATED_FACTOR_MIN replicas or more and neither it nor the broker's
+    ``topic_defaults`` set one.  Raises InvalidConfigError (also for a min ISR
+    above the replication factor: acks=all could never succeed)."""
+    config = log_config_for(defaults, configs)
+    stored = dict(configs)
+    if (
+        replication_factor >= REPLICATED_FACTOR_MIN
+        and config.min_insync_replicas == LogConfig().min_insync_replicas
+        and not any(_is_min_insync_key(key) for key in configs)
+    ):
+        stored[MIN_INSYNC_REPLICAS_KEY] = str(MIN_INSYNC_REPLICAS_REPLICATED)
+    elif config.min_insync_replicas > replication_factor:
+        raise InvalidConfigError(
+            f"min.insync.replicas={config.min_insync_replicas} is above the replication "
+            f"factor {replication_factor}"
+        )
+    return stored
+
+
+def _is_min_insync_key(key: str) -> bool:
+    return key.strip().replace(".", "_").replace("-", "_").lower() == "min_insync_replicas"
 
 
 def _live_brokers(metadata: ClusterMetadata) -> list[LiveBroker]:

@@ -4,11 +4,17 @@ Each turns a request body into calls on the :class:`GroupService` (and its
 coordinator) and the result into the response body.  Group errors travel in the
 responses' ``error_code`` fields (whole request or per partition/group), never
 as an ErrorResponse, so a client always learns which part failed.
+
+DescribeGroups reports each partition's log end (its high watermark) and the
+group's lag only where this broker serves the partition's reads: elsewhere its
+own copy of the log may be stale (a cluster member keeps the logs of partitions
+others lead), so those rows carry -1, unknown, and the SDK asks each
+partition's leader instead.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from broker.groups.coordinator import HeartbeatRequest, OffsetCommitInput
 from broker.groups.service import GroupService
@@ -170,8 +176,13 @@ def handle_list_groups(service: GroupService, body: ListGroupsRequest) -> ListGr
     )
 
 
-def describe_group(service: GroupService, group_id: str) -> DescribedGroup:
-    """Raises UnknownGroupError, CoordinatorNotAvailableError."""
+def describe_group(
+    service: GroupService, group_id: str, serves_reads: Callable[[str, int], bool] | None = None
+) -> DescribedGroup:
+    """The group's members and partitions; a partition's log end and lag are -1
+    (unknown) unless ``serves_reads`` says this broker serves its reads (None: a
+    single node, which serves every partition it holds).  Raises
+    UnknownGroupError, CoordinatorNotAvailableError."""
     service.check_coordinator(group_id)
     description = service.coordinator.describe_group(group_id)
     members = [
@@ -200,7 +211,7 @@ def describe_group(service: GroupService, group_id: str) -> DescribedGroup:
     )
     partitions: list[DescribedPartition] = []
     for tp in sorted(rows):
-        log_end = _log_end_offset(service, tp)
+        log_end = _log_end_offset(service, tp, serves_reads)
         committed = description.offsets.get(tp)
         row = DescribedPartition(
             tp.topic, tp.partition, log_end_offset=log_end, member_id=description.owners.get(tp, "")
@@ -224,8 +235,13 @@ def describe_group(service: GroupService, group_id: str) -> DescribedGroup:
     )
 
 
-def _log_end_offset(service: GroupService, tp: TopicPartition) -> int:
-    """The partition's high watermark (what a consumer can reach), -1 if it is gone."""
+def _log_end_offset(
+    service: GroupService, tp: TopicPartition, serves_reads: Callable[[str, int], bool] | None
+) -> int:
+    """The partition's high watermark (what a consumer can reach); -1 if it is gone
+    or this broker does not serve its reads (its copy may be stale)."""
+    if serves_reads is not None and not serves_reads(tp.topic, tp.partition):
+        return -1
     try:
         return service.topics.partition(tp.topic, tp.partition).high_watermark
     except DistributaryError:
@@ -233,12 +249,15 @@ def _log_end_offset(service: GroupService, tp: TopicPartition) -> int:
 
 
 def handle_describe_groups(
-    service: GroupService, body: DescribeGroupsRequest
+    service: GroupService,
+    body: DescribeGroupsRequest,
+    serves_reads: Callable[[str, int], bool] | None = None,
 ) -> DescribeGroupsResponse:
+    """DescribeGroups; ``serves_reads`` as for :func:`describe_group`."""
     groups: list[DescribedGroup] = []
     for group_id in body.group_ids:
         try:
-            groups.append(describe_group(service, group_id))
+            groups.append(describe_group(service, group_id, serves_reads))
         except DistributaryError as error:
             groups.append(DescribedGroup(group_id, int(error.code), error.message))
     return DescribeGroupsResponse(groups)

@@ -5,7 +5,8 @@ Fetch is counted when its answer is final (broker/connection.py), not when it
 is collected, because a collected answer below ``min_bytes`` is dropped and
 collected again later.  Per answered partition with records, never per record:
 the records of a partition's answer are the offsets it moves the consumer on
-(the region's next offset minus the fetch offset).
+(the region's next offset minus the fetch offset).  A follower's fetch is
+replication, not consumer traffic: it is not counted.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ def count_fetched(
 ) -> None:
     """Add ``response`` (the answer to ``body``, whose offsets are resolved; its
     partitions with records own ``regions``, in order) to the partitions' traffic."""
-    if not regions:
+    if not regions or body.replica_id >= 0:
         return
     next_region = iter(regions)
     for wanted_topic, answered_topic in zip(body.topics, response.topics, strict=True):

@@ -10,6 +10,10 @@ Fixture ``broker_cluster`` (import ``broker_cluster_fixture`` with
     .extra_args ({node_id: [flags]} added to that broker's command line, e.g. --rack)
     .metadata(broker) -> MetadataResponse, .wait_until(predicate, timeout_s)
 
+``BrokerCluster(etcd, directory, args=[...])`` adds ``serve`` flags to every broker
+(the replication tests shorten ``--replica-lag-time-max-ms``); ``hosts`` picks
+the loopback addresses (one per broker).
+
 Every process is stopped at teardown (SIGCONT first, in case a test paused it).
 """
 
@@ -17,7 +21,7 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Final, TypeVar
 
@@ -26,7 +30,15 @@ from conftest import RawClient
 from etcd_process import EtcdProcess
 
 from broker.testing import BrokerProcess
-from client.protocol.messages import MetadataRequest, MetadataResponse, Request
+from client.protocol.messages import (
+    ListOffsetsPartition,
+    ListOffsetsRequest,
+    ListOffsetsResponse,
+    ListOffsetsTopic,
+    MetadataRequest,
+    MetadataResponse,
+    Request,
+)
 
 HOSTS: Final = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 PREFIX: Final = "distributary-cluster-test"
@@ -36,10 +48,18 @@ T = TypeVar("T")
 
 
 class BrokerCluster:
-    def __init__(self, etcd: EtcdProcess, directory: Path) -> None:
+    def __init__(
+        self,
+        etcd: EtcdProcess,
+        directory: Path,
+        args: Sequence[str] = (),
+        hosts: Sequence[str] = HOSTS,
+    ) -> None:
         self.etcd = etcd
         self.directory = directory
         self.url = etcd.cluster_url(PREFIX)
+        self.args = list(args)
+        self.hosts = tuple(hosts)
         self.brokers: list[BrokerProcess] = []
         self.extra_args: dict[int, list[str]] = {}
 
@@ -57,12 +77,13 @@ class BrokerCluster:
                 url or self.url,
                 "--node-id",
                 str(node_id),
+                *self.args,
                 *self.extra_args.get(node_id, []),
             ],
         )
 
     def start(self) -> None:
-        for node_id, host in enumerate(HOSTS, start=1):
+        for node_id, host in enumerate(self.hosts, start=1):
             broker = self.new_broker(node_id, host)
             broker.start()
             self.brokers.append(broker)
@@ -129,3 +150,12 @@ def leaders(response: MetadataResponse, topic: str) -> dict[int, tuple[int, int]
         if found.name == topic and found.error_code == 0:
             return {p.partition: (p.leader, p.leader_epoch) for p in found.partitions}
     return None
+
+
+def leads(broker: BrokerProcess, topic: str, partition: int) -> bool:
+    """Whether ``broker`` answers ListOffsets for the partition: it leads it, with its
+    leadership in place (Metadata may name a leader a moment before)."""
+    request = ListOffsetsRequest([ListOffsetsTopic(topic, [ListOffsetsPartition(partition)])])
+    body = call(broker, request)
+    assert isinstance(body, ListOffsetsResponse), body
+    return body.topics[0].partitions[0].error_code == 0

@@ -58,7 +58,7 @@ def test_unknown_api_keys_share_one_label() -> None:
     """API keys a client invents are counted under one "unknown" API: a label
     value per key would be an unbounded label."""
     requests = RequestCounters()
-    for key in (11, 999, 1000, 31_337):  # 11: between two APIs' keys
+    for key in (12, 999, 1000, 31_337):  # 12: between two APIs' keys
         requests.finished(key, ErrorCode.UNSUPPORTED_API, 0.0)
     requests.check_invariants()
     answered = requests.answered()
