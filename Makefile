@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: run cluster test lint typecheck pytest soak simulate bench bench-cluster clean
+.PHONY: run cluster test lint typecheck pytest soak simulate bench bench-cluster bench-replication clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ bench: $(STAMP)
 # Three brokers with etcd beside one broker: throughput, topic creation, failover.
 bench-cluster: $(STAMP)
 	$(BIN)/python -m bench.cluster
+
+# Replication factor 3 on three brokers beside one broker: produce with acks=all,
+# latency, leader kills, a wiped follower's catch-up (ARGS=... adds flags).
+bench-replication: $(STAMP)
+	$(BIN)/python -m bench.replication $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -47,216 +47,60 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import IO, Any, Final
 
 import structlog
 
+from bench.cluster_processes import (
+    EVENT_TIMEOUT_S,
+    BenchError,
+    Broker,
+    Probe,
+    leaders,
+    running_cluster,
+    wait_for,
+)
 from broker.cluster.local_cluster import LocalClusterError, find_etcd
 from broker.cluster.member import LEASE_TTL_S
 from client import Admin, Consumer, Producer, TooManyRequestsError, TopicPartition
-from client._io.cluster import Cluster
 from client.errors import DistributaryError
-from client.protocol.messages import MetadataRequest, MetadataResponse
+from client.producer import AcksSetting
 
-HOST: Final = "127.0.0.1"
-PREFIX: Final = "bench"
 PARTITIONS: Final = 6
-START_TIMEOUT_S: Final = 30.0
-STOP_TIMEOUT_S: Final = 15.0
 PHASE_TIMEOUT_S: Final = 300.0
-# Wait at most this long for a failover, an offline partition or the first ack.
-EVENT_TIMEOUT_S: Final = 60.0
 SERVED_POLL_S: Final = 0.001
 FAILOVER_POLL_S: Final = 0.010
 SEND_INTERVAL_S: Final = 0.001
-PROBE_TIMEOUT_MS: Final = 1_000
+LOG_END_POLL_S: Final = 0.05
 # Acknowledged sends before the leader is killed (the producer is in its steady state).
 ACKS_BEFORE_KILL: Final = 200
-
-
-class BenchError(Exception):
-    """A benchmark step failed (the message says which)."""
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        return int(probe.getsockname()[1])
-
-
-class Child:
-    """A child process whose output goes to a log file."""
-
-    def __init__(self, name: str, command: list[str], log: Path) -> None:
-        self.name = name
-        self.command = command
-        self.log = log
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        assert self.process is None or self.process.poll() is not None
-        with self.log.open("ab") as output:
-            self.process = subprocess.Popen(
-                self.command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT
-            )
-
-    def exited(self) -> bool:
-        return self.process is None or self.process.poll() is not None
-
-    def kill(self) -> None:
-        if not self.exited():
-            assert self.process is not None
-            self.process.kill()
-            self.process.wait(timeout=STOP_TIMEOUT_S)
-
-    def terminate(self) -> None:
-        if not self.exited():
-            assert self.process is not None
-            self.process.send_signal(signal.SIGTERM)
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL after STOP_TIMEOUT_S."""
-        self.terminate()
-        if self.process is not None:
-            try:
-                self.process.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def tail(self) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-2000:]
-        except FileNotFoundError:
-            return ""
-
-
-class Etcd(Child):
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        client, peer = f"http://{HOST}:{self.port}", f"http://{HOST}:{free_port()}"
-        command = [
-            *(str(find_etcd()), "--name=bench", f"--data-dir={directory / 'etcd'}"),
-            *(f"--listen-client-urls={client}", f"--advertise-client-urls={client}"),
-            *(f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}"),
-            *(f"--initial-cluster=bench={peer}", "--logger=zap", "--log-level=error"),
-        ]
-        super().__init__("etcd", command, directory / "etcd.log")
-
-    def cluster_url(self) -> str:
-        return f"etcd://{HOST}:{self.port}/{PREFIX}"
-
-    def wait_ready(self) -> None:
-        """Raises BenchError when etcd does not answer within START_TIMEOUT_S."""
-        deadline = time.monotonic() + START_TIMEOUT_S
-        request = urllib.request.Request(
-            f"http://{HOST}:{self.port}/v3/kv/range", data=b'{"key": "AA=="}', method="POST"
-        )
-        while time.monotonic() < deadline:
-            if self.exited():
-                raise BenchError(f"etcd exited: {self.tail()}")
-            try:
-                with urllib.request.urlopen(request, timeout=0.5):
-                    return
-            except (OSError, urllib.error.URLError):
-                time.sleep(0.02)
-        raise BenchError(f"etcd did not answer within {START_TIMEOUT_S} s")
-
-
-class Broker(Child):
-    def __init__(self, directory: Path, node_id: int, cluster_url: str | None) -> None:
-        self.node_id = node_id
-        self.port = free_port()
-        command = [sys.executable, "-m", "broker", "serve", "--listen", self.address]
-        command += ["--data-dir", str(directory / f"broker-{node_id}"), "--log-format", "json"]
-        if cluster_url is not None:
-            command += ["--cluster", cluster_url, "--node-id", str(node_id)]
-        super().__init__(f"broker {node_id}", command, directory / f"broker-{node_id}.log")
-
-    @property
-    def address(self) -> str:
-        return f"{HOST}:{self.port}"
-
-    async def wait_listening(self) -> None:
-        """Raises BenchError when the broker exits or does not listen in time."""
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.exited():
-                raise BenchError(f"{self.name} exited: {self.tail()}")
-            try:
-                _, writer = await asyncio.open_connection(HOST, self.port)
-            except OSError:
-                await asyncio.sleep(0.01)
-                continue
-            writer.close()
-            return
-        raise BenchError(f"{self.name} did not listen within {START_TIMEOUT_S} s")
-
-
-class Probe:
-    """Metadata asked of one chosen broker (not routed by the SDK)."""
-
-    def __init__(self, cluster: Cluster) -> None:
-        self.cluster = cluster
-
-    async def metadata(self, broker: Broker, topics: list[str]) -> MetadataResponse | None:
-        """The broker's answer, or None when it does not answer."""
-        try:
-            connection = await self.cluster.connection_to((HOST, broker.port), attempts_max=1)
-            response = await connection.request(
-                MetadataRequest(topics), timeout_ms=PROBE_TIMEOUT_MS
-            )
-        except DistributaryError:
-            return None
-        body = response.body
-        assert isinstance(body, MetadataResponse)
-        return body
-
-
-def leaders(body: MetadataResponse | None, topic: str) -> dict[int, int]:
-    """Partition -> leader in ``body`` for ``topic`` (empty when it is unknown)."""
-    if body is None:
-        return {}
-    for entry in body.topics:
-        if entry.name == topic and not entry.error_code:
-            return {p.partition: p.leader for p in entry.partitions}
-    return {}
-
-
-async def wait_for(what: str, condition: Callable[[], Awaitable[bool]], poll_s: float) -> float:
-    """Poll until ``condition()``; return time.monotonic() then.  Raises BenchError
-    after EVENT_TIMEOUT_S."""
-    deadline = time.monotonic() + EVENT_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if await condition():
-            return time.monotonic()
-        await asyncio.sleep(poll_s)
-    raise BenchError(f"{what}: not within {EVENT_TIMEOUT_S} s")
 
 
 # -- throughput ---------------------------------------------------------------------------
 
 
 async def produce(
-    bootstrap: list[str], topic: str, cfg: argparse.Namespace, api: str
+    bootstrap: list[str],
+    topic: str,
+    cfg: argparse.Namespace,
+    api: str,
+    acks: AcksSetting = "leader",
+    partitions: int = PARTITIONS,
 ) -> tuple[float, list[int]]:
-    """Records/s of ``--n`` keyless records through one Producer (module docstring),
-    and the partitions' log ends."""
-    async with Admin(bootstrap) as admin:
-        await admin.create_topic(topic, PARTITIONS)
+    """Records/s of ``--n`` keyless records through one Producer to ``topic`` (which
+    exists, with ``partitions`` partitions; module docstring), and the partitions'
+    log ends once they add up to ``--n``.  Raises BenchError when they do not
+    within EVENT_TIMEOUT_S (the log end is the high watermark, which may reach the
+    last records a moment after an acks=leader producer's flush)."""
     payload = os.urandom(cfg.size)
     deadline = time.monotonic() + PHASE_TIMEOUT_S
-    async with Producer(bootstrap, linger_ms=cfg.linger_ms, acks="leader") as producer:
+    async with Producer(bootstrap, linger_ms=cfg.linger_ms, acks=acks) as producer:
         await producer.partitions_for(topic)
         started = time.perf_counter()
         if api == "enqueue":
@@ -279,17 +123,26 @@ async def produce(
                     send_nowait(topic, payload)
         await producer.flush()
         wall = time.perf_counter() - started
-    ends = await log_ends(bootstrap, topic)
-    if sum(ends) != cfg.n:
-        raise BenchError(f"produce {api}: log ends {ends} add up to {sum(ends)}, not {cfg.n}")
+    ends: list[int] = []
+
+    async def complete() -> bool:
+        ends[:] = await log_ends(bootstrap, topic, partitions)
+        return bool(sum(ends) == cfg.n)
+
+    try:
+        await wait_for(f"produce {api}: log ends", complete, LOG_END_POLL_S)
+    except BenchError:
+        raise BenchError(
+            f"produce {api}: log ends {ends} add up to {sum(ends)}, not {cfg.n}"
+        ) from None
     return float(cfg.n) / wall, ends
 
 
-async def log_ends(bootstrap: list[str], topic: str) -> list[int]:
+async def log_ends(bootstrap: list[str], topic: str, partitions: int = PARTITIONS) -> list[int]:
     async with Consumer(bootstrap) as consumer:
-        targets = {TopicPartition(topic, p): -1 for p in range(PARTITIONS)}
+        targets = {TopicPartition(topic, p): -1 for p in range(partitions)}
         offsets = await consumer.list_offsets(targets)
-    return [offsets[TopicPartition(topic, p)] for p in range(PARTITIONS)]
+    return [offsets[TopicPartition(topic, p)] for p in range(partitions)]
 
 
 async def consume(bootstrap: list[str], topic: str, cfg: argparse.Namespace) -> float:
@@ -317,6 +170,9 @@ async def consume(bootstrap: list[str], topic: str, cfg: argparse.Namespace) -> 
 
 
 async def throughput(bootstrap: list[str], cfg: argparse.Namespace) -> dict[str, Any]:
+    async with Admin(bootstrap) as admin:
+        await admin.create_topic("bench-enqueue", PARTITIONS)
+        await admin.create_topic("bench-nowait", PARTITIONS)
     enqueue, enqueue_ends = await produce(bootstrap, "bench-enqueue", cfg, "enqueue")
     nowait, nowait_ends = await produce(bootstrap, "bench-nowait", cfg, "send_nowait")
     return {
@@ -464,43 +320,16 @@ async def rerouting(bootstrap: list[str], probe: Probe, brokers: list[Broker]) -
 
 
 async def cluster_rep(directory: Path, cfg: argparse.Namespace) -> dict[str, Any]:
-    etcd = Etcd(directory)
-    brokers = [Broker(directory, node_id, etcd.cluster_url()) for node_id in (1, 2, 3)]
-    bootstrap = [b.address for b in brokers]
-    etcd.start()
-    try:
-        etcd.wait_ready()
-        for broker in brokers:
-            broker.start()
-        for broker in brokers:
-            await broker.wait_listening()
-        probe = Probe(await Cluster.open(bootstrap, connect_timeout_ms=PROBE_TIMEOUT_MS))
-        try:
-
-            async def formed() -> bool:
-                for broker in brokers:
-                    body = await probe.metadata(broker, [])
-                    if body is None or len(body.brokers) != len(brokers) or body.controller_id < 0:
-                        return False
-                return True
-
-            await wait_for("cluster formed", formed, 0.05)
-            row: dict[str, Any] = await throughput(bootstrap, cfg)
-            created = await creation(bootstrap, probe, brokers, cfg.topics)
-            row["create_round_trip_ms"] = statistics.median(c for c, _ in created)
-            row["create_to_served_ms"] = statistics.median(s for _, s in created)
-            row["create_return_to_served_ms"] = statistics.median(s - c for c, s in created)
-            row["create_to_served_each_ms"] = [round(s, 1) for _, s in created]
-            row.update(await rerouting(bootstrap, probe, brokers))
-            row["controller_failover_ms"] = await controller_failover(probe, brokers)
-        finally:
-            await probe.cluster.shutdown()
-    finally:
-        for broker in brokers:
-            broker.terminate()
-        for broker in brokers:
-            broker.stop()
-        etcd.stop()
+    async with running_cluster(directory) as cluster:
+        bootstrap, probe, brokers = cluster.bootstrap, cluster.probe, cluster.brokers
+        row: dict[str, Any] = await throughput(bootstrap, cfg)
+        created = await creation(bootstrap, probe, brokers, cfg.topics)
+        row["create_round_trip_ms"] = statistics.median(c for c, _ in created)
+        row["create_to_served_ms"] = statistics.median(s for _, s in created)
+        row["create_return_to_served_ms"] = statistics.median(s - c for c, s in created)
+        row["create_to_served_each_ms"] = [round(s, 1) for _, s in created]
+        row.update(await rerouting(bootstrap, probe, brokers))
+        row["controller_failover_ms"] = await controller_failover(probe, brokers)
     return row
 
 

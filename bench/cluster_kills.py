@@ -50,22 +50,22 @@ from typing import IO, Any, Final
 
 from bench.cluster import (
     ACKS_BEFORE_KILL,
-    EVENT_TIMEOUT_S,
     FAILOVER_POLL_S,
     PARTITIONS,
-    PROBE_TIMEOUT_MS,
     SEND_INTERVAL_S,
+    controller_of,
+    log_ends,
+)
+from bench.cluster_processes import (
+    EVENT_TIMEOUT_S,
     BenchError,
     Broker,
-    Etcd,
     Probe,
-    controller_of,
     leaders,
-    log_ends,
+    running_cluster,
     wait_for,
 )
 from client import Admin, Producer
-from client._io.cluster import Cluster
 from client.errors import DistributaryError
 
 TOPIC: Final = "bench-kills"
@@ -73,22 +73,34 @@ SETTLE_POLL_S: Final = 0.05
 
 
 class Sender:
-    """One task sending to one partition; the times its sends were acknowledged."""
+    """One task sending to one partition of ``topic``, a record at a time: the
+    times its sends were acknowledged and the (offset, value) of each.  Values are
+    ``size`` bytes, each one different (its number, padded)."""
 
-    def __init__(self, producer: Producer, partition: int) -> None:
+    def __init__(
+        self, producer: Producer, partition: int, topic: str = TOPIC, size: int = 100
+    ) -> None:
         self.producer = producer
         self.partition = partition
+        self.topic = topic
+        self.size = size
         self.acks: list[float] = []
+        self.acknowledged: list[tuple[int, bytes]] = []
         self.errors: list[str] = []
 
     async def run(self, stopping: asyncio.Event) -> None:
+        number = 0
         while not stopping.is_set():
+            value = b"%d" % number
+            value += b"k" * (self.size - len(value))
+            number += 1
             try:
-                await self.producer.send(TOPIC, b"k" * 100, partition=self.partition)
+                sent = await self.producer.send(self.topic, value, partition=self.partition)
             except DistributaryError as error:
                 self.errors.append(repr(error))
             else:
                 self.acks.append(time.monotonic())
+                self.acknowledged.append((sent.offset, value))
             await asyncio.sleep(SEND_INTERVAL_S)
 
     def longest_gap(self, start: float, end: float) -> float:
@@ -172,37 +184,13 @@ async def settle(probe: Probe, brokers: list[Broker], senders: tuple[Sender, Sen
 
 async def kills_run(directory: Path, kills: int) -> dict[str, Any]:
     """The whole series on one fresh cluster (module docstring)."""
-    etcd = Etcd(directory)
-    brokers = [Broker(directory, node_id, etcd.cluster_url()) for node_id in (1, 2, 3)]
-    bootstrap = [b.address for b in brokers]
-    etcd.start()
-    try:
-        etcd.wait_ready()
-        for broker in brokers:
-            broker.start()
-        for broker in brokers:
-            await broker.wait_listening()
-        probe = Probe(await Cluster.open(bootstrap, connect_timeout_ms=PROBE_TIMEOUT_MS))
-        try:
-            return await _series(probe, brokers, bootstrap, kills)
-        finally:
-            await probe.cluster.shutdown()
-    finally:
-        for broker in brokers:
-            broker.terminate()
-        for broker in brokers:
-            broker.stop()
-        etcd.stop()
+    async with running_cluster(directory) as cluster:
+        return await _series(cluster.probe, cluster.brokers, cluster.bootstrap, kills)
 
 
 async def _series(
     probe: Probe, brokers: list[Broker], bootstrap: list[str], kills: int
 ) -> dict[str, Any]:
-    async def formed() -> bool:
-        body = await probe.metadata(brokers[0], [])
-        return body is not None and len(body.brokers) == len(brokers) and body.controller_id >= 0
-
-    await wait_for("cluster formed", formed, SETTLE_POLL_S)
     async with Admin(bootstrap) as admin:
         await admin.create_topic(TOPIC, PARTITIONS)
     placed: dict[int, int] = {}

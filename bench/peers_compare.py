@@ -170,11 +170,12 @@ async def _lat_consumer(
     latencies: list[int] = []
     from_intended: list[int] = []
     count = 0
-    address = f"{peers.HOST}:{cfg['port']}"
-    tp = TopicPartition(LAT_TOPIC, 0)
+    tp = TopicPartition(cfg["topic"], 0)
     hard_deadline = time.monotonic() + cfg["warmup"] + cfg["seconds"] + 60
     drain_deadline: float | None = None
-    async with Consumer(address, fetch_max_wait_ms=200, auto_offset_reset="earliest") as consumer:
+    async with Consumer(
+        cfg["address"], fetch_max_wait_ms=200, auto_offset_reset="earliest"
+    ) as consumer:
         await consumer.assign([tp])
         consumer.seek(tp, 0)
         ready.set()
@@ -217,11 +218,11 @@ async def _lat_producer(
     warm_n = rate * cfg["warmup"]
     pad = os.urandom(max(0, size - peers.LAT_HDR.size))
     interval = 1e9 / rate
-    address = f"{peers.HOST}:{cfg['port']}"
+    topic = cfg["topic"]
     if not ready.wait(30):
         raise peers.BenchError("latency: consumer not ready in 30 s")
     index, sends, max_lag_ns = 0, 0, 0
-    async with Producer(address, linger_ms=0, acks="leader") as producer:
+    async with Producer(cfg["address"], linger_ms=0, acks=cfg["acks"]) as producer:
         t_start = time.monotonic_ns() + 20_000_000
         cpu_start = time.process_time()
         hard_deadline = time.monotonic() + cfg["warmup"] + cfg["seconds"] + 30
@@ -234,7 +235,7 @@ async def _lat_producer(
             for j in range(index, due):
                 intended = int(t_start + j * interval)
                 value = peers.LAT_HDR.pack(time.monotonic_ns(), intended, 1 if j < warm_n else 0)
-                await producer.enqueue(LAT_TOPIC, value + pad, partition=0)
+                await producer.enqueue(topic, value + pad, partition=0)
             max_lag_ns = max(max_lag_ns, now - int(t_start + index * interval))
             sends += 1
             index = due
@@ -262,40 +263,55 @@ def _lat_entry(
         queue.put({"error": f"{role}: {error!r}"})
 
 
-def dist_latency(peers: ModuleType, cfg: Any, server: Any) -> dict[str, Any]:
-    address = f"{peers.HOST}:{server.port}"
-    asyncio.run(_create_topic(address, LAT_TOPIC))
+def latency_clients(
+    peers_dir: str, settings: dict[str, Any], limit_s: float
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run the latency producer and consumer (two spawned processes) against
+    ``settings["address"]`` (one or more "host:port", comma-separated), partition 0
+    of ``settings["topic"]``, which exists; ``settings`` also names ``rate``,
+    ``seconds``, ``warmup``, ``size`` and ``acks``.  Returns what the producer and
+    the consumer reported (an "error" key when one failed); each is killed after
+    ``limit_s``.  Raises queue.Empty when one reports nothing within ``limit_s``."""
     context = mp.get_context("spawn")
     ready, done = context.Event(), context.Event()
     consumer_queue, producer_queue = context.Queue(), context.Queue()
-    settings = {
-        "rate": cfg.lat_rate,
-        "seconds": cfg.lat_seconds,
-        "warmup": cfg.lat_warmup,
-        "size": cfg.size,
-        "port": server.port,
-    }
-    args = (cfg.peers_dir_resolved, settings, ready, done)
+    args = (peers_dir, settings, ready, done)
     consumer = context.Process(
         target=_lat_entry, args=("consumer", *args, consumer_queue), daemon=True
     )
     producer = context.Process(
         target=_lat_entry, args=("producer", *args, producer_queue), daemon=True
     )
-    cpu_before = server.cpu_s()
-    started = time.perf_counter()
     consumer.start()
     producer.start()
-    limit = cfg.lat_warmup + cfg.lat_seconds + 120
     try:
-        produced = producer_queue.get(timeout=limit)
-        consumed = consumer_queue.get(timeout=limit)
+        produced: dict[str, Any] = producer_queue.get(timeout=limit_s)
+        consumed: dict[str, Any] = consumer_queue.get(timeout=limit_s)
     finally:
         for process in (producer, consumer):
             process.join(10)
             if process.is_alive():
                 process.kill()
                 process.join(5)
+    return produced, consumed
+
+
+def dist_latency(peers: ModuleType, cfg: Any, server: Any) -> dict[str, Any]:
+    address = f"{peers.HOST}:{server.port}"
+    asyncio.run(_create_topic(address, LAT_TOPIC))
+    settings = {
+        "rate": cfg.lat_rate,
+        "seconds": cfg.lat_seconds,
+        "warmup": cfg.lat_warmup,
+        "size": cfg.size,
+        "address": address,
+        "topic": LAT_TOPIC,
+        "acks": "leader",
+    }
+    cpu_before = server.cpu_s()
+    started = time.perf_counter()
+    limit = cfg.lat_warmup + cfg.lat_seconds + 120
+    produced, consumed = latency_clients(cfg.peers_dir_resolved, settings, limit)
     wall = time.perf_counter() - started
     if "error" in produced or "error" in consumed:
         raise peers.BenchError(
