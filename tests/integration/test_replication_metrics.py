@@ -109,8 +109,8 @@ def test_isr_shrink_expansion_and_election_are_exported(cluster: BrokerCluster) 
     """Proves a paused follower's leader reports TOPIC-0 under-replicated (ISR 2 of 3)
     and counts the shrink; once the follower is back, 0 under-replicated and an
     expansion counted, the follower's lag 0 (and promtool finds its scrape clean);
-    after the leader is killed, the controller counts a clean
-    election and reports the one-replica partitions of the dead broker offline."""
+    after the leader is killed, the controller counts a clean election and reports
+    the one-replica partitions of the dead broker offline."""
     create(cluster, TOPIC, 1, 3)
     create(cluster, SOLO, 3, 1)
     leader_id = wait_until(lambda: in_sync(cluster, 3), FAILOVER_S, "ISR of 3")
