@@ -6,7 +6,8 @@ and how far behind its leader each partition it follows is.
 partition states) and one over the followed partitions of the fetchers; nothing
 here is touched on the produce or fetch paths.  A single node (no cluster) leads
 every open partition, each with one replica in sync, and is its own controller
-with nothing offline, so its gauges are 0 rather than absent.
+with nothing offline, so its gauges are 0 rather than absent; a cluster member
+that has not joined yet reports nothing led and no controller.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ def replication_view(broker: Broker) -> ReplicationView:
     """The replication state of ``broker`` now (module docstring)."""
     member = broker.cluster
     if not isinstance(member, ClusterMember):
+        if broker.config.cluster is not None:
+            # A cluster member still joining: it leads nothing yet.
+            return ReplicationView([], [], False, 0)
         led = [
             LedPartition(partition.topic, partition.index, 1, 1)
             for partition in broker.topics.all_partitions()
