@@ -18,8 +18,10 @@ election.py): dead brokers leave every ISR (into the ELR when the ISR falls belo
 the topic's min ISR), a broker seen back with a new registration (a new broker
 epoch: it was dead in between) is fenced too and, after an unclean shutdown,
 leaves every ELR, and partitions whose leader is gone get a new one.  An unclean
-election or recovery is logged at warning.  A failed write (a conflict or an
-unreachable etcd) is retried after the next change or after RETRY_S.
+election or recovery is logged at warning; every election written is counted by
+kind in the broker's ReplicationCounters (the metrics read them).  A failed write
+(a conflict or an unreachable etcd) is retried after the next change or after
+RETRY_S.
 
 Preferred-leader election: once a partition's first replica is live and in the
 ISR but not leading for PREFERRED_LEADER_DELAY_S, the controller moves leadership
@@ -47,6 +49,7 @@ from broker.cluster.store import (
     VersionConflictError,
 )
 from broker.logging import get_logger
+from broker.metrics.counters import ReplicationCounters
 from broker.replication.election import ElectionKind
 from client.errors import ErrorCode, NotControllerError
 
@@ -132,10 +135,11 @@ async def run_controller(member: ClusterMember) -> None:
                 memory = ControllerMemory(metadata.broker_epochs)
                 _logger.info("elected controller", node=member.node_id, controller_epoch=epoch)
             restarted = memory.restarted(metadata)
-            retry = await _elect(member.store, controller, metadata, restarted)
+            counters = member.broker.metrics.replication
+            retry = await _elect(member.store, controller, metadata, restarted, counters)
             if not retry:
                 memory.broker_epochs = dict(metadata.broker_epochs)
-                wait_s = await _preferred(member.store, controller, metadata, memory)
+                wait_s = await _preferred(member.store, controller, metadata, memory, counters)
             elif my_controller(member, member.metadata) is None:
                 epoch = 0
         elif epoch:
@@ -145,13 +149,31 @@ async def run_controller(member: ClusterMember) -> None:
             await changed.wait()
 
 
+def election_label(kind: ElectionKind, before: PartitionState, after: PartitionState) -> str | None:
+    """The ``kind`` label of distributary_leader_elections_total for a decision that
+    took ``before`` to ``after``; None when no leader was elected (unchanged, or the
+    partition went offline).  A clean election from the ELR is told apart from one
+    from the ISR by where the new leader was."""
+    if kind is ElectionKind.CLEAN:
+        return "clean" if after.leader in before.isr else "elr"
+    if kind is ElectionKind.UNCLEAN:
+        return "unclean"
+    if kind is ElectionKind.RECOVERY:
+        return "unclean_recovery"
+    if kind is ElectionKind.PREFERRED:
+        return "preferred"
+    return None
+
+
 async def _elect(
     store: MetadataStore,
     controller: Controller,
     metadata: ClusterMetadata,
     restarted: dict[int, bool],
+    counters: ReplicationCounters,
 ) -> bool:
-    """Write every leadership change; True when one failed (retry later)."""
+    """Write every leadership change (each election written is counted in
+    ``counters``); True when one failed (retry later)."""
     changes = elect_leaders(metadata.topics, metadata.states, metadata.live(), restarted)
     failed = False
     for (topic, partition), decision in sorted(changes.items()):
@@ -166,6 +188,9 @@ async def _elect(
             _logger.info("leadership change not written", topic=topic, error=error.message)
             failed = True
             continue
+        kind = election_label(decision.kind, metadata.states[(topic, partition)], state)
+        if kind is not None:
+            counters.elected(kind)
         log = _logger.info
         if decision.kind in (ElectionKind.UNCLEAN, ElectionKind.RECOVERY):
             log = _logger.warning
@@ -188,6 +213,7 @@ async def _preferred(
     controller: Controller,
     metadata: ClusterMetadata,
     memory: ControllerMemory,
+    counters: ReplicationCounters,
 ) -> float:
     """Move leadership back to preferred replicas that waited PREFERRED_LEADER_DELAY_S;
     returns how long until the next one is due (inf: none)."""
@@ -197,7 +223,7 @@ async def _preferred(
     memory.preferred_since = since
     due = {key: state for key, state in candidates.items()
            if now - since[key] >= PREFERRED_LEADER_DELAY_S}  # fmt: skip
-    await _write_preferred(store, controller, metadata, due)
+    await _write_preferred(store, controller, metadata, due, counters)
     waiting = [since[key] + PREFERRED_LEADER_DELAY_S - now for key in candidates if key not in due]
     return max(0.0, min(waiting)) if waiting else float("inf")
 
@@ -207,6 +233,7 @@ async def _write_preferred(
     controller: Controller,
     metadata: ClusterMetadata,
     changes: dict[tuple[str, int], PartitionState],
+    counters: ReplicationCounters,
 ) -> dict[tuple[str, int], ErrorCode]:
     """Write preferred-leader changes; each partition's outcome (NONE: moved).
     Raises NotControllerError when this broker's controller epoch is over."""
@@ -222,6 +249,7 @@ async def _write_preferred(
             outcomes[(topic, partition)] = ErrorCode.PREFERRED_LEADER_NOT_AVAILABLE
             continue
         outcomes[(topic, partition)] = ErrorCode.NONE
+        counters.elected("preferred")
         _logger.info(
             "preferred leader elected",
             topic=topic,
@@ -247,7 +275,8 @@ async def elect_preferred_leaders(
         raise NotControllerError(f"broker {member.node_id} is not the controller")
     wanted = sorted(partitions) if partitions is not None else sorted(metadata.states)
     changes = preferred_elections(metadata.topics, metadata.states, metadata.live(), set(wanted))
-    written = await _write_preferred(member.store, controller, metadata, changes)
+    counters = member.broker.metrics.replication
+    written = await _write_preferred(member.store, controller, metadata, changes, counters)
     outcomes: dict[tuple[str, int], tuple[ErrorCode, int]] = {}
     for key in wanted:
         state = metadata.states.get(key)

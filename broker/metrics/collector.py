@@ -10,7 +10,10 @@ thread), so it reads the broker's dicts and partitions without locks.  It reads:
 - each open partition's offsets, size and segments;
 - each coordinated group's members, state, epoch, committed offsets and lag
   (broker/metrics/group_lag.py);
-- the free space of the data dir's file system (statvfs).
+- the free space of the data dir's file system (statvfs);
+- the replication state: partitions led here and their ISR, offline partitions on
+  the controller, each followed partition's lag (broker/metrics/replication.py),
+  and the ISR changes and elections this broker wrote.
 
 Its cost is one pass over the partitions and one over the committed offsets
 (plus a batch-header read per lagging partition): see docs/benchmarks.md for
@@ -34,6 +37,7 @@ from prometheus_client.registry import Collector
 from broker.groups.group import GroupState
 from broker.metrics.counters import STORAGE, BucketCounts, api_label, outcome_label
 from broker.metrics.group_lag import coordinated_groups, group_lags
+from broker.metrics.replication import replication_view
 from broker.partition import Partition, PartitionStats
 from broker.state import Broker
 
@@ -310,12 +314,69 @@ class BrokerCollector(Collector):
         )
 
     def _replication(self) -> Iterator[Metric]:
-        # The replication metrics go here once partitions have replicas (names
-        # reserved in docs/monitoring.md): distributary_under_replicated_partitions
-        # (gauge), distributary_isr_shrinks_total, distributary_isr_expands_total and
-        # distributary_leader_elections_total (counters).  Nothing is exported
-        # before there is something true to export.
-        return iter(())
+        view = replication_view(self.broker)
+        counters = self.broker.metrics.replication
+        yield GaugeMetricFamily(
+            "distributary_under_replicated_partitions",
+            "Partitions led by this broker whose ISR is smaller than their replicas.",
+            value=sum(1 for led in view.led if led.under_replicated),
+        )
+        labels = ["topic", "partition"]
+        replicas = GaugeMetricFamily(
+            "distributary_partition_replicas",
+            "Replicas assigned to a partition led by this broker.",
+            labels=labels,
+        )
+        isr_size = GaugeMetricFamily(
+            "distributary_partition_isr_size",
+            "In-sync replicas (the leader included) of a partition led by this broker.",
+            labels=labels,
+        )
+        for led in view.led:
+            values = [led.topic, str(led.partition)]
+            replicas.add_metric(values, led.replicas)
+            isr_size.add_metric(values, led.isr)
+        yield replicas
+        yield isr_size
+        lag = GaugeMetricFamily(
+            "distributary_replica_lag",
+            "Records a partition followed by this broker is behind: the leader's high "
+            "watermark as last fetched minus this replica's log end.",
+            labels=labels,
+        )
+        for followed in view.followed:
+            lag.add_metric([followed.topic, str(followed.partition)], followed.lag_records)
+        yield lag
+        yield GaugeMetricFamily(
+            "distributary_active_controller",
+            "1 when this broker is the cluster's controller (a single node is its own).",
+            value=1 if view.controller else 0,
+        )
+        yield GaugeMetricFamily(
+            "distributary_offline_partitions",
+            "Partitions with no leader, as the controller sees them (0 on other brokers).",
+            value=view.offline,
+        )
+        yield CounterMetricFamily(
+            "distributary_isr_shrinks",
+            "ISR shrinks this broker wrote as a partition's leader.",
+            value=counters.isr_shrinks,
+        )
+        yield CounterMetricFamily(
+            "distributary_isr_expands",
+            "ISR expansions this broker wrote as a partition's leader.",
+            value=counters.isr_expands,
+        )
+        elections = CounterMetricFamily(
+            "distributary_leader_elections",
+            "Leader elections this broker wrote as controller, by how the leader was "
+            "chosen (clean: from the ISR; elr: from the eligible leader replicas; "
+            "preferred; unclean; unclean_recovery: from the last known ELR).",
+            labels=["kind"],
+        )
+        for kind, count in counters.leader_elections.items():
+            elections.add_metric([kind], count)
+        yield elections
 
 
 def _add_histogram(family: HistogramMetricFamily, labels: list[str], counts: BucketCounts) -> None:

@@ -17,6 +17,8 @@ locks.
 - :class:`StorageActivity`: flushes, retention and compaction of every log in the
   process (:data:`STORAGE`, one per process: the storage layer has no broker to
   hang it on).
+- :class:`ReplicationCounters`: ISR shrinks and expansions this broker wrote as
+  leader, leader elections it wrote as controller (by kind).
 - :class:`BrokerMetrics`: what one broker holds (``Broker.metrics``).
 """
 
@@ -231,6 +233,36 @@ class StorageActivity:
         self.retention_deleted_bytes += size_bytes
 
 
+# The ``kind`` label values of distributary_leader_elections_total, every one
+# exported (0 until it happens) so a query over a kind always has a series.
+ELECTION_KINDS: Final = ("clean", "elr", "preferred", "unclean", "unclean_recovery")
+
+
+class ReplicationCounters:
+    """ISR changes written by this broker as a partition's leader, and leader
+    elections written by this broker as controller.  Bumped once per committed
+    metadata write, never per record."""
+
+    __slots__ = ("isr_expands", "isr_shrinks", "leader_elections")
+
+    def __init__(self) -> None:
+        self.isr_shrinks = 0
+        self.isr_expands = 0
+        self.leader_elections: dict[str, int] = dict.fromkeys(ELECTION_KINDS, 0)
+
+    def isr_changed(self, before: int, after: int) -> None:
+        """A committed ISR change from ``before`` to ``after`` members."""
+        if after < before:
+            self.isr_shrinks += 1
+        elif after > before:
+            self.isr_expands += 1
+
+    def elected(self, kind: str) -> None:
+        """A leader election of ``kind`` (one of ELECTION_KINDS) was written."""
+        assert kind in self.leader_elections, kind
+        self.leader_elections[kind] += 1
+
+
 # Bumped by broker/storage/async_log.py for every log of this process.
 STORAGE: Final = StorageActivity()
 
@@ -242,6 +274,7 @@ class BrokerMetrics:
     def __init__(self) -> None:
         self.requests = RequestCounters()
         self.connections = ConnectionCounters()
+        self.replication = ReplicationCounters()
         # Seconds Broker.open took (open and recover the logs, rebuild the groups);
         # None until the server has measured it.
         self.recovery_duration_s: float | None = None

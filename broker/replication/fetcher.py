@@ -98,6 +98,8 @@ class Followed:
     # trio.current_time() before which the partition is not asked about again.
     retry_at: float = 0.0
     errors: int = field(default=0)
+    # The leader's HW in its last fetch answer (-1: none yet), for the replica lag.
+    leader_high_watermark: int = -1
 
 
 class LeaderFetcher:
@@ -394,6 +396,7 @@ class LeaderFetcher:
                 return
         followed.errors = 0
         if answer.high_watermark >= 0:
+            followed.leader_high_watermark = answer.high_watermark
             await self._take_step(
                 followed, state.on_fetch_answer(answer.high_watermark, partition.log_end_offset)
             )

@@ -7,7 +7,8 @@ led partition's LeaderState for a proposal (a shrink of the followers that fell
 behind, or an expansion of those that caught up; at most one in flight).  A
 proposal is written as the partition state last seen with the new ISR -- same
 leader, same leader epoch -- compared against that state's version (its mod
-revision).  Success: ``isr_committed`` and the new version is remembered.  A
+revision).  Success: ``isr_committed``, the new version is remembered and the
+change is counted (a shrink or an expansion, for the metrics).  A
 conflict (the controller or an election changed the state) or a store error:
 ``isr_rejected``; the watch delivers the state that won, the replica manager
 applies it (a new epoch makes this broker a follower; an ISR the controller
@@ -36,6 +37,7 @@ import trio
 from broker.cluster.schema import PartitionState, encode, state_key
 from broker.cluster.store import Compare, MetadataStore, MetadataStoreError, Put
 from broker.logging import get_logger
+from broker.metrics.counters import ReplicationCounters
 from broker.partition import Partition
 from broker.replication.election import apply_isr_change
 from broker.replication.leader_state import LeaderState
@@ -72,6 +74,7 @@ class IsrWriter:
         clock_ms: Callable[[], int],
         is_fenced: Callable[[], bool],
         broker_epochs: Callable[[], Mapping[int, int]] | None = None,
+        counters: ReplicationCounters | None = None,
     ) -> None:
         self.store = store
         self.node_id = node_id
@@ -79,6 +82,8 @@ class IsrWriter:
         self._clock_ms = clock_ms
         self._is_fenced = is_fenced
         self._broker_epochs = broker_epochs
+        # Each committed shrink or expansion is counted here (the metrics read it).
+        self.counters = ReplicationCounters() if counters is None else counters
         self.led: dict[PartitionKey, Led] = {}
         self._wake = trio.Event()
 
@@ -128,6 +133,7 @@ class IsrWriter:
         state = apply_isr_change(led.state, led.leader_state.replicas, isr, led.min_insync_replicas)
         assert state.leader == self.node_id, (key, state)
         name = state_key(*key)
+        isr_size_before = len(led.leader_state.isr)
         led.writing = True
         try:
             revision = await self.store.txn(
@@ -147,6 +153,7 @@ class IsrWriter:
             )
             return
         led.writing = False
+        self.counters.isr_changed(isr_size_before, len(state.isr))
         if self.led.get(key) is not led:
             return  # no longer led in this epoch
         if revision > led.version:

@@ -82,6 +82,7 @@ class ReplicaManager:
             clock_ms,
             member.view.is_fenced,
             lambda: self.member.metadata.broker_epochs,
+            member.broker.metrics.replication,
         )
         self._nursery: trio.Nursery | None = None
         self._retry = trio.Event()  # set when a role change failed

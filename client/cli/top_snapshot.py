@@ -5,8 +5,8 @@ one scrape of a broker's metrics endpoint (docs/monitoring.md lists the names)
 into a :class:`Scrape`: cumulative counters, gauges and histogram buckets keyed
 by topic, group and API.  :func:`compute_view` turns two scrapes (the one before
 may be None, or from before the broker restarted) into a :class:`TopView`:
-per-topic records/s and bytes/s, each group's lag and its trend, each API's
-requests/s and latency p50/p99 from the histogram's bucket deltas (linear
+per-topic records/s and bytes/s, the under-replicated and offline partition
+counts, each group's lag and its trend, each API's requests/s and latency p50/p99 from the histogram's bucket deltas (linear
 interpolation inside a bucket, as Prometheus's ``histogram_quantile`` does).
 
 A counter that went down (the broker restarted between the scrapes) gives no
@@ -48,6 +48,10 @@ class Scrape(msgspec.Struct, frozen=True, kw_only=True):
     cpu_seconds: float | None = None
     resident_bytes: float | None = None
     open_fds: float | None = None
+    # Partitions led by the broker with a shrunk ISR; partitions with no leader
+    # (counted by the controller only).  None: the broker does not export them.
+    under_replicated_partitions: float | None = None
+    offline_partitions: float | None = None
 
 
 class TopicRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -92,6 +96,8 @@ class TopView(msgspec.Struct, frozen=True, kw_only=True):
     cpu_percent: float | None = None
     resident_bytes: float | None = None
     open_fds: int | None = None
+    under_replicated_partitions: int | None = None
+    offline_partitions: int | None = None
 
 
 def parse_scrape(text: str, time_s: float) -> Scrape:
@@ -140,7 +146,12 @@ def parse_scrape(text: str, time_s: float) -> Scrape:
                 buckets.setdefault(labels["api"], []).append((float(labels["le"]), value))
             elif short == "build_info":
                 version = labels.get("version", "")
-            elif short in ("connections", "connections_opened_total"):
+            elif short in (
+                "connections",
+                "connections_opened_total",
+                "under_replicated_partitions",
+                "offline_partitions",
+            ):
                 single[short] = value
     return Scrape(
         time_s=time_s,
@@ -162,6 +173,8 @@ def parse_scrape(text: str, time_s: float) -> Scrape:
         cpu_seconds=single.get("process_cpu_seconds_total"),
         resident_bytes=single.get("process_resident_memory_bytes"),
         open_fds=single.get("process_open_fds"),
+        under_replicated_partitions=single.get("under_replicated_partitions"),
+        offline_partitions=single.get("offline_partitions"),
     )
 
 
@@ -276,6 +289,8 @@ def compute_view(previous: Scrape | None, current: Scrape) -> TopView:
         ),
         resident_bytes=current.resident_bytes,
         open_fds=None if current.open_fds is None else int(current.open_fds),
+        under_replicated_partitions=_count(current.under_replicated_partitions),
+        offline_partitions=_count(current.offline_partitions),
     )
 
 
@@ -300,6 +315,10 @@ def _api_rows(before: Scrape | None, current: Scrape, interval_s: float | None) 
             )
         )
     return rows
+
+
+def _count(value: float | None) -> int | None:
+    return None if value is None else int(value)
 
 
 def _percent(cpu_seconds_per_s: float | None) -> float | None:

@@ -6,7 +6,8 @@ never touches a terminal, so tests render it into a string console.  Numbers
 are shown with units (records/s, B/s, ms); a rate that cannot be known yet
 (the first refresh, or the one after a restart) shows as "-".  A group's lag
 trend is an arrow with the change per second: up when it grows, down when it
-shrinks.
+shrinks.  The header counts under-replicated and offline partitions, in red when
+not 0.
 """
 
 from __future__ import annotations
@@ -49,6 +50,10 @@ def render_view(view: TopView, address: str) -> RenderableType:
         f"  cpu {_number(view.cpu_percent)} %",
         f"  rss {_bytes(view.resident_bytes)}",
         f"  fds {view.open_fds if view.open_fds is not None else DASH}",
+        "  under-replicated ",
+        _partition_count(view.under_replicated_partitions),
+        "  offline ",
+        _partition_count(view.offline_partitions),
     )
     return Group(header, _topics(view), _groups(view), _apis(view))
 
@@ -109,6 +114,13 @@ def trend(per_s: float | None) -> Text:
     if per_s < 0:
         return Text(f"▼ {per_s:,.0f}/s", style="green")
     return Text("= 0/s")
+
+
+def _partition_count(count: int | None) -> Text:
+    """A count of partitions in trouble: red when some are."""
+    if count is None:
+        return Text(DASH)
+    return Text(str(count), style="bold red" if count else "")
 
 
 def _number(value: float | None) -> str:

@@ -55,7 +55,8 @@ async def test_once_json_reports_topics_groups_and_requests(
 ) -> None:
     """Proves `top --once --json --bootstrap HOST:PORT` reads the metrics on port + 1 and
     prints one view: the topic with its partitions, the group with its lag, rates over
-    the interval, and the APIs that were called."""
+    the interval, the APIs that were called, and no partition under-replicated or
+    offline."""
     port = free_port_pair()
     broker = broker_factory(args=["--listen", f"127.0.0.1:{port}", "--metrics-listen", "auto"])
     assert broker.port == port and broker.metrics_address == f"127.0.0.1:{port + 1}"
@@ -79,6 +80,7 @@ async def test_once_json_reports_topics_groups_and_requests(
     apis = {row["api"] for row in view["apis"]}
     assert {"produce", "fetch", "offset_commit"} <= apis
     assert view["connections"] >= 0 and view["resident_bytes"] > 0
+    assert view["under_replicated_partitions"] == 0 and view["offline_partitions"] == 0
 
 
 async def test_top_shows_the_broker_down_and_reconnects(broker_factory: BrokerFactory) -> None:

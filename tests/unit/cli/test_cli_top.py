@@ -30,6 +30,7 @@ def scrape_text(
     produce_buckets: tuple[int, int, int, int],
     cpu_seconds: float = 1.0,
     opened: int = 3,
+    under_replicated: int = 0,
 ) -> str:
     """A scrape as the broker writes it (docs/monitoring.md names), two partitions of
     topic "orders", one group "billing" reading it."""
@@ -82,6 +83,10 @@ def scrape_text(
         "process_resident_memory_bytes 5e+07",
         "# TYPE process_open_fds gauge",
         "process_open_fds 12.0",
+        "# TYPE distributary_under_replicated_partitions gauge",
+        f"distributary_under_replicated_partitions {under_replicated}",
+        "# TYPE distributary_offline_partitions gauge",
+        "distributary_offline_partitions 0.0",
         "# EOF",
     ]
     return "\n".join(lines) + "\n"
@@ -95,6 +100,7 @@ SECOND = scrape_text(
     produce_buckets=(10, 90, 200, 200),
     cpu_seconds=1.5,
     opened=5,
+    under_replicated=3,
 )
 
 
@@ -109,6 +115,8 @@ def test_a_scrape_is_parsed_per_topic_group_and_api() -> None:
     assert (scrape.group_lag["billing"], scrape.group_lag_seconds["billing"]) == (100, 4.5)
     assert scrape.request_buckets["produce"][-1] == (float("inf"), 100)
     assert (scrape.connections, scrape.cpu_seconds, scrape.open_fds) == (2, 1.0, 12)
+    assert (scrape.under_replicated_partitions, scrape.offline_partitions) == (0, 0)
+    assert parse_scrape("# EOF\n", time_s=1.0).under_replicated_partitions is None
 
 
 def test_rates_lag_trend_and_latency_come_from_the_two_scrapes() -> None:
@@ -128,6 +136,7 @@ def test_rates_lag_trend_and_latency_come_from_the_two_scrapes() -> None:
     assert api.p99_seconds == pytest.approx(0.0991)
     assert view.cpu_percent == pytest.approx(25.0)
     assert view.connections_opened_per_s == 1.0
+    assert (view.under_replicated_partitions, view.offline_partitions) == (3, 0)
 
 
 def test_first_scrape_and_a_restart_give_no_rates() -> None:
@@ -161,6 +170,7 @@ def test_render_is_a_pure_function_of_two_scrapes() -> None:
     text = output.getvalue()
     assert "orders" in text and "billing" in text and "produce" in text
     assert "▲ +100/s" in text and "1,000" in text
+    assert "under-replicated 3" in text and "offline 0" in text
     output.truncate(0)
     console.print(render(None, "connection refused", "h:1"))
     assert "DOWN" in output.getvalue() and "connection refused" in output.getvalue()

@@ -42,6 +42,9 @@ def test_dashboard_is_well_formed() -> None:
         "Data dir file system used",
         "CPU",
         "Resident memory",
+        "Under-replicated and offline partitions",
+        "ISR shrinks and expansions",
+        "Leader elections by kind",
     ):
         assert wanted in titles
     variables = {variable["name"] for variable in dashboard["templating"]["list"]}

@@ -34,6 +34,7 @@ def test_rules_are_valid() -> None:
 
 def test_alerts_fire_as_their_unit_tests_say() -> None:
     """Proves each alert fires for its failure and not for its look-alikes (broker down,
-    p99 high but not for Fetch, lag growing as Burrow judges it, empty group)."""
+    p99 high but not for Fetch, lag growing as Burrow judges it, empty group, disk
+    filling, under-replicated and offline partitions, unclean elections)."""
     result = promtool("test", "rules", "rules_test.yml")
     assert result.returncode == 0, result.stdout + result.stderr

@@ -1,6 +1,6 @@
-"""The collector (broker/metrics/collector.py, group_lag.py, traffic.py) over a real
-Broker state in a temp dir, scraped through the broker's registry and parsed back
-with prometheus-client's parser."""
+"""The collector (broker/metrics/collector.py, group_lag.py, traffic.py,
+replication.py) over a real Broker state in a temp dir, scraped through the
+broker's registry and parsed back with prometheus-client's parser."""
 
 from __future__ import annotations
 
@@ -10,11 +10,14 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from broker.cluster.schema import NO_LEADER, PartitionState, TopicAssignment
+from broker.cluster.snapshot import ClusterMetadata
 from broker.config import load_config
 from broker.fetch import collect_fetch
 from broker.handlers import handle
-from broker.metrics.counters import STORAGE
+from broker.metrics.counters import ELECTION_KINDS, STORAGE
 from broker.metrics.registry import MetricsRegistry
+from broker.metrics.replication import FollowedPartition, LedPartition, cluster_view
 from broker.metrics.traffic import count_fetched
 from broker.state import Broker
 from client.errors import ErrorCode
@@ -277,3 +280,57 @@ async def test_rendering_in_steps_equals_rendering_at_once(broker: Broker, accep
 
     assert steady(stepped) == steady(whole)
     assert stepped.count(b"# EOF") == (1 if accept else 0)
+
+
+async def test_single_node_replication_gauges_are_zero(broker: Broker) -> None:
+    """Proves a broker without a cluster exports every replication metric: each open
+    partition led with one replica in sync, nothing under-replicated or offline, the
+    ISR and election counters at 0 (every election kind present)."""
+    samples = scrape(broker)
+    assert value(samples, "distributary_under_replicated_partitions") == 0
+    assert value(samples, "distributary_offline_partitions") == 0
+    assert value(samples, "distributary_active_controller") == 1
+    for partition in ("0", "1"):
+        labels = {"topic": "t", "partition": partition}
+        assert value(samples, "distributary_partition_replicas", **labels) == 1
+        assert value(samples, "distributary_partition_isr_size", **labels) == 1
+    assert value(samples, "distributary_isr_shrinks_total") == 0
+    assert value(samples, "distributary_isr_expands_total") == 0
+    for kind in ELECTION_KINDS:
+        assert value(samples, "distributary_leader_elections_total", kind=kind) == 0
+
+
+async def test_replication_counters_are_exported(broker: Broker) -> None:
+    """Proves the ISR change and election counters reach the scrape as counted."""
+    counters = broker.metrics.replication
+    counters.isr_changed(3, 2)
+    counters.isr_changed(2, 3)
+    counters.isr_changed(3, 2)
+    counters.elected("unclean")
+    samples = scrape(broker)
+    assert value(samples, "distributary_isr_shrinks_total") == 2
+    assert value(samples, "distributary_isr_expands_total") == 1
+    assert value(samples, "distributary_leader_elections_total", kind="unclean") == 1
+    assert value(samples, "distributary_leader_elections_total", kind="clean") == 0
+
+
+def test_cluster_view_counts_led_under_replicated_and_offline() -> None:
+    """Proves the cluster view lists the partitions this node leads with their replica
+    and ISR counts, counts leaderless partitions only on the controller, and skips a
+    state whose topic is gone."""
+    metadata = ClusterMetadata(
+        topics={"a": TopicAssignment([[1, 2, 3], [2, 3, 1], [3, 1, 2]])},
+        states={
+            ("a", 0): PartitionState(1, 3, [1, 2]),
+            ("a", 1): PartitionState(1, 5, [1, 2, 3]),
+            ("a", 2): PartitionState(NO_LEADER, 7, []),
+            ("gone", 0): PartitionState(1, 1, [1]),
+        },
+    )
+    lag = [FollowedPartition("b", 0, 4)]
+    view = cluster_view(metadata, 1, lag, controller=True)
+    assert view.led == [LedPartition("a", 0, 3, 2), LedPartition("a", 1, 3, 3)]
+    assert [led.under_replicated for led in view.led] == [True, False]
+    assert view.offline == 1 and view.followed == lag
+    assert cluster_view(metadata, 1, [], controller=False).offline == 0
+    assert cluster_view(metadata, 2, [], controller=True).led == []

@@ -7,10 +7,12 @@ import pytest
 
 from broker.metrics.counters import (
     DURATION_BUCKETS_S,
+    ELECTION_KINDS,
     UNKNOWN_API,
     BucketCounts,
     ConnectionCounters,
     PartitionTraffic,
+    ReplicationCounters,
     RequestCounters,
     api_label,
     outcome_label,
@@ -87,3 +89,21 @@ def test_traffic_and_limits_add_up() -> None:
     assert connections.limit_hits["frame_bytes_max"] == 1
     with pytest.raises(AssertionError):
         connections.limit_hit("no_such_limit")
+
+
+def test_replication_counters_tell_shrinks_from_expansions() -> None:
+    """Proves an ISR change counts by its direction (an unchanged size counts as
+    neither) and elections count by kind, every kind present from the start."""
+    counters = ReplicationCounters()
+    assert counters.leader_elections == dict.fromkeys(ELECTION_KINDS, 0)
+    counters.isr_changed(3, 2)
+    counters.isr_changed(2, 1)
+    counters.isr_changed(1, 3)
+    counters.isr_changed(2, 2)
+    assert (counters.isr_shrinks, counters.isr_expands) == (2, 1)
+    counters.elected("clean")
+    counters.elected("clean")
+    counters.elected("elr")
+    assert counters.leader_elections["clean"] == 2 and counters.leader_elections["elr"] == 1
+    with pytest.raises(AssertionError):
+        counters.elected("sideways")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from broker.cluster.local_store import open_local_store
 from broker.cluster.schema import PartitionState, decode, encode, state_key
+from broker.metrics.counters import ReplicationCounters
 from broker.replication.isr_writer import IsrWriter, Led
 from broker.replication.leader_state import LeaderState
 
@@ -96,3 +97,37 @@ async def test_fenced_leader_writes_nothing(tmp_path: Path) -> None:
         stored = await store.get(key)
         assert stored is not None and stored.mod_revision == version
         assert state.pending_isr is None
+
+
+async def test_committed_shrinks_and_expansions_are_counted(tmp_path: Path) -> None:
+    """Proves each committed ISR write counts once as a shrink or an expansion, and a
+    write the store refused counts as neither."""
+    key = state_key("t", 0)
+    async with open_local_store(tmp_path / "metadata.json", durable=False) as store:
+        version = await store.put(key, encode(PartitionState(1, 4, [1, 2, 3])))
+        clock = Clock()
+        state = leader_state([1, 2, 3])
+        counters = ReplicationCounters()
+        writer = IsrWriter(store, 1, LAG_MS, clock, lambda: False, counters=counters)
+        led = Led(FakePartition(), state, PartitionState(1, 4, [1, 2, 3]), version, 2)  # type: ignore[arg-type]
+        writer.lead(("t", 0), led)
+        clock.now_ms = LAG_MS + 1
+        state.on_follower_fetch(2, 10, clock.now_ms)
+        await writer.check()  # 3 never fetched: shrink to [1, 2]
+        assert (counters.isr_shrinks, counters.isr_expands) == (1, 0)
+        state.on_follower_fetch(3, 10, clock.now_ms)
+        await writer.check()  # 3 caught up: expansion to [1, 2, 3]
+        assert (counters.isr_shrinks, counters.isr_expands) == (1, 1)
+        assert state.isr == (1, 2, 3)
+        clock.now_ms = 3 * LAG_MS
+        state.on_append(20)
+        state.on_follower_fetch(2, 20, clock.now_ms)
+        controller_version = await store.put(key, encode(PartitionState(1, 4, [1, 2, 3])))
+        await writer.check()  # the shrink of 3 conflicts: not written
+        stored = await store.get(key)
+        assert stored is not None and stored.mod_revision == controller_version
+        assert state.isr == (1, 2, 3) and state.pending_isr is None
+        assert (counters.isr_shrinks, counters.isr_expands) == (1, 1)
+        writer.seen(("t", 0), PartitionState(1, 4, [1, 2, 3]), controller_version)
+        await writer.check()  # against the version seen: written
+        assert (counters.isr_shrinks, counters.isr_expands) == (2, 1)

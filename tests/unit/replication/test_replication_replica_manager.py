@@ -9,6 +9,7 @@ from typing import Any
 from broker.cluster.schema import NO_LEADER, BrokerRegistration, PartitionState, TopicAssignment
 from broker.cluster.snapshot import ClusterMetadata
 from broker.config import BrokerConfig
+from broker.metrics.counters import BrokerMetrics
 from broker.replication.epochs import LeaderEpochCache
 from broker.replication.leader_state import LeaderState
 from broker.replication.replica_manager import ReplicaManager
@@ -43,7 +44,7 @@ def member(partition: FakePartition) -> Any:
     config = BrokerConfig(node_id=1, listen="127.0.0.2:0", replica_lag_time_max_ms=3000)
     found = SimpleNamespace(
         node_id=1,
-        broker=SimpleNamespace(config=config, topics=topics),
+        broker=SimpleNamespace(config=config, topics=topics, metrics=BrokerMetrics()),
         store=None,
         view=SimpleNamespace(is_fenced=lambda: False),
         metadata=ClusterMetadata(),
