@@ -50,7 +50,8 @@ def create(cluster: BrokerCluster, configs: dict[str, str] | None = None) -> int
 
     def leader() -> int | None:
         found = [leaders(metadata(broker), TOPIC) for broker in cluster.brokers]
-        if any(f is None or f[0][0] < 0 for f in found):
+        # A broker may list the topic before its partition (not applied yet).
+        if any(f is None or 0 not in f or f[0][0] < 0 for f in found):
             return None
         assert found[0] is not None
         return found[0][0][0]
