@@ -17,7 +17,9 @@ runs :func:`broker.cluster.placement.elect_leaders` (broker/replication/
 election.py): dead brokers leave every ISR (into the ELR when the ISR falls below
 the topic's min ISR), a broker seen back with a new registration (a new broker
 epoch: it was dead in between) is fenced too and, after an unclean shutdown,
-leaves every ELR, and partitions whose leader is gone get a new one.  An unclean
+leaves every ELR, a replica whose broker gave it up after a storage failure
+(``offline/`` keys: broker/replication/replica_manager.py) counts as dead for its
+partition, and partitions whose leader is gone get a new one.  An unclean
 election or recovery is logged at warning.  A failed write (a conflict or an
 unreachable etcd) is retried after the next change or after RETRY_S.
 
@@ -152,7 +154,9 @@ async def _elect(
     restarted: dict[int, bool],
 ) -> bool:
     """Write every leadership change; True when one failed (retry later)."""
-    changes = elect_leaders(metadata.topics, metadata.states, metadata.live(), restarted)
+    changes = elect_leaders(
+        metadata.topics, metadata.states, metadata.live(), restarted, metadata.offline_replicas
+    )
     failed = False
     for (topic, partition), decision in sorted(changes.items()):
         state = decision.state
@@ -192,7 +196,9 @@ async def _preferred(
     """Move leadership back to preferred replicas that waited PREFERRED_LEADER_DELAY_S;
     returns how long until the next one is due (inf: none)."""
     now = trio.current_time()
-    candidates = preferred_elections(metadata.topics, metadata.states, metadata.live())
+    candidates = preferred_elections(
+        metadata.topics, metadata.states, metadata.live(), offline=metadata.offline_replicas
+    )
     since = {key: memory.preferred_since.get(key, now) for key in candidates}
     memory.preferred_since = since
     due = {key: state for key, state in candidates.items()
@@ -246,7 +252,13 @@ async def elect_preferred_leaders(
     if controller is None:
         raise NotControllerError(f"broker {member.node_id} is not the controller")
     wanted = sorted(partitions) if partitions is not None else sorted(metadata.states)
-    changes = preferred_elections(metadata.topics, metadata.states, metadata.live(), set(wanted))
+    changes = preferred_elections(
+        metadata.topics,
+        metadata.states,
+        metadata.live(),
+        set(wanted),
+        offline=metadata.offline_replicas,
+    )
     written = await _write_preferred(member.store, controller, metadata, changes)
     outcomes: dict[tuple[str, int], tuple[ErrorCode, int]] = {}
     for key in wanted:
