@@ -27,8 +27,13 @@ Preferred-leader election: once a partition's first replica is live and in the
 ISR but not leading for PREFERRED_LEADER_DELAY_S, the controller moves leadership
 back to it (:func:`elect_preferred_leaders` does it at once, for the
 ElectLeaders request).  The broker epochs seen are kept in memory: a new
-controller starts from the registrations it finds (a restart it did not see is
-fenced when the broker next dies).
+controller starts from the registrations it finds.  Independently of that memory,
+a partition whose leader registered after the partition's state was written
+(:func:`stale_leaderships`: a whole-cluster restart, or a restart no controller
+saw) is re-elected with a new leader epoch: the same leader after a clean
+shutdown, else another ISR member (election.py's ``reconcile``); the leader's
+broker leads only a state written after its current registration
+(broker/replication/replica_manager.py).
 """
 
 from __future__ import annotations
@@ -118,6 +123,25 @@ class ControllerMemory:
         }
 
 
+def stale_leaderships(metadata: ClusterMetadata) -> dict[tuple[str, int], bool]:
+    """Partitions whose leader's current registration (its broker epoch) is newer
+    than the partition's state -> whether that registration says clean_shutdown.
+    Such a state is not the restarted broker's to lead: it is re-elected whether
+    or not this controller saw the restart (a whole-cluster restart, a new
+    controller)."""
+    stale: dict[tuple[str, int], bool] = {}
+    for key, state in metadata.states.items():
+        registration = metadata.brokers.get(state.leader)
+        epoch = metadata.broker_epochs.get(state.leader)
+        if (
+            registration is not None
+            and epoch is not None
+            and epoch > metadata.state_versions.get(key, 0)
+        ):
+            stale[key] = registration.clean_shutdown
+    return stale
+
+
 async def run_controller(member: ClusterMember) -> None:
     """Act as controller whenever elected (module docstring), until cancelled."""
     epoch = 0
@@ -155,7 +179,12 @@ async def _elect(
 ) -> bool:
     """Write every leadership change; True when one failed (retry later)."""
     changes = elect_leaders(
-        metadata.topics, metadata.states, metadata.live(), restarted, metadata.offline_replicas
+        metadata.topics,
+        metadata.states,
+        metadata.live(),
+        restarted,
+        metadata.offline_replicas,
+        stale_leaderships(metadata),
     )
     failed = False
     for (topic, partition), decision in sorted(changes.items()):

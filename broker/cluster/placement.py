@@ -87,13 +87,16 @@ def elect_leaders(
     live: frozenset[int],
     restarted: Mapping[int, bool] | None = None,
     offline: Mapping[tuple[str, int], frozenset[int]] | None = None,
+    stale: Mapping[tuple[str, int], bool] | None = None,
 ) -> dict[tuple[str, int], Decision]:
     """Every partition whose state must change, with its new state and how its leader
     was chosen.  ``restarted`` maps brokers seen back since the last call (dead in
     between) to whether they shut down cleanly; ``offline[p]`` are brokers whose
-    replica of p failed to store (dead for p alone).  A partition of a topic with no
-    state yet is left alone (its creator writes it)."""
+    replica of p failed to store (dead for p alone); ``stale[p]``: p's leader
+    registered after p's state was written, and whether cleanly (it is re-elected).
+    A partition of a topic with no state yet is left alone (its creator writes it)."""
     offline = offline or {}
+    stale = stale or {}
     changes: dict[tuple[str, int], Decision] = {}
     for name, assignment in topics.items():
         min_isr = min_insync_replicas(assignment.configs)
@@ -109,6 +112,7 @@ def elect_leaders(
                 min_isr=min_isr,
                 unclean_allowed=unclean,
                 restarted=restarted,
+                leader_registered_after=stale.get((name, partition)),
             )
             if decision is not None:
                 changes[(name, partition)] = decision

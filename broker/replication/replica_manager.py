@@ -26,6 +26,12 @@ registration), so the controller fences the replica out of the ISR and elects
 another member; after a restart the key is gone (it went with the old lease) and
 the replica truncates and catches up as a follower.
 
+A leadership is played only from a partition state written after this broker's
+current registration (its version above the broker epoch): an older one may name
+this broker from before a restart in which its log lost what that leadership
+acknowledged; the controller re-elects such a partition in a new epoch
+(broker/cluster/controller.py).
+
 A partition whose log is not open yet (a topic the member has not created
 locally) is left for a later apply; one whose role change failed (its epoch
 checkpoint could not be written) is tried again after ROLE_RETRY_S.  The member publishes a partition as
@@ -114,6 +120,12 @@ class ReplicaManager:
         roles = dict(self.roles)
         for key in self.failed:
             wanted.pop(key, None)
+        own_epoch = metadata.broker_epochs.get(self.node_id, -1)
+        for key, assignment in list(wanted.items()):
+            if assignment.role is Role.LEADER and assignment.version <= own_epoch:
+                # Written before this registration: not ours to lead (the controller
+                # re-elects it in a new epoch).
+                del wanted[key]
         for change in role_changes(self.roles, wanted):
             key = change.key
             partition = self._open_partition(key)
