@@ -29,11 +29,12 @@ back to it (:func:`elect_preferred_leaders` does it at once, for the
 ElectLeaders request).  The broker epochs seen are kept in memory: a new
 controller starts from the registrations it finds.  Independently of that memory,
 a partition whose leader registered after the partition's state was written
-(:func:`stale_leaderships`: a whole-cluster restart, or a restart no controller
-saw) is re-elected with a new leader epoch: the same leader after a clean
-shutdown, else another ISR member (election.py's ``reconcile``); the leader's
-broker leads only a state written after its current registration
-(broker/replication/replica_manager.py).
+(:func:`registered_after_state`: a whole-cluster restart, or a restart no
+controller saw) is re-elected with a new leader epoch: the same leader after a
+clean shutdown, else another ISR member (election.py's ``reconcile``); the
+leader's broker leads only a state written after its current registration
+(broker/replication/replica_manager.py).  Other replicas registered after the
+state are fenced as restarts the controller saw.
 """
 
 from __future__ import annotations
@@ -123,23 +124,23 @@ class ControllerMemory:
         }
 
 
-def stale_leaderships(metadata: ClusterMetadata) -> dict[tuple[str, int], bool]:
-    """Partitions whose leader's current registration (its broker epoch) is newer
-    than the partition's state -> whether that registration says clean_shutdown.
-    Such a state is not the restarted broker's to lead: it is re-elected whether
-    or not this controller saw the restart (a whole-cluster restart, a new
-    controller)."""
-    stale: dict[tuple[str, int], bool] = {}
-    for key, state in metadata.states.items():
-        registration = metadata.brokers.get(state.leader)
-        epoch = metadata.broker_epochs.get(state.leader)
-        if (
-            registration is not None
-            and epoch is not None
-            and epoch > metadata.state_versions.get(key, 0)
-        ):
-            stale[key] = registration.clean_shutdown
-    return stale
+def registered_after_state(metadata: ClusterMetadata) -> dict[tuple[str, int], dict[int, bool]]:
+    """Per partition, its replicas whose current registration (broker epoch) is
+    newer than the partition's state -> whether that registration says
+    clean_shutdown.  They restarted after the state was written, whether or not
+    this controller saw it (a whole-cluster restart, a new controller): the state's
+    ISR and leadership of them are from their previous life."""
+    found: dict[tuple[str, int], dict[int, bool]] = {}
+    for key, version in metadata.state_versions.items():
+        topic = metadata.topics.get(key[0])
+        if topic is None or key[1] >= len(topic.replicas):
+            continue
+        for replica in topic.replicas[key[1]]:
+            registration = metadata.brokers.get(replica)
+            epoch = metadata.broker_epochs.get(replica)
+            if registration is not None and epoch is not None and epoch > version:
+                found.setdefault(key, {})[replica] = registration.clean_shutdown
+    return found
 
 
 async def run_controller(member: ClusterMember) -> None:
@@ -184,7 +185,7 @@ async def _elect(
         metadata.live(),
         restarted,
         metadata.offline_replicas,
-        stale_leaderships(metadata),
+        registered_after_state(metadata),
     )
     failed = False
     for (topic, partition), decision in sorted(changes.items()):

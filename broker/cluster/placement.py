@@ -87,16 +87,18 @@ def elect_leaders(
     live: frozenset[int],
     restarted: Mapping[int, bool] | None = None,
     offline: Mapping[tuple[str, int], frozenset[int]] | None = None,
-    stale: Mapping[tuple[str, int], bool] | None = None,
+    registered_after: Mapping[tuple[str, int], Mapping[int, bool]] | None = None,
 ) -> dict[tuple[str, int], Decision]:
     """Every partition whose state must change, with its new state and how its leader
     was chosen.  ``restarted`` maps brokers seen back since the last call (dead in
     between) to whether they shut down cleanly; ``offline[p]`` are brokers whose
-    replica of p failed to store (dead for p alone); ``stale[p]``: p's leader
-    registered after p's state was written, and whether cleanly (it is re-elected).
-    A partition of a topic with no state yet is left alone (its creator writes it)."""
+    replica of p failed to store (dead for p alone); ``registered_after[p]``: p's
+    replicas registered after p's state was written, and whether cleanly (a leader
+    among them is re-elected, the others fenced as restarted).  A partition of a
+    topic with no state yet is left alone (its creator writes it)."""
     offline = offline or {}
-    stale = stale or {}
+    registered_after = registered_after or {}
+    restarted = restarted or {}
     changes: dict[tuple[str, int], Decision] = {}
     for name, assignment in topics.items():
         min_isr = min_insync_replicas(assignment.configs)
@@ -105,14 +107,16 @@ def elect_leaders(
             state = states.get((name, partition))
             if state is None:
                 continue
+            again = registered_after.get((name, partition), {})
+            followers_again = {b: clean for b, clean in again.items() if b != state.leader}
             decision = reconcile(
                 state,
                 replicas,
                 live - offline.get((name, partition), frozenset()),
                 min_isr=min_isr,
                 unclean_allowed=unclean,
-                restarted=restarted,
-                leader_registered_after=stale.get((name, partition)),
+                restarted={**followers_again, **restarted} if followers_again else restarted,
+                leader_registered_after=again.get(state.leader),
             )
             if decision is not None:
                 changes[(name, partition)] = decision
