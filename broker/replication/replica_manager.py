@@ -257,8 +257,9 @@ class ReplicaManager:
                 key for key, nodes in member.metadata.offline_replicas.items()
                 if self.node_id in nodes
             }  # fmt: skip
-            missing = sorted(self.failed - shown)
             lease = member.lease_id
+            # Without a lease (not registered) the key would outlive this process.
+            missing = sorted(self.failed - shown) if lease else []
             try:
                 for topic, index in missing:
                     value = encode(OfflineReplica(self.node_id, topic, index))
