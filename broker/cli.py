@@ -121,6 +121,9 @@ def serve(
 
     from broker import logging as broker_logging
     from broker.server import serve as serve_broker
+    from broker.storage import disk
+
+    disk.install_test_disk(os.environ)
 
     config = loaded.config
     broker_logging.configure(config.log_format, config.log_level)

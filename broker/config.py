@@ -37,6 +37,8 @@ from client.errors import DistributaryError, InvalidConfigError
 ENV_PREFIX: Final = "DISTRIBUTARY_"
 ENV_CONFIG_FILE: Final = "DISTRIBUTARY_CONFIG"
 ENV_SECTION_SEPARATOR: Final = "__"
+# Test-only switches (e.g. broker/storage/disk.py's), not configuration.
+ENV_TEST_PREFIX: Final = "DISTRIBUTARY_TEST_"
 # A port no well-known broker uses (Kafka 9092, NATS 4222, Redis 6379, AMQP 5672,
 # MQTT 1883).
 DEFAULT_PORT: Final = 9392
@@ -189,7 +191,11 @@ def load_config(
         sources.append(file_name)
     warnings: list[str] = []
     for name, raw in sorted((environ or {}).items()):
-        if not name.startswith(ENV_PREFIX) or name == ENV_CONFIG_FILE:
+        if (
+            not name.startswith(ENV_PREFIX)
+            or name == ENV_CONFIG_FILE
+            or name.startswith(ENV_TEST_PREFIX)
+        ):
             continue
         path = _env_key_path(name)
         if path is None:

@@ -26,6 +26,10 @@ appends, on each follower fetch (:meth:`Partition.follower_fetched`) and when an
 ISR change commits (:meth:`Partition.high_watermark_advanced`).  A follower refuses
 produce appends; it takes batches its leader stamped (:meth:`append_replicated`)
 and the high watermark its leader reports (:meth:`set_follower_high_watermark`).
+A leader with followers whose append or flush fails (StorageError) gives the
+partition up at once: it drops its leader state (acks=all waiters answer
+NOT_LEADER), refuses produce, and tells :attr:`Partition.on_storage_failure` (the
+replica manager has another ISR member elected).
 
 Leader epochs.  The epoch cache (which epoch starts at which offset) mirrors the
 batch headers' epochs and is persisted to ``leader-epoch-checkpoint``
@@ -66,6 +70,7 @@ from client.errors import (
     InvalidBatchError,
     NotLeaderError,
     OffsetOutOfRangeError,
+    StorageError,
     UnknownTopicOrPartitionError,
 )
 from client.records.header import LENGTH_PREFIX_BYTES, MAGIC, BatchHeader, iter_batches
@@ -126,6 +131,9 @@ class Partition:
         # following); see the module docstring.
         self.leader_state: LeaderState | None = None
         self.is_follower = False
+        # Called when a leader with followers gives the partition up after a
+        # storage failure (:meth:`_give_up_leadership`): the replica manager's.
+        self.on_storage_failure: Callable[[StorageError], None] | None = None
         # The epoch the cache last recorded for this leader's appends: an append
         # stamped with another (a new epoch) records where it starts.
         self._epoch_recorded = -1
@@ -364,6 +372,10 @@ class Partition:
                     await self._log.flush()
                 if self._state.log_end_offset != end_before:
                     self._commit_appended(end_before)
+        except StorageError as error:
+            if self._give_up_leadership(error):
+                raise self._gave_up_error(error) from error
+            raise
         finally:
             lock.release()
         return result
@@ -391,10 +403,41 @@ class Partition:
         state = self._state
         end_before = state.log_end_offset
         try:
-            return self._append_batches(payload, headers)
-        finally:
-            if state.log_end_offset != end_before:
-                self._commit_appended(end_before)
+            try:
+                return self._append_batches(payload, headers)
+            finally:
+                if state.log_end_offset != end_before:
+                    self._commit_appended(end_before)
+        except StorageError as error:
+            if self._give_up_leadership(error):
+                raise self._gave_up_error(error) from error
+            raise
+
+    def _give_up_leadership(self, error: StorageError) -> bool:
+        """A leader with followers that failed to store (write or fsync) stops
+        leading at once: no acks=all waiter is answered as success from now on
+        (they answer NOT_LEADER), produce appends are refused, and
+        ``on_storage_failure`` tells the replica manager, which has the controller
+        elect another ISR member.  Whether it gave up: a single replica (no one to
+        take over) or a follower keeps its role and the error."""
+        if self.leader_state is None:
+            return False
+        self.leader_state = None
+        self.is_follower = True
+        self._update_appends_now_allowed()
+        self.wake_waiters(WakeReason.LEADERSHIP)
+        self.logger.error("storage failed; giving up leadership", error=error.message)
+        if self.on_storage_failure is not None:
+            self.on_storage_failure(error)
+        return True
+
+    def _gave_up_error(self, error: StorageError) -> NotLeaderError:
+        """What an append that made the leader give up answers: NOT_LEADER, so the
+        producer retries at the new leader."""
+        return NotLeaderError(
+            f"{self.topic}-{self.index}: this replica failed to store the append and "
+            f"stopped leading: {error.message}"
+        )
 
     def _commit_appended(self, end_before: int) -> None:
         """After a leader's append from ``end_before``: note a new epoch's start, then
@@ -782,7 +825,11 @@ class Partition:
         the schedule).  Raises StorageError."""
         if self.closed:
             return
-        await self._log.maintain()
+        try:
+            await self._log.maintain()
+        except StorageError as error:
+            self._give_up_leadership(error)
+            raise
         start = self._log.start_offset
         if start != self._state.log_start_offset:
             self._state.log_start_advanced(start)

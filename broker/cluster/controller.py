@@ -17,7 +17,9 @@ runs :func:`broker.cluster.placement.elect_leaders` (broker/replication/
 election.py): dead brokers leave every ISR (into the ELR when the ISR falls below
 the topic's min ISR), a broker seen back with a new registration (a new broker
 epoch: it was dead in between) is fenced too and, after an unclean shutdown,
-leaves every ELR, and partitions whose leader is gone get a new one.  An unclean
+leaves every ELR, a replica whose broker gave it up after a storage failure
+(``offline/`` keys: broker/replication/replica_manager.py) counts as dead for its
+partition, and partitions whose leader is gone get a new one.  An unclean
 election or recovery is logged at warning; every election written is counted by
 kind in the broker's ReplicationCounters (the metrics read them).  A failed write
 (a conflict or an unreachable etcd) is retried after the next change or after
@@ -27,8 +29,14 @@ Preferred-leader election: once a partition's first replica is live and in the
 ISR but not leading for PREFERRED_LEADER_DELAY_S, the controller moves leadership
 back to it (:func:`elect_preferred_leaders` does it at once, for the
 ElectLeaders request).  The broker epochs seen are kept in memory: a new
-controller starts from the registrations it finds (a restart it did not see is
-fenced when the broker next dies).
+controller starts from the registrations it finds.  Independently of that memory,
+a partition whose leader registered after the partition's state was written
+(:func:`registered_after_state`: a whole-cluster restart, or a restart no
+controller saw) is re-elected with a new leader epoch: the same leader after a
+clean shutdown, else another ISR member (election.py's ``reconcile``); the
+leader's broker leads only a state written after its current registration
+(broker/replication/replica_manager.py).  Other replicas registered after the
+state are fenced as restarts the controller saw.
 """
 
 from __future__ import annotations
@@ -119,6 +127,25 @@ class ControllerMemory:
         }
 
 
+def registered_after_state(metadata: ClusterMetadata) -> dict[tuple[str, int], dict[int, bool]]:
+    """Per partition, its replicas whose current registration (broker epoch) is
+    newer than the partition's state -> whether that registration says
+    clean_shutdown.  They restarted after the state was written, whether or not
+    this controller saw it (a whole-cluster restart, a new controller): the state's
+    ISR and leadership of them are from their previous life."""
+    found: dict[tuple[str, int], dict[int, bool]] = {}
+    for key, version in metadata.state_versions.items():
+        topic = metadata.topics.get(key[0])
+        if topic is None or key[1] >= len(topic.replicas):
+            continue
+        for replica in topic.replicas[key[1]]:
+            registration = metadata.brokers.get(replica)
+            epoch = metadata.broker_epochs.get(replica)
+            if registration is not None and epoch is not None and epoch > version:
+                found.setdefault(key, {})[replica] = registration.clean_shutdown
+    return found
+
+
 async def run_controller(member: ClusterMember) -> None:
     """Act as controller whenever elected (module docstring), until cancelled."""
     epoch = 0
@@ -174,7 +201,14 @@ async def _elect(
 ) -> bool:
     """Write every leadership change (each election written is counted in
     ``counters``); True when one failed (retry later)."""
-    changes = elect_leaders(metadata.topics, metadata.states, metadata.live(), restarted)
+    changes = elect_leaders(
+        metadata.topics,
+        metadata.states,
+        metadata.live(),
+        restarted,
+        metadata.offline_replicas,
+        registered_after_state(metadata),
+    )
     failed = False
     for (topic, partition), decision in sorted(changes.items()):
         state = decision.state
@@ -218,7 +252,9 @@ async def _preferred(
     """Move leadership back to preferred replicas that waited PREFERRED_LEADER_DELAY_S;
     returns how long until the next one is due (inf: none)."""
     now = trio.current_time()
-    candidates = preferred_elections(metadata.topics, metadata.states, metadata.live())
+    candidates = preferred_elections(
+        metadata.topics, metadata.states, metadata.live(), offline=metadata.offline_replicas
+    )
     since = {key: memory.preferred_since.get(key, now) for key in candidates}
     memory.preferred_since = since
     due = {key: state for key, state in candidates.items()
@@ -274,7 +310,13 @@ async def elect_preferred_leaders(
     if controller is None:
         raise NotControllerError(f"broker {member.node_id} is not the controller")
     wanted = sorted(partitions) if partitions is not None else sorted(metadata.states)
-    changes = preferred_elections(metadata.topics, metadata.states, metadata.live(), set(wanted))
+    changes = preferred_elections(
+        metadata.topics,
+        metadata.states,
+        metadata.live(),
+        set(wanted),
+        offline=metadata.offline_replicas,
+    )
     counters = member.broker.metrics.replication
     written = await _write_preferred(member.store, controller, metadata, changes, counters)
     outcomes: dict[tuple[str, int], tuple[ErrorCode, int]] = {}

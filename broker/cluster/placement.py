@@ -14,7 +14,8 @@ partition span as many racks as they can.
 :func:`broker.replication.election.reconcile`: dead (or restarted) brokers leave
 the ISR (into the ELR when the ISR falls below min ISR), and a partition whose
 leader is gone gets a new one from the ISR, then the ELR (or goes offline,
-NO_LEADER).  :func:`preferred_elections` moves leadership back to each
+NO_LEADER).  A replica its broker gave up after a storage failure counts as dead
+for its partition alone.  :func:`preferred_elections` moves leadership back to each
 partition's first replica once it is live and in sync.  Both read the topic's
 ``min.insync.replicas`` and ``unclean.leader.election.enable`` from its configs.
 """
@@ -85,11 +86,19 @@ def elect_leaders(
     states: Mapping[tuple[str, int], PartitionState],
     live: frozenset[int],
     restarted: Mapping[int, bool] | None = None,
+    offline: Mapping[tuple[str, int], frozenset[int]] | None = None,
+    registered_after: Mapping[tuple[str, int], Mapping[int, bool]] | None = None,
 ) -> dict[tuple[str, int], Decision]:
     """Every partition whose state must change, with its new state and how its leader
     was chosen.  ``restarted`` maps brokers seen back since the last call (dead in
-    between) to whether they shut down cleanly.  A partition of a topic with no
-    state yet is left alone (its creator writes it)."""
+    between) to whether they shut down cleanly; ``offline[p]`` are brokers whose
+    replica of p failed to store (dead for p alone); ``registered_after[p]``: p's
+    replicas registered after p's state was written, and whether cleanly (a leader
+    among them is re-elected, the others fenced as restarted).  A partition of a
+    topic with no state yet is left alone (its creator writes it)."""
+    offline = offline or {}
+    registered_after = registered_after or {}
+    restarted = restarted or {}
     changes: dict[tuple[str, int], Decision] = {}
     for name, assignment in topics.items():
         min_isr = min_insync_replicas(assignment.configs)
@@ -98,8 +107,16 @@ def elect_leaders(
             state = states.get((name, partition))
             if state is None:
                 continue
+            again = registered_after.get((name, partition), {})
+            followers_again = {b: clean for b, clean in again.items() if b != state.leader}
             decision = reconcile(
-                state, replicas, live, min_isr=min_isr, unclean_allowed=unclean, restarted=restarted
+                state,
+                replicas,
+                live - offline.get((name, partition), frozenset()),
+                min_isr=min_isr,
+                unclean_allowed=unclean,
+                restarted={**followers_again, **restarted} if followers_again else restarted,
+                leader_registered_after=again.get(state.leader),
             )
             if decision is not None:
                 changes[(name, partition)] = decision
@@ -111,16 +128,20 @@ def preferred_elections(
     states: Mapping[tuple[str, int], PartitionState],
     live: frozenset[int],
     only: Collection[tuple[str, int]] | None = None,
+    offline: Mapping[tuple[str, int], frozenset[int]] | None = None,
 ) -> dict[tuple[str, int], PartitionState]:
-    """The partitions (of ``only``, or all) whose first replica is live, in the ISR and
-    not leading, with the state that makes it leader."""
+    """The partitions (of ``only``, or all) whose first replica is live (and not
+    ``offline`` for it), in the ISR and not leading, with the state that makes it
+    leader."""
+    offline = offline or {}
     changes: dict[tuple[str, int], PartitionState] = {}
     for name, assignment in topics.items():
         for partition, replicas in enumerate(assignment.replicas):
             state = states.get((name, partition))
             if state is None or (only is not None and (name, partition) not in only):
                 continue
-            new_state = preferred_leader(state, replicas, live)
+            usable = live - offline.get((name, partition), frozenset())
+            new_state = preferred_leader(state, replicas, usable)
             if new_state is not None:
                 changes[(name, partition)] = new_state
     return changes

@@ -7,6 +7,9 @@ added later with a default still reads old values).
     controller/<lease hex>             ControllerCandidate, put with the broker's lease
     topics/<topic>                     TopicAssignment: replica lists, configs
     topics/<topic>/partitions/<p>/state  PartitionState: leader, leader epoch, ISR
+    offline/<node id>/<topic>/<p>      OfflineReplica: the broker's replica of the
+                                       partition failed to store (its disk); put
+                                       with the broker's lease
 
 A broker's data dir remembers which cluster it belongs to in ``cluster.json``
 (:class:`ClusterMembership`, JSON so an operator can read it).
@@ -24,6 +27,7 @@ CLUSTER_ID_KEY: Final = "cluster_id"
 BROKERS_PREFIX: Final = "brokers/"
 CONTROLLER_PREFIX: Final = "controller/"
 TOPICS_PREFIX: Final = "topics/"
+OFFLINE_PREFIX: Final = "offline/"
 MEMBERSHIP_FILE: Final = "cluster.json"
 # A partition without a leader (its replicas are all down).
 NO_LEADER: Final = -1
@@ -79,6 +83,16 @@ class PartitionState(msgspec.Struct, frozen=True):
     last_known_elr: list[int] = []
 
 
+class OfflineReplica(msgspec.Struct, frozen=True):
+    """A broker's replica that gave up its partition after a storage failure: the
+    controller treats it as dead for that partition (fenced out of the ISR and the
+    ELR, never elected) until the broker restarts (a new lease drops the key)."""
+
+    node_id: int
+    topic: str
+    partition: int
+
+
 class ClusterMembership(msgspec.Struct, frozen=True):
     """What a data dir remembers of its cluster: the etcd prefix and cluster id."""
 
@@ -104,6 +118,10 @@ def decode(key: str, data: bytes, value_type: type[T]) -> T:
 
 def broker_key(node_id: int) -> str:
     return f"{BROKERS_PREFIX}{node_id}"
+
+
+def offline_key(node_id: int, topic: str, partition: int) -> str:
+    return f"{OFFLINE_PREFIX}{node_id}/{topic}/{partition}"
 
 
 def controller_key(lease_id: int) -> str:

@@ -15,10 +15,12 @@ from dataclasses import dataclass, field
 from broker.cluster.schema import (
     BROKERS_PREFIX,
     CONTROLLER_PREFIX,
+    OFFLINE_PREFIX,
     TOPICS_PREFIX,
     BrokerRegistration,
     ControllerCandidate,
     MetadataDecodeError,
+    OfflineReplica,
     PartitionState,
     TopicAssignment,
     decode,
@@ -50,6 +52,9 @@ class ClusterMetadata:
     states: dict[tuple[str, int], PartitionState] = field(default_factory=dict)
     # The version (mod_revision) of each state key: a CAS on it changes the state.
     state_versions: dict[tuple[str, int], int] = field(default_factory=dict)
+    # Replicas whose broker gave them up after a storage failure (OfflineReplica):
+    # partition -> those brokers.
+    offline_replicas: dict[tuple[str, int], frozenset[int]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
     def live(self) -> frozenset[int]:
@@ -69,6 +74,12 @@ def decode_metadata(items: Mapping[str, KeyValue]) -> ClusterMetadata:
             elif key.startswith(CONTROLLER_PREFIX):
                 candidate = decode(key, item.value, ControllerCandidate)
                 candidates.append((item.create_revision, key, candidate.node_id))
+            elif key.startswith(OFFLINE_PREFIX):
+                offline = decode(key, item.value, OfflineReplica)
+                replica = (offline.topic, offline.partition)
+                found.offline_replicas[replica] = found.offline_replicas.get(
+                    replica, frozenset()
+                ) | {offline.node_id}
             elif key.startswith(TOPICS_PREFIX):
                 parsed = parse_topics_key(key)
                 if parsed is None:

@@ -20,6 +20,10 @@ Election order, replicas taken in assignment order:
    replica (an unclean election: committed records may be lost);
 5. else NO_LEADER: the partition is offline until one of the above is possible.
 Every leader change, to NO_LEADER included, bumps the leader epoch.
+
+A leader whose current registration is newer than the partition state (it
+restarted, and no controller fenced it in between: a whole-cluster restart, or a
+new controller) is re-elected too (:func:`reconcile`'s ``leader_registered_after``).
 """
 
 from __future__ import annotations
@@ -191,11 +195,35 @@ def reconcile(
     min_isr: int,
     unclean_allowed: bool,
     restarted: Mapping[int, bool] | None = None,
+    leader_registered_after: bool | None = None,
 ) -> Decision | None:
     """The controller's whole step for one partition: fence the dead (and the
     restarted: ``restarted[b]`` is whether broker b's last shutdown was clean), then
-    elect if needed.  None when nothing changes."""
+    elect if needed.  None when nothing changes.
+
+    ``leader_registered_after``: the leader's current registration is newer than
+    this state (None: it is not), and whether it says clean_shutdown.  The state is
+    then not the restarted broker's to lead (it may have lost what it acknowledged
+    as leader): after a clean shutdown it leads again in a new epoch; after an
+    unclean one it is fenced as an unclean restart, so another ISR member (or the
+    ELR rules) take over."""
     restarted = restarted or {}
+    leader = state.leader
+    if leader_registered_after is not None and leader in live and leader not in restarted:
+        if leader_registered_after:
+            decision = reconcile(
+                state, replicas, live, min_isr=min_isr, unclean_allowed=unclean_allowed,
+                restarted=restarted,
+            )  # fmt: skip
+            fenced = state if decision is None else decision.state
+            if fenced.leader != leader or fenced.leader_epoch != state.leader_epoch:
+                return decision  # already a new leadership
+            bumped = _with_lists(
+                fenced, replicas, fenced.isr, fenced.elr, fenced.last_known_elr, min_isr,
+                leader_epoch=state.leader_epoch + 1,
+            )  # fmt: skip
+            return Decision(bumped, ElectionKind.CLEAN)
+        restarted = {**restarted, leader: False}
     dead = [r for r in replicas if r not in live] + [b for b, clean in restarted.items() if clean]
     unclean = [b for b, clean in restarted.items() if not clean]
     fenced = fence_replicas(state, replicas, dead, min_isr, unclean_restarts=unclean)

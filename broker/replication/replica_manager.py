@@ -18,6 +18,20 @@ local partition:
   partition led until now becomes a follower of nobody (its leader state and
   acks=all waiters are dropped).
 
+A leader whose partition failed to store an append or a flush (its disk is full or
+failing) gives the partition up (``Partition.on_storage_failure``): the manager
+stops leading and replicating it for the rest of this process's life and puts
+``offline/<node>/<topic>/<partition>`` with the broker's lease (again after a new
+registration), so the controller fences the replica out of the ISR and elects
+another member; after a restart the key is gone (it went with the old lease) and
+the replica truncates and catches up as a follower.
+
+A leadership is played only from a partition state written after this broker's
+current registration (its version above the broker epoch): an older one may name
+this broker from before a restart in which its log lost what that leadership
+acknowledged; the controller re-elects such a partition in a new epoch
+(broker/cluster/controller.py).
+
 A partition whose log is not open yet (a topic the member has not created
 locally) is left for a later apply; one whose role change failed (its epoch
 checkpoint could not be written) is tried again after ROLE_RETRY_S.  The member publishes a partition as
@@ -36,7 +50,9 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
+from broker.cluster.schema import OfflineReplica, encode, offline_key
 from broker.cluster.snapshot import ClusterMetadata
+from broker.cluster.store import MetadataStoreError
 from broker.logging import get_logger
 from broker.partition import Partition
 from broker.replication.fetcher import LeaderFetcher
@@ -50,7 +66,7 @@ from broker.replication.roles import (
     local_roles,
     role_changes,
 )
-from client.errors import DistributaryError
+from client.errors import DistributaryError, StorageError
 
 if TYPE_CHECKING:
     from broker.cluster.member import ClusterMember
@@ -86,6 +102,9 @@ class ReplicaManager:
         )
         self._nursery: trio.Nursery | None = None
         self._retry = trio.Event()  # set when a role change failed
+        # Partitions given up after a storage failure (module docstring).
+        self.failed: set[PartitionKey] = set()
+        self._failure = trio.Event()  # set when one more was given up
 
     # -- applying the metadata ----------------------------------------------------------
 
@@ -100,6 +119,14 @@ class ReplicaManager:
         """Play the roles ``metadata`` gives the local partitions (module docstring)."""
         wanted = local_roles(self.node_id, metadata)
         roles = dict(self.roles)
+        for key in self.failed:
+            wanted.pop(key, None)
+        own_epoch = metadata.broker_epochs.get(self.node_id, -1)
+        for key, assignment in list(wanted.items()):
+            if assignment.role is Role.LEADER and assignment.version <= own_epoch:
+                # Written before this registration: not ours to lead (the controller
+                # re-elects it in a new epoch).
+                del wanted[key]
         for change in role_changes(self.roles, wanted):
             key = change.key
             partition = self._open_partition(key)
@@ -182,6 +209,7 @@ class ReplicaManager:
             lag_time_max_ms=self.lag_time_max_ms,
             min_insync_replicas=min_insync_replicas,
         )
+        partition.on_storage_failure = lambda error: self._storage_failed(key, error)
         await partition.become_leader(after.leader_epoch, leader_state)
         state = metadata.states[key]
         self.isr_writer.lead(
@@ -199,6 +227,58 @@ class ReplicaManager:
             leader_epoch=after.leader_epoch,
             isr=list(after.isr),
         )
+
+    def _storage_failed(self, key: PartitionKey, error: StorageError) -> None:
+        """The partition gave up its leadership after a storage failure (it already
+        stopped acknowledging): stop leading and replicating it, and have the
+        offline key written."""
+        if key in self.failed:
+            return
+        self.failed.add(key)
+        self.roles.pop(key, None)
+        self.isr_writer.stop(key)
+        self._unfollow(key)
+        self._failure.set()
+        _logger.error(
+            "replica offline after a storage failure",
+            topic=key[0],
+            partition=key[1],
+            error=error.message,
+        )
+
+    async def _mark_offline(self) -> None:
+        """Keep an ``offline/`` key (with the current lease) for every partition given
+        up, until cancelled: written after each failure and after each change that
+        does not show them (a new registration dropped them with the old lease)."""
+        while True:  # until cancelled
+            member = self.member
+            changed = member.change_event()
+            failure = self._failure
+            shown = {
+                key for key, nodes in member.metadata.offline_replicas.items()
+                if self.node_id in nodes
+            }  # fmt: skip
+            lease = member.lease_id
+            # Without a lease (not registered) the key would outlive this process.
+            missing = sorted(self.failed - shown) if lease else []
+            try:
+                for topic, index in missing:
+                    value = encode(OfflineReplica(self.node_id, topic, index))
+                    await member.store.put(
+                        offline_key(self.node_id, topic, index), value, lease=lease
+                    )
+            except MetadataStoreError as error:
+                _logger.warning("offline replica not recorded", error=error.message)
+                await trio.sleep(ROLE_RETRY_S)
+                continue
+            if missing:
+                # Republish: the view stops naming these partitions led here.
+                await member.reapply_roles()
+            async with trio.open_nursery() as nursery:
+                for event in (changed, failure):
+                    nursery.start_soon(_wait_then_cancel, event, nursery.cancel_scope)
+            if failure.is_set():
+                self._failure = trio.Event()
 
     # -- fetchers -----------------------------------------------------------------------
 
@@ -236,6 +316,7 @@ class ReplicaManager:
             try:
                 nursery.start_soon(self.isr_writer.run)
                 nursery.start_soon(self._retry_failed)
+                nursery.start_soon(self._mark_offline)
                 for fetcher in self.fetchers.values():
                     nursery.start_soon(fetcher.run)
                 await trio.sleep_forever()
@@ -250,3 +331,8 @@ class ReplicaManager:
             await trio.sleep(ROLE_RETRY_S)
             self._retry = trio.Event()
             await self.member.reapply_roles()
+
+
+async def _wait_then_cancel(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()

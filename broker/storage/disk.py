@@ -14,13 +14,23 @@ to see.  So the append path makes no call through this module; a flush makes one
 file it syncs, next to a system call that costs far more.
 
 Concurrency: stateless; flushes call it from worker threads.
+
+For tests of real broker processes only, :func:`install_test_disk` (called at
+``distributary serve``'s start) swaps in a :class:`SwitchedFailingDisk` when the
+environment variable ``DISTRIBUTARY_TEST_FAIL_FSYNC_SWITCH`` names a file: while
+that file exists, every fsync of a file whose path contains the text it holds
+fails with ENOSPC (say ``/topic-0/`` with the topic's flush policy every_append: a
+full disk under that partition).  It is no user setting and is not documented
+as one.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Final
 
 from client.errors import StorageError
 
@@ -67,3 +77,34 @@ class Disk:
 # The disk every storage module syncs through.  Tests replace it (monkeypatch) with
 # a simulation; production code only reads it.
 current: Disk = Disk()
+
+
+# For tests only (module docstring): a switch file that makes fsyncs fail.
+TEST_FAIL_FSYNC_SWITCH_ENV: Final = "DISTRIBUTARY_TEST_FAIL_FSYNC_SWITCH"
+
+
+class SwitchedFailingDisk(Disk):
+    """For tests only: while ``switch`` exists, an fsync of a file whose path holds
+    the switch's text raises ENOSPC (Linux: the path is read from /proc)."""
+
+    def __init__(self, switch: Path) -> None:
+        self.switch = switch
+
+    def fsync(self, descriptor: int) -> None:
+        """Raises OSError (ENOSPC while switched on for this file)."""
+        try:
+            fragment = self.switch.read_text().strip()
+        except OSError:
+            fragment = ""
+        if fragment and fragment in os.readlink(f"/proc/self/fd/{descriptor}"):
+            raise OSError(errno.ENOSPC, "No space left on device (test switch)")
+        os.fsync(descriptor)
+
+
+def install_test_disk(environ: Mapping[str, str]) -> None:
+    """Swap in a SwitchedFailingDisk when ``environ`` names a switch file (tests of
+    broker processes only)."""
+    global current
+    switch = environ.get(TEST_FAIL_FSYNC_SWITCH_ENV)
+    if switch:
+        current = SwitchedFailingDisk(Path(switch))

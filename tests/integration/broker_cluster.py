@@ -62,6 +62,8 @@ class BrokerCluster:
         self.hosts = tuple(hosts)
         self.brokers: list[BrokerProcess] = []
         self.extra_args: dict[int, list[str]] = {}
+        # Environment variables of every broker process.
+        self.env: dict[str, str] = {}
 
     def new_broker(
         self, node_id: int, host: str, work_dir: Path | None = None, url: str | None = None
@@ -72,6 +74,7 @@ class BrokerCluster:
         return BrokerProcess(
             work_dir,
             host=host,
+            env=self.env,
             args=[
                 "--cluster",
                 url or self.url,

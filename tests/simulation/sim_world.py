@@ -10,7 +10,8 @@ run in the order they were scheduled, so a seed replays exactly.
 Faults: a broker is killed (its page cache survives), loses power (it keeps
 only what it flushed), is stopped cleanly, or is paused past its lease (a
 zombie); a broker is cut off from everyone (or only from the store), one way or
-both.  Unclean shutdowns are limited to what KIP-966 tolerates: at most
+both; the controller fails over (the new one has seen no restart: a leader that
+registered after the partition's state is re-elected from the broker epochs).  Unclean shutdowns are limited to what KIP-966 tolerates: at most
 min ISR - 1 brokers at a time whose unclean shutdown is not yet healed by
 rejoining the ISR (beyond that, the unclean recovery of a partition may pick a
 replica that lost acknowledged records, and no protocol can prevent it).
@@ -69,6 +70,7 @@ class World:
         self.registrations: dict[int, tuple[int, bool]] = {}  # node -> (revision, clean)
         self.last_keepalive: dict[int, int] = {}
         self.controller_seen: dict[int, int] = {}
+        self.controller_down_until = 0  # a failover in progress until then (ms)
         self.preferred_due: int | None = None
         # Network partitions: blocked (source, destination) pairs.
         self.blocked: set[tuple[int, int]] = set()
@@ -228,6 +230,11 @@ class World:
     def _controller_tick(self) -> None:
         self.at(self.now + CONTROLLER_TICK_MS, self._controller_tick)
         self._expire_leases()
+        if self.now < self.controller_down_until:
+            return  # no controller: the next one starts from what it finds
+        if self.controller_down_until:
+            self.controller_down_until = 0
+            self.controller_seen = {n: rev for n, (rev, _) in self.registrations.items()}
         live = frozenset(self.registrations)
         restarted = {
             node: clean
@@ -237,6 +244,12 @@ class World:
         self.controller_seen = {node: rev for node, (rev, _) in self.registrations.items()}
         if self.bug == "elect-outside-isr":
             self._broken_election(live)
+        again = {
+            node: clean
+            for node, (revision, clean) in self.registrations.items()
+            if revision > self.version and node in self.replicas
+        }
+        restarted |= {node: clean for node, clean in again.items() if node != self.state.leader}
         decision = reconcile(
             self.state,
             self.replicas,
@@ -244,6 +257,7 @@ class World:
             min_isr=self.min_isr,
             unclean_allowed=False,
             restarted=restarted,
+            leader_registered_after=again.get(self.state.leader),
         )
         if decision is not None:
             self._write(decision.state)
@@ -334,8 +348,13 @@ class World:
                 pairs |= {(o, node) for o in [*others, STORE]}
             self.blocked |= pairs
             self.at(self.now + rng.randrange(100, 1200), self._heal, pairs)
-        else:
+        elif choice < 0.9:
             self.blocked.clear()
+        else:
+            # The controller fails over: none for a while, then a new one that starts
+            # from the registrations it finds (a restart meanwhile is known only
+            # from the broker epochs).
+            self.controller_down_until = self.now + rng.randrange(100, 1500)
 
     def _restart(self, broker: SimBroker) -> None:
         if not broker.up:

@@ -4,6 +4,7 @@ batches its leader stamped (trio, logs in temp dirs, a LeaderState driven by han
 
 from __future__ import annotations
 
+import errno
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from broker.partition import Partition, partition_directory
 from broker.replication.epochs import EpochEntry
 from broker.replication.leader_state import LeaderState
+from broker.storage import disk
 from broker.storage.config import LogConfig
 from broker.storage.epoch_checkpoint import EPOCH_CHECKPOINT_FILE, read_epoch_checkpoint
 from broker.waiting import WakeReason
@@ -323,3 +325,36 @@ async def test_truncating_at_the_log_end_drops_an_empty_epoch(leader: Partition)
     directory = leader.storage_log.log.directory
     assert read_epoch_checkpoint(directory) == [EpochEntry(0, 0)]
     assert leader.log_end_offset == 2
+
+
+class FullDisk(disk.Disk):
+    """Every file fsync fails with ENOSPC."""
+
+    def fsync(self, descriptor: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+async def test_leader_whose_flush_fails_gives_the_partition_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Proves a leader with followers whose append cannot be fsynced stops leading at
+    once: the append answers NOT_LEADER, waiters wake (LEADERSHIP) with the HW
+    unmoved, produce is refused and the replica manager's hook hears of it."""
+    config = LogConfig.from_mapping({"flush_policy": "every-append"})
+    partition = await Partition.open(tmp_path, "t", 0, config, lambda: START_MS)
+    failures: list[str] = []
+    partition.on_storage_failure = lambda error: failures.append(error.message)
+    await partition.become_leader(1, leader_state(partition, 1, (NODE, FOLLOWER)))
+    await partition.append(batch(2))
+    woken = Woken()
+    partition.add_waiter(woken)
+    monkeypatch.setattr(disk, "current", FullDisk())
+    with pytest.raises(NotLeaderError):
+        await partition.append(batch(1))
+    assert woken.reasons == [WakeReason.LEADERSHIP]
+    assert partition.leader_state is None and partition.high_watermark == 0
+    assert len(failures) == 1 and "No space left" in failures[0]
+    with pytest.raises(NotLeaderError):
+        await partition.append(batch(1))
+    monkeypatch.setattr(disk, "current", disk.Disk())
+    await partition.close()

@@ -14,8 +14,18 @@ from broker.cluster.placement import (
     elect_leaders,
     initial_state,
     place_replicas,
+    preferred_elections,
 )
-from broker.cluster.schema import NO_LEADER, PartitionState, TopicAssignment
+from broker.cluster.schema import (
+    NO_LEADER,
+    OfflineReplica,
+    PartitionState,
+    TopicAssignment,
+    encode,
+    offline_key,
+)
+from broker.cluster.snapshot import decode_metadata
+from broker.cluster.store import KeyValue
 from client.errors import InvalidReplicationFactorError
 
 THREE = [LiveBroker(3), LiveBroker(1), LiveBroker(2)]
@@ -97,3 +107,27 @@ def test_elect_leaders_lists_only_the_changes() -> None:
     assert {key: d.state for key, d in changes.items()} == {
         ("t", 1): PartitionState(NO_LEADER, 1, [], elr=[2])
     }
+
+
+def test_an_offline_replica_is_dead_for_its_partition_alone() -> None:
+    """Proves a leader whose replica of one partition is offline (its disk failed)
+    loses that partition to another ISR member (out of the ISR, epoch bumped), keeps
+    leading its other partitions, and is not made preferred leader of it again."""
+    topics = {"t": TopicAssignment(replicas=[[1, 2, 3], [1, 3, 2]])}
+    states = {("t", 0): initial_state([1, 2, 3]), ("t", 1): initial_state([1, 3, 2])}
+    offline = {("t", 0): frozenset({1})}
+    changes = elect_leaders(topics, states, frozenset({1, 2, 3}), offline=offline)
+    assert {key: d.state for key, d in changes.items()} == {("t", 0): PartitionState(2, 1, [2, 3])}
+    moved = {("t", 0): changes[("t", 0)].state, ("t", 1): states[("t", 1)]}
+    assert preferred_elections(topics, moved, frozenset({1, 2, 3}), offline=offline) == {}
+
+
+def test_offline_replica_keys_decode_per_partition() -> None:
+    """Proves the offline/ keys decode into the brokers offline per partition."""
+    items = {
+        offline_key(node, "t", 0): KeyValue(
+            offline_key(node, "t", 0), encode(OfflineReplica(node, "t", 0)), 5, 5
+        )
+        for node in (1, 2)
+    }
+    assert decode_metadata(items).offline_replicas == {("t", 0): frozenset({1, 2})}
