@@ -242,6 +242,7 @@ def check(history: History) -> Verdict:
         "info_landed": sum(1 for s in sends if s.type == "info" and s.value in read_by),
         "polls": len(polls),
         "records_read": sum(len(p.records) for p in polls),
+        "commits_ok": sum(1 for op in ops if isinstance(op, Commit) and op.type == "ok"),
         "partitions": len(index.order),
     }
     return Verdict(anomalies, totals)

@@ -1,0 +1,53 @@
+"""``python -m tests.chaos --seed S --minutes M [--faults kill,pause,...]``: one chaos
+run (tests/chaos/runner.py); prints the faults applied and the checker's report,
+exits 1 on any anomaly, 2 when the run cannot happen here."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tests.chaos.runner import FAULTS, RunConfig, run, unavailable
+from tests.chaos.workload import WorkloadConfig
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.chaos", description=__doc__)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--minutes", type=float, default=2.0, help="of faults, before healing")
+    parser.add_argument(
+        "--faults",
+        default="kill,pause",
+        help=f"comma-separated, of: {','.join(FAULTS)} ('' for none)",
+    )
+    parser.add_argument("--rf", type=int, default=1, help="replication factor of the topic")
+    parser.add_argument("--min-insync", type=int, default=None, help="min.insync.replicas")
+    parser.add_argument("--acks", choices=["leader", "all"], default="leader")
+    parser.add_argument("--rate", type=float, default=200.0, help="records/s, all producers")
+    parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--directory", type=Path, default=None, help="kept after the run")
+    arguments = parser.parse_args(argv)
+    faults = tuple(f for f in arguments.faults.split(",") if f)
+    reason = unavailable(faults, arguments.rf)
+    if reason:
+        print(f"chaos: cannot run: {reason}", file=sys.stderr)
+        return 2
+    config = RunConfig(
+        seed=arguments.seed,
+        duration_s=arguments.minutes * 60,
+        faults=faults,
+        workload=WorkloadConfig(
+            partitions=arguments.partitions, records_per_s=arguments.rate, acks=arguments.acks
+        ),
+        replication_factor=arguments.rf,
+        min_insync_replicas=arguments.min_insync,
+        directory=arguments.directory,
+    )
+    result = run(config, log=lambda line: None)
+    print(result.report())
+    return 0 if result.verdict.valid else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
