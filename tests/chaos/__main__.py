@@ -8,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tests.chaos.runner import FAULTS, RunConfig, run, unavailable
+from tests.chaos.runner import FAULTS, RunConfig, loses_data_by_design, run, unavailable
 from tests.chaos.workload import WorkloadConfig
 
 
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--directory", type=Path, default=None, help="kept after the run")
     arguments = parser.parse_args(argv)
     faults = tuple(f for f in arguments.faults.split(",") if f)
-    reason = unavailable(faults, arguments.rf)
+    reason = unavailable(faults) or loses_data_by_design(faults, arguments.rf)
     if reason:
         print(f"chaos: cannot run: {reason}", file=sys.stderr)
         return 2

@@ -91,6 +91,8 @@ class RunConfig:
     min_insync_replicas: int | None = None
     settle_s: float = 5.0
     directory: Path | None = None
+    # Explicit steps instead of the seeded schedule (a test of one fault).
+    steps: tuple[Step, ...] | None = None
 
 
 @dataclasses.dataclass(slots=True)
@@ -102,10 +104,15 @@ class RunResult:
     history_path: Path
     elapsed_s: float
 
+    def kinds(self) -> list[str]:
+        if self.config.steps is not None:
+            return sorted({step.kind for step in self.config.steps})
+        return list(self.config.faults)
+
     def report(self) -> str:
         head = (
             f"chaos run: seed={self.config.seed} duration={self.config.duration_s:.0f}s "
-            f"faults={','.join(self.config.faults) or 'none'} "
+            f"faults={','.join(self.kinds()) or 'none'} "
             f"rf={self.config.replication_factor} acks={self.config.workload.acks} "
             f"elapsed={self.elapsed_s:.0f}s"
         )
@@ -117,7 +124,7 @@ class RunResult:
         return "\n".join(lines)
 
 
-def unavailable(faults: Sequence[str], replication_factor: int) -> str | None:
+def unavailable(faults: Sequence[str]) -> str | None:
     """Why a run with ``faults`` cannot run here, or None."""
     unknown = sorted(set(faults) - set(FAULTS))
     if unknown:
@@ -130,6 +137,12 @@ def unavailable(faults: Sequence[str], replication_factor: int) -> str | None:
         reason = mount_unavailable()
         if reason:
             return reason
+    return None
+
+
+def loses_data_by_design(faults: Sequence[str], replication_factor: int) -> str | None:
+    """Why ``faults`` lose acknowledged records whatever the broker does (a wipe of
+    the only replica), or None."""
     if NEEDS_REPLICATION & set(faults) and replication_factor < 2:
         return "wipe loses data by design without replication (use replication factor 3)"
     return None
@@ -274,8 +287,10 @@ class FaultDriver:
 
 def run(config: RunConfig, log: Callable[[str], None] = print) -> RunResult:
     """One chaos run (module docstring).  Raises RuntimeError when it cannot run
-    here (see :func:`unavailable`) or the cluster does not come up."""
-    reason = unavailable(config.faults, config.replication_factor)
+    here (see :func:`unavailable`) or the cluster does not come up.  The cluster's
+    files (logs, data, ``history.jsonl``) stay in ``config.directory`` when given."""
+    kinds = [step.kind for step in config.steps] if config.steps is not None else config.faults
+    reason = unavailable(kinds)
     if reason:
         raise RuntimeError(reason)
     started = time.monotonic()
@@ -286,12 +301,12 @@ def run(config: RunConfig, log: Callable[[str], None] = print) -> RunResult:
             directory = config.directory
         cluster = ChaosCluster(directory)
         disks: dict[int, SmallDisk] = {}
-        if "disk" in config.faults:
+        if "disk" in kinds:
             node = random.Random(config.seed).choice(cluster.node_ids)
             disks[node] = stack.enter_context(SmallDisk(cluster.data_dir(node), SMALL_DISK_BYTES))
         stack.callback(cluster.close)
         partitioner = None
-        if NEEDS_NFT & set(config.faults):
+        if NEEDS_NFT & set(kinds):
             partitioner = stack.enter_context(Partitioner(ETCD_HOST, cluster.etcd.client_port))
         cluster.start()
         steps: list[str] = []
@@ -337,7 +352,10 @@ async def _run(
     await wait_for_leaders(cluster, wl.topic, wl.partitions)
     async with workload.running():
         deadline = trio.current_time() + config.duration_s
-        for step in schedule(config.seed, config.duration_s, config.faults):
+        steps = config.steps
+        if steps is None:
+            steps = tuple(schedule(config.seed, config.duration_s, config.faults))
+        for step in steps:
             await trio.sleep(step.wait_s)
             if trio.current_time() + step.duration_s > deadline:
                 break
