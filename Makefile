@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: run cluster test lint typecheck pytest soak bench bench-cluster clean
+.PHONY: run cluster test lint typecheck pytest soak chaos bench bench-cluster clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,15 @@ test: lint typecheck pytest
 
 soak: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+# A seeded chaos run against etcd and three brokers (docs/testing.md); non-zero on
+# any anomaly.  FAULTS is a comma-separated list (python -m tests.chaos --help).
+SEED ?= 1
+MINUTES ?= 5
+FAULTS ?= kill,pause,partition,partition-etcd,controller-kill,restart
+CHAOS_ARGS ?=
+chaos: $(STAMP)
+	$(BIN)/python -m tests.chaos --seed $(SEED) --minutes $(MINUTES) --faults $(FAULTS) $(CHAOS_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.storage

@@ -1,6 +1,6 @@
 """``python -m tests.chaos --seed S --minutes M [--faults kill,pause,...]``: one chaos
 run (tests/chaos/runner.py); prints the faults applied and the checker's report,
-exits 1 on any anomaly, 2 when the run cannot happen here."""
+exits 1 on any anomaly or client crash, 2 when the run cannot happen here."""
 
 from __future__ import annotations
 
@@ -44,9 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         min_insync_replicas=arguments.min_insync,
         directory=arguments.directory,
     )
-    result = run(config, log=lambda line: None)
+    result = run(config, log=lambda line: print(line, file=sys.stderr, flush=True))
     print(result.report())
-    return 0 if result.verdict.valid else 1
+    return 0 if result.valid else 1
 
 
 if __name__ == "__main__":

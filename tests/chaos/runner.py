@@ -29,6 +29,7 @@ Fault kinds (``FAULTS``):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
 import tempfile
 import time
@@ -103,6 +104,17 @@ class RunResult:
     final_read_complete: bool
     history_path: Path
     elapsed_s: float
+    crashes: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def valid(self) -> bool:
+        """No anomaly and no client crash."""
+        return self.verdict.valid and not self.crashes
+
+    def assert_valid(self) -> None:
+        """Raises AssertionError with the report when not valid."""
+        if not self.valid:
+            raise AssertionError(self.report())
 
     def kinds(self) -> list[str]:
         if self.config.steps is not None:
@@ -119,6 +131,7 @@ class RunResult:
         lines = [head, *(f"  {step}" for step in self.steps)]
         if not self.final_read_complete:
             lines.append("  the final read did not complete: 'lost' may be unread, not gone")
+        lines.extend(f"  client crash: {crash}" for crash in self.crashes)
         lines.append(self.verdict.report())
         lines.append(f"history: {self.history_path}")
         return "\n".join(lines)
@@ -285,7 +298,16 @@ class FaultDriver:
         self.cluster.heal()
 
 
-def run(config: RunConfig, log: Callable[[str], None] = print) -> RunResult:
+def _quiet(line: str) -> None:
+    del line
+
+
+def _note(steps: list[str], log: Callable[[str], None], line: str) -> None:
+    steps.append(line)
+    log(line)
+
+
+def run(config: RunConfig, log: Callable[[str], None] = _quiet) -> RunResult:
     """One chaos run (module docstring).  Raises RuntimeError when it cannot run
     here (see :func:`unavailable`) or the cluster does not come up.  The cluster's
     files (logs, data, ``history.jsonl``) stay in ``config.directory`` when given."""
@@ -317,7 +339,7 @@ def run(config: RunConfig, log: Callable[[str], None] = print) -> RunResult:
             disks,
             config.workload.topic,
             config.workload.partitions,
-            steps.append,
+            functools.partial(_note, steps, log),
         )
         trio.run(_run, config, cluster, workload, driver)
         history_path = directory / "history.jsonl"
@@ -325,8 +347,6 @@ def run(config: RunConfig, log: Callable[[str], None] = print) -> RunResult:
             history_path = Path(tempfile.gettempdir()) / f"chaos-history-{config.seed}.jsonl"
         write_history(workload.history, history_path)
         verdict = check(workload.history)
-        for step in steps:
-            log(step)
         return RunResult(
             config,
             verdict,
@@ -334,6 +354,7 @@ def run(config: RunConfig, log: Callable[[str], None] = print) -> RunResult:
             workload.final_read_complete,
             history_path,
             time.monotonic() - started,
+            workload.crashes,
         )
     raise AssertionError("unreachable")
 

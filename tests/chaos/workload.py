@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Callable
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Final
@@ -45,6 +46,9 @@ ERROR_BACKOFF_S: Final = 0.2
 FINAL_ATTEMPT_S: Final = 30.0
 # Seconds beyond the delivery timeout that stopping waits for the producers.
 DRAIN_SLACK_S: Final = 10.0
+# Fresh clients started after crashes, per producer or consumer.
+CLIENT_RESTARTS_MAX: Final = 20
+CRASH_DEPTH_MAX: Final = 20
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -81,6 +85,8 @@ class Workload:
         self.clock_ns = clock_ns
         self.history = History()
         self.final_read_complete = False
+        # One line per client that crashed (an exception out of the SDK).
+        self.crashes: list[str] = []
 
     def _partitions(self) -> list[TopicPartition]:
         return [TopicPartition(self.config.topic, p) for p in range(self.config.partitions)]
@@ -94,12 +100,19 @@ class Workload:
         async with trio.open_nursery() as nursery:
             async with trio.open_nursery() as consumers:
                 for index in range(config.consumers):
-                    consumers.start_soon(self._consume, f"consumer-{index}", stop_consuming)
+                    consumers.start_soon(
+                        self._restarting, self._consume, f"consumer-{index}", stop_consuming
+                    )
                 consumers.start_soon(self._observe_commits, stop_consuming)
                 try:
                     async with trio.open_nursery() as producers:
                         for index in range(config.producers):
-                            producers.start_soon(self._produce, f"producer-{index}", stop_producing)
+                            producers.start_soon(
+                                self._restarting,
+                                self._produce,
+                                f"producer-{index}",
+                                stop_producing,
+                            )
                         try:
                             yield
                         finally:
@@ -110,73 +123,114 @@ class Workload:
                     stop_consuming.set()
             nursery.cancel_scope.cancel()
 
+    async def _restarting(
+        self,
+        client: Callable[[str, trio.Event], Awaitable[None]],
+        name: str,
+        stop: trio.Event,
+    ) -> None:
+        """Run ``client`` until ``stop``; when it crashes, note the crash and start a
+        fresh one under a new name (as Jepsen replaces a crashed client)."""
+        for incarnation in range(CLIENT_RESTARTS_MAX):
+            current = name if incarnation == 0 else f"{name}.{incarnation}"
+            try:
+                await client(current, stop)
+            except Exception as error:  # any crash: recorded, then a fresh client
+                self.crashes.append(f"{current}: {crash_summary(error)}")
+                if stop.is_set():
+                    return
+                await trio.sleep(ERROR_BACKOFF_S)
+                continue
+            return
+
     # -- producing ----------------------------------------------------------------------
 
     async def _produce(self, name: str, stop: trio.Event) -> None:
         config = self.config
         interval_s = config.producers / config.records_per_s
         room = trio.Semaphore(config.inflight_records_max)
-        async with (
-            Producer(
-                self.bootstrap,
-                client_id=name,
-                acks=config.acks,
-                idempotent=True,
-                linger_ms=2,
-                delivery_timeout_ms=config.delivery_timeout_ms,
-                request_timeout_ms=config.request_timeout_ms,
-            ) as producer,
-            trio.open_nursery() as answers,
-        ):
-            started = trio.current_time()
-            seq = 0
-            while True:
-                if stop.is_set():
-                    break
-                seq += 1
-                partition = seq % config.partitions
-                value = f"{name}-{seq}"
-                await trio.sleep_until(started + seq * interval_s)
-                if stop.is_set():
-                    break
-                await room.acquire()
-                invoke = self.clock_ns()
-                try:
-                    handle = await producer.enqueue(
-                        config.topic, value, key=name, partition=partition
-                    )
-                except DistributaryError as error:
-                    room.release()
-                    self.history.add(
-                        Send(
-                            name,
-                            seq,
-                            "fail",
-                            name,
-                            value,
-                            partition,
-                            None,
-                            invoke,
-                            self.clock_ns(),
-                            repr(error),
+        # seq -> (value, partition, invoke time) of the records awaiting an answer.
+        waiting: dict[int, tuple[str, int, int]] = {}
+        try:
+            async with (
+                Producer(
+                    self.bootstrap,
+                    client_id=name,
+                    acks=config.acks,
+                    idempotent=True,
+                    linger_ms=2,
+                    delivery_timeout_ms=config.delivery_timeout_ms,
+                    request_timeout_ms=config.request_timeout_ms,
+                ) as producer,
+                trio.open_nursery() as answers,
+            ):
+                started = trio.current_time()
+                seq = 0
+                while True:
+                    if stop.is_set():
+                        break
+                    seq += 1
+                    partition = seq % config.partitions
+                    value = f"{name}-{seq}"
+                    await trio.sleep_until(started + seq * interval_s)
+                    if stop.is_set():
+                        break
+                    await room.acquire()
+                    invoke = self.clock_ns()
+                    try:
+                        handle = await producer.enqueue(
+                            config.topic, value, key=name, partition=partition
                         )
+                    except DistributaryError as error:
+                        room.release()
+                        self.history.add(
+                            Send(
+                                name,
+                                seq,
+                                "fail",
+                                name,
+                                value,
+                                partition,
+                                None,
+                                invoke,
+                                self.clock_ns(),
+                                repr(error),
+                            )
+                        )
+                        continue
+                    waiting[seq] = (value, partition, invoke)
+                    answers.start_soon(self._answer, name, seq, waiting, handle, room)
+        finally:
+            # A crash leaves records unanswered: they may have landed.
+            for seq, (value, partition, invoke) in sorted(waiting.items()):
+                self.history.add(
+                    Send(
+                        name,
+                        seq,
+                        "info",
+                        name,
+                        value,
+                        partition,
+                        None,
+                        invoke,
+                        self.clock_ns(),
+                        "the producer crashed",
                     )
-                    continue
-                answers.start_soon(self._answer, name, seq, value, partition, invoke, handle, room)
+                )
 
     async def _answer(
         self,
         name: str,
         seq: int,
-        value: str,
-        partition: int,
-        invoke: int,
+        waiting: dict[int, tuple[str, int, int]],
         handle: RecordHandle,
         room: trio.Semaphore,
     ) -> None:
+        value, partition, invoke = waiting[seq]
         try:
             metadata = await handle
         except DistributaryError as error:
+            del waiting[seq]
             self.history.add(
                 Send(
                     name,
@@ -192,6 +246,7 @@ class Workload:
                 )
             )
         else:
+            del waiting[seq]
             self.history.add(
                 Send(
                     name,
@@ -361,6 +416,19 @@ class Workload:
                 for tp in list(remaining):
                     if await consumer.position(tp) >= ends[tp]:
                         remaining.discard(tp)
+
+
+def crash_summary(error: BaseException) -> str:
+    """The innermost exception of ``error`` (through exception groups) and where it
+    was raised."""
+    for _ in range(CRASH_DEPTH_MAX):
+        if isinstance(error, BaseExceptionGroup) and error.exceptions:
+            error = error.exceptions[0]
+        else:
+            break
+    frames = traceback.extract_tb(error.__traceback__)
+    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno} in {frames[-1].name}"
+    return f"{error!r}{where if frames else ''}"
 
 
 def write_history(history: History, path: Path) -> None:

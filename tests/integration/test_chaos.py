@@ -49,7 +49,7 @@ def test_short_seeded_run_of_kills_and_pauses(tmp_path: Path) -> None:
     result = chaos(
         tmp_path, RunConfig(seed=7, duration_s=60.0, faults=("kill", "pause"), directory=tmp_path)
     )
-    result.verdict.assert_valid()
+    result.assert_valid()
     assert result.final_read_complete
     assert result.steps, "the schedule applied no fault"
     assert result.verdict.totals["sends_ok"] > 1000
@@ -64,7 +64,7 @@ def test_leader_killed(tmp_path: Path) -> None:
         seed=1, duration_s=15.0, steps=(step,), workload=FAULT_WORKLOAD, directory=tmp_path
     )
     result = chaos(tmp_path, config)
-    result.verdict.assert_valid()
+    result.assert_valid()
     assert result.final_read_complete
     killed = int(result.steps[0].split("node ")[1].split()[0])
     starts = [line for line in log_events(tmp_path, killed) if '"listening"' in line]
@@ -80,7 +80,7 @@ def test_leader_paused_beyond_the_lease(tmp_path: Path) -> None:
         seed=1, duration_s=15.0, steps=(step,), workload=FAULT_WORKLOAD, directory=tmp_path
     )
     result = chaos(tmp_path, config)
-    result.verdict.assert_valid()
+    result.assert_valid()
     assert result.final_read_complete
     paused = int(result.steps[0].split("node ")[1].split()[0])
     assert any("lease lost" in line for line in log_events(tmp_path, paused))
@@ -96,7 +96,7 @@ def test_leader_partitioned_from_etcd(tmp_path: Path) -> None:
         seed=1, duration_s=16.0, steps=(step,), workload=FAULT_WORKLOAD, directory=tmp_path
     )
     result = chaos(tmp_path, config)
-    result.verdict.assert_valid()
+    result.assert_valid()
     assert result.final_read_complete
     cut = int(result.steps[0].split("node ")[1].split()[0])
     assert any("lease lost" in line for line in log_events(tmp_path, cut))
