@@ -20,6 +20,8 @@ Fault kinds (``FAULTS``):
 - ``partition-etcd``: cut a leader from etcd only;
 - ``partition-brokers``: cut a leader from the other brokers only;
 - ``controller-kill``: SIGKILL the controller, start it again;
+- ``election-kill``: SIGKILL a leader that is not the controller, then SIGKILL
+  the controller when the leader's lease expires (while it elects), start both;
 - ``disk``: fill a broker's small data disk (a tmpfs), then empty it;
 - ``wipe``: SIGKILL a broker, delete its data, start it empty (loses the
   partitions it alone holds: meaningful with replication factor 3 only);
@@ -54,6 +56,7 @@ FAULTS: Final = (
     "partition-etcd",
     "partition-brokers",
     "controller-kill",
+    "election-kill",
     "disk",
     "wipe",
     "restart",
@@ -172,6 +175,8 @@ def schedule(seed: int, duration_s: float, faults: Sequence[str]) -> list[Step]:
         kind = rng.choice(list(faults))
         wait_s = rng.uniform(*QUIET_S)
         duration = rng.uniform(*(PAUSE_S if kind == "pause" else FAULT_S))
+        if kind == "election-kill":
+            duration = max(duration, LEASE_TTL_S + 1.0)
         target = {"controller-kill": "controller", "disk": "node", "wipe": "node"}.get(
             kind, "leader"
         )
@@ -233,31 +238,39 @@ class FaultDriver:
         self.partitions = partitions
         self.log = log
 
-    async def _target(self, step: Step) -> int:
+    async def _target(self, step: Step) -> tuple[int, int]:
+        """The broker ``step`` acts on, and the controller (-1 when unknown)."""
         nodes = self.cluster.node_ids
-        if step.target == "node":
-            return nodes[step.pick % len(nodes)]
+        fallback = nodes[step.pick % len(nodes)]
         found = await cluster_metadata(self.cluster.bootstrap, self.topic)
-        if found is None:
-            return nodes[step.pick % len(nodes)]
-        if step.target == "controller" and found.controller_id in nodes:
-            return found.controller_id
+        controller = found.controller_id if found is not None else -1
+        if step.target == "node" or found is None:
+            return fallback, controller
+        if step.target == "controller" and controller in nodes:
+            return controller, controller
         partitions = [p for t in found.topics if t.name == self.topic for p in t.partitions]
+        if step.kind == "election-kill":
+            partitions = [p for p in partitions if p.leader != controller] or partitions
         if partitions:
             chosen = partitions[step.pick % len(partitions)]
             if chosen.leader in nodes:
-                return chosen.leader
-        return nodes[step.pick % len(nodes)]
+                return chosen.leader, controller
+        return fallback, controller
 
     async def apply(self, step: Step) -> None:
         """Apply ``step`` for its duration, then undo it (also when cancelled)."""
         run = trio.to_thread.run_sync
         cluster = self.cluster
-        node = await self._target(step)
+        node, controller = await self._target(step)
         started = time.monotonic()
         try:
             if step.kind in ("kill", "controller-kill"):
                 await run(cluster.kill, node)
+            elif step.kind == "election-kill":
+                await run(cluster.kill, node)
+                await trio.sleep(LEASE_TTL_S)
+                if controller in cluster.node_ids and controller != node:
+                    await run(cluster.kill, controller)
             elif step.kind == "pause":
                 await run(cluster.pause, node)
             elif step.kind.startswith("partition"):
