@@ -1,6 +1,7 @@
 """``python -m tests.chaos --seed S --minutes M [--faults kill,pause,...]``: one chaos
 run (tests/chaos/runner.py); prints the faults applied and the checker's report,
-exits 1 on any anomaly or client crash, 2 when the run cannot happen here."""
+exits 1 on any anomaly or client crash, 2 when the run cannot happen here.
+``python -m tests.chaos --check history.jsonl`` checks the history of an earlier run."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import sys
 from pathlib import Path
 
 from tests.chaos.runner import FAULTS, RunConfig, loses_data_by_design, run, unavailable
-from tests.chaos.workload import WorkloadConfig
+from tests.chaos.checker import check
+from tests.chaos.workload import WorkloadConfig, read_history
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +29,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=200.0, help="records/s, all producers")
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--directory", type=Path, default=None, help="kept after the run")
+    parser.add_argument(
+        "--check", type=Path, default=None, help="only check this history.jsonl of an earlier run"
+    )
     arguments = parser.parse_args(argv)
+    if arguments.check is not None:
+        verdict = check(read_history(arguments.check))
+        print(verdict.report())
+        return 0 if verdict.valid else 1
     faults = tuple(f for f in arguments.faults.split(",") if f)
     reason = unavailable(faults) or loses_data_by_design(faults, arguments.rf)
     if reason:

@@ -431,6 +431,26 @@ def crash_summary(error: BaseException) -> str:
     return f"{error!r}{where if frames else ''}"
 
 
+_OP_TYPES: Final = {cls.__name__: cls for cls in (Send, Poll, Assign, Commit)}
+
+
+def read_history(path: Path) -> History:
+    """A history written by :func:`write_history`.  Raises ValueError on a bad line."""
+    history = History()
+    with path.open("rb") as lines:
+        for number, line in enumerate(lines, start=1):
+            fields = msgspec.json.decode(line)
+            cls = _OP_TYPES.get(fields.pop("op", None))
+            if cls is None:
+                raise ValueError(f"{path}:{number}: not an operation")
+            if cls is Poll:
+                fields["records"] = tuple(tuple(record) for record in fields["records"])
+            elif cls is Assign:
+                fields["partitions"] = tuple(fields["partitions"])
+            history.add(cls(**fields))
+    return history
+
+
 def write_history(history: History, path: Path) -> None:
     """The history as JSON lines, one operation a line with its kind in ``op``."""
     encoder = msgspec.json.Encoder()

@@ -3,9 +3,12 @@ class, each caught, and valid histories passing."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.chaos.checker import ANOMALIES, Assign, Commit, History, Poll, Send, check
+from tests.chaos.workload import read_history, write_history
 
 
 def sends(partition: int, values: list[str], process: str = "w", first: int = 0) -> list[Send]:
@@ -210,3 +213,16 @@ def test_report_lists_counts_and_examples() -> None:
     for kind in ANOMALIES:
         assert kind in report
     assert "'ghost' at p0@0" in report
+
+
+def test_history_survives_a_round_trip_through_json_lines(tmp_path: Path) -> None:
+    """Proves write_history / read_history keep every operation as it was."""
+    history = History()
+    history.add(Send("w", 0, "ok", "k", "a", 0, 0, 1, 2))
+    history.add(Send("w", 1, "info", "k", "b", 0, None, 3, 4, "timeout"))
+    history.add(Assign("r", (0, 1), True, 5, 5))
+    history.add(Poll("r", ((0, 0, "a"),), 6, 7, final=True))
+    history.add(Commit("r", "ok", "G", 0, 1, 8, 9, observed=True))
+    path = tmp_path / "history.jsonl"
+    write_history(history, path)
+    assert read_history(path).ops == history.ops
