@@ -9,8 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from tests.chaos.runner import FAULTS, RunConfig, loses_data_by_design, run, unavailable
 from tests.chaos.checker import check
+from tests.chaos.runner import FAULTS, RunConfig, loses_data_by_design, run, unavailable
 from tests.chaos.workload import WorkloadConfig, read_history
 
 
