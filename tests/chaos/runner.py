@@ -108,6 +108,8 @@ class RunResult:
     history_path: Path
     elapsed_s: float
     crashes: list[str] = dataclasses.field(default_factory=list)
+    # (kind, node) of every fault applied, in order.
+    applied: list[tuple[str, int]] = dataclasses.field(default_factory=list)
 
     @property
     def valid(self) -> bool:
@@ -200,8 +202,11 @@ async def cluster_metadata(bootstrap: str, topic: str) -> ClusterMetadata | None
     return None
 
 
-async def wait_for_leaders(cluster: ChaosCluster, topic: str, partitions: int) -> None:
-    """Until every partition of ``topic`` has a live leader.  Raises TimeoutError."""
+async def wait_for_leaders(
+    cluster: ChaosCluster, topic: str, partitions: int, *, full_isr: bool = False
+) -> None:
+    """Until every partition of ``topic`` has a live leader (and, with
+    ``full_isr``, every replica in its ISR).  Raises TimeoutError."""
     with trio.fail_after(LEADERS_TIMEOUT_S):
         while True:
             found = await cluster_metadata(cluster.bootstrap, topic)
@@ -212,7 +217,7 @@ async def wait_for_leaders(cluster: ChaosCluster, topic: str, partitions: int) -
                     for t in found.topics
                     if t.name == topic
                     for p in t.partitions
-                    if p.leader in live
+                    if p.leader in live and (not full_isr or set(p.replicas) <= set(p.isr))
                 ]
                 if len(led) == partitions:
                     return
@@ -237,6 +242,8 @@ class FaultDriver:
         self.topic = topic
         self.partitions = partitions
         self.log = log
+        # (kind, node) of every step applied, in order.
+        self.applied: list[tuple[str, int]] = []
 
     async def _target(self, step: Step) -> tuple[int, int]:
         """The broker ``step`` acts on, and the controller (-1 when unknown)."""
@@ -263,6 +270,7 @@ class FaultDriver:
         cluster = self.cluster
         node, controller = await self._target(step)
         started = time.monotonic()
+        self.applied.append((step.kind, node))
         try:
             if step.kind in ("kill", "controller-kill"):
                 await run(cluster.kill, node)
@@ -283,13 +291,14 @@ class FaultDriver:
             elif step.kind == "restart":
                 for each in cluster.node_ids:
                     await run(cluster.restart, each)
-                    await wait_for_leaders(cluster, self.topic, self.partitions)
+                    await wait_for_leaders(cluster, self.topic, self.partitions, full_isr=True)
             await trio.sleep(step.duration_s)
         finally:
             with trio.CancelScope(shield=True):
                 await run(self.heal)
+            where = "every node" if step.kind == "restart" else f"node {node}"
             self.log(
-                f"{step.kind:<18} node {node}  {time.monotonic() - started:5.1f}s "
+                f"{step.kind:<18} {where}  {time.monotonic() - started:5.1f}s "
                 f"(after {step.wait_s:.1f}s quiet)"
             )
 
@@ -368,6 +377,7 @@ def run(config: RunConfig, log: Callable[[str], None] = _quiet) -> RunResult:
             history_path,
             time.monotonic() - started,
             workload.crashes,
+            driver.applied,
         )
     raise AssertionError("unreachable")
 

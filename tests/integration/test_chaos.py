@@ -66,7 +66,7 @@ def test_leader_killed(tmp_path: Path) -> None:
     result = chaos(tmp_path, config)
     result.assert_valid()
     assert result.final_read_complete
-    killed = int(result.steps[0].split("node ")[1].split()[0])
+    killed = result.applied[0][1]
     starts = [line for line in log_events(tmp_path, killed) if '"listening"' in line]
     assert len(starts) == 2, "the killed broker was started twice (before and after)"
 
@@ -82,7 +82,7 @@ def test_leader_paused_beyond_the_lease(tmp_path: Path) -> None:
     result = chaos(tmp_path, config)
     result.assert_valid()
     assert result.final_read_complete
-    paused = int(result.steps[0].split("node ")[1].split()[0])
+    paused = result.applied[0][1]
     assert any("lease lost" in line for line in log_events(tmp_path, paused))
 
 
@@ -98,7 +98,7 @@ def test_leader_partitioned_from_etcd(tmp_path: Path) -> None:
     result = chaos(tmp_path, config)
     result.assert_valid()
     assert result.final_read_complete
-    cut = int(result.steps[0].split("node ")[1].split()[0])
+    cut = result.applied[0][1]
     assert any("lease lost" in line for line in log_events(tmp_path, cut))
 
 
