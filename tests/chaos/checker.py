@@ -182,6 +182,8 @@ class _Index:
         # (partition, dense index) of each value's appearances, in offset order.
         self.places: dict[str, list[tuple[int, int]]] = defaultdict(list)
         self.order: dict[int, list[int]] = {}
+        # partition -> offset -> dense index.
+        self.position: dict[int, dict[int, int]] = {}
 
     def note(self, partition: int, offset: int, value: str) -> None:
         self.log[partition][offset].add(value)
@@ -190,6 +192,7 @@ class _Index:
         for partition, offsets in self.log.items():
             ordered = sorted(offsets)
             self.order[partition] = ordered
+            self.position[partition] = {offset: i for i, offset in enumerate(ordered)}
             for index, offset in enumerate(ordered):
                 for value in sorted(offsets[offset]):
                     self.places[value].append((partition, index))
@@ -340,9 +343,8 @@ def _check_reads(index: _Index, ops: Sequence[Op], anomalies: dict[str, list[str
         if not isinstance(op, Poll):
             continue
         kept = last[op.process]
-        for partition, offset, value in op.records:
-            place = index.first(value)
-            position = place[1] if place is not None and place[0] == partition else -1
+        for partition, offset, _ in op.records:
+            position = index.position[partition][offset]
             before = kept.get(partition)
             kept[partition] = (offset, position)
             if before is None:
@@ -351,7 +353,7 @@ def _check_reads(index: _Index, ops: Sequence[Op], anomalies: dict[str, list[str
                 anomalies["nonmonotonic_poll"].append(
                     f"{op.process} p{partition}: offset {offset} after {before[0]}"
                 )
-            elif position > before[1] + 1 >= 1:
+            elif position > before[1] + 1:
                 skipped = index.order[partition][before[1] + 1 : position]
                 anomalies["poll_skip"].append(
                     f"{op.process} p{partition}: {before[0]} -> {offset}, skipped offsets "

@@ -226,3 +226,17 @@ def test_history_survives_a_round_trip_through_json_lines(tmp_path: Path) -> Non
     path = tmp_path / "history.jsonl"
     write_history(history, path)
     assert read_history(path).ops == history.ops
+
+
+def test_duplicates_read_in_order_are_no_skip() -> None:
+    """Proves a reader reading a log holding duplicates in order reports the
+    duplicates only, not a skip (positions are by offset, not by value)."""
+    history = History()
+    history.add(Send("w", 0, "ok", "k", "a", 0, 1))
+    history.add(Send("w", 1, "ok", "k", "b", 0, 2))
+    history.add(poll(0, ["x", "a", "b", "b", "a", "c"], process="r"))
+    history.add(Send("w", 2, "ok", "k", "c", 0, 5))
+    history.add(Send("v", 0, "ok", "k", "x", 0, 0))
+    verdict = check(history)
+    assert verdict.count("duplicated") == 2, verdict.report()
+    assert verdict.count("poll_skip") == 0, verdict.report()
