@@ -108,13 +108,14 @@ class RunResult:
     history_path: Path
     elapsed_s: float
     crashes: list[str] = dataclasses.field(default_factory=list)
+    final_read_errors: list[str] = dataclasses.field(default_factory=list)
     # (kind, node) of every fault applied, in order.
     applied: list[tuple[str, int]] = dataclasses.field(default_factory=list)
 
     @property
     def valid(self) -> bool:
-        """No anomaly and no client crash."""
-        return self.verdict.valid and not self.crashes
+        """No anomaly, no client crash, and the final read completed."""
+        return self.verdict.valid and not self.crashes and self.final_read_complete
 
     def assert_valid(self) -> None:
         """Raises AssertionError with the report when not valid."""
@@ -136,6 +137,7 @@ class RunResult:
         lines = [head, *(f"  {step}" for step in self.steps)]
         if not self.final_read_complete:
             lines.append("  the final read did not complete: 'lost' may be unread, not gone")
+            lines.extend(f"    {error}" for error in self.final_read_errors[:5])
         lines.extend(f"  client crash: {crash}" for crash in self.crashes)
         lines.append(self.verdict.report())
         lines.append(f"history: {self.history_path}")
@@ -377,6 +379,7 @@ def run(config: RunConfig, log: Callable[[str], None] = _quiet) -> RunResult:
             history_path,
             time.monotonic() - started,
             workload.crashes,
+            workload.final_read_errors,
             driver.applied,
         )
     raise AssertionError("unreachable")

@@ -44,6 +44,9 @@ from tests.chaos.checker import Assign, Commit, History, Poll, Send
 POLL_TIMEOUT_MS: Final = 200
 ERROR_BACKOFF_S: Final = 0.2
 FINAL_ATTEMPT_S: Final = 30.0
+FINAL_RETRY_S: Final = 1.0
+# Attempts of the final read at most (the timeout ends them sooner).
+FINAL_ATTEMPTS_MAX: Final = 1_000
 # Seconds beyond the delivery timeout that stopping waits for the producers.
 DRAIN_SLACK_S: Final = 10.0
 # Fresh clients started after crashes, per producer or consumer.
@@ -85,6 +88,7 @@ class Workload:
         self.clock_ns = clock_ns
         self.history = History()
         self.final_read_complete = False
+        self.final_read_errors: list[str] = []
         # One line per client that crashed (an exception out of the SDK).
         self.crashes: list[str] = []
 
@@ -372,18 +376,26 @@ class Workload:
     async def final_read(self) -> bool:
         """Read every partition from the beginning to its end; a fresh consumer per
         attempt until one completes or ``final_read_timeout_s`` passes.  Returns
-        whether one completed (also kept as ``final_read_complete``)."""
-        config = self.config
-        attempts = max(1, int(config.final_read_timeout_s // FINAL_ATTEMPT_S))
-        for attempt in range(attempts):
-            with trio.move_on_after(FINAL_ATTEMPT_S):
+        whether one completed (also kept as ``final_read_complete``; why attempts
+        failed is in ``final_read_errors``)."""
+        deadline = trio.current_time() + self.config.final_read_timeout_s
+        for attempt in range(FINAL_ATTEMPTS_MAX):
+            left_s = deadline - trio.current_time()
+            if left_s <= 0:
+                break
+            with trio.move_on_after(min(FINAL_ATTEMPT_S, left_s)) as scope:
                 try:
                     await self._read_all(f"final-{attempt}")
-                except DistributaryError:
-                    await trio.sleep(ERROR_BACKOFF_S)
+                except DistributaryError as error:
+                    self.final_read_errors.append(f"final-{attempt}: {error!r}")
+                    await trio.sleep(FINAL_RETRY_S)
                     continue
                 self.final_read_complete = True
                 return True
+            if scope.cancelled_caught:
+                self.final_read_errors.append(
+                    f"final-{attempt}: not complete within {FINAL_ATTEMPT_S} s"
+                )
         return False
 
     async def _read_all(self, name: str) -> None:
