@@ -25,6 +25,7 @@ from client.errors import (
     DistributaryError,
     InvalidReplicationFactorError,
     InvalidRequestError,
+    OffsetNotAvailableError,
     UnknownTopicOrPartitionError,
 )
 from client.protocol.messages import (
@@ -295,6 +296,14 @@ def list_offset(partition: Partition, timestamp_ms: int) -> ListOffsetsPartition
     if timestamp_ms == EARLIEST_TIMESTAMP:
         return ListOffsetsPartitionResponse(partition.index, offset=partition.log_start_offset)
     if timestamp_ms == LATEST_TIMESTAMP:
+        leader_state = partition.leader_state
+        if leader_state is not None and not leader_state.high_watermark_known:
+            # A new leader's HW may lag the one consumers saw (replication.md 1.3).
+            unknown = OffsetNotAvailableError(
+                f"{partition.topic}-{partition.index}: the new leader's high watermark "
+                "is not known yet"
+            )
+            return ListOffsetsPartitionResponse(partition.index, int(unknown.code), unknown.message)
         return ListOffsetsPartitionResponse(partition.index, offset=partition.high_watermark)
     if timestamp_ms < 0:
         error = InvalidRequestError(f"timestamp {timestamp_ms} is neither -1, -2 nor a time")

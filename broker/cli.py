@@ -72,6 +72,11 @@ def main(bootstrap: str | None) -> None:
     "--advertise", metavar="HOST:PORT", help="Address clients use to reach this broker [listen]."
 )
 @click.option("--rack", help="Rack or zone of this broker (replicas spread across racks).")
+@click.option(
+    "--replica-lag-time-max-ms",
+    type=click.IntRange(min=1),
+    help="A follower this long behind its leader leaves the in-sync replicas [10000].",
+)
 def serve(
     config_file: Path | None,
     data_dir: str | None,
@@ -81,6 +86,7 @@ def serve(
     node_id: int | None,
     advertise: str | None,
     rack: str | None,
+    replica_lag_time_max_ms: int | None,
 ) -> None:
     """Run a broker (a single node, or a cluster member with --cluster) until
     SIGINT/SIGTERM."""
@@ -92,6 +98,7 @@ def serve(
         "node_id": node_id,
         "advertise": advertise,
         "rack": rack,
+        "replica_lag_time_max_ms": replica_lag_time_max_ms,
     }
     try:
         loaded = load_config(

@@ -73,6 +73,10 @@ class BrokerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     # The rack (or zone) this broker runs in: replicas of a partition are spread
     # across racks.  None: no rack.
     rack: Annotated[str, msgspec.Meta(min_length=1, max_length=255)] | None = None
+    # A follower that has not caught up with its leader's log end for this long
+    # leaves the partition's in-sync replicas (Kafka replica.lag.time.max.ms); the
+    # leader checks every half of it.
+    replica_lag_time_max_ms: Annotated[int, msgspec.Meta(ge=1)] = 10_000
     # Cluster name reported to clients in Hello/Metadata.
     cluster_id: Annotated[str, msgspec.Meta(min_length=1, max_length=249)] = "distributary"
     # HOST:PORT to listen on; port 0 picks a free port (logged in the "listening" line).

@@ -14,7 +14,10 @@ frames leave strictly in slot order.  Three tasks in one nursery:
 - the *handler* runs, in order, what must await (a Produce that waits for the
   append lock or a flush, topic administration, group requests) under
   request_timeout_ms.  Once a request is handed to it, the ones behind go
-  through it too, so requests are always handled in arrival order.
+  through it too, so requests are always handled in arrival order.  An
+  acks=all Produce whose partitions have followers is appended here, then
+  waits for them in a task of its own, which completes its slot: the requests
+  behind it are handled meanwhile, their answers wait their turn.
 - the *writer* drives the parked fetches (broker/waiting.py): a partition's
   change wakes it, it collects the answer, completes the slot and sends what is
   sendable; a fetch's max_wait_ms passing wakes it too.  It sends frames that
@@ -45,7 +48,7 @@ from broker.fetch import any_fetch_error, collect_fetch, fetch_now, fetch_partit
 from broker.fetch_session import FETCH_POSITIONS_MAX, FetchSession
 from broker.handlers import handle
 from broker.logging import get_logger
-from broker.produce import produce_now
+from broker.produce import PendingReplication, append_produce, produce_now
 from broker.request_memory import ConnectionCharge, RequestMemory
 from broker.response_slots import Frame, Item, Reply, ResponseSlots, Slot
 from broker.sending import ClientGone, reply_frame, send_frame, write_now
@@ -60,9 +63,11 @@ from client.errors import (
 from client.protocol.connection import BadRequest, IncomingRequest, ServerConnection
 from client.protocol.messages import (
     FETCH_OFFSET_CONTINUE,
+    Acks,
     FetchRequest,
     FetchResponse,
     ProduceRequest,
+    ProduceResponse,
 )
 
 __all__ = ["FETCH_POSITIONS_MAX", "ClientGone", "ConnectionHandler", "continues_fetch"]
@@ -135,6 +140,7 @@ class ConnectionHandler:
         # Refusals of excess requests, sent ahead of the slots (between frames).
         self._refusals: deque[bytes] = deque()
         self._refusals_sent = trio.Event()
+        self._nursery: trio.Nursery | None = None  # the connection's, while it runs
 
     @property
     def inflight(self) -> int:
@@ -175,6 +181,7 @@ class ConnectionHandler:
         )
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 self._connection_scope = nursery.cancel_scope
                 if self._evicted:
                     nursery.cancel_scope.cancel()
@@ -394,6 +401,10 @@ class ConnectionHandler:
                     if self._handle_now(item, slot):
                         continue
                     assert isinstance(item, IncomingRequest)
+                    body = item.body
+                    if isinstance(body, ProduceRequest) and body.acks == Acks.ALL:
+                        await self._handle_acks_all(item, body, slot)
+                        continue
                     reply = await self._run_handler(item)
                     self._complete(slot, reply)
                     self._flush_now()
@@ -421,6 +432,39 @@ class ConnectionHandler:
                 f"{self.limits.request_timeout_ms}"
             )
         return error
+
+    async def _handle_acks_all(
+        self, request: IncomingRequest, body: ProduceRequest, slot: Slot
+    ) -> None:
+        """Append an acks=all Produce under request_timeout_ms; its answer waits for
+        the followers in a task of its own (broker/produce.py PendingReplication)."""
+        error: DistributaryError
+        with trio.move_on_after(self.limits.request_timeout_ms / 1000) as scope:
+            try:
+                response, pending = await append_produce(self.broker, body, request.payload)
+            except DistributaryError as raised:
+                error = raised
+            else:
+                if pending is None:
+                    self._complete(slot, Reply(response))
+                else:
+                    assert self._nursery is not None
+                    self._nursery.start_soon(self._answer_when_replicated, slot, response, pending)
+                self._flush_now()
+                return
+        if scope.cancelled_caught:
+            error = RequestTimedOutError(
+                f"PRODUCE took longer than request_timeout_ms={self.limits.request_timeout_ms}"
+            )
+        self._complete_with_error(slot, error)
+        self._flush_now()
+
+    async def _answer_when_replicated(
+        self, slot: Slot, response: ProduceResponse, pending: PendingReplication
+    ) -> None:
+        await pending.wait()  # bounded by the produce's timeout
+        self._complete(slot, Reply(response))
+        self._flush_now()
 
     # -- completing slots -------------------------------------------------------------
 

@@ -13,6 +13,10 @@ each answer flagged MORE and continuing after the previous one, while the
 answers are small live ones and nothing but continuations waits behind it.
 The session counts the answers the stream may still send.
 
+A replica fetch (a follower's) neither continues nor streams: its fetch offset
+tells the leader how far the follower's log reaches, so it must be the offset
+the follower appended up to, never one the leader guessed for it.
+
 Bounded: at most FETCH_POSITIONS_MAX positions (the most recently noted kept).
 """
 
@@ -59,12 +63,22 @@ class FetchSession:
         connection's previous fetch of that partition ended.  Call it when the
         fetch's turn comes, once every earlier fetch is answered.  Raises
         InvalidRequestError for a partition without a position (never fetched
-        here, last fetch failed, forgotten, or truncated since)."""
+        here, last fetch failed, forgotten, or truncated since), and for a replica
+        fetch that continues or asks for a stream."""
+        if body.replica_id >= 0 and body.responses_max != 1:
+            raise InvalidRequestError(
+                f"a replica fetch is answered once (responses_max {body.responses_max})"
+            )
         positions = self._positions
         for fetch_topic in body.topics:
             for wanted in fetch_topic.partitions:
                 if wanted.fetch_offset != FETCH_OFFSET_CONTINUE:
                     continue
+                if body.replica_id >= 0:
+                    raise InvalidRequestError(
+                        f"{fetch_topic.name}/{wanted.partition}: a replica fetch names "
+                        "its fetch offset (the follower's log end)"
+                    )
                 key = (fetch_topic.name, wanted.partition)
                 entry = positions.get(key)
                 if entry is not None and truncations_of(*key) != entry[1]:

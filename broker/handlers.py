@@ -2,7 +2,8 @@
 
 It dispatches on the body's type to the handler modules -- broker/produce.py,
 broker/fetch.py, broker/admin_handlers.py (Hello, Metadata, topics,
-ListOffsets, FindCoordinator) and broker/groups/handlers.py -- and returns a
+ListOffsets, FindCoordinator), broker/offsets_for_leader_epoch.py and
+broker/groups/handlers.py -- and returns a
 :class:`Reply` (a response body plus the file regions of its payload) or None
 when the client asked for no response (Produce with acks=0).  A handler raises
 a DistributaryError for a whole-request failure (the connection answers it with
@@ -31,8 +32,10 @@ from broker.admin_handlers import (
     list_offset,
     topic_metadata,
 )
+from broker.elect_leaders import handle_elect_leaders
 from broker.fetch import any_fetch_error, caught_up, collect_fetch, fetch_now, handle_fetch
 from broker.groups import handlers as group_handlers
+from broker.offsets_for_leader_epoch import handle_offsets_for_leader_epoch
 from broker.produce import (
     auto_create,
     check_not_internal,
@@ -52,6 +55,7 @@ from client.protocol.messages import (
     DeleteTopicsRequest,
     DescribeGroupsRequest,
     DescribeTopicsRequest,
+    ElectLeadersRequest,
     FetchRequest,
     FindCoordinatorRequest,
     HelloRequest,
@@ -60,6 +64,7 @@ from client.protocol.messages import (
     MetadataRequest,
     OffsetCommitRequest,
     OffsetFetchRequest,
+    OffsetsForLeaderEpochRequest,
     ProduceRequest,
     Request,
 )
@@ -122,6 +127,10 @@ async def handle_other(broker: Broker, body: Request) -> Reply:
         return Reply(await handle_create_partitions(broker, body))
     if isinstance(body, FindCoordinatorRequest):
         return Reply(await handle_find_coordinator(broker, body))
+    if isinstance(body, OffsetsForLeaderEpochRequest):
+        return Reply(handle_offsets_for_leader_epoch(broker, body))
+    if isinstance(body, ElectLeadersRequest):
+        return Reply(await handle_elect_leaders(broker, body))
     return await handle_group_request(broker, body)
 
 

@@ -12,6 +12,9 @@ shell (broker/partition.py) does the I/O and reports to it what the log did:
   everything appended is committed, so the shell advances it to the log end
   after each append;
 - ``leader_epoch``: stamped into every appended batch; it never goes back;
+- ``epochs``: the leader-epoch cache (broker/replication/epochs.py: which epoch
+  starts at which offset), truncated with the log from either end;
+  ``epochs_dirty`` says it changed since the shell last persisted it;
 - ``truncations``: how many truncations this replica went through, so a position
   remembered before one (a connection's fetch position) can be recognized as
   stale;
@@ -20,19 +23,23 @@ shell (broker/partition.py) does the I/O and reports to it what the log did:
   from the log.
 
 Invariants (:meth:`check_invariants`): 0 <= log start <= high watermark <= log
-end; every remembered producer batch lies below the log end.  One owner: the
+end; every remembered producer batch lies below the log end; the epoch cache is
+monotonic and no entry starts past the log end.  One owner: the
 partition, on the event-loop thread.
 """
 
 from __future__ import annotations
 
 from broker.producer_state import ProducerStateTable
+from broker.replication.epochs import LeaderEpochCache
 
 
 class PartitionState:
     """See the module docstring."""
 
     __slots__ = (
+        "epochs",
+        "epochs_dirty",
         "high_watermark",
         "leader_epoch",
         "log_end_offset",
@@ -52,6 +59,8 @@ class PartitionState:
         self.leader_epoch = leader_epoch
         self.truncations = 0
         self.producers = ProducerStateTable()
+        self.epochs = LeaderEpochCache()
+        self.epochs_dirty = False
 
     def advance_high_watermark(self, offset: int) -> None:
         """Move the high watermark up to ``offset`` (at most the log end; an
@@ -59,6 +68,21 @@ class PartitionState:
         assert offset <= self.log_end_offset, (offset, self.log_end_offset)
         if offset > self.high_watermark:
             self.high_watermark = offset
+
+    def set_high_watermark(self, offset: int) -> None:
+        """A follower's high watermark, learnt from its leader (min of the leader's
+        and its own log end): it may go back across a leader change.  Clamped into
+        [log start, log end]."""
+        self.high_watermark = min(max(offset, self.log_start_offset), self.log_end_offset)
+
+    def assign_epoch(self, epoch: int, start_offset: int) -> bool:
+        """Record in the epoch cache that ``epoch`` starts at ``start_offset`` (at most
+        the log end: a new leader's epoch starts at its log end).  True when the
+        cache changed (then ``epochs_dirty``)."""
+        assert start_offset <= self.log_end_offset, (start_offset, self.log_end_offset)
+        changed = self.epochs.assign(epoch, start_offset)
+        self.epochs_dirty = self.epochs_dirty or changed
+        return changed
 
     def set_leader_epoch(self, leader_epoch: int) -> None:
         """Adopt a leader epoch; epochs never go back (the caller refuses a stale
@@ -76,11 +100,13 @@ class PartitionState:
         )
         self.log_start_offset = log_start_offset
         self.high_watermark = max(self.high_watermark, log_start_offset)
+        if self.epochs.truncate_from_start(log_start_offset):
+            self.epochs_dirty = True
 
     def truncated(self, log_end_offset: int) -> list[int]:
         """The log was cut to end at ``log_end_offset``: clamp the high watermark,
-        forget the producers with a batch past the new end and count the
-        truncation.  Returns the forgotten producer ids, for the shell to rebuild
+        drop the epochs starting at or past the new end, forget the producers with
+        a batch past it and count the truncation.  Returns the forgotten producer ids, for the shell to rebuild
         from the log (see ProducerStateTable.truncate)."""
         assert self.log_start_offset <= log_end_offset <= self.log_end_offset, (
             self.log_start_offset,
@@ -90,7 +116,20 @@ class PartitionState:
         self.log_end_offset = log_end_offset
         self.high_watermark = min(self.high_watermark, log_end_offset)
         self.truncations += 1
+        if self.epochs.truncate_from_end(log_end_offset):
+            self.epochs_dirty = True
         return self.producers.truncate(log_end_offset)
+
+    def restarted(self, offset: int) -> None:
+        """The log was emptied and starts at ``offset`` now (a follower behind its
+        leader's log start): every offset, the producers and the epochs start over;
+        the truncation is counted."""
+        assert offset >= 0, offset
+        self.log_start_offset = self.log_end_offset = self.high_watermark = offset
+        self.producers = ProducerStateTable()
+        self.epochs = LeaderEpochCache()
+        self.epochs_dirty = True
+        self.truncations += 1
 
     def check_invariants(self) -> None:
         """See the module docstring (walks the producer table: for tests)."""
@@ -101,3 +140,9 @@ class PartitionState:
         )
         assert self.leader_epoch >= 0 and self.truncations >= 0
         self.producers.check_invariants(self.log_end_offset)
+        self.epochs.check_invariants()
+        entries = self.epochs.entries()
+        assert not entries or entries[-1].start_offset <= self.log_end_offset, (
+            entries,
+            self.log_end_offset,
+        )

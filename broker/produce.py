@@ -13,20 +13,42 @@ An append wakes the partition's waiters when it moves the high watermark (a
 long-polling fetch then answers from its own connection's writer).  A
 partition this node does not lead answers NOT_LEADER; ``__consumer_offsets``
 is written only by the group coordinator.
+
+acks=all (replication.md 1.5).  A partition led with followers (a leader state,
+broker/replication/leader_state.py) refuses the batch before appending when its
+ISR is below min.insync.replicas (NOT_ENOUGH_REPLICAS); otherwise, after the
+append, the answer waits (:func:`wait_for_replication`) until the high watermark
+passes the batch (success), or it passed with the maximal ISR below the minimum
+(NOT_ENOUGH_REPLICAS_AFTER_APPEND), or the request's ``timeout_ms`` passed
+(REQUEST_TIMED_OUT), or the partition lost its leadership or was truncated
+under the batch (NOT_LEADER): every outcome but success leaves it unknown
+whether the records survive, which an idempotent producer's retry resolves.
+Without a leader state (one replica) acks=all answers at once, as acks=leader
+does, and takes the path without waiting.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Final
+
+import trio
+
 from broker.groups.config import OFFSETS_TOPIC
 from broker.partition import AppendResult, Partition
+from broker.replication.leader_state import WAIT
 from broker.state import Broker
 from broker.topics import validate_topic_name
+from broker.waiting import wait_for_partitions
 from client.errors import (
     DistributaryError,
     InvalidRequestError,
     InvalidTopicError,
+    NotEnoughReplicasError,
     NotLeaderError,
+    RequestTimedOutError,
     UnknownTopicOrPartitionError,
+    error_for_code,
 )
 from client.protocol.messages import (
     Acks,
@@ -37,23 +59,175 @@ from client.protocol.messages import (
 )
 from client.protocol.payload import split_payload
 
+# An acks=all wait ends at the request's timeout_ms, but at most at this share of
+# the broker's request_timeout_ms: the per-partition REQUEST_TIMED_OUT answer must
+# come before the handler's own timeout answers the whole request.
+REPLICATION_WAIT_SHARE_OF_REQUEST_TIMEOUT: Final = 0.9
+
+
+@dataclass
+class AwaitedAppend:
+    """An acks=all append waiting for its followers: the partition, the leader epoch
+    it was appended in, where it ends, and its (success) answer."""
+
+    name: str
+    partition: Partition
+    leader_epoch: int
+    end_offset: int
+    result: ProducePartitionResponse
+
+
+class PendingReplication:
+    """The acks=all appends of one Produce still waiting for their followers, and
+    until when (trio time).  :meth:`wait` settles them: the response they belong
+    to is final once it returns."""
+
+    def __init__(self, broker: Broker, awaited: list[AwaitedAppend], deadline: float) -> None:
+        assert awaited
+        self.broker = broker
+        self.awaited = awaited
+        self.deadline = deadline
+
+    async def wait(self) -> None:
+        await wait_for_replication(self.broker, self.awaited, self.deadline)
+
 
 async def handle_produce(
     broker: Broker, body: ProduceRequest, payload: memoryview
 ) -> ProduceResponse:
-    """Append each partition's batches in request order; per-partition errors.
-    Raises InvalidRequestError when the payload does not match the body."""
+    """Append each partition's batches in request order, and with acks=all wait for
+    the followers; per-partition errors.  Raises InvalidRequestError when the
+    payload does not match the body."""
+    response, pending = await append_produce(broker, body, payload)
+    if pending is not None:
+        await pending.wait()
+    return response
+
+
+async def append_produce(
+    broker: Broker, body: ProduceRequest, payload: memoryview
+) -> tuple[ProduceResponse, PendingReplication | None]:
+    """Append each partition's batches in request order; per-partition errors.  With
+    acks=all on partitions with followers, the response is final only once the
+    returned PendingReplication's ``wait`` returns (a connection waits for it in
+    a task of its own, so the requests behind are handled meanwhile).  Raises
+    InvalidRequestError when the payload does not match the body."""
+    started = trio.current_time()
+    acks_all = body.acks == Acks.ALL
     by_topic: dict[str, list[ProducePartitionResponse]] = {}
+    awaited: list[AwaitedAppend] = []
     for name, index, view in produce_parts(body, payload):
         try:
             check_not_internal(name)
             partition = await find_partition(broker, name, index, create=True)
             check_leader(broker, name, index)
-            result = produce_result(index, await partition.append(view))
+            leader_state = partition.leader_state
+            if acks_all and leader_state is not None:
+                refusal = leader_state.acks_all_refusal()
+                if refusal is not None:
+                    raise NotEnoughReplicasError(
+                        f"{name}-{index}: {len(leader_state.isr)} in-sync replicas, "
+                        f"min.insync.replicas is {leader_state.min_insync_replicas}"
+                    )
+                epoch = partition.leader_epoch
+                appended = await partition.append(view)
+                result = produce_result(index, appended)
+                awaited.append(
+                    AwaitedAppend(name, partition, epoch, appended.last_offset + 1, result)
+                )
+            else:
+                result = produce_result(index, await partition.append(view))
         except DistributaryError as error:
             result = produce_refused(broker, name, index, error)
         by_topic.setdefault(name, []).append(result)
-    return produce_response(by_topic)
+    response = produce_response(by_topic)
+    if not awaited:
+        return response, None
+    wait_s = (
+        min(
+            body.timeout_ms,
+            broker.limits.request_timeout_ms * REPLICATION_WAIT_SHARE_OF_REQUEST_TIMEOUT,
+        )
+        / 1000
+    )
+    return response, PendingReplication(broker, awaited, started + wait_s)
+
+
+async def wait_for_replication(
+    broker: Broker, awaited: list[AwaitedAppend], deadline: float
+) -> None:
+    """Wait until every acks=all append in ``awaited`` has its outcome (see the
+    module docstring), or ``deadline`` (trio time) passes; a failed one's answer is
+    turned into its error in place."""
+    pending = awaited
+    while True:  # each pass settles what it can, then waits for a partition to change
+        pending = [entry for entry in pending if not settle(broker, entry)]
+        if not pending:
+            return
+        if broker.shutting_down:
+            for entry in pending:
+                refuse_in_place(
+                    broker,
+                    entry,
+                    NotLeaderError(
+                        f"{entry.name}-{entry.result.partition}: the broker is shutting down"
+                    ),
+                )
+            return
+        if trio.current_time() >= deadline:
+            for entry in pending:
+                refuse_in_place(
+                    broker,
+                    entry,
+                    RequestTimedOutError(
+                        f"{entry.name}-{entry.result.partition}: the in-sync replicas did "
+                        f"not confirm offsets below {entry.end_offset} in time"
+                    ),
+                )
+            return
+        await wait_for_partitions([entry.partition for entry in pending], deadline)
+
+
+def settle(broker: Broker, entry: AwaitedAppend) -> bool:
+    """Whether ``entry``'s outcome is known (its answer is then final)."""
+    partition = entry.partition
+    leader_state = partition.leader_state
+    if (
+        leader_state is None
+        or partition.closed
+        or partition.leader_epoch != entry.leader_epoch
+        or partition.log_end_offset < entry.end_offset
+    ):
+        refuse_in_place(
+            broker,
+            entry,
+            NotLeaderError(
+                f"{entry.name}-{entry.result.partition}: leadership changed before the "
+                "in-sync replicas confirmed the batch"
+            ),
+        )
+        return True
+    outcome = leader_state.acks_all_outcome(entry.end_offset)
+    if outcome == WAIT:
+        return False
+    if outcome is not None:
+        refuse_in_place(
+            broker, entry, error_for_code(outcome, f"{entry.name}-{entry.result.partition}")
+        )
+    return True
+
+
+def refuse_in_place(broker: Broker, entry: AwaitedAppend, error: DistributaryError) -> None:
+    result = entry.result
+    broker.logger.info(
+        "acks=all produce failed",
+        topic=entry.name,
+        partition=result.partition,
+        error=error.message,
+        code=error.code.name,
+    )
+    result.error_code = int(error.code)
+    result.error_message = error.message
 
 
 def produce_now(
@@ -65,6 +239,7 @@ def produce_now(
     parts = produce_parts(body, payload)
     partitions: list[Partition] = []
     leads = broker.metadata.leads
+    acks_all = body.acks == Acks.ALL
     for name, index, _view in parts:
         topic = broker.topics.get(name)
         if topic is None or name == OFFSETS_TOPIC or not 0 <= index < len(topic.partitions):
@@ -72,6 +247,8 @@ def produce_now(
         partition = topic.partitions[index]
         if not partition.can_append_now() or not leads(name, index):
             return None
+        if acks_all and partition.leader_state is not None:
+            return None  # waits for the followers: the general path
         partitions.append(partition)
     by_topic: dict[str, list[ProducePartitionResponse]] = {}
     for (name, index, view), partition in zip(parts, partitions, strict=True):

@@ -4,7 +4,9 @@ What every handler reads.
 ``Broker.open`` takes the data directory's lock (a second process on the same
 directory would corrupt it), loads the topics and opens their logs, then
 rebuilds the consumer groups from ``__consumer_offsets``; ``close``
-flushes and closes them, writing the clean-shutdown markers.  The clock is
+flushes and closes them, writing the clean-shutdown markers (each partition's,
+and the broker's: ``clean_start`` says on the next open whether the previous
+run stopped cleanly, broker/shutdown_marker.py).  The clock is
 injected (``clock_ms``) so handlers and tests never read the wall clock
 themselves.
 """
@@ -24,6 +26,7 @@ from broker.config import BrokerConfig, ConfigError
 from broker.groups.service import GroupService
 from broker.logging import get_logger
 from broker.metadata_view import LocalMetadataView, MetadataView
+from broker.shutdown_marker import take_marker, write_marker
 from broker.topics import TopicManager
 from broker.waiting import WakeReason
 from client.clock import wall_clock_ms
@@ -67,6 +70,8 @@ class Broker:
         clock_ms: Callable[[], int],
         lock_descriptor: int | None,
         groups: GroupService | None = None,
+        *,
+        clean_start: bool = True,
     ) -> None:
         self.config = config
         self.limits = config.limits
@@ -85,6 +90,9 @@ class Broker:
         # Set by a cluster member (--cluster); None on a single node.
         self.cluster: ClusterAdmin | None = None
         self._lock_descriptor = lock_descriptor
+        # Whether the previous run on this data dir stopped cleanly (or there was
+        # none): a broker back from a crash may have lost acknowledged records.
+        self.clean_start = clean_start
         self.logger = get_logger(node=config.node_id)
 
     @classmethod
@@ -98,6 +106,11 @@ class Broker:
         """
         data_dir = config.data_path
         lock_descriptor = await trio.to_thread.run_sync(lock_data_dir, data_dir)
+        try:
+            clean_start = await trio.to_thread.run_sync(take_marker, data_dir, (LOCK_FILE,))
+        except BaseException:
+            os.close(lock_descriptor)
+            raise
         topics = TopicManager(
             data_dir,
             config.topic_defaults,
@@ -116,7 +129,9 @@ class Broker:
                 await topics.close()
             os.close(lock_descriptor)
             raise
-        return cls(config, topics, clock_ms, lock_descriptor, groups)
+        broker = cls(config, topics, clock_ms, lock_descriptor, groups, clean_start=clean_start)
+        broker.logger.info("broker state opened", clean_start=clean_start)
+        return broker
 
     def begin_shutdown(self) -> None:
         """Answer every long poll now; handlers see ``shutting_down``."""
@@ -125,10 +140,13 @@ class Broker:
             partition.wake_waiters(WakeReason.SHUTDOWN)
 
     async def close(self) -> None:
-        """Flush and close every log, then release the data directory.
-        Raises StorageError (after closing everything it could)."""
+        """Flush and close every log, then -- when all closed cleanly -- write the
+        broker's clean-shutdown marker, then release the data directory.
+        Raises StorageError (after closing everything it could; no marker)."""
         try:
             await self.topics.close()
+            if self._lock_descriptor is not None:
+                await trio.to_thread.run_sync(write_marker, self.config.data_path)
         finally:
             if self._lock_descriptor is not None:
                 os.close(self._lock_descriptor)

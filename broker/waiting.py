@@ -1,11 +1,13 @@
 """Requests that wait for something to happen to a partition.
 
-A request that cannot be answered yet (a long-polling Fetch today; a Produce
-with acks=all once there are followers) leaves a *waiter* with each partition
+A request that cannot be answered yet (a long-polling Fetch; a Produce with
+acks=all while followers have not caught up) leaves a *waiter* with each partition
 it depends on.  The partition wakes all its waiters, synchronously and for an
 explicit reason (:class:`WakeReason`), when:
 
 - its high watermark advances (records became visible to consumers),
+- records are appended that are not committed yet (a leader with followers, or
+  a follower: replica fetches wait for those),
 - its leadership changes (leader or leader epoch),
 - its log is truncated, or it is closed (deleted, shutting down),
 - the broker begins a graceful shutdown.
@@ -42,6 +44,7 @@ class WakeReason(enum.Enum):
     """Why a partition woke its waiters."""
 
     HIGH_WATERMARK = "high_watermark"  # records became visible to consumers
+    APPENDED = "appended"  # records appended, not yet committed (followers fetch them)
     LEADERSHIP = "leadership"  # the leader or leader epoch changed
     TRUNCATED = "truncated"  # the log was cut back
     CLOSED = "closed"  # the partition was closed (topic deleted, broker stopping)

@@ -37,6 +37,9 @@ from client.protocol.messages import (
     DescribeGroupsResponse,
     DescribeTopicsRequest,
     DescribeTopicsResponse,
+    ElectLeadersRequest,
+    ElectLeadersResponse,
+    ElectLeadersTopic,
     ListGroupsRequest,
     ListGroupsResponse,
     MetadataResponse,
@@ -51,6 +54,7 @@ from client.types import (
     GroupListing,
     GroupMember,
     GroupPartition,
+    LeaderElection,
     NewTopic,
     PartitionInfo,
     PartitionOffsets,
@@ -250,6 +254,55 @@ class Admin(ClusterClient):
                 if not t.error_code
             ),
         )
+
+    async def elect_leaders(
+        self, partitions: Iterable[tuple[str, int | None]] | None = None
+    ) -> list[LeaderElection]:
+        """Move leadership back to each partition's preferred replica (its first) now:
+        ``partitions`` as (topic, partition) pairs, partition None for all of a topic,
+        or None for every partition.  The controller answers (retried on the one a
+        metadata refresh names); one LeaderElection per partition, ``error`` None
+        when leadership moved, else ElectionNotNeededError (already there),
+        PreferredLeaderNotAvailableError, UnknownTopicOrPartitionError."""
+        topics: list[ElectLeadersTopic] | None = None
+        if partitions is not None:
+            wanted: dict[str, list[int] | None] = {}
+            for name, partition in partitions:
+                if partition is None:
+                    wanted[name] = None
+                elif name not in wanted or wanted[name] is not None:
+                    listed = wanted.setdefault(name, [])
+                    assert listed is not None
+                    listed.append(partition)
+            topics = [ElectLeadersTopic(name, listed) for name, listed in wanted.items()]
+        request = ElectLeadersRequest(topics)
+        cluster = self._require_cluster()
+
+        async def attempt() -> ElectLeadersResponse:
+            if cluster.controller_id < 0:
+                await cluster.refresh_metadata([])
+            connection = await cluster.connection_for_node(cluster.controller_id)
+            body = (await connection.request(request)).body
+            assert isinstance(body, ElectLeadersResponse)
+            if body.error_code:
+                raise error_for_code(body.error_code, body.error_message or "")
+            return body
+
+        response = await cluster.call_with_retries(
+            attempt, attempts_max=self.reconnect_attempts_max, refresh_topics=[]
+        )
+        return [
+            LeaderElection(
+                topic.name,
+                result.partition,
+                result.leader,
+                error_for_code(result.error_code, result.error_message or "")
+                if result.error_code
+                else None,
+            )
+            for topic in response.topics
+            for result in topic.partitions
+        ]
 
     # -- consumer groups ------------------------------------------------------------------
 

@@ -42,6 +42,10 @@ class ErrorCode(enum.IntEnum):
     OFFSET_OUT_OF_RANGE = 25
     NOT_LEADER = 26
     INVALID_REPLICATION_FACTOR = 27
+    # Cluster administration.
+    NOT_CONTROLLER = 80
+    ELECTION_NOT_NEEDED = 81
+    PREFERRED_LEADER_NOT_AVAILABLE = 82
     # Storage.
     LOG_CORRUPT = 30
     STORAGE_ERROR = 31
@@ -59,6 +63,13 @@ class ErrorCode(enum.IntEnum):
     # Idempotent produce.
     OUT_OF_ORDER_SEQUENCE = 60
     UNKNOWN_PRODUCER_ID = 61
+    # Replication.
+    NOT_ENOUGH_REPLICAS = 70
+    NOT_ENOUGH_REPLICAS_AFTER_APPEND = 71
+    FENCED_LEADER_EPOCH = 72
+    UNKNOWN_LEADER_EPOCH = 73
+    OFFSET_NOT_AVAILABLE = 74
+    NOT_REPLICA = 75
 
 
 class DistributaryError(Exception):
@@ -208,6 +219,26 @@ class InvalidReplicationFactorError(DistributaryError):
     code = ErrorCode.INVALID_REPLICATION_FACTOR
 
 
+class NotControllerError(DistributaryError):
+    """This broker is not the controller: ask the one Metadata names."""
+
+    code = ErrorCode.NOT_CONTROLLER
+    retriable = True
+
+
+class ElectionNotNeededError(DistributaryError):
+    """The partition is already led by its preferred replica."""
+
+    code = ErrorCode.ELECTION_NOT_NEEDED
+
+
+class PreferredLeaderNotAvailableError(DistributaryError):
+    """The preferred replica is not live or not in the ISR, so it cannot lead."""
+
+    code = ErrorCode.PREFERRED_LEADER_NOT_AVAILABLE
+    retriable = True
+
+
 # -- storage ----------------------------------------------------------------------------
 
 
@@ -312,6 +343,54 @@ class UnknownProducerIdError(DistributaryError):
 
     code = ErrorCode.UNKNOWN_PRODUCER_ID
     retriable = True
+
+
+# -- replication -------------------------------------------------------------------------
+
+
+class NotEnoughReplicasError(DistributaryError):
+    """acks=all: the in-sync replicas are fewer than min.insync.replicas; nothing was appended."""
+
+    code = ErrorCode.NOT_ENOUGH_REPLICAS
+    retriable = True
+
+
+class NotEnoughReplicasAfterAppendError(DistributaryError):
+    """acks=all: the batch was appended, but to fewer in-sync replicas than required.
+
+    The records may become visible: only an idempotent producer's retry is safe
+    from duplicating them.
+    """
+
+    code = ErrorCode.NOT_ENOUGH_REPLICAS_AFTER_APPEND
+    retriable = True
+
+
+class FencedLeaderEpochError(DistributaryError):
+    """The request's leader epoch is older than the partition's: refresh the metadata."""
+
+    code = ErrorCode.FENCED_LEADER_EPOCH
+    retriable = True
+
+
+class UnknownLeaderEpochError(DistributaryError):
+    """The request's leader epoch is newer than this broker knows: it has not caught up yet."""
+
+    code = ErrorCode.UNKNOWN_LEADER_EPOCH
+    retriable = True
+
+
+class OffsetNotAvailableError(DistributaryError):
+    """A new leader does not know its high watermark yet; retry shortly."""
+
+    code = ErrorCode.OFFSET_NOT_AVAILABLE
+    retriable = True
+
+
+class NotReplicaError(DistributaryError):
+    """A replica fetch from a broker that is not an assigned replica of the partition."""
+
+    code = ErrorCode.NOT_REPLICA
 
 
 def _leaf_classes() -> dict[ErrorCode, type[DistributaryError]]:

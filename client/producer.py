@@ -164,7 +164,8 @@ class Producer(ClusterClient):
       ``enqueue``/``send`` wait for space beyond it (backpressure).  Default
       64 MiB, or one batch when ``batch_bytes_max`` is larger.
     - ``compression``: "none", "gzip", "lz4" or "zstd", per batch.
-    - ``acks``: "leader" (1), "all" (-1) or "none" (0: offsets are then -1).
+    - ``acks``: "all" (-1, the default: every in-sync replica has the records),
+      "leader" (1) or "none" (0: offsets are then -1).
     - ``delivery_timeout_ms``: a record is acknowledged within this time of its
       enqueue, or its handle raises (RequestTimedOutError naming the last error).
       Retriable errors (broker unreachable or restarting, connection lost, not
@@ -197,7 +198,7 @@ class Producer(ClusterClient):
         batch_bytes_max: int = 1 * MiB,
         buffer_bytes_max: int | None = None,
         compression: CompressionName = "none",
-        acks: AcksSetting = "leader",
+        acks: AcksSetting = "all",
         retries_max: int = RETRIES_MAX_DEFAULT,
         delivery_timeout_ms: int = DELIVERY_TIMEOUT_MS_DEFAULT,
         idempotent: bool | None = None,

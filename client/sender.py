@@ -44,8 +44,10 @@ from client._io.connection import BrokerConnection, EventLoopTools, LoopEvent, P
 from client._logging import get_logger
 from client.accumulator import ProducerBatch, RecordAccumulator
 from client.errors import (
+    BrokerUnavailableError,
     ConnectionClosedError,
     DistributaryError,
+    FencedLeaderEpochError,
     NotLeaderError,
     ProtocolError,
     RequestTimedOutError,
@@ -61,6 +63,16 @@ from client.protocol.messages import (
     ProduceTopic,
 )
 from client.records.header import BATCH_BYTES_LIMIT
+
+# Errors after which the partition's leader is looked up again: it moved, or its
+# broker is gone (a replica elsewhere may lead it now).
+_LEADER_MAY_HAVE_MOVED: Final = (
+    NotLeaderError,
+    UnknownTopicOrPartitionError,
+    FencedLeaderEpochError,
+    BrokerUnavailableError,
+    ConnectionClosedError,
+)
 
 log = get_logger("client.producer")
 
@@ -467,7 +479,7 @@ class Sender:
     def _handle_error(self, batch: ProducerBatch, error: DistributaryError) -> None:
         """Retry ``batch`` later if the error allows it, else fail its records (and,
         with idempotence, the batches queued behind it)."""
-        if isinstance(error, NotLeaderError | UnknownTopicOrPartitionError):
+        if isinstance(error, _LEADER_MAY_HAVE_MOVED):
             self._stale_topics.add(batch.topic)
             if self._cluster is not None:
                 self._cluster.invalidate(batch.topic)

@@ -10,6 +10,7 @@ import enum
 from typing import Final, NamedTuple
 
 # Defined with the wire messages (the Produce request carries it); public from here.
+from client.errors import DistributaryError
 from client.protocol.messages import Acks as Acks
 
 MiB: Final = 1024 * 1024
@@ -186,3 +187,13 @@ class GroupDescription(NamedTuple):
     assignor: str
     members: tuple[GroupMember, ...]
     partitions: tuple[GroupPartition, ...]
+
+
+class LeaderElection(NamedTuple):
+    """One partition's outcome of Admin.elect_leaders: its leader afterwards, and
+    None when leadership moved, else why not (a typed error)."""
+
+    topic: str
+    partition: int
+    leader: int
+    error: DistributaryError | None

@@ -30,6 +30,11 @@ SANS_IO_MODULES = [
     "broker/groups/assignors.py",
     "broker/groups/records.py",
     "broker/cluster/store.py",
+    "broker/replication/epochs.py",
+    "broker/replication/leader_state.py",
+    "broker/replication/follower_state.py",
+    "broker/replication/election.py",
+    "broker/replication/roles.py",
     "client/fetcher.py",
     "client/accumulator.py",
 ]

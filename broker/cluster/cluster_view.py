@@ -87,9 +87,12 @@ class ClusterMetadataView:
         controller: int,
         cluster_topics: frozenset[str],
         leaderships: dict[tuple[str, int], PartitionLeadership],
+        held: frozenset[tuple[str, int]] = frozenset(),
     ) -> None:
         """Replace the view with the metadata as now applied: ``cluster_topics`` are
-        the topics the store holds, ``leaderships`` their partitions' states."""
+        the topics the store holds, ``leaderships`` their partitions' states;
+        partitions in ``held`` are not led here yet, whatever their leader says
+        (their leader state is being set up)."""
         self._brokers = [
             BrokerInfo(node, registration.host, registration.port)
             for node, registration in sorted(brokers.items())
@@ -98,7 +101,9 @@ class ClusterMetadataView:
         self._leaderships = leaderships
         self._cluster_topics = cluster_topics
         self._led = frozenset(
-            key for key, found in leaderships.items() if found.leader == self._node_id
+            key
+            for key, found in leaderships.items()
+            if found.leader == self._node_id and key not in held
         )
 
     def check_invariants(self) -> None:

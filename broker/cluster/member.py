@@ -17,11 +17,13 @@ Joining (:func:`join_cluster`, before the broker serves):
 
 Running (:meth:`ClusterMember.run`): a keepalive every TTL/3; a follower of the
 cluster prefix (read, then watch; broker/cluster/follow.py) that applies each
-change; the controller task.  Applying a change opens the logs of new topics
-(every partition of every topic: a member may become a partition's leader later),
-removes those of deleted topics, stamps the new leader epoch into partitions
-this node now leads, publishes the leaderships in the ClusterMetadataView, and
-wakes the waiters of every partition whose leadership changed.
+change; the controller task; the replica manager (fetchers and ISR writes,
+broker/replication/replica_manager.py).  Applying a change opens the logs of new
+topics (every partition of every topic: a member may become a partition's leader
+later), removes those of deleted topics, makes each local replica leader or
+follower as the partition states say (the replica manager), publishes the
+leaderships in the ClusterMetadataView, and wakes the waiters of every partition
+whose leadership changed.
 
 Self-fencing: the view leads nothing once ``lease_valid_until`` (the send time of
 the last acknowledged keepalive + TTL - FENCE_MARGIN_S) has passed.  A keepalive
@@ -81,6 +83,7 @@ from broker.groups.service import offsets_topic_configs
 from broker.logging import get_logger
 from broker.metadata_view import PartitionLeadership
 from broker.produce import check_not_internal
+from broker.replication.replica_manager import ReplicaManager
 from broker.state import Broker
 from broker.storage.atomic_file import write_atomic
 from broker.waiting import WakeReason
@@ -109,6 +112,8 @@ FOLLOW_RETRY_S: Final = 0.5
 APPLY_WAIT_S: Final = 5.0
 # CreateTopics with partitions=-1 (Kafka's convention) means the broker default.
 DEFAULT_PARTITIONS: Final = -1
+# __consumer_offsets gets this many replicas, or one per live broker if fewer.
+OFFSETS_REPLICATION_FACTOR_MAX: Final = 3
 # Graceful stop: give the lease revocation this long.
 LEAVE_TIMEOUT_S: Final = 2.0
 
@@ -132,7 +137,11 @@ class ClusterMember:
             host, port = parse_listen(config.advertise)
         else:
             host, port = broker.advertised_host, broker.advertised_port
-        self.registration = BrokerRegistration(config.node_id, host, port, config.rack)
+        # The controller drops a replica that restarted after an unclean shutdown
+        # (it may have lost unflushed records) from the eligible leaders.
+        self.registration = BrokerRegistration(
+            config.node_id, host, port, config.rack, clean_shutdown=broker.clean_start
+        )
         # Lease validity is on time.monotonic, which the view reads too.
         self.view = ClusterMetadataView(config.node_id, broker.topics, time.monotonic)
         self.lease_id = 0
@@ -144,6 +153,7 @@ class ClusterMember:
         self._published: dict[tuple[str, int], PartitionLeadership] = {}
         self._rng = random.Random()
         self._incarnations = TopicIncarnations(config.data_path)
+        self.replicas = ReplicaManager(self, broker.clock_ms)
 
     # -- joining ----------------------------------------------------------------------
 
@@ -278,6 +288,7 @@ class ClusterMember:
             nursery.start_soon(self._keep_alive)
             nursery.start_soon(self._follow)
             nursery.start_soon(run_controller, self)
+            nursery.start_soon(self.replicas.run)
 
     async def _keep_alive(self) -> None:
         while True:  # until cancelled
@@ -296,6 +307,9 @@ class ClusterMember:
             await trio.sleep(max(0.0, sent_at + KEEPALIVE_INTERVAL_S - time.monotonic()))
 
     async def _register_again(self) -> None:
+        # This process lost its lease, not its data: its replicas are as clean as
+        # they were.
+        self.registration = msgspec.structs.replace(self.registration, clean_shutdown=True)
         while True:  # until registered (the view leads nothing meanwhile)
             try:
                 self.view.lease_valid_until = 0.0
@@ -350,15 +364,25 @@ class ClusterMember:
             self.metadata = metadata
             self._publish(metadata)
             await self._reconcile_logs(metadata)
+            await self.replicas.apply(metadata)
             self._publish(metadata)
             await self._coordinate_groups(metadata)
             self.applied_revision = self._mirror.revision
             changed, self._changed = self._changed, trio.Event()
             changed.set()
 
+    async def reapply_roles(self) -> None:
+        """Give the replica manager the applied metadata again (a role change of it
+        failed) and publish what it put in place."""
+        async with self._apply_lock:
+            await self.replicas.apply(self.metadata)
+            self._publish(self.metadata)
+
     def _publish(self, metadata: ClusterMetadata) -> None:
-        """Stamp epochs, publish the leaderships, wake who waits on a change.  No awaits:
-        a handler sees the old leadership or the new one, never a mix."""
+        """Publish the leaderships, wake who waits on a change.  No awaits: a handler
+        sees the old leadership or the new one, never a mix.  A partition this node
+        now leads counts as led once the replica manager has made it leader in that
+        epoch (broker/replication/replica_manager.py)."""
         leaderships: dict[tuple[str, int], PartitionLeadership] = {}
         for name, assignment in metadata.topics.items():
             for index, replicas in enumerate(assignment.replicas):
@@ -377,15 +401,18 @@ class ClusterMember:
             local = self.broker.topics.get(key[0])
             if local is None or key[1] >= len(local.partitions):
                 continue  # published once its log is open
-            partition = local.partitions[key[1]]
-            if (
-                leadership.leader == self.node_id
-                and leadership.leader_epoch > partition.leader_epoch
-            ):
-                partition.set_leader_epoch(leadership.leader_epoch)
-            changed.append((key, leadership, partition))
+            changed.append((key, leadership, local.partitions[key[1]]))
+        # Led here once the replica manager put the leadership in place.
+        held = frozenset(
+            key
+            for key, leadership in leaderships.items()
+            if leadership.leader == self.node_id
+            and not self.replicas.leads_in(key, leadership.leader_epoch)
+        )
         controller = NO_CONTROLLER if metadata.controller is None else metadata.controller.node_id
-        self.view.update(metadata.brokers, controller, frozenset(metadata.topics), leaderships)
+        self.view.update(
+            metadata.brokers, controller, frozenset(metadata.topics), leaderships, held
+        )
         for key, leadership, partition in changed:
             known = key in self._published
             self._published[key] = leadership
@@ -524,7 +551,8 @@ class ClusterMember:
 
     async def create_offsets_topic_if_absent(self) -> None:
         """Create __consumer_offsets in the store (its configured partition count,
-        compacted, one replica each) unless it exists.  Store failures are logged:
+        compacted, min(OFFSETS_REPLICATION_FACTOR_MAX, live brokers) replicas each;
+        min.insync.replicas follows from that as for any topic) unless it exists.  Store failures are logged:
         FindCoordinator then answers COORDINATOR_NOT_AVAILABLE and the client asks
         again."""
         if OFFSETS_TOPIC in self.metadata.topics:
@@ -537,7 +565,7 @@ class ClusterMember:
                     self.broker.topics,
                     OFFSETS_TOPIC,
                     groups.config.offsets_topic_partitions,
-                    1,
+                    min(OFFSETS_REPLICATION_FACTOR_MAX, max(1, len(self.metadata.brokers))),
                     offsets_topic_configs(groups.config),
                     self._rng,
                     internal=True,

@@ -10,20 +10,28 @@ brokers that follow position ``start + p`` in that order: the first replica
 (the preferred leader) goes round-robin over every broker, and the replicas of a
 partition span as many racks as they can.
 
-:func:`elect_leaders` answers a change of live brokers: a partition whose leader
-died gets the first live member of its ISR as leader (or none, NO_LEADER, when no
-ISR member is alive: the partition is offline); an offline partition gets a
-leader again as soon as an ISR member is back.  Each change bumps the leader
-epoch.  The ISR itself is not changed here (with one replica it never shrinks;
-the leader maintains it once partitions are replicated).
+:func:`elect_leaders` answers a change of live brokers for every partition with
+:func:`broker.replication.election.reconcile`: dead (or restarted) brokers leave
+the ISR (into the ELR when the ISR falls below min ISR), and a partition whose
+leader is gone gets a new one from the ISR, then the ELR (or goes offline,
+NO_LEADER).  :func:`preferred_elections` moves leadership back to each
+partition's first replica once it is live and in sync.  Both read the topic's
+``min.insync.replicas`` and ``unclean.leader.election.enable`` from its configs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
-from broker.cluster.schema import NO_LEADER, PartitionState, TopicAssignment
+from broker.cluster.schema import PartitionState, TopicAssignment
+from broker.replication.election import (
+    Decision,
+    min_insync_replicas,
+    preferred_leader,
+    reconcile,
+    unclean_election_enabled,
+)
 from client.errors import InvalidReplicationFactorError
 
 
@@ -72,31 +80,47 @@ def initial_state(replicas: Sequence[int]) -> PartitionState:
     return PartitionState(leader=replicas[0], leader_epoch=0, isr=list(replicas))
 
 
-def elect_leader(state: PartitionState, live: frozenset[int]) -> PartitionState | None:
-    """The partition's new state for these live brokers, or None when it stays."""
-    if state.leader != NO_LEADER and state.leader in live:
-        return None
-    candidates = [replica for replica in state.isr if replica in live]
-    leader = candidates[0] if candidates else NO_LEADER
-    if leader == state.leader:
-        return None
-    return PartitionState(leader=leader, leader_epoch=state.leader_epoch + 1, isr=state.isr)
-
-
 def elect_leaders(
     topics: Mapping[str, TopicAssignment],
     states: Mapping[tuple[str, int], PartitionState],
     live: frozenset[int],
-) -> dict[tuple[str, int], PartitionState]:
-    """Every partition whose leadership must change, with its new state.  A partition
-    of a topic with no state yet is left alone (its creator writes it)."""
-    changes: dict[tuple[str, int], PartitionState] = {}
+    restarted: Mapping[int, bool] | None = None,
+) -> dict[tuple[str, int], Decision]:
+    """Every partition whose state must change, with its new state and how its leader
+    was chosen.  ``restarted`` maps brokers seen back since the last call (dead in
+    between) to whether they shut down cleanly.  A partition of a topic with no
+    state yet is left alone (its creator writes it)."""
+    changes: dict[tuple[str, int], Decision] = {}
     for name, assignment in topics.items():
-        for partition in range(assignment.partitions):
+        min_isr = min_insync_replicas(assignment.configs)
+        unclean = unclean_election_enabled(assignment.configs)
+        for partition, replicas in enumerate(assignment.replicas):
             state = states.get((name, partition))
             if state is None:
                 continue
-            new_state = elect_leader(state, live)
+            decision = reconcile(
+                state, replicas, live, min_isr=min_isr, unclean_allowed=unclean, restarted=restarted
+            )
+            if decision is not None:
+                changes[(name, partition)] = decision
+    return changes
+
+
+def preferred_elections(
+    topics: Mapping[str, TopicAssignment],
+    states: Mapping[tuple[str, int], PartitionState],
+    live: frozenset[int],
+    only: Collection[tuple[str, int]] | None = None,
+) -> dict[tuple[str, int], PartitionState]:
+    """The partitions (of ``only``, or all) whose first replica is live, in the ISR and
+    not leading, with the state that makes it leader."""
+    changes: dict[tuple[str, int], PartitionState] = {}
+    for name, assignment in topics.items():
+        for partition, replicas in enumerate(assignment.replicas):
+            state = states.get((name, partition))
+            if state is None or (only is not None and (name, partition) not in only):
+                continue
+            new_state = preferred_leader(state, replicas, live)
             if new_state is not None:
                 changes[(name, partition)] = new_state
     return changes

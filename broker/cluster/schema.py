@@ -36,12 +36,15 @@ class ClusterId(msgspec.Struct, frozen=True):
 
 
 class BrokerRegistration(msgspec.Struct, frozen=True):
-    """A live broker: where clients reach it, and its rack (None: no rack)."""
+    """A live broker: where clients reach it, its rack (None: no rack), and whether its
+    last run ended with a clean shutdown (False: it may have lost unflushed records,
+    so it leaves every ELR; see broker/replication/election.py)."""
 
     node_id: int
     host: str
     port: int
     rack: str | None = None
+    clean_shutdown: bool = True
 
 
 class ControllerCandidate(msgspec.Struct, frozen=True):
@@ -61,11 +64,19 @@ class TopicAssignment(msgspec.Struct, frozen=True):
 
 
 class PartitionState(msgspec.Struct, frozen=True):
-    """Who leads a partition (NO_LEADER: nobody), since which epoch, and its ISR."""
+    """Who leads a partition (NO_LEADER: nobody), since which epoch, and its ISR.
+
+    ``elr`` (KIP-966 eligible leader replicas): replicas that left the ISR while it
+    was below min ISR, so they still hold every committed record and may be
+    elected.  ``last_known_elr``: ELR members dropped after an unclean shutdown,
+    the last resort of an offline partition (broker/replication/election.py).
+    """
 
     leader: int
     leader_epoch: int
     isr: list[int]
+    elr: list[int] = []
+    last_known_elr: list[int] = []
 
 
 class ClusterMembership(msgspec.Struct, frozen=True):

@@ -39,6 +39,8 @@ class Controller:
 @dataclass
 class ClusterMetadata:
     brokers: dict[int, BrokerRegistration] = field(default_factory=dict)
+    # The create_revision of each registration: the broker epoch (one per lifetime).
+    broker_epochs: dict[int, int] = field(default_factory=dict)
     controller: Controller | None = None
     topics: dict[str, TopicAssignment] = field(default_factory=dict)
     # The version (mod_revision) of each topic key, for deletes.
@@ -63,6 +65,7 @@ def decode_metadata(items: Mapping[str, KeyValue]) -> ClusterMetadata:
             if key.startswith(BROKERS_PREFIX):
                 registration = decode(key, item.value, BrokerRegistration)
                 found.brokers[registration.node_id] = registration
+                found.broker_epochs[registration.node_id] = item.create_revision
             elif key.startswith(CONTROLLER_PREFIX):
                 candidate = decode(key, item.value, ControllerCandidate)
                 candidates.append((item.create_revision, key, candidate.node_id))

@@ -17,7 +17,8 @@ then closes and removes its local logs.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Final
 
 from broker.cluster.placement import LiveBroker, initial_state, place_replicas
 from broker.cluster.schema import TopicAssignment, encode, state_key, topic_key
@@ -33,8 +34,10 @@ from broker.cluster.store import (
     VersionConflictError,
 )
 from broker.groups.config import OFFSETS_TOPIC
+from broker.storage.config import LogConfig
 from broker.topics import TopicManager, log_config_for, validate_topic_name
 from client.errors import (
+    InvalidConfigError,
     InvalidPartitionsError,
     InvalidReplicationFactorError,
     TopicAlreadyExistsError,
@@ -43,6 +46,12 @@ from client.errors import (
 
 # CreateTopics with replication_factor -1 means the default, one replica.
 DEFAULT_REPLICATION_FACTOR = 1
+# A topic of at least this replication factor that does not set
+# min.insync.replicas gets MIN_INSYNC_REPLICAS_REPLICATED (so acks=all survives
+# the loss of one replica and still needs two copies).
+REPLICATED_FACTOR_MIN: Final = 3
+MIN_INSYNC_REPLICAS_REPLICATED: Final = 2
+MIN_INSYNC_REPLICAS_KEY: Final = "min.insync.replicas"
 
 
 def plan_topic(
@@ -67,18 +76,45 @@ def plan_topic(
         raise InvalidPartitionsError(
             f"partition count {partitions} is outside [1, {topics.partitions_max}]"
         )
-    log_config_for(topics.defaults, configs)
     if replication_factor == -1:
         replication_factor = DEFAULT_REPLICATION_FACTOR
     if replication_factor < 1:
         raise InvalidReplicationFactorError(f"replication factor {replication_factor} is below 1")
+    configs = replication_configs(topics.defaults, configs, replication_factor)
     live = [
         LiveBroker(registration.node_id, registration.rack)
         for registration in metadata.brokers.values()
     ]
     start = rng.randrange(max(len(live), 1))
     replicas = place_replicas(live, partitions, replication_factor, start)
-    return TopicAssignment(replicas=replicas, configs=dict(configs))
+    return TopicAssignment(replicas=replicas, configs=configs)
+
+
+def replication_configs(
+    defaults: LogConfig, configs: Mapping[str, str], replication_factor: int
+) -> dict[str, str]:
+    """``configs`` validated, with ``min.insync.replicas`` set when the topic has
+    REPLICATED_FACTOR_MIN replicas or more and neither it nor the broker's
+    ``topic_defaults`` set one.  Raises InvalidConfigError (also for a min ISR
+    above the replication factor: acks=all could never succeed)."""
+    config = log_config_for(defaults, configs)
+    stored = dict(configs)
+    if (
+        replication_factor >= REPLICATED_FACTOR_MIN
+        and config.min_insync_replicas == LogConfig().min_insync_replicas
+        and not any(_is_min_insync_key(key) for key in configs)
+    ):
+        stored[MIN_INSYNC_REPLICAS_KEY] = str(MIN_INSYNC_REPLICAS_REPLICATED)
+    elif config.min_insync_replicas > replication_factor:
+        raise InvalidConfigError(
+            f"min.insync.replicas={config.min_insync_replicas} is above the replication "
+            f"factor {replication_factor}"
+        )
+    return stored
+
+
+def _is_min_insync_key(key: str) -> bool:
+    return key.strip().replace(".", "_").replace("-", "_").lower() == "min_insync_replicas"
 
 
 async def write_topic(store: MetadataStore, name: str, assignment: TopicAssignment) -> int:

@@ -10,7 +10,9 @@ I/O:
 * **Records**: a commit, a deletion or an epoch change returns records; they are
   appended as one batch to the group's partition of ``__consumer_offsets``
   (created with its compacted config on first use), then replayed, and only
-  then is the request answered.  So an acknowledged commit is in the log.
+  once the partition's in-sync replicas hold them (at once with one replica) is
+  the request answered.  So an acknowledged commit is in the log of every
+  in-sync replica and outlives the coordinator.
 * **Expiry** (:meth:`run`, in the server's root nursery): sleep until the
   earliest member deadline (or until a heartbeat may have moved it), then let
   the coordinator expel whoever missed it.
@@ -35,7 +37,12 @@ from broker.groups.records import BadOffsetsRecord, Record, partition_for_group
 from broker.logging import get_logger
 from broker.partition import Partition
 from broker.topics import Topic, TopicManager
-from client.errors import CoordinatorNotAvailableError, DistributaryError
+from broker.waiting import wait_for_partitions
+from client.errors import (
+    CoordinatorNotAvailableError,
+    DistributaryError,
+    RequestTimedOutError,
+)
 from client.records.builder import BatchBuilder
 from client.records.decoder import RecordDecoder
 
@@ -44,6 +51,8 @@ LOAD_READ_BYTES: Final = 1024 * 1024
 # The expiry task wakes at least this often (a heartbeat also wakes it when a
 # deadline may have moved), so a missed wake-up costs at most one second.
 EXPIRY_SLEEP_MS_MAX: Final = 1_000
+# A commit waits at most this long for the offsets partition's in-sync replicas.
+REPLICATION_WAIT_S: Final = 10.0
 
 
 def offsets_topic_configs(config: GroupConfig) -> dict[str, str]:
@@ -125,7 +134,11 @@ class GroupService:
         for _ in range(end - offset + 1):  # each read moves past at least one batch
             if offset >= end:
                 break
-            with partition.read(offset, LOAD_READ_BYTES, whole_batch=True) as region:
+            # To the log end, not the high watermark: a new leader's log is the
+            # partition's from now on, and its high watermark may lag behind it.
+            with partition.read(
+                offset, LOAD_READ_BYTES, whole_batch=True, end_offset_max=end
+            ) as region:
                 data = await trio.to_thread.run_sync(region.read_bytes)
             fetched = decoder.decode_fetch(data, offset)
             for record in fetched.records:
@@ -231,10 +244,34 @@ class GroupService:
         now_ms = self._clock_ms()
         for key, value in records:
             builder.append(value, key, (), now_ms)
+        epoch = partition.leader_epoch
         appended = await partition.append(memoryview(builder.build()))
         assert appended.last_offset - appended.base_offset + 1 == len(records), appended
         for number, (key, value) in enumerate(records):
             self.coordinator.replay(key, value, appended.base_offset + number)
+        await self._wait_replicated(partition, epoch, appended.last_offset + 1)
+
+    async def _wait_replicated(self, partition: Partition, epoch: int, end_offset: int) -> None:
+        """Return once the offsets partition's in-sync replicas hold everything below
+        ``end_offset`` (at once with one replica), as an acks=all produce waits: a
+        commit answered then survives the coordinator's loss.  Raises
+        CoordinatorNotAvailableError (leadership lost meanwhile: the member asks
+        again, and the records, applied here, are replayed from the log by the next
+        coordinator if they survived), RequestTimedOutError (not replicated within
+        REPLICATION_WAIT_S: the member retries the same commit)."""
+        deadline = trio.current_time() + REPLICATION_WAIT_S
+        while partition.high_watermark < end_offset:
+            if partition.closed or partition.leader_epoch != epoch or partition.is_follower:
+                raise CoordinatorNotAvailableError(
+                    f"{OFFSETS_TOPIC}-{partition.index} changed leader before its replicas "
+                    "confirmed the records"
+                )
+            if trio.current_time() >= deadline:
+                raise RequestTimedOutError(
+                    f"{OFFSETS_TOPIC}-{partition.index}: the in-sync replicas did not "
+                    f"confirm offsets below {end_offset} within {REPLICATION_WAIT_S} s"
+                )
+            await wait_for_partitions([partition], deadline)
 
     async def append_quietly(self, group_id: str, records: list[Record]) -> None:
         """Append epoch records: on failure log and go on (the group's state is in

@@ -210,6 +210,12 @@ class AsyncLog:
         async with self._lock:
             return await trio.to_thread.run_sync(self.log.truncate_to, offset)
 
+    async def truncate_fully_and_start_at(self, offset: int) -> None:
+        """See :meth:`Log.truncate_fully_and_start_at`, in a worker thread; the
+        caller keeps appends and reads off meanwhile.  Raises StorageError."""
+        async with self._lock:
+            await trio.to_thread.run_sync(self.log.truncate_fully_and_start_at, offset)
+
     async def close(self) -> None:
         """Flush (in a worker thread), then close and mark the shutdown clean.
         Raises StorageError."""

@@ -75,6 +75,14 @@ class LogConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     # so readers see the deletion, then the cleaner drops it (Kafka
     # delete.retention.ms, 1 day).
     delete_retention_ms: int = DAY_MS
+    # Replication (the log itself ignores these two).  acks=all is refused with
+    # NOT_ENOUGH_REPLICAS while fewer replicas are in sync (Kafka
+    # min.insync.replicas; a cluster stores 2 with each new topic of replication
+    # factor 3 or more that does not set it).
+    min_insync_replicas: int = 1
+    # Elect a replica that was not in sync when none that was is alive, losing
+    # what it lacks (Kafka unclean.leader.election.enable).
+    unclean_leader_election_enable: bool = False
 
     def __post_init__(self) -> None:
         """Raises InvalidConfigError naming the first bad field."""
@@ -89,6 +97,7 @@ class LogConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
         _check_range("retention_check_interval_ms", self.retention_check_interval_ms, 1, None)
         _check_range("batch_bytes_max", self.batch_bytes_max, HEADER_BYTES, SEGMENT_BYTES_LIMIT)
         _check_range("delete_retention_ms", self.delete_retention_ms, 0, None)
+        _check_range("min_insync_replicas", self.min_insync_replicas, 1, None)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> LogConfig:

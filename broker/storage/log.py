@@ -51,7 +51,7 @@ from broker.storage.retention import RetentionResult, delete_files, detach_expir
 from broker.storage.scrubber import CorruptRange, LogScrub, ScrubTicket, StepResult
 from broker.storage.segment import LogSegment
 from broker.storage.segments import LogSegments
-from broker.storage.truncation import truncate_segments
+from broker.storage.truncation import restart_segments, truncate_segments
 from client.clock import wall_clock_ms
 from client.errors import (
     BatchTooLargeError,
@@ -503,6 +503,30 @@ class Log:
             segments_deleted=cut.segments_deleted,
         )
         return new_end
+
+    def truncate_fully_and_start_at(self, offset: int) -> None:
+        """Drop every batch and start the log empty at ``offset`` (a follower whose
+        leader's log starts past this log's end).  Durable before it returns, like
+        :meth:`truncate_to`.  Blocking.  Raises StorageError (the log is then
+        offline)."""
+        self._check_usable()
+        assert not self._flush.in_progress, "truncate_fully_and_start_at during a flush"
+        self._last_append = None
+        try:
+            cut = restart_segments(self._segments, self.directory, self.config, offset)
+        except StorageError as error:
+            self._failure = f"restart at {offset} failed: {error}"
+            raise
+        self.scrub.truncated(0)
+        self._flush.directory_dirty = True
+        delete_files(cut.paths)
+        self._recovery = checkpoint_at_end(self._segments)
+        try:
+            self.flush()
+        except StorageError as error:
+            self._failure = f"restart at {offset} could not be made durable: {error}"
+            raise
+        self._logger.warning("log restarted", offset=offset, segments_deleted=cut.segments_deleted)
 
     # -- scrubbing ----------------------------------------------------------------------
 

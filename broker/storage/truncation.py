@@ -23,6 +23,12 @@ keep reading the old bytes).
 Invariants after a cut: the segments are contiguous, the active one ends at the new
 end, and no index entry points at or past the end (``LogSegment.check_invariants``).
 
+``restart_segments(segments, directory, config, offset)`` drops *every* segment
+and starts the log empty at ``offset`` (Kafka's truncateFullyAndStartAt: a
+follower whose leader's log now starts past its own end): the old segments'
+files are renamed to ``*.deleted`` first, then one new, empty segment is created
+at ``offset``.
+
 Concurrency: the caller owns the segment set (no append, flush, retention or
 compaction runs meanwhile; AsyncLog's lock and the partition's append lock).
 """
@@ -32,6 +38,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import NamedTuple
 
+from broker.storage.config import LogConfig
+from broker.storage.segment import LogSegment
 from broker.storage.segments import LogSegments
 
 
@@ -62,3 +70,28 @@ def truncate_segments(segments: LogSegments, offset: int) -> Truncation:
     new_end = segment.truncate_to(offset)
     assert segments.active is segment and new_end <= offset, (segment, new_end, offset)
     return Truncation(new_end, bytes_before - segments.size_bytes, deleted, paths)
+
+
+def restart_segments(
+    segments: LogSegments, directory: Path, config: LogConfig, offset: int
+) -> Truncation:
+    """Replace every segment by one empty segment based at ``offset`` (see the module
+    docstring).  Raises StorageError: a rename failed (the segments not yet renamed
+    stay) or the new segment could not be created (``segments`` is then empty: the
+    caller takes the log offline)."""
+    assert offset >= 0, offset
+    bytes_before = segments.size_bytes
+    paths: list[Path] = []
+    old = list(segments)
+    for segment in reversed(old):
+        if len(segments) == 1:
+            # The last one leaves only once its replacement can be created (a file
+            # of the same base offset is renamed away first).
+            break
+        segments.remove(segment)
+        paths.extend(segment.detach())
+    last = segments.active
+    segments.remove(last)
+    paths.extend(last.detach())
+    segments.add(LogSegment.create(directory, offset, config))
+    return Truncation(offset, bytes_before, len(old), paths)

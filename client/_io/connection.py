@@ -91,8 +91,11 @@ async def open_connection(
     connect_timeout_ms: int,
     request_timeout_ms: int,
     inflight_requests_max: int = INFLIGHT_REQUESTS_MAX_DEFAULT,
+    local_host: str | None = None,
 ) -> BrokerConnection:
-    """Connect and start the connection's tasks in ``task_group``.
+    """Connect and start the connection's tasks in ``task_group``; ``local_host``
+    binds the socket's own end to that address (a broker talking to its peers
+    from its listen address).
 
     Raises BrokerUnavailableError when the broker cannot be reached in time,
     InvalidConfigError when ``host`` is a name that does not exist.
@@ -102,11 +105,15 @@ async def open_connection(
         with anyio.fail_after(connect_timeout_ms / 1000):
             if tools.is_asyncio:
                 loop = asyncio.get_running_loop()
-                _, socket_layer = await loop.create_connection(AsyncioTransport, host, port)
+                local = None if local_host is None else (local_host, 0)
+                _, socket_layer = await loop.create_connection(
+                    AsyncioTransport, host, port, local_addr=local
+                )
                 transport: AsyncioTransport | TrioTransport = socket_layer
             else:
                 transport = TrioTransport(
-                    await anyio.connect_tcp(host, port), write_stall_ms_max=request_timeout_ms
+                    await anyio.connect_tcp(host, port, local_host=local_host),
+                    write_stall_ms_max=request_timeout_ms,
                 )
     except TimeoutError:
         raise BrokerUnavailableError(

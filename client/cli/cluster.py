@@ -19,6 +19,7 @@ import msgspec
 
 from client.admin import Admin
 from client.cli.common import Terminal, client_options, run
+from client.errors import ErrorCode
 from client.types import ClusterMetadata
 
 DESCRIBE_EXAMPLES: Final = """
@@ -149,5 +150,78 @@ def describe(as_json: bool, bootstrap: str, debug: bool) -> None:
             _print_rich(terminal, summary)
         else:
             _print_plain(summary)
+
+    run(body, bootstrap=bootstrap, debug=debug)
+
+
+ELECT_EXAMPLES: Final = """
+\b
+Examples:
+  distributary cluster elect-leaders
+  distributary cluster elect-leaders --topic orders --partition 3
+  distributary cluster elect-leaders --json
+"""
+
+
+class ElectionJson(msgspec.Struct):
+    topic: str
+    partition: int
+    leader: int
+    moved: bool
+    error: str | None
+
+
+class ElectionsJson(msgspec.Struct):
+    partitions: list[ElectionJson]
+
+
+@cluster.command("elect-leaders", epilog=ELECT_EXAMPLES)
+@click.option("--topic", default=None, help="Only this topic's partitions.")
+@click.option("--partition", type=int, default=None, help="Only this partition (needs --topic).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: every partition asked for.")
+@client_options
+def elect_leaders(
+    topic: str | None, partition: int | None, as_json: bool, bootstrap: str, debug: bool
+) -> None:
+    """Move leadership back to each partition's preferred replica (its first) now.
+
+    The controller does this by itself a few seconds after a preferred replica is
+    back in sync; this asks for it at once.  Prints one line per partition whose
+    leader changed (with --json, every partition asked for, with why it did not
+    move)."""
+    if partition is not None and topic is None:
+        raise click.UsageError("--partition needs --topic")
+
+    async def body() -> None:
+        wanted = None if topic is None else [(topic, partition)]
+        async with Admin(bootstrap) as admin:
+            results = await admin.elect_leaders(wanted)
+        if as_json:
+            document = ElectionsJson(
+                [
+                    ElectionJson(
+                        result.topic,
+                        result.partition,
+                        result.leader,
+                        result.error is None,
+                        None if result.error is None else result.error.message,
+                    )
+                    for result in results
+                ]
+            )
+            sys.stdout.buffer.write(msgspec.json.encode(document) + b"\n")
+            return
+        moved = [result for result in results if result.error is None]
+        for result in moved:
+            click.echo(f"{result.topic}/{result.partition} leader {result.leader}")
+        unknown = [
+            r
+            for r in results
+            if r.error is not None and r.error.code == ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+        ]
+        for result in unknown:
+            click.echo(f"{result.topic}/{result.partition}: unknown", err=True)
+        if not moved:
+            click.echo("no leader changed", err=True)
 
     run(body, bootstrap=bootstrap, debug=debug)

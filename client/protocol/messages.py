@@ -33,6 +33,7 @@ class ApiKey(enum.IntEnum):
     LIST_OFFSETS = 7
     ALTER_CONFIGS = 8
     CREATE_PARTITIONS = 9
+    OFFSETS_FOR_LEADER_EPOCH = 10
     # Consumer groups: 20-29 (20-26 used).  Replication: 30-39.
     CONSUMER_GROUP_HEARTBEAT = 20
     OFFSET_COMMIT = 21
@@ -41,6 +42,7 @@ class ApiKey(enum.IntEnum):
     DESCRIBE_GROUPS = 24
     DELETE_GROUPS = 25
     FIND_COORDINATOR = 26
+    ELECT_LEADERS = 11
 
 
 class Acks(enum.IntEnum):
@@ -234,6 +236,40 @@ class CreatePartitionsResponse(_Message, tag=int(ApiKey.CREATE_PARTITIONS)):
     topics: list[TopicResult] = []
 
 
+# -- ElectLeaders --------------------------------------------------------------------------
+
+
+class ElectLeadersTopic(_Message):
+    name: str
+    partitions: list[int] | None = None  # None: every partition of the topic
+
+
+class ElectLeadersRequest(_Message, tag=int(ApiKey.ELECT_LEADERS)):
+    """Move each partition's leadership to its preferred replica (the first) now
+    (``topics`` None: every partition).  Only the controller answers; any other
+    broker answers NOT_CONTROLLER, and the client asks the controller Metadata names."""
+
+    topics: list[ElectLeadersTopic] | None = None
+
+
+class ElectLeadersPartitionResult(_Message):
+    partition: int
+    error_code: int = 0  # ELECTION_NOT_NEEDED, PREFERRED_LEADER_NOT_AVAILABLE, ...
+    error_message: str | None = None
+    leader: int = -1  # the leader after the request
+
+
+class ElectLeadersTopicResult(_Message):
+    name: str
+    partitions: list[ElectLeadersPartitionResult] = []
+
+
+class ElectLeadersResponse(_Message, tag=int(ApiKey.ELECT_LEADERS)):
+    topics: list[ElectLeadersTopicResult] = []
+    error_code: int = 0  # NOT_CONTROLLER: the whole request went to the wrong broker
+    error_message: str | None = None
+
+
 # -- Produce ----------------------------------------------------------------------------
 
 
@@ -288,6 +324,12 @@ class FetchPartition(_Message):
     partition: int
     fetch_offset: int  # or FETCH_OFFSET_CONTINUE
     partition_max_bytes: int = 1 << 20
+    # The leader epoch the fetcher believes current (-1: unchecked); the leader
+    # refuses a stale one (FENCED_LEADER_EPOCH) or a newer one (UNKNOWN_LEADER_EPOCH).
+    current_leader_epoch: int = -1
+    # A follower: the epoch of the last batch in its log (-1: none), so the leader
+    # can say where the logs diverge (FetchPartitionResponse.diverging_epoch).
+    last_fetched_epoch: int = -1
 
 
 class FetchTopic(_Message):
@@ -304,6 +346,9 @@ class FetchRequest(_Message, tag=int(ApiKey.FETCH)):
     # > 1: the broker may keep answering (frames flagged MORE) while records keep
     # arriving, each answer continuing where the previous one ended.
     responses_max: int = 1
+    # A follower: its broker's epoch (the revision of its registration; -1:
+    # unknown), so the leader ignores a fetch from an earlier incarnation (KIP-903).
+    replica_epoch: int = -1
 
 
 class FetchPartitionResponse(_Message):
@@ -313,6 +358,14 @@ class FetchPartitionResponse(_Message):
     high_watermark: int = -1
     log_start_offset: int = -1
     records_bytes: int = 0  # length of this partition's batches in the frame payload
+    # To a follower whose log diverges from the leader's: the largest epoch both
+    # hold and where it ends on the leader (truncate there; no records come).
+    diverging_epoch: int = -1
+    diverging_end_offset: int = -1
+    # Who leads the partition, with FENCED/UNKNOWN_LEADER_EPOCH and NOT_LEADER
+    # (-1: unknown).
+    leader_id: int = -1
+    leader_epoch: int = -1
 
 
 class FetchTopicResponse(_Message):
@@ -356,6 +409,49 @@ class ListOffsetsTopicResponse(_Message):
 
 class ListOffsetsResponse(_Message, tag=int(ApiKey.LIST_OFFSETS)):
     topics: list[ListOffsetsTopicResponse] = []
+
+
+# -- OffsetsForLeaderEpoch ---------------------------------------------------------------
+
+
+class OffsetForLeaderEpochPartition(_Message):
+    partition: int
+    leader_epoch: int  # where does this epoch end in the leader's log?
+    current_leader_epoch: int = -1  # the asker's view of the leader epoch (-1: unchecked)
+
+
+class OffsetForLeaderEpochTopic(_Message):
+    name: str
+    partitions: list[OffsetForLeaderEpochPartition] = []
+
+
+class OffsetsForLeaderEpochRequest(_Message, tag=int(ApiKey.OFFSETS_FOR_LEADER_EPOCH)):
+    """A follower (``replica_id`` its node id) or a consumer (-1: answers capped at
+    the high watermark) asks where leader epochs end in the leader's log."""
+
+    topics: list[OffsetForLeaderEpochTopic] = []
+    replica_id: int = -1
+
+
+class OffsetForLeaderEpochPartitionResponse(_Message):
+    """``leader_epoch``: the largest epoch in the leader's log <= the asked one;
+    ``end_offset``: where it ends (the next epoch's start, or the log end for the
+    latest).  Both -1 when the leader knows no such epoch."""
+
+    partition: int
+    error_code: int = 0
+    error_message: str = ""
+    leader_epoch: int = -1
+    end_offset: int = -1
+
+
+class OffsetForLeaderEpochTopicResponse(_Message):
+    name: str
+    partitions: list[OffsetForLeaderEpochPartitionResponse] = []
+
+
+class OffsetsForLeaderEpochResponse(_Message, tag=int(ApiKey.OFFSETS_FOR_LEADER_EPOCH)):
+    topics: list[OffsetForLeaderEpochTopicResponse] = []
 
 
 # -- consumer groups ----------------------------------------------------------------------
@@ -595,6 +691,7 @@ Request = (
     | ListOffsetsRequest
     | AlterConfigsRequest
     | CreatePartitionsRequest
+    | OffsetsForLeaderEpochRequest
     | ConsumerGroupHeartbeatRequest
     | OffsetCommitRequest
     | OffsetFetchRequest
@@ -602,6 +699,7 @@ Request = (
     | DescribeGroupsRequest
     | DeleteGroupsRequest
     | FindCoordinatorRequest
+    | ElectLeadersRequest
 )
 Response = (
     HelloResponse
@@ -614,6 +712,7 @@ Response = (
     | ListOffsetsResponse
     | AlterConfigsResponse
     | CreatePartitionsResponse
+    | OffsetsForLeaderEpochResponse
     | ConsumerGroupHeartbeatResponse
     | OffsetCommitResponse
     | OffsetFetchResponse
@@ -621,6 +720,7 @@ Response = (
     | DescribeGroupsResponse
     | DeleteGroupsResponse
     | FindCoordinatorResponse
+    | ElectLeadersResponse
     | ErrorResponse
 )
 
@@ -638,6 +738,7 @@ REQUEST_TYPES: Final[dict[ApiKey, type[msgspec.Struct]]] = {
     ApiKey.LIST_OFFSETS: ListOffsetsRequest,
     ApiKey.ALTER_CONFIGS: AlterConfigsRequest,
     ApiKey.CREATE_PARTITIONS: CreatePartitionsRequest,
+    ApiKey.OFFSETS_FOR_LEADER_EPOCH: OffsetsForLeaderEpochRequest,
     ApiKey.CONSUMER_GROUP_HEARTBEAT: ConsumerGroupHeartbeatRequest,
     ApiKey.OFFSET_COMMIT: OffsetCommitRequest,
     ApiKey.OFFSET_FETCH: OffsetFetchRequest,
@@ -645,6 +746,7 @@ REQUEST_TYPES: Final[dict[ApiKey, type[msgspec.Struct]]] = {
     ApiKey.DESCRIBE_GROUPS: DescribeGroupsRequest,
     ApiKey.DELETE_GROUPS: DeleteGroupsRequest,
     ApiKey.FIND_COORDINATOR: FindCoordinatorRequest,
+    ApiKey.ELECT_LEADERS: ElectLeadersRequest,
 }
 RESPONSE_TYPES: Final[dict[ApiKey, type[msgspec.Struct]]] = {
     ApiKey.HELLO: HelloResponse,
@@ -657,6 +759,7 @@ RESPONSE_TYPES: Final[dict[ApiKey, type[msgspec.Struct]]] = {
     ApiKey.LIST_OFFSETS: ListOffsetsResponse,
     ApiKey.ALTER_CONFIGS: AlterConfigsResponse,
     ApiKey.CREATE_PARTITIONS: CreatePartitionsResponse,
+    ApiKey.OFFSETS_FOR_LEADER_EPOCH: OffsetsForLeaderEpochResponse,
     ApiKey.CONSUMER_GROUP_HEARTBEAT: ConsumerGroupHeartbeatResponse,
     ApiKey.OFFSET_COMMIT: OffsetCommitResponse,
     ApiKey.OFFSET_FETCH: OffsetFetchResponse,
@@ -664,6 +767,7 @@ RESPONSE_TYPES: Final[dict[ApiKey, type[msgspec.Struct]]] = {
     ApiKey.DESCRIBE_GROUPS: DescribeGroupsResponse,
     ApiKey.DELETE_GROUPS: DeleteGroupsResponse,
     ApiKey.FIND_COORDINATOR: FindCoordinatorResponse,
+    ApiKey.ELECT_LEADERS: ElectLeadersResponse,
 }
 
 request_decoder: Final[msgspec.msgpack.Decoder[Request]] = msgspec.msgpack.Decoder(Request)

@@ -9,6 +9,10 @@ Fixture ``broker_cluster`` (import ``broker_cluster_fixture`` with
     .bootstrap ("host:port,..."), .broker(node_id), .new_broker(node_id, work_dir)
     .metadata(broker) -> MetadataResponse, .wait_until(predicate, timeout_s)
 
+``BrokerCluster(etcd, directory, args=[...])`` adds ``serve`` flags to every broker
+(the replication tests shorten ``--replica-lag-time-max-ms``); ``hosts`` picks
+the loopback addresses (one per broker).
+
 Every process is stopped at teardown (SIGCONT first, in case a test paused it).
 """
 
@@ -16,7 +20,7 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Final, TypeVar
 
@@ -25,7 +29,15 @@ from conftest import RawClient
 from etcd_process import EtcdProcess
 
 from broker.testing import BrokerProcess
-from client.protocol.messages import MetadataRequest, MetadataResponse, Request
+from client.protocol.messages import (
+    ListOffsetsPartition,
+    ListOffsetsRequest,
+    ListOffsetsResponse,
+    ListOffsetsTopic,
+    MetadataRequest,
+    MetadataResponse,
+    Request,
+)
 
 HOSTS: Final = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 PREFIX: Final = "distributary-cluster-test"
@@ -35,10 +47,18 @@ T = TypeVar("T")
 
 
 class BrokerCluster:
-    def __init__(self, etcd: EtcdProcess, directory: Path) -> None:
+    def __init__(
+        self,
+        etcd: EtcdProcess,
+        directory: Path,
+        args: Sequence[str] = (),
+        hosts: Sequence[str] = HOSTS,
+    ) -> None:
         self.etcd = etcd
         self.directory = directory
         self.url = etcd.cluster_url(PREFIX)
+        self.args = list(args)
+        self.hosts = tuple(hosts)
         self.brokers: list[BrokerProcess] = []
 
     def new_broker(
@@ -50,11 +70,11 @@ class BrokerCluster:
         return BrokerProcess(
             work_dir,
             host=host,
-            args=["--cluster", url or self.url, "--node-id", str(node_id)],
+            args=["--cluster", url or self.url, "--node-id", str(node_id), *self.args],
         )
 
     def start(self) -> None:
-        for node_id, host in enumerate(HOSTS, start=1):
+        for node_id, host in enumerate(self.hosts, start=1):
             broker = self.new_broker(node_id, host)
             broker.start()
             self.brokers.append(broker)
@@ -121,3 +141,12 @@ def leaders(response: MetadataResponse, topic: str) -> dict[int, tuple[int, int]
         if found.name == topic and found.error_code == 0:
             return {p.partition: (p.leader, p.leader_epoch) for p in found.partitions}
     return None
+
+
+def leads(broker: BrokerProcess, topic: str, partition: int) -> bool:
+    """Whether ``broker`` answers ListOffsets for the partition: it leads it, with its
+    leadership in place (Metadata may name a leader a moment before)."""
+    request = ListOffsetsRequest([ListOffsetsTopic(topic, [ListOffsetsPartition(partition)])])
+    body = call(broker, request)
+    assert isinstance(body, ListOffsetsResponse), body
+    return body.topics[0].partitions[0].error_code == 0

@@ -1,6 +1,7 @@
 """Consumer groups in a cluster of three brokers: one coordinator per group (the
 leader of its ``__consumer_offsets`` partition), whichever broker a member
-bootstrapped from, and committed offsets that outlive the coordinator's SIGKILL."""
+bootstrapped from, and committed offsets that outlive the coordinator's SIGKILL
+(``__consumer_offsets`` has three replicas here: another broker takes over)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from broker_cluster import (
     metadata,
     wait_until,
 )
-from conftest import RawClient
 from etcd_process import etcd_server_fixture
 from test_groups import ConsumerProcess
 
@@ -23,6 +23,9 @@ from broker.cluster.member import LEASE_TTL_S
 from broker.testing import BrokerProcess
 from client.errors import ErrorCode
 from client.protocol.messages import (
+    CreatableTopic,
+    CreateTopicsRequest,
+    CreateTopicsResponse,
     FindCoordinatorRequest,
     FindCoordinatorResponse,
     OffsetFetchRequest,
@@ -45,11 +48,10 @@ RESTART_S: Final = 15.0
 
 
 def create(cluster: BrokerCluster) -> None:
-    client = RawClient(cluster.broker(1).address)
-    try:
-        assert client.create_topic(TOPIC, PARTITIONS).topics[0].error_code == 0
-    finally:
-        client.close()
+    """TOPIC with three replicas per partition (a broker's death moves its
+    partitions, as it moves the groups it coordinates)."""
+    body = call(cluster.broker(1), CreateTopicsRequest([CreatableTopic(TOPIC, PARTITIONS, 3)]))
+    assert isinstance(body, CreateTopicsResponse) and body.topics[0].error_code == 0, body
 
     def served() -> bool:
         for broker in cluster.brokers:
@@ -140,9 +142,9 @@ def test_members_of_different_brokers_share_one_group(broker_cluster: BrokerClus
 
 
 def test_commits_outlive_the_coordinator_sigkill(broker_cluster: BrokerCluster) -> None:
-    """Proves the committed offsets survive a SIGKILL of the coordinator: while it is
-    down FindCoordinator answers COORDINATOR_NOT_AVAILABLE, after its restart it
-    serves the same offsets and a new member resumes from them."""
+    """Proves the committed offsets survive a SIGKILL of the coordinator: the offsets
+    partition is replicated, so the broker that leads it next becomes the
+    coordinator and serves the same offsets, and a new member resumes from them."""
     create(broker_cluster)
     produce(broker_cluster, "first")
     every = {f"{TOPIC}-{p}" for p in range(PARTITIONS)}
@@ -161,20 +163,21 @@ def test_commits_outlive_the_coordinator_sigkill(broker_cluster: BrokerCluster) 
     observer = next(b for b in broker_cluster.brokers if b is not coordinator)
     coordinator.kill()
 
-    def unavailable() -> bool:
-        return find_coordinator(observer).error_code == ErrorCode.COORDINATOR_NOT_AVAILABLE
+    def moved() -> FindCoordinatorResponse | None:
+        answer = find_coordinator(observer)
+        if answer.error_code or broker_cluster.broker(answer.node_id) is coordinator:
+            return None
+        return answer
 
-    wait_until(unavailable, FAILOVER_S, "COORDINATOR_NOT_AVAILABLE while it is down")
-    coordinator.start()
-    assert coordinator_of(broker_cluster, observer) is coordinator
-    # Named as coordinator as soon as it leads the offsets partition again, it answers
-    # COORDINATOR_NOT_AVAILABLE (members retry) until it has loaded that partition.
+    successor = broker_cluster.broker(wait_until(moved, RESTART_S, "a new coordinator").node_id)
+    # It answers COORDINATOR_NOT_AVAILABLE (members retry) until it has loaded the
+    # partition it now leads.
     wait_until(
-        lambda: fetch_offsets(coordinator).error_code == 0,
-        FAILOVER_S,
-        "the restarted coordinator serving offsets",
+        lambda: fetch_offsets(successor).error_code == 0,
+        RESTART_S,
+        "the new coordinator serving offsets",
     )
-    assert committed(fetch_offsets(coordinator)) == dict.fromkeys(every, RECORDS_PER_PARTITION)
+    assert committed(fetch_offsets(successor)) == dict.fromkeys(every, RECORDS_PER_PARTITION)
     produce(broker_cluster, "second")
     second = ConsumerProcess(observer, GROUP, TOPIC, "--offset-reset", "earliest")
     try:
@@ -192,9 +195,9 @@ def test_commits_outlive_the_coordinator_sigkill(broker_cluster: BrokerCluster) 
 
 
 def test_member_rides_out_the_coordinator_restart(broker_cluster: BrokerCluster) -> None:
-    """Proves a member that stays up while its coordinator is SIGKILLed and restarted
-    keeps retrying, rejoins once the coordinator is back, and goes on consuming and
-    committing from where it was."""
+    """Proves a member that stays up while its coordinator is SIGKILLed keeps
+    retrying, rejoins at the broker that takes the offsets partition over, and goes
+    on consuming and committing from where it was."""
     create(broker_cluster)
     produce(broker_cluster, "first")
     every = {f"{TOPIC}-{p}" for p in range(PARTITIONS)}
@@ -206,13 +209,14 @@ def test_member_rides_out_the_coordinator_restart(broker_cluster: BrokerCluster)
             lambda m: all(m.last_commits().get(tp) == RECORDS_PER_PARTITION for tp in every), 30
         )
         coordinator.kill()
-        wait_until(
-            lambda: find_coordinator(bootstrap).error_code == ErrorCode.COORDINATOR_NOT_AVAILABLE,
-            FAILOVER_S,
-            "COORDINATOR_NOT_AVAILABLE while it is down",
-        )
-        coordinator.start()
-        assert coordinator_of(broker_cluster, bootstrap) is coordinator
+
+        def moved() -> bool:
+            answer = find_coordinator(bootstrap)
+            return answer.error_code == 0 and broker_cluster.broker(answer.node_id) is not (
+                coordinator
+            )
+
+        wait_until(moved, RESTART_S, "the coordinator moved to a replica")
         produce(broker_cluster, "second")
         member.wait_for(
             lambda m: all(m.last_commits().get(tp) == 2 * RECORDS_PER_PARTITION for tp in every),
@@ -221,4 +225,5 @@ def test_member_rides_out_the_coordinator_restart(broker_cluster: BrokerCluster)
     finally:
         member.process.terminate()
         member.process.wait(10)
-    assert committed(fetch_offsets(coordinator)) == dict.fromkeys(every, 2 * RECORDS_PER_PARTITION)
+    current = coordinator_of(broker_cluster, bootstrap)
+    assert committed(fetch_offsets(current)) == dict.fromkeys(every, 2 * RECORDS_PER_PARTITION)

@@ -7,7 +7,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from broker_cluster import BrokerCluster, broker_cluster_fixture, leaders, metadata, wait_until
+from broker_cluster import (
+    BrokerCluster,
+    broker_cluster_fixture,
+    leaders,
+    leads,
+    metadata,
+    wait_until,
+)
 from conftest import RawClient
 from etcd_process import etcd_server_fixture
 
@@ -69,7 +76,10 @@ def create(cluster: BrokerCluster, topic: str, partitions: int, node_id: int = 1
             found = leaders(metadata(broker), topic)
             if found is None or len(found) < partitions:
                 return False
-        return True
+        return all(
+            leads(cluster.broker(leader), topic, partition)
+            for partition, (leader, _) in found.items()
+        )
 
     wait_until(served, 5.0, "topic served by every broker")
 

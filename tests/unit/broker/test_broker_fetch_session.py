@@ -126,3 +126,22 @@ def test_continue_after_points_the_request_at_the_positions() -> None:
     session.note(body, answered({0: 50}), [3], truncations)
     session.continue_after(body)
     assert body.topics[0].partitions[0].fetch_offset == 3
+
+
+def test_a_replica_fetch_neither_continues_nor_streams() -> None:
+    """Proves a follower's fetch must name its offsets (they report its log end to
+    the leader) and be answered once, even where a consumer's could continue."""
+    session, truncations = FetchSession(), Truncations()
+    session.note(fetch({0: 5}), answered({0: 100}), [8], truncations)
+    body = fetch({0: FETCH_OFFSET_CONTINUE})
+    body.replica_id = 2
+    with pytest.raises(InvalidRequestError, match="names its fetch offset"):
+        session.resolve(body, truncations)
+    streaming = fetch({0: 8})
+    streaming.replica_id, streaming.responses_max = 2, 5
+    with pytest.raises(InvalidRequestError, match="answered once"):
+        session.resolve(streaming, truncations)
+    plain = fetch({0: 8})
+    plain.replica_id = 2
+    session.resolve(plain, truncations)
+    assert plain.topics[0].partitions[0].fetch_offset == 8

@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from broker.cluster.placement import (
     LiveBroker,
     broker_order,
-    elect_leader,
     elect_leaders,
     initial_state,
     place_replicas,
@@ -68,20 +67,25 @@ def test_placement_is_balanced(nodes: set[int], partitions: int, data: st.DataOb
 
 
 def test_a_dead_leader_is_replaced_by_a_live_isr_member() -> None:
-    """Proves the first live ISR member becomes leader with a bumped epoch."""
+    """Proves the first live ISR member becomes leader with a bumped epoch, and the dead
+    leader leaves the ISR."""
+    topics = {"t": TopicAssignment(replicas=[[1, 2, 3]])}
     state = PartitionState(leader=1, leader_epoch=4, isr=[1, 2, 3])
-    assert elect_leader(state, frozenset({2, 3})) == PartitionState(2, 5, [1, 2, 3])
-    assert elect_leader(state, frozenset({1, 2})) is None
+    changes = elect_leaders(topics, {("t", 0): state}, frozenset({2, 3}))
+    assert changes[("t", 0)].state == PartitionState(2, 5, [2, 3])
+    assert elect_leaders(topics, {("t", 0): state}, frozenset({1, 2, 3})) == {}
 
 
 def test_single_replica_goes_offline_and_comes_back() -> None:
-    """Proves a partition with one replica has no leader while that broker is down,
-    and is led by it again (epoch bumped each time) once it is back."""
-    state = initial_state([2])
-    offline = elect_leader(state, frozenset({1, 3}))
-    assert offline == PartitionState(NO_LEADER, 1, [2])
-    assert elect_leader(offline, frozenset({1, 3})) is None
-    assert elect_leader(offline, frozenset({1, 2, 3})) == PartitionState(2, 2, [2])
+    """Proves a partition with one replica has no leader while that broker is down (it
+    waits in the ELR), and is led by it again (epoch bumped each time) once back."""
+    topics = {"t": TopicAssignment(replicas=[[2]])}
+    offline = elect_leaders(topics, {("t", 0): initial_state([2])}, frozenset({1, 3}))
+    assert offline[("t", 0)].state == PartitionState(NO_LEADER, 1, [], elr=[2])
+    states = {("t", 0): offline[("t", 0)].state}
+    assert elect_leaders(topics, states, frozenset({1, 3})) == {}
+    back = elect_leaders(topics, states, frozenset({1, 2, 3}))
+    assert back[("t", 0)].state == PartitionState(2, 2, [2])
 
 
 def test_elect_leaders_lists_only_the_changes() -> None:
@@ -90,4 +94,6 @@ def test_elect_leaders_lists_only_the_changes() -> None:
     topics = {"t": TopicAssignment(replicas=[[1], [2], [3]])}
     states = {("t", 0): initial_state([1]), ("t", 1): initial_state([2])}
     changes = elect_leaders(topics, states, frozenset({1, 3}))
-    assert changes == {("t", 1): PartitionState(NO_LEADER, 1, [2])}
+    assert {key: d.state for key, d in changes.items()} == {
+        ("t", 1): PartitionState(NO_LEADER, 1, [], elr=[2])
+    }

@@ -313,3 +313,30 @@ def test_a_batch_never_sent_that_fails_fails_the_batches_behind_it() -> None:
     fresh = h.append(b"e")
     (batch,) = h.send()
     assert batch is fresh and fields(batch) == (77, 0, 0)
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        ErrorCode.NOT_ENOUGH_REPLICAS,
+        ErrorCode.NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+        ErrorCode.FENCED_LEADER_EPOCH,
+        ErrorCode.UNKNOWN_LEADER_EPOCH,
+    ],
+)
+def test_replication_errors_are_retried_with_the_same_sequence(code: int) -> None:
+    """Proves a batch refused by a replication error (70-73) is resent unchanged
+    (same producer epoch and sequence, so the broker deduplicates it if it was
+    appended), before the batch behind it, and succeeds on the retry."""
+    h = Harness()
+    h.append(b"a")
+    (first,) = h.send()
+    h.answer(first, code)
+    assert not first.done
+    h.append(b"b")
+    retried = h.send()
+    assert retried[0] is first and fields(first) == (77, 0, 0)
+    h.answer(first, base_offset=4)
+    assert first.done and first.error is None and first.base_offset == 4
+    behind = retried[1:] or h.send()
+    assert [fields(batch) for batch in behind] == [(77, 0, 1)]
