@@ -23,9 +23,14 @@ def main(argv: list[str] | None = None) -> int:
         default="kill,pause",
         help=f"comma-separated, of: {','.join(FAULTS)} ('' for none)",
     )
-    parser.add_argument("--rf", type=int, default=1, help="replication factor of the topic")
-    parser.add_argument("--min-insync", type=int, default=None, help="min.insync.replicas")
-    parser.add_argument("--acks", choices=["leader", "all"], default="leader")
+    parser.add_argument("--rf", type=int, default=3, help="replication factor of the topic")
+    parser.add_argument(
+        "--min-insync",
+        type=int,
+        default=2,
+        help="min.insync.replicas (at most --rf; 0: the broker's default)",
+    )
+    parser.add_argument("--acks", choices=["leader", "all"], default="all")
     parser.add_argument("--rate", type=float, default=200.0, help="records/s, all producers")
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--directory", type=Path, default=None, help="kept after the run")
@@ -50,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             partitions=arguments.partitions, records_per_s=arguments.rate, acks=arguments.acks
         ),
         replication_factor=arguments.rf,
-        min_insync_replicas=arguments.min_insync,
+        min_insync_replicas=min(arguments.min_insync, arguments.rf) or None,
         directory=arguments.directory,
     )
     result = run(config, log=lambda line: print(line, file=sys.stderr, flush=True))

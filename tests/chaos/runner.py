@@ -91,8 +91,8 @@ class RunConfig:
     duration_s: float
     faults: tuple[str, ...] = ("kill", "pause")
     workload: WorkloadConfig = dataclasses.field(default_factory=WorkloadConfig)
-    replication_factor: int = 1
-    min_insync_replicas: int | None = None
+    replication_factor: int = 3
+    min_insync_replicas: int | None = 2
     settle_s: float = 5.0
     directory: Path | None = None
     # Explicit steps instead of the seeded schedule (a test of one fault).

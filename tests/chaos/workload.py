@@ -62,7 +62,7 @@ class WorkloadConfig:
     partitions: int = 6
     producers: int = 2
     records_per_s: float = 200.0
-    acks: AcksSetting = "leader"
+    acks: AcksSetting = "all"
     consumers: int = 2
     group: str = "chaos-group"
     delivery_timeout_ms: int = 30_000

@@ -16,8 +16,6 @@ from broker.cluster.member import LEASE_TTL_S
 from tests.chaos.runner import RunConfig, RunResult, Step, run, unavailable
 from tests.chaos.workload import WorkloadConfig
 
-pytest.importorskip("broker.replication.replica_manager", reason="needs replication")
-
 REPLICATED = WorkloadConfig(partitions=3, producers=2, records_per_s=100.0, consumers=2, acks="all")
 
 
@@ -71,6 +69,7 @@ def test_leader_partitioned_from_followers_and_etcd(tmp_path: Path) -> None:
     result.assert_valid()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_follower_disk_full(tmp_path: Path) -> None:
     """Proves a broker whose data disk fills (a follower of some partitions, the
@@ -80,6 +79,7 @@ def test_follower_disk_full(tmp_path: Path) -> None:
     result.assert_valid()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_controller_killed_during_an_election(tmp_path: Path) -> None:
     """Proves killing the controller while it elects a new leader for a killed
