@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: run cluster test lint typecheck pytest soak simulate bench bench-cluster bench-replication clean
+.PHONY: run cluster test lint typecheck pytest soak simulate chaos bench bench-cluster bench-replication clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,14 @@ soak: $(STAMP)
 # The replication simulation over many seeds: SEEDS=n (default 100000), START=n, or SEED=n.
 simulate: $(STAMP)
 	$(BIN)/python tests/simulation/run_seeds.py
+
+# A seeded chaos run against etcd and three brokers (docs/testing.md); non-zero on
+# any anomaly: SEED=n (default 1), MINUTES=n (default 5), FAULTS=a,b (comma-separated,
+# python -m tests.chaos --help), CHAOS_ARGS for more options.
+CHAOS_FAULTS := kill,pause,partition,partition-etcd,election-kill,disk,restart
+chaos: $(STAMP)
+	$(BIN)/python -m tests.chaos --seed $(or $(SEED),1) --minutes $(or $(MINUTES),5) \
+		--faults $(or $(FAULTS),$(CHAOS_FAULTS)) $(CHAOS_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.storage
