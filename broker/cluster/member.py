@@ -297,11 +297,13 @@ class ClusterMember:
     async def run(self) -> None:
         """Keepalive, follower and controller, until cancelled."""
         from broker.cluster.controller import run_controller
+        from broker.cluster.liveness import run_liveness
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._keep_alive)
             nursery.start_soon(self._follow)
             nursery.start_soon(run_controller, self)
+            nursery.start_soon(run_liveness, self)
             nursery.start_soon(self.replicas.run)
 
     async def _keep_alive(self) -> None:
