@@ -5,10 +5,12 @@ after resuming, and acknowledges nothing it no longer leads."""
 
 from __future__ import annotations
 
+import base64
 import signal
 from typing import Any, Final
 
 from broker_cluster import (
+    PREFIX,
     BrokerCluster,
     broker_cluster_fixture,
     call,
@@ -20,6 +22,7 @@ from conftest import RawClient
 from etcd_process import etcd_server_fixture
 
 from broker.cluster.member import LEASE_TTL_S
+from broker.cluster.schema import broker_key
 from broker.testing import BrokerProcess
 from client.protocol.messages import Acks, CreatableTopic, CreateTopicsRequest, CreateTopicsResponse
 from client.records.builder import build_batch
@@ -125,6 +128,34 @@ def test_a_paused_broker_is_left_to_its_lease(broker_cluster: BrokerCluster) -> 
     paused.wait_for_log("registered again", timeout_s=FAILOVER_S)
     wait_until(lambda: victim_id in registered(controller), FAILOVER_S, "registered again")
     assert not revocations(controller, victim_id), controller.logs()
+
+
+def registration_lease(cluster: BrokerCluster, node_id: int) -> int:
+    """The lease of broker ``node_id``'s registration as etcd holds it (0: none)."""
+    key = f"{PREFIX}/{broker_key(node_id)}".encode()
+    found = cluster.etcd.post("/v3/kv/range", {"key": base64.b64encode(key).decode()})
+    assert isinstance(found, dict), found
+    kvs = found.get("kvs") or []
+    return int(kvs[0].get("lease", 0)) if kvs else 0
+
+
+def test_a_live_broker_whose_lease_is_revoked_registers_again(
+    broker_cluster: BrokerCluster,
+) -> None:
+    """Proves a running broker whose lease is revoked under it (what the probe does
+    to a dead one) learns it from its keepalive and registers again with a new
+    lease, as after an expiry."""
+    broker = broker_cluster.broker(2)
+    lease = wait_until(lambda: registration_lease(broker_cluster, 2), SERVED_S, "registered")
+    broker_cluster.etcd.post("/v3/lease/revoke", {"ID": lease})
+    broker.wait_for_log("registered again", timeout_s=FAILOVER_S)
+
+    def new_lease() -> int:
+        found = registration_lease(broker_cluster, 2)
+        return found if found not in (0, lease) else 0
+
+    wait_until(new_lease, FAILOVER_S, "registered with a new lease")
+    wait_until(lambda: 2 in registered(broker_cluster.broker(1)), FAILOVER_S, "listed again")
 
 
 def _batch() -> bytearray:
