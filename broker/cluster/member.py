@@ -17,8 +17,10 @@ Joining (:func:`join_cluster`, before the broker serves):
 
 Running (:meth:`ClusterMember.run`): a keepalive every TTL/3; a follower of the
 cluster prefix (read, then watch; broker/cluster/follow.py) that applies each
-change; the controller task; the replica manager (fetchers and ISR writes,
-broker/replication/replica_manager.py).  Applying a change opens the logs of new
+change; the controller task; the controller's probe of the other brokers'
+listeners (broker/cluster/liveness.py: a dead process's lease is revoked); the
+replica manager (fetchers and ISR writes, broker/replication/replica_manager.py).
+Applying a change opens the logs of new
 topics and of partitions added to a topic (every partition of every topic: a
 member may become a partition's leader later), removes those of deleted topics,
 alters the local topics whose stored configs changed
@@ -109,8 +111,9 @@ from client.protocol.messages import (
 )
 
 # The broker's lease: etcd deletes its registration this long after its last
-# keepalive.  Failure detection takes about this long (etcd's minimum sensible TTL
-# is 2 s with its default election timeout).
+# keepalive.  Detecting a paused or cut-off broker takes about this long (etcd's
+# minimum sensible TTL is 2 s with its default election timeout); a dead process
+# is noticed sooner (broker/cluster/liveness.py).
 LEASE_TTL_S: Final = 3
 KEEPALIVE_INTERVAL_S: Final = LEASE_TTL_S / 3
 # A broker stops leading this long before its lease could expire in etcd.
@@ -297,11 +300,13 @@ class ClusterMember:
     async def run(self) -> None:
         """Keepalive, follower and controller, until cancelled."""
         from broker.cluster.controller import run_controller
+        from broker.cluster.liveness import run_liveness
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._keep_alive)
             nursery.start_soon(self._follow)
             nursery.start_soon(run_controller, self)
+            nursery.start_soon(run_liveness, self)
             nursery.start_soon(self.replicas.run)
 
     async def _keep_alive(self) -> None:

@@ -43,6 +43,8 @@ class ClusterMetadata:
     brokers: dict[int, BrokerRegistration] = field(default_factory=dict)
     # The create_revision of each registration: the broker epoch (one per lifetime).
     broker_epochs: dict[int, int] = field(default_factory=dict)
+    # The lease each registration is held by (the controller revokes a dead one's).
+    broker_leases: dict[int, int] = field(default_factory=dict)
     controller: Controller | None = None
     topics: dict[str, TopicAssignment] = field(default_factory=dict)
     # The version (mod_revision) of each topic key, for deletes.
@@ -71,6 +73,7 @@ def decode_metadata(items: Mapping[str, KeyValue]) -> ClusterMetadata:
                 registration = decode(key, item.value, BrokerRegistration)
                 found.brokers[registration.node_id] = registration
                 found.broker_epochs[registration.node_id] = item.create_revision
+                found.broker_leases[registration.node_id] = item.lease
             elif key.startswith(CONTROLLER_PREFIX):
                 candidate = decode(key, item.value, ControllerCandidate)
                 candidates.append((item.create_revision, key, candidate.node_id))
