@@ -10,7 +10,8 @@ a time (``await send``, 1 ms apart):
 
 Each kill: after both tasks have had ACKS_BEFORE_KILL acknowledgements since the
 cluster settled, the victim partition's leader is SIGKILLed; once a survivor's
-Metadata shows that partition offline (leader -1: the lease expired) the broker is
+Metadata shows that partition offline (leader -1: the broker's registration is
+gone, its lease revoked by the controller's liveness probe or expired) the broker is
 started again on the same data dir and node id; the kill is over when the victim
 partition has an acknowledgement after the restart.  Then the cluster settles:
 every broker's Metadata lists three brokers and every partition led, and both
@@ -19,7 +20,7 @@ tasks have ACKS_BEFORE_KILL new acknowledgements.  Per kill:
   victim gap     the victim partition's unavailability: the longest interval
                  between two consecutive acknowledgements on it, from its last
                  acknowledgement before the kill to its first after the restart
-                 (lease expiry, restart, re-registration, the producer's retry
+                 (failure detection, restart, re-registration, the producer's retry
                  backoff).  The longest interval, not simply last-before to
                  first-after-the-kill: a reply the broker sent just before dying
                  can arrive a few ms after the kill.

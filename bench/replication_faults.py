@@ -14,7 +14,8 @@ Settled means: every broker lists every partition led by its preferred replica
 with all three in sync, and both tasks have ACKS_STEADY acknowledgements since.
 Each kill, from settled: the victim partition's leader is SIGKILLed; a
 survivor's Metadata names a new leader (from the ISR) once the killed broker's
-lease expired; the failover is over when both tasks have ACKS_STEADY
+registration went (its lease revoked by the controller's liveness probe, or
+expired); the failover is over when both tasks have ACKS_STEADY
 acknowledgements after that.  Then the killed broker is started again on its
 data dir; it rejoins the ISR and the controller gives it its preferred
 leadership back (settled again).  Per kill:
