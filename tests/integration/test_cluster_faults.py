@@ -77,12 +77,21 @@ def test_killed_broker_partitions_go_offline_then_return(broker_cluster: BrokerC
 
     after = wait_until(back, 10.0, "partitions led again by the restarted broker")
     assert all(after[p][1] > before[p][1] for p in own)
-    client = RawClient(victim.address)
-    try:
-        response = client.produce(TOPIC, {min(own): [_batch()]})
-    finally:
-        client.close()
-    assert response is not None and response.topics[0].partitions[0].error_code == 0
+
+    def produced() -> bool:
+        # Metadata may name the restarted broker a moment before it has taken the
+        # leadership (NOT_LEADER meanwhile, which clients retry).
+        client = RawClient(victim.address)
+        try:
+            response = client.produce(TOPIC, {min(own): [_batch()]})
+        finally:
+            client.close()
+        assert response is not None
+        error_code = response.topics[0].partitions[0].error_code
+        assert error_code in (0, ErrorCode.NOT_LEADER), response
+        return error_code == 0
+
+    wait_until(produced, 10.0, "a produce acknowledged by the restarted leader")
 
 
 def controller_of(cluster: BrokerCluster, brokers: list[BrokerProcess]) -> int | None:
