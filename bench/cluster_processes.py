@@ -24,7 +24,7 @@ import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -241,6 +241,8 @@ class RunningCluster:
     etcd: Etcd
     brokers: list[Broker]
     probe: Probe
+    # Each broker's last answer to in_sync's probe (named when wait_in_sync times out).
+    last_seen: dict[int, dict[int, PartitionMetadata]] = field(default_factory=dict)
 
     @property
     def bootstrap(self) -> list[str]:
@@ -272,6 +274,7 @@ class RunningCluster:
         agreed: dict[int, PartitionMetadata] | None = None
         for broker in observers or self.brokers:
             found = partitions(await self.probe.metadata(broker, [topic]), topic)
+            self.last_seen[broker.node_id] = found
             if len(found) != partition_count or (agreed is not None and found != agreed):
                 return None
             for state in found.values():
@@ -299,7 +302,10 @@ class RunningCluster:
                 seen.append(found)
             return found is not None
 
-        at = await wait_for(f"{topic}: all replicas in sync", synced, IN_SYNC_POLL_S, timeout_s)
+        try:
+            at = await wait_for(f"{topic}: all replicas in sync", synced, IN_SYNC_POLL_S, timeout_s)
+        except BenchError as error:
+            raise BenchError(f"{error}; last seen: {self.last_seen}") from None
         return at, seen[-1]
 
     async def create_topic(
