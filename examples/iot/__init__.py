@@ -1,0 +1,2 @@
+"""The IoT ingestion pipeline: devices over MQTT into Distributary, validated, aggregated,
+stored, alerted and replayable (examples/iot/README.md).  ``python -m examples.iot --help``."""
