@@ -142,7 +142,7 @@ async def handle_group_request(broker: Broker, body: Request) -> Reply:
     if isinstance(body, OffsetCommitRequest):
         return Reply(await group_handlers.handle_offset_commit(groups, body))
     if isinstance(body, OffsetFetchRequest):
-        return Reply(group_handlers.handle_offset_fetch(groups, body))
+        return Reply(await group_handlers.handle_offset_fetch(groups, body))
     if isinstance(body, ListGroupsRequest):
         return Reply(group_handlers.handle_list_groups(groups, body))
     if isinstance(body, DescribeGroupsRequest):

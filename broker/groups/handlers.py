@@ -1,7 +1,9 @@
 """Request handlers of the group APIs: wire messages in, wire messages out.
 
 Each turns a request body into calls on the :class:`GroupService` (and its
-coordinator) and the result into the response body.  Group errors travel in the
+coordinator) and the result into the response body.  OffsetFetch and
+DescribeGroups show only commits the offsets partition's in-sync replicas hold
+(service.py: pending records).  Group errors travel in the
 responses' ``error_code`` fields (whole request or per partition/group), never
 as an ErrorResponse, so a client always learns which part failed.
 
@@ -127,9 +129,16 @@ async def handle_offset_commit(
     )
 
 
-def handle_offset_fetch(service: GroupService, body: OffsetFetchRequest) -> OffsetFetchResponse:
+async def handle_offset_fetch(
+    service: GroupService, body: OffsetFetchRequest
+) -> OffsetFetchResponse:
+    """The group's committed offsets, as replicated: first waits (bounded) for its
+    commits awaiting replication to be applied or dropped (GroupService.wait_pending)."""
     try:
         service.check_coordinator(body.group_id)
+        if service.has_pending(body.group_id):
+            await service.wait_pending(body.group_id)
+            service.check_coordinator(body.group_id)
     except DistributaryError as error:
         return OffsetFetchResponse(int(error.code), error.message)
     coordinator = service.coordinator

@@ -9,10 +9,23 @@ I/O:
   data, and this is the one read of it per start (see also compaction.py).
 * **Records**: a commit, a deletion or an epoch change returns records; they are
   appended as one batch to the group's partition of ``__consumer_offsets``
-  (created with its compacted config on first use), then replayed, and only
-  once the partition's in-sync replicas hold them (at once with one replica) is
-  the request answered.  So an acknowledged commit is in the log of every
+  (created with its compacted config on first use) with acks=all's rule: refused
+  (NOT_ENOUGH_REPLICAS) while the partition has fewer in-sync replicas than its
+  min ISR, and the request is answered only once the high watermark covers them
+  (at once with one replica).  So an acknowledged commit is in the log of every
   in-sync replica and outlives the coordinator.
+* **Pending records**: a commit or a tombstone is applied to the coordinator only
+  once the high watermark passes it.  Until then it waits in a per-partition
+  list (``_unreplicated``), so OffsetFetch and DescribeGroups never show an
+  offset a leader change could still lose; an append that fails drops its
+  pending records, leaving the previous commit in place.  Epoch records are
+  applied at once: a lost one only makes a later epoch skip numbers.  OffsetFetch
+  first waits (at most OFFSET_FETCH_WAIT_S) for the group's pending records to
+  settle, so it answers the newest acknowledged commit.
+* **Leading a partition** (:meth:`lead_offsets_partitions`): its log is replayed
+  to its end, records below the high watermark at once and the rest as pending
+  records, applied when the followers' fetches move the high watermark past
+  them (a new leader's high watermark lags its log).
 * **Expiry** (:meth:`run`, in the server's root nursery): sleep until the
   earliest member deadline (or until a heartbeat may have moved it), then let
   the coordinator expel whoever missed it.
@@ -25,23 +38,34 @@ finishing out of order: see GroupCoordinator.replay).
 
 from __future__ import annotations
 
+import bisect
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Final
 
 import trio
 
 from broker.groups.config import OFFSETS_TOPIC, GroupConfig
 from broker.groups.coordinator import GroupCoordinator
-from broker.groups.records import BadOffsetsRecord, Record, partition_for_group
+from broker.groups.records import (
+    BadOffsetsRecord,
+    GroupMetadataKey,
+    Record,
+    decode_record,
+    partition_for_group,
+)
 from broker.logging import get_logger
 from broker.partition import Partition
+from broker.replication.leader_state import WAIT
 from broker.topics import Topic, TopicManager
 from broker.waiting import wait_for_partitions
 from client.errors import (
     CoordinatorNotAvailableError,
     DistributaryError,
+    NotEnoughReplicasError,
     RequestTimedOutError,
+    error_for_code,
 )
 from client.records.builder import BatchBuilder
 from client.records.decoder import RecordDecoder
@@ -53,6 +77,30 @@ LOAD_READ_BYTES: Final = 1024 * 1024
 EXPIRY_SLEEP_MS_MAX: Final = 1_000
 # A commit waits at most this long for the offsets partition's in-sync replicas.
 REPLICATION_WAIT_S: Final = 10.0
+# OffsetFetch waits at most this long for the group's pending commits to be
+# replicated (or to fail) before answering the last replicated ones.
+OFFSET_FETCH_WAIT_S: Final = 5.0
+
+
+@dataclass(frozen=True)
+class PendingRecord:
+    """A commit or tombstone in the offsets partition's log, not yet below its high
+    watermark: applied to the coordinator once it is."""
+
+    offset: int
+    group_id: str
+    key: bytes | None
+    value: bytes | None
+
+
+def pending_group(key: bytes | None, value: bytes | None) -> str | None:
+    """The group of a record that must wait for the high watermark before it is
+    applied (a commit or a tombstone); None for an epoch record, applied at once.
+    Raises BadOffsetsRecord."""
+    decoded_key, decoded_value = decode_record(key, value)
+    if isinstance(decoded_key, GroupMetadataKey) and decoded_value is not None:
+        return None
+    return decoded_key.group
 
 
 def offsets_topic_configs(config: GroupConfig) -> dict[str, str]:
@@ -94,6 +142,9 @@ class GroupService:
         # (led and loaded).  None on a single node: every group is served.
         self.coordinated: set[int] | None = None
         self._leads: Callable[[str, int], bool] = lambda topic, partition: True
+        # Per offsets partition: its commits and tombstones not yet below its high
+        # watermark, by log offset (see the module docstring).
+        self._unreplicated: dict[int, list[PendingRecord]] = {}
 
     def _partition_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -124,18 +175,24 @@ class GroupService:
         )
         return replayed
 
-    async def _replay_partition(self, partition: Partition) -> tuple[int, int]:
+    async def _replay_partition(
+        self, partition: Partition, *, hold_unreplicated: bool = False
+    ) -> tuple[int, int]:
         """Replay one offsets partition from its start; returns (replayed, skipped).
-        Raises StorageError."""
+        With ``hold_unreplicated`` the commits and tombstones at or above its high
+        watermark become pending records instead.  Raises StorageError."""
         decoder: RecordDecoder[bytes] = RecordDecoder()
         replayed = skipped = 0
         offset = partition.log_start_offset
         end = partition.log_end_offset
+        replicated_end = partition.high_watermark if hold_unreplicated else end
+        held: list[PendingRecord] = []
         for _ in range(end - offset + 1):  # each read moves past at least one batch
             if offset >= end:
                 break
             # To the log end, not the high watermark: a new leader's log is the
-            # partition's from now on, and its high watermark may lag behind it.
+            # partition's from now on, and its high watermark may lag behind it
+            # (what lies above it is held until the followers have it).
             with partition.read(
                 offset, LOAD_READ_BYTES, whole_batch=True, end_offset_max=end
             ) as region:
@@ -143,7 +200,15 @@ class GroupService:
             fetched = decoder.decode_fetch(data, offset)
             for record in fetched.records:
                 try:
-                    self.coordinator.replay(record.key, record.value, record.offset)
+                    group_id = None
+                    if record.offset >= replicated_end:
+                        group_id = pending_group(record.key, record.value)
+                    if group_id is None:
+                        self.coordinator.replay(record.key, record.value, record.offset)
+                    else:
+                        held.append(
+                            PendingRecord(record.offset, group_id, record.key, record.value)
+                        )
                     replayed += 1
                 except BadOffsetsRecord as error:
                     skipped += 1
@@ -155,6 +220,8 @@ class GroupService:
                     )
             assert fetched.next_offset > offset, (fetched.next_offset, offset)
             offset = fetched.next_offset
+        if held:
+            self._unreplicated[partition.index] = held
         return replayed, skipped
 
     # -- coordinating in a cluster ----------------------------------------------------------
@@ -175,15 +242,17 @@ class GroupService:
     def check_coordinator(self, group_id: str) -> None:
         """On a cluster member: raises CoordinatorNotAvailableError unless this broker
         leads the group's offsets partition and has loaded it.  On a single node
-        every group is served."""
-        if self.coordinated is None:
-            return
+        every group is served.  Then applies the partition's pending records that
+        the high watermark has passed."""
         index = self.offsets_partition(group_id)
-        if index not in self.coordinated or not self._leads(OFFSETS_TOPIC, index):
+        if self.coordinated is not None and (
+            index not in self.coordinated or not self._leads(OFFSETS_TOPIC, index)
+        ):
             raise CoordinatorNotAvailableError(
                 f"this broker does not coordinate group {group_id!r} (offsets partition "
                 f"{index}); find its coordinator again"
             )
+        self._apply_replicated(index)
 
     async def lead_offsets_partitions(self, led: set[int]) -> None:
         """Make the coordinated offsets partitions ``led``: load the committed offsets
@@ -192,6 +261,7 @@ class GroupService:
         assert self.coordinated is not None, "coordinate_led_partitions first"
         for index in sorted(self.coordinated - led):
             self.coordinated.discard(index)
+            self._unreplicated.pop(index, None)
             dropped = self._drop_groups_of(index)
             self.logger.info(
                 "offsets partition no longer led", partition=index, groups=len(dropped)
@@ -202,7 +272,10 @@ class GroupService:
                 continue
             # Whatever is in memory for these groups is stale: start from the log.
             self._drop_groups_of(index)
-            replayed, skipped = await self._replay_partition(topic.partitions[index])
+            self._unreplicated.pop(index, None)
+            replayed, skipped = await self._replay_partition(
+                topic.partitions[index], hold_unreplicated=True
+            )
             self.coordinated.add(index)
             self.logger.info(
                 "offsets partition loaded", partition=index, records=replayed, skipped=skipped
@@ -234,12 +307,22 @@ class GroupService:
         return topic
 
     async def append(self, group_id: str, records: list[Record]) -> None:
-        """Append a group's records as one batch to its offsets partition, then replay
-        them.  Raises StorageError (nothing was applied)."""
+        """Append a group's records as one batch to its offsets partition; return once
+        the partition's in-sync replicas hold them, its commits and tombstones then
+        applied (epoch records are applied at once).  Raises StorageError,
+        NotEnoughReplicasError (nothing appended), and as :meth:`_wait_replicated`
+        (the records stay unapplied: the previous commits remain)."""
         if not records:
             return
         topic = await self.offsets_topic()
-        partition = topic.partitions[partition_for_group(group_id, len(topic.partitions))]
+        index = partition_for_group(group_id, len(topic.partitions))
+        partition = topic.partitions[index]
+        leader_state = partition.leader_state
+        if leader_state is not None and leader_state.acks_all_refusal() is not None:
+            raise NotEnoughReplicasError(
+                f"{OFFSETS_TOPIC}-{index}: {len(leader_state.isr)} in-sync replicas, "
+                f"min.insync.replicas is {leader_state.min_insync_replicas}"
+            )
         builder = BatchBuilder()
         now_ms = self._clock_ms()
         for key, value in records:
@@ -247,31 +330,126 @@ class GroupService:
         epoch = partition.leader_epoch
         appended = await partition.append(memoryview(builder.build()))
         assert appended.last_offset - appended.base_offset + 1 == len(records), appended
+        held: list[PendingRecord] = []
+        pending = self._unreplicated.setdefault(index, [])
         for number, (key, value) in enumerate(records):
-            self.coordinator.replay(key, value, appended.base_offset + number)
-        await self._wait_replicated(partition, epoch, appended.last_offset + 1)
+            offset = appended.base_offset + number
+            if pending_group(key, value) is None:
+                self.coordinator.replay(key, value, offset)
+            else:
+                record = PendingRecord(offset, group_id, key, value)
+                bisect.insort(pending, record, key=lambda entry: entry.offset)
+                held.append(record)
+        try:
+            await self._wait_replicated(partition, epoch, appended.last_offset + 1)
+        except DistributaryError:
+            self._forget(index, held)
+            raise
+        self._apply_replicated(index)
 
     async def _wait_replicated(self, partition: Partition, epoch: int, end_offset: int) -> None:
         """Return once the offsets partition's in-sync replicas hold everything below
         ``end_offset`` (at once with one replica), as an acks=all produce waits: a
         commit answered then survives the coordinator's loss.  Raises
         CoordinatorNotAvailableError (leadership lost meanwhile: the member asks
-        again, and the records, applied here, are replayed from the log by the next
-        coordinator if they survived), RequestTimedOutError (not replicated within
-        REPLICATION_WAIT_S: the member retries the same commit)."""
+        again, and the next coordinator replays the records if they survived),
+        NotEnoughReplicasAfterAppendError (the high watermark passed them with
+        fewer in-sync replicas than the min ISR), RequestTimedOutError (not
+        replicated within REPLICATION_WAIT_S: the member retries the same commit)."""
         deadline = trio.current_time() + REPLICATION_WAIT_S
-        while partition.high_watermark < end_offset:
-            if partition.closed or partition.leader_epoch != epoch or partition.is_follower:
+        while True:  # until replicated, refused or timed out; each pass waits for a change
+            if (
+                partition.closed
+                or partition.leader_epoch != epoch
+                or partition.is_follower
+                or partition.log_end_offset < end_offset
+            ):
                 raise CoordinatorNotAvailableError(
                     f"{OFFSETS_TOPIC}-{partition.index} changed leader before its replicas "
                     "confirmed the records"
                 )
+            leader_state = partition.leader_state
+            if leader_state is None:
+                if partition.high_watermark >= end_offset:
+                    return
+            else:
+                outcome = leader_state.acks_all_outcome(end_offset)
+                if outcome is None:
+                    return
+                if outcome != WAIT:
+                    raise error_for_code(outcome, f"{OFFSETS_TOPIC}-{partition.index}")
             if trio.current_time() >= deadline:
                 raise RequestTimedOutError(
                     f"{OFFSETS_TOPIC}-{partition.index}: the in-sync replicas did not "
                     f"confirm offsets below {end_offset} within {REPLICATION_WAIT_S} s"
                 )
             await wait_for_partitions([partition], deadline)
+
+    # -- pending records ----------------------------------------------------------------
+
+    def _led_partition(self, index: int) -> Partition | None:
+        topic = self.topics.get(OFFSETS_TOPIC)
+        if topic is None or index >= len(topic.partitions):
+            return None
+        return topic.partitions[index]
+
+    def _apply_replicated(self, index: int) -> None:
+        """Apply, in log order, offsets partition ``index``'s pending records that its
+        high watermark has passed."""
+        pending = self._unreplicated.get(index)
+        if not pending:
+            return
+        partition = self._led_partition(index)
+        if partition is None or partition.closed or partition.is_follower:
+            return
+        high_watermark = partition.high_watermark
+        done = 0
+        for record in pending:
+            if record.offset >= high_watermark:
+                break
+            self.coordinator.replay(record.key, record.value, record.offset)
+            done += 1
+        del pending[:done]
+
+    def _forget(self, index: int, records: list[PendingRecord]) -> None:
+        """Drop ``records`` (a failed append's) from the pending ones, unapplied."""
+        pending = self._unreplicated.get(index)
+        if pending:
+            gone = {id(record) for record in records}
+            pending[:] = [record for record in pending if id(record) not in gone]
+
+    def has_pending(self, group_id: str) -> bool:
+        """Whether a commit or tombstone of the group awaits replication."""
+        pending = self._unreplicated.get(self.offsets_partition(group_id), ())
+        return any(record.group_id == group_id for record in pending)
+
+    async def wait_pending(self, group_id: str) -> None:
+        """Return once no commit or tombstone of the group awaits replication (each
+        then applied or dropped), or after OFFSET_FETCH_WAIT_S, or when this broker
+        stops leading the group's offsets partition."""
+        index = self.offsets_partition(group_id)
+        deadline = trio.current_time() + OFFSET_FETCH_WAIT_S
+        while True:  # until settled or the deadline; each pass waits for a change
+            self._apply_replicated(index)
+            if not self.has_pending(group_id):
+                return
+            partition = self._led_partition(index)
+            if partition is None or partition.closed or partition.is_follower:
+                return
+            if trio.current_time() >= deadline:
+                return
+            await wait_for_partitions([partition], deadline)
+
+    def check_invariants(self) -> None:
+        """Pending records are in log order, each of a group of their partition and of
+        a partition this broker coordinates; then the coordinator's invariants."""
+        for index, pending in self._unreplicated.items():
+            offsets = [record.offset for record in pending]
+            assert offsets == sorted(offsets) and len(set(offsets)) == len(offsets), offsets
+            assert self.coordinated is None or index in self.coordinated or not pending, index
+            for record in pending:
+                assert self.offsets_partition(record.group_id) == index, (record, index)
+        self.coordinator.check_invariants()
 
     async def append_quietly(self, group_id: str, records: list[Record]) -> None:
         """Append epoch records: on failure log and go on (the group's state is in

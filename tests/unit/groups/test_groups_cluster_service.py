@@ -86,7 +86,7 @@ async def test_serves_only_the_groups_of_led_partitions(tmp_path: Path) -> None:
     member = GroupService(topics, CONFIG, clock, random.Random(1))
     member.coordinate_led_partitions(lambda topic, partition: not fenced)
     for group_id in (first, second):
-        refused = handle_offset_fetch(member, OffsetFetchRequest(group_id))
+        refused = await handle_offset_fetch(member, OffsetFetchRequest(group_id))
         assert refused.error_code == ErrorCode.COORDINATOR_NOT_AVAILABLE
         joined = await handle_heartbeat(
             member, ConsumerGroupHeartbeatRequest(group_id, subscribed_topic_names=["t"])
@@ -94,21 +94,21 @@ async def test_serves_only_the_groups_of_led_partitions(tmp_path: Path) -> None:
         assert joined.error_code == ErrorCode.COORDINATOR_NOT_AVAILABLE
 
     await member.lead_offsets_partitions({0})
-    assert fetched(handle_offset_fetch(member, OffsetFetchRequest(first))) == {0: 7}
-    refused = handle_offset_fetch(member, OffsetFetchRequest(second))
+    assert fetched(await handle_offset_fetch(member, OffsetFetchRequest(first))) == {0: 7}
+    refused = await handle_offset_fetch(member, OffsetFetchRequest(second))
     assert refused.error_code == ErrorCode.COORDINATOR_NOT_AVAILABLE
     described = handle_describe_groups(member, DescribeGroupsRequest([second]))
     assert described.groups[0].error_code == ErrorCode.COORDINATOR_NOT_AVAILABLE
 
     fenced = True
-    refused = handle_offset_fetch(member, OffsetFetchRequest(first))
+    refused = await handle_offset_fetch(member, OffsetFetchRequest(first))
     assert refused.error_code == ErrorCode.COORDINATOR_NOT_AVAILABLE
     fenced = False
 
     await member.lead_offsets_partitions({1})
     assert member.coordinator.group(first) is None
-    assert fetched(handle_offset_fetch(member, OffsetFetchRequest(second))) == {0: 9}
-    refused = handle_offset_fetch(member, OffsetFetchRequest(first))
+    assert fetched(await handle_offset_fetch(member, OffsetFetchRequest(second))) == {0: 9}
+    refused = await handle_offset_fetch(member, OffsetFetchRequest(first))
     assert refused.error_code == ErrorCode.COORDINATOR_NOT_AVAILABLE
     member.coordinator.check_invariants()
     await topics.close()

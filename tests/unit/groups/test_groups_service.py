@@ -107,7 +107,7 @@ async def test_rebuild_after_restart_and_compaction(tmp_path: Path) -> None:
     await topics.close()
 
     topics, service = await open_service(tmp_path, clock)
-    fetched = handle_offset_fetch(service, OffsetFetchRequest("keep"))
+    fetched = await handle_offset_fetch(service, OffsetFetchRequest("keep"))
     assert {(p.partition, p.offset) for t in fetched.topics for p in t.partitions} == {
         (p, 590 + p) for p in range(4)
     }
