@@ -15,8 +15,8 @@ I/O:
   (at once with one replica).  So an acknowledged commit is in the log of every
   in-sync replica and outlives the coordinator.
 * **Pending records**: a commit or a tombstone is applied to the coordinator only
-  once the high watermark passes it.  Until then it waits in a per-partition
-  list (``_unreplicated``), so OffsetFetch and DescribeGroups never show an
+  once the high watermark passes it.  Until then it waits as a pending record
+  (pending.py), so OffsetFetch and DescribeGroups never show an
   offset a leader change could still lose; an append that fails drops its
   pending records, leaving the previous commit in place.  Epoch records are
   applied at once: a lost one only makes a later epoch skip numbers.  OffsetFetch
@@ -38,23 +38,16 @@ finishing out of order: see GroupCoordinator.replay).
 
 from __future__ import annotations
 
-import bisect
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Final
 
 import trio
 
 from broker.groups.config import OFFSETS_TOPIC, GroupConfig
 from broker.groups.coordinator import GroupCoordinator
-from broker.groups.records import (
-    BadOffsetsRecord,
-    GroupMetadataKey,
-    Record,
-    decode_record,
-    partition_for_group,
-)
+from broker.groups.pending import PendingRecord, PendingRecords, pending_group
+from broker.groups.records import BadOffsetsRecord, Record, partition_for_group
 from broker.logging import get_logger
 from broker.partition import Partition
 from broker.replication.leader_state import WAIT
@@ -80,27 +73,6 @@ REPLICATION_WAIT_S: Final = 10.0
 # OffsetFetch waits at most this long for the group's pending commits to be
 # replicated (or to fail) before answering the last replicated ones.
 OFFSET_FETCH_WAIT_S: Final = 5.0
-
-
-@dataclass(frozen=True)
-class PendingRecord:
-    """A commit or tombstone in the offsets partition's log, not yet below its high
-    watermark: applied to the coordinator once it is."""
-
-    offset: int
-    group_id: str
-    key: bytes | None
-    value: bytes | None
-
-
-def pending_group(key: bytes | None, value: bytes | None) -> str | None:
-    """The group of a record that must wait for the high watermark before it is
-    applied (a commit or a tombstone); None for an epoch record, applied at once.
-    Raises BadOffsetsRecord."""
-    decoded_key, decoded_value = decode_record(key, value)
-    if isinstance(decoded_key, GroupMetadataKey) and decoded_value is not None:
-        return None
-    return decoded_key.group
 
 
 def offsets_topic_configs(config: GroupConfig) -> dict[str, str]:
@@ -142,9 +114,8 @@ class GroupService:
         # (led and loaded).  None on a single node: every group is served.
         self.coordinated: set[int] | None = None
         self._leads: Callable[[str, int], bool] = lambda topic, partition: True
-        # Per offsets partition: its commits and tombstones not yet below its high
-        # watermark, by log offset (see the module docstring).
-        self._unreplicated: dict[int, list[PendingRecord]] = {}
+        # Commits and tombstones not yet below their partition's high watermark.
+        self._pending = PendingRecords()
 
     def _partition_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -186,7 +157,6 @@ class GroupService:
         offset = partition.log_start_offset
         end = partition.log_end_offset
         replicated_end = partition.high_watermark if hold_unreplicated else end
-        held: list[PendingRecord] = []
         for _ in range(end - offset + 1):  # each read moves past at least one batch
             if offset >= end:
                 break
@@ -206,8 +176,9 @@ class GroupService:
                     if group_id is None:
                         self.coordinator.replay(record.key, record.value, record.offset)
                     else:
-                        held.append(
-                            PendingRecord(record.offset, group_id, record.key, record.value)
+                        self._pending.add(
+                            partition.index,
+                            PendingRecord(record.offset, group_id, record.key, record.value),
                         )
                     replayed += 1
                 except BadOffsetsRecord as error:
@@ -220,8 +191,6 @@ class GroupService:
                     )
             assert fetched.next_offset > offset, (fetched.next_offset, offset)
             offset = fetched.next_offset
-        if held:
-            self._unreplicated[partition.index] = held
         return replayed, skipped
 
     # -- coordinating in a cluster ----------------------------------------------------------
@@ -261,7 +230,7 @@ class GroupService:
         assert self.coordinated is not None, "coordinate_led_partitions first"
         for index in sorted(self.coordinated - led):
             self.coordinated.discard(index)
-            self._unreplicated.pop(index, None)
+            self._pending.drop(index)
             dropped = self._drop_groups_of(index)
             self.logger.info(
                 "offsets partition no longer led", partition=index, groups=len(dropped)
@@ -272,7 +241,7 @@ class GroupService:
                 continue
             # Whatever is in memory for these groups is stale: start from the log.
             self._drop_groups_of(index)
-            self._unreplicated.pop(index, None)
+            self._pending.drop(index)
             replayed, skipped = await self._replay_partition(
                 topic.partitions[index], hold_unreplicated=True
             )
@@ -311,7 +280,8 @@ class GroupService:
         the partition's in-sync replicas hold them, its commits and tombstones then
         applied (epoch records are applied at once).  Raises StorageError,
         NotEnoughReplicasError (nothing appended), and as :meth:`_wait_replicated`
-        (the records stay unapplied: the previous commits remain)."""
+        (the records not below the high watermark stay unapplied: the previous
+        commits remain)."""
         if not records:
             return
         topic = await self.offsets_topic()
@@ -331,19 +301,20 @@ class GroupService:
         appended = await partition.append(memoryview(builder.build()))
         assert appended.last_offset - appended.base_offset + 1 == len(records), appended
         held: list[PendingRecord] = []
-        pending = self._unreplicated.setdefault(index, [])
         for number, (key, value) in enumerate(records):
             offset = appended.base_offset + number
             if pending_group(key, value) is None:
                 self.coordinator.replay(key, value, offset)
             else:
                 record = PendingRecord(offset, group_id, key, value)
-                bisect.insort(pending, record, key=lambda entry: entry.offset)
+                self._pending.add(index, record)
                 held.append(record)
         try:
             await self._wait_replicated(partition, epoch, appended.last_offset + 1)
         except DistributaryError:
-            self._forget(index, held)
+            # Those the high watermark passed anyway are in every in-sync replica.
+            self._apply_replicated(index)
+            self._pending.forget(index, held)
             raise
         self._apply_replicated(index)
 
@@ -387,7 +358,8 @@ class GroupService:
 
     # -- pending records ----------------------------------------------------------------
 
-    def _led_partition(self, index: int) -> Partition | None:
+    def _offsets_partition_at(self, index: int) -> Partition | None:
+        """Partition ``index`` of __consumer_offsets (None: it does not exist here)."""
         topic = self.topics.get(OFFSETS_TOPIC)
         if topic is None or index >= len(topic.partitions):
             return None
@@ -396,32 +368,17 @@ class GroupService:
     def _apply_replicated(self, index: int) -> None:
         """Apply, in log order, offsets partition ``index``'s pending records that its
         high watermark has passed."""
-        pending = self._unreplicated.get(index)
-        if not pending:
+        if not self._pending.has_partition(index):
             return
-        partition = self._led_partition(index)
+        partition = self._offsets_partition_at(index)
         if partition is None or partition.closed or partition.is_follower:
             return
-        high_watermark = partition.high_watermark
-        done = 0
-        for record in pending:
-            if record.offset >= high_watermark:
-                break
+        for record in self._pending.take_replicated(index, partition.high_watermark):
             self.coordinator.replay(record.key, record.value, record.offset)
-            done += 1
-        del pending[:done]
-
-    def _forget(self, index: int, records: list[PendingRecord]) -> None:
-        """Drop ``records`` (a failed append's) from the pending ones, unapplied."""
-        pending = self._unreplicated.get(index)
-        if pending:
-            gone = {id(record) for record in records}
-            pending[:] = [record for record in pending if id(record) not in gone]
 
     def has_pending(self, group_id: str) -> bool:
         """Whether a commit or tombstone of the group awaits replication."""
-        pending = self._unreplicated.get(self.offsets_partition(group_id), ())
-        return any(record.group_id == group_id for record in pending)
+        return self._pending.has_group(self.offsets_partition(group_id), group_id)
 
     async def wait_pending(self, group_id: str) -> None:
         """Return once no commit or tombstone of the group awaits replication (each
@@ -433,7 +390,7 @@ class GroupService:
             self._apply_replicated(index)
             if not self.has_pending(group_id):
                 return
-            partition = self._led_partition(index)
+            partition = self._offsets_partition_at(index)
             if partition is None or partition.closed or partition.is_follower:
                 return
             if trio.current_time() >= deadline:
@@ -441,14 +398,8 @@ class GroupService:
             await wait_for_partitions([partition], deadline)
 
     def check_invariants(self) -> None:
-        """Pending records are in log order, each of a group of their partition and of
-        a partition this broker coordinates; then the coordinator's invariants."""
-        for index, pending in self._unreplicated.items():
-            offsets = [record.offset for record in pending]
-            assert offsets == sorted(offsets) and len(set(offsets)) == len(offsets), offsets
-            assert self.coordinated is None or index in self.coordinated or not pending, index
-            for record in pending:
-                assert self.offsets_partition(record.group_id) == index, (record, index)
+        """The pending records' invariants (pending.py), then the coordinator's."""
+        self._pending.check_invariants(self.offsets_partition, self.coordinated)
         self.coordinator.check_invariants()
 
     async def append_quietly(self, group_id: str, records: list[Record]) -> None:
