@@ -77,6 +77,9 @@ class DistributaryError(Exception):
 
     code: ClassVar[ErrorCode] = ErrorCode.UNKNOWN
     retriable: ClassVar[bool] = False
+    # False: raised by the SDK only, never decoded from a wire code (a stricter
+    # variant of its wire class, which error_for_code keeps returning).
+    decoded_from_wire: ClassVar[bool] = True
 
     def __init__(self, message: str = "") -> None:
         super().__init__(message or self.__class__.__doc__ or self.__class__.__name__)
@@ -345,6 +348,33 @@ class UnknownProducerIdError(DistributaryError):
     retriable = True
 
 
+class OutOfOrderSequenceFatalError(OutOfOrderSequenceError):
+    """The partition refused a batch as out of order, and resending it could duplicate records.
+
+    Raised by the SDK (never sent by a broker) for a batch that the broker
+    refused as out of order while an unacknowledged batch of its partition may
+    already be in the log.  Not retriable: the batch fails, and the partition's
+    later batches go on under a new producer epoch.
+    """
+
+    retriable = False
+    decoded_from_wire = False
+
+
+class UnknownProducerIdFatalError(UnknownProducerIdError):
+    """The partition forgot this producer while a batch of it may be in the log: not resent.
+
+    Raised by the SDK (never sent by a broker) when the broker lost the
+    producer's state although its log still starts at or before the last offset
+    acknowledged to it, and an unacknowledged batch of the partition had an
+    attempt whose outcome is unknown.  Not retriable: the batch fails, and the
+    partition's later batches go on under a new producer epoch.
+    """
+
+    retriable = False
+    decoded_from_wire = False
+
+
 # -- replication -------------------------------------------------------------------------
 
 
@@ -401,6 +431,8 @@ def _leaf_classes() -> dict[ErrorCode, type[DistributaryError]]:
             break
         cls = pending.pop()
         pending.extend(cls.__subclasses__())
+        if not cls.decoded_from_wire:
+            continue
         # The most specific class registered for a code wins; a base class only fills gaps.
         if cls.code not in table or issubclass(cls, table[cls.code]):
             table[cls.code] = cls
