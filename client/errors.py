@@ -209,6 +209,23 @@ class OffsetOutOfRangeError(DistributaryError):
     code = ErrorCode.OFFSET_OUT_OF_RANGE
 
 
+class LogTruncationError(OffsetOutOfRangeError):
+    """The log was truncated below the consumer's position (an unclean leader election).
+
+    Raised by the SDK (never sent by a broker) when a consumer with
+    ``auto_offset_reset="none"`` validates its position after a leader change
+    (KIP-320) and the new leader's log diverges below it: records it already
+    returned are not in the log any more.  ``divergent_offset`` is where the
+    logs part (seek there to read what the new leader holds).
+    """
+
+    decoded_from_wire = False
+
+    def __init__(self, message: str = "", divergent_offset: int = -1) -> None:
+        super().__init__(message)
+        self.divergent_offset = divergent_offset
+
+
 class NotLeaderError(DistributaryError):
     """This broker is not the leader of the partition."""
 
