@@ -199,6 +199,7 @@ class FetchLoop:
                     failures = 0
                 log.info("fetch failed", node=node, error=str(error), failures=failures)
                 await self.refresh_metadata()
+                self.start(task_group)  # a leader the refresh found gets its fetch task
                 delay = backoff_ms(failures, RETRY_BACKOFF_MS, RETRY_BACKOFF_MAX_MS, self._random)
                 await anyio.sleep(delay / 1000)
 
