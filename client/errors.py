@@ -346,7 +346,8 @@ class OutOfOrderSequenceError(DistributaryError):
     """The batch's sequence does not follow the producer's last one (retry earlier batches).
 
     An earlier batch of this producer is missing on the partition; the producer
-    resends its earlier batches first.
+    resends its earlier batches first (or, for its oldest unacknowledged batch,
+    starts a new epoch when no record can be written twice: docs/sdk.md).
     """
 
     code = ErrorCode.OUT_OF_ORDER_SEQUENCE
@@ -356,9 +357,10 @@ class OutOfOrderSequenceError(DistributaryError):
 class UnknownProducerIdError(DistributaryError):
     """The partition has no state for this producer id and the batch does not start at sequence 0.
 
-    The partition forgot the producer (its batches were truncated away, fell out of
-    the remembered window or predate a restart's rebuild): the producer bumps its
-    epoch and resends its unacknowledged batches from sequence 0.
+    The partition forgot the producer (retention or a truncation removed its
+    batches, they fell out of the remembered window or predate a restart's
+    rebuild): the producer bumps its epoch and resends its unacknowledged batches
+    from sequence 0 when no record can be written twice (KIP-360, docs/sdk.md).
     """
 
     code = ErrorCode.UNKNOWN_PRODUCER_ID
