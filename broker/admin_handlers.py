@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Final
 
+from broker.fetch import check_leader_epoch
 from broker.groups.config import OFFSETS_TOPIC
 from broker.groups.records import partition_for_group
 from broker.partition import Partition
@@ -285,6 +286,8 @@ def handle_list_offsets(broker: Broker, body: ListOffsetsRequest) -> ListOffsets
                     raise NotLeaderError(
                         f"{wanted_topic.name}-{wanted.partition}: this broker is not its leader"
                     )
+                if wanted.current_leader_epoch != -1:
+                    check_leader_epoch(partition, wanted.current_leader_epoch)
                 results.append(list_offset(partition, wanted.timestamp_ms))
             except DistributaryError as error:
                 results.append(

@@ -92,7 +92,8 @@ class PartitionState:
 
     def log_start_advanced(self, log_start_offset: int) -> None:
         """Retention dropped the log's oldest segments: it now starts at
-        ``log_start_offset`` (the high watermark moves up with it if it lagged)."""
+        ``log_start_offset`` (the high watermark moves up with it if it lagged, and
+        the producers whose records all went are forgotten)."""
         assert self.log_start_offset <= log_start_offset <= self.log_end_offset, (
             self.log_start_offset,
             log_start_offset,
@@ -100,6 +101,7 @@ class PartitionState:
         )
         self.log_start_offset = log_start_offset
         self.high_watermark = max(self.high_watermark, log_start_offset)
+        self.producers.forget_before(log_start_offset)
         if self.epochs.truncate_from_start(log_start_offset):
             self.epochs_dirty = True
 

@@ -281,7 +281,17 @@ def produce_refused(
     broker: Broker, name: str, index: int, error: DistributaryError
 ) -> ProducePartitionResponse:
     broker.logger.info("produce refused", topic=name, partition=index, error=error.message)
-    return ProducePartitionResponse(index, int(error.code), error.message)
+    # The log start offset tells an idempotent producer refused UNKNOWN_PRODUCER_ID
+    # whether retention removed its records (KIP-360).
+    topic = broker.topics.get(name)
+    log_start_offset = (
+        topic.partitions[index].log_start_offset
+        if topic is not None and 0 <= index < len(topic.partitions)
+        else -1
+    )
+    return ProducePartitionResponse(
+        index, int(error.code), error.message, log_start_offset=log_start_offset
+    )
 
 
 def produce_response(by_topic: dict[str, list[ProducePartitionResponse]]) -> ProduceResponse:

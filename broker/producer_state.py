@@ -184,6 +184,21 @@ class ProducerStateTable:
             del self._producers[producer_id]
         return forgotten
 
+    def forget_before(self, log_start_offset: int) -> list[int]:
+        """Forget every producer whose last remembered batch ends below
+        ``log_start_offset`` (retention removed its records, as Kafka evicts
+        them): its next batch is answered UNKNOWN_PRODUCER_ID with the log start
+        offset, from which the producer learns it may start over.  Returns their ids."""
+        assert log_start_offset >= 0
+        forgotten = [
+            producer_id
+            for producer_id, entry in self._producers.items()
+            if entry.batches[-1].last_offset < log_start_offset
+        ]
+        for producer_id in forgotten:
+            del self._producers[producer_id]
+        return forgotten
+
     def replay(
         self, fields: Iterable[tuple[int, ...]], producer_ids: Collection[int] | None = None
     ) -> None:

@@ -25,14 +25,24 @@ of its partition is in flight, and nothing newer leaves while it is in flight,
 so the broker sees a partition's sequences in order.  What each idempotence
 error does:
 
-- OUT_OF_ORDER_SEQUENCE (an earlier batch is missing on the broker): retried
-  like any retriable error; the earlier batches, queued ahead, are resent first.
-- UNKNOWN_PRODUCER_ID (the partition forgot this producer):
-  :meth:`RecordAccumulator.restart_sequence` bumps the partition's producer
-  epoch and restarts its sequence at 0; every unacknowledged batch of the
-  partition is then re-stamped with the new epoch and the next sequence when it
-  is resent (:meth:`RecordAccumulator.build`), in send order, before any new
-  batch.
+- OUT_OF_ORDER_SEQUENCE or UNKNOWN_PRODUCER_ID (:meth:`RecordAccumulator.
+  sequence_error`, KIP-360).  A batch with an earlier batch of its partition
+  still unacknowledged in the same epoch is simply retried: the earlier batches,
+  queued ahead, are resent first and their answers decide.  A batch sent before
+  the partition was re-sequenced is retried under the new epoch.  Otherwise the
+  broker has lost this producer's state (or holds a gap), and starting over is
+  safe only if none of the partition's unacknowledged batches can already be in
+  the log: either the log start offset the broker answered is past the last
+  offset acknowledged to this producer (retention removed its records, and the
+  state with them), or no unacknowledged batch of the partition had an attempt
+  whose outcome is unknown (``maybe_appended``: no answer, or an error that may
+  follow an append, such as NOT_LEADER or REQUEST_TIMED_OUT).  Then the
+  partition's producer epoch goes up and its sequence restarts at 0; every
+  unacknowledged batch of the partition is re-stamped with the new epoch and the
+  next sequence when it is resent (:meth:`RecordAccumulator.build`), in send
+  order, before any new batch.  If not, the batch fails for good with a
+  non-retriable OutOfOrderSequenceFatalError or UnknownProducerIdFatalError:
+  resending it under a new epoch could write its records twice.
 - A batch that fails for good (its delivery timeout passed, or an error that is
   not retriable): every batch queued behind it (and the open batch) fails with
   OutOfOrderSequenceError, so no record is written after an earlier record of
@@ -103,6 +113,7 @@ class ProducerBatch:
         "created_ms",
         "done",
         "error",
+        "maybe_appended",
         "no_resend",
         "partition",
         "payload",
@@ -131,6 +142,9 @@ class ProducerBatch:
         # A batch of the partition failed for good while this one was in flight:
         # it is never resent (acknowledged, it stands; an error fails it).
         self.no_resend = False
+        # An attempt ended without saying whether the broker appended the batch
+        # (no answer, or an error that may follow an append): it may be in the log.
+        self.maybe_appended = False
 
     def build(self, batch_bytes_max: int | None = None) -> bytearray:
         """The wire bytes of this batch (built on first use, then cached).
@@ -173,6 +187,7 @@ class _PartitionSendState:
     __slots__ = (
         "epoch",
         "inflight",
+        "last_acked_offset",
         "next_sequence",
         "no_resend_inflight",
         "open",
@@ -191,6 +206,9 @@ class _PartitionSendState:
         self.sent = 0  # batches built so far: the next send_order
         self.epoch = 0  # producer epoch of new batches (idempotence)
         self.next_sequence = 0  # base_sequence of the next batch built
+        # The last offset of the partition's last acknowledged batch (-1: none, or
+        # acks=none), against which the broker's log start offset is compared.
+        self.last_acked_offset = -1
 
 
 class RecordAccumulator:
@@ -378,7 +396,7 @@ class RecordAccumulator:
         """The batch's wire bytes; the first call (the first send) gives it its
         send order and, with idempotence, its producer epoch and base sequence.
         A batch built under an older epoch of its partition (the partition was
-        re-sequenced, see :meth:`restart_sequence`) is re-stamped with the current
+        re-sequenced, see :meth:`sequence_error`) is re-stamped with the current
         epoch and the next sequence.  The sender builds a partition's batches in
         drain order.  Raises BatchTooLargeError (then no sequence number is used up)."""
         payload = batch.payload
@@ -412,15 +430,36 @@ class RecordAccumulator:
         restamp_sequence(payload, state.epoch, state.next_sequence)
         state.next_sequence = (state.next_sequence + batch.record_count) % SEQUENCE_MODULUS
 
-    def restart_sequence(self, batch: ProducerBatch) -> None:
-        """The broker does not know this producer on ``batch``'s partition
-        (UNKNOWN_PRODUCER_ID): bump the partition's producer epoch and restart its
-        sequence at 0, unless an earlier answer already did for this epoch.  The
-        caller then retries ``batch``; it and the partition's other unacknowledged
-        batches are re-stamped as they are resent, in send order."""
+    def sequence_error(self, batch: ProducerBatch, log_start_offset: int) -> bool:
+        """The broker answered OUT_OF_ORDER_SEQUENCE or UNKNOWN_PRODUCER_ID for
+        ``batch`` (still in flight), with its partition's ``log_start_offset``
+        (-1: not known).  True: retry it (re-sequenced if the partition's epoch went
+        up, here or before); False: resending could duplicate records, fail it
+        (see the module docstring).  Rare: walks the unfinished batches."""
+        if self.producer_id < 0:
+            return True
         state = self._partitions[(batch.topic, batch.partition)]
-        if self.producer_id >= 0 and batch.builder.producer_epoch == state.epoch:
+        epoch = batch.builder.producer_epoch
+        if epoch != state.epoch:
+            return True  # sent before the partition was re-sequenced: resent re-stamped
+        key_tp = (batch.topic, batch.partition)
+        unacknowledged = [
+            other
+            for other in self._unfinished
+            if (other.topic, other.partition) == key_tp and other.payload is not None
+        ]
+        order = batch.send_order
+        if any(
+            0 <= other.send_order < order and other.builder.producer_epoch == epoch
+            for other in unacknowledged
+        ):
+            return True  # an earlier batch goes first; its answer decides
+        if 0 <= state.last_acked_offset < log_start_offset or not any(
+            other.maybe_appended for other in unacknowledged
+        ):
             self._bump_epoch(state)
+            return True
+        return False
 
     @staticmethod
     def _bump_epoch(state: _PartitionSendState) -> None:
@@ -433,7 +472,9 @@ class RecordAccumulator:
         """The batch was acknowledged at ``base_offset`` (-1 with acks=none)."""
         if self.closed:
             return
-        self._finish(batch)
+        state = self._finish(batch)
+        if base_offset >= 0:
+            state.last_acked_offset = base_offset + batch.record_count - 1
         batch.base_offset = base_offset
         counters = self.counters
         counters.batches_sent += 1
@@ -538,7 +579,7 @@ class RecordAccumulator:
         queue.insert(position, batch)
         self.waiting_batches += 1
 
-    def _finish(self, batch: ProducerBatch) -> None:
+    def _finish(self, batch: ProducerBatch) -> _PartitionSendState:
         assert not batch.done, batch
         state = self._partitions[(batch.topic, batch.partition)]
         assert state.inflight > 0
@@ -550,6 +591,7 @@ class RecordAccumulator:
         batch.done = True
         self._unfinished.discard(batch)
         self.buffer_bytes_used -= batch.buffer_bytes
+        return state
 
     # -- inspection ---------------------------------------------------------------------
 

@@ -445,7 +445,7 @@ class Consumer(RecordHandout, ClusterClient):
                 position = iterating
         self._forget_handed_out(tp)
         if position is not None:
-            self._fetcher.seek(tp, position, offset=True)
+            self._fetcher.seek(tp, position, offset=True, keep_epoch=True)
         else:
             state.clear()
         state.paused = True

@@ -77,6 +77,9 @@ class DistributaryError(Exception):
 
     code: ClassVar[ErrorCode] = ErrorCode.UNKNOWN
     retriable: ClassVar[bool] = False
+    # False: raised by the SDK only, never decoded from a wire code (a stricter
+    # variant of its wire class, which error_for_code keeps returning).
+    decoded_from_wire: ClassVar[bool] = True
 
     def __init__(self, message: str = "") -> None:
         super().__init__(message or self.__class__.__doc__ or self.__class__.__name__)
@@ -206,6 +209,23 @@ class OffsetOutOfRangeError(DistributaryError):
     code = ErrorCode.OFFSET_OUT_OF_RANGE
 
 
+class LogTruncationError(OffsetOutOfRangeError):
+    """The log was truncated below the consumer's position (an unclean leader election).
+
+    Raised by the SDK (never sent by a broker) when a consumer with
+    ``auto_offset_reset="none"`` validates its position after a leader change
+    (KIP-320) and the new leader's log diverges below it: records it already
+    returned are not in the log any more.  ``divergent_offset`` is where the
+    logs part (seek there to read what the new leader holds).
+    """
+
+    decoded_from_wire = False
+
+    def __init__(self, message: str = "", divergent_offset: int = -1) -> None:
+        super().__init__(message)
+        self.divergent_offset = divergent_offset
+
+
 class NotLeaderError(DistributaryError):
     """This broker is not the leader of the partition."""
 
@@ -326,7 +346,8 @@ class OutOfOrderSequenceError(DistributaryError):
     """The batch's sequence does not follow the producer's last one (retry earlier batches).
 
     An earlier batch of this producer is missing on the partition; the producer
-    resends its earlier batches first.
+    resends its earlier batches first (or, for its oldest unacknowledged batch,
+    starts a new epoch when no record can be written twice: docs/sdk.md).
     """
 
     code = ErrorCode.OUT_OF_ORDER_SEQUENCE
@@ -336,13 +357,41 @@ class OutOfOrderSequenceError(DistributaryError):
 class UnknownProducerIdError(DistributaryError):
     """The partition has no state for this producer id and the batch does not start at sequence 0.
 
-    The partition forgot the producer (its batches were truncated away, fell out of
-    the remembered window or predate a restart's rebuild): the producer bumps its
-    epoch and resends its unacknowledged batches from sequence 0.
+    The partition forgot the producer (retention or a truncation removed its
+    batches, they fell out of the remembered window or predate a restart's
+    rebuild): the producer bumps its epoch and resends its unacknowledged batches
+    from sequence 0 when no record can be written twice (KIP-360, docs/sdk.md).
     """
 
     code = ErrorCode.UNKNOWN_PRODUCER_ID
     retriable = True
+
+
+class OutOfOrderSequenceFatalError(OutOfOrderSequenceError):
+    """The partition refused a batch as out of order, and resending it could duplicate records.
+
+    Raised by the SDK (never sent by a broker) for a batch that the broker
+    refused as out of order while an unacknowledged batch of its partition may
+    already be in the log.  Not retriable: the batch fails, and the partition's
+    later batches go on under a new producer epoch.
+    """
+
+    retriable = False
+    decoded_from_wire = False
+
+
+class UnknownProducerIdFatalError(UnknownProducerIdError):
+    """The partition forgot this producer while a batch of it may be in the log: not resent.
+
+    Raised by the SDK (never sent by a broker) when the broker lost the
+    producer's state although its log still starts at or before the last offset
+    acknowledged to it, and an unacknowledged batch of the partition had an
+    attempt whose outcome is unknown.  Not retriable: the batch fails, and the
+    partition's later batches go on under a new producer epoch.
+    """
+
+    retriable = False
+    decoded_from_wire = False
 
 
 # -- replication -------------------------------------------------------------------------
@@ -401,6 +450,8 @@ def _leaf_classes() -> dict[ErrorCode, type[DistributaryError]]:
             break
         cls = pending.pop()
         pending.extend(cls.__subclasses__())
+        if not cls.decoded_from_wire:
+            continue
         # The most specific class registered for a code wins; a base class only fills gaps.
         if cls.code not in table or issubclass(cls, table[cls.code]):
             table[cls.code] = cls

@@ -10,6 +10,9 @@ needs no awaiting (asyncio: a write never waits; no offset to resolve, no
 metadata to refresh), and the owner's ``on_data`` wakes a waiting reader.
 Anything else hands back to the task (see :class:`_FetchChain`).
 
+After a leader change a partition that has fetched records is validated
+before it is fetched again (KIP-320, client/position_validation.py).
+
 Connection trouble is retried with backoff, for as long as the loop runs; after
 ``reconnect_attempts_max`` failures in a row (or a non-retriable error) the error
 goes to the owner's ``on_error`` once, and fetching goes on.  ``failing`` holds
@@ -33,6 +36,7 @@ from client._logging import get_logger
 from client.errors import DistributaryError
 from client.fetcher import Fetcher, SeekCounts
 from client.offsets import resolve_positions
+from client.position_validation import validate_positions
 from client.protocol.connection import IncomingResponse
 from client.protocol.messages import FetchRequest
 from client.types import TopicPartition
@@ -133,6 +137,7 @@ class FetchLoop:
         self._on_data = on_data
         self._on_error = on_error
         self._nodes: set[int] = set()  # the brokers with a fetch task
+        fetcher.leader_epoch_for = cluster.leader_epoch_for  # named in every fetch
         # Per fetch task (broker): its last error, until it connects again.
         self.failing: dict[int, DistributaryError] = {}
         # Set (and dropped) by wake(): an idle fetch task waits on it.
@@ -171,6 +176,10 @@ class FetchLoop:
                 if unresolved:
                     await self.resolve(unresolved)
                 partitions = self._fetchable(node, unresolved_stops=False)
+                to_validate = self.fetcher.to_validate()
+                if to_validate:
+                    await self._validate(to_validate)
+                    continue
                 if not partitions:
                     self.failing.pop(node, None)  # nothing to fetch here: not failing
                     self.room = room = self.tools.event()
@@ -190,8 +199,19 @@ class FetchLoop:
                     failures = 0
                 log.info("fetch failed", node=node, error=str(error), failures=failures)
                 await self.refresh_metadata()
+                self.start(task_group)  # a leader the refresh found gets its fetch task
                 delay = backoff_ms(failures, RETRY_BACKOFF_MS, RETRY_BACKOFF_MAX_MS, self._random)
                 await anyio.sleep(delay / 1000)
+
+    async def _validate(self, partitions: list[TopicPartition]) -> None:
+        """Validate positions after a leader change (client/position_validation.py);
+        what must be asked again is, after a metadata refresh and a backoff.
+        Raises the typed error of the request."""
+        again = await validate_positions(self.cluster, self.fetcher, partitions)
+        self._on_data()  # a truncation may have left an error for the reader
+        if again:
+            await self.refresh_metadata()
+            await anyio.sleep(RETRY_BACKOFF_MS / 1000)
 
     def _closing(self) -> bool:
         return self.closed

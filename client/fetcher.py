@@ -21,6 +21,17 @@ Every seek bumps the partition's ``seek_count``; a request remembers the
 counts it was built with, and an answer for an older count is dropped (its
 records belong to a position the owner has left).
 
+Leader epochs (KIP-320).  Each fetch names the partition's leader epoch from
+the owner's metadata (``current_leader_epoch``: the broker refuses a stale one,
+FENCED_LEADER_EPOCH, or one it does not know yet, UNKNOWN_LEADER_EPOCH; both,
+like NOT_LEADER, ask for a metadata refresh), and each partition remembers the
+leader epoch of the last batch it fetched (``fetch_epoch``).  When the metadata
+names a new leader epoch for a partition that has fetched records, the
+partition stops fetching until its position is validated
+(client/position_validation.py): the new leader says where that epoch ends in
+its log, and a log that ends it below the position was truncated under the
+consumer.
+
 The owner (client/fetch_loop.py for the Consumer) does the I/O: it sends
 what the Fetcher builds, asks ListOffsets, refreshes metadata, and takes the
 chunks.  Nothing here is consumer-only (groups, iteration), so a follower's
@@ -37,8 +48,10 @@ from client._logging import get_logger
 from client.errors import (
     DistributaryError,
     ErrorCode,
+    FencedLeaderEpochError,
     NotLeaderError,
     OffsetOutOfRangeError,
+    UnknownLeaderEpochError,
     UnknownTopicOrPartitionError,
     error_for_code,
 )
@@ -77,13 +90,16 @@ class PartitionFetchState:
         "chunks",
         "error",
         "fetch_bytes_max",
+        "fetch_epoch",
         "fetch_offset",
         "head",
         "high_watermark",
+        "leader_epoch",
         "out_of_range_offset",
         "paused",
         "reset",
         "seek_count",
+        "validating",
     )
 
     def __init__(self, reset: OffsetReset | int | None) -> None:
@@ -103,6 +119,14 @@ class PartitionFetchState:
         # The position an OFFSET_OUT_OF_RANGE answer refused, until the reset
         # policy's offset is known (then what was skipped is logged).
         self.out_of_range_offset: int | None = None
+        # The leader epoch fetches name (the metadata's when last fetched; -1:
+        # none yet) and the leader epoch of the last batch fetched, i.e. of the
+        # record before ``fetch_offset`` or a later one (-1: unknown, after a seek).
+        self.leader_epoch = -1
+        self.fetch_epoch = -1
+        # The metadata names a new leader epoch: not fetched until the position is
+        # validated against the new leader's log (client/position_validation.py).
+        self.validating = False
 
     def clear(self) -> None:
         """Forget buffered records and errors (a seek): answers in flight are dropped."""
@@ -111,6 +135,7 @@ class PartitionFetchState:
         self.seek_count += 1
         self.error = None
         self.out_of_range_offset = None
+        self.validating = False
 
     def position(self) -> int | None:
         """The offset of the next record to be taken (None: unresolved)."""
@@ -121,6 +146,8 @@ class PartitionFetchState:
     def check_invariants(self) -> None:
         assert self.fetch_offset is None or self.fetch_offset >= 0, self.fetch_offset
         assert self.seek_count >= 0 and self.fetch_bytes_max >= 0
+        assert self.leader_epoch >= -1 and self.fetch_epoch >= -1
+        assert not self.validating or (self.fetch_offset is not None and self.fetch_epoch >= 0)
         assert not self.chunks or 0 <= self.head < len(self.chunks[0]), self.head
         assert all(self.chunks), "no empty chunk is buffered"
         if self.chunks:
@@ -154,6 +181,9 @@ class Fetcher:
         self.buffered_chunks_max = buffered_chunks_max
         # Sent in every request: -1 for a consumer, the node id for a follower.
         self.replica_id = replica_id
+        # The leader epoch the owner's metadata names for a partition (None:
+        # unknown); the owner sets it (a Cluster's ``leader_epoch_for``).
+        self.leader_epoch_for: Callable[[str, int], int | None] = _no_leader_epoch
         self.states: dict[TopicPartition, PartitionFetchState] = {}
         # Bumped whenever a partition's fetch_bytes_max changes or partitions come
         # and go: continuations built before then must be rebuilt.
@@ -191,12 +221,23 @@ class Fetcher:
             state.clear()
             self.sizes_version += 1
 
-    def seek(self, tp: TopicPartition, target: OffsetReset | int, *, offset: bool) -> None:
+    def seek(
+        self,
+        tp: TopicPartition,
+        target: OffsetReset | int,
+        *,
+        offset: bool,
+        keep_epoch: bool = False,
+    ) -> None:
         """Drop ``tp``'s buffered records and move it: to the offset ``target``
         (``offset`` True), or to where the policy or timestamp ``target``
-        resolves (done by the owner, see :meth:`resolve_targets`)."""
+        resolves (done by the owner, see :meth:`resolve_targets`).
+        ``keep_epoch``: ``target`` is at or before the fetched position (a pause),
+        so the last fetched batch's leader epoch still bounds the epoch there."""
         state = self.states[tp]
         state.clear()
+        if not keep_epoch:
+            state.fetch_epoch = -1
         if offset:
             assert isinstance(target, int) and target >= 0, target
             state.fetch_offset = target
@@ -294,6 +335,7 @@ class Fetcher:
         its offset to be resolved, which only the owner can do."""
         ready: list[TopicPartition] = []
         chunks_max = self.buffered_chunks_max
+        leader_epoch_for = self.leader_epoch_for
         for tp, state in self.states.items():
             if state.fetch_offset is None:
                 if unresolved_stops and state.reset is not None:
@@ -302,9 +344,26 @@ class Fetcher:
             if state.error is not None or state.paused or len(state.chunks) >= chunks_max:
                 continue
             leader = leader_for(tp.topic, tp.partition)
-            if (leader if leader is not None else -1) == node:
-                ready.append(tp)
+            if (leader if leader is not None else -1) != node:
+                continue
+            if not state.validating:
+                epoch = leader_epoch_for(tp.topic, tp.partition)
+                if epoch is not None and epoch != state.leader_epoch:
+                    if state.leader_epoch < 0 or state.fetch_epoch < 0:
+                        state.leader_epoch = epoch  # nothing fetched to validate
+                    else:
+                        state.validating = True
+            if state.validating:
+                if unresolved_stops:
+                    return []
+                continue
+            ready.append(tp)
         return ready
+
+    def to_validate(self) -> list[TopicPartition]:
+        """The partitions waiting for their position to be validated after a leader
+        change (client/position_validation.py)."""
+        return [tp for tp, state in self.states.items() if state.validating]
 
     def fetch_request(
         self, partitions: list[TopicPartition], responses_max: int = 1
@@ -320,7 +379,10 @@ class Fetcher:
             assert state.fetch_offset is not None
             seek_counts[tp] = state.seek_count
             fetch_partition = FetchPartition(
-                tp.partition, state.fetch_offset, state.fetch_bytes_max or default_bytes
+                tp.partition,
+                state.fetch_offset,
+                state.fetch_bytes_max or default_bytes,
+                state.leader_epoch,
             )
             group = by_topic.get(tp.topic)
             if group is None:
@@ -338,8 +400,12 @@ class Fetcher:
         states = self.states
         default_bytes = self.partition_bytes_max
         for tp in partitions:
+            state = states[tp]
             fetch_partition = FetchPartition(
-                tp.partition, FETCH_OFFSET_CONTINUE, states[tp].fetch_bytes_max or default_bytes
+                tp.partition,
+                FETCH_OFFSET_CONTINUE,
+                state.fetch_bytes_max or default_bytes,
+                state.leader_epoch,
             )
             group = by_topic.get(tp.topic)
             if group is None:
@@ -424,9 +490,11 @@ class Fetcher:
         except DistributaryError as error:
             state.error = error
             return True
-        if fetched.records:
-            state.chunks.append(fetched.records)
-            self.counters.records_fetched += len(fetched.records)
+        records = fetched.records
+        if records:
+            state.chunks.append(records)
+            self.counters.records_fetched += len(records)
+            state.fetch_epoch = records[-1].batch.leader_epoch
         if fetched.bytes_consumed == 0 and fetched.partial_batch_bytes:
             # One batch bigger than the per-partition limit: ask for all of it next time.
             self._set_fetch_bytes_max(
@@ -446,34 +514,49 @@ class Fetcher:
             state.fetch_bytes_max = fetch_bytes_max
             self.sizes_version += 1
 
+    def position_out_of_range(
+        self, tp: TopicPartition, state: PartitionFetchState, message: str
+    ) -> None:
+        """``tp``'s fetch position is not in the log (``message`` says why): reset
+        it by ``auto_offset_reset`` (the owner resolves it), or with "none" keep an
+        OffsetOutOfRangeError for the owner to raise."""
+        offset = state.fetch_offset
+        assert offset is not None
+        if self.auto_offset_reset is OffsetReset.NONE:
+            state.error = OffsetOutOfRangeError(
+                f"{tp}: offset {offset} is out of range ({message}) and "
+                "auto_offset_reset is 'none': seek to go on"
+            )
+            log.warning(
+                "position out of range",
+                topic=tp.topic,
+                partition=tp.partition,
+                position=offset,
+                policy="none",
+            )
+            state.reset = None
+        else:
+            state.out_of_range_offset = offset
+            state.reset = self.auto_offset_reset
+        state.fetch_offset = None
+        state.validating = False
+
     def _partition_error(
         self, tp: TopicPartition, state: PartitionFetchState, code: int, message: str
     ) -> bool:
         """Apply a partition's fetch error; True when metadata must be refreshed."""
         self.counters.count_error(error_code_name(code))
         if code == ErrorCode.OFFSET_OUT_OF_RANGE:
-            offset = state.fetch_offset
-            assert offset is not None
-            if self.auto_offset_reset is OffsetReset.NONE:
-                state.error = OffsetOutOfRangeError(
-                    f"{tp}: offset {offset} is out of range ({message}) and "
-                    "auto_offset_reset is 'none': seek to go on"
-                )
-                log.warning(
-                    "position out of range",
-                    topic=tp.topic,
-                    partition=tp.partition,
-                    position=offset,
-                    policy="none",
-                )
-                state.reset = None
-            else:
-                state.out_of_range_offset = offset
-                state.reset = self.auto_offset_reset
-            state.fetch_offset = None
+            self.position_out_of_range(tp, state, message)
             return False
         error = error_for_code(code, message)
-        if isinstance(error, NotLeaderError | UnknownTopicOrPartitionError):
+        if isinstance(
+            error,
+            NotLeaderError
+            | UnknownTopicOrPartitionError
+            | FencedLeaderEpochError
+            | UnknownLeaderEpochError,
+        ):
             return True
         if not error.retriable:
             state.error = error
@@ -483,3 +566,7 @@ class Fetcher:
         assert self.sizes_version >= 0
         for state in self.states.values():
             state.check_invariants()
+
+
+def _no_leader_epoch(topic: str, partition: int) -> int | None:
+    return None

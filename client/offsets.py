@@ -2,7 +2,8 @@
 
 :func:`list_offsets` asks each partition's leader where a timestamp falls
 (``EARLIEST_TIMESTAMP`` -2: the log start, ``LATEST_TIMESTAMP`` -1: the log end),
-grouping the partitions per leader, retrying on connection trouble and
+grouping the partitions per leader and naming the leader epoch the metadata
+gives (a deposed leader refuses it), retrying on connection trouble and
 dropping a topic's cached metadata when its leader moved.
 :func:`resolve_positions` turns the reset policies and timestamps a
 :class:`~client.fetcher.Fetcher` waits on into positions with it.
@@ -13,7 +14,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from client._io.cluster import Cluster
-from client.errors import NotLeaderError, UnknownTopicOrPartitionError, error_for_code
+from client.errors import (
+    FencedLeaderEpochError,
+    NotLeaderError,
+    UnknownLeaderEpochError,
+    UnknownTopicOrPartitionError,
+    error_for_code,
+)
 from client.fetcher import Fetcher
 from client.protocol.messages import (
     ListOffsetsPartition,
@@ -22,6 +29,14 @@ from client.protocol.messages import (
     ListOffsetsTopic,
 )
 from client.types import TopicPartition
+
+# Errors after which the topic's metadata is loaded again before the next try.
+_LEADER_MAY_HAVE_MOVED = (
+    NotLeaderError,
+    UnknownTopicOrPartitionError,
+    FencedLeaderEpochError,
+    UnknownLeaderEpochError,
+)
 
 
 async def list_offsets(
@@ -38,7 +53,10 @@ async def list_offsets(
                 await cluster.topic_metadata(tp.topic)
             leader = cluster.leader_for(tp.topic, tp.partition)
             topics = by_leader.setdefault(leader if leader is not None else -1, {})
-            topics.setdefault(tp.topic, []).append(ListOffsetsPartition(tp.partition, timestamp))
+            epoch = cluster.leader_epoch_for(tp.topic, tp.partition)
+            topics.setdefault(tp.topic, []).append(
+                ListOffsetsPartition(tp.partition, timestamp, -1 if epoch is None else epoch)
+            )
         offsets: dict[TopicPartition, tuple[int, int]] = {}
         for leader, topics in by_leader.items():
             connection = await cluster.connection_for_node(leader)
@@ -53,7 +71,7 @@ async def list_offsets(
                 for part in topic.partitions:
                     if part.error_code:
                         error = error_for_code(part.error_code, part.error_message)
-                        if isinstance(error, NotLeaderError | UnknownTopicOrPartitionError):
+                        if isinstance(error, _LEADER_MAY_HAVE_MOVED):
                             cluster.invalidate(topic.name)
                         raise error
                     offsets[TopicPartition(topic.name, part.partition)] = (

@@ -25,9 +25,15 @@ RequestTimedOutError naming the last error), so a broker restart shorter than
 that is ridden out.  ``retries_max`` bounds the attempts too (Kafka's default:
 no practical bound).  A connection is tried once per attempt (no reconnect loop
 of its own), so the sender never blocks longer than a connect timeout.
-UNKNOWN_PRODUCER_ID first re-sequences the partition under a new producer epoch
-(``RecordAccumulator.restart_sequence``).  A batch that fails for good with
-idempotence fails the batches queued behind it too (``RecordAccumulator.fail``).
+OUT_OF_ORDER_SEQUENCE and UNKNOWN_PRODUCER_ID go to
+``RecordAccumulator.sequence_error`` with the log start offset the broker
+answered: it re-sequences the partition under a new producer epoch when no
+record can be written twice (KIP-360), and otherwise the batch fails with
+OutOfOrderSequenceFatalError or UnknownProducerIdFatalError.  For that the
+sender marks a batch ``maybe_appended`` when an attempt ends without saying
+whether the broker appended it (no answer, or an error other than those the
+broker gives before appending).  A batch that fails for good with idempotence
+fails the batches queued behind it too (``RecordAccumulator.fail``).
 """
 
 from __future__ import annotations
@@ -47,11 +53,15 @@ from client.errors import (
     BrokerUnavailableError,
     ConnectionClosedError,
     DistributaryError,
+    ErrorCode,
     FencedLeaderEpochError,
     NotLeaderError,
+    OutOfOrderSequenceError,
+    OutOfOrderSequenceFatalError,
     ProtocolError,
     RequestTimedOutError,
     UnknownProducerIdError,
+    UnknownProducerIdFatalError,
     UnknownTopicOrPartitionError,
     error_for_code,
 )
@@ -72,6 +82,20 @@ _LEADER_MAY_HAVE_MOVED: Final = (
     FencedLeaderEpochError,
     BrokerUnavailableError,
     ConnectionClosedError,
+)
+
+# Partition errors a broker answers before appending anything: after any other
+# error (or no answer) the batch may be in the log.
+_REFUSED_BEFORE_APPEND: Final = frozenset(
+    {
+        ErrorCode.OUT_OF_ORDER_SEQUENCE,
+        ErrorCode.UNKNOWN_PRODUCER_ID,
+        ErrorCode.NOT_ENOUGH_REPLICAS,
+        ErrorCode.UNKNOWN_TOPIC_OR_PARTITION,
+        ErrorCode.FENCED_LEADER_EPOCH,
+        ErrorCode.UNKNOWN_LEADER_EPOCH,
+        ErrorCode.TOO_MANY_REQUESTS,
+    }
 )
 
 log = get_logger("client.producer")
@@ -449,6 +473,7 @@ class Sender:
             response = pending.result()
         except DistributaryError as error:
             for batch in batches:
+                batch.maybe_appended = True  # no answer: the broker may have appended it
                 self._handle_error(batch, error)
             self.send_now()
             return
@@ -481,13 +506,22 @@ class Sender:
                 batch, ProtocolError(f"no produce result for {batch.topic}-{batch.partition}")
             )
         elif result.error_code:
-            self._handle_error(batch, error_for_code(result.error_code, result.error_message))
+            if result.error_code not in _REFUSED_BEFORE_APPEND:
+                batch.maybe_appended = True
+            self._handle_error(
+                batch,
+                error_for_code(result.error_code, result.error_message),
+                result.log_start_offset,
+            )
         else:
             self._accumulator.complete(batch, result.base_offset)
 
-    def _handle_error(self, batch: ProducerBatch, error: DistributaryError) -> None:
+    def _handle_error(
+        self, batch: ProducerBatch, error: DistributaryError, log_start_offset: int = -1
+    ) -> None:
         """Retry ``batch`` later if the error allows it, else fail its records (and,
-        with idempotence, the batches queued behind it)."""
+        with idempotence, the batches queued behind it).  ``log_start_offset``: the
+        partition's, from the broker's answer (-1: none)."""
         self._counters.count_error(error.code.name)
         if isinstance(error, _LEADER_MAY_HAVE_MOVED):
             self._stale_topics.add(batch.topic)
@@ -509,9 +543,11 @@ class Sender:
                 ),
             )
             return
-        if isinstance(error, UnknownProducerIdError):
-            # The partition forgot this producer: a new epoch, sequences from 0.
-            self._accumulator.restart_sequence(batch)
+        if isinstance(
+            error, OutOfOrderSequenceError | UnknownProducerIdError
+        ) and not self._accumulator.sequence_error(batch, log_start_offset):
+            self._fail(batch, _fatal_sequence_error(batch, error, log_start_offset))
+            return
         delay_ms = backoff_ms(
             batch.attempts, self.retry_backoff_ms, self.retry_backoff_max_ms, self._random
         )
@@ -542,3 +578,19 @@ class Sender:
                 error=str(error),
             )
         self.signal_space()
+
+
+def _fatal_sequence_error(
+    batch: ProducerBatch, error: DistributaryError, log_start_offset: int
+) -> DistributaryError:
+    """The non-retriable error of a batch that resending could duplicate."""
+    where = f"{batch.topic}-{batch.partition}"
+    if isinstance(error, UnknownProducerIdError):
+        return UnknownProducerIdFatalError(
+            f"{where} lost this producer's state (log start {log_start_offset}) while an "
+            f"unacknowledged batch may be in the log: not resent ({error.message})"
+        )
+    return OutOfOrderSequenceFatalError(
+        f"{where} refused the batch as out of order while an unacknowledged batch may be "
+        f"in the log: not resent ({error.message})"
+    )

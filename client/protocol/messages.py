@@ -384,6 +384,8 @@ class FetchResponse(_Message, tag=int(ApiKey.FETCH)):
 class ListOffsetsPartition(_Message):
     partition: int
     timestamp_ms: int = LATEST_TIMESTAMP  # or EARLIEST_TIMESTAMP, or a time in ms
+    # The leader epoch the asker believes current (-1: unchecked), as in a fetch.
+    current_leader_epoch: int = -1
 
 
 class ListOffsetsTopic(_Message):

@@ -176,6 +176,20 @@ def test_truncation_forgets_producers_with_batches_past_the_new_end() -> None:
     assert table.check(8, 0, 1) == (Verdict.APPEND, None)
 
 
+def test_retention_forgets_producers_whose_records_all_went() -> None:
+    """After retention moves the log start to 3, a producer whose last batch ended
+    below it is forgotten (its next batch is UNKNOWN_PRODUCER_ID, KIP-360), one
+    with a batch at or past it is kept."""
+    table = ProducerStateTable()
+    table.record(8, 0, 0, 3, 0, 2)  # offsets 0-2: all below the new start
+    table.record(42, 0, 0, 2, 2, 3)  # ends at offset 3: kept
+    assert table.forget_before(3) == [8]
+    assert 8 not in table and 42 in table
+    with pytest.raises(UnknownProducerIdError):
+        table.check(8, 0, 3)
+    assert table.check(42, 0, 2) == (Verdict.APPEND, None)
+
+
 def test_truncation_rebuilds_older_batches_from_the_log() -> None:
     """A producer whose remembered batches are all cut away gets its last
     sequence back from older batches still in the log (beyond the remembered 5)."""

@@ -407,6 +407,25 @@ async def test_list_offsets_latest_waits_for_a_known_high_watermark(broker: Brok
     assert reply.body.topics[0].partitions[0].offset == 3
 
 
+@pytest.mark.parametrize(
+    ("epoch", "code"),
+    [(0, ErrorCode.FENCED_LEADER_EPOCH), (2, ErrorCode.UNKNOWN_LEADER_EPOCH), (1, 0), (-1, 0)],
+)
+async def test_list_offsets_epoch_checks(broker: Broker, epoch: int, code: int) -> None:
+    """Proves ListOffsets naming another leader epoch than the partition's is
+    refused as a fetch is (KIP-320), and answered with the current one or none."""
+    await lead(broker)
+    await produce(broker, 2)
+    body = ListOffsetsRequest(
+        [ListOffsetsTopic(TOPIC, [ListOffsetsPartition(0, -2, current_leader_epoch=epoch)])]
+    )
+    reply = await call(broker, body)
+    assert isinstance(reply.body, ListOffsetsResponse)
+    answer = reply.body.topics[0].partitions[0]
+    assert answer.error_code == code
+    assert answer.offset == (0 if code == 0 else -1)
+
+
 async def test_fetch_from_an_earlier_incarnation_is_ignored(broker: Broker) -> None:
     """Proves the follower's broker epoch reaches the leader state: once a later
     incarnation of the follower fetched, a late fetch of an earlier one claiming

@@ -13,8 +13,13 @@ from client.accumulator import ProducerBatch, RecordAccumulator, restamp_sequenc
 from client.errors import (
     BrokerUnavailableError,
     ErrorCode,
+    NotEnoughReplicasError,
     OutOfOrderSequenceError,
+    OutOfOrderSequenceFatalError,
     RequestTimedOutError,
+    UnknownProducerIdError,
+    UnknownProducerIdFatalError,
+    error_for_code,
 )
 from client.producer import RETRIES_MAX_DEFAULT
 from client.protocol.connection import IncomingResponse
@@ -78,10 +83,19 @@ class Harness:
         self.accumulator.check_invariants()
         return batches
 
-    def answer(self, batch: ProducerBatch, error_code: int = 0, base_offset: int = 0) -> None:
+    def answer(
+        self,
+        batch: ProducerBatch,
+        error_code: int = 0,
+        base_offset: int = 0,
+        log_start_offset: int = 0,
+    ) -> None:
         """The broker's answer for ``batch``, through the sender's response callback."""
         result = ProducePartitionResponse(
-            batch.partition, error_code=error_code, base_offset=base_offset
+            batch.partition,
+            error_code=error_code,
+            base_offset=base_offset,
+            log_start_offset=log_start_offset,
         )
         body = ProduceResponse([ProduceTopicResponse(batch.topic, [result])])
         pending = PendingResponse(0, 0.0, 1_000, event_class=_no_event)
@@ -167,26 +181,25 @@ def test_out_of_order_sequence_is_retried_after_the_earlier_batch() -> None:
     assert first.error is None and second.error is None
 
 
-def test_out_of_order_past_the_retry_bound_fails_everything_behind() -> None:
-    """Proves a batch still out of order after retries_max retries fails, and with
-    it every batch queued behind it and the open batch (never written after it);
-    a batch in flight then is never resent; the partition starts a new epoch at
-    sequence 0 once that batch is done."""
+def test_a_batch_past_the_retry_bound_fails_everything_behind() -> None:
+    """Proves a batch still refused after retries_max retries fails, and with it
+    every batch queued behind it and the open batch (never written after it); the
+    partition starts a new epoch at sequence 0 once that batch is done."""
     h = Harness()
     h.append(b"a")
     (stuck,) = h.send()
     h.append(b"b")
     (behind,) = h.send()
-    h.answer(stuck, ErrorCode.OUT_OF_ORDER_SEQUENCE)
-    h.answer(behind, ErrorCode.OUT_OF_ORDER_SEQUENCE)
+    h.answer(stuck, ErrorCode.NOT_ENOUGH_REPLICAS)
+    h.answer(behind, ErrorCode.OUT_OF_ORDER_SEQUENCE)  # its earlier batch is missing
     resends = 0
     while not stuck.done:
         (batch,) = h.send()
-        assert batch is stuck  # the earlier batch goes first, alone
+        assert batch is stuck and fields(batch) == (77, 0, 0)  # first, alone, unchanged
         resends += 1
-        h.answer(stuck, ErrorCode.OUT_OF_ORDER_SEQUENCE)
+        h.answer(stuck, ErrorCode.NOT_ENOUGH_REPLICAS)
     assert resends == RETRIES_MAX
-    assert isinstance(stuck.error, OutOfOrderSequenceError)
+    assert isinstance(stuck.error, NotEnoughReplicasError)
     # The batch behind it waited in the queue for its retry: it fails unsent.
     assert behind.done and isinstance(behind.error, OutOfOrderSequenceError)
     assert "earlier batch of t-0 failed" in str(behind.error)
@@ -340,3 +353,129 @@ def test_replication_errors_are_retried_with_the_same_sequence(code: int) -> Non
     assert first.done and first.error is None and first.base_offset == 4
     behind = retried[1:] or h.send()
     assert [fields(batch) for batch in behind] == [(77, 0, 1)]
+
+
+# -- KIP-360: when losing the producer's state may be recovered from -----------------
+
+
+def test_unknown_producer_after_retention_is_resequenced_even_if_a_batch_may_be_in() -> None:
+    """Proves UNKNOWN_PRODUCER_ID answered with a log start offset past the last
+    offset acknowledged to the producer (retention removed its records and its
+    state) re-sequences the partition under a new epoch, even though a batch's
+    earlier attempt had no answer."""
+    h = Harness()
+    h.append(b"a", b"b")
+    (first,) = h.send()
+    h.answer(first, base_offset=10)  # acknowledged: offsets 10..11
+    h.append(b"c")
+    (second,) = h.send()
+    h.lose(second)  # no answer: it may be in the log
+    (batch,) = h.send()
+    assert batch is second and batch.maybe_appended
+    h.answer(second, ErrorCode.UNKNOWN_PRODUCER_ID, log_start_offset=12)
+    (batch,) = h.send()
+    assert batch is second and fields(batch) == (77, 1, 0)
+    h.answer(second, base_offset=40)
+    assert second.done and second.error is None and second.base_offset == 40
+
+
+def test_unknown_producer_with_nothing_possibly_in_the_log_is_resequenced() -> None:
+    """Proves UNKNOWN_PRODUCER_ID for a batch whose partition has no batch with an
+    unknown outcome (each was refused before any append) re-sequences the
+    partition, whatever the log start offset."""
+    h = Harness()
+    h.append(b"a")
+    (first,) = h.send()
+    h.answer(first, base_offset=0)
+    h.append(b"b")
+    (second,) = h.send()
+    h.answer(second, ErrorCode.NOT_ENOUGH_REPLICAS)  # refused before the append
+    (batch,) = h.send()
+    assert batch is second and not batch.maybe_appended
+    h.answer(second, ErrorCode.UNKNOWN_PRODUCER_ID, log_start_offset=0)
+    (batch,) = h.send()
+    assert batch is second and fields(batch) == (77, 1, 0)
+
+
+@pytest.mark.parametrize(
+    ("code", "fatal"),
+    [
+        (ErrorCode.UNKNOWN_PRODUCER_ID, UnknownProducerIdFatalError),
+        (ErrorCode.OUT_OF_ORDER_SEQUENCE, OutOfOrderSequenceFatalError),
+    ],
+)
+def test_lost_state_with_a_batch_maybe_in_the_log_fails_it(
+    code: int, fatal: type[Exception]
+) -> None:
+    """Proves that when the broker forgot the producer (or holds a gap) while a
+    batch of the partition may already be in the log (its attempt ended in
+    NOT_LEADER, which may follow an append) and the log start is not past the last
+    acknowledged offset, the batch is not resent under a new epoch: it fails with
+    the non-retriable typed error, the batch queued behind fails, and the next
+    batch leaves under a new epoch from sequence 0."""
+    h = Harness()
+    h.append(b"a")
+    (first,) = h.send()
+    h.answer(first, base_offset=5)
+    h.append(b"b")
+    (second,) = h.send()
+    h.answer(second, ErrorCode.NOT_LEADER)
+    assert second.maybe_appended
+    queued = h.append(b"c")
+    (batch,) = h.send()
+    assert batch is second and fields(batch) == (77, 0, 1)
+    h.answer(second, code, log_start_offset=5)
+    assert second.done and isinstance(second.error, fatal)
+    assert not second.error.retriable and "not resent" in str(second.error)
+    assert queued.done and isinstance(queued.error, OutOfOrderSequenceError)
+    fresh = h.append(b"d")
+    (batch,) = h.send()
+    assert batch is fresh and fields(batch) == (77, 1, 0)
+    h.answer(fresh, base_offset=7)
+    assert fresh.error is None
+
+
+def test_batches_sent_before_a_resequencing_are_resent_under_the_new_epoch() -> None:
+    """Proves the in-flight batches behind the one whose error re-sequenced the
+    partition are retried re-stamped even though one of them had no answer: the
+    decision was taken once, for the partition, by the earliest batch."""
+    h = Harness()
+    h.append(b"a")
+    (first,) = h.send()
+    h.append(b"b")
+    (second,) = h.send()
+    h.answer(first, ErrorCode.UNKNOWN_PRODUCER_ID, log_start_offset=0)
+    h.lose(second)
+    for expected in (first, second):
+        (batch,) = h.send()
+        assert batch is expected
+        h.answer(batch, base_offset=3)
+    assert [fields(batch) for batch in (first, second)] == [(77, 1, 0), (77, 1, 1)]
+    assert first.error is None and second.error is None
+
+
+def test_out_of_order_behind_an_unacknowledged_batch_waits_for_its_answer() -> None:
+    """Proves OUT_OF_ORDER_SEQUENCE for a batch with an earlier unacknowledged batch
+    of the same epoch neither re-sequences nor fails, even when that earlier batch
+    may be in the log: it is retried after it, with its original sequence."""
+    h = Harness()
+    h.append(b"a")
+    (first,) = h.send()
+    h.append(b"b")
+    (second,) = h.send()
+    h.lose(first)
+    h.answer(second, ErrorCode.OUT_OF_ORDER_SEQUENCE)
+    assert not second.done
+    (batch,) = h.send()
+    assert batch is first and fields(batch) == (77, 0, 0)
+    h.answer(first, base_offset=0)
+    (batch,) = h.send()
+    assert batch is second and fields(batch) == (77, 0, 1)
+
+
+def test_wire_codes_still_decode_to_the_retriable_classes() -> None:
+    """Proves the SDK-only fatal variants never come out of a wire code."""
+    unknown = error_for_code(ErrorCode.UNKNOWN_PRODUCER_ID)
+    gap = error_for_code(ErrorCode.OUT_OF_ORDER_SEQUENCE)
+    assert type(unknown) is UnknownProducerIdError and unknown.retriable
+    assert type(gap) is OutOfOrderSequenceError and gap.retriable
