@@ -340,7 +340,9 @@ async def _preferred(
 ) -> tuple[float, int]:
     """Move leadership back to preferred replicas that waited PREFERRED_LEADER_DELAY_S;
     returns (how long until the next one is due (inf: none), the last revision
-    written or 0)."""
+    written or 0).  One whose write failed is due again after RETRY_S: a write etcd
+    did not answer may have changed nothing, so no metadata change would come to
+    wake the controller."""
     now = trio.current_time()
     candidates = preferred_elections(
         metadata.topics, metadata.states, metadata.live(), offline=metadata.offline_replicas
@@ -349,8 +351,10 @@ async def _preferred(
     memory.preferred_since = since
     due = {key: state for key, state in candidates.items()
            if now - since[key] >= PREFERRED_LEADER_DELAY_S}  # fmt: skip
-    _, written = await _write_preferred(store, controller, metadata, due, counters)
+    outcomes, written = await _write_preferred(store, controller, metadata, due, counters)
     waiting = [since[key] + PREFERRED_LEADER_DELAY_S - now for key in candidates if key not in due]
+    if any(outcome is not ErrorCode.NONE for outcome in outcomes.values()):
+        waiting.append(RETRY_S)
     return (max(0.0, min(waiting)) if waiting else float("inf")), written
 
 

@@ -12,7 +12,12 @@ from typing import Any
 import trio
 import trio.testing
 
-from broker.cluster.controller import ControllerMemory, run_controller
+from broker.cluster.controller import (
+    PREFERRED_LEADER_DELAY_S,
+    RETRY_S,
+    ControllerMemory,
+    run_controller,
+)
 from broker.cluster.schema import (
     BrokerRegistration,
     ControllerCandidate,
@@ -32,6 +37,7 @@ from broker.cluster.store import (
     KeyValue,
     Operation,
     Put,
+    StoreUnavailableError,
     VersionConflictError,
 )
 from broker.metrics.counters import ReplicationCounters
@@ -232,3 +238,34 @@ def test_controller_memory_applies_a_restart_once_per_partition() -> None:
     memory.round_completed(found)
     memory.check_invariants()
     assert memory.applied == {} and memory.restarted(found) == {}
+
+
+async def test_a_preferred_election_whose_write_failed_is_tried_again(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """Proves a preferred-leader write that failed without changing the store (etcd
+    did not answer in time) is tried again after RETRY_S, not only after some other
+    metadata change (in a quiet cluster there is none: the partition stayed away
+    from its preferred leader for good)."""
+    store = FakeStore()
+    cluster(store, [[2, 1, 3]], [PartitionState(1, 5, [2, 1, 3])])
+    member = FakeMember(store)
+    member.catch_up()
+    failures: list[int] = []
+
+    def etcd_times_out(compares: Sequence[Compare]) -> None:
+        if not failures:
+            failures.append(store.revision)
+            raise StoreUnavailableError("no etcd endpoint answered")
+
+    store.before_txn = etcd_times_out
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_controller, member)
+        await trio.testing.wait_all_tasks_blocked()
+        mock_clock.jump(PREFERRED_LEADER_DELAY_S)
+        await trio.testing.wait_all_tasks_blocked()
+        assert failures and store.state(P0).leader == 1  # the write failed
+        mock_clock.jump(RETRY_S)
+        await trio.testing.wait_all_tasks_blocked()
+        assert store.state(P0) == PartitionState(2, 6, [2, 1, 3])
+        nursery.cancel_scope.cancel()
