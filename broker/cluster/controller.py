@@ -296,7 +296,12 @@ async def _elect(
             _logger.warning("controller write fenced; stepping down", error=error.message)
             return True, written
         except MetadataStoreError as error:
-            _logger.info("leadership change not written", topic=topic, error=error.message)
+            _logger.info(
+                "leadership change not written",
+                topic=topic,
+                partition=partition,
+                error=error.message,
+            )
             failed = True
             continue
         memory.applied_to((topic, partition), pending[(topic, partition)], metadata)
@@ -377,7 +382,12 @@ async def _write_preferred(
         except ControllerFencedError as error:
             raise NotControllerError(error.message) from error
         except MetadataStoreError as error:
-            _logger.info("preferred leader not written", topic=topic, error=error.message)
+            _logger.info(
+                "preferred leader not written",
+                topic=topic,
+                partition=partition,
+                error=error.message,
+            )
             outcomes[(topic, partition)] = ErrorCode.PREFERRED_LEADER_NOT_AVAILABLE
             continue
         outcomes[(topic, partition)] = ErrorCode.NONE
