@@ -558,19 +558,31 @@ class Partition:
 
     # -- roles ------------------------------------------------------------------------
 
-    async def become_leader(self, leader_epoch: int, leader_state: LeaderState | None) -> None:
+    async def become_leader(
+        self,
+        leader_epoch: int,
+        leader_state: LeaderState | None,
+        *,
+        build_leader_state: Callable[[int, int], LeaderState] | None = None,
+    ) -> None:
         """Lead from ``leader_epoch`` on: the epoch starts at the log end (recorded
         and persisted before anything is appended in it), appends are stamped with
         it, and -- with a ``leader_state`` (followers to wait for) -- the high
         watermark moves only through it, starting from the larger of the
         partition's and the state's.  None: one replica, HW = LEO at each append.
+        ``build_leader_state`` (instead of ``leader_state``) is called with the log
+        end and high watermark as they are once appends are held off: a replicated
+        append in flight when a follower is made leader may still move them.
         Waiters are woken (LEADERSHIP).  Raises FencedLeaderEpochError (an epoch
         older than the partition's), UnknownTopicOrPartitionError (closed),
         StorageError (the checkpoint could not be written: do not lead)."""
+        assert leader_state is None or build_leader_state is None
         async with self._append_lock:
             self.check_open()
             state = self._state
             self._check_epoch_not_stale(leader_epoch)
+            if build_leader_state is not None:
+                leader_state = build_leader_state(state.log_end_offset, state.high_watermark)
             assert leader_state is None or (
                 leader_state.leader_epoch == leader_epoch
                 and leader_state.log_end_offset == state.log_end_offset

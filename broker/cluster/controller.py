@@ -23,7 +23,11 @@ partition, and partitions whose leader is gone get a new one.  An unclean
 election or recovery is logged at warning; every election written is counted by
 kind in the broker's ReplicationCounters (the metrics read them).  A failed write
 (a conflict or an unreachable etcd) is retried after the next change or after
-RETRY_S.
+RETRY_S.  A restart is applied to each partition once (:class:`ControllerMemory`):
+a round that failed part-way does not fence the restarted broker again out of a
+partition whose fence was written, which it may have rejoined since.  After
+writing, the next round waits until the member has applied those writes
+(OWN_WRITES_WAIT_S at most), so it never decides from the states they replaced.
 
 Preferred-leader election: once a partition's first replica is live and in the
 ISR but not leading for PREFERRED_LEADER_DELAY_S, the controller moves leadership
@@ -41,13 +45,13 @@ state are fenced as restarts the controller saw.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Final
 
 import trio
 
 from broker.cluster.placement import elect_leaders, preferred_elections
-from broker.cluster.schema import PartitionState, controller_key, encode, state_key
+from broker.cluster.schema import NO_LEADER, PartitionState, controller_key, encode, state_key
 from broker.cluster.snapshot import ClusterMetadata, Controller
 from broker.cluster.store import (
     Compare,
@@ -58,17 +62,23 @@ from broker.cluster.store import (
 )
 from broker.logging import get_logger
 from broker.metrics.counters import ReplicationCounters
-from broker.replication.election import ElectionKind
+from broker.replication.election import Decision, ElectionKind
 from client.errors import ErrorCode, NotControllerError
 
 if TYPE_CHECKING:
     from broker.cluster.member import ClusterMember
 
 RETRY_S: Final = 0.5
+# After writing, the next round waits (at most this long) until the member has
+# applied the controller's own writes, so it does not decide from the states they
+# replaced (a certain version conflict, and a failed round).
+OWN_WRITES_WAIT_S: Final = 1.0
 # How long a preferred replica must be back in the ISR before it gets leadership
 # back: long enough that a broker flapping in and out does not move leaders each
 # time, short enough that load rebalances within seconds of a restart.
 PREFERRED_LEADER_DELAY_S: Final = 5.0
+
+PartitionKey = tuple[str, int]
 
 _logger = get_logger()
 
@@ -112,19 +122,61 @@ def my_controller(member: ClusterMember, metadata: ClusterMetadata) -> Controlle
 
 class ControllerMemory:
     """What a controller remembers between rounds: the broker epochs it has acted on,
-    and since when each partition's preferred replica could lead again."""
+    the restarts already applied to some partitions in a round that did not
+    complete, and since when each partition's preferred replica could lead again.
 
-    def __init__(self, broker_epochs: dict[int, int]) -> None:
+    A restart (a broker seen with a new broker epoch) is applied to each partition
+    once: when its fenced state is written, or when the state needed no change.  A
+    round with a failed write keeps ``broker_epochs`` as it was, so the partitions
+    whose write failed get the restart again in the next round; ``applied`` keeps
+    the others from getting it again, since by then their state may list the
+    broker because it rejoined (a leader's expansion from its new incarnation), not
+    from its previous life."""
+
+    def __init__(self, broker_epochs: Mapping[int, int]) -> None:
         self.broker_epochs = dict(broker_epochs)
-        self.preferred_since: dict[tuple[str, int], float] = {}
+        # Partition -> {broker: the broker epoch whose restart it already got}.
+        self.applied: dict[PartitionKey, dict[int, int]] = {}
+        self.preferred_since: dict[PartitionKey, float] = {}
 
     def restarted(self, metadata: ClusterMetadata) -> dict[int, bool]:
-        """Brokers registered anew since the last round -> whether cleanly."""
+        """Brokers registered anew since the last completed round -> whether cleanly."""
         return {
             node: metadata.brokers[node].clean_shutdown
             for node, epoch in metadata.broker_epochs.items()
             if self.broker_epochs.get(node) != epoch
         }
+
+    def restarted_for(
+        self, key: PartitionKey, restarted: Mapping[int, bool], metadata: ClusterMetadata
+    ) -> dict[int, bool]:
+        """The restarts of ``restarted`` that partition ``key`` has not got yet."""
+        done = self.applied.get(key, {})
+        return {
+            node: clean
+            for node, clean in restarted.items()
+            if done.get(node) != metadata.broker_epochs.get(node)
+        }
+
+    def applied_to(
+        self, key: PartitionKey, restarted: Collection[int], metadata: ClusterMetadata
+    ) -> None:
+        """Partition ``key`` got the restarts of ``restarted`` (their current epochs)."""
+        if restarted:
+            done = self.applied.setdefault(key, {})
+            done.update({node: metadata.broker_epochs[node] for node in restarted})
+
+    def round_completed(self, metadata: ClusterMetadata) -> None:
+        """Every change of a round was written: its broker epochs are acted on."""
+        self.broker_epochs = dict(metadata.broker_epochs)
+        self.applied = {}
+
+    def check_invariants(self) -> None:
+        for key, done in self.applied.items():
+            assert done, key
+            for node, epoch in done.items():
+                # Pending restarts only: a completed round clears them.
+                assert self.broker_epochs.get(node) != epoch, (key, node, epoch)
 
 
 def registered_after_state(metadata: ClusterMetadata) -> dict[tuple[str, int], dict[int, bool]]:
@@ -161,14 +213,23 @@ async def run_controller(member: ClusterMember) -> None:
                 epoch = controller.epoch
                 memory = ControllerMemory(metadata.broker_epochs)
                 _logger.info("elected controller", node=member.node_id, controller_epoch=epoch)
-            restarted = memory.restarted(metadata)
             counters = member.broker.metrics.replication
-            retry = await _elect(member.store, controller, metadata, restarted, counters)
+            retry, written = await _elect(member.store, controller, metadata, memory, counters)
             if not retry:
-                memory.broker_epochs = dict(metadata.broker_epochs)
-                wait_s = await _preferred(member.store, controller, metadata, memory, counters)
+                memory.round_completed(metadata)
+                wait_s, preferred_written = await _preferred(
+                    member.store, controller, metadata, memory, counters
+                )
+                written = max(written, preferred_written)
             elif my_controller(member, member.metadata) is None:
                 epoch = 0
+            memory.check_invariants()
+            if written and not await member.wait_applied(written, OWN_WRITES_WAIT_S):
+                _logger.warning(
+                    "controller's own writes not applied yet",
+                    revision=written,
+                    waited_s=OWN_WRITES_WAIT_S,
+                )
         elif epoch:
             _logger.info("no longer controller", node=member.node_id, controller_epoch=epoch)
             epoch = 0
@@ -196,41 +257,63 @@ async def _elect(
     store: MetadataStore,
     controller: Controller,
     metadata: ClusterMetadata,
-    restarted: dict[int, bool],
+    memory: ControllerMemory,
     counters: ReplicationCounters,
-) -> bool:
+) -> tuple[bool, int]:
     """Write every leadership change (each election written is counted in
-    ``counters``); True when one failed (retry later)."""
-    changes = elect_leaders(
-        metadata.topics,
-        metadata.states,
-        metadata.live(),
-        restarted,
-        metadata.offline_replicas,
-        registered_after_state(metadata),
-    )
+    ``counters``; each partition's restarts go into ``memory`` once written, or
+    when they changed nothing).  Returns (whether a write failed: retry later, the
+    last revision written or 0)."""
+    restarted = memory.restarted(metadata)
+    registered_after = registered_after_state(metadata)
+    # Partitions grouped by the restarts they have still to get (one group unless a
+    # round failed part-way).
+    pending: dict[PartitionKey, dict[int, bool]] = {}
+    groups: dict[frozenset[tuple[int, bool]], dict[PartitionKey, PartitionState]] = {}
+    for key, state in metadata.states.items():
+        pending[key] = memory.restarted_for(key, restarted, metadata)
+        groups.setdefault(frozenset(pending[key].items()), {})[key] = state
+    changes: dict[PartitionKey, Decision] = {}
+    for group, states in groups.items():
+        changes |= elect_leaders(
+            metadata.topics,
+            states,
+            metadata.live(),
+            dict(group),
+            metadata.offline_replicas,
+            registered_after,
+        )
+    for key in metadata.states.keys() - changes.keys():
+        memory.applied_to(key, pending[key], metadata)  # nothing to change
     failed = False
+    written = 0
     for (topic, partition), decision in sorted(changes.items()):
         state = decision.state
         version = metadata.state_versions[(topic, partition)]
         try:
-            await write_state(store, controller, topic, partition, state, version)
+            written = await write_state(store, controller, topic, partition, state, version)
         except ControllerFencedError as error:
             _logger.warning("controller write fenced; stepping down", error=error.message)
-            return True
+            return True, written
         except MetadataStoreError as error:
-            _logger.info("leadership change not written", topic=topic, error=error.message)
+            _logger.info(
+                "leadership change not written",
+                topic=topic,
+                partition=partition,
+                error=error.message,
+            )
             failed = True
             continue
-        kind = election_label(decision.kind, metadata.states[(topic, partition)], state)
+        memory.applied_to((topic, partition), pending[(topic, partition)], metadata)
+        before = metadata.states[(topic, partition)]
+        kind = election_label(decision.kind, before, state)
         if kind is not None:
             counters.elected(kind)
         log = _logger.info
         if decision.kind in (ElectionKind.UNCLEAN, ElectionKind.RECOVERY):
             log = _logger.warning
         log(
-            f"{decision.kind.value} leader election" if decision.kind is not ElectionKind.CLEAN
-            else "leader elected",
+            _change_message(decision.kind, before, state),
             topic=topic,
             partition=partition,
             leader=state.leader,
@@ -238,8 +321,19 @@ async def _elect(
             isr=state.isr,
             elr=state.elr,
             controller_epoch=controller.epoch,
-        )  # fmt: skip
-    return failed
+        )
+    return failed, written
+
+
+def _change_message(kind: ElectionKind, before: PartitionState, after: PartitionState) -> str:
+    """The log line's event for a change the controller wrote."""
+    if kind is ElectionKind.CLEAN:
+        return "leader elected"
+    if kind is not ElectionKind.NONE:
+        return f"{kind.value} leader election"
+    if after.leader == NO_LEADER and before.leader != NO_LEADER:
+        return "partition offline: no eligible leader"
+    return "replicas fenced"
 
 
 async def _preferred(
@@ -248,9 +342,12 @@ async def _preferred(
     metadata: ClusterMetadata,
     memory: ControllerMemory,
     counters: ReplicationCounters,
-) -> float:
+) -> tuple[float, int]:
     """Move leadership back to preferred replicas that waited PREFERRED_LEADER_DELAY_S;
-    returns how long until the next one is due (inf: none)."""
+    returns (how long until the next one is due (inf: none), the last revision
+    written or 0).  One whose write failed is due again after RETRY_S: a write etcd
+    did not answer may have changed nothing, so no metadata change would come to
+    wake the controller."""
     now = trio.current_time()
     candidates = preferred_elections(
         metadata.topics, metadata.states, metadata.live(), offline=metadata.offline_replicas
@@ -259,9 +356,11 @@ async def _preferred(
     memory.preferred_since = since
     due = {key: state for key, state in candidates.items()
            if now - since[key] >= PREFERRED_LEADER_DELAY_S}  # fmt: skip
-    await _write_preferred(store, controller, metadata, due, counters)
+    outcomes, written = await _write_preferred(store, controller, metadata, due, counters)
     waiting = [since[key] + PREFERRED_LEADER_DELAY_S - now for key in candidates if key not in due]
-    return max(0.0, min(waiting)) if waiting else float("inf")
+    if any(outcome is not ErrorCode.NONE for outcome in outcomes.values()):
+        waiting.append(RETRY_S)
+    return (max(0.0, min(waiting)) if waiting else float("inf")), written
 
 
 async def _write_preferred(
@@ -270,18 +369,25 @@ async def _write_preferred(
     metadata: ClusterMetadata,
     changes: dict[tuple[str, int], PartitionState],
     counters: ReplicationCounters,
-) -> dict[tuple[str, int], ErrorCode]:
-    """Write preferred-leader changes; each partition's outcome (NONE: moved).
-    Raises NotControllerError when this broker's controller epoch is over."""
-    outcomes: dict[tuple[str, int], ErrorCode] = {}
+) -> tuple[dict[PartitionKey, ErrorCode], int]:
+    """Write preferred-leader changes; each partition's outcome (NONE: moved) and
+    the last revision written (0: none).  Raises NotControllerError when this
+    broker's controller epoch is over."""
+    outcomes: dict[PartitionKey, ErrorCode] = {}
+    written = 0
     for (topic, partition), state in sorted(changes.items()):
         version = metadata.state_versions[(topic, partition)]
         try:
-            await write_state(store, controller, topic, partition, state, version)
+            written = await write_state(store, controller, topic, partition, state, version)
         except ControllerFencedError as error:
             raise NotControllerError(error.message) from error
         except MetadataStoreError as error:
-            _logger.info("preferred leader not written", topic=topic, error=error.message)
+            _logger.info(
+                "preferred leader not written",
+                topic=topic,
+                partition=partition,
+                error=error.message,
+            )
             outcomes[(topic, partition)] = ErrorCode.PREFERRED_LEADER_NOT_AVAILABLE
             continue
         outcomes[(topic, partition)] = ErrorCode.NONE
@@ -294,7 +400,7 @@ async def _write_preferred(
             leader_epoch=state.leader_epoch,
             controller_epoch=controller.epoch,
         )
-    return outcomes
+    return outcomes, written
 
 
 async def elect_preferred_leaders(
@@ -318,7 +424,7 @@ async def elect_preferred_leaders(
         offline=metadata.offline_replicas,
     )
     counters = member.broker.metrics.replication
-    written = await _write_preferred(member.store, controller, metadata, changes, counters)
+    written, _ = await _write_preferred(member.store, controller, metadata, changes, counters)
     outcomes: dict[tuple[str, int], tuple[ErrorCode, int]] = {}
     for key in wanted:
         state = metadata.states.get(key)

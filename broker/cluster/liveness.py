@@ -1,12 +1,16 @@
 """Fast detection of a dead broker process: the controller probes each broker's
-listener and revokes the lease of one whose port refuses connections.
+listener, and every other broker the controller's, and the lease of one whose
+port refuses connections is revoked.
 
 A broker's registration lives as long as its etcd lease (LEASE_TTL_S in
 broker/cluster/member.py), so on its own a killed broker is noticed only when
-the lease expires.  While this member is the controller (``my_controller``),
-every PROBE_INTERVAL_S it opens a TCP connection to every other registered
-broker's advertised host:port (from its own listen host, as the replica fetcher
-does) and closes it at once:
+the lease expires.  Every PROBE_INTERVAL_S this member opens a TCP connection
+(from its own listen host, as the replica fetcher does) and closes it at once:
+while it is the controller (``my_controller``), to every other registered
+broker's advertised host:port (:func:`probe_targets`); otherwise to the elected
+controller's alone (:func:`controller_target`), so that a dead controller is
+replaced in about a second too (its lease holds its election key: revoking it
+makes the next candidate controller at once).  What an attempt shows:
 
 - accepted: the process is there (it may be paused: the kernel completes the
   handshake into the listen backlog even for a stopped process);
@@ -14,9 +18,11 @@ does) and closes it at once:
 - a timeout or any other error: no evidence either way (a partitioned or paused
   host), so the lease decides, as before.
 
-REFUSALS_TO_REVOKE refusals in a row for one registration make the controller
+REFUSALS_TO_REVOKE refusals in a row for one registration make this member
 revoke that broker's lease: its keys vanish in one revision and the controller's
-normal path elects new leaders and fences the broker out of every ISR.  Refused
+normal path elects new leaders and fences the broker out of every ISR (a dead
+controller's successor does so).  Several brokers may revoke a dead controller's
+lease; revoking one that is gone already is a no-op.  Refused
 is safe evidence because a process that can still acknowledge a write must still
 hold its listening socket (the broker closes its listeners only on its way out),
 and a broker that did lose its lease while alive registers again through
@@ -34,6 +40,7 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
+from broker.cluster.schema import controller_key
 from broker.cluster.snapshot import ClusterMetadata
 from broker.cluster.store import MetadataStoreError
 from broker.logging import get_logger
@@ -118,6 +125,32 @@ def probe_targets(metadata: ClusterMetadata, own_node_id: int) -> dict[int, tupl
     }
 
 
+def controller_target(
+    metadata: ClusterMetadata, own_node_id: int
+) -> dict[int, tuple[str, int, int]]:
+    """The elected controller, when it is another broker -> (host, port, lease id):
+    what a member that is not the controller probes.  Empty when there is none, or
+    when its registration is not held by the lease of its election key."""
+    controller = metadata.controller
+    if controller is None or controller.node_id == own_node_id:
+        return {}
+    registration = metadata.brokers.get(controller.node_id)
+    lease = metadata.broker_leases.get(controller.node_id, 0)
+    if registration is None or lease == 0 or controller.key != controller_key(lease):
+        return {}
+    return {controller.node_id: (registration.host, registration.port, lease)}
+
+
+def liveness_targets(
+    metadata: ClusterMetadata, own_node_id: int, is_controller: bool
+) -> dict[int, tuple[str, int, int]]:
+    """What this member probes: every other broker as controller, else the
+    controller alone."""
+    if is_controller:
+        return probe_targets(metadata, own_node_id)
+    return controller_target(metadata, own_node_id)
+
+
 async def probe(host: str, port: int, local_host: str | None) -> ProbeOutcome:
     """Open a TCP connection to host:port (from ``local_host`` when given) and close
     it at once; what the attempt showed.  Raises nothing."""
@@ -138,8 +171,8 @@ async def probe(host: str, port: int, local_host: str | None) -> ProbeOutcome:
 
 
 async def run_liveness(member: ClusterMember) -> None:
-    """Probe every other broker while this member is the controller (module
-    docstring), until cancelled."""
+    """Probe every other broker while this member is the controller, else the
+    controller (module docstring), until cancelled."""
     from broker.cluster.controller import my_controller
 
     host = member.broker.config.host
@@ -148,19 +181,17 @@ async def run_liveness(member: ClusterMember) -> None:
     while True:  # until cancelled
         next_round = trio.current_time() + PROBE_INTERVAL_S
         metadata = member.metadata
-        if my_controller(member, metadata) is None:
-            tally = RefusalTally(member.node_id)
-        else:
-            targets = probe_targets(metadata, member.node_id)
-            tally.forget_gone({node: lease for node, (_, _, lease) in targets.items()})
-            outcomes: dict[int, ProbeOutcome] = {}
-            async with trio.open_nursery() as nursery:
-                for node, (address, port, _) in targets.items():
-                    nursery.start_soon(_probe_into, outcomes, node, address, port, local_host)
-            for node, outcome in sorted(outcomes.items()):
-                lease = targets[node][2]
-                if tally.record(node, lease, outcome):
-                    await _revoke(member, node, lease)
+        is_controller = my_controller(member, metadata) is not None
+        targets = liveness_targets(metadata, member.node_id, is_controller)
+        tally.forget_gone({node: lease for node, (_, _, lease) in targets.items()})
+        outcomes: dict[int, ProbeOutcome] = {}
+        async with trio.open_nursery() as nursery:
+            for node, (address, port, _) in targets.items():
+                nursery.start_soon(_probe_into, outcomes, node, address, port, local_host)
+        for node, outcome in sorted(outcomes.items()):
+            lease = targets[node][2]
+            if tally.record(node, lease, outcome):
+                await _revoke(member, node, lease)
         await trio.sleep_until(next_round)
 
 
@@ -171,13 +202,16 @@ async def _probe_into(
 
 
 async def _revoke(member: ClusterMember, node: int, lease: int) -> None:
-    """Revoke a dead broker's lease, unless this member stopped being controller or
-    the registration changed meanwhile.  Raises nothing (a failure is logged; the
-    lease then expires on its own)."""
+    """Revoke a dead broker's lease, unless this member may no longer probe it (it
+    stopped being controller, or that broker stopped being the controller) or the
+    registration changed meanwhile.  Raises nothing (a failure is logged; the lease
+    then expires on its own)."""
     from broker.cluster.controller import my_controller
 
     metadata = member.metadata
-    if my_controller(member, metadata) is None or metadata.broker_leases.get(node) != lease:
+    is_controller = my_controller(member, metadata) is not None
+    target = liveness_targets(metadata, member.node_id, is_controller).get(node)
+    if target is None or target[2] != lease:
         return
     try:
         await member.store.revoke_lease(lease)
@@ -187,6 +221,7 @@ async def _revoke(member: ClusterMember, node: int, lease: int) -> None:
     _logger.info(
         "broker process gone: lease revoked",
         node=node,
+        controller=not is_controller,
         lease=f"{lease:x}",
         refusals=REFUSALS_TO_REVOKE,
     )

@@ -17,8 +17,9 @@ Joining (:func:`join_cluster`, before the broker serves):
 
 Running (:meth:`ClusterMember.run`): a keepalive every TTL/3; a follower of the
 cluster prefix (read, then watch; broker/cluster/follow.py) that applies each
-change; the controller task; the controller's probe of the other brokers'
-listeners (broker/cluster/liveness.py: a dead process's lease is revoked); the
+change; the controller task; the probe of the other brokers' listeners by the
+controller, and of the controller's by the others (broker/cluster/liveness.py:
+a dead process's lease is revoked); the
 replica manager (fetchers and ISR writes, broker/replication/replica_manager.py).
 Applying a change opens the logs of new
 topics and of partitions added to a topic (every partition of every topic: a

@@ -197,20 +197,27 @@ class ReplicaManager:
             return
         isr = after.isr if self.node_id in after.isr else (self.node_id,)
         min_insync_replicas = partition.config.min_insync_replicas
-        leader_state = LeaderState(
-            node_id=self.node_id,
-            leader_epoch=after.leader_epoch,
-            replicas=after.replicas,
-            isr=isr,
-            log_end_offset=partition.log_end_offset,
-            high_watermark=partition.high_watermark,
-            epoch_start_offset=partition.log_end_offset,
-            now_ms=self._clock_ms(),
-            lag_time_max_ms=self.lag_time_max_ms,
-            min_insync_replicas=min_insync_replicas,
-        )
+
+        def build(log_end_offset: int, high_watermark: int) -> LeaderState:
+            # Called by the partition with appends held off: a replicated append
+            # of the fetcher this partition just left may have ended meanwhile.
+            return LeaderState(
+                node_id=self.node_id,
+                leader_epoch=after.leader_epoch,
+                replicas=after.replicas,
+                isr=isr,
+                log_end_offset=log_end_offset,
+                high_watermark=high_watermark,
+                epoch_start_offset=log_end_offset,
+                now_ms=self._clock_ms(),
+                lag_time_max_ms=self.lag_time_max_ms,
+                min_insync_replicas=min_insync_replicas,
+            )
+
         partition.on_storage_failure = lambda error: self._storage_failed(key, error)
-        await partition.become_leader(after.leader_epoch, leader_state)
+        await partition.become_leader(after.leader_epoch, None, build_leader_state=build)
+        leader_state = partition.leader_state
+        assert leader_state is not None, key
         state = metadata.states[key]
         self.isr_writer.lead(
             key, Led(partition, leader_state, state, after.version, min_insync_replicas)

@@ -1,5 +1,6 @@
-"""The controller's dead-process detection on three real brokers: a SIGKILLed
-broker's lease is revoked by the controller (its port refuses connections), while
+"""Dead-process detection on three real brokers: a SIGKILLed broker's lease is
+revoked by the controller (its port refuses connections), a SIGKILLed
+controller's by another broker, while
 a SIGSTOPped one (its port still accepts) is left to its lease, registers again
 after resuming, and acknowledges nothing it no longer leads."""
 
@@ -95,6 +96,38 @@ def test_a_killed_broker_is_revoked_by_the_controller(broker_cluster: BrokerClus
         return found is not None and all(found[p][0] not in (-1, victim_id) for p in own)
 
     wait_until(moved, FAILOVER_S, "the killed broker's partitions led elsewhere")
+
+
+def test_a_killed_controller_is_revoked_by_another_broker(broker_cluster: BrokerCluster) -> None:
+    """Proves a SIGKILLed controller's lease is revoked by a broker probing it (it
+    logs so for that node, as the controller's prober), so another broker becomes
+    controller and the dead one's partitions get new leaders without waiting for
+    its lease to expire."""
+    before = create(broker_cluster)
+    controller_id, _ = controller_and_victim(broker_cluster, before)
+    survivors = [broker_cluster.broker(n) for n in (1, 2, 3) if n != controller_id]
+    broker_cluster.broker(controller_id).kill()
+
+    def revoked_by_a_survivor() -> bool:
+        return any(
+            e.get("controller") is True for b in survivors for e in revocations(b, controller_id)
+        )
+
+    wait_until(revoked_by_a_survivor, FAILOVER_S, "the controller's lease revoked")
+    observer = survivors[0]
+
+    def new_controller() -> bool:
+        found = metadata(observer).controller_id
+        return found not in (-1, controller_id)
+
+    wait_until(new_controller, FAILOVER_S, "another controller")
+    own = [p for p, (leader, _) in before.items() if leader == controller_id]
+
+    def moved() -> bool:
+        found = leaders(metadata(observer), TOPIC)
+        return found is not None and all(found[p][0] not in (-1, controller_id) for p in own)
+
+    wait_until(moved, FAILOVER_S, "the dead controller's partitions led elsewhere")
 
 
 def test_a_paused_broker_is_left_to_its_lease(broker_cluster: BrokerCluster) -> None:

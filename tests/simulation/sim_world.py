@@ -11,7 +11,10 @@ Faults: a broker is killed (its page cache survives), loses power (it keeps
 only what it flushed), is stopped cleanly, or is paused past its lease (a
 zombie); a broker is cut off from everyone (or only from the store), one way or
 both; the controller fails over (the new one has seen no restart: a leader that
-registered after the partition's state is re-elected from the broker epochs).  Unclean shutdowns are limited to what KIP-966 tolerates: at most
+registered after the partition's state is re-elected from the broker epochs); a
+controller write fails (lost, or applied but unanswered: the controller cannot
+tell), so its memory of restarts (the real ControllerMemory) keeps them pending
+and a preferred election is tried again.  Unclean shutdowns are limited to what KIP-966 tolerates: at most
 min ISR - 1 brokers at a time whose unclean shutdown is not yet healed by
 rejoining the ISR (beyond that, the unclean recovery of a partition may pick a
 replica that lost acknowledged records, and no protocol can prevent it).
@@ -27,7 +30,9 @@ from typing import Any
 from sim_broker import LEASE_MS, STORE, SimBroker
 from sim_checks import Checks
 
-from broker.cluster.schema import NO_LEADER, PartitionState
+from broker.cluster.controller import ControllerMemory
+from broker.cluster.schema import NO_LEADER, BrokerRegistration, PartitionState
+from broker.cluster.snapshot import ClusterMetadata
 from broker.replication.election import preferred_leader, reconcile
 from client.errors import ErrorCode
 
@@ -41,6 +46,7 @@ CLIENT_REFRESH_MS = 200
 QUIET_MS = 1_000
 QUIET_ROUNDS = 5
 CLIENTS = (100, 101, 102)  # acks=all producer, acks=1 producer, reader
+PARTITION = ("sim", 0)
 
 
 class World:
@@ -63,13 +69,15 @@ class World:
         self.duplicate_rate = rng.choice([0.0, 0.02, 0.1])
         self.delay_max_ms = rng.choice([2, 10, 40])
         self.fault_interval_ms = rng.choice([150, 300, 600])
+        # A controller write fails this often (half lost, half applied unanswered).
+        self.controller_write_failure = rng.choice([0.0, 0.0, 0.05, 0.2])
         # The metadata store.
         self.revision = 1
         self.state = PartitionState(leader=0, leader_epoch=0, isr=list(self.replicas))
         self.version = self.revision
         self.registrations: dict[int, tuple[int, bool]] = {}  # node -> (revision, clean)
         self.last_keepalive: dict[int, int] = {}
-        self.controller_seen: dict[int, int] = {}
+        self.controller_memory = ControllerMemory({})
         self.controller_down_until = 0  # a failover in progress until then (ms)
         self.preferred_due: int | None = None
         # Network partitions: blocked (source, destination) pairs.
@@ -234,14 +242,11 @@ class World:
             return  # no controller: the next one starts from what it finds
         if self.controller_down_until:
             self.controller_down_until = 0
-            self.controller_seen = {n: rev for n, (rev, _) in self.registrations.items()}
+            self.controller_memory = ControllerMemory(self._controller_metadata().broker_epochs)
         live = frozenset(self.registrations)
-        restarted = {
-            node: clean
-            for node, (revision, clean) in self.registrations.items()
-            if self.controller_seen.get(node) != revision
-        }
-        self.controller_seen = {node: rev for node, (rev, _) in self.registrations.items()}
+        metadata = self._controller_metadata()
+        memory = self.controller_memory
+        restarted = memory.restarted_for(PARTITION, memory.restarted(metadata), metadata)
         if self.bug == "elect-outside-isr":
             self._broken_election(live)
         again = {
@@ -249,18 +254,21 @@ class World:
             for node, (revision, clean) in self.registrations.items()
             if revision > self.version and node in self.replicas
         }
-        restarted |= {node: clean for node, clean in again.items() if node != self.state.leader}
+        followers_again = {n: clean for n, clean in again.items() if n != self.state.leader}
         decision = reconcile(
             self.state,
             self.replicas,
             live,
             min_isr=self.min_isr,
             unclean_allowed=False,
-            restarted=restarted,
+            restarted=followers_again | restarted,
             leader_registered_after=again.get(self.state.leader),
         )
-        if decision is not None:
-            self._write(decision.state)
+        completed = decision is None or self._controller_write(decision.state)
+        if completed:
+            memory.applied_to(PARTITION, restarted, metadata)
+            memory.round_completed(metadata)
+        memory.check_invariants()
         for node in list(self.tainted):
             # Healed: back in the ISR by a state written after it registered again.
             registration = self.brokers[node].registration
@@ -268,14 +276,34 @@ class World:
             up = self.brokers[node].up
             if up and node in self.state.isr and 0 < registration == stored < self.version:
                 self.tainted.discard(node)
+        if not completed:
+            return  # as the real controller: a failed round is retried first
         preferred = preferred_leader(self.state, self.replicas, live)
         if preferred is None:
             self.preferred_due = None
         elif self.preferred_due is None:
             self.preferred_due = self.now + PREFERRED_LEADER_DELAY_MS
-        elif self.now >= self.preferred_due:
-            self.preferred_due = None
-            self._write(preferred)
+        elif self.now >= self.preferred_due and self._controller_write(preferred):
+            self.preferred_due = None  # a failed write is tried again next tick
+
+    def _controller_metadata(self) -> ClusterMetadata:
+        """The registrations as the controller's view holds them."""
+        metadata = ClusterMetadata()
+        for node, (revision, clean) in self.registrations.items():
+            metadata.brokers[node] = BrokerRegistration(node, "sim", 0, None, clean)
+            metadata.broker_epochs[node] = revision
+        return metadata
+
+    def _controller_write(self, state: PartitionState) -> bool:
+        """The controller's write of ``state``: whether it saw it succeed.  A failed
+        write is either lost or applied without an answer."""
+        rng = self.rng
+        if rng.random() >= self.controller_write_failure:
+            self._write(state)
+            return True
+        if rng.random() < 0.5:
+            self._write(state)
+        return False
 
     def _broken_election(self, live: frozenset[int]) -> None:
         """A deliberately wrong controller: it elects a live replica outside the ISR."""

@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import trio
+import trio.testing
 
 from broker.partition import Partition, partition_directory
 from broker.replication.epochs import EpochEntry
@@ -249,6 +251,29 @@ async def test_producer_state_follows_replicated_batches(
     retried = await follower.append(batch(2, sequence=0))
     assert (retried.base_offset, retried.last_offset) == (1, 2)
     assert follower.log_end_offset == 3
+
+
+async def test_a_leader_state_built_on_leading_starts_after_an_append_in_flight(
+    leader: Partition, follower: Partition
+) -> None:
+    """Proves become_leader with build_leader_state builds the leader state from the
+    log end and high watermark once appends are held off: a replicated append that
+    was in flight when the follower was made leader is counted in (the log end read
+    before it made the leader state start behind the log: a failed assertion)."""
+    leader.append_now(batch(3))
+    built: list[tuple[int, int]] = []
+
+    def build(log_end_offset: int, high_watermark: int) -> LeaderState:
+        built.append((log_end_offset, high_watermark))
+        return leader_state(follower, 1, (NODE, FOLLOWER))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(follower.append_replicated, stamped(leader, 0))
+        await trio.testing.wait_all_tasks_blocked()
+        await follower.become_leader(1, None, build_leader_state=build)
+    assert built == [(3, follower.high_watermark)] and follower.log_end_offset == 3
+    assert follower.leader_state is not None and follower.leader_state.log_end_offset == 3
+    assert follower.epochs.entries()[-1] == EpochEntry(1, 3)
 
 
 async def test_truncation_truncates_the_epoch_cache(leader: Partition, follower: Partition) -> None:

@@ -1,5 +1,6 @@
-"""The controller's dead-process detection: refused probes counted per registration,
-and the probe's reading of a real socket."""
+"""Dead-process detection: refused probes counted per registration, who probes
+whom (the controller every broker, the others the controller), and the probe's
+reading of a real socket."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import socket
 from broker.cluster.liveness import (
     ProbeOutcome,
     RefusalTally,
+    controller_target,
+    liveness_targets,
     probe,
     probe_targets,
 )
-from broker.cluster.schema import BrokerRegistration
-from broker.cluster.snapshot import ClusterMetadata
+from broker.cluster.schema import BrokerRegistration, controller_key
+from broker.cluster.snapshot import ClusterMetadata, Controller
 
 REFUSED = ProbeOutcome.REFUSED
 ACCEPTED = ProbeOutcome.ACCEPTED
@@ -87,6 +90,28 @@ def test_probe_targets_are_the_other_registered_brokers() -> None:
         2: ("127.0.0.3", 9002, 0x20),
         3: ("127.0.0.4", 9003, 0x30),
     }
+
+
+def test_other_brokers_probe_the_controller_alone() -> None:
+    """Proves a member that is not the controller probes the controller only (at
+    its advertised address, with the lease its election key names), the controller
+    itself probes every other broker, and nobody probes a controller whose
+    registration is not held by its election key's lease, or itself."""
+    metadata = ClusterMetadata()
+    for node in (1, 2, 3):
+        metadata.brokers[node] = BrokerRegistration(node, f"127.0.0.{node + 1}", 9000 + node, None)
+        metadata.broker_leases[node] = 0x10 * node
+    metadata.controller = Controller(2, controller_key(0x20), 7)
+    assert controller_target(metadata, 1) == {2: ("127.0.0.3", 9002, 0x20)}
+    assert liveness_targets(metadata, 3, is_controller=False) == {2: ("127.0.0.3", 9002, 0x20)}
+    assert liveness_targets(metadata, 2, is_controller=True) == probe_targets(metadata, 2)
+    assert controller_target(metadata, 2) == {}
+    metadata.broker_leases[2] = 0x21  # registered again: the key is the old lease's
+    assert controller_target(metadata, 1) == {}
+    del metadata.brokers[2]
+    assert controller_target(metadata, 1) == {}
+    metadata.controller = None
+    assert controller_target(metadata, 1) == {}
 
 
 async def test_probe_reads_a_listener_and_a_closed_port() -> None:

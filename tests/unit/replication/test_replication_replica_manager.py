@@ -3,6 +3,7 @@ follower roles on local partitions (fake partitions record what they were told).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -29,10 +30,25 @@ class FakePartition:
         self.epochs = LeaderEpochCache()
         self.config = LogConfig(min_insync_replicas=min_insync_replicas)
         self.failing = False
+        self.appended_before_leading = 0
+        self.leader_state: LeaderState | None = None
 
-    async def become_leader(self, leader_epoch: int, leader_state: LeaderState | None) -> None:
+    async def become_leader(
+        self,
+        leader_epoch: int,
+        leader_state: LeaderState | None,
+        *,
+        build_leader_state: Callable[[int, int], LeaderState] | None = None,
+    ) -> None:
         if self.failing:
             raise StorageError("disk full")
+        # A replicated append that held the append lock finished first.
+        self.log_end_offset += self.appended_before_leading
+        if build_leader_state is not None:
+            leader_state = build_leader_state(self.log_end_offset, self.high_watermark)
+        # As the real partition asserts: the leader state starts at the log end.
+        assert leader_state is None or leader_state.log_end_offset == self.log_end_offset
+        self.leader_state = leader_state
         self.calls.append(("leader", leader_epoch, leader_state))
 
     async def become_follower(self, leader_epoch: int) -> None:
@@ -109,3 +125,21 @@ async def test_failed_leadership_is_not_published_and_is_tried_again() -> None:
     partition.failing = False
     await manager.apply(applied)
     assert manager.leads_in(KEY, 3) and partition.calls[0][:2] == ("leader", 3)
+
+
+async def test_the_leader_state_starts_where_the_log_ends_when_it_leads() -> None:
+    """Proves the leader state is built at the log end the partition has when it
+    becomes leader, not when the manager read it: a follower's replicated append
+    still in flight (its fetcher was just told to stop) may finish in between (the
+    broker crashed on the partition's assertion when its preferred leadership came
+    back while it was fetching)."""
+    partition = FakePartition()
+    partition.appended_before_leading = 3
+    manager = ReplicaManager(member(partition), lambda: 1000)
+    await manager.apply(metadata(PartitionState(2, 3, [2, 1, 3]), [1, 2, 3], 10))
+    assert partition.calls == [("follower", 3)]
+    await manager.apply(metadata(PartitionState(1, 4, [2, 1, 3]), [1, 2, 3], 11))
+    ((kind, epoch, state),) = partition.calls[1:]
+    assert (kind, epoch) == ("leader", 4) and isinstance(state, LeaderState)
+    assert (state.log_end_offset, state.high_watermark, state.epoch_start_offset) == (10, 5, 10)
+    assert manager.isr_writer.led[KEY].leader_state is state
