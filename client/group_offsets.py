@@ -91,7 +91,7 @@ _COORDINATOR_LOST_ERRORS: Final = (
 def should_retry(error: DistributaryError) -> bool:
     """Whether a commit or offset fetch that failed with ``error`` is tried again
     (see the module docstring)."""
-    if isinstance(error, COMMIT_REFUSED_ERRORS | UnknownTopicOrPartitionError):
+    if isinstance(error, (*COMMIT_REFUSED_ERRORS, UnknownTopicOrPartitionError)):
         return False
     return error.retriable
 
