@@ -97,7 +97,8 @@ def should_retry(error: DistributaryError) -> bool:
 
 
 class _Retries:
-    """The bound and the backoff of one call's attempts."""
+    """The bound and the backoff of one call's attempts, and whether an earlier
+    attempt may have been written (it reached the coordinator and failed)."""
 
     def __init__(
         self, cluster: Cluster, group_id: str, what: str, *, timeout_ms: int, attempts_max: int
@@ -107,26 +108,41 @@ class _Retries:
         self.group_id = group_id
         self.what = what
         self.attempts_max = attempts_max
-        self.timeout_ms = timeout_ms
         self.deadline_s = anyio.current_time() + timeout_ms / 1000
+        # Whether the current attempt's request went out on a connection.
+        self.sent = False
+        # The first retried error of an attempt whose request went out.
+        self.maybe_written: DistributaryError | None = None
 
     def left_s(self) -> float:
         return self.deadline_s - anyio.current_time()
 
     async def request(self, request: OffsetCommitRequest | OffsetFetchRequest) -> object:
-        """One attempt at the coordinator, cut at the deadline.  Raises the typed
-        error of a failed request (RequestTimedOutError at the deadline)."""
+        """One attempt at the coordinator (looked up if not cached), cut at the
+        deadline.  Raises the typed error of a failed request (BrokerUnavailableError,
+        ConnectionClosedError, RequestTimedOutError, CoordinatorNotAvailableError
+        from FindCoordinator)."""
+        self.sent = False
         with anyio.move_on_after(max(0.0, self.left_s())):
-            return await self.cluster.request_coordinator(self.group_id, request)
+            address = await self.cluster.coordinator_address(self.group_id)
+            connection = await self.cluster.connection_to(address)
+            self.sent = True
+            response = await connection.request(request)
+            return response.body
         raise RequestTimedOutError(f"{self.what} for group {self.group_id!r}: no answer in time")
 
     async def after_failure(self, attempt: int, error: DistributaryError) -> None:
         """Back off before attempt ``attempt + 1``; raises ``error`` when it must not
-        be retried or the attempts or the time are used up."""
+        be retried (with the first failure of an attempt that may have been written
+        as its ``__cause__``), or the attempts or the time are used up."""
         if isinstance(error, _COORDINATOR_LOST_ERRORS):
             self.cluster.forget_coordinator(self.group_id)
         if not should_retry(error):
+            if self.maybe_written is not None:
+                raise error from self.maybe_written
             raise error
+        if self.sent and self.maybe_written is None:
+            self.maybe_written = error
         delay_ms = backoff_ms(attempt, RETRY_BACKOFF_MS, RETRY_BACKOFF_MAX_MS, self.cluster.random)
         if attempt + 1 >= self.attempts_max or self.left_s() * 1000 <= delay_ms:
             raise type(error)(
@@ -154,7 +170,11 @@ async def commit_offsets(
     UnknownMemberError, FencedMemberEpochError, RebalanceInProgressError (the
     member must rejoin), GroupNotEmptyError, a partition's non-retriable error
     (e.g. UnknownTopicOrPartitionError); after the retries, the last retriable
-    error (e.g. CoordinatorNotAvailableError, NotEnoughReplicasError)."""
+    error (e.g. CoordinatorNotAvailableError, NotEnoughReplicasError).
+
+    A refusal raised after an earlier attempt reached the coordinator and failed
+    has that failure as its ``__cause__``: the earlier attempt's record may still
+    take effect (docs/replication.md), so the commit is not certainly refused."""
     retries = _Retries(
         cluster, group_id, "offset commit", timeout_ms=timeout_ms, attempts_max=attempts_max
     )

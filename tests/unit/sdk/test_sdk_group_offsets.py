@@ -130,6 +130,25 @@ async def test_commit_refused_to_the_member_is_raised_at_once(
     assert len(coordinator.requests) == 1
 
 
+async def test_a_refusal_after_a_failed_attempt_names_it_as_its_cause(
+    cluster: Cluster, monkeypatch: Any, autojump_clock: Any
+) -> None:
+    """Proves a commit refused (UNKNOWN_MEMBER, at the next coordinator) after an
+    attempt that reached the old coordinator and failed carries that failure as
+    its __cause__ (the first attempt may still take effect), while a refusal at
+    the first attempt has none (certainly not written)."""
+    moved = OffsetCommitResponse(error_code=ErrorCode.COORDINATOR_NOT_AVAILABLE)
+    unknown = OffsetCommitResponse(error_code=ErrorCode.UNKNOWN_MEMBER)
+    serve(cluster, monkeypatch, [moved, unknown])
+    with pytest.raises(UnknownMemberError) as raised:
+        await commit_offsets(cluster, "g", {P0: 10}, member_id="m", member_epoch=3)
+    assert isinstance(raised.value.__cause__, CoordinatorNotAvailableError)
+    serve(cluster, monkeypatch, [unknown])
+    with pytest.raises(UnknownMemberError) as raised:
+        await commit_offsets(cluster, "g", {P0: 10}, member_id="m", member_epoch=3)
+    assert raised.value.__cause__ is None
+
+
 async def test_commit_of_an_unknown_partition_is_raised_at_once(
     cluster: Cluster, monkeypatch: Any, autojump_clock: Any
 ) -> None:
