@@ -63,6 +63,16 @@ from client.errors import (
     error_for_code,
 )
 from client.group_offsets import commit_offsets, fetch_committed, should_retry
+from client.protocol.messages import (
+    ADMIN_COMMIT_EPOCH,
+    JOIN_GROUP_EPOCH,
+    LEAVE_GROUP_EPOCH,
+    STATIC_LEAVE_GROUP_EPOCH,
+    ConsumerGroupHeartbeatRequest,
+    ConsumerGroupHeartbeatResponse,
+    GroupTopicPartitions,
+)
+from client.types import TopicPartition
 
 __all__ = [
     "GroupMember",
@@ -74,16 +84,6 @@ __all__ = [
     "from_wire",
     "to_wire",
 ]
-from client.protocol.messages import (
-    ADMIN_COMMIT_EPOCH,
-    JOIN_GROUP_EPOCH,
-    LEAVE_GROUP_EPOCH,
-    STATIC_LEAVE_GROUP_EPOCH,
-    ConsumerGroupHeartbeatRequest,
-    ConsumerGroupHeartbeatResponse,
-    GroupTopicPartitions,
-)
-from client.types import TopicPartition
 
 log = get_logger("client.group")
 
