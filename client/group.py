@@ -6,8 +6,10 @@ reconciles.  :class:`GroupMembership` runs in the consumer's task group:
 * **Heartbeat loop**: every ``heartbeat_interval_ms`` (the broker says how
   often) it sends the member id, epoch, subscription and the partitions it
   owns.  New partitions in the answer are added at once: their committed
-  offsets are fetched (``auto_offset_reset`` where there is none) and
-  ``on_assign`` is called.  Partitions missing from the answer must be
+  offsets are fetched (``auto_offset_reset`` only where there is none; an
+  error is retried, and partitions whose offsets could not be fetched are
+  left for the next answer, never started elsewhere) and ``on_assign`` is
+  called.  Partitions missing from the answer must be
   released: see revocation below.  UNKNOWN_MEMBER / FENCED_MEMBER_EPOCH mean
   the broker gave our partitions away: they are dropped without a commit
   (``on_lost``, by default ``on_revoke``) and the member rejoins.  If no
@@ -37,6 +39,8 @@ background task or inside ``getmany`` and must not call ``getmany`` themselves.
 The membership sees its consumer only through :class:`GroupMember` (the
 partitions it fetches and the positions it has handed out), and sends every
 request to the group's coordinator (``Cluster.request_coordinator``).
+Commits and offset fetches retry as client/group_offsets.py says (which also
+holds :func:`commit_offsets` and :func:`fetch_committed`, imported from here too).
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ from client.errors import (
     UnknownMemberError,
     error_for_code,
 )
+from client.group_offsets import commit_offsets, fetch_committed, should_retry
 from client.protocol.messages import (
     ADMIN_COMMIT_EPOCH,
     JOIN_GROUP_EPOCH,
@@ -66,15 +71,19 @@ from client.protocol.messages import (
     ConsumerGroupHeartbeatRequest,
     ConsumerGroupHeartbeatResponse,
     GroupTopicPartitions,
-    OffsetCommitPartition,
-    OffsetCommitRequest,
-    OffsetCommitResponse,
-    OffsetCommitTopic,
-    OffsetFetchRequest,
-    OffsetFetchResponse,
-    OffsetFetchTopic,
 )
 from client.types import TopicPartition
+
+__all__ = [
+    "GroupMember",
+    "GroupMembership",
+    "GroupOptions",
+    "PartitionsCallback",
+    "commit_offsets",
+    "fetch_committed",
+    "from_wire",
+    "to_wire",
+]
 
 log = get_logger("client.group")
 
@@ -163,76 +172,6 @@ def to_wire(partitions: Iterable[TopicPartition]) -> list[GroupTopicPartitions]:
 
 def from_wire(partitions: Iterable[GroupTopicPartitions]) -> set[TopicPartition]:
     return {TopicPartition(item.topic, number) for item in partitions for number in item.partitions}
-
-
-async def commit_offsets(
-    cluster: Cluster,
-    group_id: str,
-    offsets: Mapping[TopicPartition, int],
-    *,
-    member_id: str = "",
-    member_epoch: int = ADMIN_COMMIT_EPOCH,
-    metadata: str = "",
-    attempts_max: int = 5,
-) -> None:
-    """OffsetCommit, retried on connection trouble.  Raises the whole request's
-    typed error (UnknownMemberError, FencedMemberEpochError, GroupNotEmptyError)
-    or the first refused partition's."""
-    by_topic: dict[str, list[OffsetCommitPartition]] = {}
-    for tp, offset in sorted(offsets.items()):
-        by_topic.setdefault(tp.topic, []).append(
-            OffsetCommitPartition(tp.partition, offset, metadata=metadata)
-        )
-    request = OffsetCommitRequest(
-        group_id,
-        member_id,
-        member_epoch,
-        [OffsetCommitTopic(name, parts) for name, parts in by_topic.items()],
-    )
-    body = await cluster.call_with_retries(
-        lambda: cluster.request_coordinator(group_id, request), attempts_max=attempts_max
-    )
-    assert isinstance(body, OffsetCommitResponse)
-    if body.error_code:
-        raise error_for_code(body.error_code, body.error_message)
-    for topic in body.topics:
-        for part in topic.partitions:
-            if part.error_code:
-                raise error_for_code(
-                    part.error_code, f"{topic.name}-{part.partition}: {part.error_message}"
-                )
-
-
-async def fetch_committed(
-    cluster: Cluster,
-    group_id: str,
-    partitions: Iterable[TopicPartition] | None,
-    *,
-    attempts_max: int = 5,
-) -> dict[TopicPartition, int]:
-    """Committed offsets (partitions without a commit are left out; None: all of the
-    group's).  Raises the typed error of a failed request."""
-    topics: list[OffsetFetchTopic] | None = None
-    if partitions is not None:
-        by_topic: dict[str, list[int]] = {}
-        for tp in sorted(partitions):
-            by_topic.setdefault(tp.topic, []).append(tp.partition)
-        topics = [OffsetFetchTopic(name, numbers) for name, numbers in by_topic.items()]
-    request = OffsetFetchRequest(group_id, topics)
-    body = await cluster.call_with_retries(
-        lambda: cluster.request_coordinator(group_id, request), attempts_max=attempts_max
-    )
-    assert isinstance(body, OffsetFetchResponse)
-    if body.error_code:
-        raise error_for_code(body.error_code, body.error_message)
-    committed: dict[TopicPartition, int] = {}
-    for topic in body.topics:
-        for part in topic.partitions:
-            if part.error_code:
-                raise error_for_code(part.error_code, part.error_message)
-            if part.offset >= 0:
-                committed[TopicPartition(topic.name, part.partition)] = part.offset
-    return committed
 
 
 class GroupMembership:
@@ -390,25 +329,40 @@ class GroupMembership:
         assignment = from_wire(response.assignment)
         to_release = self.owned - assignment
         added = assignment - self.owned
-        changed = bool(to_release - self.revoking or added)
+        changed = bool(to_release - self.revoking)
         self.revoking |= to_release
         released = False
         if self.revoking and not self.consumer.busy:
             released = await self.complete_revocation()
-        if added:
-            await self._assign(added)
+        if added and await self._assign(added):
+            changed = True
         if changed:
             self.assignment_changed.set()
             self.assignment_changed = anyio.Event()
         return released
 
-    async def _assign(self, added: set[TopicPartition]) -> None:
-        committed: dict[TopicPartition, int] = {}
+    async def _assign(self, added: set[TopicPartition]) -> bool:
+        """Take newly assigned partitions: fetch their committed offsets (retried,
+        see client/group_offsets.py), start fetching them, on_assign.  Only a
+        partition without a commit starts by ``auto_offset_reset``.  If the
+        committed offsets cannot be fetched within :meth:`retry_budget_ms`, the
+        partitions are not taken now (not fetched, not reported owned): the next
+        heartbeat answer assigns them again and this runs again.  A non-retriable
+        error also goes to the application.  True if the partitions were taken."""
         try:
-            committed = await fetch_committed(self.cluster, self.group_id, added)
+            committed = await fetch_committed(
+                self.cluster, self.group_id, added, timeout_ms=self.retry_budget_ms()
+            )
         except DistributaryError as error:
-            # Start them by auto_offset_reset rather than not at all; log loudly.
-            log.warning("could not fetch committed offsets", group=self.group_id, error=str(error))
+            log.warning(
+                "committed offsets not fetched; partitions taken at a later heartbeat",
+                group=self.group_id,
+                partitions=sorted(map(str, added)),
+                error=str(error),
+            )
+            if not should_retry(error):
+                self.consumer.report_error(error)
+            return False
         await self.consumer.add_partitions({tp: committed.get(tp) for tp in added})
         self.owned |= added
         self._auto_commit_soon = True
@@ -416,6 +370,13 @@ class GroupMembership:
             self._last_committed[tp] = offset
         log.info("partitions assigned", group=self.group_id, partitions=sorted(map(str, added)))
         await self._callback(self.options.on_assign, set(added))
+        return True
+
+    def retry_budget_ms(self) -> int:
+        """How long a commit or a fetch of committed offsets may retry: half the
+        session timeout (they may run in the heartbeat loop, whose next heartbeat
+        must still reach the coordinator in time), at most the request timeout."""
+        return max(1, min(self.consumer.request_timeout_ms, self.session_timeout_ms // 2))
 
     async def complete_revocation(self) -> bool:
         """Release what the broker asked for: stop fetching, commit, on_revoke, then
@@ -471,8 +432,10 @@ class GroupMembership:
     # -- commits ------------------------------------------------------------------------
 
     async def commit(self, offsets: Mapping[TopicPartition, int], metadata: str = "") -> None:
-        """Commit as this member (as an admin before the first join).  Raises the typed
-        error of a refused commit."""
+        """Commit as this member (as an admin before the first join), retrying for at
+        most :meth:`retry_budget_ms`.  Raises the typed error of a refused commit
+        (UnknownMemberError, FencedMemberEpochError at once; a retriable one such
+        as CoordinatorNotAvailableError once the retries are used up)."""
         if not offsets:
             return
         async with self._commit_lock:
@@ -483,7 +446,7 @@ class GroupMembership:
                 member_id=self.member_id,
                 member_epoch=self.member_epoch if self.member_id else ADMIN_COMMIT_EPOCH,
                 metadata=metadata,
-                attempts_max=self.consumer.reconnect_attempts_max,
+                timeout_ms=self.retry_budget_ms(),
             )
             self._last_committed.update(offsets)
 

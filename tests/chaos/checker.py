@@ -32,8 +32,18 @@ How it works (the idea of ``jepsen.tests.kafka``, docs/testing.md):
      certainly not written; the workload only says so for errors before sending).
    - ``unexpected``: a value read that was never sent.
    - ``nonmonotonic_commit``: a group's committed offset of a partition went
-     backwards: an acknowledged commit, or a read of the committed offsets, lower
-     than a commit acknowledged before it started (real-time order).
+     backwards: an acknowledged commit, or a read of the committed offsets (the
+     observer's, or where a member resumed a partition it was assigned: -1 when
+     it started by ``auto_offset_reset``), lower than a commit acknowledged
+     before it started (real-time order).
+   - ``uncommitted_read``: a read of the committed offsets (the observer's, or
+     a member's resume point) names an offset that no commit of the partition
+     that may have been written (``ok``, or ``info``: an error after sending,
+     which may still take effect) carried, among those invoked before the read
+     ended: the coordinator served a commit it refused for certain (``fail``)
+     or never received.  Reading an ``info`` commit is allowed: the broker
+     documents that a refused commit whose record was replicated anyway takes
+     effect.
 
 ``info`` sends (timeout, connection lost after sending) may or may not have
 landed; either is fine, but one that landed counts as committed from then on.
@@ -62,6 +72,7 @@ ANOMALIES: Final = (
     "aborted_read",
     "unexpected",
     "nonmonotonic_commit",
+    "uncommitted_read",
 )
 
 
@@ -110,7 +121,10 @@ class Assign:
 @dataclasses.dataclass(frozen=True, slots=True)
 class Commit:
     """A group offset commit (``observed`` False) or a read of the committed
-    offset (``observed`` True) of one partition."""
+    offset (``observed`` True) of one partition.  ``resumed`` marks the read a
+    member made when it was assigned the partition (its starting position:
+    ``offset`` -1 when it started by ``auto_offset_reset``; ``invoke_ns`` is a
+    time before that read was sent)."""
 
     process: str
     type: OpType
@@ -120,6 +134,7 @@ class Commit:
     invoke_ns: int = 0
     complete_ns: int = 0
     observed: bool = False
+    resumed: bool = False
 
 
 Op = Send | Poll | Assign | Commit
@@ -245,7 +260,10 @@ def check(history: History) -> Verdict:
         "info_landed": sum(1 for s in sends if s.type == "info" and s.value in read_by),
         "polls": len(polls),
         "records_read": sum(len(p.records) for p in polls),
-        "commits_ok": sum(1 for op in ops if isinstance(op, Commit) and op.type == "ok"),
+        "commits_ok": sum(
+            1 for op in ops if isinstance(op, Commit) and op.type == "ok" and not op.observed
+        ),
+        "resumes": sum(1 for op in ops if isinstance(op, Commit) and op.resumed),
         "partitions": len(index.order),
     }
     return Verdict(anomalies, totals)
@@ -403,11 +421,16 @@ def _check_values(
 
 def _check_commits(commits: Iterable[Commit], anomalies: dict[str, list[str]]) -> None:
     """nonmonotonic_commit: per (group, partition), no acknowledged commit or
-    observation is below a commit acknowledged before it was invoked."""
+    observation is below a commit acknowledged before it was invoked.
+    uncommitted_read: every observed offset was carried by a commit that may
+    have been written, invoked before the observation ended."""
     by_place: dict[tuple[str, int], list[Commit]] = defaultdict(list)
+    written: dict[tuple[str, int], list[Commit]] = defaultdict(list)
     for commit in commits:
         if commit.type == "ok":
             by_place[commit.group, commit.partition].append(commit)
+        if not commit.observed:
+            written[commit.group, commit.partition].append(commit)
     for (group, partition), found in sorted(by_place.items()):
         done = sorted((c for c in found if not c.observed), key=lambda c: c.complete_ns)
         done_at = [c.complete_ns for c in done]
@@ -421,8 +444,34 @@ def _check_commits(commits: Iterable[Commit], anomalies: dict[str, list[str]]) -
             before = bisect.bisect_left(done_at, commit.invoke_ns)
             floor = highest[before - 1] if before else None
             if floor is not None and commit.offset < floor.offset:
-                what = "read as" if commit.observed else "committed"
+                what = _describe_read(commit) if commit.observed else "committed"
                 anomalies["nonmonotonic_commit"].append(
                     f"group {group} p{partition}: {what} {commit.offset} by {commit.process} "
                     f"after {floor.offset} was committed by {floor.process}"
                 )
+            if commit.observed and commit.offset >= 0:
+                _check_written(commit, written[group, partition], anomalies)
+
+
+def _describe_read(commit: Commit) -> str:
+    return "resumed from" if commit.resumed else "read as"
+
+
+def _check_written(
+    read: Commit, commits: Sequence[Commit], anomalies: dict[str, list[str]]
+) -> None:
+    """uncommitted_read for one observation, against every commit of its partition
+    (see :func:`_check_commits`)."""
+    carrying = [c for c in commits if c.offset == read.offset]
+    if any(c.type != "fail" and c.invoke_ns < read.complete_ns for c in carrying):
+        return
+    if any(c.type == "fail" for c in carrying):
+        why = "only commits refused for certain carried it"
+    elif carrying:
+        why = "only commits invoked after the read carried it"
+    else:
+        why = "no commit carried it"
+    anomalies["uncommitted_read"].append(
+        f"group {read.group} p{read.partition}: {_describe_read(read)} {read.offset} by "
+        f"{read.process}: {why}"
+    )

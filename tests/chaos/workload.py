@@ -39,7 +39,7 @@ from client import Admin, Consumer, DistributaryError, Producer, TopicPartition
 from client.errors import FencedMemberEpochError, UnknownMemberError
 from client.producer import AcksSetting, RecordHandle
 from client.protocol.messages import LATEST_TIMESTAMP
-from tests.chaos.checker import Assign, Commit, History, Poll, Send
+from tests.chaos.checker import Assign, Commit, History, OpType, Poll, Send
 
 POLL_TIMEOUT_MS: Final = 200
 ERROR_BACKOFF_S: Final = 0.2
@@ -274,14 +274,22 @@ class Workload:
         assigned: set[int] = set()
         # partition -> the next offset to commit (one past the last record handed out).
         pending: dict[int, int] = {}
+        clients: list[Consumer] = []
+        # Before the member's next OffsetFetch of newly assigned partitions: the end
+        # of its last on_assign (they run one after the other), or its start.
+        fetched_after_ns = self.clock_ns()
 
         def changed(added: set[TopicPartition], removed: set[TopicPartition]) -> None:
+            nonlocal fetched_after_ns
             assigned.update(tp.partition for tp in added)
             for tp in removed:
                 assigned.discard(tp.partition)
                 pending.pop(tp.partition, None)
             now = self.clock_ns()
             self.history.add(Assign(name, tuple(sorted(assigned)), True, now, now))
+            if added and clients:
+                self._note_resumes(name, clients[0], added, fetched_after_ns, now)
+                fetched_after_ns = self.clock_ns()
 
         async with Consumer(
             self.bootstrap,
@@ -295,6 +303,7 @@ class Workload:
             on_revoke=lambda tps: changed(set(), tps),
             on_lost=lambda tps: changed(set(), tps),
         ) as consumer:
+            clients.append(consumer)
             await consumer.subscribe([config.topic])
             next_commit = trio.current_time() + config.commit_interval_s
             while True:
@@ -321,25 +330,59 @@ class Workload:
                     await self._commit(name, consumer, dict(pending))
                     pending.clear()
 
+    def _note_resumes(
+        self,
+        name: str,
+        consumer: Consumer,
+        added: set[TopicPartition],
+        fetched_after_ns: int,
+        now_ns: int,
+    ) -> None:
+        """Record where ``consumer`` starts each newly assigned partition: called
+        from on_assign, before anything of them was handed out, so each position
+        is the committed offset the member fetched (-1: none, auto_offset_reset)."""
+        wanted = {tp.partition for tp in added if tp.topic == self.config.topic}
+        for row in consumer.metrics().partitions:
+            if row.topic == self.config.topic and row.partition in wanted:
+                self.history.add(
+                    Commit(
+                        name,
+                        "ok",
+                        self.config.group,
+                        row.partition,
+                        row.position,
+                        fetched_after_ns,
+                        now_ns,
+                        observed=True,
+                        resumed=True,
+                    )
+                )
+
     async def _commit(self, name: str, consumer: Consumer, offsets: dict[int, int]) -> None:
+        """Commit ``offsets`` and record the outcome, also when cancelled or crashed
+        meanwhile (then ``info``: the commit may still take effect)."""
         config = self.config
         invoke = self.clock_ns()
-        outcome: str = "info"
-        with trio.move_on_after(config.request_timeout_ms / 1000):
-            try:
-                await consumer.commit(
-                    {TopicPartition(config.topic, p): o for p, o in offsets.items()}
+        outcome: OpType = "info"
+        try:
+            with trio.move_on_after(config.request_timeout_ms / 1000):
+                try:
+                    await consumer.commit(
+                        {TopicPartition(config.topic, p): o for p, o in offsets.items()}
+                    )
+                    outcome = "ok"
+                except (UnknownMemberError, FencedMemberEpochError) as error:
+                    # Refused for certain, unless an earlier attempt reached the
+                    # coordinator (then it is the refusal's cause, and may land).
+                    outcome = "fail" if error.__cause__ is None else "info"
+                except DistributaryError:
+                    outcome = "info"
+        finally:
+            complete = self.clock_ns()
+            for partition, offset in sorted(offsets.items()):
+                self.history.add(
+                    Commit(name, outcome, config.group, partition, offset, invoke, complete)
                 )
-                outcome = "ok"
-            except (UnknownMemberError, FencedMemberEpochError):
-                outcome = "fail"
-            except DistributaryError:
-                outcome = "info"
-        complete = self.clock_ns()
-        for partition, offset in sorted(offsets.items()):
-            self.history.add(
-                Commit(name, outcome, config.group, partition, offset, invoke, complete)  # type: ignore[arg-type]
-            )
 
     async def _observe_commits(self, stop: trio.Event) -> None:
         config = self.config

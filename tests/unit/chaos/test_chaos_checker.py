@@ -197,11 +197,64 @@ def test_commit_going_backwards_is_caught() -> None:
     history.add(Commit("c2", "ok", "G", 0, 8, invoke_ns=1, complete_ns=3))  # concurrent
     check(history).assert_valid()
     history.add(Commit("c2", "ok", "G", 0, 7, invoke_ns=4, complete_ns=5))
-    history.add(Commit("obs", "ok", "G", 0, 6, invoke_ns=6, complete_ns=7, observed=True))
+    history.add(Commit("obs", "ok", "G", 0, 7, invoke_ns=6, complete_ns=7, observed=True))
     history.add(Commit("c3", "fail", "G", 0, 1, invoke_ns=8, complete_ns=9))
     verdict = check(history)
     assert verdict.count("nonmonotonic_commit") == 2, verdict.report()
     assert all(verdict.count(k) == 0 for k in ANOMALIES if k != "nonmonotonic_commit")
+
+
+def test_resuming_by_auto_offset_reset_after_an_acknowledged_commit_is_caught() -> None:
+    """Proves a member that starts a newly assigned partition by auto_offset_reset
+    (resume point -1) although a commit of it was acknowledged before the member
+    fetched is caught; the same reset before any acknowledged commit is not."""
+    history = History()
+    history.add(Commit("c1", "ok", "G", 0, 40, invoke_ns=1, complete_ns=2, resumed=False))
+    history.add(
+        Commit("c2", "ok", "G", 1, -1, invoke_ns=1, complete_ns=3, observed=True, resumed=True)
+    )
+    check(history).assert_valid()
+    history.add(
+        Commit("c2", "ok", "G", 0, -1, invoke_ns=5, complete_ns=6, observed=True, resumed=True)
+    )
+    only(history, "nonmonotonic_commit")
+    assert "resumed from -1 by c2 after 40" in check(history).report()
+
+
+def test_resuming_from_a_commit_refused_for_certain_is_caught() -> None:
+    """Proves a member resuming from (or the observer reading) an offset that only a
+    commit refused for certain (fail) carried, or that no commit carried, is caught
+    as uncommitted_read; reading an ok commit, or an info one (it may have taken
+    effect), is not."""
+    history = History()
+    history.add(Commit("c1", "ok", "G", 0, 10, invoke_ns=1, complete_ns=2))
+    history.add(Commit("c1", "info", "G", 0, 15, invoke_ns=3, complete_ns=4))
+    history.add(Commit("c1", "fail", "G", 0, 20, invoke_ns=5, complete_ns=6))
+    history.add(
+        Commit("c2", "ok", "G", 0, 10, invoke_ns=2, complete_ns=3, observed=True, resumed=True)
+    )
+    history.add(Commit("obs", "ok", "G", 0, 15, invoke_ns=7, complete_ns=8, observed=True))
+    check(history).assert_valid()
+    history.add(
+        Commit("c3", "ok", "G", 0, 20, invoke_ns=7, complete_ns=8, observed=True, resumed=True)
+    )
+    only(history, "uncommitted_read")
+    history.add(Commit("obs", "ok", "G", 0, 25, invoke_ns=9, complete_ns=10, observed=True))
+    verdict = check(history)
+    assert verdict.count("uncommitted_read") == 2, verdict.report()
+    report = verdict.report()
+    assert "resumed from 20 by c3: only commits refused for certain carried it" in report
+    assert "read as 25 by obs: no commit carried it" in report
+
+
+def test_reading_a_commit_before_it_was_sent_is_caught() -> None:
+    """Proves a read of the committed offsets naming an offset whose only commit was
+    invoked after the read had ended is caught as uncommitted_read."""
+    history = History()
+    history.add(Commit("obs", "ok", "G", 0, 10, invoke_ns=1, complete_ns=2, observed=True))
+    history.add(Commit("c1", "ok", "G", 0, 10, invoke_ns=3, complete_ns=4))
+    only(history, "uncommitted_read")
+    assert "only commits invoked after the read carried it" in check(history).report()
 
 
 def test_report_lists_counts_and_examples() -> None:
@@ -223,6 +276,7 @@ def test_history_survives_a_round_trip_through_json_lines(tmp_path: Path) -> Non
     history.add(Assign("r", (0, 1), True, 5, 5))
     history.add(Poll("r", ((0, 0, "a"),), 6, 7, final=True))
     history.add(Commit("r", "ok", "G", 0, 1, 8, 9, observed=True))
+    history.add(Commit("r", "ok", "G", 1, -1, 8, 9, observed=True, resumed=True))
     path = tmp_path / "history.jsonl"
     write_history(history, path)
     assert read_history(path).ops == history.ops
