@@ -6,18 +6,21 @@ frames leave strictly in slot order.  Three tasks in one nursery:
 
 - the *reader* receives bytes, feeds the sans-I/O ServerConnection and opens a
   slot per request.  What needs no waiting it handles on the spot -- a Produce
-  through :func:`broker.produce.produce_now`, any Fetch (answered now or
+  through :func:`broker.produce.produce_now` (acks=all:
+  :func:`broker.produce.append_produce_now`), any Fetch (answered now or
   parked) -- and, when its slot is at the front, writes the answer at once: no
-  trip through the scheduler for a producer's acknowledgement or a fetch that
-  finds data.  It enforces frame_bytes_max, inflight_requests_max (the excess
-  request is answered TOO_MANY_REQUESTS at once) and idle_connection_timeout_ms.
+  trip through the scheduler for a producer's acknowledgement, an acks=all
+  append waking the followers' fetches, or a fetch that finds data.  It
+  enforces frame_bytes_max, inflight_requests_max (the excess request is
+  answered TOO_MANY_REQUESTS at once) and idle_connection_timeout_ms.
 - the *handler* runs, in order, what must await (a Produce that waits for the
   append lock or a flush, topic administration, group requests) under
   request_timeout_ms.  Once a request is handed to it, the ones behind go
   through it too, so requests are always handled in arrival order.  An
-  acks=all Produce whose partitions have followers is appended here, then
-  waits for them in a task of its own, which completes its slot: the requests
-  behind it are handled meanwhile, their answers wait their turn.
+  acks=all Produce whose partitions have followers is appended by the reader
+  (or here, when the append must wait), then waits for them in a task of its
+  own, which completes its slot: the requests behind it are handled
+  meanwhile, their answers wait their turn.
 - the *writer* drives the parked fetches (broker/waiting.py): a partition's
   change wakes it, it collects the answer, completes the slot and sends what is
   sendable; a fetch's max_wait_ms passing wakes it too.  It sends frames that
@@ -28,7 +31,12 @@ and any request other than a continuation fetch ends the long poll (or a fetch
 stream) early, so its answer -- which must leave first -- is not held for
 max_wait_ms.  Fetches are started one at a time, in order, so a continuation
 (FETCH_OFFSET_CONTINUE) resolves where the fetch before it ended
-(broker/fetch_session.py).  Only this connection's tasks write on its socket.
+(broker/fetch_session.py).  Only this connection's tasks write on its socket,
+with two exceptions on the acks=all path: a follower's parked fetch woken by
+an append is answered by the appending task, and an acks=all answer settled by
+a follower's fetch is sent by the task handling that fetch -- each when no
+frame is being sent; those writes never wait, and what they leave is the
+writer's.
 
 A protocol violation (garbage, a frame over the limit, a truncated frame at
 EOF), a client that stops reading for request_timeout_ms, or a crash inside a
@@ -49,7 +57,12 @@ from broker.fetch_session import FETCH_POSITIONS_MAX, FetchSession
 from broker.handlers import handle
 from broker.logging import get_logger
 from broker.metrics.traffic import count_fetched
-from broker.produce import PendingReplication, append_produce, produce_now
+from broker.produce import (
+    PendingReplication,
+    append_produce,
+    append_produce_now,
+    produce_now,
+)
 from broker.request_memory import ConnectionCharge, RequestMemory
 from broker.response_slots import Frame, Item, Reply, ResponseSlots, Slot
 from broker.sending import ClientGone, reply_frame, send_frame, write_now
@@ -359,13 +372,23 @@ class ConnectionHandler:
             self._add_fetch(item, slot)
         elif isinstance(item.body, ProduceRequest):
             try:
-                produced = produce_now(self.broker, item.body, item.payload)
+                if item.body.acks == Acks.ALL:
+                    appended = append_produce_now(self.broker, item.body, item.payload)
+                else:
+                    produced = produce_now(self.broker, item.body, item.payload)
+                    appended = None if produced is None else (produced, None)
             except DistributaryError as error:
                 self._complete_with_error(slot, error)
             else:
-                if produced is None:
+                if appended is None:
                     return False  # it would wait: the handler task's job
-                self._complete(slot, Reply(produced))
+                response, pending = appended
+                if pending is None:
+                    self._complete(slot, Reply(response))
+                else:
+                    # Appended; the answer waits for the followers in a task of its own.
+                    assert self._nursery is not None
+                    self._nursery.start_soon(self._answer_when_replicated, slot, response, pending)
         else:
             return False
         self._flush_now()
@@ -470,9 +493,26 @@ class ConnectionHandler:
     async def _answer_when_replicated(
         self, slot: Slot, response: ProduceResponse, pending: PendingReplication
     ) -> None:
-        await pending.wait()  # bounded by the produce's timeout
-        self._complete(slot, Reply(response))
-        self._flush_now()
+        """Wait for the followers (bounded by the produce's timeout); the answer is
+        completed and sent as soon as it is final, also from the task whose
+        follower fetch settled it (no scheduler pass)."""
+
+        def answer() -> None:
+            self._complete(slot, Reply(response))
+            self._flush_from_anywhere()
+
+        await pending.wait(answer)
+
+    def _flush_from_anywhere(self) -> None:
+        """:meth:`_flush_now` from any task: a frame being sent, or an error, is left
+        to this connection's writer (which meets the error again and closes)."""
+        if self._sending:
+            self._wake_writer()
+            return
+        try:
+            self._flush_now()
+        except (OSError, ClientGone):
+            self._wake_writer()
 
     # -- completing slots -------------------------------------------------------------
 
@@ -510,8 +550,25 @@ class ConnectionHandler:
     # -- fetches ----------------------------------------------------------------------
 
     def _add_fetch(self, request: IncomingRequest, slot: Slot) -> None:
-        self.fetches.append(PendingFetch(request, slot, self._wake_writer))
+        body = request.body
+        assert isinstance(body, FetchRequest), body
+        on_append = self._answer_replica_fetch_now if body.replica_id >= 0 else None
+        self.fetches.append(PendingFetch(request, slot, self._wake_writer, on_append))
         self._service_fetches()
+
+    def _answer_replica_fetch_now(self) -> None:
+        """A follower's parked fetch was woken by an append: answer it here, in
+        the appending task, so the records leave without a scheduler pass (the
+        leader's HW waits for the follower's next fetch).  Nothing here waits:
+        what the socket does not take, a frame being sent, or an error is left to
+        this connection's writer, which meets the error again and closes."""
+        if self._sending:
+            self._wake_writer()
+            return
+        try:
+            self._service_fetches()
+        except (OSError, ClientGone):
+            self._wake_writer()
 
     def _service_fetches(self) -> None:
         """Move the fetches on, in order: start the first (resolve its offsets),

@@ -676,7 +676,14 @@ class Partition:
         NotLeaderError (this replica leads: it takes no replicated batches),
         UnknownTopicOrPartitionError, StorageError."""
         headers = self._checked_headers(payload)
-        async with self._append_lock:
+        lock = self._append_lock
+        try:
+            # Uncontended (the usual case): no scheduler pass between the fetch
+            # answer and the next fetch, which reports this append to the leader.
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
             self.check_open()
             if not self.is_follower:
                 raise NotLeaderError(
@@ -702,6 +709,8 @@ class Partition:
                 await self._log.flush()
             if state.epochs_dirty:
                 await self.write_epochs()
+        finally:
+            lock.release()
         return AppendResult(
             appended.base_offset,
             appended.last_offset,

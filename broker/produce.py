@@ -16,19 +16,26 @@ is written only by the group coordinator.
 
 acks=all (replication.md 1.5).  A partition led with followers (a leader state,
 broker/replication/leader_state.py) refuses the batch before appending when its
-ISR is below min.insync.replicas (NOT_ENOUGH_REPLICAS); otherwise, after the
-append, the answer waits (:func:`wait_for_replication`) until the high watermark
-passes the batch (success), or it passed with the maximal ISR below the minimum
+ISR is below min.insync.replicas (NOT_ENOUGH_REPLICAS); otherwise it is appended
+-- on the spot by :func:`append_produce_now` when nothing waits, as
+:func:`produce_now` appends, so the followers' parked fetches are woken
+without a trip through the scheduler -- and the answer waits
+(:func:`wait_for_replication`) until the high watermark passes the batch
+(success), or it passed with the maximal ISR below the minimum
 (NOT_ENOUGH_REPLICAS_AFTER_APPEND), or the request's ``timeout_ms`` passed
 (REQUEST_TIMED_OUT), or the partition lost its leadership or was truncated
 under the batch (NOT_LEADER): every outcome but success leaves it unknown
 whether the records survive, which an idempotent producer's retry resolves.
 Without a leader state (one replica) acks=all answers at once, as acks=leader
-does, and takes the path without waiting.
+does, and takes the path without waiting.  Followers report what they have
+appended by their next fetch (broker/fetch.py), which moves the high watermark
+and, in the same step, settles the waiting answers (the connection sends them
+from there: PendingReplication.wait's ``on_settled``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -39,7 +46,7 @@ from broker.partition import AppendResult, Partition
 from broker.replication.leader_state import WAIT
 from broker.state import Broker
 from broker.topics import validate_topic_name
-from broker.waiting import wait_for_partitions
+from broker.waiting import WakeReason
 from client.errors import (
     DistributaryError,
     InvalidRequestError,
@@ -88,8 +95,48 @@ class PendingReplication:
         self.awaited = awaited
         self.deadline = deadline
 
-    async def wait(self) -> None:
-        await wait_for_replication(self.broker, self.awaited, self.deadline)
+    async def wait(self, on_settled: Callable[[], None] | None = None) -> None:
+        """Settle every append (see :func:`wait_for_replication`); ``on_settled``
+        is called once, as soon as the response is final: when the change that
+        settles it happens (the follower fetch moving the HW, in that task), or
+        here."""
+        await wait_for_replication(self.broker, self.awaited, self.deadline, on_settled)
+
+
+class _Settling:
+    """A waiter for :func:`wait_for_replication`: a wake-up settles what it can
+    right there and, once nothing is left, calls ``on_settled`` (so the answer
+    does not wait for a scheduler pass); then it wakes the waiting task."""
+
+    __slots__ = ("broker", "event", "on_settled", "pending")
+
+    def __init__(
+        self, broker: Broker, pending: list[AwaitedAppend], on_settled: Callable[[], None] | None
+    ) -> None:
+        self.broker = broker
+        self.pending = pending
+        self.on_settled = on_settled
+        self.event = trio.Event()
+
+    def settle_pending(self) -> bool:
+        """Settle what can be; True (and ``on_settled`` called) once nothing is left."""
+        broker = self.broker
+        self.pending = [entry for entry in self.pending if not settle(broker, entry)]
+        if self.pending:
+            return False
+        self.settled()
+        return True
+
+    def settled(self) -> None:
+        on_settled = self.on_settled
+        if on_settled is not None:
+            self.on_settled = None
+            on_settled()
+
+    def wake(self, reason: WakeReason) -> None:
+        if self.on_settled is not None:
+            self.settle_pending()
+        self.event.set()
 
 
 async def handle_produce(
@@ -140,30 +187,23 @@ async def append_produce(
         except DistributaryError as error:
             result = produce_refused(broker, name, index, error)
         by_topic.setdefault(name, []).append(result)
-    response = produce_response(by_topic)
-    if not awaited:
-        return response, None
-    wait_s = (
-        min(
-            body.timeout_ms,
-            broker.limits.request_timeout_ms * REPLICATION_WAIT_SHARE_OF_REQUEST_TIMEOUT,
-        )
-        / 1000
-    )
-    return response, PendingReplication(broker, awaited, started + wait_s)
+    return produce_response(by_topic), replication_pending(broker, body, awaited, started)
 
 
 async def wait_for_replication(
-    broker: Broker, awaited: list[AwaitedAppend], deadline: float
+    broker: Broker,
+    awaited: list[AwaitedAppend],
+    deadline: float,
+    on_settled: Callable[[], None] | None = None,
 ) -> None:
     """Wait until every acks=all append in ``awaited`` has its outcome (see the
     module docstring), or ``deadline`` (trio time) passes; a failed one's answer is
-    turned into its error in place."""
-    pending = awaited
+    turned into its error in place.  ``on_settled``: see PendingReplication.wait."""
+    settling = _Settling(broker, awaited, on_settled)
     while True:  # each pass settles what it can, then waits for a partition to change
-        pending = [entry for entry in pending if not settle(broker, entry)]
-        if not pending:
+        if settling.settle_pending():
             return
+        pending = settling.pending
         if broker.shutting_down:
             for entry in pending:
                 refuse_in_place(
@@ -173,6 +213,7 @@ async def wait_for_replication(
                         f"{entry.name}-{entry.result.partition}: the broker is shutting down"
                     ),
                 )
+            settling.settled()
             return
         if trio.current_time() >= deadline:
             for entry in pending:
@@ -184,8 +225,20 @@ async def wait_for_replication(
                         f"not confirm offsets below {entry.end_offset} in time"
                     ),
                 )
+            settling.settled()
             return
-        await wait_for_partitions([entry.partition for entry in pending], deadline)
+        partitions = [entry.partition for entry in pending]
+        settling.event = trio.Event()
+        for partition in partitions:
+            partition.add_waiter(settling)
+        try:
+            with trio.move_on_at(deadline):
+                await settling.event.wait()
+        finally:
+            for partition in partitions:
+                partition.remove_waiter(settling)
+        if settling.on_settled is None and not settling.pending:
+            return  # settled by the wake-up
 
 
 def settle(broker: Broker, entry: AwaitedAppend) -> bool:
@@ -237,19 +290,11 @@ def produce_now(
     nothing done (see the module docstring).  Never awaits.  Raises
     InvalidRequestError."""
     parts = produce_parts(body, payload)
-    partitions: list[Partition] = []
-    leads = broker.metadata.leads
-    acks_all = body.acks == Acks.ALL
-    for name, index, _view in parts:
-        topic = broker.topics.get(name)
-        if topic is None or name == OFFSETS_TOPIC or not 0 <= index < len(topic.partitions):
-            return None  # an error or a topic to create: the general path
-        partition = topic.partitions[index]
-        if not partition.can_append_now() or not leads(name, index):
-            return None
-        if acks_all and partition.leader_state is not None:
-            return None  # waits for the followers: the general path
-        partitions.append(partition)
+    partitions = appendable_now(broker, parts)
+    if partitions is None:
+        return None
+    if body.acks == Acks.ALL and any(p.leader_state is not None for p in partitions):
+        return None  # waits for the followers: append_produce_now
     by_topic: dict[str, list[ProducePartitionResponse]] = {}
     for (name, index, view), partition in zip(parts, partitions, strict=True):
         try:
@@ -258,6 +303,88 @@ def produce_now(
             result = produce_refused(broker, name, index, error)
         by_topic.setdefault(name, []).append(result)
     return produce_response(by_topic)
+
+
+def append_produce_now(
+    broker: Broker, body: ProduceRequest, payload: memoryview
+) -> tuple[ProduceResponse, PendingReplication | None] | None:
+    """:func:`append_produce` when its appends would not wait (as
+    :func:`produce_now`'s), else None with nothing done.  Never awaits: an
+    acks=all Produce to partitions with followers is appended on the spot, so
+    the followers' parked fetches are woken without a trip through the
+    scheduler; the returned PendingReplication waits for them.  Raises
+    InvalidRequestError."""
+    parts = produce_parts(body, payload)
+    partitions = appendable_now(broker, parts)
+    if partitions is None:
+        return None
+    acks_all = body.acks == Acks.ALL
+    by_topic: dict[str, list[ProducePartitionResponse]] = {}
+    awaited: list[AwaitedAppend] = []
+    for (name, index, view), partition in zip(parts, partitions, strict=True):
+        try:
+            if not partition.can_append_now():
+                # An earlier part of this request made it give up leading.
+                raise NotLeaderError(f"{name}-{index}: this broker is not its leader")
+            leader_state = partition.leader_state
+            if acks_all and leader_state is not None:
+                refusal = leader_state.acks_all_refusal()
+                if refusal is not None:
+                    raise NotEnoughReplicasError(
+                        f"{name}-{index}: {len(leader_state.isr)} in-sync replicas, "
+                        f"min.insync.replicas is {leader_state.min_insync_replicas}"
+                    )
+                epoch = partition.leader_epoch
+                appended = partition.append_now(view)
+                result = produce_result(index, appended)
+                awaited.append(
+                    AwaitedAppend(name, partition, epoch, appended.last_offset + 1, result)
+                )
+            else:
+                result = produce_result(index, partition.append_now(view))
+        except DistributaryError as error:
+            result = produce_refused(broker, name, index, error)
+        by_topic.setdefault(name, []).append(result)
+    return produce_response(by_topic), replication_pending(broker, body, awaited, None)
+
+
+def appendable_now(
+    broker: Broker, parts: list[tuple[str, int, memoryview]]
+) -> list[Partition] | None:
+    """The partitions of ``parts`` if each exists, is led here and takes an append
+    now (:meth:`Partition.can_append_now`), else None (the general path: an
+    error, a topic to create, a wait for the append lock or the disk)."""
+    partitions: list[Partition] = []
+    leads = broker.metadata.leads
+    for name, index, _view in parts:
+        topic = broker.topics.get(name)
+        if topic is None or name == OFFSETS_TOPIC or not 0 <= index < len(topic.partitions):
+            return None
+        partition = topic.partitions[index]
+        if not partition.can_append_now() or not leads(name, index):
+            return None
+        partitions.append(partition)
+    return partitions
+
+
+def replication_pending(
+    broker: Broker, body: ProduceRequest, awaited: list[AwaitedAppend], started: float | None
+) -> PendingReplication | None:
+    """What the acks=all appends in ``awaited`` wait for (None: nothing), until the
+    request's ``timeout_ms`` from ``started`` (trio time; None: now), capped below
+    the broker's request timeout."""
+    if not awaited:
+        return None
+    if started is None:
+        started = trio.current_time()
+    wait_s = (
+        min(
+            body.timeout_ms,
+            broker.limits.request_timeout_ms * REPLICATION_WAIT_SHARE_OF_REQUEST_TIMEOUT,
+        )
+        / 1000
+    )
+    return PendingReplication(broker, awaited, started + wait_s)
 
 
 def produce_parts(body: ProduceRequest, payload: memoryview) -> list[tuple[str, int, memoryview]]:

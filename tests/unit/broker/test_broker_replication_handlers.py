@@ -17,11 +17,12 @@ from broker.fetch import collect_fetch, fetch_now
 from broker.handlers import Reply, handle
 from broker.metadata_view import LocalMetadataView, PartitionLeadership
 from broker.partition import Partition
-from broker.produce import produce_now
+from broker.produce import append_produce_now, produce_now
 from broker.replication.leader_state import LeaderState
 from broker.state import Broker
 from broker.storage.async_log import AsyncLog
 from broker.storage.config import LogConfig
+from broker.waiting import WakeReason
 from client.errors import ErrorCode
 from client.protocol.connection import IncomingRequest
 from client.protocol.messages import (
@@ -282,6 +283,59 @@ async def test_acks_all_waits_for_the_follower(broker: Broker) -> None:
         assert partition.log_end_offset == 2 and not answers
         await fetched(broker, replica_fetch(2))
     assert [(a.error_code, a.base_offset, a.last_offset) for a in answers] == [(0, 0, 1)]
+
+
+async def test_acks_all_is_appended_without_a_scheduler_pass(broker: Broker) -> None:
+    """Proves an acks=all produce to a partition with followers is appended on the
+    no-wait path (no checkpoint: the follower's parked fetch is woken at once) and
+    its answer waits for the fetch that acknowledges it: the HW moves on that
+    fetch, not later."""
+    partition = await lead(broker)
+    woken: list[WakeReason] = []
+
+    class Parked:
+        def wake(self, reason: WakeReason) -> None:
+            woken.append(reason)
+
+    partition.add_waiter(Parked())
+    payload = bytearray(build_batch([b"a", b"b"]))
+    with trio.testing.assert_no_checkpoints():
+        appended = append_produce_now(broker, produce_body(Acks.ALL, payload), memoryview(payload))
+    assert appended is not None
+    response, pending = appended
+    assert pending is not None and partition.log_end_offset == 2
+    assert woken == [WakeReason.APPENDED] and partition.high_watermark == 0
+    answer = response.topics[0].partitions[0]
+    assert (answer.error_code, answer.base_offset, answer.last_offset) == (0, 0, 1)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pending.wait)
+        await trio.testing.wait_all_tasks_blocked()
+        assert nursery.child_tasks  # still waiting for the follower
+        await fetched(broker, replica_fetch(2))
+        assert partition.high_watermark == 2
+    assert answer.error_code == 0
+
+
+async def test_acks_all_no_wait_path_refuses_and_defers(broker: Broker) -> None:
+    """Proves the no-wait acks=all path refuses below min ISR without appending,
+    answers at once without followers, and leaves a held append lock to the
+    general path (None, nothing done)."""
+    partition = await lead(broker, isr=(NODE,), min_isr=2)
+    payload = bytearray(build_batch([b"a"]))
+    appended = append_produce_now(broker, produce_body(Acks.ALL, payload), memoryview(payload))
+    assert appended is not None and appended[1] is None
+    assert appended[0].topics[0].partitions[0].error_code == ErrorCode.NOT_ENOUGH_REPLICAS
+    assert partition.log_end_offset == 0
+    await partition.become_leader(2, None)
+    payload = bytearray(build_batch([b"a"]))
+    appended = append_produce_now(broker, produce_body(Acks.ALL, payload), memoryview(payload))
+    assert appended is not None and appended[1] is None
+    assert partition.high_watermark == 1
+    await partition._append_lock.acquire()
+    payload = bytearray(build_batch([b"a"]))
+    assert append_produce_now(broker, produce_body(Acks.ALL, payload), memoryview(payload)) is None
+    partition._append_lock.release()
+    assert partition.log_end_offset == 1
 
 
 async def test_acks_all_refused_below_min_isr(broker: Broker) -> None:

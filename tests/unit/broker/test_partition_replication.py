@@ -223,6 +223,31 @@ def follower_dir(partition: Partition) -> Path:
     return partition.storage_log.log.directory.parent
 
 
+async def test_a_replicated_append_in_a_known_epoch_never_yields(
+    leader: Partition, follower: Partition
+) -> None:
+    """Proves a follower's append that starts no new epoch and needs no flush runs
+    without a checkpoint (the fetcher sends its next fetch, which reports the
+    append to the leader, with no scheduler pass in between), and one that finds
+    the append lock taken waits for it."""
+    leader.append_now(batch(2))
+    await follower.append_replicated(stamped(leader, 0))  # epoch 0 starts: persisted
+    leader.append_now(batch(1))
+    with trio.testing.assert_no_checkpoints():
+        result = await follower.append_replicated(stamped(leader, 2))
+    assert (result.base_offset, follower.log_end_offset) == (2, 3)
+    leader.append_now(batch(1))
+    payload = stamped(leader, 3)
+    async with trio.open_nursery() as nursery:
+        await follower._append_lock.acquire()
+        nursery.start_soon(follower.append_replicated, payload)
+        await trio.testing.wait_all_tasks_blocked()
+        assert follower.log_end_offset == 3  # waiting for the lock
+        follower._append_lock.release()
+    assert follower.log_end_offset == 4
+    follower.check_invariants()
+
+
 async def test_replicated_batches_must_start_at_the_log_end(
     leader: Partition, follower: Partition
 ) -> None:
