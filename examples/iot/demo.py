@@ -31,11 +31,11 @@ import click
 import httpx
 import trio
 
-from client import Admin, DistributaryError
+from client import Admin, DistributaryError, GroupDescription, UnknownGroupError
 from examples.iot import faults as fault_names
 from examples.iot.faults import FaultTimeline, hold_exclusive_lock, parse_faults, schedule
 from examples.iot.mqtt_process import MqttBrokerProcess
-from examples.iot.names import AGGREGATE_GROUP, ALERTS_GROUP, SINK_GROUP, VALIDATE_GROUP
+from examples.iot.names import AGGREGATE_GROUP, ALERTS_GROUP, GROUPS, SINK_GROUP, VALIDATE_GROUP
 from examples.iot.processes import ChildProcess, free_port, stage_argv
 from examples.iot.scrape import MetricsLog
 from examples.iot.topology import create_topics
@@ -105,11 +105,14 @@ class Pipeline:
             ],
             self.logs / "broker.log",
         )
-        self.mqtt = MqttBrokerProcess(config.mqtt_broker, out / "mqtt", self.logs / "mqtt.log")
+        self.mqtt = MqttBrokerProcess(
+            config.mqtt_broker, out / "mqtt" / "data", self.logs / "mqtt.log"
+        )
         self.metrics_ports: dict[str, int] = {}
         self.stages: dict[str, ChildProcess] = {}
         self.validate_names: list[str] = []
         self.validate_started = 0
+        self.metrics: MetricsLog | None = None  # told about stages started later
 
     # -- starting -------------------------------------------------------------
 
@@ -119,9 +122,30 @@ class Pipeline:
             port = free_port()
             self.metrics_ports[name] = port
             argv += ["--metrics-port", str(port)]
+            if self.metrics is not None:
+                self.metrics.add_target(name, f"http://{HOST}:{port}/metrics")
+                self.write_prometheus_targets(self.config.out / "prometheus-targets.json")
         child = ChildProcess(name, stage_argv(stage, *argv), self.logs / f"{name}.log")
         self.stages[name] = child
         return child
+
+    def write_prometheus_targets(self, path: Path) -> None:
+        """The scrape targets in Prometheus's file_sd format
+        (deploy/prometheus/prometheus-iot.yml reads them)."""
+        groups: list[dict[str, Any]] = [
+            {
+                "targets": [f"{HOST}:{self.broker_metrics_port}"],
+                "labels": {"job": "distributary"},
+            }
+        ]
+        for name, port in sorted(self.metrics_ports.items()):
+            groups.append(
+                {
+                    "targets": [f"{HOST}:{port}"],
+                    "labels": {"job": "distributary-iot", "stage": name},
+                }
+            )
+        path.write_text(json.dumps(groups, indent=2) + "\n")
 
     def metrics_targets(self) -> dict[str, str]:
         targets = {"broker": f"http://{HOST}:{self.broker_metrics_port}/metrics"}
@@ -226,25 +250,28 @@ class Pipeline:
         }
         return all(members.get(group, 0) >= count for group, count in wanted.items())
 
-    async def group_members(self) -> dict[str, int]:
+    async def _describe_groups(self) -> list[GroupDescription] | None:
+        """The pipeline's groups that exist; None when the broker does not answer."""
+        described = []
         try:
             async with Admin(self.bootstrap, reconnect_attempts_max=1) as admin:
-                described = await admin.describe_groups(
-                    [VALIDATE_GROUP, AGGREGATE_GROUP, SINK_GROUP, ALERTS_GROUP]
-                )
+                for group in GROUPS:
+                    try:
+                        described.append(await admin.describe_group(group))
+                    except UnknownGroupError:
+                        continue
         except (DistributaryError, OSError):
-            return {}
-        return {group.group_id: len(group.members) for group in described}
+            return None
+        return described
+
+    async def group_members(self) -> dict[str, int]:
+        return {g.group_id: len(g.members) for g in await self._describe_groups() or []}
 
     async def group_lags(self) -> dict[str, int] | None:
-        """Each group's total lag (a partition never committed counts its whole
-        log); None when the broker does not answer."""
-        try:
-            async with Admin(self.bootstrap, reconnect_attempts_max=1) as admin:
-                described = await admin.describe_groups(
-                    [VALIDATE_GROUP, AGGREGATE_GROUP, SINK_GROUP, ALERTS_GROUP]
-                )
-        except (DistributaryError, OSError):
+        """Each existing group's total lag (a partition never committed counts
+        its whole log); None when the broker does not answer."""
+        described = await self._describe_groups()
+        if described is None:
             return None
         return {
             group.group_id: sum(
@@ -348,8 +375,10 @@ async def drain(pipeline: Pipeline, metrics: MetricsLog, timeout_s: float) -> di
         while True:
             lags = await pipeline.group_lags()
             steady = lags is not None and lags == last_lags
-            caught_up = lags is not None and all(
-                lag == 0 for group, lag in lags.items() if group != AGGREGATE_GROUP
+            caught_up = (
+                lags is not None
+                and set(lags) == set(GROUPS)
+                and all(lag == 0 for group, lag in lags.items() if group != AGGREGATE_GROUP)
             )
             if steady and caught_up:
                 quiet_since = quiet_since or time.monotonic()
@@ -381,6 +410,7 @@ async def run_demo(config: DemoConfig) -> dict[str, Any]:
     run: dict[str, Any] = {"config": _config_json(config)}
     try:
         await pipeline.start_all()
+        pipeline.write_prometheus_targets(config.out / "prometheus-targets.json")
         start_time = time.time()
         timeline = FaultTimeline(config.out / "faults.jsonl", start_time)
         metrics = MetricsLog(
@@ -389,6 +419,7 @@ async def run_demo(config: DemoConfig) -> dict[str, Any]:
             faults_now=timeline.in_progress,
             start_time=start_time,
         )
+        pipeline.metrics = metrics
         async with trio.open_nursery() as nursery:
             nursery.start_soon(metrics.run)
             if config.live:
@@ -400,9 +431,6 @@ async def run_demo(config: DemoConfig) -> dict[str, Any]:
             async with trio.open_nursery() as fault_nursery:
                 fault_nursery.start_soon(run_faults, pipeline, timeline, config.duration_s)
                 run["sim_status"] = await sim.wait(config.duration_s + SIM_EXTRA_S)
-            # Replacement stages started by faults are scraped from now on too.
-            for name, url in pipeline.metrics_targets().items():
-                metrics.add_target(name, url)
             run["drain"] = await drain(pipeline, metrics, config.drain_timeout_s())
             async with httpx.AsyncClient() as client:
                 await metrics.scrape_once(client)
