@@ -192,3 +192,41 @@ def decode_payload(payload: bytes, key_device: str | None) -> Reading | Rejectio
             one_line(f"payload device {reading.device!r} != record key {key_device!r}"),
         )
     return reading
+
+
+class WindowAggregate(msgspec.Struct, frozen=True, gc=False):
+    """One device's closed one-minute window on ``iot.agg.1m`` (aggregate.py),
+    enriched with the device's ``site`` and ``model`` from ``iot.devices`` (None:
+    the registry does not know the device)."""
+
+    device: str
+    window_start: int
+    count: int
+    temperature_c_min: float
+    temperature_c_max: float
+    temperature_c_mean: float
+    humidity_pct_mean: float
+    site: str | None = None
+    model: str | None = None
+
+
+class Alert(msgspec.Struct, frozen=True, gc=False):
+    """An alert on ``iot.alerts`` (alerts.py).  ``rule``: ``temperature_high``
+    (``alert_key`` the reading's seq, ``value`` its temperature, ``threshold`` the
+    device's temp_max_c) or ``device_silent`` (``alert_key`` the last seq seen,
+    ``value`` the seconds of silence, ``threshold`` the silent-after setting).
+    ``ts``: the reading's event time, or the wall time the silence was noticed."""
+
+    device: str
+    rule: str
+    alert_key: int
+    ts: float
+    value: float
+    threshold: float
+
+
+ALERT_TEMPERATURE_HIGH: Final = "temperature_high"
+ALERT_DEVICE_SILENT: Final = "device_silent"
+
+aggregate_decoder: Final = msgspec.json.Decoder(WindowAggregate)
+alert_decoder: Final = msgspec.json.Decoder(Alert)

@@ -11,15 +11,15 @@ Semantics (the plan's, implemented identically by the ledger's oracle):
   ``[floor(ts / window_s) * window_s, + window_s)`` of its device.
 * Each device has a *stream time* ``st``, the highest ``ts`` it has seen, updated
   **before** the reading is judged.  The reading is *late* iff
-  ``window_end + grace_s <= st``, or its window was already closed (closed
-  windows are always a prefix of the device's windows); late readings are
-  dropped and counted once per distinct (device, seq).  Then every open window
-  of the device with ``end + grace_s <= st`` closes, oldest first.
+  ``window_end + grace_s <= st``, or its window was already closed; late
+  readings are dropped and counted once per distinct (device, seq).  Then every
+  open window of the device with ``end + grace_s <= st`` closes, oldest first.
 * A window holds ``seq -> values``, so a duplicate reading never counts twice;
   a duplicate of a reading whose window has closed is a duplicate, not late.
 * Silent devices: a partition's stream time is the highest ``st`` of its
   devices; a window also closes when ``end + grace_s + silent_close_s`` is at
-  or below its partition's stream time.
+  or below its partition's stream time (checked after every reading, so a
+  reading that opens a window already past that horizon closes it at once).
 * Commits: :meth:`TumblingWindows.commit_offset` is the offset of the oldest
   record still in an open window of the partition (the next offset when none
   is open).  Re-reading from there rebuilds every open window.  Windows that
@@ -69,7 +69,8 @@ class ClosedWindow(msgspec.Struct, frozen=True, gc=False):
 
 
 class RecentSeqs:
-    """A set of sequence numbers bounded to the ``size_max`` most recently added."""
+    """A set of integers (sequence numbers, window starts) bounded to the ``size_max``
+    most recently added."""
 
     __slots__ = ("order", "seen", "size_max")
 
@@ -110,12 +111,20 @@ class OpenWindow:
 class DeviceState:
     """One device's stream time, open windows (by start) and memories."""
 
-    __slots__ = ("closed_end", "closed_seqs", "late_seqs", "stream_time", "windows")
+    __slots__ = (
+        "closed_end",
+        "closed_seqs",
+        "closed_starts",
+        "late_seqs",
+        "stream_time",
+        "windows",
+    )
 
     def __init__(self, seq_memory_max: int) -> None:
         self.stream_time = -math.inf
         self.windows: dict[int, OpenWindow] = {}
-        self.closed_end = -math.inf  # every window ending at or before this is closed
+        self.closed_end = -math.inf  # the end of the newest closed window
+        self.closed_starts = RecentSeqs(seq_memory_max)  # starts of closed windows
         self.late_seqs = RecentSeqs(seq_memory_max)
         self.closed_seqs = RecentSeqs(seq_memory_max)
 
@@ -191,12 +200,11 @@ class TumblingWindows:
         dev = state.devices.get(device)
         if dev is None:
             dev = state.devices[device] = DeviceState(self.seq_memory_per_device_max)
-        advanced = ts > dev.stream_time
-        if advanced:
+        if ts > dev.stream_time:
             dev.stream_time = ts
         start = int(ts // self.window_s) * self.window_s
         end = start + self.window_s
-        if end + self.grace_s <= dev.stream_time or end <= dev.closed_end:
+        if end + self.grace_s <= dev.stream_time or start in dev.closed_starts:
             if seq in dev.closed_seqs:
                 self.duplicates += not replaying
             elif seq not in dev.late_seqs:
@@ -213,18 +221,20 @@ class TumblingWindows:
                 window.readings[seq] = (temperature_c, humidity_pct)
                 if received_ns > window.received_ns_max:
                     window.received_ns_max = received_ns
-        if advanced:
-            self._close_device(partition, device, dev, dev.stream_time - self.grace_s, replaying)
-            if ts > state.stream_time:
-                state.stream_time = ts
-                self._close_silent(partition, state, replaying)
+        if dev.stream_time > state.stream_time:
+            state.stream_time = dev.stream_time
+            self._close_silent(partition, state, replaying)
+        if dev.windows:
+            horizon = max(
+                dev.stream_time - self.grace_s,
+                state.stream_time - self.grace_s - self.silent_close_s,
+            )
+            self._close_device(partition, device, dev, horizon, replaying)
 
     def _close_device(
         self, partition: int, device: str, dev: DeviceState, end_max: float, replaying: bool
     ) -> None:
         """Close the device's open windows ending at or before ``end_max``."""
-        if not dev.windows:
-            return
         due = sorted(start for start in dev.windows if start + self.window_s <= end_max)
         for start in due:
             self._close(partition, device, dev, dev.windows.pop(start), replaying)
@@ -251,6 +261,7 @@ class TumblingWindows:
         end = window.start + self.window_s
         if end > dev.closed_end:
             dev.closed_end = end
+        dev.closed_starts.add(window.start)
         for seq in window.readings:
             dev.closed_seqs.add(seq)
         if replaying:
@@ -308,6 +319,7 @@ class TumblingWindows:
                 assert dev.stream_time <= state.stream_time
                 dev.late_seqs.check_invariants()
                 dev.closed_seqs.check_invariants()
+                dev.closed_starts.check_invariants()
                 for start, window in dev.windows.items():
                     end = start + self.window_s
                     assert window.start == start and start % self.window_s == 0
