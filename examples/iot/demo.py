@@ -448,7 +448,9 @@ async def run_demo(config: DemoConfig) -> dict[str, Any]:
     if config.report:
         from examples.iot.report import write_report
 
-        write_report(config.out)
+        path, axes = write_report(config.out)
+        summary["report"] = {"path": str(path), "axes": axes, "bytes": path.stat().st_size}
+        (config.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary
 
 

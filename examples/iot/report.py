@@ -78,8 +78,9 @@ def _plot(axes: Axes, points: list[tuple[float, float]], label: str, **style: An
         axes.plot(xs, ys, label=label, lw=1.2, **style)
 
 
-def draw(ticks: list[dict[str, Any]], timeline: list[FaultRecord], out: Path, title: str) -> None:
-    """Draw the four panels into ``out``.  Raises OSError when it cannot be written."""
+def draw(ticks: list[dict[str, Any]], timeline: list[FaultRecord], out: Path, title: str) -> int:
+    """Draw the four panels into ``out``; the number of axes drawn.  Raises
+    OSError when it cannot be written."""
     figure, (throughput, lag, latency, errors) = plt.subplots(
         4, 1, figsize=FIGURE_SIZE_IN, sharex=True, constrained_layout=True
     )
@@ -135,11 +136,14 @@ def draw(ticks: list[dict[str, Any]], timeline: list[FaultRecord], out: Path, ti
         if axes.lines:
             axes.legend(fontsize=8, loc="upper right")
     figure.savefig(out, dpi=FIGURE_DPI)
+    axes_drawn = len(figure.axes)
     plt.close(figure)
+    return axes_drawn
 
 
-def write_report(run_dir: Path) -> Path:
-    """Draw ``run_dir/report.png`` from the run's metrics and faults; its path."""
+def write_report(run_dir: Path) -> tuple[Path, int]:
+    """Draw ``run_dir/report.png`` from the run's metrics and faults; its path
+    and how many axes (panels) it has."""
     ticks = read_ticks(run_dir / "metrics.jsonl")
     timeline = read_timeline(run_dir / "faults.jsonl")
     out = run_dir / "report.png"
@@ -155,12 +159,12 @@ def write_report(run_dir: Path) -> Path:
             f"{config.get('duration_s')} s ({config.get('mqtt_broker')}); "
             f"checks {'passed' if summary.get('ok') else 'FAILED'}"
         )
-    draw(ticks, timeline, out, title)
-    return out
+    return out, draw(ticks, timeline, out, title)
 
 
 @click.command("report")
 @click.option("--run", "run_dir", type=click.Path(path_type=Path, exists=True), required=True)
 def command(run_dir: Path) -> None:
     """Draw a run folder's report.png from its metrics.jsonl."""
-    print(write_report(run_dir))
+    path, axes = write_report(run_dir)
+    print(f"{path} ({axes} panels)")
