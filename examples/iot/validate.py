@@ -195,9 +195,26 @@ async def run(
 @click.command("validate")
 @stage.bootstrap_option
 @click.option("--member-name", default="validate", show_default=True, help="This member's name.")
+@click.option(
+    "--session-timeout-ms",
+    type=int,
+    default=None,
+    help="The group session timeout to ask for (default: the broker's, 10 s): how soon "
+    "a killed member's partitions move to the others.",
+)
 @stage.metrics_port_option
-def command(bootstrap: str, member_name: str, metrics_port: int) -> None:
+def command(
+    bootstrap: str, member_name: str, session_timeout_ms: int | None, metrics_port: int
+) -> None:
     """iot.raw -> iot.valid (decoded, upgraded, deduplicated) or iot.dlq."""
     registry = CollectorRegistry()
     stage.serve_metrics(registry, port=metrics_port)
-    stage.run_stage(lambda stop: run(bootstrap, stop, registry=registry, member_name=member_name))
+    stage.run_stage(
+        lambda stop: run(
+            bootstrap,
+            stop,
+            registry=registry,
+            member_name=member_name,
+            session_timeout_ms=session_timeout_ms,
+        )
+    )
