@@ -56,6 +56,7 @@ MQTT_KILL_DOWN_S: Final = 1.0
 # timeout; 6 s (the broker's default is 10 s) keeps the lag spike of a short run
 # visible but brief, while heartbeats (a third of it) stay far apart.
 VALIDATE_SESSION_TIMEOUT_MS: Final = 6_000
+WINDOW_S: Final = 60
 
 
 @dataclass
@@ -70,6 +71,7 @@ class DemoConfig:
     faults: list[str] = field(default_factory=lambda: list(fault_names.DEFAULT_FAULTS))
     mqtt_broker: str = "mosquitto"
     validate_members: int = 2
+    grace_s: float = 30.0
     live: bool = False
     replay: bool = True
     report: bool = True
@@ -199,7 +201,9 @@ class Pipeline:
         self._stage("bridge", "bridge", "--mqtt", mqtt_address, "--bootstrap", self.bootstrap)
         for _ in range(config.validate_members):
             self._new_validate()
-        self._stage("aggregate", "aggregate", "--bootstrap", self.bootstrap)
+        self._stage(
+            "aggregate", "aggregate", "--bootstrap", self.bootstrap, "--grace", str(config.grace_s)
+        )
         self._stage("alerts", "alerts", "--bootstrap", self.bootstrap)
         self._stage("sink", "sink", "--bootstrap", self.bootstrap, "--db", str(self.db_path))
         for name, child in self.stages.items():
@@ -220,6 +224,8 @@ class Pipeline:
             str(config.seed),
             "--ledger",
             str(self.ledger_path),
+            "--start-ts",
+            str(event_time_start(time.time(), config.duration_s)),
             *config.sim_args,
         )
         await wait_until(self._stages_ready, STAGES_READY_TIMEOUT_S, "every stage to be ready")
@@ -331,6 +337,15 @@ class Pipeline:
             await child.kill()
         await self.mqtt.stop()
         await self.broker.stop()
+
+
+def event_time_start(now: float, duration_s: float) -> float:
+    """The simulator's event time at its start: within a minute of ``now``, such
+    that a minute boundary falls a quarter into the run, so that windows close
+    during even a short run (a window closes once event time passes its end
+    plus the grace)."""
+    boundary = math.ceil(now / WINDOW_S) * WINDOW_S
+    return boundary - duration_s / 4 if duration_s / 4 < WINDOW_S else now
 
 
 async def wait_until(
@@ -467,6 +482,7 @@ def _config_json(config: DemoConfig) -> dict[str, Any]:
         "faults": config.faults,
         "mqtt_broker": config.mqtt_broker,
         "validate_members": config.validate_members,
+        "grace_s": config.grace_s,
     }
 
 
@@ -496,6 +512,9 @@ def default_out() -> Path:
     show_default=True,
 )
 @click.option("--validate-members", type=int, default=2, show_default=True)
+@click.option(
+    "--grace", "grace_s", type=float, default=30.0, show_default=True, help="Window grace, seconds."
+)
 @click.option("--live/--no-live", default=None, help="Live terminal view [on a terminal].")
 @click.option(
     "--replay/--no-replay",
@@ -513,6 +532,7 @@ def command(
     faults_spec: str,
     mqtt_broker: str,
     validate_members: int,
+    grace_s: float,
     live: bool | None,
     replay: bool,
     sim_args: tuple[str, ...],
@@ -531,6 +551,7 @@ def command(
         faults=faults,
         mqtt_broker=mqtt_broker,
         validate_members=validate_members,
+        grace_s=grace_s,
         live=sys.stdout.isatty() if live is None else live,
         replay=replay,
         sim_args=list(sim_args),
