@@ -46,13 +46,21 @@ from examples.iot.names import (
     DLQ_TOPIC,
     RAW_TOPIC,
 )
-from examples.iot.scrape import histogram_buckets, histogram_quantile, read_ticks, series_sum
+from examples.iot.scrape import (
+    bucket_delta,
+    histogram_buckets,
+    histogram_quantile,
+    read_ticks,
+    series_sum,
+)
 from examples.iot.sink import dump
 
 WINDOWS_SAMPLED: Final = 5
 VALUE_TOLERANCE: Final = 1e-9
 TOPIC_READ_TIMEOUT_S: Final = 120.0
 MISMATCHES_SHOWN_MAX: Final = 5
+# Seconds after a fault ends that still count as its aftermath (not "calm").
+RECOVERY_S: Final = 15.0
 
 
 class TopicRecord:
@@ -347,30 +355,57 @@ def check_counters(
     return _check(all(row["ok"] for row in rows), counters=rows)
 
 
-def latency_and_throughput(ticks: list[dict[str, Any]], duration_s: float) -> dict[str, Any]:
-    """End-to-end latency p50/p99 (from the sink's histogram) and throughputs."""
-    last = _last_values(ticks)
-    buckets = histogram_buckets(last.get("sink"), "iot_e2e_latency_seconds")
+def _quantiles(buckets: list[tuple[float, float]]) -> dict[str, float | None]:
     p50 = histogram_quantile(0.50, buckets)
     p99 = histogram_quantile(0.99, buckets)
+    return {
+        "p50": None if p50 is None else round(p50, 4),
+        "p99": None if p99 is None else round(p99, 4),
+        "observations": buckets[-1][1] if buckets else 0,
+    }
+
+
+def latency_and_throughput(
+    ticks: list[dict[str, Any]], duration_s: float, faults: Iterable[dict[str, Any]] = ()
+) -> dict[str, Any]:
+    """End-to-end latency p50/p99 from the sink's histogram, over the whole run
+    and over the calm seconds only (no fault in progress or ended in the last
+    RECOVERY_S), and throughputs (the sink's while it was inserting)."""
+    last = _last_values(ticks)
+    spans = [(f["start_t"], (f.get("end_t") or f["start_t"]) + RECOVERY_S) for f in faults]
+    calm: dict[float, float] = {}
+    previous: list[tuple[float, float]] | None = None
+    for tick in ticks:
+        buckets = histogram_buckets(tick["targets"].get("sink"), "iot_e2e_latency_seconds")
+        if not buckets:
+            previous = None
+            continue
+        quiet = not any(start <= tick["t"] <= end for start, end in spans)
+        if previous is not None and quiet:
+            for bound, count in bucket_delta(buckets, previous):
+                calm[bound] = calm.get(bound, 0.0) + count
+        previous = buckets
     bridge_total = stage_counter(last, "bridge", "iot_bridge_produced_total")
-    rows_total = stage_counter(last, "sink", "iot_sink_rows_written_total", table="readings")
-    active = [
-        tick["t"]
+    rows = [
+        (
+            tick["t"],
+            series_sum(tick["targets"]["sink"], "iot_sink_rows_written_total", table="readings"),
+        )
         for tick in ticks
         if tick["targets"].get("sink") is not None
-        and series_sum(tick["targets"]["sink"], "iot_sink_rows_written_total") > 0
     ]
-    sink_span_s = (active[-1] - active[0]) if len(active) > 1 else duration_s
+    final = rows[-1][1] if rows else 0.0
+    first_t = next((t for t, count in rows if count > 0), None)
+    done_t = next((t for t, count in rows if count >= final), None)
+    sink_span_s = done_t - first_t if first_t is not None and done_t is not None else 0.0
     return {
         "e2e_latency_s": {
-            "p50": None if p50 is None else round(p50, 4),
-            "p99": None if p99 is None else round(p99, 4),
-            "observations": buckets[-1][1] if buckets else 0,
+            **_quantiles(histogram_buckets(last.get("sink"), "iot_e2e_latency_seconds")),
+            "calm": _quantiles(sorted(calm.items())),
         },
         "throughput_per_s": {
             "bridge_produced": round(bridge_total / duration_s, 1) if duration_s else None,
-            "sink_readings": round(rows_total / sink_span_s, 1) if sink_span_s else None,
+            "sink_readings": round(final / sink_span_s, 1) if sink_span_s > 0 else None,
         },
     }
 
@@ -496,7 +531,7 @@ async def reconcile_run(run_dir: Path, bootstrap: str, run: dict[str, Any]) -> d
             "silent_devices": len(expected.silent_devices),
         },
         "lost_at_mqtt": len(lost),
-        **latency_and_throughput(ticks, duration_s),
+        **latency_and_throughput(ticks, duration_s, run.get("faults", [])),
         "checks": checks,
         "faults": _fault_outcomes(run.get("faults", []), checks, len(lost), mqtt_killed),
         "sim_exit_status": run.get("sim_status"),

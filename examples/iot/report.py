@@ -18,6 +18,8 @@ DIR`` redraws it.
 
 from __future__ import annotations
 
+import itertools
+import math
 from pathlib import Path
 from typing import Any, Final
 
@@ -51,6 +53,8 @@ FAULT_COLOURS: Final = {
 }
 # A fault that lasted (almost) no time is drawn this wide, so it stays visible.
 FAULT_MIN_WIDTH_S: Final = 1.0
+# Points further apart than this (seconds) are not joined: the target was down.
+GAP_S: Final = 2.5
 
 
 def _shade_faults(axes: Axes, timeline: list[FaultRecord], *, label: bool) -> None:
@@ -74,9 +78,19 @@ def _shade_faults(axes: Axes, timeline: list[FaultRecord], *, label: bool) -> No
 
 
 def _plot(axes: Axes, points: list[tuple[float, float]], label: str, **style: Any) -> None:
-    if points:
-        xs, ys = zip(*points, strict=True)
-        axes.plot(xs, ys, label=label, lw=1.2, **style)
+    """Plot ``points``, leaving a gap where a target did not answer for a while
+    (a restarting process) instead of drawing a line across it."""
+    if not points:
+        return
+    xs: list[float] = [points[0][0]]
+    ys: list[float] = [points[0][1]]
+    for (t0, _), (t1, y1) in itertools.pairwise(points):
+        if t1 - t0 > GAP_S:
+            xs.append((t0 + t1) / 2)
+            ys.append(math.nan)
+        xs.append(t1)
+        ys.append(y1)
+    axes.plot(xs, ys, label=label, lw=1.2, **style)
 
 
 def draw(ticks: list[dict[str, Any]], timeline: list[FaultRecord], out: Path, title: str) -> int:
