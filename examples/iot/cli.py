@@ -31,6 +31,7 @@ COMMANDS: Final[dict[str, tuple[str, str]]] = {
     "report": ("report", "Draw a run folder's report.png from its metrics.jsonl."),
     "watch": ("watch", "A live terminal view of a running pipeline's metrics."),
     "mqtt-broker": ("mqtt", "Run the MQTT broker (mosquitto, or the builtin fallback)."),
+    "topology": ("topology", "Create the pipeline's topics (existing ones are left alone)."),
 }
 
 
