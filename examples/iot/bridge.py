@@ -353,8 +353,21 @@ class Bridge:
     show_default=True,
     help="MQTT messages received and not yet acknowledged, at most.",
 )
+@click.option(
+    "--delivery-timeout-ms",
+    type=int,
+    default=DELIVERY_TIMEOUT_MS,
+    show_default=True,
+    help="How long Distributary may stay away before the bridge starts over from MQTT.",
+)
 @stage.metrics_port_option
-def command(mqtt_address: str, bootstrap: str, max_inflight: int, metrics_port: int) -> None:
+def command(
+    mqtt_address: str,
+    bootstrap: str,
+    max_inflight: int,
+    delivery_timeout_ms: int,
+    metrics_port: int,
+) -> None:
     """MQTT devices/+/telemetry -> iot.raw, PUBACK after the log acked.
 
     /metrics is served once the first subscription is acknowledged: before it
@@ -370,6 +383,7 @@ def command(mqtt_address: str, bootstrap: str, max_inflight: int, metrics_port: 
             bootstrap=bootstrap,
             max_inflight=max_inflight,
             registry=registry,
+            delivery_timeout_ms=delivery_timeout_ms,
         )
         async with trio.open_nursery() as nursery:
 

@@ -222,19 +222,22 @@ def test_distributary_outage_stops_acks_and_loses_nothing(
     tmp_path: Path,
 ) -> None:
     """Proves the bridge stops acknowledging MQTT while Distributary is down (its
-    in-flight window fills up and stays full, mosquitto holds the rest), and that
-    nothing is lost or reordered once Distributary is back."""
+    in-flight window fills up and stays full, mosquitto holds the rest); that once
+    the outage outlasts the delivery timeout it starts over from MQTT's queue; and
+    that nothing is lost or reordered once Distributary is back."""
     create_raw_topic(broker.address)
     ledger = tmp_path / "ledger.jsonl"
     max_inflight = 200
     bridge = start_bridge(
-        stages, mosquitto.address, broker.address, "--max-inflight", str(max_inflight)
-    )
+        stages, mosquitto.address, broker.address, "--max-inflight", str(max_inflight),
+        "--delivery-timeout-ms", "2000",
+    )  # fmt: skip
     sim = stages("sim", "--mqtt", mosquitto.address, "--ledger", str(ledger), *SIM_ARGS)
     bridge.wait_for_metric("iot_bridge_produced_total", lambda value: value >= 1000)
     broker.stop()
     bridge.wait_for_metric("iot_bridge_inflight_messages", lambda value: value == max_inflight)
     produced_while_down = bridge.metrics()["iot_bridge_produced_total"]
+    bridge.wait_for_metric("iot_bridge_produce_errors_total", lambda value: value >= 1)
     assert bridge.metrics()["iot_bridge_produced_total"] == produced_while_down
     broker.start()
     assert sim.wait() == 0, sim.logs()
