@@ -50,7 +50,7 @@ from client import Producer
 from client.errors import DistributaryError
 from client.producer import RecordHandle
 from examples.iot import names, stage
-from examples.iot.mqtt_client import TrioMqttClient, split_address
+from examples.iot.mqtt_client import BufferedClient, TrioMqttClient, split_address
 
 log = structlog.get_logger("examples.iot.bridge")
 
@@ -128,7 +128,7 @@ class Bridge:
         self.metrics = BridgeMetrics(registry if registry is not None else CollectorRegistry())
         self._rng = rng if rng is not None else random.Random()
         host, port = split_address(mqtt_address)
-        client = Client(
+        client = BufferedClient(
             CallbackAPIVersion.VERSION2,
             client_id=names.MQTT_BRIDGE_CLIENT_ID,
             clean_session=False,

@@ -25,13 +25,12 @@ import click
 import msgspec
 import structlog
 import trio
-from paho.mqtt.client import Client
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from examples.iot import names, stage
 from examples.iot.ledger import FAULTS, LedgerWriter
-from examples.iot.mqtt_client import TrioMqttClient, split_address
+from examples.iot.mqtt_client import BufferedClient, TrioMqttClient, split_address
 from examples.iot.telemetry import (
     V1_DEVICES_DEFAULT,
     FaultRates,
@@ -103,7 +102,7 @@ class Gateway:
     """
 
     def __init__(self, number: int, host: str, port: int, rng: random.Random) -> None:
-        client = Client(
+        client = BufferedClient(
             CallbackAPIVersion.VERSION2,
             client_id=names.sim_client_id(number),
             clean_session=False,
