@@ -557,7 +557,11 @@ def command(
         sim_args=list(sim_args),
     )
     print(f"run folder: {config.out}", flush=True)
-    summary = trio.run(run_demo, config)
+    try:
+        summary = trio.run(run_demo, config)
+    except KeyboardInterrupt:
+        print(f"interrupted: every process stopped; partial run in {config.out}")
+        sys.exit(130)
     print(json.dumps(_headline(summary), indent=2))
     if not summary.get("ok"):
         failed = [name for name, check in summary.get("checks", {}).items() if not check["ok"]]
