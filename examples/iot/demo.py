@@ -12,8 +12,9 @@ sink's group into a fresh database, reconciles everything against the ledger
 It exits 1 when a reconciliation check failed.
 
 Run folder: ``ledger.jsonl``, ``metrics.jsonl``, ``faults.jsonl``,
-``sink.db``, ``replay.db``, ``summary.json``, ``report.png``, ``logs/`` (one log
-per process), ``broker-data/`` and ``mqtt/``.
+``sink.db``, ``replay.db``, ``run.json`` (what the run recorded for the
+reconciler), ``summary.json``, ``report.png``, ``prometheus-targets.json``,
+``logs/`` (one log per process), ``broker-data/`` and ``mqtt/``.
 """
 
 from __future__ import annotations
@@ -460,6 +461,7 @@ async def run_demo(config: DemoConfig) -> dict[str, Any]:
             run["replay"] = await replay.replay_into(
                 pipeline.bootstrap, config.out / "replay.db", config.out / "logs" / "replay.log"
             )
+        (config.out / "run.json").write_text(json.dumps(run, indent=2, default=str) + "\n")
         summary = await reconcile.reconcile_run(config.out, pipeline.bootstrap, run)
     finally:
         with trio.CancelScope(shield=True):
