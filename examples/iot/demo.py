@@ -35,7 +35,7 @@ import trio
 from client import Admin, DistributaryError, GroupDescription, UnknownGroupError
 from examples.iot import faults as fault_names
 from examples.iot.faults import FaultTimeline, hold_exclusive_lock, parse_faults, schedule
-from examples.iot.mqtt_process import MqttBrokerProcess
+from examples.iot.mqtt_process import MqttBrokerProcess, mqtt_broker_problem
 from examples.iot.names import AGGREGATE_GROUP, ALERTS_GROUP, GROUPS, SINK_GROUP, VALIDATE_GROUP
 from examples.iot.processes import ChildProcess, free_port, stage_argv
 from examples.iot.scrape import MetricsLog
@@ -558,6 +558,9 @@ def command(
         replay=replay,
         sim_args=list(sim_args),
     )
+    problem = mqtt_broker_problem(mqtt_broker)
+    if problem:
+        raise click.ClickException(problem)
     print(f"run folder: {config.out}", flush=True)
     try:
         summary = trio.run(run_demo, config)

@@ -28,6 +28,19 @@ from examples.iot.processes import ChildProcess, free_port, stage_argv
 READY_TIMEOUT_S: Final = 15.0
 
 
+def mqtt_broker_problem(kind: str) -> str | None:
+    """Why an MQTT broker of ``kind`` cannot be started here, or None."""
+    if kind == "builtin":
+        from examples.iot import mqtt
+
+        if not hasattr(mqtt, "BUILTIN_BROKER"):
+            return "no builtin MQTT broker in this version of the example: install mosquitto"
+        return None
+    if find_mosquitto() is None:
+        return "mosquitto is not installed (apt-get install mosquitto)"
+    return None
+
+
 class MqttBrokerProcess:
     """One MQTT broker (``kind`` "mosquitto" or "builtin") on ``port``."""
 
