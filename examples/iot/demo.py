@@ -451,6 +451,7 @@ async def run_demo(config: DemoConfig) -> dict[str, Any]:
             async with trio.open_nursery() as fault_nursery:
                 fault_nursery.start_soon(run_faults, pipeline, timeline, config.duration_s)
                 run["sim_status"] = await sim.wait(config.duration_s + SIM_EXTRA_S)
+                run["sim_ended_t"] = timeline.now()
             run["drain"] = await drain(pipeline, metrics, config.drain_timeout_s())
             async with httpx.AsyncClient() as client:
                 await metrics.scrape_once(client)

@@ -63,6 +63,8 @@ BROKER_START_TIMEOUT_S: Final = 30.0
 MISMATCHES_SHOWN_MAX: Final = 5
 # Seconds after a fault ends that still count as its aftermath (not "calm").
 RECOVERY_S: Final = 15.0
+# The first seconds of a run (connections, group joins) are not "calm" either.
+WARMUP_S: Final = 5.0
 
 
 class TopicRecord:
@@ -371,10 +373,12 @@ def latency_and_throughput(
     ticks: list[dict[str, Any]], duration_s: float, faults: Iterable[dict[str, Any]] = ()
 ) -> dict[str, Any]:
     """End-to-end latency p50/p99 from the sink's histogram, over the whole run
-    and over the calm seconds only (no fault in progress or ended in the last
-    RECOVERY_S), and throughputs (the sink's while it was inserting)."""
+    and over the calm seconds only (past the first WARMUP_S, no fault in progress
+    or ended in the last RECOVERY_S), and throughputs (the sink's while it was
+    inserting, and when it had inserted its last row)."""
     last = _last_values(ticks)
     spans = [(f["start_t"], (f.get("end_t") or f["start_t"]) + RECOVERY_S) for f in faults]
+    spans.append((-math.inf, WARMUP_S))
     calm: dict[float, float] = {}
     previous: list[tuple[float, float]] | None = None
     for tick in ticks:
@@ -408,6 +412,7 @@ def latency_and_throughput(
         "throughput_per_s": {
             "bridge_produced": round(bridge_total / duration_s, 1) if duration_s else None,
             "sink_readings": round(final / sink_span_s, 1) if sink_span_s > 0 else None,
+            "sink_last_row_t": done_t,
         },
     }
 
@@ -537,6 +542,7 @@ async def reconcile_run(run_dir: Path, bootstrap: str, run: dict[str, Any]) -> d
         "checks": checks,
         "faults": _fault_outcomes(run.get("faults", []), checks, len(lost), mqtt_killed),
         "sim_exit_status": run.get("sim_status"),
+        "sim_ended_t": run.get("sim_ended_t"),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary
