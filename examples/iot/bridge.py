@@ -349,9 +349,14 @@ class Bridge:
 )
 @stage.metrics_port_option
 def command(mqtt_address: str, bootstrap: str, max_inflight: int, metrics_port: int) -> None:
-    """MQTT devices/+/telemetry -> iot.raw, PUBACK after the log acked."""
+    """MQTT devices/+/telemetry -> iot.raw, PUBACK after the log acked.
+
+    /metrics is served once the first subscription is acknowledged: before it
+    the MQTT broker has no session for the bridge and drops what devices send,
+    so whoever starts the simulator waits for the bridge's metrics (or for the
+    "subscribed to" line) first.
+    """
     registry = CollectorRegistry()
-    stage.serve_metrics(registry, port=metrics_port)
 
     async def main(stop: trio.Event) -> None:
         bridge = Bridge(
@@ -360,6 +365,14 @@ def command(mqtt_address: str, bootstrap: str, max_inflight: int, metrics_port: 
             max_inflight=max_inflight,
             registry=registry,
         )
-        await bridge.run(stop)
+        async with trio.open_nursery() as nursery:
+
+            async def serve_when_subscribed() -> None:
+                await bridge.subscribed.wait()
+                stage.serve_metrics(registry, port=metrics_port)
+
+            nursery.start_soon(serve_when_subscribed)
+            await bridge.run(stop)
+            nursery.cancel_scope.cancel()
 
     stage.run_stage(main)
