@@ -63,8 +63,11 @@ async def test_exclusive_lock_blocks_writers_while_held(tmp_path: Path) -> None:
             connection.close()
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(lambda: faults.hold_exclusive_lock(db, 0.5, acquire_timeout_s=5.0))
-        await trio.sleep(0.2)
+        await nursery.start(
+            lambda task_status: faults.hold_exclusive_lock(
+                db, 2.0, acquire_timeout_s=5.0, task_status=task_status
+            )
+        )
         await trio.to_thread.run_sync(write)
     await trio.to_thread.run_sync(write)
     assert blocked == [True, False]
