@@ -159,9 +159,16 @@ class Bridge:
         self.forwarded = 0
         self.acknowledged = 0
 
+    def stopping(self) -> bool:
+        """True once the stop began: nothing more is read from MQTT."""
+        return self._stopping
+
     # -- MQTT side -------------------------------------------------------------------------------
 
     def _subscribe(self) -> None:
+        if self.mqtt.reconnects != self._reconnects_seen:
+            self.metrics.reconnects.inc(self.mqtt.reconnects - self._reconnects_seen)
+            self._reconnects_seen = self.mqtt.reconnects
         self.client.subscribe(names.MQTT_BRIDGE_SUBSCRIPTION, qos=1)
         self._received.clear()  # anything parsed before this connection was accepted
 
@@ -178,23 +185,22 @@ class Bridge:
         if not received:
             return
         self.metrics.received.inc(len(received))
-        if self.mqtt.reconnects != self._reconnects_seen:
-            self.metrics.reconnects.inc(self.mqtt.reconnects - self._reconnects_seen)
-            self._reconnects_seen = self.mqtt.reconnects
         messages = received[:]
         received.clear()
         generation = self.mqtt.generation
         inflight = self._inflight
         for message in messages:
-            while len(inflight) >= self.max_inflight or self._stopping:
+            while len(inflight) >= self.max_inflight or self.stopping():
                 self.metrics.inflight.set(len(inflight))
                 self._wake_acks.set()
-                if self._stopping:
+                if self.stopping():
                     await trio.sleep_forever()  # read nothing more: the broker keeps it
                 self._window_open = trio.Event()
                 await self._window_open.wait()
             producer = self._producer
             while producer is None:
+                if self.stopping():
+                    await trio.sleep_forever()  # read nothing more: the broker keeps it
                 await self._producer_ready.wait()
                 producer = self._producer
             if generation != self.mqtt.generation:
@@ -347,8 +353,21 @@ class Bridge:
     show_default=True,
     help="MQTT messages received and not yet acknowledged, at most.",
 )
+@click.option(
+    "--delivery-timeout-ms",
+    type=int,
+    default=DELIVERY_TIMEOUT_MS,
+    show_default=True,
+    help="How long Distributary may stay away before the bridge starts over from MQTT.",
+)
 @stage.metrics_port_option
-def command(mqtt_address: str, bootstrap: str, max_inflight: int, metrics_port: int) -> None:
+def command(
+    mqtt_address: str,
+    bootstrap: str,
+    max_inflight: int,
+    delivery_timeout_ms: int,
+    metrics_port: int,
+) -> None:
     """MQTT devices/+/telemetry -> iot.raw, PUBACK after the log acked.
 
     /metrics is served once the first subscription is acknowledged: before it
@@ -364,6 +383,7 @@ def command(mqtt_address: str, bootstrap: str, max_inflight: int, metrics_port: 
             bootstrap=bootstrap,
             max_inflight=max_inflight,
             registry=registry,
+            delivery_timeout_ms=delivery_timeout_ms,
         )
         async with trio.open_nursery() as nursery:
 

@@ -1,5 +1,5 @@
 """The MQTT side of the IoT pipeline against real processes: mosquitto, a
-``distributary serve`` broker, and the simulator and bridge stages as
+``distributary serve`` broker, and the simulator, bridge and registry stages as
 ``python -m examples.iot`` subprocesses.
 
 Each test runs the simulator for a few seconds with the default fault menu,
@@ -11,6 +11,7 @@ redelivery after a fault may repeat a suffix; it never reorders or loses).
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from client.types import NewTopic
 from examples.iot import names
 from examples.iot.ledger import first_send_order, read_ledger
 from examples.iot.mqtt import MosquittoProcess, find_mosquitto, free_port
+from examples.iot.telemetry import device_id, device_profile
 
 pytestmark = pytest.mark.skipif(
     find_mosquitto() is None, reason="mosquitto is not installed (apt-get install mosquitto)"
@@ -220,21 +222,51 @@ def test_distributary_outage_stops_acks_and_loses_nothing(
     tmp_path: Path,
 ) -> None:
     """Proves the bridge stops acknowledging MQTT while Distributary is down (its
-    in-flight window fills up and stays full, mosquitto holds the rest), and that
-    nothing is lost or reordered once Distributary is back."""
+    in-flight window fills up and stays full, mosquitto holds the rest); that once
+    the outage outlasts the delivery timeout it starts over from MQTT's queue; and
+    that nothing is lost or reordered once Distributary is back."""
     create_raw_topic(broker.address)
     ledger = tmp_path / "ledger.jsonl"
     max_inflight = 200
     bridge = start_bridge(
-        stages, mosquitto.address, broker.address, "--max-inflight", str(max_inflight)
-    )
+        stages, mosquitto.address, broker.address, "--max-inflight", str(max_inflight),
+        "--delivery-timeout-ms", "2000",
+    )  # fmt: skip
     sim = stages("sim", "--mqtt", mosquitto.address, "--ledger", str(ledger), *SIM_ARGS)
     bridge.wait_for_metric("iot_bridge_produced_total", lambda value: value >= 1000)
     broker.stop()
     bridge.wait_for_metric("iot_bridge_inflight_messages", lambda value: value == max_inflight)
     produced_while_down = bridge.metrics()["iot_bridge_produced_total"]
+    bridge.wait_for_metric("iot_bridge_produce_errors_total", lambda value: value >= 1)
     assert bridge.metrics()["iot_bridge_produced_total"] == produced_while_down
     broker.start()
     assert sim.wait() == 0, sim.logs()
     check_raw_against_ledger(broker.address, ledger)
     assert bridge.stop() == 0, bridge.logs()
+
+
+def test_registry_publishes_one_record_per_device(broker: BrokerProcess) -> None:
+    """Proves the registry stage writes each simulated device's metadata, keyed by
+    device id, to the compacted iot.devices topic, as the simulator's seed defines it."""
+    spec = next(spec for spec in names.TOPICS if spec.name == names.DEVICES_TOPIC)
+    with Admin(broker.address) as admin:
+        admin.create_topics([NewTopic(spec.name, spec.partitions, configs=spec.configs)])
+    completed = subprocess.run(
+        [sys.executable, "-m", "examples.iot", "registry", "--bootstrap", broker.address,
+         "--devices", "30", "--seed", "5"],
+        cwd=REPO, capture_output=True, text=True, timeout=WAIT_S, check=False,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    records: dict[str, dict[str, object]] = {}
+    with Consumer(broker.address) as consumer:
+        consumer.assign([names.DEVICES_TOPIC])
+        consumer.seek_to_beginning()
+        deadline = time.monotonic() + WAIT_S
+        while len(records) < 30 and time.monotonic() < deadline:
+            for batch in consumer.getmany(timeout_ms=200).values():
+                for record in batch:
+                    assert record.key is not None
+                    records[record.key.decode()] = json.loads(record.value)
+    assert records == {
+        device_id(index): device_profile(5, index).registry_record() for index in range(30)
+    }
