@@ -7,12 +7,14 @@ faults stay on) and without the replay, and measures each step:
 
 * ``offered``: readings/s the simulator published (ledger count / duration);
 * ``sink``: valid readings/s the sink inserted while it was busy;
-* ``e2e p50 / p99``: bridge receive to sink commit (the sink's histogram);
-* ``drain_s``: how long after the simulator ended every group caught up.
+* ``e2e p50 / p99``: bridge receive to sink commit (the sink's histogram,
+  past the first 5 s of connecting and joining);
+* ``behind_s``: how long after the simulator ended (its last reading
+  acknowledged by MQTT) the sink inserted its last row (to the second).
 
-A step is sustained when the pipeline kept up: the sink's rate is at least
-95 % of the valid share of the offered rate, the e2e p99 is at most 1 s, it
-drained within 10 s, and every reconciliation check passed.  Steps run from the
+A step is sustained when the pipeline kept up: the sink was at most 2 s
+behind at the end, the e2e p99 is at most 1 s, and every reconciliation check
+passed.  Steps run from the
 lowest rate up and stop after the first step that is not sustained.  Prints a
 table and one JSON line per step.  Figures are reported, not asserted: every
 process of the pipeline shares this machine's cores.
@@ -33,9 +35,8 @@ import trio
 from examples.iot.demo import DemoConfig, run_demo
 
 RATES_DEFAULT = "1000,2000,3000,4000,5000,6000,8000"
-SUSTAINED_SHARE_MIN = 0.95
+BEHIND_MAX_S = 2.0
 P99_MAX_S = 1.0
-DRAIN_MAX_S = 10.0
 
 
 def step(out: Path, rate_per_s: float, devices: int, duration_s: float) -> dict[str, Any]:
@@ -56,16 +57,21 @@ def step(out: Path, rate_per_s: float, devices: int, duration_s: float) -> dict[
     offered = counts["published"] / duration_s
     valid_share = counts["valid_unique"] / max(1, counts["published"])
     sink_rate = summary["throughput_per_s"]["sink_readings"] or 0.0
-    p50 = summary["e2e_latency_s"]["p50"]
-    p99 = summary["e2e_latency_s"]["p99"]
-    drain_s = summary["checks"]["drained"].get("seconds")
+    p50 = summary["e2e_latency_s"]["calm"]["p50"]
+    p99 = summary["e2e_latency_s"]["calm"]["p99"]
+    last_row_t = summary["throughput_per_s"]["sink_last_row_t"]
+    sim_ended_t = summary["sim_ended_t"]
+    behind_s = (
+        None
+        if last_row_t is None or sim_ended_t is None
+        else round(max(0.0, last_row_t - sim_ended_t), 1)
+    )
     failed = [name for name, check in summary["checks"].items() if not check["ok"]]
     sustained = (
-        sink_rate >= SUSTAINED_SHARE_MIN * valid_share * offered
+        behind_s is not None
+        and behind_s <= BEHIND_MAX_S
         and p99 is not None
         and p99 <= P99_MAX_S
-        and drain_s is not None
-        and drain_s <= DRAIN_MAX_S
         and not failed
     )
     return {
@@ -75,7 +81,8 @@ def step(out: Path, rate_per_s: float, devices: int, duration_s: float) -> dict[
         "sink_readings_per_s": sink_rate,
         "e2e_p50_s": p50,
         "e2e_p99_s": p99,
-        "drain_s": drain_s,
+        "valid_share": round(valid_share, 3),
+        "behind_s": behind_s,
         "failed_checks": failed,
         "sustained": sustained,
         "wall_s": round(time.monotonic() - started, 1),
@@ -103,13 +110,13 @@ def main() -> None:
             shutil.rmtree(base, ignore_errors=True)
     print()
     print(
-        f"{'target/s':>9} {'offered/s':>10} {'sink/s':>8} {'p50 s':>7} {'p99 s':>7} {'drain s':>8}  sustained"
+        f"{'target/s':>9} {'offered/s':>10} {'sink/s':>8} {'p50 s':>7} {'p99 s':>7} {'behind s':>8}  sustained"
     )
     for r in results:
         print(
             f"{r['rate_target_per_s']:>9g} {r['offered_per_s']:>10.0f} {r['sink_readings_per_s']:>8.0f} "
             f"{r['e2e_p50_s'] or float('nan'):>7.3f} {r['e2e_p99_s'] or float('nan'):>7.3f} "
-            f"{r['drain_s'] or float('nan'):>8.1f}  {'yes' if r['sustained'] else 'no ' + ','.join(r['failed_checks'])}"
+            f"{r['behind_s'] if r['behind_s'] is not None else float('nan'):>8.1f}  {'yes' if r['sustained'] else 'no ' + ','.join(r['failed_checks'])}"
         )
     best = max((r["offered_per_s"] for r in results if r["sustained"]), default=None)
     print(f"highest sustained: {best} readings/s" if best else "no step was sustained")

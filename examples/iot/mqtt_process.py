@@ -8,24 +8,39 @@ SIGKILL reach mosquitto itself; its config file is written by
 reuses the same port and persistence directory, so the bridge's persistent
 session and the queued messages survive a clean restart.
 
-The builtin broker (``--mqtt-broker builtin``) runs as ``python -m
-examples.iot mqtt-broker --builtin`` when examples/iot/mqtt.py offers one; it
-does not yet (no pure-Python MQTT broker is a dependency), so asking for it
-stops the demo with that reason.
+The builtin broker (``--mqtt-broker builtin``, the labelled fallback where
+mosquitto cannot be had) runs as ``python -m examples.iot mqtt-broker
+--builtin``: amqtt's broker, which keeps everything in memory and is not a
+dependency of the project (mqtt.py); without amqtt the demo says so and stops.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import socket
 from pathlib import Path
 from typing import Final
 
 import trio
 
-from examples.iot.mqtt import find_mosquitto, write_config
+from examples.iot.mqtt import BUILTIN_BROKER, find_mosquitto, write_config
 from examples.iot.processes import ChildProcess, free_port, stage_argv
 
 READY_TIMEOUT_S: Final = 15.0
+
+
+def mqtt_broker_problem(kind: str) -> str | None:
+    """Why an MQTT broker of ``kind`` cannot be started here, or None."""
+    if kind == "builtin":
+        if importlib.util.find_spec(BUILTIN_BROKER) is None:
+            return (
+                f"the builtin MQTT broker needs {BUILTIN_BROKER} (pip install {BUILTIN_BROKER}), "
+                "which is not a dependency of this project; or install mosquitto"
+            )
+        return None
+    if find_mosquitto() is None:
+        return "mosquitto is not installed (apt-get install mosquitto)"
+    return None
 
 
 class MqttBrokerProcess:
@@ -40,13 +55,10 @@ class MqttBrokerProcess:
 
     def _argv(self) -> list[str]:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        problem = mqtt_broker_problem(self.kind)
+        if problem:
+            raise RuntimeError(problem)
         if self.kind == "builtin":
-            from examples.iot import mqtt
-
-            if not hasattr(mqtt, "BUILTIN_BROKER"):
-                raise RuntimeError(
-                    "no builtin MQTT broker in this version of the example: install mosquitto"
-                )
             return stage_argv(
                 "mqtt-broker",
                 "--builtin",
@@ -56,8 +68,7 @@ class MqttBrokerProcess:
                 str(self.data_dir),
             )
         binary = find_mosquitto()
-        if binary is None:
-            raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
+        assert binary is not None
         config_path = self.data_dir.parent / "mosquitto.conf"
         write_config(config_path, port=self.port, data_dir=self.data_dir)
         return [binary, "-c", str(config_path)]

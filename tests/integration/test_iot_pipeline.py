@@ -15,6 +15,8 @@ import pytest
 from examples.iot import faults
 from examples.iot.demo import DemoConfig, run_demo
 from examples.iot.mqtt import find_mosquitto
+from examples.iot.scrape import read_ticks
+from examples.iot.timeseries import group_lag
 
 pytestmark = pytest.mark.skipif(
     find_mosquitto() is None,
@@ -130,3 +132,19 @@ def test_report_has_its_panels(ci_run: dict[str, Any]) -> None:
     assert (out / "report.png").stat().st_size > 20_000
     assert ci_run["report"]["axes"] >= 4
     assert ci_run["ok"]
+
+
+@pytest.mark.timeout(240)
+def test_validate_lag_rose_during_the_member_kill(ci_run: dict[str, Any]) -> None:
+    """Proves the killed member's partitions were visibly held up: the broker's
+    iot-validate lag, as scraped, rose above 0 between the kill and 20 s later."""
+    out: Path = ci_run["_out"]
+    kill = next(f for f in ci_run["faults"] if f["name"] == faults.VALIDATE_KILL)
+    ticks = read_ticks(out / "metrics.jsonl")
+    during = [
+        lag
+        for tick in ticks
+        if kill["start_t"] <= tick["t"] <= kill["start_t"] + 20
+        and (lag := group_lag(tick, "iot-validate")) is not None
+    ]
+    assert during and max(during) > 0
