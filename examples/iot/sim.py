@@ -139,6 +139,10 @@ class Gateway:
             topic, payload = backlog.popleft()
             publish(topic, payload, qos=1)
 
+    def check_invariants(self) -> None:
+        assert 0 <= len(self.backlog) <= self.outstanding
+        assert self.acknowledged >= 0
+
     async def wait_outstanding_below(self, limit: int) -> None:
         while self.outstanding >= limit:
             self.flush_backlog()

@@ -4,6 +4,7 @@ payload shapes and the per-run faults, checked from the publishes alone."""
 from __future__ import annotations
 
 import json
+import random
 from collections import Counter
 
 import pytest
@@ -20,7 +21,7 @@ from examples.iot.ledger import (
     payload_sha1,
     read_ledger,
 )
-from examples.iot.sim import FaultRates, SimConfig, device_profiles, generate
+from examples.iot.sim import FaultRates, Gateway, SimConfig, device_profiles, generate
 from examples.iot.telemetry import Publish, ledger_meta
 
 START_TS = 1_765_000_000.0
@@ -195,3 +196,25 @@ def test_silent_device_stops_at_a_third_and_burst_flushes_at_once(ci_run: list[P
     assert {p.send_s for p in burst} == {meta.burst_from_s + meta.burst_s}
     held_ts = [p.entry.ts - START_TS for p in burst]
     assert meta.burst_from_s <= min(held_ts) and max(held_ts) < meta.burst_from_s + meta.burst_s
+
+
+def test_gateway_holds_publishes_while_disconnected_and_keeps_their_order() -> None:
+    """Proves publishes made while the connection is down wait in the backlog (paho
+    would write them ahead of its own re-sends on the reconnecting socket) and go
+    out in their order, before newer ones, once connected."""
+    gateway = Gateway(0, "127.0.0.1", 1883, random.Random(1))
+    sent: list[bytes] = []
+    gateway.client.publish = lambda _topic, payload, qos: sent.append(payload)  # type: ignore[assignment,method-assign,misc]
+    gateway.mqtt.connected = False
+    for payload in (b"1", b"2"):
+        gateway.publish("t", payload)
+        gateway.check_invariants()
+    assert sent == [] and list(gateway.backlog) == [("t", b"1"), ("t", b"2")]
+    gateway.mqtt.connected = True
+    gateway.publish("t", b"3")  # the backlog is not empty: it queues behind it
+    assert sent == []
+    gateway.flush_backlog()
+    gateway.publish("t", b"4")
+    assert sent == [b"1", b"2", b"3", b"4"]
+    assert gateway.outstanding == 4
+    gateway.check_invariants()
