@@ -58,9 +58,10 @@ log = structlog.get_logger("examples.iot.sim")
 # -- the I/O shell ------------------------------------------------------------------------------
 
 CONNECTIONS_DEFAULT: Final = 4
-# QoS 1 publishes on the wire and not yet acknowledged, per connection (paho's
-# default is 20, which caps a connection at 20 per round trip).
-INFLIGHT_PER_CONNECTION: Final = 1000
+# paho's own cap on QoS 1 publishes on the wire per connection: 0, none.  With a
+# cap paho scans every unacknowledged message at each PUBACK (quadratic at
+# thousands in flight); OUTSTANDING_PER_CONNECTION_MAX bounds them instead.
+INFLIGHT_PER_CONNECTION: Final = 0
 # Publishes handed to paho and not yet acknowledged, per connection, before the
 # simulator waits: paho numbers them with 16-bit message ids.
 OUTSTANDING_PER_CONNECTION_MAX: Final = 50_000
