@@ -10,7 +10,6 @@ quickly and a stage never pays for another's imports (matplotlib, paho).
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from typing import Final
 
 import click
@@ -39,16 +38,10 @@ class StageGroup(click.Group):
     """A click group whose sub-commands are imported on first use."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(
-            name
-            for name, (module_name, _help) in COMMANDS.items()
-            if importlib.util.find_spec(f"examples.iot.{module_name}") is not None
-        )
+        return sorted(COMMANDS)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
-        if not rows:
-            return
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 

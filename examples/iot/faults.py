@@ -135,9 +135,16 @@ def read_timeline(path: Path) -> list[FaultRecord]:
     return [FaultRecord(**json.loads(line)) for line in path.read_text().splitlines() if line]
 
 
-async def hold_exclusive_lock(db_path: Path, hold_s: float, *, acquire_timeout_s: float) -> float:
+async def hold_exclusive_lock(
+    db_path: Path,
+    hold_s: float,
+    *,
+    acquire_timeout_s: float,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> float:
     """Hold an exclusive SQLite lock on ``db_path`` for ``hold_s`` seconds, so
-    every writer (the sink) waits; return how long acquiring it took.
+    every writer (the sink) waits; return how long acquiring it took.  Under
+    ``nursery.start`` it reports started once the lock is held.
 
     Raises sqlite3.OperationalError when the lock cannot be had within
     ``acquire_timeout_s`` (the sink holding a transaction that long).
@@ -149,6 +156,7 @@ async def hold_exclusive_lock(db_path: Path, hold_s: float, *, acquire_timeout_s
         try:
             connection.execute("BEGIN EXCLUSIVE")
             acquired = time.monotonic() - started
+            trio.from_thread.run_sync(task_status.started)
             time.sleep(hold_s)
             connection.execute("ROLLBACK")
             return acquired

@@ -10,9 +10,13 @@ persistence file, so queued messages and sessions survive), ``kill`` SIGKILLs
 it (what arrived since the last autosave is lost), ``restart`` starts it again
 on the same port and directory.
 
-When mosquitto is not installed there is no fallback broker: the pure-Python
-brokers available (amqtt, moat-lib-mqtt) are not dependencies of this project;
-:func:`find_mosquitto` returns None and callers skip or stop with that reason.
+The fallback where mosquitto cannot be had (:func:`run_builtin_broker`,
+``mqtt-broker --builtin``) is amqtt's pure-Python MQTT 3.1.1 broker run in this
+process.  It is labelled as the fallback wherever it runs: it keeps sessions
+and queued QoS 1 messages in memory only (a restart loses what was queued), it
+is about three times slower than mosquitto, and amqtt is not a dependency of
+this project (``pip install amqtt``); without it the command says so and
+exits 1.
 
 ``python -m examples.iot mqtt-broker --port P --data-dir D`` runs mosquitto in
 the foreground with that config until SIGTERM/SIGINT.
@@ -20,7 +24,9 @@ the foreground with that config until SIGTERM/SIGINT.
 
 from __future__ import annotations
 
+import asyncio
 import getpass
+import importlib
 import os
 import re
 import shutil
@@ -30,13 +36,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO, Final
+from typing import IO, Any, Final
 
 import click
 
 TEMPLATE_PATH: Final = Path(__file__).with_name("mosquitto.conf")
 MOSQUITTO_PATHS: Final = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 START_TIMEOUT_S: Final = 10.0
+# The fallback broker's library (see the module docstring); demo.py looks for this.
+BUILTIN_BROKER: Final = "amqtt"
 STOP_TIMEOUT_S: Final = 10.0
 
 
@@ -181,6 +189,43 @@ class MosquittoProcess:
             return ""
 
 
+def builtin_broker_config(host: str, port: int) -> dict[str, Any]:
+    """amqtt's broker configuration: one loopback listener, anonymous clients."""
+    return {
+        "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}"}},
+        "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+    }
+
+
+def run_builtin_broker(host: str, port: int) -> None:
+    """Run the fallback broker (amqtt) in this process until SIGTERM/SIGINT.
+    Raises click.ClickException when amqtt is not installed."""
+    try:
+        broker_module = importlib.import_module("amqtt.broker")
+    except ImportError:
+        raise click.ClickException(
+            "the builtin MQTT broker (the fallback) needs amqtt: pip install amqtt, "
+            "or install mosquitto"
+        ) from None
+
+    async def serve() -> None:
+        broker = broker_module.Broker(builtin_broker_config(host, port))
+        await broker.start()
+        print(
+            f"builtin MQTT broker on {host}:{port} -- the FALLBACK (amqtt, in memory: "
+            "a restart loses queued messages); install mosquitto for the real one",
+            flush=True,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        await broker.shutdown()
+
+    asyncio.run(serve())
+
+
 @click.command("mqtt-broker")
 @click.option("--port", type=int, default=1883, show_default=True, help="Listener port.")
 @click.option(
@@ -190,8 +235,17 @@ class MosquittoProcess:
     show_default=True,
     help="Config, persistence and log directory.",
 )
-def command(port: int, data_dir: Path) -> None:
-    """Run mosquitto with the pipeline's config in the foreground until SIGTERM."""
+@click.option(
+    "--builtin",
+    is_flag=True,
+    help="Run the fallback pure-Python broker (amqtt, no persistence) instead of mosquitto.",
+)
+def command(port: int, data_dir: Path, builtin: bool) -> None:
+    """Run mosquitto with the pipeline's config in the foreground until SIGTERM
+    (or, with --builtin, the fallback broker)."""
+    if builtin:
+        run_builtin_broker("127.0.0.1", port)
+        return
     try:
         broker = MosquittoProcess(data_dir, port)
     except FileNotFoundError as error:

@@ -4,33 +4,43 @@ inside the run folder.
 
 mosquitto runs directly (not under a wrapper), so the faults' SIGTERM and
 SIGKILL reach mosquitto itself; its config file is written by
-``examples.iot.mqtt.write_mosquitto_config`` from the shipped template.  The
-builtin broker runs as ``python -m examples.iot mqtt-broker --builtin``.  A
-restart reuses the same port and persistence directory, so the bridge's
-persistent session and the queued messages survive a clean restart.
+``examples.iot.mqtt.write_config`` from the shipped template.  A restart
+reuses the same port and persistence directory, so the bridge's persistent
+session and the queued messages survive a clean restart.
+
+The builtin broker (``--mqtt-broker builtin``, the labelled fallback where
+mosquitto cannot be had) runs as ``python -m examples.iot mqtt-broker
+--builtin``: amqtt's broker, which keeps everything in memory and is not a
+dependency of the project (mqtt.py); without amqtt the demo says so and stops.
 """
 
 from __future__ import annotations
 
-import shutil
+import importlib.util
 import socket
 from pathlib import Path
 from typing import Final
 
 import trio
 
+from examples.iot.mqtt import BUILTIN_BROKER, find_mosquitto, write_config
 from examples.iot.processes import ChildProcess, free_port, stage_argv
 
-MOSQUITTO_PATHS: Final = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 READY_TIMEOUT_S: Final = 15.0
 
 
-def find_mosquitto() -> str | None:
-    """The mosquitto binary, or None when it is not installed."""
-    found = shutil.which("mosquitto")
-    if found:
-        return found
-    return next((path for path in MOSQUITTO_PATHS if Path(path).exists()), None)
+def mqtt_broker_problem(kind: str) -> str | None:
+    """Why an MQTT broker of ``kind`` cannot be started here, or None."""
+    if kind == "builtin":
+        if importlib.util.find_spec(BUILTIN_BROKER) is None:
+            return (
+                f"the builtin MQTT broker needs {BUILTIN_BROKER} (pip install {BUILTIN_BROKER}), "
+                "which is not a dependency of this project; or install mosquitto"
+            )
+        return None
+    if find_mosquitto() is None:
+        return "mosquitto is not installed (apt-get install mosquitto)"
+    return None
 
 
 class MqttBrokerProcess:
@@ -45,6 +55,9 @@ class MqttBrokerProcess:
 
     def _argv(self) -> list[str]:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        problem = mqtt_broker_problem(self.kind)
+        if problem:
+            raise RuntimeError(problem)
         if self.kind == "builtin":
             return stage_argv(
                 "mqtt-broker",
@@ -54,13 +67,10 @@ class MqttBrokerProcess:
                 "--data-dir",
                 str(self.data_dir),
             )
-        from examples.iot.mqtt import write_mosquitto_config
-
         binary = find_mosquitto()
-        if binary is None:
-            raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
-        config_path = self.data_dir / "mosquitto.conf"
-        write_mosquitto_config(config_path, port=self.port, data_dir=self.data_dir)
+        assert binary is not None
+        config_path = self.data_dir.parent / "mosquitto.conf"
+        write_config(config_path, port=self.port, data_dir=self.data_dir)
         return [binary, "-c", str(config_path)]
 
     @property

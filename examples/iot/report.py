@@ -4,7 +4,8 @@ faults shaded on each.
 1. Throughput per stage (records/s): what the simulator published, the bridge
    produced to iot.raw, validate consumed and the sink inserted.
 2. Lag per consumer group (records), from the broker's own
-   ``distributary_consumer_group_lag``.
+   ``distributary_consumer_group_lag``; iot-aggregate's on a second axis, since
+   it commits only past readings whose windows closed and so stays high.
 3. End-to-end latency p50/p99 (seconds, log scale), bridge receive to sink
    commit, over 5 s windows of the sink's histogram.
 4. Dead letters by reason, duplicates dropped and late readings dropped, as
@@ -17,6 +18,8 @@ DIR`` redraws it.
 
 from __future__ import annotations
 
+import itertools
+import math
 from pathlib import Path
 from typing import Any, Final
 
@@ -28,7 +31,7 @@ import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 
 from examples.iot.faults import FaultRecord, read_timeline
-from examples.iot.names import DLQ_REASONS
+from examples.iot.names import AGGREGATE_GROUP, DLQ_REASONS
 from examples.iot.scrape import read_ticks
 from examples.iot.timeseries import (
     GROUPS,
@@ -50,6 +53,8 @@ FAULT_COLOURS: Final = {
 }
 # A fault that lasted (almost) no time is drawn this wide, so it stays visible.
 FAULT_MIN_WIDTH_S: Final = 1.0
+# Points further apart than this (seconds) are not joined: the target was down.
+GAP_S: Final = 2.5
 
 
 def _shade_faults(axes: Axes, timeline: list[FaultRecord], *, label: bool) -> None:
@@ -73,13 +78,24 @@ def _shade_faults(axes: Axes, timeline: list[FaultRecord], *, label: bool) -> No
 
 
 def _plot(axes: Axes, points: list[tuple[float, float]], label: str, **style: Any) -> None:
-    if points:
-        xs, ys = zip(*points, strict=True)
-        axes.plot(xs, ys, label=label, lw=1.2, **style)
+    """Plot ``points``, leaving a gap where a target did not answer for a while
+    (a restarting process) instead of drawing a line across it."""
+    if not points:
+        return
+    xs: list[float] = [points[0][0]]
+    ys: list[float] = [points[0][1]]
+    for (t0, _), (t1, y1) in itertools.pairwise(points):
+        if t1 - t0 > GAP_S:
+            xs.append((t0 + t1) / 2)
+            ys.append(math.nan)
+        xs.append(t1)
+        ys.append(y1)
+    axes.plot(xs, ys, label=label, lw=1.2, **style)
 
 
-def draw(ticks: list[dict[str, Any]], timeline: list[FaultRecord], out: Path, title: str) -> None:
-    """Draw the four panels into ``out``.  Raises OSError when it cannot be written."""
+def draw(ticks: list[dict[str, Any]], timeline: list[FaultRecord], out: Path, title: str) -> int:
+    """Draw the four panels into ``out``; the number of axes drawn.  Raises
+    OSError when it cannot be written."""
     figure, (throughput, lag, latency, errors) = plt.subplots(
         4, 1, figsize=FIGURE_SIZE_IN, sharex=True, constrained_layout=True
     )
@@ -95,9 +111,20 @@ def draw(ticks: list[dict[str, Any]], timeline: list[FaultRecord], out: Path, ti
     throughput.set_title("Throughput per stage", fontsize=10, loc="left")
 
     for group in GROUPS:
-        _plot(lag, group_lags(ticks, group), group)
+        if group != AGGREGATE_GROUP:
+            _plot(lag, group_lags(ticks, group), group)
     lag.set_ylabel("records")
-    lag.set_title("Consumer group lag", fontsize=10, loc="left")
+    lag.set_title(
+        "Consumer group lag (iot-aggregate on the right: it commits only past closed windows)",
+        fontsize=10,
+        loc="left",
+    )
+    held = lag.twinx()
+    _plot(held, group_lags(ticks, AGGREGATE_GROUP), AGGREGATE_GROUP, color="grey", ls="--")
+    held.set_ylabel(f"{AGGREGATE_GROUP} (records)", color="grey")
+    held.tick_params(axis="y", colors="grey")
+    if held.lines:
+        held.legend(fontsize=8, loc="upper left")
 
     quantiles = latency_quantiles(ticks, (0.5, 0.99))
     for index, name in enumerate(("p50", "p99")):
@@ -135,11 +162,14 @@ def draw(ticks: list[dict[str, Any]], timeline: list[FaultRecord], out: Path, ti
         if axes.lines:
             axes.legend(fontsize=8, loc="upper right")
     figure.savefig(out, dpi=FIGURE_DPI)
+    axes_drawn = len(figure.axes)
     plt.close(figure)
+    return axes_drawn
 
 
-def write_report(run_dir: Path) -> Path:
-    """Draw ``run_dir/report.png`` from the run's metrics and faults; its path."""
+def write_report(run_dir: Path) -> tuple[Path, int]:
+    """Draw ``run_dir/report.png`` from the run's metrics and faults; its path
+    and how many axes (panels) it has."""
     ticks = read_ticks(run_dir / "metrics.jsonl")
     timeline = read_timeline(run_dir / "faults.jsonl")
     out = run_dir / "report.png"
@@ -155,12 +185,12 @@ def write_report(run_dir: Path) -> Path:
             f"{config.get('duration_s')} s ({config.get('mqtt_broker')}); "
             f"checks {'passed' if summary.get('ok') else 'FAILED'}"
         )
-    draw(ticks, timeline, out, title)
-    return out
+    return out, draw(ticks, timeline, out, title)
 
 
 @click.command("report")
 @click.option("--run", "run_dir", type=click.Path(path_type=Path, exists=True), required=True)
 def command(run_dir: Path) -> None:
     """Draw a run folder's report.png from its metrics.jsonl."""
-    print(write_report(run_dir))
+    path, axes = write_report(run_dir)
+    print(f"{path} ({axes} axes)")

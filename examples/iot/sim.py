@@ -1,416 +1,336 @@
-"""The device simulator: N devices sending telemetry over MQTT, with faults at set
-rates, and a ledger of every publish.
+"""The device simulator: publishes a run of simulated devices over MQTT, paced to
+its schedule, and writes the ground-truth ledger.
 
-Two halves.  :func:`generate` is pure: from a :class:`SimConfig` (seed, devices,
-rate, duration, start time, fault rates) it yields every publish of the run in
-send order, each with its scheduled send time, payload and ledger entry.  The
-same config gives the same publishes, byte for byte, so a ledger is reproducible
-and tests need no network.  :func:`run` is the I/O shell: it paces the publishes
-against trio's clock, publishes each with QoS 1 through a few MQTT connections
-(the gateway pattern: device ``i`` always goes through connection ``i %
-connections``, so one device's readings stay in order), writes the ledger, and
-counts ``iot_sim_published_total{fault}``.
-
-Each device sends a reading every ``1 / rate`` seconds from a random phase:
-temperature (a per-device baseline, a daily cycle compressed to an hour, slow
-drift, noise, rare spikes above the device's alert threshold), humidity
-(inversely following temperature) and a draining battery.  Firmware 1 devices
-(10 % by default) send the old payload shape.  The fault menu, per reading:
-malformed bytes, out-of-range values, an unknown schema version, a device id
-that does not match the topic (off by default), a late event time (2-5 min
-old), an out-of-order pair (reading n held back and sent just after n+1), and a
-duplicate (the same bytes sent twice in a row); per run: silent devices (stop
-at a third of the run) and one burst (a gateway holds 5 s of a tenth of the
-devices' readings, then flushes them).  Payload shapes: IOT_PLAN.md and
-schema.py; every payload is byte-unique except deliberate duplicates.
+telemetry.py computes the run (every publish, in send order, deterministic in
+the seed); :func:`run` paces the publishes against trio's clock and publishes
+each with QoS 1 through a few MQTT connections (the gateway pattern: device
+``i`` always goes through connection ``i % connections``, so a device's
+readings stay in order).  Each connection has a persistent session
+(``clean_session=False``, client id ``iot-sim-<n>``) and reconnects with
+backoff; paho re-sends what the MQTT broker had not acknowledged, so a broker
+restart loses nothing the simulator can resend.  Each publish is written to
+the ledger (ledger.py) as it is handed to the MQTT client, and counted in
+``iot_sim_published_total{fault}``.
 """
 
 from __future__ import annotations
 
-import heapq
-import math
 import random
-import time
-from collections.abc import Iterator
-from typing import Any, Final, NamedTuple
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final, TypeVar
 
+import click
 import msgspec
+import structlog
+import trio
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from examples.iot.ledger import (
-    DLQ_REASON_OF_FAULT,
-    FAULT_BURST,
-    FAULT_DEVICE_MISMATCH,
-    FAULT_DUPLICATE,
-    FAULT_LATE,
-    FAULT_MALFORMED,
-    FAULT_NONE,
-    FAULT_OUT_OF_ORDER,
-    FAULT_OUT_OF_RANGE,
-    FAULT_UNKNOWN_VERSION,
-    LedgerEntry,
-    LedgerMeta,
-    Values,
-    payload_sha1,
+from examples.iot import names, stage
+from examples.iot.ledger import FAULTS, LedgerWriter
+from examples.iot.mqtt_client import BufferedClient, TrioMqttClient, split_address
+from examples.iot.telemetry import (
+    V1_DEVICES_DEFAULT,
+    FaultRates,
+    Publish,
+    SimConfig,
+    device_profile,
+    device_profiles,
+    generate,
+    ledger_meta,
+    now_ts,
 )
 
-SITES: Final = 20
-MODELS: Final = ("TH-100", "TH-200", "EnviroSense-3")
-# The daily temperature cycle, compressed so that a demo of minutes shows it.
-CYCLE_S: Final = 3600.0
-SPIKE_RATE: Final = 0.002  # valid readings above the device's temp_max_c
-LATE_AGE_S: Final = (120.0, 300.0)
-BURST_FROM_FRACTION: Final = 0.5
-SILENT_FROM_FRACTION: Final = 1 / 3
+__all__ = [
+    "V1_DEVICES_DEFAULT",
+    "FaultRates",
+    "SimConfig",
+    "device_profile",
+    "device_profiles",
+    "generate",
+    "run",
+]
+
+log = structlog.get_logger("examples.iot.sim")
+
+# -- the I/O shell ------------------------------------------------------------------------------
+
+CONNECTIONS_DEFAULT: Final = 4
+# QoS 1 publishes on the wire and not yet acknowledged, per connection (paho's
+# default is 20, which caps a connection at 20 per round trip).
+INFLIGHT_PER_CONNECTION: Final = 1000
+# Publishes handed to paho and not yet acknowledged, per connection, before the
+# simulator waits: paho numbers them with 16-bit message ids.
+OUTSTANDING_PER_CONNECTION_MAX: Final = 50_000
+# Publishes handed over per pacing step at most, so acknowledgements are read
+# in between when the simulator is behind its schedule.
+PUBLISH_BATCH_MAX: Final = 500
+CONNECT_TIMEOUT_S_DEFAULT: Final = 30.0
+DRAIN_TIMEOUT_S_DEFAULT: Final = 60.0
+# While waiting for acknowledgements, how often the backlog of a reconnected
+# gateway is handed over again.
+BACKLOG_RETRY_S: Final = 0.1
 
 
-class FaultRates(msgspec.Struct, frozen=True):
-    """Per-reading fault probabilities, and the per-run faults."""
+class SimMetrics:
+    """``iot_sim_published_total{fault}`` and ``iot_sim_devices``."""
 
-    malformed: float = 0.01
-    out_of_range: float = 0.01
-    unknown_version: float = 0.005
-    device_mismatch: float = 0.0
-    late: float = 0.005
-    out_of_order: float = 0.01
-    duplicate: float = 0.02
-    v1_devices: float = 0.10
-    silent_devices: int = 1
-    bursts: int = 1
-    burst_s: float = 5.0
-
-    def none(self) -> FaultRates:
-        """No faults at all (v1 devices are not a fault and stay)."""
-        return FaultRates(0, 0, 0, 0, 0, 0, 0, self.v1_devices, 0, 0, self.burst_s)
-
-
-class SimConfig(msgspec.Struct, frozen=True):
-    devices: int
-    rate_per_s: float
-    duration_s: float
-    seed: int
-    start_ts: float
-    faults: FaultRates = FaultRates()
-
-
-class DeviceProfile(msgspec.Struct, frozen=True):
-    """What the registry says about a device (iot.devices), plus its signal shape."""
-
-    device: str
-    site: str
-    model: str
-    firmware: int
-    temp_max_c: float
-    base_temperature_c: float
-    base_humidity_pct: float
-    battery_start_v: float
-    drift_c_per_s: float
-    cycle_phase: float
-
-    def registry_record(self) -> dict[str, Any]:
-        return {
-            "device": self.device,
-            "site": self.site,
-            "model": self.model,
-            "firmware": self.firmware,
-            "temp_max_c": self.temp_max_c,
-        }
-
-
-def device_id(index: int) -> str:
-    return f"dev-{index:05d}"
-
-
-def device_profile(
-    seed: int, index: int, v1_fraction: float = FaultRates.v1_devices
-) -> DeviceProfile:
-    """Device ``index``'s metadata and signal shape; a function of the seed only."""
-    rng = random.Random(f"{seed}/profile/{index}")
-    base = round(rng.uniform(16.0, 28.0), 2)
-    return DeviceProfile(
-        device=device_id(index),
-        site=f"site-{rng.randrange(SITES):02d}",
-        model=rng.choice(MODELS),
-        firmware=1 if rng.random() < v1_fraction else 2,
-        temp_max_c=round(base + rng.uniform(8.0, 12.0), 1),
-        base_temperature_c=base,
-        base_humidity_pct=rng.uniform(30.0, 70.0),
-        battery_start_v=rng.uniform(3.9, 4.2),
-        drift_c_per_s=rng.uniform(-2e-4, 2e-4),
-        cycle_phase=rng.random(),
-    )
-
-
-def device_profiles(
-    seed: int, devices: int, v1_fraction: float = FaultRates.v1_devices
-) -> list[DeviceProfile]:
-    return [device_profile(seed, index, v1_fraction) for index in range(devices)]
-
-
-def silent_device_indexes(config: SimConfig) -> list[int]:
-    count = min(config.faults.silent_devices, config.devices)
-    return sorted(random.Random(f"{config.seed}/silent").sample(range(config.devices), count))
-
-
-def burst_device_indexes(config: SimConfig) -> list[int]:
-    """A tenth of the devices (at least one), the group one gateway holds back."""
-    if config.faults.bursts <= 0 or config.devices == 0:
-        return []
-    group = random.Random(f"{config.seed}/burst").randrange(10)
-    members = [index for index in range(config.devices) if index % 10 == group]
-    return members or [0]
-
-
-def ledger_meta(config: SimConfig) -> LedgerMeta:
-    faults = config.faults
-    return LedgerMeta(
-        devices=config.devices,
-        rate_per_s=config.rate_per_s,
-        duration_s=config.duration_s,
-        seed=config.seed,
-        start_ts=config.start_ts,
-        fault_rates={name: float(getattr(faults, name)) for name in FaultRates.__struct_fields__},
-        silent_devices=[device_id(index) for index in silent_device_indexes(config)],
-        silent_from_s=config.duration_s * SILENT_FROM_FRACTION,
-        burst_devices=[device_id(index) for index in burst_device_indexes(config)],
-        burst_from_s=config.duration_s * BURST_FROM_FRACTION,
-        burst_s=faults.burst_s,
-    )
-
-
-class Publish(NamedTuple):
-    """One MQTT publish: when (seconds after the start), by which device, what."""
-
-    send_s: float
-    device_index: int
-    order: int  # per device, breaks ties in send order
-    payload: bytes
-    entry: LedgerEntry  # ``index`` is set by generate()
-
-
-_encoder: Final = msgspec.json.Encoder()
-
-
-class _Reading(NamedTuple):
-    seq: int
-    ts: float
-    temperature_c: float
-    humidity_pct: float
-    battery_v: float
-
-
-def _v2_body(device: str, reading: _Reading, version: int | None = 2) -> dict[str, Any]:
-    body: dict[str, Any] = {} if version is None else {"v": version}
-    body.update(
-        device=device,
-        seq=reading.seq,
-        ts=round(reading.ts, 3),
-        temperature_c=reading.temperature_c,
-        humidity_pct=reading.humidity_pct,
-        battery_v=reading.battery_v,
-    )
-    return body
-
-
-def _v1_body(device: str, reading: _Reading) -> dict[str, Any]:
-    return {
-        "v": 1,
-        "id": device,
-        "n": reading.seq,
-        "t": round(reading.ts * 1000),
-        "temp_f": round(reading.temperature_c * 9 / 5 + 32, 2),
-        "hum": reading.humidity_pct,
-        "bat_mv": round(reading.battery_v * 1000),
-    }
-
-
-def _decoded(body: dict[str, Any]) -> tuple[float, Values]:
-    """What a correct validator reads from a valid body: (ts, values)."""
-    if body["v"] == 1:
-        return body["t"] / 1000, Values(
-            temperature_c=(body["temp_f"] - 32) * 5 / 9,
-            humidity_pct=body["hum"],
-            battery_v=body["bat_mv"] / 1000,
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.published = Counter(
+            "iot_sim_published",
+            "MQTT publishes handed to the MQTT client, by the fault they carry.",
+            ["fault"],
+            registry=registry,
         )
-    return body["ts"], Values(body["temperature_c"], body["humidity_pct"], body["battery_v"])
+        self.devices = Gauge("iot_sim_devices", "Simulated devices.", registry=registry)
+        self._by_fault = {fault: self.published.labels(fault=fault) for fault in FAULTS}
+
+    def count(self, faults: dict[str, int]) -> None:
+        for fault, count in faults.items():
+            self._by_fault[fault].inc(count)
 
 
-class _DeviceRun:
-    """One device's readings over the run, as publishes in its own send order."""
+class Gateway:
+    """One MQTT connection publishing for a share of the devices.
 
-    def __init__(
-        self, config: SimConfig, profile: DeviceProfile, index: int, meta: LedgerMeta
-    ) -> None:
-        self.config = config
-        self.profile = profile
-        self.index = index
-        self.rng = random.Random(f"{config.seed}/readings/{index}")
-        self.silent_from_s = (
-            meta.silent_from_s if profile.device in meta.silent_devices else math.inf
+    While the connection is down (and until paho has re-sent, on the new
+    connection, what the broker had not acknowledged) publishes wait in
+    :attr:`backlog`: paho would otherwise write a new publish on a reconnecting
+    socket ahead of its own re-sends, and reorder a device's readings.
+    """
+
+    def __init__(self, number: int, host: str, port: int, rng: random.Random) -> None:
+        client = BufferedClient(
+            CallbackAPIVersion.VERSION2,
+            client_id=names.sim_client_id(number),
+            clean_session=False,
+            protocol=MQTTProtocolVersion.MQTTv311,
         )
-        in_burst = profile.device in meta.burst_devices
-        self.burst_from_s = meta.burst_from_s if in_burst else math.inf
-        self.burst_until_s = meta.burst_from_s + meta.burst_s if in_burst else math.inf
-        self.order = 0
+        client.max_inflight_messages_set(INFLIGHT_PER_CONNECTION)
+        client.max_queued_messages_set(0)
+        self.client = client
+        self.mqtt = TrioMqttClient(client, host, port, name=names.sim_client_id(number), rng=rng)
+        self.mqtt.set_on_publish(self._acknowledged)
+        self.outstanding = 0  # handed over and not yet acknowledged by the broker
+        self.acknowledged = 0
+        self.backlog: deque[tuple[str, bytes]] = deque()
+        self._changed = trio.Event()
 
-    def _measure(self, seq: int, t_s: float) -> _Reading:
-        profile, rng = self.profile, self.rng
-        ts = self.config.start_ts + t_s
-        cycle = math.sin(2 * math.pi * (ts / CYCLE_S + profile.cycle_phase))
-        temperature = profile.base_temperature_c + 3.0 * cycle + profile.drift_c_per_s * t_s
-        temperature += rng.gauss(0.0, 0.3)
-        if rng.random() < SPIKE_RATE:
-            temperature = profile.temp_max_c + rng.uniform(1.0, 8.0)
-        humidity = profile.base_humidity_pct - 0.8 * (temperature - profile.base_temperature_c)
-        humidity = min(max(humidity + rng.gauss(0.0, 1.0), 5.0), 95.0)
-        battery = max(profile.battery_start_v - 3e-5 * t_s + rng.gauss(0.0, 0.003), 3.0)
-        return _Reading(seq, ts, round(temperature, 2), round(humidity, 1), round(battery, 3))
+    def _acknowledged(self, _mid: int) -> None:
+        self.outstanding -= 1
+        self.acknowledged += 1
+        self._changed.set()
 
-    def _publish(
-        self, send_s: float, seq: int, ts: float, fault: str, payload: bytes, values: Values | None
-    ) -> Publish:
-        self.order += 1
-        entry = LedgerEntry(
-            index=-1,
-            sent_s=round(send_s, 6),
-            device=self.profile.device,
-            seq=seq,
-            ts=ts,
-            fault=fault,
-            firmware=self.profile.firmware,
-            sha1=payload_sha1(payload),
-            reason=DLQ_REASON_OF_FAULT.get(fault, ""),
-            values=values,
-        )
-        return Publish(send_s, self.index, self.order, payload, entry)
+    def publish(self, topic: str, payload: bytes) -> None:
+        self.outstanding += 1
+        if self.backlog or not self.mqtt.connected:
+            self.backlog.append((topic, payload))
+        else:
+            self.client.publish(topic, payload, qos=1)
 
-    @staticmethod
-    def _at(publish: Publish, send_s: float) -> Publish:
-        """``publish`` sent at ``send_s`` (a held reading goes out later than planned)."""
-        if publish.send_s == send_s:
-            return publish
-        entry = msgspec.structs.replace(publish.entry, sent_s=round(send_s, 6))
-        return publish._replace(send_s=send_s, entry=entry)
+    def flush_backlog(self) -> None:
+        """Hand the backlog to paho if connected (called between paho's calls, so
+        after the reconnection's re-sends)."""
+        backlog = self.backlog
+        publish = self.client.publish
+        while backlog and self.mqtt.connected:
+            topic, payload = backlog.popleft()
+            publish(topic, payload, qos=1)
 
-    def _body(self, reading: _Reading) -> dict[str, Any]:
-        if self.profile.firmware == 1:
-            return _v1_body(self.profile.device, reading)
-        return _v2_body(self.profile.device, reading)
+    async def wait_outstanding_below(self, limit: int) -> None:
+        while self.outstanding >= limit:
+            self.flush_backlog()
+            with trio.move_on_after(BACKLOG_RETRY_S):
+                await self._changed.wait()
+            self._changed = trio.Event()
 
-    def _faulty(self, fault: str, reading: _Reading) -> bytes:
-        rng, device = self.rng, self.profile.device
-        if fault == FAULT_MALFORMED:
-            body = self._body(reading)
-            variant = rng.randrange(4)
-            if variant == 0:
-                return b"\xfe\xff" + f"garbage {device} {reading.seq} {rng.random()}".encode()
-            if variant == 1:
-                encoded = _encoder.encode(body)
-                return encoded[: len(encoded) // 2]
-            field = "temp_f" if "temp_f" in body else "temperature_c"
-            if variant == 2:
-                body[field] = str(body[field])  # a string where a number belongs
-            else:
-                del body["hum" if "hum" in body else "humidity_pct"]
-            return _encoder.encode(body)
-        if fault == FAULT_OUT_OF_RANGE:
-            which = rng.randrange(3)
-            temperature, humidity, battery = (
-                reading.temperature_c,
-                reading.humidity_pct,
-                reading.battery_v,
-            )
-            if which == 0:
-                temperature = round(rng.choice((rng.uniform(95, 150), rng.uniform(-90, -50))), 2)
-            elif which == 1:
-                humidity = round(rng.uniform(105, 150), 1)
-            else:
-                battery = round(rng.choice((rng.uniform(0.5, 1.8), rng.uniform(4.7, 6.0))), 3)
-            return _encoder.encode(
-                self._body(
-                    reading._replace(
-                        temperature_c=temperature, humidity_pct=humidity, battery_v=battery
-                    )
-                )
-            )
-        if fault == FAULT_UNKNOWN_VERSION:
-            version = 3 if rng.random() < 0.5 else None
-            return _encoder.encode(_v2_body(device, reading, version))
-        assert fault == FAULT_DEVICE_MISMATCH, fault
-        other = device_id((self.index + 1) % max(self.config.devices, 2))
-        body = self._body(reading)
-        body["id" if "id" in body else "device"] = other
-        return _encoder.encode(body)
 
-    def publishes(self) -> Iterator[Publish]:
-        config, faults, rng = self.config, self.config.faults, self.rng
-        period_s = 1.0 / config.rate_per_s
-        phase_s = rng.uniform(0.0, period_s)
-        invalid = (
-            (FAULT_MALFORMED, faults.malformed),
-            (FAULT_OUT_OF_RANGE, faults.out_of_range),
-            (FAULT_UNKNOWN_VERSION, faults.unknown_version),
-            (FAULT_DEVICE_MISMATCH, faults.device_mismatch),
-        )
-        held: list[Publish] = []  # out-of-order readings waiting for the next slot
-        count = max(0, math.ceil((config.duration_s - phase_s) / period_s))
-        for seq in range(count):
-            t_s = phase_s + seq * period_s
-            if t_s >= self.silent_from_s:
-                break
-            send_s = self.burst_until_s if self.burst_from_s <= t_s < self.burst_until_s else t_s
-            reading = self._measure(seq, t_s)
-            draw = rng.random()
-            fault = FAULT_NONE
-            for kind, rate in invalid:
-                if draw < rate:
-                    fault = kind
-                    break
-                draw -= rate
+class SimResult(msgspec.Struct, frozen=True):
+    published: int
+    elapsed_s: float
+    behind_s: float  # how far the last publish was behind its schedule
+
+
+async def run(
+    *,
+    mqtt_address: str,
+    config: SimConfig,
+    ledger_path: Path,
+    connections: int = CONNECTIONS_DEFAULT,
+    registry: CollectorRegistry | None = None,
+    stop: trio.Event | None = None,
+    connect_timeout_s: float = CONNECT_TIMEOUT_S_DEFAULT,
+    drain_timeout_s: float = DRAIN_TIMEOUT_S_DEFAULT,
+) -> SimResult:
+    """Publish the run of ``config`` paced to its schedule; write the ledger.
+
+    Returns once every publish was acknowledged by the MQTT broker (or
+    ``drain_timeout_s`` after the last one) or, early, once ``stop`` is set.
+    Raises trio.TooSlowError when no connection is accepted within
+    ``connect_timeout_s``; OSError when the ledger cannot be written.
+    """
+    host, port = split_address(mqtt_address)
+    metrics = SimMetrics(registry if registry is not None else CollectorRegistry())
+    metrics.devices.set(config.devices)
+    stop = stop if stop is not None else trio.Event()
+    rng = random.Random(config.seed)
+    gateways = [Gateway(number, host, port, rng) for number in range(max(connections, 1))]
+    published = 0
+    behind_s = 0.0
+    async with trio.open_nursery() as nursery:
+        for gateway in gateways:
+            await nursery.start(gateway.mqtt.run)
+        with trio.fail_after(connect_timeout_s):
+            for gateway in gateways:
+                await gateway.mqtt.wait_connected()
+        start = trio.current_time()
+        with LedgerWriter(ledger_path, ledger_meta(config)) as ledger:
             batch: list[Publish] = []
-            if fault != FAULT_NONE:
-                batch.append(
-                    self._publish(
-                        send_s, seq, round(reading.ts, 3), fault, self._faulty(fault, reading), None
-                    )
-                )
+            for publish in generate(config):
+                due = start + publish.send_s
+                if batch and (due > trio.current_time() or len(batch) >= PUBLISH_BATCH_MAX):
+                    published += await _send(batch, gateways, ledger, metrics)
+                    batch.clear()
+                    if stop.is_set():
+                        break
+                    behind_s = max(trio.current_time() - due, 0.0)
+                    await trio.sleep_until(due)
+                batch.append(publish)
             else:
-                late = seq >= 2 and draw < faults.late
-                if late:
-                    fault = FAULT_LATE
-                    reading = reading._replace(ts=reading.ts - rng.uniform(*LATE_AGE_S))
-                elif send_s != t_s:
-                    fault = FAULT_BURST
-                body = self._body(reading)
-                payload = _encoder.encode(body)
-                ts, values = _decoded(body)
-                if not late and rng.random() < faults.out_of_order and seq + 1 < count:
-                    held.append(self._publish(send_s, seq, ts, FAULT_OUT_OF_ORDER, payload, values))
-                    continue
-                batch.append(self._publish(send_s, seq, ts, fault, payload, values))
-                if rng.random() < faults.duplicate:
-                    batch.append(self._publish(send_s, seq, ts, FAULT_DUPLICATE, payload, values))
-            for publish in batch + held:
-                yield self._at(publish, send_s)
-            held.clear()
-        for publish in held:
-            yield publish
+                published += await _send(batch, gateways, ledger, metrics)
+            ledger.flush()
+            with trio.move_on_after(0 if stop.is_set() else drain_timeout_s):
+                for gateway in gateways:
+                    await gateway.wait_outstanding_below(1)
+        for gateway in gateways:
+            await gateway.mqtt.disconnect()
+        nursery.cancel_scope.cancel()
+    elapsed_s = trio.current_time() - start
+    log.info("sim done", published=published, elapsed_s=round(elapsed_s, 3), behind_s=behind_s)
+    return SimResult(published, elapsed_s, behind_s)
 
 
-def generate(config: SimConfig) -> Iterator[Publish]:
-    """Every publish of the run in send order, ledger indexes set (see the module
-    docstring).  Deterministic in ``config``."""
-    meta = ledger_meta(config)
-    runs = [
-        _DeviceRun(
-            config, device_profile(config.seed, index, config.faults.v1_devices), index, meta
+async def _send(
+    batch: list[Publish], gateways: list[Gateway], ledger: LedgerWriter, metrics: SimMetrics
+) -> int:
+    faults: dict[str, int] = {}
+    count = len(gateways)
+    for gateway in gateways:
+        gateway.flush_backlog()
+    for publish in batch:
+        gateway = gateways[publish.device_index % count]
+        if gateway.outstanding >= OUTSTANDING_PER_CONNECTION_MAX:
+            await gateway.wait_outstanding_below(OUTSTANDING_PER_CONNECTION_MAX)
+        gateway.publish(names.telemetry_topic(publish.entry.device), publish.payload)
+        fault = publish.entry.fault
+        faults[fault] = faults.get(fault, 0) + 1
+    ledger.write(publish.entry for publish in batch)
+    metrics.count(faults)
+    await trio.lowlevel.checkpoint()
+    return len(batch)
+
+
+def _rate_option(name: str, default: float, what: str) -> Callable[[F], F]:
+    return click.option(
+        f"--fault-{name}", type=float, default=default, show_default=True, help=what
+    )
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+_DEFAULTS: Final = FaultRates()
+
+
+@click.command("sim")
+@stage.mqtt_option
+@click.option("--devices", type=int, default=1000, show_default=True)
+@click.option("--rate", type=float, default=1.0, show_default=True, help="Readings/s per device.")
+@click.option("--duration", type=float, default=120.0, show_default=True, help="Seconds.")
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option(
+    "--ledger",
+    "ledger_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("ledger.jsonl"),
+    show_default=True,
+)
+@click.option("--connections", type=int, default=CONNECTIONS_DEFAULT, show_default=True)
+@click.option("--start-ts", type=float, default=None, help="Event time of t=0 (default: now).")
+@click.option("--faults", type=click.Choice(["default", "none"]), default="default")
+@_rate_option("malformed", _DEFAULTS.malformed, "Share of malformed payloads.")
+@_rate_option("out-of-range", _DEFAULTS.out_of_range, "Share of out-of-range values.")
+@_rate_option("unknown-version", _DEFAULTS.unknown_version, "Share of unknown schema versions.")
+@_rate_option("device-mismatch", _DEFAULTS.device_mismatch, "Share naming another device.")
+@_rate_option("late", _DEFAULTS.late, "Share of readings 2-5 min late.")
+@_rate_option("out-of-order", _DEFAULTS.out_of_order, "Share sent after their successor.")
+@_rate_option("duplicate", _DEFAULTS.duplicate, "Share sent twice.")
+@_rate_option("v1-devices", _DEFAULTS.v1_devices, "Share of devices on firmware 1.")
+@click.option("--silent-devices", type=int, default=_DEFAULTS.silent_devices, show_default=True)
+@click.option("--bursts", type=int, default=_DEFAULTS.bursts, show_default=True)
+@stage.metrics_port_option
+def command(
+    mqtt_address: str,
+    devices: int,
+    rate: float,
+    duration: float,
+    seed: int,
+    ledger_path: Path,
+    connections: int,
+    start_ts: float | None,
+    faults: str,
+    fault_malformed: float,
+    fault_out_of_range: float,
+    fault_unknown_version: float,
+    fault_device_mismatch: float,
+    fault_late: float,
+    fault_out_of_order: float,
+    fault_duplicate: float,
+    fault_v1_devices: float,
+    silent_devices: int,
+    bursts: int,
+    metrics_port: int,
+) -> None:
+    """Simulate devices publishing telemetry over MQTT; write the ledger."""
+    rates = FaultRates(
+        malformed=fault_malformed,
+        out_of_range=fault_out_of_range,
+        unknown_version=fault_unknown_version,
+        device_mismatch=fault_device_mismatch,
+        late=fault_late,
+        out_of_order=fault_out_of_order,
+        duplicate=fault_duplicate,
+        v1_devices=fault_v1_devices,
+        silent_devices=silent_devices,
+        bursts=bursts,
+    )
+    if faults == "none":
+        rates = rates.none()
+    config = SimConfig(
+        devices=devices,
+        rate_per_s=rate,
+        duration_s=duration,
+        seed=seed,
+        start_ts=now_ts() if start_ts is None else start_ts,
+        faults=rates,
+    )
+    registry = CollectorRegistry()
+    stage.serve_metrics(registry, port=metrics_port)
+
+    async def main(stop: trio.Event) -> None:
+        result = await run(
+            mqtt_address=mqtt_address,
+            config=config,
+            ledger_path=ledger_path,
+            connections=connections,
+            registry=registry,
+            stop=stop,
         )
-        for index in range(config.devices)
-    ]
-    merged = heapq.merge(*(run.publishes() for run in runs))
-    for index, publish in enumerate(merged):
-        yield publish._replace(entry=msgspec.structs.replace(publish.entry, index=index))
+        print(
+            f"published {result.published} in {result.elapsed_s:.1f} s "
+            f"({result.published / max(result.elapsed_s, 1e-9):.0f}/s), "
+            f"at most {result.behind_s:.3f} s behind schedule",
+            flush=True,
+        )
 
-
-def now_ts() -> float:
-    """The wall clock in epoch seconds, rounded to the millisecond (a run's start)."""
-    return round(time.time(), 3)
+    stage.run_stage(main)
