@@ -46,6 +46,10 @@ from examples.iot.windows import GRACE_S_DEFAULT, ClosedWindow, TumblingWindows
 
 log = structlog.get_logger("examples.iot.aggregate")
 
+# Reading the stored positions when partitions arrive: one attempt a second for half
+# a minute rides out a broker restart.
+DESCRIBE_ATTEMPTS_MAX: Final = 30
+DESCRIBE_RETRY_S: Final = 1.0
 PendingSends = list[tuple[str, bytes, bytes | None, list[tuple[str, bytes]] | None]]
 _EMPTY: Final = b""
 
@@ -183,12 +187,20 @@ def replay_until_from(metadata: str, partition: int) -> int | None:
 
 
 async def stored_positions(admin: Admin, partitions: list[int]) -> dict[int, int | None]:
-    """Each partition's position from the group's last commit metadata."""
-    try:
-        description = await admin.describe_group(names.AGGREGATE_GROUP)
-    except DistributaryError as error:
-        log.warning("no group description, replaying nothing", error=str(error))
-        return dict.fromkeys(partitions)
+    """Each partition's position from the group's last commit metadata.  Retries
+    while the broker cannot answer (a restart), up to DESCRIBE_ATTEMPTS_MAX times;
+    after that, or for a group that has no commits, nothing is replayed silently."""
+    description = None
+    for attempt in range(DESCRIBE_ATTEMPTS_MAX):
+        try:
+            description = await admin.describe_group(names.AGGREGATE_GROUP)
+            break
+        except DistributaryError as error:
+            if not error.retriable or attempt == DESCRIBE_ATTEMPTS_MAX - 1:
+                log.warning("no group description, replaying nothing", error=str(error))
+                return dict.fromkeys(partitions)
+            await trio.sleep(DESCRIBE_RETRY_S)
+    assert description is not None
     metadata = {
         p.partition: p.metadata for p in description.partitions if p.topic == names.VALID_TOPIC
     }

@@ -17,7 +17,8 @@ partition away commits nothing more: the last commit is the one after step 4.
 
 A commit the coordinator refuses because the partitions moved meanwhile (this
 member was expelled, say after a long pause) is logged and dropped: the new
-owner re-reads from the last commit.
+owner re-reads from the last commit.  So is a commit that fails while the broker
+is unreachable: the next batch's commit covers its offsets.
 """
 
 from __future__ import annotations
@@ -118,14 +119,21 @@ async def commit_offsets(
     consumer: Consumer, offsets: Mapping[TopicPartition, int], metadata: str = ""
 ) -> bool:
     """Commit ``offsets`` for the consumer's group; False (logged) when the
-    coordinator refused them because the partitions moved.  Raises other
-    operating errors."""
+    coordinator refused them because the partitions moved, or could not be reached
+    (a retriable error after the SDK's own retries: the next batch's commit covers
+    these offsets too, since each commit is a position).  Raises errors that are
+    not retriable."""
     if not offsets:
         return True
     try:
         await consumer.commit(offsets, metadata=metadata)
     except (FencedMemberEpochError, UnknownMemberError) as error:
         log.warning("commit refused: partitions moved", group=consumer.group, error=str(error))
+        return False
+    except DistributaryError as error:
+        if not error.retriable:
+            raise
+        log.warning("commit failed, the next one covers it", group=consumer.group, error=str(error))
         return False
     return True
 

@@ -165,6 +165,7 @@ class TumblingWindows:
         self.late_dropped = 0
         self.duplicates = 0
         self.windows_closed = 0
+        self.refetched = 0
 
     # -- ownership --------------------------------------------------------------------
 
@@ -192,9 +193,13 @@ class TumblingWindows:
         humidity_pct: float,
         received_ns: int,
     ) -> None:
-        """One reading of an owned partition, in offset order."""
+        """One reading of an owned partition, in offset order.  A reading at an offset
+        already added (the consumer fetched it again) is ignored and counted in
+        ``refetched``."""
         state = self.partitions[partition]
-        assert state.next_offset is None or offset >= state.next_offset, (offset, state.next_offset)
+        if state.next_offset is not None and offset < state.next_offset:
+            self.refetched += 1
+            return
         state.next_offset = offset + 1
         replaying = offset < state.replay_until
         dev = state.devices.get(device)

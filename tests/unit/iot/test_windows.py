@@ -278,3 +278,15 @@ def test_agrees_with_the_ledger_oracle_on_a_faulty_stream() -> None:
     assert got == expected
     assert ("dev-5", int((T0 + 2000 * 0.1) // 60) * 60) in got  # closed by the silent rule
     assert windows.late_dropped == len(oracle.late) > 0
+
+
+def test_a_record_fetched_again_is_ignored() -> None:
+    """Proves a reading at an offset already added changes nothing (a consumer that
+    fetched part of its partition again does not double-count or fail)."""
+    windows, feed = make()
+    feed.add("a", 1, T0 + 1)
+    windows.add(0, 0, "a", 1, T0 + 1, 20.0, 50.0, 0)
+    windows.add(0, 0, "a", 7, T0 + 500, 20.0, 50.0, 0)
+    assert windows.refetched == 2 and windows.duplicates == 0
+    assert windows.take_closed() == [] and windows.position(0) == 1
+    windows.check_invariants()
