@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: run cluster test lint typecheck pytest soak simulate chaos bench bench-cluster bench-replication clean
+.PHONY: run cluster test lint typecheck pytest soak simulate chaos bench bench-cluster bench-replication iot bench-iot clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,16 @@ bench-cluster: $(STAMP)
 # latency, leader kills, a wiped follower's catch-up (ARGS=... adds flags).
 bench-replication: $(STAMP)
 	$(BIN)/python -m bench.replication $(ARGS)
+
+# The IoT pipeline example with its scripted faults (examples/iot/README.md), into
+# runs/iot-<time>/; IOT_ARGS adds demo flags (e.g. --devices 200 --duration 30).
+iot: $(STAMP)
+	$(BIN)/python -m examples.iot demo --devices 1000 --rate 1 --duration 120 \
+		--out runs/iot-$$(date +%Y%m%d-%H%M%S) $(IOT_ARGS)
+
+# The highest rate the whole IoT pipeline sustains on this machine (bench/iot_pipeline.py).
+bench-iot: $(STAMP)
+	$(BIN)/python -m bench.iot_pipeline $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
