@@ -10,9 +10,8 @@ frames leave strictly in slot order.  Three tasks in one nursery:
   :func:`broker.produce.append_produce_now`), any Fetch (answered now or
   parked) -- and, when its slot is at the front, writes the answer at once: no
   trip through the scheduler for a producer's acknowledgement, an acks=all
-  append waking the followers' fetches, or a fetch that finds data.  It
-  enforces frame_bytes_max, inflight_requests_max (the excess request is
-  answered TOO_MANY_REQUESTS at once) and idle_connection_timeout_ms.
+  append waking the followers' fetches, or a fetch that finds data.  It enforces frame_bytes_max, inflight_requests_max (the excess
+  request is answered TOO_MANY_REQUESTS at once) and idle_connection_timeout_ms.
 - the *handler* runs, in order, what must await (a Produce that waits for the
   append lock or a flush, topic administration, group requests) under
   request_timeout_ms.  Once a request is handed to it, the ones behind go

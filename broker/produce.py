@@ -19,9 +19,8 @@ broker/replication/leader_state.py) refuses the batch before appending when its
 ISR is below min.insync.replicas (NOT_ENOUGH_REPLICAS); otherwise it is appended
 -- on the spot by :func:`append_produce_now` when nothing waits, as
 :func:`produce_now` appends, so the followers' parked fetches are woken
-without a trip through the scheduler -- and the answer waits
-(:func:`wait_for_replication`) until the high watermark passes the batch
-(success), or it passed with the maximal ISR below the minimum
+without a trip through the scheduler -- and the answer waits (:func:`wait_for_replication`) until the high watermark
+passes the batch (success), or it passed with the maximal ISR below the minimum
 (NOT_ENOUGH_REPLICAS_AFTER_APPEND), or the request's ``timeout_ms`` passed
 (REQUEST_TIMED_OUT), or the partition lost its leadership or was truncated
 under the batch (NOT_LEADER): every outcome but success leaves it unknown
@@ -29,8 +28,7 @@ whether the records survive, which an idempotent producer's retry resolves.
 Without a leader state (one replica) acks=all answers at once, as acks=leader
 does, and takes the path without waiting.  Followers report what they have
 appended by their next fetch (broker/fetch.py), which moves the high watermark
-and, in the same step, settles the waiting answers (the connection sends them
-from there: PendingReplication.wait's ``on_settled``).
+and wakes the waiting answers in the same step.
 """
 
 from __future__ import annotations
