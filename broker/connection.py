@@ -31,11 +31,9 @@ stream) early, so its answer -- which must leave first -- is not held for
 max_wait_ms.  Fetches are started one at a time, in order, so a continuation
 (FETCH_OFFSET_CONTINUE) resolves where the fetch before it ended
 (broker/fetch_session.py).  Only this connection's tasks write on its socket,
-with two exceptions on the acks=all path: a follower's parked fetch woken by
-an append is answered by the appending task, and an acks=all answer settled by
-a follower's fetch is sent by the task handling that fetch -- each when no
-frame is being sent; those writes never wait, and what they leave is the
-writer's.
+with one exception: a follower's parked fetch woken by an append is answered
+by the appending task, when no frame is being sent (the replicas' HW waits for
+it); that write never waits, and what it leaves is the writer's.
 
 A protocol violation (garbage, a frame over the limit, a truncated frame at
 EOF), a client that stops reading for request_timeout_ms, or a crash inside a
@@ -492,26 +490,9 @@ class ConnectionHandler:
     async def _answer_when_replicated(
         self, slot: Slot, response: ProduceResponse, pending: PendingReplication
     ) -> None:
-        """Wait for the followers (bounded by the produce's timeout); the answer is
-        completed and sent as soon as it is final, also from the task whose
-        follower fetch settled it (no scheduler pass)."""
-
-        def answer() -> None:
-            self._complete(slot, Reply(response))
-            self._flush_from_anywhere()
-
-        await pending.wait(answer)
-
-    def _flush_from_anywhere(self) -> None:
-        """:meth:`_flush_now` from any task: a frame being sent, or an error, is left
-        to this connection's writer (which meets the error again and closes)."""
-        if self._sending:
-            self._wake_writer()
-            return
-        try:
-            self._flush_now()
-        except (OSError, ClientGone):
-            self._wake_writer()
+        await pending.wait()  # bounded by the produce's timeout
+        self._complete(slot, Reply(response))
+        self._flush_now()
 
     # -- completing slots -------------------------------------------------------------
 

@@ -33,7 +33,6 @@ and wakes the waiting answers in the same step.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -44,7 +43,7 @@ from broker.partition import AppendResult, Partition
 from broker.replication.leader_state import WAIT
 from broker.state import Broker
 from broker.topics import validate_topic_name
-from broker.waiting import WakeReason
+from broker.waiting import wait_for_partitions
 from client.errors import (
     DistributaryError,
     InvalidRequestError,
@@ -93,48 +92,8 @@ class PendingReplication:
         self.awaited = awaited
         self.deadline = deadline
 
-    async def wait(self, on_settled: Callable[[], None] | None = None) -> None:
-        """Settle every append (see :func:`wait_for_replication`); ``on_settled``
-        is called once, as soon as the response is final: when the change that
-        settles it happens (the follower fetch moving the HW, in that task), or
-        here."""
-        await wait_for_replication(self.broker, self.awaited, self.deadline, on_settled)
-
-
-class _Settling:
-    """A waiter for :func:`wait_for_replication`: a wake-up settles what it can
-    right there and, once nothing is left, calls ``on_settled`` (so the answer
-    does not wait for a scheduler pass); then it wakes the waiting task."""
-
-    __slots__ = ("broker", "event", "on_settled", "pending")
-
-    def __init__(
-        self, broker: Broker, pending: list[AwaitedAppend], on_settled: Callable[[], None] | None
-    ) -> None:
-        self.broker = broker
-        self.pending = pending
-        self.on_settled = on_settled
-        self.event = trio.Event()
-
-    def settle_pending(self) -> bool:
-        """Settle what can be; True (and ``on_settled`` called) once nothing is left."""
-        broker = self.broker
-        self.pending = [entry for entry in self.pending if not settle(broker, entry)]
-        if self.pending:
-            return False
-        self.settled()
-        return True
-
-    def settled(self) -> None:
-        on_settled = self.on_settled
-        if on_settled is not None:
-            self.on_settled = None
-            on_settled()
-
-    def wake(self, reason: WakeReason) -> None:
-        if self.on_settled is not None:
-            self.settle_pending()
-        self.event.set()
+    async def wait(self) -> None:
+        await wait_for_replication(self.broker, self.awaited, self.deadline)
 
 
 async def handle_produce(
@@ -189,19 +148,16 @@ async def append_produce(
 
 
 async def wait_for_replication(
-    broker: Broker,
-    awaited: list[AwaitedAppend],
-    deadline: float,
-    on_settled: Callable[[], None] | None = None,
+    broker: Broker, awaited: list[AwaitedAppend], deadline: float
 ) -> None:
     """Wait until every acks=all append in ``awaited`` has its outcome (see the
     module docstring), or ``deadline`` (trio time) passes; a failed one's answer is
-    turned into its error in place.  ``on_settled``: see PendingReplication.wait."""
-    settling = _Settling(broker, awaited, on_settled)
+    turned into its error in place."""
+    pending = awaited
     while True:  # each pass settles what it can, then waits for a partition to change
-        if settling.settle_pending():
+        pending = [entry for entry in pending if not settle(broker, entry)]
+        if not pending:
             return
-        pending = settling.pending
         if broker.shutting_down:
             for entry in pending:
                 refuse_in_place(
@@ -211,7 +167,6 @@ async def wait_for_replication(
                         f"{entry.name}-{entry.result.partition}: the broker is shutting down"
                     ),
                 )
-            settling.settled()
             return
         if trio.current_time() >= deadline:
             for entry in pending:
@@ -223,20 +178,8 @@ async def wait_for_replication(
                         f"not confirm offsets below {entry.end_offset} in time"
                     ),
                 )
-            settling.settled()
             return
-        partitions = [entry.partition for entry in pending]
-        settling.event = trio.Event()
-        for partition in partitions:
-            partition.add_waiter(settling)
-        try:
-            with trio.move_on_at(deadline):
-                await settling.event.wait()
-        finally:
-            for partition in partitions:
-                partition.remove_waiter(settling)
-        if settling.on_settled is None and not settling.pending:
-            return  # settled by the wake-up
+        await wait_for_partitions([entry.partition for entry in pending], deadline)
 
 
 def settle(broker: Broker, entry: AwaitedAppend) -> bool:
