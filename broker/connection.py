@@ -30,10 +30,7 @@ and any request other than a continuation fetch ends the long poll (or a fetch
 stream) early, so its answer -- which must leave first -- is not held for
 max_wait_ms.  Fetches are started one at a time, in order, so a continuation
 (FETCH_OFFSET_CONTINUE) resolves where the fetch before it ended
-(broker/fetch_session.py).  Only this connection's tasks write on its socket,
-with one exception: a follower's parked fetch woken by an append is answered
-by the appending task, when no frame is being sent (the replicas' HW waits for
-it); that write never waits, and what it leaves is the writer's.
+(broker/fetch_session.py).  Only this connection's tasks write on its socket.
 
 A protocol violation (garbage, a frame over the limit, a truncated frame at
 EOF), a client that stops reading for request_timeout_ms, or a crash inside a
@@ -530,25 +527,8 @@ class ConnectionHandler:
     # -- fetches ----------------------------------------------------------------------
 
     def _add_fetch(self, request: IncomingRequest, slot: Slot) -> None:
-        body = request.body
-        assert isinstance(body, FetchRequest), body
-        on_append = self._answer_replica_fetch_now if body.replica_id >= 0 else None
-        self.fetches.append(PendingFetch(request, slot, self._wake_writer, on_append))
+        self.fetches.append(PendingFetch(request, slot, self._wake_writer))
         self._service_fetches()
-
-    def _answer_replica_fetch_now(self) -> None:
-        """A follower's parked fetch was woken by an append: answer it here, in
-        the appending task, so the records leave without a scheduler pass (the
-        leader's HW waits for the follower's next fetch).  Nothing here waits:
-        what the socket does not take, a frame being sent, or an error is left to
-        this connection's writer, which meets the error again and closes."""
-        if self._sending:
-            self._wake_writer()
-            return
-        try:
-            self._service_fetches()
-        except (OSError, ClientGone):
-            self._wake_writer()
 
     def _service_fetches(self) -> None:
         """Move the fetches on, in order: start the first (resolve its offsets),

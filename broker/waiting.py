@@ -12,16 +12,12 @@ explicit reason (:class:`WakeReason`), when:
 - its log is truncated, or it is closed (deleted, shutting down),
 - the broker begins a graceful shutdown.
 
-Waking is cheap: a waiter is one-shot (the partition forgets it) and records
-that it was woken, then calls its owner back -- for a consumer's fetch, that
-wakes the *connection's own* writer task, which collects the answer and sends
-it (a consumer's socket is written only by its connection's tasks).  The one
-exception is a follower's fetch woken by an append (APPENDED): its connection
-answers it on the spot, in the appending task, when the socket is free
-(broker/connection.py), so the records leave for the followers without a
-scheduler pass; the write never waits, and what the socket does not take is
-left to the follower connection's writer.  A woken fetch that still finds too
-little data registers again.
+Waking is cheap and never answers anything itself: a waiter is one-shot (the
+partition forgets it) and only records that it was woken, then calls its
+owner back -- for a connection's fetch, that wakes the *connection's own*
+writer task, which collects the answer and sends it (no task ever writes on
+another connection's socket).  A woken fetch that still finds too little data
+registers again.
 
 :class:`PendingFetch` is a Fetch from its turn on one connection until its
 last answer; :func:`wait_for_partitions` is the plain awaitable form, for a
@@ -70,14 +66,12 @@ class PendingFetch:
     partitions until ``deadline``.  ``woken``: a partition changed since it was
     registered.  ``interrupted``: a request other than a continuation waits
     behind it, so it answers with what is there now (requests are answered in
-    order).  ``on_wake`` wakes the owning connection's writer; ``on_append``,
-    when given, is called instead for a wake-up by an append (APPENDED)."""
+    order).  ``on_wake`` wakes the owning connection's writer."""
 
     __slots__ = (
         "body",
         "deadline",
         "interrupted",
-        "on_append",
         "on_wake",
         "partitions",
         "request",
@@ -87,20 +81,13 @@ class PendingFetch:
         "woken_by",
     )
 
-    def __init__(
-        self,
-        request: IncomingRequest,
-        slot: Slot,
-        on_wake: Callable[[], None],
-        on_append: Callable[[], None] | None = None,
-    ) -> None:
+    def __init__(self, request: IncomingRequest, slot: Slot, on_wake: Callable[[], None]) -> None:
         body = request.body
         assert isinstance(body, FetchRequest), body
         self.request = request
         self.body = body
         self.slot = slot
         self.on_wake = on_wake
-        self.on_append = on_append
         self.started = False
         self.deadline = 0.0  # trio time; set when started
         self.woken = False
@@ -113,10 +100,7 @@ class PendingFetch:
             return
         self.woken = True
         self.woken_by = reason
-        if reason is WakeReason.APPENDED and self.on_append is not None:
-            self.on_append()
-        else:
-            self.on_wake()
+        self.on_wake()
 
     def interrupt(self) -> None:
         if self.interrupted:

@@ -1,11 +1,8 @@
 """An acks=all Produce on one connection: it waits for the followers without
-stalling the requests behind it, whose answers still leave in request order;
-and a follower's parked fetch answered by the append that wakes it."""
+stalling the requests behind it, whose answers still leave in request order."""
 
 from __future__ import annotations
 
-import select
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,10 +18,6 @@ from broker.state import Broker
 from client.protocol.connection import ClientConnection, IncomingResponse
 from client.protocol.messages import (
     Acks,
-    FetchPartition,
-    FetchRequest,
-    FetchResponse,
-    FetchTopic,
     HelloRequest,
     HelloResponse,
     ProducePartition,
@@ -108,38 +101,3 @@ async def test_acks_all_does_not_stall_the_requests_behind(state: Broker) -> Non
             assert [(p.error_code, p.base_offset) for p in second.topics[0].partitions] == [(0, 1)]
             assert isinstance(hello, HelloResponse)
             await stream.aclose()
-
-
-async def test_an_append_answers_a_parked_replica_fetch_on_the_spot(state: Broker) -> None:
-    """Proves a follower's parked fetch is answered inside the append that wakes it
-    (its records are on the follower's socket when the append returns, with no
-    scheduler pass), and the answer carries the appended records."""
-    partition = state.topics.partition("r", 0)
-    client = ClientConnection()
-    server_socket, client_socket = socket.socketpair()
-    client_socket.setblocking(False)
-    with trio.fail_after(10), client_socket:
-        async with trio.open_nursery() as nursery:
-            stream = trio.SocketStream(trio.socket.from_stdlib_socket(server_socket))
-            handler = ConnectionHandler(state, stream, "follower")
-            nursery.start_soon(handler.run)
-            wanted = FetchPartition(0, 0, 1 << 20, current_leader_epoch=1)
-            body = FetchRequest(
-                max_wait_ms=5_000,
-                min_bytes=1,
-                topics=[FetchTopic("r", [wanted])],
-                replica_id=FOLLOWER,
-            )
-            _, head = client.send_request(body)
-            client_socket.send(head)
-            await trio.testing.wait_all_tasks_blocked()
-            assert handler.fetches and not select.select([client_socket], [], [], 0)[0]
-            partition.append_now(memoryview(build_batch([b"a", b"b"])))
-            assert select.select([client_socket], [], [], 0)[0]  # before any checkpoint
-            client.receive_data(client_socket.recv(1 << 16))
-            response = client.next_response()
-            assert response is not None and isinstance(response.body, FetchResponse)
-            answer = response.body.topics[0].partitions[0]
-            assert (answer.error_code, answer.records_bytes) == (0, response.payload.nbytes)
-            assert response.payload.nbytes > 0 and partition.high_watermark == 0
-            nursery.cancel_scope.cancel()
