@@ -3,8 +3,12 @@
 A benchmark starts one etcd (one member, default flags, so with fsync) on
 127.0.0.1 and brokers as ``distributary serve --cluster etcd://.../bench`` child
 processes, each on a free port of its own loopback address (all on 127.0.0.1 by
-default; ``hosts`` spreads them over 127.0.0.2, .3, ... as the integration tests
-do), with its data dir and log file in a temp dir.  :func:`running_cluster` starts
+default; ``hosts`` spreads them over addresses of their own, as
+bench/replication_faults.py's HOSTS do), with its data dir and log file in a temp dir; etcd under the normal
+scheduling policy even when the benchmark runs under a real-time one (``chrt``).
+:meth:`Broker.disturbances_since` reads back the log events that say the cluster
+was disturbed (a lost lease, a failed replica fetch, fenced replicas, a new
+leader).  :func:`running_cluster` starts
 them and stops them again (SIGTERM, then SIGKILL after STOP_TIMEOUT_S).  A
 :class:`Probe` asks one chosen broker for Metadata (not routed by the SDK), and
 :func:`wait_for` polls a condition under EVENT_TIMEOUT_S.  Used by
@@ -14,6 +18,7 @@ bench/cluster.py, bench/cluster_kills.py and bench/replication.py.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -44,6 +49,18 @@ PROBE_TIMEOUT_MS: Final = 1_000
 FORMED_POLL_S: Final = 0.05
 IN_SYNC_POLL_S: Final = 0.05
 CLOCK_TICKS_PER_S: Final = os.sysconf("SC_CLK_TCK")
+# Broker log events that say the cluster was disturbed: a lease that expired (a
+# starved process, an etcd that did not answer), a follower cut from its leader
+# (a network fault, a starved leader), replicas fenced, a new leader elected.
+DISTURBANCE_EVENTS: Final = frozenset(
+    {
+        "lease lost; fenced until registered again",
+        "replica fetch failed; retrying",
+        "replicas fenced",
+        "leader elected",
+    }
+)
+REAL_TIME_POLICIES: Final = frozenset({os.SCHED_FIFO, os.SCHED_RR})
 
 
 class BenchError(Exception):
@@ -59,17 +76,27 @@ def free_port(host: str = HOST) -> int:
 class Child:
     """A child process whose output goes to a log file."""
 
-    def __init__(self, name: str, command: list[str], log: Path) -> None:
+    def __init__(
+        self, name: str, command: list[str], log: Path, normal_policy: bool = False
+    ) -> None:
         self.name = name
         self.command = command
         self.log = log
+        # Start it under the normal scheduling policy even when this process runs
+        # under a real-time one (``chrt``).
+        self.normal_policy = normal_policy
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         assert self.process is None or self.process.poll() is not None
+        demote = self.normal_policy and os.sched_getscheduler(0) in REAL_TIME_POLICIES
         with self.log.open("ab") as output:
             self.process = subprocess.Popen(
-                self.command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT
+                self.command,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_normal_policy if demote else None,
             )
 
     def exited(self) -> bool:
@@ -113,6 +140,18 @@ class Child:
         except FileNotFoundError:
             return ""
 
+    def log_bytes(self) -> int:
+        """The log file's size now (0 before it exists)."""
+        try:
+            return self.log.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+
+def _normal_policy() -> None:
+    """In the child before exec: back to SCHED_OTHER."""
+    os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+
 
 class Etcd(Child):
     def __init__(self, directory: Path) -> None:
@@ -124,7 +163,10 @@ class Etcd(Child):
             *(f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}"),
             *(f"--initial-cluster=bench={peer}", "--logger=zap", "--log-level=error"),
         ]
-        super().__init__("etcd", command, directory / "etcd.log")
+        # At real-time priority etcd was seen spinning a whole CPU for seconds,
+        # which kept the equal-priority brokers off the CPUs until their leases
+        # expired: it runs under the normal policy.
+        super().__init__("etcd", command, directory / "etcd.log", normal_policy=True)
 
     def cluster_url(self) -> str:
         return f"etcd://{HOST}:{self.port}/{PREFIX}"
@@ -181,6 +223,27 @@ class Broker(Child):
             writer.close()
             return
         raise BenchError(f"{self.name} did not listen within {START_TIMEOUT_S} s")
+
+    def disturbances_since(self, offset: int) -> list[str]:
+        """The DISTURBANCE_EVENTS the broker logged past byte ``offset`` of its log
+        (JSON lines), each as "<time> broker <id>: <event> <reason>"."""
+        try:
+            with self.log.open("rb") as log:
+                log.seek(offset)
+                lines = log.read().splitlines()
+        except FileNotFoundError:
+            return []
+        found = []
+        for line in lines:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue  # a line not written by the broker's JSON logger
+            if isinstance(entry, dict) and entry.get("event") in DISTURBANCE_EVENTS:
+                at = str(entry.get("timestamp", ""))[11:23]
+                reason = entry.get("reason", entry.get("isr", ""))
+                found.append(f"{at} {self.name}: {entry['event']} {reason}".rstrip())
+        return found
 
 
 class Probe:

@@ -1,7 +1,7 @@
 """Replication figures, three brokers beside one: ``python -m bench.replication``.
 
 Three brokers (``distributary serve --cluster``, default settings, node ids 1-3,
-each on its own loopback address 127.0.0.2-4 with its own data dir) over one etcd
+each on its own loopback address 127.0.66.2-4 with its own data dir) over one etcd
 on 127.0.0.1, fresh for each repetition; topics with replication factor 3 and
 ``min.insync.replicas`` 2; ``--size``-byte records; the client in this process
 (the latency clients in two processes of their own).  Figures (``--figures``):
@@ -18,7 +18,10 @@ on 127.0.0.1, fresh for each repetition; topics with replication factor 3 and
             receipt: bench/peers_compare.py's latency clients (a producer process
             enqueuing what is due, ``linger_ms=0``; a consumer process
             long-polling), with acks=all and acks=leader beside one broker.
-            p50 / p99 / p99.9 / max, and the brokers' CPU.
+            p50 / p99 / p99.9 / max, and the brokers' CPU.  A run during which a
+            broker logged a disturbance (a lease lost, a follower cut from its
+            leader, replicas fenced, a new leader) is flagged DISTURBED with
+            those log lines: its latency is not the pipeline's own.
   kills     ``--kills`` SIGKILLs of a partition's leader on one cluster:
             unavailability (last acknowledged write before to first after),
             p50/p99/max, and a read-back check that no acknowledged record is
@@ -54,7 +57,7 @@ from typing import Any, Final
 import structlog
 
 from bench.cluster import log_ends, produce
-from bench.cluster_processes import BenchError, Broker, running_cluster
+from bench.cluster_processes import REAL_TIME_POLICIES, BenchError, Broker, running_cluster
 from bench.peers_compare import latency_clients, load_peers
 from bench.replication_faults import (
     HOSTS,
@@ -78,6 +81,8 @@ SETUPS: Final = (
     ("single", "1 broker, acks=leader"),
 )
 LATENCY_TOPIC: Final = "bench-latency"
+# Broker log lines kept (and printed) per disturbed latency run.
+DISTURBANCES_SHOWN_MAX: Final = 10
 # A latency client is killed this long after its run should have ended.
 LATENCY_GRACE_S: Final = 120
 # Kafka's published figures (Kreps, 2014: three 6-core brokers).
@@ -120,6 +125,7 @@ async def latency_figures(
     }
     limit_s = cfg.lat_warmup + cfg.lat_seconds + LATENCY_GRACE_S
     cpu_before = sum(b.cpu_s() for b in brokers)
+    log_offsets = [b.log_bytes() for b in brokers]
     started = time.perf_counter()
     produced, consumed = await asyncio.to_thread(
         latency_clients, cfg.peers_dir_resolved, settings, limit_s
@@ -131,6 +137,13 @@ async def latency_figures(
     if consumed["received"] != expected:
         raise BenchError(f"latency: received {consumed['received']} of {expected}")
     end = (await log_ends(bootstrap, topic, 1))[0]
+    disturbances = [
+        line for b, offset in zip(brokers, log_offsets) for line in b.disturbances_since(offset)
+    ]
+    if disturbances:
+        log(f"latency {topic}, acks={acks}: DISTURBED ({len(disturbances)} broker log events):")
+        for line in disturbances[:DISTURBANCES_SHOWN_MAX]:
+            log(f"  {line}")
     return {
         "latency_p50_ms": consumed["p50_ms"],
         "latency_p99_ms": consumed["p99_ms"],
@@ -139,6 +152,8 @@ async def latency_figures(
         "latency_rate": produced["achieved_rate"],
         "latency_log_end": end,
         "brokers_cpu_cores": (sum(b.cpu_s() for b in brokers) - cpu_before) / wall,
+        "latency_disturbances": disturbances[:DISTURBANCES_SHOWN_MAX],
+        "latency_disturbance_count": len(disturbances),
     }
 
 
@@ -273,6 +288,15 @@ def print_table(document: dict[str, Any]) -> None:
             f"{result['rate_from_listening_mb_s']:.1f} MB/s from listening; "
             f"replica bytes equal to the leader's: {equal}"
         )
+    for number, run in enumerate(document.get("runs", []), start=1):
+        for setup, label in SETUPS:
+            count = run.get(setup, {}).get("latency_disturbance_count", 0)
+            if count:
+                first = run[setup]["latency_disturbances"][0]
+                print(
+                    f"\nDISTURBED: run {number}, {label}: {count} broker log events during "
+                    f"the latency run (first: {first}); its latency is not the pipeline's own"
+                )
     load = document["load_average"]
     print(f"\nload average: {load['start']} at the start, {load['end']} at the end")
 
@@ -375,11 +399,18 @@ def main(argv: list[str] | None = None) -> int:
             "etcd": etcd.split("\n")[0],
             "replication_factor": REPLICATION_FACTOR,
             "min_insync_replicas": MIN_INSYNC_REPLICAS,
+            "real_time_policy": os.sched_getscheduler(0) in REAL_TIME_POLICIES,
         },
         "settings": settings,
         "load_average": {"start": os.getloadavg()},
     }
     log(f"load average at start: {os.getloadavg()}; {document['env']}; {settings}")
+    if os.sched_getscheduler(0) in REAL_TIME_POLICIES:
+        log(
+            "warning: running under a real-time policy, which every client and broker "
+            "inherits (etcd is started under the normal one): equal-priority processes "
+            "that do not block starve the others, so a latency run may stall"
+        )
     try:
         measure(cfg, document)
     except (BenchError, DistributaryError) as error:

@@ -1,6 +1,6 @@
 """Replication under faults: leader kills and a wiped follower (bench/replication.py).
 
-Both run on a fresh etcd and three brokers on 127.0.0.2-4 with default settings,
+Both run on a fresh etcd and three brokers on 127.0.66.2-4 with default settings,
 topics with replication factor 3 and ``min.insync.replicas`` 2.
 
 Leader kills (:func:`kills`): a topic of 3 partitions (one preferred leader on
@@ -74,7 +74,9 @@ from bench.cluster_processes import (
 from broker.partition import partition_directory
 from client import Consumer, Producer, TooManyRequestsError, TopicPartition
 
-HOSTS: Final = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
+# A loopback block of the benchmarks' own: the chaos tests cut 127.0.0.x addresses
+# apart with nftables (every port), which would cut a benchmark running meanwhile.
+HOSTS: Final = ("127.0.66.2", "127.0.66.3", "127.0.66.4")
 REPLICATION_FACTOR: Final = 3
 MIN_INSYNC_REPLICAS: Final = 2
 TOPIC_CONFIGS: Final = {"min.insync.replicas": str(MIN_INSYNC_REPLICAS)}
