@@ -10,8 +10,9 @@ session and the queued messages survive a clean restart.
 
 The builtin broker (``--mqtt-broker builtin``, the labelled fallback where
 mosquitto cannot be had) runs as ``python -m examples.iot mqtt-broker
---builtin``: amqtt's broker, which keeps everything in memory and is not a
-dependency of the project (mqtt.py); without amqtt the demo says so and stops.
+--builtin``: amqtt's broker (builtin_broker.py, installed with the ``iot``
+extra), which keeps everything in memory; without amqtt the demo says so and
+stops.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ def mqtt_broker_problem(kind: str) -> str | None:
     if kind == "builtin":
         if importlib.util.find_spec(BUILTIN_BROKER) is None:
             return (
-                f"the builtin MQTT broker needs {BUILTIN_BROKER} (pip install {BUILTIN_BROKER}), "
-                "which is not a dependency of this project; or install mosquitto"
+                f"the builtin MQTT broker needs {BUILTIN_BROKER}, which the iot extra installs "
+                "(pip install -e '.[iot]'); or install mosquitto"
             )
         return None
     if find_mosquitto() is None:
