@@ -12,10 +12,10 @@ on the same port and directory.
 
 The fallback where mosquitto cannot be had (:func:`run_builtin_broker`,
 ``mqtt-broker --builtin``) is amqtt's pure-Python MQTT 3.1.1 broker run in this
-process.  It is labelled as the fallback wherever it runs: it keeps sessions
-and queued QoS 1 messages in memory only (a restart loses what was queued), it
-is about three times slower than mosquitto, and amqtt is not a dependency of
-this project (``pip install amqtt``); without it the command says so and
+process (builtin_broker.py).  It is labelled as the fallback wherever it runs:
+it keeps sessions and queued QoS 1 messages in memory only (a restart loses
+what was queued) and it is about three times slower than mosquitto.  amqtt
+comes with the project's ``iot`` extra; without it the command says so and
 exits 1.
 
 ``python -m examples.iot mqtt-broker --port P --data-dir D`` runs mosquitto in
@@ -24,7 +24,6 @@ the foreground with that config until SIGTERM/SIGINT.
 
 from __future__ import annotations
 
-import asyncio
 import getpass
 import importlib
 import os
@@ -36,7 +35,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, Final
 
 import click
 
@@ -189,41 +188,17 @@ class MosquittoProcess:
             return ""
 
 
-def builtin_broker_config(host: str, port: int) -> dict[str, Any]:
-    """amqtt's broker configuration: one loopback listener, anonymous clients."""
-    return {
-        "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}"}},
-        "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
-    }
-
-
 def run_builtin_broker(host: str, port: int) -> None:
-    """Run the fallback broker (amqtt) in this process until SIGTERM/SIGINT.
-    Raises click.ClickException when amqtt is not installed."""
+    """Run the fallback broker (amqtt, builtin_broker.py) in this process until
+    SIGTERM/SIGINT.  Raises click.ClickException when amqtt is not installed."""
     try:
-        broker_module = importlib.import_module("amqtt.broker")
+        builtin_broker = importlib.import_module("examples.iot.builtin_broker")
     except ImportError:
         raise click.ClickException(
-            "the builtin MQTT broker (the fallback) needs amqtt: pip install amqtt, "
-            "or install mosquitto"
+            "the builtin MQTT broker (the fallback) needs amqtt, which the iot extra "
+            "installs (pip install -e '.[iot]'); or install mosquitto"
         ) from None
-
-    async def serve() -> None:
-        broker = broker_module.Broker(builtin_broker_config(host, port))
-        await broker.start()
-        print(
-            f"builtin MQTT broker on {host}:{port} -- the FALLBACK (amqtt, in memory: "
-            "a restart loses queued messages); install mosquitto for the real one",
-            flush=True,
-        )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        await stop.wait()
-        await broker.shutdown()
-
-    asyncio.run(serve())
+    builtin_broker.run(host, port)
 
 
 @click.command("mqtt-broker")

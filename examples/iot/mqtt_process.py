@@ -10,8 +10,9 @@ session and the queued messages survive a clean restart.
 
 The builtin broker (``--mqtt-broker builtin``, the labelled fallback where
 mosquitto cannot be had) runs as ``python -m examples.iot mqtt-broker
---builtin``: amqtt's broker, which keeps everything in memory and is not a
-dependency of the project (mqtt.py); without amqtt the demo says so and stops.
+--builtin``: amqtt's broker (builtin_broker.py, installed with the ``iot``
+extra), which keeps everything in memory; without amqtt the demo says so and
+stops.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ def mqtt_broker_problem(kind: str) -> str | None:
     if kind == "builtin":
         if importlib.util.find_spec(BUILTIN_BROKER) is None:
             return (
-                f"the builtin MQTT broker needs {BUILTIN_BROKER} (pip install {BUILTIN_BROKER}), "
-                "which is not a dependency of this project; or install mosquitto"
+                f"the builtin MQTT broker needs {BUILTIN_BROKER}, which the iot extra installs "
+                "(pip install -e '.[iot]'); or install mosquitto"
             )
         return None
     if find_mosquitto() is None:
@@ -83,6 +84,7 @@ class MqttBrokerProcess:
         Raises TimeoutError when it does not within READY_TIMEOUT_S, RuntimeError
         when it exits.
         """
+        log_offset = self.child.log_path.stat().st_size if self.child.log_path.exists() else 0
         await self.child.start()
         with trio.move_on_after(READY_TIMEOUT_S):
             while True:
@@ -90,12 +92,21 @@ class MqttBrokerProcess:
                     raise RuntimeError(
                         f"the MQTT broker exited ({self.child.returncode}): see {self.child.log_path}"
                     )
-                if _accepts(self.port):
+                if self._ready(log_offset):
                     return
                 await trio.sleep(0.05)
         raise TimeoutError(
             f"the MQTT broker did not listen on {self.port} in {READY_TIMEOUT_S:g} s"
         )
+
+    def _ready(self, log_offset: int) -> bool:
+        """Whether it listens: the builtin broker says so in its log (a bare TCP
+        probe makes amqtt log an error), mosquitto accepts a connection."""
+        if self.kind == "builtin":
+            with self.child.log_path.open("rb") as log:
+                log.seek(log_offset)
+                return f"builtin MQTT broker on 127.0.0.1:{self.port}".encode() in log.read()
+        return _accepts(self.port)
 
     async def stop(self) -> int | None:
         return await self.child.stop()
