@@ -40,7 +40,7 @@ import trio
 
 from broker.groups.config import OFFSETS_TOPIC
 from broker.partition import AppendResult, Partition
-from broker.replication.leader_state import WAIT
+from broker.replication.leader_state import WAIT, LeaderState
 from broker.state import Broker
 from broker.topics import validate_topic_name
 from broker.waiting import wait_for_partitions
@@ -127,12 +127,7 @@ async def append_produce(
             check_leader(broker, name, index)
             leader_state = partition.leader_state
             if acks_all and leader_state is not None:
-                refusal = leader_state.acks_all_refusal()
-                if refusal is not None:
-                    raise NotEnoughReplicasError(
-                        f"{name}-{index}: {len(leader_state.isr)} in-sync replicas, "
-                        f"min.insync.replicas is {leader_state.min_insync_replicas}"
-                    )
+                check_min_insync(leader_state, name, index)
                 epoch = partition.leader_epoch
                 appended = await partition.append(view)
                 result = produce_result(index, appended)
@@ -269,12 +264,7 @@ def append_produce_now(
                 raise NotLeaderError(f"{name}-{index}: this broker is not its leader")
             leader_state = partition.leader_state
             if acks_all and leader_state is not None:
-                refusal = leader_state.acks_all_refusal()
-                if refusal is not None:
-                    raise NotEnoughReplicasError(
-                        f"{name}-{index}: {len(leader_state.isr)} in-sync replicas, "
-                        f"min.insync.replicas is {leader_state.min_insync_replicas}"
-                    )
+                check_min_insync(leader_state, name, index)
                 epoch = partition.leader_epoch
                 appended = partition.append_now(view)
                 result = produce_result(index, appended)
@@ -373,6 +363,18 @@ def check_not_internal(name: str) -> None:
     coordinator owns it).  Raises InvalidTopicError."""
     if name == OFFSETS_TOPIC:
         raise InvalidTopicError(f"{name} is internal: only the group coordinator writes it")
+
+
+def check_min_insync(leader_state: LeaderState, topic: str, index: int) -> None:
+    """Refuse an acks=all append while the partition has fewer in-sync replicas
+    than its min ISR (nothing is appended).
+
+    Raises NotEnoughReplicasError."""
+    if leader_state.acks_all_refusal() is not None:
+        raise NotEnoughReplicasError(
+            f"{topic}-{index}: {len(leader_state.isr)} in-sync replicas, "
+            f"min.insync.replicas is {leader_state.min_insync_replicas}"
+        )
 
 
 def check_leader(broker: Broker, topic: str, index: int) -> None:
